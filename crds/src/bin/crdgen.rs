@@ -1,0 +1,16 @@
+//! Writes the generated CRDs: `crdgen [DIR…]` (default `crds` and `charts/tollgate/crds`).
+
+fn main() -> std::io::Result<()> {
+    let mut dirs: Vec<String> = std::env::args().skip(1).collect();
+    if dirs.is_empty() {
+        dirs = vec!["crds".into()];
+    }
+    for dir in &dirs {
+        for (file, crd) in tollgate_api::crd::definitions() {
+            let path = std::path::Path::new(dir).join(file);
+            std::fs::write(&path, tollgate_api::crd::to_yaml(&crd))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Everything the OpenAPI schema cannot check, reported all at once.
+//!
+//! `validate_spec(spec) -> [Problem]` is the one validation: the `check` command, the sidecar's
+//! loader and the operator's validating webhook all call it, so `kubectl apply` and
+//! `tollgate check` refuse the same policies with the same words.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::Value;
+
+use crate::problem::Problem;
+use crate::resources::{Action, Condition, Limit, Op, PolicySpec, Rule, Subject};
+
+/// Regexes in conditions are compiled with this size limit, so a policy cannot make the
+/// sidecar build an enormous automaton.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The counter name the `rateLimit: N/window` shorthand uses (Intercept's convention).
+pub fn rate_limit_counter(window: &str) -> String {
+    format!("_rate_{window}")
+}
+
+/// Parses `N/window` into (max, window).
+pub fn parse_rate_limit(s: &str) -> Result<(u64, crate::Window), String> {
+    let Some((count, window)) = s.split_once('/') else {
+        return Err(format!(
+            "rateLimit {s:?} is not N/window; write e.g. \"5/hour\""
+        ));
+    };
+    let count: u64 = match count.trim().parse() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            return Err(format!(
+                "rateLimit count must be a positive integer, got {count:?}"
+            ));
+        }
+    };
+    let Some(window) = crate::Window::parse(window.trim()) else {
+        return Err(format!(
+            "rateLimit window must be second, minute, hour or day, got {window:?}"
+        ));
+    };
+    Ok((count, window))
+}
+
+/// Parses a duration such as `90s`, `10m`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(n), 2)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(n), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_secs(n.checked_mul(60)?), 1)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_secs(n.checked_mul(3600)?), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// The entry name counters of a tool entry are kept under: the key itself, or `_global` for
+/// `"*"` (Intercept's `state._global.<counter>`).
+pub fn counter_scope(entry: &str) -> &str {
+    if entry == "*" { "_global" } else { entry }
+}
+
+/// Validates a policy spec; an empty list means it compiles.
+pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(sel) = &spec.selector {
+        validate_selector("spec.selector", sel, &mut out);
+    }
+    for (i, h) in spec.hide.iter().enumerate() {
+        if h.trim().is_empty() {
+            out.push(Problem::new(
+                format!("spec.hide[{i}]"),
+                "entry must not be empty; remove it or name a tool",
+            ));
+        }
+    }
+    for (i, s) in spec.subjects.iter().enumerate() {
+        validate_subject(&format!("spec.subjects[{i}]"), s, &mut out);
+    }
+
+    // Counters each entry defines: (entry scope, counter) -> (window, where).
+    let mut counters: HashMap<(String, String), (crate::Window, String)> = HashMap::new();
+    for (tool, entry) in &spec.tools {
+        let base = format!("spec.tools.{}", path_key(tool));
+        if tool.trim().is_empty() {
+            out.push(Problem::new(
+                &base,
+                "tool name must not be empty; use a name, a glob such as get_*, or \"*\"",
+            ));
+        }
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, rule) in entry.rules.iter().enumerate() {
+            let at = format!("{base}.rules[{i}]");
+            if !rule.name.is_empty()
+                && let Some(first) = names.insert(&rule.name, i)
+            {
+                out.push(Problem::new(
+                    format!("{at}.name"),
+                    format!(
+                        "duplicate rule name {:?} (also rules[{first}]); give each rule its own name",
+                        rule.name
+                    ),
+                ));
+            }
+            if let Some((counter, window)) = rule_counter(rule) {
+                let key = (counter_scope(tool).to_string(), counter.clone());
+                match counters.get(&key) {
+                    Some((w, first)) if *w != window => out.push(Problem::new(
+                        format!("{at}.limit.counter"),
+                        format!(
+                            "counter {counter:?} is already used with window {} by {first}; use another counter name",
+                            w.as_str()
+                        ),
+                    )),
+                    Some(_) => {}
+                    None => {
+                        counters.insert(key, (window, at.clone()));
+                    }
+                }
+            }
+            validate_rule(&at, rule, &mut out);
+        }
+    }
+
+    // Conditions that read counters must name one some rule defines.
+    for (tool, entry) in &spec.tools {
+        for (i, rule) in entry.rules.iter().enumerate() {
+            for (j, c) in rule.conditions.iter().enumerate() {
+                let Some(rest) = c.path.strip_prefix("state.") else {
+                    continue;
+                };
+                let at = format!(
+                    "spec.tools.{}.rules[{i}].conditions[{j}].path",
+                    path_key(tool)
+                );
+                match rest.split_once('.') {
+                    Some((scope, counter)) if !scope.is_empty() && !counter.is_empty() => {
+                        if !counters.contains_key(&(scope.to_string(), counter.to_string())) {
+                            out.push(Problem::new(
+                                at,
+                                format!(
+                                    "{} reads counter {counter:?} of {scope:?}, which no rule defines; add a limit with counter: {counter} to a rule of that tool (\"_global\" means \"*\")",
+                                    c.path
+                                ),
+                            ));
+                        }
+                    }
+                    _ => out.push(Problem::new(
+                        at,
+                        format!(
+                            "{:?} must be state.<tool>.<counter>, e.g. state.create_issue.hourly",
+                            c.path
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The counter a rule reserves, if any, with its window.
+pub(crate) fn rule_counter(rule: &Rule) -> Option<(String, crate::Window)> {
+    if let Some(limit) = &rule.limit {
+        return Some((limit.counter.clone(), limit.window));
+    }
+    let rl = rule.rate_limit.as_deref()?;
+    let (_, window) = parse_rate_limit(rl).ok()?;
+    Some((rate_limit_counter(window.as_str()), window))
+}
+
+fn validate_rule(at: &str, rule: &Rule, out: &mut Vec<Problem>) {
+    let action = rule.action.unwrap_or_default();
+    if rule.limit.is_some() && rule.rate_limit.is_some() {
+        out.push(Problem::new(
+            at,
+            "set rateLimit or limit, not both; split them into two rules",
+        ));
+    }
+    if action != Action::Allow && (rule.limit.is_some() || rule.rate_limit.is_some()) {
+        out.push(Problem::new(
+            at,
+            "deny and approve rules cannot carry a limit; put the limit in an allow rule",
+        ));
+    }
+    if rule.approval.is_some() && action != Action::Approve {
+        out.push(Problem::new(
+            format!("{at}.approval"),
+            "approval settings need action: approve",
+        ));
+    }
+    if let Some(timeout) = rule.approval.as_ref().and_then(|a| a.timeout.as_deref())
+        && parse_duration(timeout).is_none_or(|d| d.is_zero())
+    {
+        out.push(Problem::new(
+            format!("{at}.approval.timeout"),
+            format!("{timeout:?} is not a duration; write e.g. 30s, 10m or 1h"),
+        ));
+    }
+    if let Some(rl) = &rule.rate_limit
+        && let Err(e) = parse_rate_limit(rl)
+    {
+        out.push(Problem::new(format!("{at}.rateLimit"), e));
+    }
+    if let Some(limit) = &rule.limit {
+        validate_limit(&format!("{at}.limit"), limit, out);
+    }
+    for (j, c) in rule.conditions.iter().enumerate() {
+        validate_condition(&format!("{at}.conditions[{j}]"), c, out);
+    }
+}
+
+fn validate_limit(at: &str, limit: &Limit, out: &mut Vec<Problem>) {
+    if limit.counter.trim().is_empty() {
+        out.push(Problem::new(
+            format!("{at}.counter"),
+            "counter must not be empty; name it, e.g. daily_spend",
+        ));
+    }
+    if limit.max == Some(0) {
+        out.push(Problem::new(
+            format!("{at}.max"),
+            "max must be at least 1; to refuse every call use action: deny",
+        ));
+    }
+    if limit.increment.is_some() && limit.increment_from.is_some() {
+        out.push(Problem::new(
+            at,
+            "set increment or incrementFrom, not both",
+        ));
+    }
+    if let Some(from) = &limit.increment_from
+        && !is_path_under(from, "args")
+    {
+        out.push(Problem::new(
+            format!("{at}.incrementFrom"),
+            format!("must be an argument path such as args.amount, got {from:?}"),
+        ));
+    }
+}
+
+fn is_path_under(path: &str, root: &str) -> bool {
+    path.strip_prefix(root)
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|r| r.split('.').all(|seg| !seg.is_empty()))
+}
+
+fn validate_condition(at: &str, c: &Condition, out: &mut Vec<Problem>) {
+    let path_ok = ["args", "state", "identity"]
+        .iter()
+        .any(|root| is_path_under(&c.path, root));
+    if !path_ok {
+        out.push(Problem::new(
+            format!("{at}.path"),
+            format!(
+                "path must start with args., state. or identity. and have no empty segment, got {:?}",
+                c.path
+            ),
+        ));
+    }
+    let value_at = format!("{at}.value");
+    let value = c.value.as_ref();
+    match c.op {
+        Op::Exists => {
+            if !matches!(value, None | Some(Value::Bool(_))) {
+                out.push(Problem::new(
+                    value_at,
+                    "exists takes true or false (or no value, meaning true)",
+                ));
+            }
+        }
+        Op::In | Op::NotIn => {
+            if !matches!(value, Some(Value::Array(_))) {
+                out.push(Problem::new(
+                    value_at,
+                    format!(
+                        "{} needs a list, e.g. [usd, eur]",
+                        op_name(c.op)
+                    ),
+                ));
+            }
+        }
+        Op::Lt | Op::Lte | Op::Gt | Op::Gte => {
+            if !value.is_some_and(|v| crate::decide::as_number(v).is_some()) {
+                out.push(Problem::new(
+                    value_at,
+                    format!("{} needs a number, e.g. 50000", op_name(c.op)),
+                ));
+            }
+        }
+        Op::Regex => match value {
+            Some(Value::String(pattern)) => {
+                if let Err(e) = regex::RegexBuilder::new(pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                {
+                    let reason = e.to_string().replace('\n', " ");
+                    out.push(Problem::new(
+                        value_at,
+                        format!("regex {pattern:?} does not compile: {reason}"),
+                    ));
+                }
+            }
+            _ => out.push(Problem::new(
+                value_at,
+                "regex needs a string pattern, e.g. \"^SELECT \"",
+            )),
+        },
+        Op::Eq | Op::Neq | Op::Contains => {
+            if value.is_none_or(Value::is_null) {
+                out.push(Problem::new(
+                    value_at,
+                    format!("{} needs a value to compare with", op_name(c.op)),
+                ));
+            }
+        }
+    }
+}
+
+/// The operator as written in policies.
+pub fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "eq",
+        Op::Neq => "neq",
+        Op::In => "in",
+        Op::NotIn => "notIn",
+        Op::Lt => "lt",
+        Op::Lte => "lte",
+        Op::Gt => "gt",
+        Op::Gte => "gte",
+        Op::Regex => "regex",
+        Op::Contains => "contains",
+        Op::Exists => "exists",
+    }
+}
+
+fn validate_subject(at: &str, s: &Subject, out: &mut Vec<Problem>) {
+    let set = [
+        s.service_account.is_some(),
+        s.claim.is_some(),
+        s.subject.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if set != 1 {
+        out.push(Problem::new(
+            at,
+            "set exactly one of serviceAccount, claim or subject",
+        ));
+    }
+    if let Some(sa) = &s.service_account {
+        let ok = sa
+            .split_once('/')
+            .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'));
+        if !ok {
+            out.push(Problem::new(
+                format!("{at}.serviceAccount"),
+                format!("must be NAMESPACE/NAME (or NAMESPACE/*), got {sa:?}"),
+            ));
+        }
+    }
+    if let Some(claim) = &s.claim
+        && claim.name.is_empty()
+    {
+        out.push(Problem::new(
+            format!("{at}.claim.name"),
+            "claim name must not be empty, e.g. groups",
+        ));
+    }
+}
+
+/// Checks a label selector the way the API server does.
+pub fn validate_selector(at: &str, sel: &LabelSelector, out: &mut Vec<Problem>) {
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let values = e.values.as_deref().unwrap_or_default();
+        let here = format!("{at}.matchExpressions[{i}]");
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => out.push(Problem::new(
+                format!("{here}.values"),
+                format!("operator {} needs at least one value", e.operator),
+            )),
+            "Exists" | "DoesNotExist" if !values.is_empty() => out.push(Problem::new(
+                format!("{here}.values"),
+                format!("operator {} takes no values", e.operator),
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => out.push(Problem::new(
+                format!("{here}.operator"),
+                format!("unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"),
+            )),
+        }
+    }
+}
+
+/// A map key as it appears in a field path: bare when it is a plain name, quoted otherwise.
+pub fn path_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    }
+}
