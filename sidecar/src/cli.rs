@@ -1,0 +1,338 @@
+//! The `tollgate` command: `proxy`, `check` and `import`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tollgate_api::{Call, Decision, DefaultAction, EffectivePolicy, Identity, NoCounters};
+
+use crate::audit::AuditLog;
+use crate::identity::Verifier;
+use crate::metrics::Metrics;
+use crate::policy::{FileSource, PolicyHandle};
+use crate::proxy::{Proxy, ProxyConfig};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "Policy for AI agents' MCP tool calls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in front of an MCP server.
+    Proxy(ProxyArgs),
+    /// Validate a policy file, or decide one call against it.
+    Check(CheckArgs),
+    /// Print the McpPolicy equivalent of a PolicyLayer policy.json or Intercept YAML file.
+    Import(ImportArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DefaultFlag {
+    Allow,
+    Deny,
+}
+
+impl From<DefaultFlag> for DefaultAction {
+    fn from(f: DefaultFlag) -> Self {
+        match f {
+            DefaultFlag::Allow => DefaultAction::Allow,
+            DefaultFlag::Deny => DefaultAction::Deny,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// The MCP server, e.g. http://127.0.0.1:8000.
+    #[arg(long, env = "TOLLGATE_UPSTREAM")]
+    upstream: http::Uri,
+    /// A policy file: McpPolicy/McpClusterPolicy YAML (several documents allowed), a
+    /// PolicyLayer policy.json, or Intercept YAML. Reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_POLICY")]
+    policy: PathBuf,
+    /// Where agents connect.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "TOLLGATE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    /// The decision for tools no policy lists and callers no policy governs. The policy file's
+    /// own default applies first.
+    #[arg(long, env = "TOLLGATE_DEFAULT_ACTION", value_enum, default_value = "allow")]
+    default_action: DefaultFlag,
+    /// Largest request body accepted.
+    #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Origins browsers may call from (comma-separated); others get 403. Empty allows any.
+    #[arg(long, env = "TOLLGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// A JWKS file (or http:// URL) to verify bearer tokens; without it callers are anonymous.
+    #[arg(long, env = "TOLLGATE_JWKS")]
+    jwks: Option<String>,
+    /// The issuer tokens must name.
+    #[arg(long, env = "TOLLGATE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The audience tokens must name.
+    #[arg(long, env = "TOLLGATE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// How often the policy file is checked for changes.
+    #[arg(long, env = "TOLLGATE_POLICY_POLL", default_value = "1s", value_parser = parse_duration)]
+    policy_poll: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    #[arg(long, env = "TOLLGATE_DRAIN", default_value = "30s", value_parser = parse_duration)]
+    drain: Duration,
+    /// The pod name, for audit lines.
+    #[arg(long, env = "POD_NAME")]
+    pod: Option<String>,
+    /// Log level for diagnostics on stderr (audit lines always go to stdout).
+    #[arg(long, env = "TOLLGATE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The policy file.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Decide a call to this tool.
+    #[arg(long)]
+    tool: Option<String>,
+    /// The call's arguments, as JSON.
+    #[arg(long, requires = "tool", default_value = "{}")]
+    args: String,
+    /// The caller's subject (e.g. system:serviceaccount:agents:bot); anonymous if absent.
+    #[arg(long, requires = "tool")]
+    identity: Option<String>,
+    /// The default for tools no policy lists.
+    #[arg(long, value_enum, default_value = "allow")]
+    default_action: DefaultFlag,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// A PolicyLayer policy.json or Intercept YAML file.
+    file: PathBuf,
+    /// The McpPolicy's name (default: the file's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The McpPolicy's namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tollgate_api::validate::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration; write e.g. 500ms, 1s, 2m"))
+}
+
+/// Runs the command line; the exit code says what happened.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check(args),
+        Command::Import(args) => match import(args) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Proxy(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("starting the runtime");
+            match runtime.block_on(proxy(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let origin = args.policy.display().to_string();
+    let text = match std::fs::read_to_string(&args.policy) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{origin}: cannot read: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let loaded = match tollgate_api::load_file(&text, &origin) {
+        Ok(l) => l,
+        Err(problems) => {
+            for p in &problems.0 {
+                eprintln!("{p}");
+            }
+            eprintln!("{origin}: {} problem(s); the policy is invalid", problems.0.len());
+            return ExitCode::from(2);
+        }
+    };
+    let names: Vec<String> = loaded.iter().map(|l| l.policy.name.clone()).collect();
+    let effective = EffectivePolicy {
+        revision: 1,
+        default_action: args.default_action.into(),
+        policies: loaded.into_iter().map(|l| l.policy).collect(),
+    };
+    let set = match effective.compile() {
+        Ok(s) => s,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(tool) = args.tool else {
+        println!("{origin}: valid ({})", names.join(", "));
+        return ExitCode::SUCCESS;
+    };
+    let call_args: Value = match serde_json::from_str(&args.args) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            eprintln!("--args must be a JSON object, e.g. '{{\"amount\": 5}}'");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("--args is not valid JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let who = args.identity.map(Identity::subject).unwrap_or_default();
+    let verdict = set.decide(&Call::new(&tool, &call_args), &who, &NoCounters);
+    let (out, code) = match &verdict.decision {
+        Decision::Allow { reservations } => (
+            json!({ "decision": "allow", "rule": null, "reason": null, "reserve": reservations }),
+            0,
+        ),
+        Decision::Deny(d) => (
+            json!({ "decision": "deny", "rule": d.rule, "reason": d.reason, "policy": d.policy }),
+            1,
+        ),
+        Decision::Approve { policy, rule, timeout, .. } => (
+            json!({ "decision": "approve", "rule": rule, "reason": format!("held for a person's approval for up to {}s", timeout.as_secs()), "policy": policy }),
+            1,
+        ),
+    };
+    let mut out = out;
+    if let Some(a) = &verdict.audit {
+        out["audit"] = json!({ "wouldDeny": true, "rule": a.rule, "reason": a.reason, "policy": a.policy });
+    }
+    println!("{out}");
+    ExitCode::from(code)
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<String> {
+    let origin = args.file.display().to_string();
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {origin}"))?;
+    let loaded = tollgate_api::load_file(&text, &origin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stem = args
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("imported")
+        .to_ascii_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let mut out = String::new();
+    let many = loaded.len() > 1;
+    for (i, l) in loaded.into_iter().enumerate() {
+        let mut name = args.name.clone().unwrap_or_else(|| stem.clone());
+        if many {
+            name = format!("{name}-{}", i + 1);
+        }
+        let mut policy = tollgate_api::McpPolicy::new(&name, l.policy.spec);
+        policy.metadata.namespace = args.namespace.clone().or(l.namespace);
+        let doc = serde_json::to_value(&policy)?;
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&format!("# Imported from {origin} ({:?} format) by tollgate import\n", l.format));
+        out.push_str(&serde_yaml::to_string(&doc)?);
+    }
+    Ok(out)
+}
+
+async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .init();
+    let verifier = match &args.jwks {
+        None => None,
+        Some(src) => {
+            let jwks = fetch_jwks(src).await?;
+            Some(Verifier::from_jwks(&jwks, args.jwt_issuer.clone(), args.jwt_audience.clone())?)
+        }
+    };
+    let metrics = Metrics::new();
+    let handle = PolicyHandle::new(metrics.clone());
+    let source = FileSource {
+        path: args.policy.clone(),
+        default_action: args.default_action.into(),
+        interval: args.policy_poll,
+    };
+    let first = match source.load_once(&handle, 1) {
+        Ok(bytes) => {
+            tracing::info!(path = %args.policy.display(), "policy loaded");
+            Some(bytes)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "policy not loaded: every call is denied until it is fixed");
+            None
+        }
+    };
+    tokio::spawn(source.watch(handle.clone(), first));
+    let proxy = Arc::new(Proxy::new(
+        ProxyConfig {
+            upstream: args.upstream.clone(),
+            max_body: args.max_body_bytes,
+            allowed_origins: args.allowed_origins.clone(),
+            verifier,
+        },
+        handle.clone(),
+        AuditLog::stdout(args.pod.clone()),
+        metrics.clone(),
+    )?);
+    let counters = proxy.counters.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            t.tick().await;
+            counters.sweep();
+        }
+    });
+    let listener = crate::server::bind(args.listen, "--listen").await?;
+    let admin = crate::server::bind(args.metrics_listen, "--metrics-listen").await?;
+    tracing::info!(listen = %args.listen, upstream = %args.upstream, metrics = %args.metrics_listen, "tollgate proxy started");
+    tokio::spawn(crate::server::serve_admin(admin, handle, metrics));
+    crate::server::serve(proxy, listener, args.drain).await
+}
+
+async fn fetch_jwks(src: &str) -> anyhow::Result<String> {
+    if !src.starts_with("http://") {
+        return std::fs::read_to_string(src).with_context(|| format!("cannot read --jwks {src}"));
+    }
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let resp = client
+        .get(src.parse()?)
+        .await
+        .with_context(|| format!("cannot fetch --jwks {src}"))?;
+    anyhow::ensure!(resp.status().is_success(), "--jwks {src} answered {}", resp.status());
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}

@@ -1,0 +1,193 @@
+//! Rate-limit counters local to this pod: calendar-aligned UTC windows, reserved when a call is
+//! allowed and rolled back when the server answers with an error.
+//!
+//! ```text
+//! Decision::Allow { reservations } ── reserve_all ──> Ok(Reserved) ── server failed? ── rollback
+//!                                                 └─> Err(Denial)  (a counter filled meanwhile)
+//! ```
+//!
+//! The lock is held only for the arithmetic, never across an await.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tollgate_api::{CounterKey, Counters, Denial, Reservation, Window};
+
+/// Counters for this workload.
+#[derive(Default)]
+pub struct CounterStore {
+    counters: Mutex<HashMap<CounterKey, Slot>>,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    window_start: u64,
+    value: u64,
+}
+
+/// What was reserved for one call, to roll back if the call fails.
+#[derive(Debug, Default)]
+pub struct Reserved(Vec<(CounterKey, u64, u64)>);
+
+impl Reserved {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn window_start(window: Window, now: u64) -> u64 {
+    now - now % window.seconds()
+}
+
+impl CounterStore {
+    /// Reserves every counter or none: if one would pass its max, the ones before it are
+    /// released and that counter's denial is returned.
+    pub fn reserve_all(&self, reservations: &[Reservation]) -> Result<Reserved, Denial> {
+        self.reserve_all_at(reservations, now_secs())
+    }
+
+    fn reserve_all_at(&self, reservations: &[Reservation], now: u64) -> Result<Reserved, Denial> {
+        if reservations.is_empty() {
+            return Ok(Reserved::default());
+        }
+        let mut map = self.counters.lock();
+        let mut done = Vec::with_capacity(reservations.len());
+        for r in reservations {
+            let start = window_start(r.window, now);
+            let slot = map.entry(r.key.clone()).or_insert(Slot {
+                window_start: start,
+                value: 0,
+            });
+            if slot.window_start != start {
+                *slot = Slot {
+                    window_start: start,
+                    value: 0,
+                };
+            }
+            let next = slot.value.saturating_add(r.amount);
+            if r.max.is_some_and(|max| next > max) {
+                for (key, start, amount) in done {
+                    release(&mut map, &key, start, amount);
+                }
+                return Err(r.on_full.clone());
+            }
+            slot.value = next;
+            done.push((r.key.clone(), start, r.amount));
+        }
+        Ok(Reserved(done))
+    }
+
+    /// Gives back what a failed call reserved (only within the same window).
+    pub fn rollback(&self, reserved: Reserved) {
+        if reserved.0.is_empty() {
+            return;
+        }
+        let mut map = self.counters.lock();
+        for (key, start, amount) in reserved.0 {
+            release(&mut map, &key, start, amount);
+        }
+    }
+
+    /// Drops counters whose window has passed; called periodically so memory stays bounded
+    /// by the live windows.
+    pub fn sweep(&self) {
+        let now = now_secs();
+        // A slot is stale once a day has passed since its window began (the longest window).
+        self.counters
+            .lock()
+            .retain(|_, s| now.saturating_sub(s.window_start) < Window::Day.seconds());
+    }
+
+    pub fn len(&self) -> usize {
+        self.counters.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn release(map: &mut HashMap<CounterKey, Slot>, key: &CounterKey, start: u64, amount: u64) {
+    if let Some(slot) = map.get_mut(key)
+        && slot.window_start == start
+    {
+        slot.value = slot.value.saturating_sub(amount);
+    }
+}
+
+impl Counters for CounterStore {
+    fn current(&self, key: &CounterKey, window: Window) -> u64 {
+        let start = window_start(window, now_secs());
+        self.counters
+            .lock()
+            .get(key)
+            .filter(|s| s.window_start == start)
+            .map_or(0, |s| s.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_api::DenyAs;
+
+    fn res(key: &str, amount: u64, max: u64, window: Window) -> Reservation {
+        Reservation {
+            key: CounterKey(key.into()),
+            window,
+            amount,
+            max: Some(max),
+            on_full: Denial {
+                policy: "p".into(),
+                rule: key.into(),
+                reason: format!("{key} full"),
+                deny_as: DenyAs::Error,
+            },
+        }
+    }
+
+    #[test]
+    fn reservations_stop_at_max_and_name_the_full_counter() {
+        let store = CounterStore::default();
+        let r = [res("a", 1, 2, Window::Minute)];
+        assert!(store.reserve_all_at(&r, 60).is_ok());
+        assert!(store.reserve_all_at(&r, 61).is_ok());
+        let err = store.reserve_all_at(&r, 62).unwrap_err();
+        assert_eq!(err.rule, "a");
+    }
+
+    #[test]
+    fn a_full_counter_releases_the_others_it_reserved_with() {
+        let store = CounterStore::default();
+        let both = [res("a", 1, 10, Window::Hour), res("b", 5, 4, Window::Hour)];
+        assert!(store.reserve_all_at(&both, 0).is_err());
+        let a = [res("a", 10, 10, Window::Hour)];
+        assert!(store.reserve_all_at(&a, 0).is_ok(), "a was released");
+    }
+
+    #[test]
+    fn rollback_returns_quota_within_the_window() {
+        let store = CounterStore::default();
+        let r = [res("a", 3, 3, Window::Minute)];
+        let reserved = store.reserve_all_at(&r, 120).unwrap();
+        store.rollback(reserved);
+        assert!(store.reserve_all_at(&r, 121).is_ok());
+    }
+
+    #[test]
+    fn windows_are_calendar_aligned() {
+        let store = CounterStore::default();
+        let r = [res("a", 1, 1, Window::Minute)];
+        assert!(store.reserve_all_at(&r, 119).is_ok());
+        assert!(store.reserve_all_at(&r, 119).is_err());
+        assert!(store.reserve_all_at(&r, 120).is_ok(), "a new minute begins at :00");
+        assert_eq!(window_start(Window::Day, 86_400 * 3 + 5), 86_400 * 3);
+    }
+}

@@ -1,0 +1,24 @@
+//! Tollgate's data plane: an MCP reverse proxy that decides every JSON-RPC message before the
+//! server sees it, and the `tollgate` command's `check` and `import`.
+//!
+//! ```text
+//! cli ─┬─ check / import ──────────────> tollgate_api (load, validate, decide)
+//!      └─ proxy ─> server (listeners, shutdown) ─> proxy (decide, forward)
+//!                                                   ├─ jsonrpc, sse, inspect (messages)
+//!                                                   ├─ policy (file source, fail closed)
+//!                                                   ├─ counters, identity
+//!                                                   └─ audit, metrics
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod cli;
+pub mod counters;
+pub mod identity;
+pub mod inspect;
+pub mod jsonrpc;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod sse;

@@ -1,0 +1,147 @@
+//! Prometheus metrics, served on their own port.
+//!
+//! ```text
+//! tollgate_decisions_total{tool, outcome}         allow | deny | approve | audit_deny
+//! tollgate_decision_duration_seconds              the decision function alone
+//! tollgate_request_duration_seconds{kind}         proxy in to upstream response headers
+//! tollgate_upstream_errors_total{reason}
+//! tollgate_policy_reloads_total{result}           success | failure
+//! tollgate_policy_revision, tollgate_policy_ready
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub tool: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+struct Inner {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    decision_seconds: Histogram,
+    request_seconds: Family<KindLabels, Histogram>,
+    upstream_errors: Family<ReasonLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    revision: Gauge<u64, AtomicU64>,
+    ready: Gauge,
+}
+
+/// Cheap to clone; every clone records into the same registry.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("decisions", "Decisions on JSON-RPC calls, by tool and outcome", decisions.clone());
+        let decision_seconds = Histogram::new(exponential_buckets(1e-7, 4.0, 12));
+        registry.register("decision_duration_seconds", "Time to decide one call", decision_seconds.clone());
+        let request_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(5e-5, 2.5, 14))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request arriving to the response headers leaving, by kind (mcp, denied, passthrough)",
+            request_seconds.clone(),
+        );
+        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register("upstream_errors", "Requests the upstream could not answer", upstream_errors.clone());
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("policy_reloads", "Policy loads, by result", reloads.clone());
+        let revision = Gauge::<u64, AtomicU64>::default();
+        registry.register("policy_revision", "Revision of the policy in force", revision.clone());
+        let ready = Gauge::default();
+        registry.register("policy_ready", "1 once a policy is in force", ready.clone());
+        Metrics(Arc::new(Inner {
+            registry,
+            decisions,
+            decision_seconds,
+            request_seconds,
+            upstream_errors,
+            reloads,
+            revision,
+            ready,
+        }))
+    }
+
+    pub fn decision(&self, tool: &str, outcome: &'static str, seconds: f64) {
+        self.0
+            .decisions
+            .get_or_create(&DecisionLabels {
+                tool: tool.to_string(),
+                outcome,
+            })
+            .inc();
+        self.0.decision_seconds.observe(seconds);
+    }
+
+    pub fn request(&self, kind: &'static str, seconds: f64) {
+        self.0
+            .request_seconds
+            .get_or_create(&KindLabels { kind })
+            .observe(seconds);
+    }
+
+    pub fn upstream_error(&self, reason: &'static str) {
+        self.0
+            .upstream_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn policy_loaded(&self, revision: u64) {
+        self.0
+            .reloads
+            .get_or_create(&ResultLabels { result: "success" })
+            .inc();
+        self.0.revision.set(revision);
+        self.0.ready.set(1);
+    }
+
+    pub fn policy_failed(&self) {
+        self.0
+            .reloads
+            .get_or_create(&ResultLabels { result: "failure" })
+            .inc();
+    }
+
+    /// The registry in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,144 @@
+//! The policy in force, and the sources that feed it.
+//!
+//! ```text
+//! FileSource (--policy FILE, polled)      ─┐
+//! operator stream (--control-plane URL)  ─┴─> PolicyHandle::publish(EffectivePolicy)
+//!                                              └─> compiled, swapped in atomically
+//! request path: PolicyHandle::current() -> Arc<PolicyState> (lock-free read)
+//! ```
+//!
+//! Fail closed: until a policy loads the state denies everything and is not ready; a policy
+//! that fails to load leaves the last good one in force.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tollgate_api::{DefaultAction, EffectivePolicy, PolicySet};
+
+use crate::metrics::Metrics;
+
+/// What the proxy enforces right now.
+pub struct PolicyState {
+    pub set: Arc<PolicySet>,
+    /// False until a policy has loaded.
+    pub ready: bool,
+    /// Why the state is not ready, or why the last update was refused.
+    pub last_error: Option<String>,
+}
+
+/// Shared, atomically swapped policy state.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    state: Arc<ArcSwap<PolicyState>>,
+    metrics: Metrics,
+}
+
+impl PolicyHandle {
+    /// A handle that denies everything until a policy is published.
+    pub fn new(metrics: Metrics) -> Self {
+        let reason = "No policy is loaded yet, so every call is denied";
+        PolicyHandle {
+            state: Arc::new(ArcSwap::from_pointee(PolicyState {
+                set: Arc::new(PolicySet::deny_all(reason)),
+                ready: false,
+                last_error: Some(reason.into()),
+            })),
+            metrics,
+        }
+    }
+
+    pub fn current(&self) -> Arc<PolicyState> {
+        self.state.load_full()
+    }
+
+    /// Compiles and installs a policy; on failure the previous one stays and the error is
+    /// returned (and counted).
+    pub fn publish(&self, effective: &EffectivePolicy) -> Result<(), String> {
+        match effective.compile() {
+            Ok(set) => {
+                self.metrics.policy_loaded(set.revision);
+                self.state.store(Arc::new(PolicyState {
+                    set: Arc::new(set),
+                    ready: true,
+                    last_error: None,
+                }));
+                Ok(())
+            }
+            Err(problems) => Err(self.refuse(problems.to_string())),
+        }
+    }
+
+    /// Records a policy that could not be loaded at all.
+    pub fn refuse(&self, error: String) -> String {
+        self.metrics.policy_failed();
+        let old = self.current();
+        let message = if old.ready {
+            format!("{error}\n(the previous policy, revision {}, stays in force)", old.set.revision)
+        } else {
+            format!("{error}\n(no policy is in force, so every call is denied)")
+        };
+        self.state.store(Arc::new(PolicyState {
+            set: old.set.clone(),
+            ready: old.ready,
+            last_error: Some(message.clone()),
+        }));
+        message
+    }
+}
+
+/// Reads a policy file now and whenever it changes.
+pub struct FileSource {
+    pub path: PathBuf,
+    pub default_action: DefaultAction,
+    pub interval: Duration,
+}
+
+impl FileSource {
+    /// Loads the file once, synchronously (so the first state is known at start).
+    pub fn load_once(&self, handle: &PolicyHandle, revision: u64) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(&self.path)
+            .map_err(|e| format!("cannot read policy file {}: {e}", self.path.display()));
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => return Err(handle.refuse(e)),
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let loaded = tollgate_api::load_file(&text, &self.path.display().to_string())
+            .map_err(|e| handle.refuse(format!("policy file is invalid:\n{e}")))?;
+        let effective = EffectivePolicy {
+            revision,
+            default_action: self.default_action,
+            policies: loaded.into_iter().map(|l| l.policy).collect(),
+        };
+        handle.publish(&effective)?;
+        Ok(bytes)
+    }
+
+    /// Polls the file and reloads it when its content changes.
+    pub async fn watch(self, handle: PolicyHandle, mut last: Option<Vec<u8>>) {
+        let mut revision = 1;
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Ok(bytes) = std::fs::read(&self.path) else {
+                if last.take().is_some() {
+                    let e = handle.refuse(format!("policy file {} is gone", self.path.display()));
+                    tracing::error!(error = %e, "policy reload failed");
+                }
+                continue;
+            };
+            if last.as_deref() == Some(&bytes[..]) {
+                continue;
+            }
+            revision += 1;
+            match self.load_once(&handle, revision) {
+                Ok(_) => tracing::info!(path = %self.path.display(), revision, "policy reloaded"),
+                Err(e) => tracing::error!(error = %e, "policy reload failed"),
+            }
+            last = Some(bytes);
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The reverse proxy: every JSON-RPC message is decided before the upstream sees it.
+//!
+//! ```text
+//! client ─> Origin allowed? ─> identity (JWT) ─> POST with JSON-RPC? ─ no ─> forward as is
+//!                                                  │ yes
+//!                        each message: tools/call ─> PolicySet::decide ─> counters.reserve_all
+//!                                      denied ─> answered here, never forwarded
+//!                        allowed ─> upstream ─> JSON or SSE back through the Inspector
+//!                                              (tools/list filtered, failed calls rolled back)
+//! ```
+//!
+//! Bodies Tollgate does not change are forwarded byte for byte; SSE streams pass event by
+//! event. Legacy HTTP+SSE sessions are tracked by the endpoint their stream announces, so a
+//! denial posted to that endpoint is delivered on the session's stream, as the client expects.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
+
+use crate::audit::{AuditLog, Record, now_rfc3339};
+use crate::counters::CounterStore;
+use crate::identity::Verifier;
+use crate::inspect::Inspector;
+use crate::jsonrpc::{self, Body as RpcBody, Message};
+use crate::metrics::Metrics;
+use crate::policy::PolicyHandle;
+use crate::sse::{SseBody, message_event};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// How the proxy is set up.
+pub struct ProxyConfig {
+    /// `http://HOST:PORT` of the MCP server.
+    pub upstream: Uri,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Origins browsers may call from; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Verifies bearer tokens; `None` treats every caller as anonymous.
+    pub verifier: Option<Verifier>,
+}
+
+/// The proxy's shared state.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    upstream_authority: HeaderValue,
+    client: Client<HttpConnector, ProxyBody>,
+    pub policy: PolicyHandle,
+    pub counters: Arc<CounterStore>,
+    audit: AuditLog,
+    metrics: Metrics,
+    legacy: Arc<Mutex<HashMap<String, LegacySession>>>,
+}
+
+/// A legacy HTTP+SSE session: where denials for it are delivered.
+struct LegacySession {
+    events: mpsc::UnboundedSender<Bytes>,
+    reserved: crate::inspect::Tracker,
+}
+
+type Resp = Response<ProxyBody>;
+
+fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(named) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
+        let named: Vec<HeaderName> = named
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::TRAILER);
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// One decided message of a request.
+struct Decided {
+    /// The denial to answer with, if refused.
+    denial: Option<Value>,
+}
+
+/// What is logged once the upstream answers.
+struct PendingAudit {
+    tool: String,
+    decision: &'static str,
+    rule: Option<String>,
+    policy: Option<String>,
+    reason: Option<String>,
+}
+
+impl Proxy {
+    pub fn new(cfg: ProxyConfig, policy: PolicyHandle, audit: AuditLog, metrics: Metrics) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            cfg.upstream.scheme_str() == Some("http"),
+            "--upstream must be an http:// URL of the MCP server beside the proxy, got {}",
+            cfg.upstream
+        );
+        let authority = cfg
+            .upstream
+            .authority()
+            .ok_or_else(|| anyhow::anyhow!("--upstream {} has no host", cfg.upstream))?;
+        let upstream_authority = HeaderValue::from_str(authority.as_str())?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Proxy {
+            cfg,
+            upstream_authority,
+            client,
+            policy,
+            counters: Arc::default(),
+            audit,
+            metrics,
+            legacy: Arc::default(),
+        })
+    }
+
+    /// Serves one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, Infallible> {
+        let start = Instant::now();
+        if let Some(origin) = header_str(req.headers(), "origin")
+            && !self.cfg.allowed_origins.is_empty()
+            && !self.cfg.allowed_origins.iter().any(|o| o == origin || o == "*")
+        {
+            let body = jsonrpc::error_response(
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                &format!("Origin {origin} is not allowed; add it to --allowed-origins"),
+                None,
+            );
+            return Ok(json_response(StatusCode::FORBIDDEN, &body));
+        }
+        let who = match &self.cfg.verifier {
+            None => Identity::anonymous(),
+            Some(v) => match v.identify(header_str(req.headers(), "authorization")) {
+                Ok(who) => who,
+                Err(e) => return Ok(unauthorized(&e)),
+            },
+        };
+        let resp = if req.method() == Method::POST {
+            self.handle_post(req, who, peer, start).await
+        } else {
+            self.forward_stream(req, who, peer, start).await
+        };
+        Ok(resp)
+    }
+
+    async fn handle_post(&self, req: Request<Incoming>, who: Identity, peer: SocketAddr, start: Instant) -> Resp {
+        let (parts, body) = req.into_parts();
+        let declared_len = header_str(&parts.headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+        if declared_len.is_some_and(|n| n > self.cfg.max_body) {
+            return self.too_large();
+        }
+        let bytes = match Limited::new(body, self.cfg.max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return self.too_large(),
+            Err(e) => {
+                let body = jsonrpc::error_response(Value::Null, jsonrpc::PARSE_ERROR, &format!("Could not read the request body: {e}"), None);
+                return json_response(StatusCode::BAD_REQUEST, &body);
+            }
+        };
+        let json_declared = header_str(&parts.headers, "content-type").is_some_and(|c| c.contains("json"));
+        let parsed = match jsonrpc::parse_body(&bytes, json_declared) {
+            Ok(p) => p,
+            Err(e) => {
+                let body = jsonrpc::error_response(Value::Null, e.code, &e.message, None);
+                return json_response(StatusCode::BAD_REQUEST, &body);
+            }
+        };
+        let RpcBody::Messages { messages, batch } = parsed else {
+            return self.forward(parts, full(bytes), Vec::new(), Inspector::passthrough(), peer, start, "passthrough").await;
+        };
+        if let Err(msg) = check_mcp_headers(&parts.headers, &messages, batch) {
+            let id = messages.first().map(Message::id_value).unwrap_or(Value::Null);
+            let body = jsonrpc::error_response(id, jsonrpc::INVALID_REQUEST, &msg, None);
+            return json_response(StatusCode::BAD_REQUEST, &body);
+        }
+
+        let state = self.policy.current();
+        let set = state.set.clone();
+        let legacy = self.legacy_session(&parts.uri);
+        let session = header_str(&parts.headers, "mcp-session-id")
+            .map(str::to_string)
+            .or_else(|| legacy.as_ref().map(|(key, _)| key.clone()));
+        let mut inspector = match &legacy {
+            Some((_, s)) => Inspector::with_tracker(set.clone(), who.clone(), self.counters.clone(), s.reserved.clone()),
+            None => Inspector::new(set.clone(), who.clone(), self.counters.clone()),
+        };
+        if messages.iter().any(|m| m.method.as_deref() == Some("tools/list")) {
+            inspector.expect_list();
+        }
+        let mut audits = Vec::new();
+        let decided: Vec<Decided> = messages
+            .iter()
+            .map(|m| self.decide(m, &set, &who, session.as_deref(), &mut inspector, &mut audits, start))
+            .collect();
+        let denials: Vec<Value> = decided.iter().filter_map(|d| d.denial.clone()).collect();
+        let refused = decided.iter().filter(|d| d.denial.is_some()).count();
+        let answered_denials: Vec<Value> = denials.into_iter().filter(|d| !d.is_null()).collect();
+
+        if let Some((_, session)) = &legacy {
+            // Legacy transport: answers travel on the session's stream; the POST gets 202.
+            for d in &answered_denials {
+                let _ = session.events.send(message_event(&d.to_string()));
+            }
+            if refused == messages.len() {
+                self.metrics.request("denied", start.elapsed().as_secs_f64());
+                return accepted();
+            }
+        }
+
+        let body = if refused == 0 {
+            full(bytes.clone())
+        } else if refused == messages.len() {
+            self.metrics.request("denied", start.elapsed().as_secs_f64());
+            return match (batch, answered_denials.len()) {
+                (_, 0) => accepted(),
+                (false, _) => json_response(StatusCode::OK, &answered_denials[0]),
+                (true, _) => json_response(StatusCode::OK, &Value::Array(answered_denials)),
+            };
+        } else {
+            let kept: Vec<&str> = messages
+                .iter()
+                .zip(&decided)
+                .filter(|(_, d)| d.denial.is_none())
+                .map(|(m, _)| m.raw)
+                .collect();
+            full(format!("[{}]", kept.join(",")))
+        };
+        let extra = if legacy.is_some() { Vec::new() } else { answered_denials };
+        let resp = self.forward(parts, body, extra, inspector, peer, start, "mcp").await;
+        let status = resp.status().as_u16();
+        for a in audits {
+            self.write_audit(&a, &who, session.as_deref(), "tools/call", set.revision, Some(status), start);
+        }
+        resp
+    }
+
+    /// Decides one message; allowed calls have their counters reserved and tracked.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        m: &Message<'_>,
+        set: &Arc<PolicySet>,
+        who: &Identity,
+        session: Option<&str>,
+        inspector: &mut Inspector,
+        audits: &mut Vec<PendingAudit>,
+        start: Instant,
+    ) -> Decided {
+        let Some(call) = m.tool_call() else {
+            return Decided { denial: None };
+        };
+        let id = m.id_value();
+        let call = match call {
+            Ok(c) => c,
+            Err(e) => {
+                return Decided {
+                    denial: Some(if m.id.is_some() {
+                        jsonrpc::error_response(id, -32602, &e, None)
+                    } else {
+                        Value::Null
+                    }),
+                };
+            }
+        };
+        let empty = Value::Object(Default::default());
+        let args = call.arguments.as_ref().unwrap_or(&empty);
+        let t0 = Instant::now();
+        let verdict = set.decide(&Call { tool: &call.name, args: Some(args), session }, who, &*self.counters);
+        let outcome = match verdict.decision {
+            Decision::Allow { reservations } => match self.counters.reserve_all(&reservations) {
+                Ok(reserved) => {
+                    if let Some(id) = m.id {
+                        inspector.track(id.get().to_string(), reserved);
+                    }
+                    Ok(())
+                }
+                Err(full) => Err(("deny", full)),
+            },
+            Decision::Deny(d) => Err(("deny", d)),
+            Decision::Approve { policy, rule, .. } => Err((
+                "approve",
+                Denial {
+                    reason: format!(
+                        "Tool {:?} needs a person's approval (rule {rule:?}), and approvals are not enabled on this proxy",
+                        call.name
+                    ),
+                    policy,
+                    rule,
+                    deny_as: DenyAs::Error,
+                },
+            )),
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => {
+                let audit = verdict.audit;
+                self.metrics.decision(&call.name, if audit.is_some() { "audit_deny" } else { "allow" }, seconds);
+                audits.push(PendingAudit {
+                    tool: call.name,
+                    decision: if audit.is_some() { "audit" } else { "allow" },
+                    rule: audit.as_ref().map(|d| d.rule.clone()),
+                    policy: audit.as_ref().map(|d| d.policy.clone()),
+                    reason: audit.map(|d| d.reason),
+                });
+                Decided { denial: None }
+            }
+            Err((kind, denial)) => {
+                self.metrics.decision(&call.name, kind, seconds);
+                let a = PendingAudit {
+                    tool: call.name.clone(),
+                    decision: kind,
+                    rule: Some(denial.rule.clone()),
+                    policy: Some(denial.policy.clone()),
+                    reason: Some(denial.reason.clone()),
+                };
+                self.write_audit(&a, who, session, "tools/call", set.revision, None, start);
+                let answer = if m.id.is_none() {
+                    Value::Null
+                } else {
+                    denial_message(id, &denial)
+                };
+                Decided { denial: Some(answer) }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_audit(&self, a: &PendingAudit, who: &Identity, session: Option<&str>, method: &str, revision: u64, status: Option<u16>, start: Instant) {
+        self.audit.write(Record {
+            time: now_rfc3339(),
+            kind: "decision",
+            pod: self.audit.pod(),
+            session,
+            identity: who.key(),
+            method,
+            tool: Some(&a.tool),
+            decision: a.decision,
+            rule: a.rule.as_deref(),
+            policy: a.policy.as_deref(),
+            reason: a.reason.as_deref(),
+            revision,
+            upstream_status: status,
+            latency_ms: start.elapsed().as_secs_f64() * 1e3,
+            arguments: None,
+            dropped_before: None,
+        });
+    }
+
+    fn too_large(&self) -> Resp {
+        let body = jsonrpc::error_response(
+            Value::Null,
+            jsonrpc::TOO_LARGE,
+            &format!("Request body is larger than the {} byte limit (--max-body-bytes)", self.cfg.max_body),
+            None,
+        );
+        json_response(StatusCode::PAYLOAD_TOO_LARGE, &body)
+    }
+
+    /// Builds the upstream request from the client's.
+    fn upstream_request(&self, mut parts: http::request::Parts, body: ProxyBody, peer: SocketAddr) -> Request<ProxyBody> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(self.upstream_authority.as_bytes())
+            .path_and_query(path)
+            .build()
+            .expect("an upstream authority and a request path make a URI");
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(header::HOST, self.upstream_authority.clone());
+        if let Some(host) = original_host {
+            parts.headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        if !parts.headers.contains_key("x-forwarded-proto") {
+            parts.headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+        }
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            parts.headers.append(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        Request::from_parts(parts, body)
+    }
+
+    /// Sends a POST upstream and passes its answer back through the inspector.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        extra: Vec<Value>,
+        mut inspector: Inspector,
+        peer: SocketAddr,
+        start: Instant,
+        kind: &'static str,
+    ) -> Resp {
+        let up = self.upstream_request(parts, body, peer);
+        let resp = match self.client.request(up).await {
+            Ok(r) => r,
+            Err(e) => {
+                inspector.fail_all();
+                return self.bad_gateway(&e, None);
+            }
+        };
+        self.metrics.request(kind, start.elapsed().as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if !parts.status.is_success() {
+            inspector.fail_all();
+        }
+        let content_type = header_str(&parts.headers, "content-type").unwrap_or("").to_ascii_lowercase();
+        if content_type.starts_with("text/event-stream") {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let first = extra.iter().map(|v| message_event(&v.to_string())).collect();
+            return Response::from_parts(parts, SseBody::new(body, inspector, first).boxed());
+        }
+        if parts.status == StatusCode::ACCEPTED && !extra.is_empty() {
+            // The forwarded part of a batch was only notifications: answer the denials.
+            return json_response(StatusCode::OK, &Value::Array(extra));
+        }
+        let needs_look = content_type.contains("json") && (inspector.is_tracking() || inspector.may_filter() || !extra.is_empty());
+        if !needs_look {
+            return Response::from_parts(parts, body.boxed());
+        }
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                inspector.fail_all();
+                return self.bad_gateway(&e, None);
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let mut out = inspector.inspect_text(&text);
+        if !extra.is_empty() {
+            let base = out.as_deref().unwrap_or(&text);
+            let mut merged: Vec<Value> = match serde_json::from_str::<Value>(base) {
+                Ok(Value::Array(items)) => items,
+                Ok(v) => vec![v],
+                Err(_) => vec![],
+            };
+            merged.extend(extra);
+            out = Some(Value::Array(merged).to_string());
+        }
+        inspector.finish();
+        match out {
+            Some(changed) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Response::from_parts(parts, full(changed))
+            }
+            None => Response::from_parts(parts, full(bytes)),
+        }
+    }
+
+    /// GET, DELETE and every other method: streamed both ways; SSE answers are inspected.
+    async fn forward_stream(&self, req: Request<Incoming>, who: Identity, peer: SocketAddr, start: Instant) -> Resp {
+        let (parts, body) = req.into_parts();
+        let is_get = parts.method == Method::GET;
+        let up = self.upstream_request(parts, body.boxed(), peer);
+        let resp = match self.client.request(up).await {
+            Ok(r) => r,
+            Err(e) => return self.bad_gateway(&e, None),
+        };
+        self.metrics.request("passthrough", start.elapsed().as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let is_sse = header_str(&parts.headers, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+        if !is_sse {
+            return Response::from_parts(parts, body.boxed());
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let set = self.policy.current().set.clone();
+        let tracker = crate::inspect::Tracker::default();
+        let inspector = Inspector::with_tracker(set, who, self.counters.clone(), tracker.clone());
+        let mut sse = SseBody::new(body, inspector, Vec::new());
+        if is_get {
+            // A legacy HTTP+SSE stream announces where its session posts.
+            let (tx, rx) = mpsc::unbounded_channel();
+            let registry = self.legacy_registry();
+            let authority = self.upstream_authority.to_str().unwrap_or("").to_string();
+            sse = sse.with_injection(rx).on_endpoint(Box::new(move |data: &str| {
+                let (key, rewritten) = endpoint_key(data, &authority);
+                registry.register(key, LegacySession {
+                    events: tx.clone(),
+                    reserved: tracker.clone(),
+                });
+                rewritten
+            }));
+        }
+        Response::from_parts(parts, sse.boxed())
+    }
+
+    fn legacy_registry(&self) -> LegacyRegistry {
+        LegacyRegistry(self.legacy.clone())
+    }
+
+    /// The legacy session a POST belongs to, by its path and query.
+    fn legacy_session(&self, uri: &Uri) -> Option<(String, LegacyHandle)> {
+        let key = uri.path_and_query()?.as_str();
+        let mut map = self.legacy.lock();
+        let s = map.get(key)?;
+        if s.events.is_closed() {
+            map.remove(key);
+            return None;
+        }
+        Some((
+            key.to_string(),
+            LegacyHandle {
+                events: s.events.clone(),
+                reserved: s.reserved.clone(),
+            },
+        ))
+    }
+
+    fn bad_gateway(&self, e: &dyn std::fmt::Display, id: Option<Value>) -> Resp {
+        self.metrics.upstream_error("unreachable");
+        tracing::warn!(upstream = %self.cfg.upstream, error = %e, "upstream request failed");
+        let body = jsonrpc::error_response(
+            id.unwrap_or(Value::Null),
+            jsonrpc::INTERNAL_ERROR,
+            &format!("The MCP server at {} could not be reached: {e}", self.cfg.upstream),
+            None,
+        );
+        json_response(StatusCode::BAD_GATEWAY, &body)
+    }
+}
+
+/// A handle to a legacy session's stream, usable without the registry lock.
+struct LegacyHandle {
+    events: mpsc::UnboundedSender<Bytes>,
+    reserved: crate::inspect::Tracker,
+}
+
+/// Registers legacy sessions from inside an SSE body (which outlives the request borrow).
+struct LegacyRegistry(Arc<Mutex<HashMap<String, LegacySession>>>);
+
+impl LegacyRegistry {
+    fn register(&self, key: String, session: LegacySession) {
+        let mut map = self.0.lock();
+        map.retain(|_, s| !s.events.is_closed());
+        map.insert(key, session);
+    }
+}
+
+/// The path+query a legacy endpoint event names, and the event data rewritten to a relative
+/// URL when the server announced an absolute one on its own address.
+fn endpoint_key(data: &str, upstream_authority: &str) -> (String, Option<String>) {
+    let data = data.trim();
+    if let Some(rest) = data.strip_prefix("http://").or_else(|| data.strip_prefix("https://")) {
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let rewritten = (authority == upstream_authority).then(|| path.to_string());
+        return (path.to_string(), rewritten);
+    }
+    (data.to_string(), None)
+}
+
+fn accepted() -> Resp {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+fn unauthorized(reason: &str) -> Resp {
+    let body = jsonrpc::error_response(Value::Null, jsonrpc::INVALID_REQUEST, &format!("Unauthorized: {reason}"), None);
+    let mut r = json_response(StatusCode::UNAUTHORIZED, &body);
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.replace('"', "'"));
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// The answer to a denied request: a JSON-RPC error, or an `isError` tool result.
+pub fn denial_message(id: Value, d: &Denial) -> Value {
+    let data = json!({ "reason": d.reason, "rule": d.rule, "policy": d.policy });
+    match d.deny_as {
+        DenyAs::Error => jsonrpc::error_response(id, jsonrpc::POLICY_DENIED, &format!("Denied by policy: {}", d.reason), Some(data)),
+        DenyAs::ToolResult => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {
+                "content": [ { "type": "text", "text": format!("Denied by policy: {}", d.reason) } ],
+                "isError": true,
+                "_meta": { "tollgate.dev/denial": data },
+            }
+        }),
+    }
+}
+
+/// Stateless MCP (2026-07-28) mirrors the method and name in headers; a request whose headers
+/// say something its body does not is refused, so routing and policy can never disagree.
+fn check_mcp_headers(headers: &HeaderMap, messages: &[Message<'_>], batch: bool) -> Result<(), String> {
+    let method = header_str(headers, "mcp-method");
+    let name = header_str(headers, "mcp-name");
+    if method.is_none() && name.is_none() {
+        return Ok(());
+    }
+    if batch {
+        return Err("Mcp-Method and Mcp-Name headers cannot describe a batch".into());
+    }
+    let m = &messages[0];
+    if let Some(method) = method
+        && m.method.as_deref() != Some(method)
+    {
+        return Err(format!(
+            "The Mcp-Method header says {method:?} but the body's method is {:?}",
+            m.method.as_deref().unwrap_or("")
+        ));
+    }
+    if let Some(name) = name {
+        let body_name = m.params.and_then(|p| {
+            serde_json::from_str::<Value>(p.get()).ok().and_then(|v| {
+                v.get("name").or_else(|| v.get("uri")).and_then(Value::as_str).map(str::to_string)
+            })
+        });
+        if body_name.as_deref() != Some(name) {
+            return Err(format!(
+                "The Mcp-Name header says {name:?} but the body names {:?}",
+                body_name.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Listeners: the proxy port, and the admin port (`/healthz`, `/readyz`, `/metrics`).
+//!
+//! SIGTERM (or Ctrl-C) stops accepting, lets in-flight requests finish for up to the drain
+//! time, then exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::policy::PolicyHandle;
+use crate::proxy::{Proxy, ProxyBody};
+
+/// Serves the proxy until a shutdown signal, then drains.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, drain: Duration) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let proxy = proxy.clone();
+                let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, peer));
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => {
+                tracing::info!("shutting down: draining in-flight requests");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain time passed; closing the remaining connections"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics`.
+pub async fn serve_admin(listener: TcpListener, policy: PolicyHandle, metrics: Metrics) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let policy = policy.clone();
+        let metrics = metrics.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let resp = admin(req.uri().path(), &policy, &metrics);
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(conn);
+    }
+}
+
+fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<ProxyBody> {
+    let text = |status: StatusCode, body: String, ctype: &'static str| {
+        let mut r = Response::new(http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed());
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        r
+    };
+    match path {
+        "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => {
+            let state = policy.current();
+            if state.ready {
+                text(StatusCode::OK, format!("ready: policy revision {}\n", state.set.revision), "text/plain")
+            } else {
+                let why = state.last_error.clone().unwrap_or_default();
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), "text/plain")
+            }
+        }
+        "/metrics" => text(StatusCode::OK, metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n".into(), "text/plain"),
+    }
+}
+
+/// Binds an address with a message that names the flag.
+pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))
+}

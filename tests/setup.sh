@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs every peer the test suites use: Python packages in tests/.venv (and the 1.x MCP SDK
+# in tests/.venv-mcp1), npm packages in tests/node_modules. Idempotent; safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")"
+stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
+if [[ ! -f .venv/.stamp || "$(cat .venv/.stamp)" != "$(stamp requirements.txt)" ]]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  stamp requirements.txt > .venv/.stamp
+fi
+if [[ ! -f .venv-mcp1/.stamp || "$(cat .venv-mcp1/.stamp)" != "$(stamp requirements-mcp1.txt)" ]]; then
+  python3 -m venv .venv-mcp1
+  .venv-mcp1/bin/pip install -q --disable-pip-version-check -r requirements-mcp1.txt
+  stamp requirements-mcp1.txt > .venv-mcp1/.stamp
+fi
+if [[ ! -f node_modules/.stamp || "$(cat node_modules/.stamp)" != "$(stamp package.json)" ]]; then
+  npm install --no-audit --no-fund --loglevel=error
+  stamp package.json > node_modules/.stamp
+fi
