@@ -60,6 +60,15 @@ def transfer_repository(name: str, owner: str) -> str:
 
 
 @mcp.tool()
+async def slow(seconds: float) -> str:
+    """Takes its time: for tests of draining on shutdown."""
+    import anyio
+
+    await anyio.sleep(seconds)
+    return f"slept {seconds}s"
+
+
+@mcp.tool()
 def fail(message: str) -> str:
     """Always fails: for tests of counter rollback."""
     raise RuntimeError(message)

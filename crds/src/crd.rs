@@ -19,5 +19,7 @@ pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
 /// A CRD as the YAML file checked in under `crds/`.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
     let body = serde_yaml::to_string(crd).expect("a CRD always serialises");
-    format!("# Generated from crds/src/resources.rs by `cargo run -p tollgate-api --bin crdgen`. Do not edit.\n{body}")
+    format!(
+        "# Generated from crds/src/resources.rs by `cargo run -p tollgate-api --bin crdgen`. Do not edit.\n{body}"
+    )
 }

@@ -153,7 +153,10 @@ pub enum Decision {
 }
 
 mod duration_secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -257,7 +260,10 @@ impl PolicySet {
             args: None,
             session: None,
         };
-        !matches!(self.decide(&call, who, &NoCounters).decision, Decision::Deny(_))
+        !matches!(
+            self.decide(&call, who, &NoCounters).decision,
+            Decision::Deny(_)
+        )
     }
 
     /// Whether any policy could list tools differently for different callers.
@@ -322,14 +328,14 @@ impl PolicySet {
         if listed {
             return Decision::Allow { reservations };
         }
-        let default_from = default_deny.map(|p| (p.name.to_string(), p.deny_as)).or(
-            (self.default_action == DefaultAction::Deny).then(|| {
+        let default_from = default_deny
+            .map(|p| (p.name.to_string(), p.deny_as))
+            .or((self.default_action == DefaultAction::Deny).then(|| {
                 (
                     "(cluster default)".to_string(),
                     first.map(|p| p.deny_as).unwrap_or_default(),
                 )
-            }),
-        );
+            }));
         match default_from {
             Some((policy, deny_as)) => Decision::Deny(Denial {
                 policy,
@@ -522,7 +528,14 @@ impl CompiledPolicy {
         self.exact.len() + self.globs.len() + usize::from(self.wildcard.is_some())
     }
 
-    fn counter_key(&self, scope: &str, counter: &str, how: Scope, call: &Call<'_>, who: &Identity) -> CounterKey {
+    fn counter_key(
+        &self,
+        scope: &str,
+        counter: &str,
+        how: Scope,
+        call: &Call<'_>,
+        who: &Identity,
+    ) -> CounterKey {
         let whose = match how {
             Scope::Global => "g".to_string(),
             Scope::Identity | Scope::Grant => format!("i:{}", who.key()),
@@ -620,7 +633,10 @@ fn compile_condition(c: &crate::resources::Condition) -> CompiledCondition {
 }
 
 fn segments(path: &str, root: &str) -> Vec<String> {
-    path[root.len() + 1..].split('.').map(str::to_string).collect()
+    path[root.len() + 1..]
+        .split('.')
+        .map(str::to_string)
+        .collect()
 }
 
 impl CompiledRule {
@@ -643,9 +659,10 @@ impl CompiledRule {
         // Listing: only what holds whatever the arguments.
         let Some(args) = call.args else {
             return match self.action {
-                Action::Deny if self.conditions.is_empty() => {
-                    deny(format!("Tool {:?} is denied by rule {:?}", call.tool, self.name))
-                }
+                Action::Deny if self.conditions.is_empty() => deny(format!(
+                    "Tool {:?} is denied by rule {:?}",
+                    call.tool, self.name
+                )),
                 _ => RuleOutcome::Pass,
             };
         };
@@ -656,7 +673,10 @@ impl CompiledRule {
         match self.action {
             Action::Deny => match failed {
                 Some(_) => RuleOutcome::Pass,
-                None => deny(format!("Tool {:?} is denied by rule {:?}", call.tool, self.name)),
+                None => deny(format!(
+                    "Tool {:?} is denied by rule {:?}",
+                    call.tool, self.name
+                )),
             },
             Action::Approve => match failed {
                 Some(_) => RuleOutcome::Pass,

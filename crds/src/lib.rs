@@ -19,7 +19,10 @@ pub mod problem;
 pub mod resources;
 pub mod validate;
 
-pub use decide::{Call, CounterKey, Counters, Decision, Denial, Identity, NoCounters, PolicySet, Reservation, Verdict};
+pub use decide::{
+    Call, CounterKey, Counters, Decision, Denial, Identity, NoCounters, PolicySet, Reservation,
+    Verdict,
+};
 pub use effective::EffectivePolicy;
 pub use load::{Format, Loaded, NamedPolicy, load_file};
 pub use problem::{Problem, Problems};

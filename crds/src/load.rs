@@ -99,7 +99,10 @@ fn split_documents(text: &str) -> Result<Vec<Value>, String> {
 
 fn file_stem(origin: &str) -> &str {
     let base = origin.rsplit('/').next().unwrap_or(origin);
-    base.split('.').next().filter(|s| !s.is_empty()).unwrap_or(base)
+    base.split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(base)
 }
 
 /// Reads one document in whichever format it is.
@@ -115,15 +118,24 @@ pub fn load_document(doc: Value, origin: &str) -> Result<Loaded, Problems> {
         .and_then(Value::as_object)
         .is_some_and(|tools| {
             tools.values().any(|t| t.get("rules").is_some())
-                || (tools.values().all(|t| t.get("limits").is_none()) && !map.contains_key("default"))
+                || (tools.values().all(|t| t.get("limits").is_none())
+                    && !map.contains_key("default"))
         });
     let stem = file_stem(origin);
     if is_intercept {
         let spec = intercept::convert(doc)?;
-        Ok(from_file(Format::Intercept, format!("intercept/{stem}"), spec))
+        Ok(from_file(
+            Format::Intercept,
+            format!("intercept/{stem}"),
+            spec,
+        ))
     } else {
         let spec = policylayer::convert(doc)?;
-        Ok(from_file(Format::PolicyLayer, format!("policylayer/{stem}"), spec))
+        Ok(from_file(
+            Format::PolicyLayer,
+            format!("policylayer/{stem}"),
+            spec,
+        ))
     }
 }
 
@@ -150,7 +162,11 @@ fn load_resource(doc: Value) -> Result<Loaded, Problems> {
     match kind {
         "McpPolicy" => {
             let p: McpPolicy = from_value(doc)?;
-            let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = p
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
             let name = p.metadata.name.clone().unwrap_or_default();
             require_name(&name)?;
             Ok(Loaded {
@@ -355,8 +371,8 @@ mod intercept {
         let file: File = from_value(doc)?;
         let mut problems = Vec::new();
         check_version(&file.version, &mut problems);
-        let default = parse_default(file.default.as_deref(), &mut problems)
-            .unwrap_or(DefaultAction::Allow);
+        let default =
+            parse_default(file.default.as_deref(), &mut problems).unwrap_or(DefaultAction::Allow);
         let mut seen = std::collections::HashSet::new();
         for (i, h) in file.hide.iter().enumerate() {
             if !h.is_empty() && !seen.insert(h) {
@@ -389,7 +405,12 @@ mod intercept {
         })
     }
 
-    fn convert_rule(at: &str, scope: &str, r: FileRule, problems: &mut Vec<Problem>) -> Option<Rule> {
+    fn convert_rule(
+        at: &str,
+        scope: &str,
+        r: FileRule,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Rule> {
         if r.name.is_empty() {
             problems.push(Problem::new(format!("{at}.name"), "rule must have a name"));
         }
@@ -448,7 +469,10 @@ mod intercept {
         let mut limit = None;
         if let Some(state) = &r.state {
             if state.counter.is_empty() {
-                problems.push(Problem::new(format!("{at}.state.counter"), "counter must not be empty"));
+                problems.push(Problem::new(
+                    format!("{at}.state.counter"),
+                    "counter must not be empty",
+                ));
             }
             let window = parse_window(&format!("{at}.state.window"), &state.window, problems);
             if let Some(from) = &state.increment_from
@@ -464,13 +488,19 @@ mod intercept {
                     counter: state.counter.clone(),
                     window,
                     max: None,
-                    increment: state.increment_from.is_none().then_some(state.increment.unwrap_or(1)),
+                    increment: state
+                        .increment_from
+                        .is_none()
+                        .then_some(state.increment.unwrap_or(1)),
                     increment_from: state.increment_from.clone(),
                     scope: Some(Scope::Global),
                 });
             }
         }
-        let own = r.state.as_ref().map(|s| format!("state.{scope}.{}", s.counter));
+        let own = r
+            .state
+            .as_ref()
+            .map(|s| format!("state.{scope}.{}", s.counter));
         for (j, c) in r.conditions.into_iter().enumerate() {
             let cat = format!("{at}.conditions[{j}]");
             let Some(c) = convert_condition(&cat, c, problems) else {
@@ -483,7 +513,11 @@ mod intercept {
                 && let Some(n) = c.value.as_ref().and_then(crate::decide::as_number)
                 && matches!(c.op, Op::Lte | Op::Lt)
             {
-                let max = if c.op == Op::Lt { n.ceil() - 1.0 } else { n.floor() };
+                let max = if c.op == Op::Lt {
+                    n.ceil() - 1.0
+                } else {
+                    n.floor()
+                };
                 if max >= 1.0 {
                     limit.max = Some(max as u64);
                     continue;
@@ -577,7 +611,9 @@ mod policylayer {
                 .limits
                 .into_iter()
                 .enumerate()
-                .filter_map(|(i, l)| convert_limit(&format!("all_tools.limits[{i}]"), l, &mut problems))
+                .filter_map(|(i, l)| {
+                    convert_limit(&format!("all_tools.limits[{i}]"), l, &mut problems)
+                })
                 .collect();
             tools.insert("*".to_string(), ToolRules { rules });
         }
@@ -601,7 +637,9 @@ mod policylayer {
                 .require
                 .into_iter()
                 .enumerate()
-                .filter_map(|(j, c)| convert_condition(&format!("{at}.require[{j}]"), c, &mut problems))
+                .filter_map(|(j, c)| {
+                    convert_condition(&format!("{at}.require[{j}]"), c, &mut problems)
+                })
                 .collect();
             if !require.is_empty() {
                 rules.push(Rule {
@@ -612,7 +650,8 @@ mod policylayer {
                 });
             }
             for (j, c) in def.deny_if.into_iter().enumerate() {
-                if let Some(c) = convert_condition(&format!("{at}.deny_if[{j}]"), c, &mut problems) {
+                if let Some(c) = convert_condition(&format!("{at}.deny_if[{j}]"), c, &mut problems)
+                {
                     rules.push(Rule {
                         name: format!("deny_if[{j}]"),
                         action: Some(Action::Deny),

@@ -14,9 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    Condition as StatusCondition, LabelSelector,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as StatusCondition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -39,16 +37,12 @@ pub const VERSION: &str = "v1alpha1";
     derive = "PartialEq",
     derive = "Default",
     doc = "McpPolicy says which MCP tool calls agents may make on the pods it selects in its namespace.",
-    printcolumn(name = "Default", type_ = "string", json_path = ".spec.default"),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Tools", type_ = "integer", json_path = ".status.tools"),
-    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.selectedPods"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.tools"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.selectedPods"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySpec {
@@ -101,16 +95,12 @@ pub struct PolicySpec {
     derive = "PartialEq",
     derive = "Default",
     doc = "McpClusterPolicy applies one policy to MCP server pods across namespaces: the platform team's baseline.",
-    printcolumn(name = "Default", type_ = "string", json_path = ".spec.default"),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Tools", type_ = "integer", json_path = ".status.tools"),
-    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.selectedPods"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.tools"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.selectedPods"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterPolicySpec {
@@ -161,7 +151,9 @@ pub enum DenyAs {
 pub struct Subject {
     /// A Kubernetes service account, `NAMESPACE/NAME` (`NAMESPACE/*` for all in a namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"
+    ))]
     pub service_account: Option<String>,
 
     /// A claim of the caller's verified token; matches when the claim equals the value or, for

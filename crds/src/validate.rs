@@ -245,10 +245,7 @@ fn validate_limit(at: &str, limit: &Limit, out: &mut Vec<Problem>) {
         ));
     }
     if limit.increment.is_some() && limit.increment_from.is_some() {
-        out.push(Problem::new(
-            at,
-            "set increment or incrementFrom, not both",
-        ));
+        out.push(Problem::new(at, "set increment or incrementFrom, not both"));
     }
     if let Some(from) = &limit.increment_from
         && !is_path_under(from, "args")
@@ -294,15 +291,12 @@ fn validate_condition(at: &str, c: &Condition, out: &mut Vec<Problem>) {
             if !matches!(value, Some(Value::Array(_))) {
                 out.push(Problem::new(
                     value_at,
-                    format!(
-                        "{} needs a list, e.g. [usd, eur]",
-                        op_name(c.op)
-                    ),
+                    format!("{} needs a list, e.g. [usd, eur]", op_name(c.op)),
                 ));
             }
         }
         Op::Lt | Op::Lte | Op::Gt | Op::Gte => {
-            if !value.is_some_and(|v| crate::decide::as_number(v).is_some()) {
+            if value.is_none_or(|v| crate::decide::as_number(v).is_none()) {
                 out.push(Problem::new(
                     value_at,
                     format!("{} needs a number, e.g. 50000", op_name(c.op)),

@@ -24,7 +24,10 @@ fn compile(text: &str, origin: &str) -> (Format, PolicySet) {
 }
 
 fn outcome(set: &PolicySet, tool: &str, args: serde_json::Value) -> String {
-    match set.decide(&Call::new(tool, &args), &Identity::anonymous(), &NoCounters).decision {
+    match set
+        .decide(&Call::new(tool, &args), &Identity::anonymous(), &NoCounters)
+        .decision
+    {
         Decision::Allow { .. } => "allow".into(),
         Decision::Deny(d) => format!("deny:{}", d.reason),
         Decision::Approve { rule, .. } => format!("approve:{rule}"),
@@ -46,23 +49,50 @@ fn every_intercept_file_in_shared_compat_loads() {
         let (format, set) = compile(&text, &f.display().to_string());
         assert_eq!(format, Format::Intercept, "{}", f.display());
         // Every listed tool is allowed; the file's default (allow) keeps unlisted ones open.
-        assert_eq!(outcome(&set, "some_unlisted_tool", json!({})), "allow", "{}", f.display());
+        assert_eq!(
+            outcome(&set, "some_unlisted_tool", json!({})),
+            "allow",
+            "{}",
+            f.display()
+        );
     }
 }
 
 #[test]
 fn intercept_github_example_hides_limits_and_denies() {
-    let text = std::fs::read_to_string(compat_dir().join("intercept/examples-github.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(compat_dir().join("intercept/examples-github.yaml")).unwrap();
     let (_, set) = compile(&text, "github.yaml");
-    assert_eq!(outcome(&set, "transfer_repository", json!({})), "deny:Tool \"transfer_repository\" is hidden by policy");
+    assert_eq!(
+        outcome(&set, "transfer_repository", json!({})),
+        "deny:Tool \"transfer_repository\" is hidden by policy"
+    );
     assert!(!set.visible("list_webhooks", &Identity::anonymous()));
-    assert_eq!(outcome(&set, "delete_repository", json!({})), "deny:Repository deletion is not permitted via AI agents");
+    assert_eq!(
+        outcome(&set, "delete_repository", json!({})),
+        "deny:Repository deletion is not permitted via AI agents"
+    );
     let args = json!({});
-    let Decision::Allow { reservations } = set.decide(&Call::new("create_issue", &args), &Identity::anonymous(), &NoCounters).decision else { panic!() };
-    let got: Vec<(&str, Option<u64>)> = reservations.iter().map(|r| (r.key.0.as_str(), r.max)).collect();
+    let Decision::Allow { reservations } = set
+        .decide(
+            &Call::new("create_issue", &args),
+            &Identity::anonymous(),
+            &NoCounters,
+        )
+        .decision
+    else {
+        panic!()
+    };
+    let got: Vec<(&str, Option<u64>)> = reservations
+        .iter()
+        .map(|r| (r.key.0.as_str(), r.max))
+        .collect();
     assert_eq!(
         got,
-        [("intercept/github|create_issue|_rate_hour|g", Some(5)), ("intercept/github|_global|_rate_minute|g", Some(60))],
+        [
+            ("intercept/github|create_issue|_rate_hour|g", Some(5)),
+            ("intercept/github|_global|_rate_minute|g", Some(60))
+        ],
         "the tool's own limit, then the wildcard's global one"
     );
 }
@@ -76,23 +106,75 @@ impl Counters for At {
 
 #[test]
 fn intercept_stripe_example_caps_spend_with_increment_from() {
-    let text = std::fs::read_to_string(compat_dir().join("intercept/examples-stripe.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(compat_dir().join("intercept/examples-stripe.yaml")).unwrap();
     let (_, set) = compile(&text, "stripe.yaml");
-    assert_eq!(outcome(&set, "create_charge", json!({"amount": 60000, "currency": "usd"})), "deny:Single charge cannot exceed $500.00");
-    assert_eq!(outcome(&set, "create_charge", json!({"amount": 100, "currency": "gbp"})), "deny:Only USD and EUR charges are permitted");
-    assert_eq!(outcome(&set, "delete_customer", json!({})), "deny:Customer deletion is not permitted via AI agents");
+    assert_eq!(
+        outcome(
+            &set,
+            "create_charge",
+            json!({"amount": 60000, "currency": "usd"})
+        ),
+        "deny:Single charge cannot exceed $500.00"
+    );
+    assert_eq!(
+        outcome(
+            &set,
+            "create_charge",
+            json!({"amount": 100, "currency": "gbp"})
+        ),
+        "deny:Only USD and EUR charges are permitted"
+    );
+    assert_eq!(
+        outcome(&set, "delete_customer", json!({})),
+        "deny:Customer deletion is not permitted via AI agents"
+    );
     let args = json!({"amount": 5000, "currency": "eur"});
-    let Decision::Allow { reservations } = set.decide(&Call::new("create_charge", &args), &Identity::anonymous(), &NoCounters).decision else { panic!() };
-    assert_eq!(reservations[0].amount, 5000, "daily_spend grows by args.amount");
-    assert_eq!(reservations[0].max, Some(1_000_000), "lte 1000000 on its own counter is the cap");
+    let Decision::Allow { reservations } = set
+        .decide(
+            &Call::new("create_charge", &args),
+            &Identity::anonymous(),
+            &NoCounters,
+        )
+        .decision
+    else {
+        panic!()
+    };
+    assert_eq!(
+        reservations[0].amount, 5000,
+        "daily_spend grows by args.amount"
+    );
+    assert_eq!(
+        reservations[0].max,
+        Some(1_000_000),
+        "lte 1000000 on its own counter is the cap"
+    );
     // Post-increment above the cap denies, as Intercept's reserve does.
     let nearly = At("daily_spend", 996_000);
-    let d = set.decide(&Call::new("create_charge", &args), &Identity::anonymous(), &nearly).decision;
-    assert!(matches!(d, Decision::Deny(ref d) if d.reason == "Daily spending cap of $10,000.00 reached"), "{d:?}");
+    let d = set
+        .decide(
+            &Call::new("create_charge", &args),
+            &Identity::anonymous(),
+            &nearly,
+        )
+        .decision;
+    assert!(
+        matches!(d, Decision::Deny(ref d) if d.reason == "Daily spending cap of $10,000.00 reached"),
+        "{d:?}"
+    );
     // The wildcard's state counter is `_global`.
     let busy = At("_global|calls_per_minute", 60);
-    let d = set.decide(&Call::new("list_customers", &json!({})), &Identity::anonymous(), &busy).decision;
-    assert!(matches!(d, Decision::Deny(ref d) if d.reason == "Rate limit: maximum 60 tool calls per minute"), "{d:?}");
+    let d = set
+        .decide(
+            &Call::new("list_customers", &json!({})),
+            &Identity::anonymous(),
+            &busy,
+        )
+        .decision;
+    assert!(
+        matches!(d, Decision::Deny(ref d) if d.reason == "Rate limit: maximum 60 tool calls per minute"),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -102,12 +184,18 @@ fn intercept_default_deny_refuses_unlisted_tools_even_with_wildcard_rules() {
         "strict.yaml",
     );
     assert_eq!(outcome(&set, "read_file", json!({})), "allow");
-    assert!(outcome(&set, "write_file", json!({})).starts_with("deny:Tool \"write_file\" is not permitted"));
+    assert!(
+        outcome(&set, "write_file", json!({}))
+            .starts_with("deny:Tool \"write_file\" is not permitted")
+    );
 }
 
 #[test]
 fn intercept_hide_star_hides_everything() {
-    let (_, set) = compile("version: \"1\"\nhide: [\"*\"]\ntools: { a: { rules: [] } }\n", "h.yaml");
+    let (_, set) = compile(
+        "version: \"1\"\nhide: [\"*\"]\ntools: { a: { rules: [] } }\n",
+        "h.yaml",
+    );
     assert!(!set.visible("a", &Identity::anonymous()));
 }
 
@@ -144,17 +232,45 @@ tools:
 
 #[test]
 fn policylayer_policy_json_limits_clones_per_grant_and_denies_the_rest() {
-    let text = std::fs::read_to_string(compat_dir().join("policylayer/clone-container-rate.json")).unwrap();
+    let text = std::fs::read_to_string(compat_dir().join("policylayer/clone-container-rate.json"))
+        .unwrap();
     let (format, set) = compile(&text, "clone-container-rate.json");
     assert_eq!(format, Format::PolicyLayer);
-    assert!(outcome(&set, "DeleteCluster", json!({})).starts_with("deny:Tool \"DeleteCluster\" is not permitted"));
+    assert!(
+        outcome(&set, "DeleteCluster", json!({}))
+            .starts_with("deny:Tool \"DeleteCluster\" is not permitted")
+    );
     let args = json!({});
-    let Decision::Allow { reservations } = set.decide(&Call::new("CloneContainerToECR", &args), &Identity::subject("grant-1"), &NoCounters).decision else { panic!() };
-    assert_eq!(reservations[0].key.0, "policylayer/clone-container-rate|CloneContainerToECR|clonecontainertoecr_rate|i:grant-1");
-    assert_eq!((reservations[0].max, reservations[0].window), (Some(10), Window::Minute));
+    let Decision::Allow { reservations } = set
+        .decide(
+            &Call::new("CloneContainerToECR", &args),
+            &Identity::subject("grant-1"),
+            &NoCounters,
+        )
+        .decision
+    else {
+        panic!()
+    };
+    assert_eq!(
+        reservations[0].key.0,
+        "policylayer/clone-container-rate|CloneContainerToECR|clonecontainertoecr_rate|i:grant-1"
+    );
+    assert_eq!(
+        (reservations[0].max, reservations[0].window),
+        (Some(10), Window::Minute)
+    );
     let full = At("clonecontainertoecr_rate", 10);
-    let d = set.decide(&Call::new("CloneContainerToECR", &args), &Identity::subject("grant-1"), &full).decision;
-    assert!(matches!(d, Decision::Deny(_)), "the 11th clone in a minute is refused");
+    let d = set
+        .decide(
+            &Call::new("CloneContainerToECR", &args),
+            &Identity::subject("grant-1"),
+            &full,
+        )
+        .decision;
+    assert!(
+        matches!(d, Decision::Deny(_)),
+        "the 11th clone in a minute is refused"
+    );
 }
 
 #[test]
@@ -163,10 +279,21 @@ fn policylayer_action_deny_uses_its_reason() {
         r#"{"version":"1","default":"allow","tools":{"DeleteCluster":{"action":"deny","reason":"Cluster deletion needs a ticket"},"refund":{"require":[{"path":"args.reason","op":"exists","value":true}],"deny_if":[{"path":"args.amount","op":"gt","value":10000}]}}}"#,
         "p.json",
     );
-    assert_eq!(outcome(&set, "DeleteCluster", json!({})), "deny:Cluster deletion needs a ticket");
-    assert!(outcome(&set, "refund", json!({"amount": 5})).starts_with("deny:"), "require args.reason");
-    assert_eq!(outcome(&set, "refund", json!({"amount": 5, "reason": "dup"})), "allow");
-    assert!(outcome(&set, "refund", json!({"amount": 50000, "reason": "dup"})).starts_with("deny:"));
+    assert_eq!(
+        outcome(&set, "DeleteCluster", json!({})),
+        "deny:Cluster deletion needs a ticket"
+    );
+    assert!(
+        outcome(&set, "refund", json!({"amount": 5})).starts_with("deny:"),
+        "require args.reason"
+    );
+    assert_eq!(
+        outcome(&set, "refund", json!({"amount": 5, "reason": "dup"})),
+        "allow"
+    );
+    assert!(
+        outcome(&set, "refund", json!({"amount": 50000, "reason": "dup"})).starts_with("deny:")
+    );
 }
 
 #[test]

@@ -23,11 +23,42 @@ fn checked_in_crds_match_the_types() {
 fn crds_are_structural_with_columns_short_names_and_status() {
     for (file, crd) in tollgate_api::crd::definitions() {
         let v = &crd.spec.versions[0];
-        let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(columns, ["Default", "Mode", "Tools", "Pods", "Ready", "Age"], "{file}");
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{file}");
-        assert!(!crd.spec.names.short_names.clone().unwrap_or_default().is_empty(), "{file}");
-        let schema = serde_json::to_value(v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
+        let columns: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Default", "Mode", "Tools", "Pods", "Ready", "Age"],
+            "{file}"
+        );
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{file}"
+        );
+        assert!(
+            !crd.spec
+                .names
+                .short_names
+                .clone()
+                .unwrap_or_default()
+                .is_empty(),
+            "{file}"
+        );
+        let schema = serde_json::to_value(
+            v.schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
         assert_structural(&schema, file);
     }
 }
@@ -82,25 +113,56 @@ fn cel_rules_accept_valid_policies() {
         }
     });
     for file in ["mcppolicies.yaml", "mcpclusterpolicies.yaml"] {
-        assert_eq!(cel_errors(file, spec.clone()), Vec::<String>::new(), "{file}");
+        assert_eq!(
+            cel_errors(file, spec.clone()),
+            Vec::<String>::new(),
+            "{file}"
+        );
     }
 }
 
 #[test]
 fn cel_rules_refuse_what_the_schema_alone_cannot() {
     let cases = [
-        (json!({ "tools": { "t": { "rules": [ { "name": "r", "rateLimit": "5/hour", "limit": { "counter": "c", "window": "day", "max": 1 } } ] } } }), "set rateLimit or limit, not both"),
-        (json!({ "tools": { "t": { "rules": [ { "name": "r", "action": "deny", "rateLimit": "5/hour" } ] } } }), "deny and approve rules cannot carry a limit"),
-        (json!({ "tools": { "t": { "rules": [ { "name": "r", "approval": { "timeout": "1m" } } ] } } }), "approval settings need action: approve"),
-        (json!({ "tools": { "t": { "rules": [ { "name": "r", "conditions": [ { "path": "args.a", "op": "eq" } ] } ] } } }), "value is required for every operator but exists"),
-        (json!({ "tools": { "t": { "rules": [ { "name": "r", "limit": { "counter": "c", "window": "day", "increment": 2, "incrementFrom": "args.a" } } ] } } }), "set increment or incrementFrom, not both"),
-        (json!({ "subjects": [ { "serviceAccount": "a/b", "subject": "x" } ] }), "set exactly one of serviceAccount, claim or subject"),
-        (json!({ "subjects": [ {} ] }), "set exactly one of serviceAccount, claim or subject"),
+        (
+            json!({ "tools": { "t": { "rules": [ { "name": "r", "rateLimit": "5/hour", "limit": { "counter": "c", "window": "day", "max": 1 } } ] } } }),
+            "set rateLimit or limit, not both",
+        ),
+        (
+            json!({ "tools": { "t": { "rules": [ { "name": "r", "action": "deny", "rateLimit": "5/hour" } ] } } }),
+            "deny and approve rules cannot carry a limit",
+        ),
+        (
+            json!({ "tools": { "t": { "rules": [ { "name": "r", "approval": { "timeout": "1m" } } ] } } }),
+            "approval settings need action: approve",
+        ),
+        (
+            json!({ "tools": { "t": { "rules": [ { "name": "r", "conditions": [ { "path": "args.a", "op": "eq" } ] } ] } } }),
+            "value is required for every operator but exists",
+        ),
+        (
+            json!({ "tools": { "t": { "rules": [ { "name": "r", "limit": { "counter": "c", "window": "day", "increment": 2, "incrementFrom": "args.a" } } ] } } }),
+            "set increment or incrementFrom, not both",
+        ),
+        (
+            json!({ "subjects": [ { "serviceAccount": "a/b", "subject": "x" } ] }),
+            "set exactly one of serviceAccount, claim or subject",
+        ),
+        (
+            json!({ "subjects": [ {} ] }),
+            "set exactly one of serviceAccount, claim or subject",
+        ),
         (json!({ "hide": [""] }), "hide entries must not be empty"),
-        (json!({ "tools": { "": { "rules": [] } } }), "tool names must not be empty"),
+        (
+            json!({ "tools": { "": { "rules": [] } } }),
+            "tool names must not be empty",
+        ),
     ];
     for (spec, want) in cases {
         let errors = cel_errors("mcppolicies.yaml", spec.clone());
-        assert!(errors.iter().any(|e| e.contains(want)), "{spec} should fail with {want:?}, got {errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{spec} should fail with {want:?}, got {errors:?}"
+        );
     }
 }

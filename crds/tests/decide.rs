@@ -15,7 +15,12 @@ fn set_with(default: DefaultAction, specs: &[&str]) -> PolicySet {
     let specs: Vec<(String, PolicySpec)> = specs
         .iter()
         .enumerate()
-        .map(|(i, y)| (format!("p{i}"), tollgate_api::load::yaml_from_str(y).expect("spec parses")))
+        .map(|(i, y)| {
+            (
+                format!("p{i}"),
+                tollgate_api::load::yaml_from_str(y).expect("spec parses"),
+            )
+        })
         .collect();
     PolicySet::compile(1, default, specs.iter().map(|(n, s)| (n.as_str(), s))).expect("compiles")
 }
@@ -58,16 +63,76 @@ fn each_combining_rule_of_the_design_decides_as_written() {
     let deny_rule = "default: allow\ntools: { delete_repo: { rules: [ { name: never, action: deny, onDeny: not here } ] } }";
     let approve = "default: allow\ntools: { create_bucket: { rules: [ { name: a person decides, action: approve } ] } }";
     let cases: &[(&str, &[&str], &str, &str)] = &[
-        ("a listed tool with no rules is allowed", &[listed], "read_file", "allow"),
-        ("an unlisted tool under default deny is denied", &[listed], "write_file", "deny:(default deny)"),
-        ("an McpPolicy without default means deny", &["tools: { a: { rules: [] } }"], "b", "deny:(default deny)"),
-        ("allows add up across policies", &[listed, "default: deny\ntools: { write_file: { rules: [] } }"], "write_file", "allow"),
-        ("a listing in one policy beats another's default deny", &[listed, allow_all], "read_file", "allow"),
-        ("any default deny wins for unlisted tools", &[listed, allow_all], "other", "deny:(default deny)"),
-        ("a deny rule wins over another policy's listing", &[listed, deny_rule, "default: deny\ntools: { delete_repo: { rules: [] } }"], "delete_repo", "deny:never"),
-        ("an approve rule holds the call", &[approve], "create_bucket", "approve:a person decides"),
-        ("a denial wins over an approval", &[approve, "default: allow\ntools: { create_bucket: { rules: [ { name: no, action: deny } ] } }"], "create_bucket", "deny:no"),
-        ("no applicable policy leaves the cluster default", &[], "anything", "allow"),
+        (
+            "a listed tool with no rules is allowed",
+            &[listed],
+            "read_file",
+            "allow",
+        ),
+        (
+            "an unlisted tool under default deny is denied",
+            &[listed],
+            "write_file",
+            "deny:(default deny)",
+        ),
+        (
+            "an McpPolicy without default means deny",
+            &["tools: { a: { rules: [] } }"],
+            "b",
+            "deny:(default deny)",
+        ),
+        (
+            "allows add up across policies",
+            &[
+                listed,
+                "default: deny\ntools: { write_file: { rules: [] } }",
+            ],
+            "write_file",
+            "allow",
+        ),
+        (
+            "a listing in one policy beats another's default deny",
+            &[listed, allow_all],
+            "read_file",
+            "allow",
+        ),
+        (
+            "any default deny wins for unlisted tools",
+            &[listed, allow_all],
+            "other",
+            "deny:(default deny)",
+        ),
+        (
+            "a deny rule wins over another policy's listing",
+            &[
+                listed,
+                deny_rule,
+                "default: deny\ntools: { delete_repo: { rules: [] } }",
+            ],
+            "delete_repo",
+            "deny:never",
+        ),
+        (
+            "an approve rule holds the call",
+            &[approve],
+            "create_bucket",
+            "approve:a person decides",
+        ),
+        (
+            "a denial wins over an approval",
+            &[
+                approve,
+                "default: allow\ntools: { create_bucket: { rules: [ { name: no, action: deny } ] } }",
+            ],
+            "create_bucket",
+            "deny:no",
+        ),
+        (
+            "no applicable policy leaves the cluster default",
+            &[],
+            "anything",
+            "allow",
+        ),
     ];
     for (what, specs, tool, want) in cases {
         let got = outcome(&decide(&set(specs), tool, json!({})));
@@ -77,12 +142,20 @@ fn each_combining_rule_of_the_design_decides_as_written() {
 
 #[test]
 fn a_cluster_default_deny_denies_what_no_policy_lists() {
-    let s = set_with(DefaultAction::Deny, &["default: allow\ntools: { read: { rules: [] } }"]);
+    let s = set_with(
+        DefaultAction::Deny,
+        &["default: allow\ntools: { read: { rules: [] } }"],
+    );
     assert_eq!(outcome(&decide(&s, "read", json!({}))), "allow");
-    assert_eq!(outcome(&decide(&s, "write", json!({}))), "deny:(default deny)");
+    assert_eq!(
+        outcome(&decide(&s, "write", json!({}))),
+        "deny:(default deny)"
+    );
     let empty = set_with(DefaultAction::Deny, &[]);
     let v = decide(&empty, "x", json!({}));
-    let Decision::Deny(d) = v.decision else { panic!() };
+    let Decision::Deny(d) = v.decision else {
+        panic!()
+    };
     assert_eq!(d.policy, "(cluster default)");
 }
 
@@ -91,9 +164,19 @@ fn wildcard_rules_apply_to_every_call_but_list_no_tool() {
     let s = set(&[
         "default: deny\ntools: { read: { rules: [] }, \"*\": { rules: [ { name: no drops, action: deny, conditions: [ { path: args.sql, op: contains, value: DROP } ] } ] } }",
     ]);
-    assert_eq!(outcome(&decide(&s, "read", json!({"sql": "SELECT"}))), "allow");
-    assert_eq!(outcome(&decide(&s, "read", json!({"sql": "DROP x"}))), "deny:no drops");
-    assert_eq!(outcome(&decide(&s, "write", json!({}))), "deny:(default deny)", "\"*\" does not list write");
+    assert_eq!(
+        outcome(&decide(&s, "read", json!({"sql": "SELECT"}))),
+        "allow"
+    );
+    assert_eq!(
+        outcome(&decide(&s, "read", json!({"sql": "DROP x"}))),
+        "deny:no drops"
+    );
+    assert_eq!(
+        outcome(&decide(&s, "write", json!({}))),
+        "deny:(default deny)",
+        "\"*\" does not list write"
+    );
 }
 
 #[test]
@@ -103,9 +186,15 @@ fn globs_list_tools_and_add_their_rules() {
     ]);
     assert_eq!(outcome(&decide(&s, "get_issue", json!({}))), "allow");
     assert_eq!(outcome(&decide(&s, "get_", json!({}))), "allow");
-    assert_eq!(outcome(&decide(&s, "list_issue", json!({}))), "deny:(default deny)");
+    assert_eq!(
+        outcome(&decide(&s, "list_issue", json!({}))),
+        "deny:(default deny)"
+    );
     assert_eq!(outcome(&decide(&s, "delete_x", json!({}))), "deny:careful");
-    assert_eq!(outcome(&decide(&s, "delete_xy", json!({}))), "deny:(default deny)");
+    assert_eq!(
+        outcome(&decide(&s, "delete_xy", json!({}))),
+        "deny:(default deny)"
+    );
 }
 
 #[test]
@@ -114,17 +203,25 @@ fn hidden_tools_are_refused_and_not_listed() {
         "default: allow\nhide: [transfer_repository, \"admin_*\"]\ntools: { transfer_repository: { rules: [] } }",
     ]);
     let v = decide(&s, "transfer_repository", json!({}));
-    let Decision::Deny(d) = &v.decision else { panic!("{v:?}") };
+    let Decision::Deny(d) = &v.decision else {
+        panic!("{v:?}")
+    };
     assert_eq!(d.rule, "(hidden)");
     assert_eq!(d.reason, "Tool \"transfer_repository\" is hidden by policy");
-    assert_eq!(outcome(&decide(&s, "admin_reset", json!({}))), "deny:(hidden)");
+    assert_eq!(
+        outcome(&decide(&s, "admin_reset", json!({}))),
+        "deny:(hidden)"
+    );
     assert!(!s.visible("transfer_repository", &Identity::anonymous()));
     assert!(s.visible("create_issue", &Identity::anonymous()));
 }
 
 #[test]
 fn a_tool_hidden_by_any_applicable_policy_is_hidden() {
-    let s = set(&["default: allow\ntools: { x: { rules: [] } }", "default: allow\nhide: [x]"]);
+    let s = set(&[
+        "default: allow\ntools: { x: { rules: [] } }",
+        "default: allow\nhide: [x]",
+    ]);
     assert_eq!(outcome(&decide(&s, "x", json!({}))), "deny:(hidden)");
 }
 
@@ -196,17 +293,42 @@ fn conditions_reach_nested_arguments_and_list_items() {
 tools:
   t: { rules: [ { name: r, conditions: [ { path: args.meta.key, op: eq, value: val }, { path: args.items.1, op: eq, value: b } ] } ] }
 "#]);
-    assert_eq!(outcome(&decide(&s, "t", json!({"meta": {"key": "val"}, "items": ["a", "b"]}))), "allow");
-    assert_eq!(outcome(&decide(&s, "t", json!({"meta": {"key": "val"}, "items": ["a"]}))), "deny:r");
+    assert_eq!(
+        outcome(&decide(
+            &s,
+            "t",
+            json!({"meta": {"key": "val"}, "items": ["a", "b"]})
+        )),
+        "allow"
+    );
+    assert_eq!(
+        outcome(&decide(
+            &s,
+            "t",
+            json!({"meta": {"key": "val"}, "items": ["a"]})
+        )),
+        "deny:r"
+    );
 }
 
 #[test]
 fn a_failed_condition_says_what_was_required_unless_on_deny_says_otherwise() {
-    let s = set(&["tools: { c: { rules: [ { name: cap, conditions: [ { path: args.amount, op: lte, value: 50000 } ] } ] } }"]);
-    let Decision::Deny(d) = decide(&s, "c", json!({"amount": 70000})).decision else { panic!() };
-    assert_eq!(d.reason, "Rule \"cap\" requires args.amount lte 50000 (got 70000)");
-    let s = set(&["tools: { c: { rules: [ { name: cap, onDeny: too much, conditions: [ { path: args.amount, op: lte, value: 5 } ] } ] } }"]);
-    let Decision::Deny(d) = decide(&s, "c", json!({"amount": 7})).decision else { panic!() };
+    let s = set(&[
+        "tools: { c: { rules: [ { name: cap, conditions: [ { path: args.amount, op: lte, value: 50000 } ] } ] } }",
+    ]);
+    let Decision::Deny(d) = decide(&s, "c", json!({"amount": 70000})).decision else {
+        panic!()
+    };
+    assert_eq!(
+        d.reason,
+        "Rule \"cap\" requires args.amount lte 50000 (got 70000)"
+    );
+    let s = set(&[
+        "tools: { c: { rules: [ { name: cap, onDeny: too much, conditions: [ { path: args.amount, op: lte, value: 5 } ] } ] } }",
+    ]);
+    let Decision::Deny(d) = decide(&s, "c", json!({"amount": 7})).decision else {
+        panic!()
+    };
     assert_eq!(d.reason, "too much");
 }
 
@@ -228,10 +350,22 @@ tools:
   charge: { rules: [ { name: big, action: approve, conditions: [ { path: args.amount, op: gt, value: 1000 } ] } ] }
   query: { rules: [ { name: no drop, action: deny, conditions: [ { path: args.sql, op: regex, value: "(?i)\\bdrop\\b" } ] } ] }
 "#]);
-    assert_eq!(outcome(&decide(&s, "charge", json!({"amount": 5}))), "allow");
-    assert_eq!(outcome(&decide(&s, "charge", json!({"amount": 5000}))), "approve:big");
-    assert_eq!(outcome(&decide(&s, "query", json!({"sql": "select 1"}))), "allow");
-    assert_eq!(outcome(&decide(&s, "query", json!({"sql": "Drop table x"}))), "deny:no drop");
+    assert_eq!(
+        outcome(&decide(&s, "charge", json!({"amount": 5}))),
+        "allow"
+    );
+    assert_eq!(
+        outcome(&decide(&s, "charge", json!({"amount": 5000}))),
+        "approve:big"
+    );
+    assert_eq!(
+        outcome(&decide(&s, "query", json!({"sql": "select 1"}))),
+        "allow"
+    );
+    assert_eq!(
+        outcome(&decide(&s, "query", json!({"sql": "Drop table x"}))),
+        "deny:no drop"
+    );
 }
 
 #[test]
@@ -243,8 +377,15 @@ tools:
       - { name: daily spend, limit: { counter: daily_spend, window: day, max: 1000, incrementFrom: args.amount, scope: identity } }
       - { name: per minute, rateLimit: 10/minute }
 "#]);
-    let v = decide_as(&s, &Identity::subject("alice"), "charge", json!({"amount": 250}));
-    let Decision::Allow { reservations } = &v.decision else { panic!("{v:?}") };
+    let v = decide_as(
+        &s,
+        &Identity::subject("alice"),
+        "charge",
+        json!({"amount": 250}),
+    );
+    let Decision::Allow { reservations } = &v.decision else {
+        panic!("{v:?}")
+    };
     let got: Vec<(String, u64, Option<u64>, Window)> = reservations
         .iter()
         .map(|r| (r.key.0.clone(), r.amount, r.max, r.window))
@@ -252,29 +393,64 @@ tools:
     assert_eq!(
         got,
         [
-            ("p0|charge|daily_spend|i:alice".into(), 250, Some(1000), Window::Day),
-            ("p0|charge|_rate_minute|g".into(), 1, Some(10), Window::Minute),
+            (
+                "p0|charge|daily_spend|i:alice".into(),
+                250,
+                Some(1000),
+                Window::Day
+            ),
+            (
+                "p0|charge|_rate_minute|g".into(),
+                1,
+                Some(10),
+                Window::Minute
+            ),
         ]
     );
 }
 
 #[test]
 fn a_full_counter_denies_with_its_rule() {
-    let s = set(&["tools: { create_issue: { rules: [ { name: hourly, rateLimit: 5/hour, onDeny: Hourly limit reached } ] } }"]);
+    let s = set(&[
+        "tools: { create_issue: { rules: [ { name: hourly, rateLimit: 5/hour, onDeny: Hourly limit reached } ] } }",
+    ]);
     let full = Fixed(HashMap::from([("_rate_hour".to_string(), 5)]));
     let args = json!({});
-    let v = s.decide(&Call::new("create_issue", &args), &Identity::anonymous(), &full);
-    let Decision::Deny(d) = v.decision else { panic!() };
-    assert_eq!((d.rule.as_str(), d.reason.as_str()), ("hourly", "Hourly limit reached"));
+    let v = s.decide(
+        &Call::new("create_issue", &args),
+        &Identity::anonymous(),
+        &full,
+    );
+    let Decision::Deny(d) = v.decision else {
+        panic!()
+    };
+    assert_eq!(
+        (d.rule.as_str(), d.reason.as_str()),
+        ("hourly", "Hourly limit reached")
+    );
     let room = Fixed(HashMap::from([("_rate_hour".to_string(), 4)]));
-    assert!(s.decide(&Call::new("create_issue", &args), &Identity::anonymous(), &room).decision.is_allow());
+    assert!(
+        s.decide(
+            &Call::new("create_issue", &args),
+            &Identity::anonymous(),
+            &room
+        )
+        .decision
+        .is_allow()
+    );
 }
 
 #[test]
 fn an_increment_from_argument_that_is_not_a_number_denies() {
-    let s = set(&["tools: { c: { rules: [ { name: spend, limit: { counter: s, window: day, max: 10, incrementFrom: args.amount } } ] } }"]);
+    let s = set(&[
+        "tools: { c: { rules: [ { name: spend, limit: { counter: s, window: day, max: 10, incrementFrom: args.amount } } ] } }",
+    ]);
     for args in [json!({}), json!({"amount": "lots"}), json!({"amount": -5})] {
-        assert_eq!(outcome(&decide(&s, "c", args.clone())), "deny:spend", "{args}");
+        assert_eq!(
+            outcome(&decide(&s, "c", args.clone())),
+            "deny:spend",
+            "{args}"
+        );
     }
 }
 
@@ -289,8 +465,17 @@ tools:
       - { name: s, limit: { counter: s, window: minute, max: 9, scope: session } }
 "#]);
     let args = json!({});
-    let call = Call { tool: "t", args: Some(&args), session: Some("abc") };
-    let Decision::Allow { reservations } = s.decide(&call, &Identity::subject("bob"), &NoCounters).decision else { panic!() };
+    let call = Call {
+        tool: "t",
+        args: Some(&args),
+        session: Some("abc"),
+    };
+    let Decision::Allow { reservations } = s
+        .decide(&call, &Identity::subject("bob"), &NoCounters)
+        .decision
+    else {
+        panic!()
+    };
     let keys: Vec<&str> = reservations.iter().map(|r| r.key.0.as_str()).collect();
     assert_eq!(keys, ["p0|t|g|g", "p0|t|i|i:bob", "p0|t|s|s:abc"]);
 }
@@ -306,9 +491,16 @@ tools:
 "#]);
     let args = json!({});
     let some = Fixed(HashMap::from([("daily_count".to_string(), 2)]));
-    assert!(s.decide(&Call::new("refund", &args), &Identity::anonymous(), &some).decision.is_allow());
+    assert!(
+        s.decide(&Call::new("refund", &args), &Identity::anonymous(), &some)
+            .decision
+            .is_allow()
+    );
     let many = Fixed(HashMap::from([("daily_count".to_string(), 3)]));
-    assert_eq!(outcome(&s.decide(&Call::new("refund", &args), &Identity::anonymous(), &many)), "deny:few");
+    assert_eq!(
+        outcome(&s.decide(&Call::new("refund", &args), &Identity::anonymous(), &many)),
+        "deny:few"
+    );
 }
 
 #[test]
@@ -324,13 +516,22 @@ fn audit_mode_lets_calls_through_and_reports_what_it_would_deny() {
     assert!(v.decision.is_allow());
     assert_eq!(v.audit.map(|d| d.rule), Some("(default deny)".into()));
     assert_eq!(decide(&s, "read", json!({})).audit, None);
-    assert!(s.visible("drop", &Identity::anonymous()), "audit mode hides nothing");
+    assert!(
+        s.visible("drop", &Identity::anonymous()),
+        "audit mode hides nothing"
+    );
 }
 
 #[test]
 fn an_audit_policy_grants_nothing_either() {
-    let s = set_with(DefaultAction::Deny, &["mode: audit\ndefault: allow\ntools: { read: { rules: [] } }"]);
-    assert_eq!(outcome(&decide(&s, "read", json!({}))), "deny:(default deny)");
+    let s = set_with(
+        DefaultAction::Deny,
+        &["mode: audit\ndefault: allow\ntools: { read: { rules: [] } }"],
+    );
+    assert_eq!(
+        outcome(&decide(&s, "read", json!({}))),
+        "deny:(default deny)"
+    );
 }
 
 #[test]
@@ -346,11 +547,27 @@ tools: { read: { rules: [] } }
     let bot = Identity::subject("system:serviceaccount:agents:report-bot");
     let other_bot = Identity::subject("system:serviceaccount:agents:other");
     let mut admin = Identity::subject("carol");
-    admin.claims.insert("groups".into(), json!(["staff", "data-admins"]));
+    admin
+        .claims
+        .insert("groups".into(), json!(["staff", "data-admins"]));
     let alice = Identity::subject("alice@example.com");
-    for (who, governed) in [(&bot, true), (&admin, true), (&alice, true), (&other_bot, false), (&Identity::anonymous(), false)] {
-        let want = if governed { "deny:(default deny)" } else { "allow" };
-        assert_eq!(outcome(&decide_as(&s, who, "write", json!({}))), want, "{who:?}");
+    for (who, governed) in [
+        (&bot, true),
+        (&admin, true),
+        (&alice, true),
+        (&other_bot, false),
+        (&Identity::anonymous(), false),
+    ] {
+        let want = if governed {
+            "deny:(default deny)"
+        } else {
+            "allow"
+        };
+        assert_eq!(
+            outcome(&decide_as(&s, who, "write", json!({}))),
+            want,
+            "{who:?}"
+        );
     }
 }
 
@@ -358,24 +575,34 @@ tools: { read: { rules: [] } }
 fn a_namespace_wide_service_account_subject_matches_every_account_there() {
     let s = set(&["default: deny\nsubjects: [ { serviceAccount: \"agents/*\" } ]\ntools: {}"]);
     let bot = Identity::subject("system:serviceaccount:agents:any");
-    assert_eq!(outcome(&decide_as(&s, &bot, "x", json!({}))), "deny:(default deny)");
+    assert_eq!(
+        outcome(&decide_as(&s, &bot, "x", json!({}))),
+        "deny:(default deny)"
+    );
     let stranger = Identity::subject("system:serviceaccount:other:any");
     assert_eq!(outcome(&decide_as(&s, &stranger, "x", json!({}))), "allow");
 }
 
 #[test]
 fn conditions_can_match_on_identity() {
-    let s = set(&["tools: { t: { rules: [ { name: admins, conditions: [ { path: identity.claims.groups, op: contains, value: admins } ] } ] } }"]);
+    let s = set(&[
+        "tools: { t: { rules: [ { name: admins, conditions: [ { path: identity.claims.groups, op: contains, value: admins } ] } ] } }",
+    ]);
     let mut admin = Identity::subject("a");
     admin.claims.insert("groups".into(), json!(["admins"]));
     assert_eq!(outcome(&decide_as(&s, &admin, "t", json!({}))), "allow");
-    assert_eq!(outcome(&decide_as(&s, &Identity::subject("b"), "t", json!({}))), "deny:admins");
+    assert_eq!(
+        outcome(&decide_as(&s, &Identity::subject("b"), "t", json!({}))),
+        "deny:admins"
+    );
 }
 
 #[test]
 fn the_deny_all_set_refuses_everything_with_its_reason() {
     let s = PolicySet::deny_all("no policy is loaded yet");
-    let Decision::Deny(d) = decide(&s, "anything", json!({})).decision else { panic!() };
+    let Decision::Deny(d) = decide(&s, "anything", json!({})).decision else {
+        panic!()
+    };
     assert_eq!(d.reason, "no policy is loaded yet");
     assert!(!s.visible("anything", &Identity::anonymous()));
 }

@@ -66,20 +66,35 @@ fn rule_shape_problems_name_the_fix() {
 #[test]
 fn bad_yaml_and_wrong_kinds_say_so() {
     assert!(problems("tools: [").contains("not valid YAML or JSON"));
-    let err = problems("apiVersion: tollgate.dev/v1\nkind: McpPolicy\nmetadata: { name: p }\nspec: {}\n");
-    assert!(err.contains("apiVersion: must be tollgate.dev/v1alpha1"), "{err}");
+    let err =
+        problems("apiVersion: tollgate.dev/v1\nkind: McpPolicy\nmetadata: { name: p }\nspec: {}\n");
+    assert!(
+        err.contains("apiVersion: must be tollgate.dev/v1alpha1"),
+        "{err}"
+    );
     let err = problems("apiVersion: tollgate.dev/v1alpha1\nkind: Policy\nmetadata: { name: p }\n");
-    assert!(err.contains("kind: must be McpPolicy or McpClusterPolicy"), "{err}");
+    assert!(
+        err.contains("kind: must be McpPolicy or McpClusterPolicy"),
+        "{err}"
+    );
     let err = problems(&format!("{HEADER}spec:\n  default: maybe\n"));
-    assert!(err.contains("spec.default: unknown variant `maybe`"), "{err}");
+    assert!(
+        err.contains("spec.default: unknown variant `maybe`"),
+        "{err}"
+    );
     assert!(problems("").contains("no policy found"));
 }
 
 #[test]
 fn problems_in_several_documents_name_their_document() {
-    let text = format!("{HEADER}spec: {{ default: allow }}\n---\n{HEADER}spec: {{ tools: {{ t: {{ rules: [ {{ name: r, rateLimit: 5/fortnight }} ] }} }} }}\n");
+    let text = format!(
+        "{HEADER}spec: {{ default: allow }}\n---\n{HEADER}spec: {{ tools: {{ t: {{ rules: [ {{ name: r, rateLimit: 5/fortnight }} ] }} }} }}\n"
+    );
     let err = problems(&text);
-    assert!(err.starts_with("p.yaml (document 2): spec.tools.t.rules[0].rateLimit"), "{err}");
+    assert!(
+        err.starts_with("p.yaml (document 2): spec.tools.t.rules[0].rateLimit"),
+        "{err}"
+    );
 }
 
 #[test]

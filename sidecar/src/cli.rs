@@ -18,7 +18,11 @@ use crate::policy::{FileSource, PolicyHandle};
 use crate::proxy::{Proxy, ProxyConfig};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "Policy for AI agents' MCP tool calls")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Policy for AI agents' MCP tool calls"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy in front of an MCP server.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Validate a policy file, or decide one call against it.
     Check(CheckArgs),
     /// Print the McpPolicy equivalent of a PolicyLayer policy.json or Intercept YAML file.
@@ -66,7 +70,12 @@ struct ProxyArgs {
     metrics_listen: SocketAddr,
     /// The decision for tools no policy lists and callers no policy governs. The policy file's
     /// own default applies first.
-    #[arg(long, env = "TOLLGATE_DEFAULT_ACTION", value_enum, default_value = "allow")]
+    #[arg(
+        long,
+        env = "TOLLGATE_DEFAULT_ACTION",
+        value_enum,
+        default_value = "allow"
+    )]
     default_action: DefaultFlag,
     /// Largest request body accepted.
     #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
@@ -129,7 +138,8 @@ struct ImportArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    tollgate_api::validate::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration; write e.g. 500ms, 1s, 2m"))
+    tollgate_api::validate::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 500ms, 1s, 2m"))
 }
 
 /// Runs the command line; the exit code says what happened.
@@ -152,7 +162,7 @@ pub fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("starting the runtime");
-            match runtime.block_on(proxy(args)) {
+            match runtime.block_on(proxy(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -178,7 +188,10 @@ fn check(args: CheckArgs) -> ExitCode {
             for p in &problems.0 {
                 eprintln!("{p}");
             }
-            eprintln!("{origin}: {} problem(s); the policy is invalid", problems.0.len());
+            eprintln!(
+                "{origin}: {} problem(s); the policy is invalid",
+                problems.0.len()
+            );
             return ExitCode::from(2);
         }
     };
@@ -221,14 +234,20 @@ fn check(args: CheckArgs) -> ExitCode {
             json!({ "decision": "deny", "rule": d.rule, "reason": d.reason, "policy": d.policy }),
             1,
         ),
-        Decision::Approve { policy, rule, timeout, .. } => (
+        Decision::Approve {
+            policy,
+            rule,
+            timeout,
+            ..
+        } => (
             json!({ "decision": "approve", "rule": rule, "reason": format!("held for a person's approval for up to {}s", timeout.as_secs()), "policy": policy }),
             1,
         ),
     };
     let mut out = out;
     if let Some(a) = &verdict.audit {
-        out["audit"] = json!({ "wouldDeny": true, "rule": a.rule, "reason": a.reason, "policy": a.policy });
+        out["audit"] =
+            json!({ "wouldDeny": true, "rule": a.rule, "reason": a.reason, "policy": a.policy });
     }
     println!("{out}");
     ExitCode::from(code)
@@ -236,7 +255,8 @@ fn check(args: CheckArgs) -> ExitCode {
 
 fn import(args: ImportArgs) -> anyhow::Result<String> {
     let origin = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {origin}"))?;
+    let text =
+        std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {origin}"))?;
     let loaded = tollgate_api::load_file(&text, &origin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stem = args
         .file
@@ -258,7 +278,10 @@ fn import(args: ImportArgs) -> anyhow::Result<String> {
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(&format!("# Imported from {origin} ({:?} format) by tollgate import\n", l.format));
+        out.push_str(&format!(
+            "# Imported from {origin} ({:?} format) by tollgate import\n",
+            l.format
+        ));
         out.push_str(&serde_yaml::to_string(&doc)?);
     }
     Ok(out)
@@ -268,13 +291,19 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let verifier = match &args.jwks {
         None => None,
         Some(src) => {
             let jwks = fetch_jwks(src).await?;
-            Some(Verifier::from_jwks(&jwks, args.jwt_issuer.clone(), args.jwt_audience.clone())?)
+            Some(Verifier::from_jwks(
+                &jwks,
+                args.jwt_issuer.clone(),
+                args.jwt_audience.clone(),
+            )?)
         }
     };
     let metrics = Metrics::new();
@@ -332,7 +361,11 @@ async fn fetch_jwks(src: &str) -> anyhow::Result<String> {
         .get(src.parse()?)
         .await
         .with_context(|| format!("cannot fetch --jwks {src}"))?;
-    anyhow::ensure!(resp.status().is_success(), "--jwks {src} answered {}", resp.status());
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "--jwks {src} answered {}",
+        resp.status()
+    );
     let body = resp.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
 }

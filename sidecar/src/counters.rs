@@ -187,7 +187,10 @@ mod tests {
         let r = [res("a", 1, 1, Window::Minute)];
         assert!(store.reserve_all_at(&r, 119).is_ok());
         assert!(store.reserve_all_at(&r, 119).is_err());
-        assert!(store.reserve_all_at(&r, 120).is_ok(), "a new minute begins at :00");
+        assert!(
+            store.reserve_all_at(&r, 120).is_ok(),
+            "a new minute begins at :00"
+        );
         assert_eq!(window_start(Window::Day, 86_400 * 3 + 5), 86_400 * 3);
     }
 }

@@ -24,20 +24,32 @@ pub struct Verifier {
 
 impl Verifier {
     /// Builds a verifier from a JWKS document.
-    pub fn from_jwks(jwks: &str, issuer: Option<String>, audience: Option<String>) -> anyhow::Result<Self> {
+    pub fn from_jwks(
+        jwks: &str,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> anyhow::Result<Self> {
         let set: JwkSet = serde_json::from_str(jwks)
             .map_err(|e| anyhow::anyhow!("the JWKS is not a valid key set: {e}"))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
-            let Some(alg) = jwk.common.key_algorithm.and_then(|a| a.to_string().parse().ok()) else {
+            let Some(alg) = jwk
+                .common
+                .key_algorithm
+                .and_then(|a| a.to_string().parse().ok())
+            else {
                 // Keys without `alg`: infer from the key type.
                 let alg = match &jwk.algorithm {
-                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => jsonwebtoken::Algorithm::RS256,
+                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => {
+                        jsonwebtoken::Algorithm::RS256
+                    }
                     jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(p) => match p.curve {
                         jsonwebtoken::jwk::EllipticCurve::P384 => jsonwebtoken::Algorithm::ES384,
                         _ => jsonwebtoken::Algorithm::ES256,
                     },
-                    jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => jsonwebtoken::Algorithm::EdDSA,
+                    jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => {
+                        jsonwebtoken::Algorithm::EdDSA
+                    }
                     _ => continue,
                 };
                 keys.push((jwk.common.key_id.clone(), alg, DecodingKey::from_jwk(jwk)?));
@@ -46,7 +58,11 @@ impl Verifier {
             keys.push((jwk.common.key_id.clone(), alg, DecodingKey::from_jwk(jwk)?));
         }
         anyhow::ensure!(!keys.is_empty(), "the JWKS holds no usable public key");
-        Ok(Verifier { keys, issuer, audience })
+        Ok(Verifier {
+            keys,
+            issuer,
+            audience,
+        })
     }
 
     /// The caller of a request with this `Authorization` header value (or none).
@@ -61,11 +77,15 @@ impl Verifier {
             // Not a bearer token (e.g. Basic auth for the server): the caller is anonymous.
             return Ok(Identity::anonymous());
         };
-        let head = decode_header(token.trim()).map_err(|e| format!("the bearer token is malformed: {e}"))?;
+        let head = decode_header(token.trim())
+            .map_err(|e| format!("the bearer token is malformed: {e}"))?;
         let candidates = self.keys.iter().filter(|(kid, alg, _)| {
             *alg == head.alg && (head.kid.is_none() || kid.is_none() || kid == &head.kid)
         });
-        let mut last_error = format!("no key in the JWKS matches the token (alg {:?}, kid {:?})", head.alg, head.kid);
+        let mut last_error = format!(
+            "no key in the JWKS matches the token (alg {:?}, kid {:?})",
+            head.alg, head.kid
+        );
         for (_, alg, key) in candidates {
             let mut v = Validation::new(*alg);
             v.leeway = 30;
@@ -89,7 +109,11 @@ impl Verifier {
 /// The identity a token's claims describe; Kubernetes service account tokens name their
 /// account in `sub` (`system:serviceaccount:NS:NAME`).
 pub fn identity_from_claims(claims: serde_json::Map<String, Value>) -> Identity {
-    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("").to_string();
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let mut who = Identity::subject(sub);
     who.claims = claims;
     who

@@ -38,7 +38,12 @@ impl Inspector {
     }
 
     /// An inspector whose reservations live in a shared tracker.
-    pub fn with_tracker(policy: Arc<PolicySet>, who: Identity, counters: Arc<CounterStore>, reserved: Tracker) -> Self {
+    pub fn with_tracker(
+        policy: Arc<PolicySet>,
+        who: Identity,
+        counters: Arc<CounterStore>,
+        reserved: Tracker,
+    ) -> Self {
         Inspector {
             policy: Some(policy),
             who,
@@ -98,9 +103,7 @@ impl Inspector {
     /// Inspects a message (or batch) as text; returns new text when it changed.
     pub fn inspect_text(&mut self, text: &str) -> Option<String> {
         // Fast path: nothing to roll back and no tool list in sight.
-        if self.policy.is_none() {
-            return None;
-        }
+        self.policy.as_ref()?;
         if !self.is_tracking() && memchr::memmem::find(text.as_bytes(), b"\"tools\"").is_none() {
             return None;
         }

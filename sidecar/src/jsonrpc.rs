@@ -91,7 +91,10 @@ struct Wire<'a> {
 #[derive(Debug)]
 pub enum Body<'a> {
     /// JSON-RPC messages; `batch` when the body was an array.
-    Messages { messages: Vec<Message<'a>>, batch: bool },
+    Messages {
+        messages: Vec<Message<'a>>,
+        batch: bool,
+    },
     /// Not JSON-RPC: forwarded unchanged.
     NotJsonRpc,
 }
@@ -149,7 +152,8 @@ pub fn parse_body(bytes: &[u8], json_declared: bool) -> Result<Body<'_>, RpcErro
                 None => {
                     return Err(RpcError {
                         code: INVALID_REQUEST,
-                        message: "Invalid Request: every batch element must be a JSON-RPC message".into(),
+                        message: "Invalid Request: every batch element must be a JSON-RPC message"
+                            .into(),
                     });
                 }
             }
@@ -253,8 +257,16 @@ mod tests {
     #[test]
     fn bodies_are_classified_as_messages_pass_through_or_errors() {
         let cases = [
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#, true, "tools/call"),
-            (r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"}]"#, true, "batch:a,b"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
+                true,
+                "tools/call",
+            ),
+            (
+                r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"}]"#,
+                true,
+                "batch:a,b",
+            ),
             (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true, "response"),
             (r#"{"hello":"world"}"#, true, "pass"),
             ("name=value", false, "pass"),
@@ -264,7 +276,11 @@ mod tests {
             ("[]", true, "error -32600"),
             (r#"[1]"#, true, "error -32600"),
             (r#"{"id":1,"method":"tools/call"}"#, true, "error -32600"),
-            (r#"{"jsonrpc":"1.0","id":1,"method":"tools/call"}"#, false, "error -32600"),
+            (
+                r#"{"jsonrpc":"1.0","id":1,"method":"tools/call"}"#,
+                false,
+                "error -32600",
+            ),
         ];
         for (body, json, want) in cases {
             assert_eq!(kinds(body, json), want, "{body}");
@@ -274,16 +290,27 @@ mod tests {
     #[test]
     fn a_tool_call_exposes_its_name_and_arguments() {
         let body = r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t","arguments":{"n":1}}}"#;
-        let Ok(Body::Messages { messages, .. }) = parse_body(body.as_bytes(), true) else { panic!() };
+        let Ok(Body::Messages { messages, .. }) = parse_body(body.as_bytes(), true) else {
+            panic!()
+        };
         let call = messages[0].tool_call().unwrap().unwrap();
-        assert_eq!((call.name.as_str(), call.arguments), ("t", Some(json!({"n": 1}))));
+        assert_eq!(
+            (call.name.as_str(), call.arguments),
+            ("t", Some(json!({"n": 1})))
+        );
         assert_eq!(messages[0].id_value(), json!("a"));
     }
 
     #[test]
     fn failures_are_errors_or_error_results() {
-        assert!(is_failure(&json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}})));
-        assert!(is_failure(&json!({"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[]}})));
-        assert!(!is_failure(&json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}})));
+        assert!(is_failure(
+            &json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}})
+        ));
+        assert!(is_failure(
+            &json!({"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[]}})
+        ));
+        assert!(!is_failure(
+            &json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}})
+        ));
     }
 }

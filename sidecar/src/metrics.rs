@@ -65,9 +65,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tollgate");
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("decisions", "Decisions on JSON-RPC calls, by tool and outcome", decisions.clone());
+        registry.register(
+            "decisions",
+            "Decisions on JSON-RPC calls, by tool and outcome",
+            decisions.clone(),
+        );
         let decision_seconds = Histogram::new(exponential_buckets(1e-7, 4.0, 12));
-        registry.register("decision_duration_seconds", "Time to decide one call", decision_seconds.clone());
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide one call",
+            decision_seconds.clone(),
+        );
         let request_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(5e-5, 2.5, 14))
         });
@@ -77,11 +85,19 @@ impl Metrics {
             request_seconds.clone(),
         );
         let upstream_errors = Family::<ReasonLabels, Counter>::default();
-        registry.register("upstream_errors", "Requests the upstream could not answer", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Requests the upstream could not answer",
+            upstream_errors.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("policy_reloads", "Policy loads, by result", reloads.clone());
         let revision = Gauge::<u64, AtomicU64>::default();
-        registry.register("policy_revision", "Revision of the policy in force", revision.clone());
+        registry.register(
+            "policy_revision",
+            "Revision of the policy in force",
+            revision.clone(),
+        );
         let ready = Gauge::default();
         registry.register("policy_ready", "1 once a policy is in force", ready.clone());
         Metrics(Arc::new(Inner {

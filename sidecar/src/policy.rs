@@ -75,7 +75,10 @@ impl PolicyHandle {
         self.metrics.policy_failed();
         let old = self.current();
         let message = if old.ready {
-            format!("{error}\n(the previous policy, revision {}, stays in force)", old.set.revision)
+            format!(
+                "{error}\n(the previous policy, revision {}, stays in force)",
+                old.set.revision
+            )
         } else {
             format!("{error}\n(no policy is in force, so every call is denied)")
         };

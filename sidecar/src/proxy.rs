@@ -77,13 +77,18 @@ struct LegacySession {
 type Resp = Response<ProxyBody>;
 
 fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
     let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -97,7 +102,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(named) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
+    if let Some(named) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+    {
         let named: Vec<HeaderName> = named
             .split(',')
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
@@ -132,7 +140,12 @@ struct PendingAudit {
 }
 
 impl Proxy {
-    pub fn new(cfg: ProxyConfig, policy: PolicyHandle, audit: AuditLog, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: ProxyConfig,
+        policy: PolicyHandle,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             cfg.upstream.scheme_str() == Some("http"),
             "--upstream must be an http:// URL of the MCP server beside the proxy, got {}",
@@ -163,11 +176,19 @@ impl Proxy {
     }
 
     /// Serves one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, Infallible> {
         let start = Instant::now();
         if let Some(origin) = header_str(req.headers(), "origin")
             && !self.cfg.allowed_origins.is_empty()
-            && !self.cfg.allowed_origins.iter().any(|o| o == origin || o == "*")
+            && !self
+                .cfg
+                .allowed_origins
+                .iter()
+                .any(|o| o == origin || o == "*")
         {
             let body = jsonrpc::error_response(
                 Value::Null,
@@ -192,21 +213,39 @@ impl Proxy {
         Ok(resp)
     }
 
-    async fn handle_post(&self, req: Request<Incoming>, who: Identity, peer: SocketAddr, start: Instant) -> Resp {
+    async fn handle_post(
+        &self,
+        req: Request<Incoming>,
+        who: Identity,
+        peer: SocketAddr,
+        start: Instant,
+    ) -> Resp {
         let (parts, body) = req.into_parts();
-        let declared_len = header_str(&parts.headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+        let declared_len =
+            header_str(&parts.headers, "content-length").and_then(|v| v.parse::<usize>().ok());
         if declared_len.is_some_and(|n| n > self.cfg.max_body) {
             return self.too_large();
         }
         let bytes = match Limited::new(body, self.cfg.max_body).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return self.too_large(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return self.too_large();
+            }
             Err(e) => {
-                let body = jsonrpc::error_response(Value::Null, jsonrpc::PARSE_ERROR, &format!("Could not read the request body: {e}"), None);
+                let body = jsonrpc::error_response(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    &format!("Could not read the request body: {e}"),
+                    None,
+                );
                 return json_response(StatusCode::BAD_REQUEST, &body);
             }
         };
-        let json_declared = header_str(&parts.headers, "content-type").is_some_and(|c| c.contains("json"));
+        let json_declared =
+            header_str(&parts.headers, "content-type").is_some_and(|c| c.contains("json"));
         let parsed = match jsonrpc::parse_body(&bytes, json_declared) {
             Ok(p) => p,
             Err(e) => {
@@ -214,11 +253,28 @@ impl Proxy {
                 return json_response(StatusCode::BAD_REQUEST, &body);
             }
         };
+        // The body is forwarded from memory; hyper sets Content-Length from its exact size,
+        // which matters when a batch is forwarded without its denied messages.
+        let mut parts = parts;
+        parts.headers.remove(header::CONTENT_LENGTH);
         let RpcBody::Messages { messages, batch } = parsed else {
-            return self.forward(parts, full(bytes), Vec::new(), Inspector::passthrough(), peer, start, "passthrough").await;
+            return self
+                .forward(
+                    parts,
+                    full(bytes),
+                    Vec::new(),
+                    Inspector::passthrough(),
+                    peer,
+                    start,
+                    "passthrough",
+                )
+                .await;
         };
         if let Err(msg) = check_mcp_headers(&parts.headers, &messages, batch) {
-            let id = messages.first().map(Message::id_value).unwrap_or(Value::Null);
+            let id = messages
+                .first()
+                .map(Message::id_value)
+                .unwrap_or(Value::Null);
             let body = jsonrpc::error_response(id, jsonrpc::INVALID_REQUEST, &msg, None);
             return json_response(StatusCode::BAD_REQUEST, &body);
         }
@@ -230,16 +286,34 @@ impl Proxy {
             .map(str::to_string)
             .or_else(|| legacy.as_ref().map(|(key, _)| key.clone()));
         let mut inspector = match &legacy {
-            Some((_, s)) => Inspector::with_tracker(set.clone(), who.clone(), self.counters.clone(), s.reserved.clone()),
+            Some((_, s)) => Inspector::with_tracker(
+                set.clone(),
+                who.clone(),
+                self.counters.clone(),
+                s.reserved.clone(),
+            ),
             None => Inspector::new(set.clone(), who.clone(), self.counters.clone()),
         };
-        if messages.iter().any(|m| m.method.as_deref() == Some("tools/list")) {
+        if messages
+            .iter()
+            .any(|m| m.method.as_deref() == Some("tools/list"))
+        {
             inspector.expect_list();
         }
         let mut audits = Vec::new();
         let decided: Vec<Decided> = messages
             .iter()
-            .map(|m| self.decide(m, &set, &who, session.as_deref(), &mut inspector, &mut audits, start))
+            .map(|m| {
+                self.decide(
+                    m,
+                    &set,
+                    &who,
+                    session.as_deref(),
+                    &mut inspector,
+                    &mut audits,
+                    start,
+                )
+            })
             .collect();
         let denials: Vec<Value> = decided.iter().filter_map(|d| d.denial.clone()).collect();
         let refused = decided.iter().filter(|d| d.denial.is_some()).count();
@@ -251,7 +325,8 @@ impl Proxy {
                 let _ = session.events.send(message_event(&d.to_string()));
             }
             if refused == messages.len() {
-                self.metrics.request("denied", start.elapsed().as_secs_f64());
+                self.metrics
+                    .request("denied", start.elapsed().as_secs_f64());
                 return accepted();
             }
         }
@@ -259,7 +334,8 @@ impl Proxy {
         let body = if refused == 0 {
             full(bytes.clone())
         } else if refused == messages.len() {
-            self.metrics.request("denied", start.elapsed().as_secs_f64());
+            self.metrics
+                .request("denied", start.elapsed().as_secs_f64());
             return match (batch, answered_denials.len()) {
                 (_, 0) => accepted(),
                 (false, _) => json_response(StatusCode::OK, &answered_denials[0]),
@@ -274,11 +350,25 @@ impl Proxy {
                 .collect();
             full(format!("[{}]", kept.join(",")))
         };
-        let extra = if legacy.is_some() { Vec::new() } else { answered_denials };
-        let resp = self.forward(parts, body, extra, inspector, peer, start, "mcp").await;
+        let extra = if legacy.is_some() {
+            Vec::new()
+        } else {
+            answered_denials
+        };
+        let resp = self
+            .forward(parts, body, extra, inspector, peer, start, "mcp")
+            .await;
         let status = resp.status().as_u16();
         for a in audits {
-            self.write_audit(&a, &who, session.as_deref(), "tools/call", set.revision, Some(status), start);
+            self.write_audit(
+                &a,
+                &who,
+                session.as_deref(),
+                "tools/call",
+                set.revision,
+                Some(status),
+                start,
+            );
         }
         resp
     }
@@ -314,7 +404,15 @@ impl Proxy {
         let empty = Value::Object(Default::default());
         let args = call.arguments.as_ref().unwrap_or(&empty);
         let t0 = Instant::now();
-        let verdict = set.decide(&Call { tool: &call.name, args: Some(args), session }, who, &*self.counters);
+        let verdict = set.decide(
+            &Call {
+                tool: &call.name,
+                args: Some(args),
+                session,
+            },
+            who,
+            &*self.counters,
+        );
         let outcome = match verdict.decision {
             Decision::Allow { reservations } => match self.counters.reserve_all(&reservations) {
                 Ok(reserved) => {
@@ -343,7 +441,15 @@ impl Proxy {
         match outcome {
             Ok(()) => {
                 let audit = verdict.audit;
-                self.metrics.decision(&call.name, if audit.is_some() { "audit_deny" } else { "allow" }, seconds);
+                self.metrics.decision(
+                    &call.name,
+                    if audit.is_some() {
+                        "audit_deny"
+                    } else {
+                        "allow"
+                    },
+                    seconds,
+                );
                 audits.push(PendingAudit {
                     tool: call.name,
                     decision: if audit.is_some() { "audit" } else { "allow" },
@@ -368,13 +474,24 @@ impl Proxy {
                 } else {
                     denial_message(id, &denial)
                 };
-                Decided { denial: Some(answer) }
+                Decided {
+                    denial: Some(answer),
+                }
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write_audit(&self, a: &PendingAudit, who: &Identity, session: Option<&str>, method: &str, revision: u64, status: Option<u16>, start: Instant) {
+    fn write_audit(
+        &self,
+        a: &PendingAudit,
+        who: &Identity,
+        session: Option<&str>,
+        method: &str,
+        revision: u64,
+        status: Option<u16>,
+        start: Instant,
+    ) {
         self.audit.write(Record {
             time: now_rfc3339(),
             kind: "decision",
@@ -399,14 +516,22 @@ impl Proxy {
         let body = jsonrpc::error_response(
             Value::Null,
             jsonrpc::TOO_LARGE,
-            &format!("Request body is larger than the {} byte limit (--max-body-bytes)", self.cfg.max_body),
+            &format!(
+                "Request body is larger than the {} byte limit (--max-body-bytes)",
+                self.cfg.max_body
+            ),
             None,
         );
         json_response(StatusCode::PAYLOAD_TOO_LARGE, &body)
     }
 
     /// Builds the upstream request from the client's.
-    fn upstream_request(&self, mut parts: http::request::Parts, body: ProxyBody, peer: SocketAddr) -> Request<ProxyBody> {
+    fn upstream_request(
+        &self,
+        mut parts: http::request::Parts,
+        body: ProxyBody,
+        peer: SocketAddr,
+    ) -> Request<ProxyBody> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
             .scheme("http")
@@ -415,18 +540,30 @@ impl Proxy {
             .build()
             .expect("an upstream authority and a request path make a URI");
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(header::HOST, self.upstream_authority.clone());
+        parts
+            .headers
+            .insert(header::HOST, self.upstream_authority.clone());
         if let Some(host) = original_host {
-            parts.headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+            parts
+                .headers
+                .insert(HeaderName::from_static("x-forwarded-host"), host);
         }
         if !parts.headers.contains_key("x-forwarded-proto") {
-            parts.headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+            parts.headers.insert(
+                HeaderName::from_static("x-forwarded-proto"),
+                HeaderValue::from_static("http"),
+            );
         }
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            parts.headers.append(HeaderName::from_static("x-forwarded-for"), v);
+            parts
+                .headers
+                .append(HeaderName::from_static("x-forwarded-for"), v);
         }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
@@ -459,17 +596,24 @@ impl Proxy {
         if !parts.status.is_success() {
             inspector.fail_all();
         }
-        let content_type = header_str(&parts.headers, "content-type").unwrap_or("").to_ascii_lowercase();
+        let content_type = header_str(&parts.headers, "content-type")
+            .unwrap_or("")
+            .to_ascii_lowercase();
         if content_type.starts_with("text/event-stream") {
             parts.headers.remove(header::CONTENT_LENGTH);
-            let first = extra.iter().map(|v| message_event(&v.to_string())).collect();
+            let first = extra
+                .iter()
+                .map(|v| message_event(&v.to_string()))
+                .collect();
             return Response::from_parts(parts, SseBody::new(body, inspector, first).boxed());
         }
         if parts.status == StatusCode::ACCEPTED && !extra.is_empty() {
             // The forwarded part of a batch was only notifications: answer the denials.
             return json_response(StatusCode::OK, &Value::Array(extra));
         }
-        let needs_look = content_type.contains("json") && (inspector.is_tracking() || inspector.may_filter() || !extra.is_empty());
+        let needs_look = !extra.is_empty()
+            || (content_type.contains("json")
+                && (inspector.is_tracking() || inspector.may_filter()));
         if !needs_look {
             return Response::from_parts(parts, body.boxed());
         }
@@ -483,6 +627,7 @@ impl Proxy {
         let text = String::from_utf8_lossy(&bytes);
         let mut out = inspector.inspect_text(&text);
         if !extra.is_empty() {
+            // Part of a batch was denied: the client gets every answer, ours and the server's.
             let base = out.as_deref().unwrap_or(&text);
             let mut merged: Vec<Value> = match serde_json::from_str::<Value>(base) {
                 Ok(Value::Array(items)) => items,
@@ -491,6 +636,10 @@ impl Proxy {
             };
             merged.extend(extra);
             out = Some(Value::Array(merged).to_string());
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
         inspector.finish();
         match out {
@@ -503,7 +652,13 @@ impl Proxy {
     }
 
     /// GET, DELETE and every other method: streamed both ways; SSE answers are inspected.
-    async fn forward_stream(&self, req: Request<Incoming>, who: Identity, peer: SocketAddr, start: Instant) -> Resp {
+    async fn forward_stream(
+        &self,
+        req: Request<Incoming>,
+        who: Identity,
+        peer: SocketAddr,
+        start: Instant,
+    ) -> Resp {
         let (parts, body) = req.into_parts();
         let is_get = parts.method == Method::GET;
         let up = self.upstream_request(parts, body.boxed(), peer);
@@ -511,10 +666,12 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return self.bad_gateway(&e, None),
         };
-        self.metrics.request("passthrough", start.elapsed().as_secs_f64());
+        self.metrics
+            .request("passthrough", start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let is_sse = header_str(&parts.headers, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+        let is_sse = header_str(&parts.headers, "content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"));
         if !is_sse {
             return Response::from_parts(parts, body.boxed());
         }
@@ -528,14 +685,19 @@ impl Proxy {
             let (tx, rx) = mpsc::unbounded_channel();
             let registry = self.legacy_registry();
             let authority = self.upstream_authority.to_str().unwrap_or("").to_string();
-            sse = sse.with_injection(rx).on_endpoint(Box::new(move |data: &str| {
-                let (key, rewritten) = endpoint_key(data, &authority);
-                registry.register(key, LegacySession {
-                    events: tx.clone(),
-                    reserved: tracker.clone(),
-                });
-                rewritten
-            }));
+            sse = sse
+                .with_injection(rx)
+                .on_endpoint(Box::new(move |data: &str| {
+                    let (key, rewritten) = endpoint_key(data, &authority);
+                    registry.register(
+                        key,
+                        LegacySession {
+                            events: tx.clone(),
+                            reserved: tracker.clone(),
+                        },
+                    );
+                    rewritten
+                }));
         }
         Response::from_parts(parts, sse.boxed())
     }
@@ -568,7 +730,10 @@ impl Proxy {
         let body = jsonrpc::error_response(
             id.unwrap_or(Value::Null),
             jsonrpc::INTERNAL_ERROR,
-            &format!("The MCP server at {} could not be reached: {e}", self.cfg.upstream),
+            &format!(
+                "The MCP server at {} could not be reached: {e}",
+                self.cfg.upstream
+            ),
             None,
         );
         json_response(StatusCode::BAD_GATEWAY, &body)
@@ -596,7 +761,10 @@ impl LegacyRegistry {
 /// URL when the server announced an absolute one on its own address.
 fn endpoint_key(data: &str, upstream_authority: &str) -> (String, Option<String>) {
     let data = data.trim();
-    if let Some(rest) = data.strip_prefix("http://").or_else(|| data.strip_prefix("https://")) {
+    if let Some(rest) = data
+        .strip_prefix("http://")
+        .or_else(|| data.strip_prefix("https://"))
+    {
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let path = if path.is_empty() { "/" } else { path };
         let rewritten = (authority == upstream_authority).then(|| path.to_string());
@@ -612,9 +780,17 @@ fn accepted() -> Resp {
 }
 
 fn unauthorized(reason: &str) -> Resp {
-    let body = jsonrpc::error_response(Value::Null, jsonrpc::INVALID_REQUEST, &format!("Unauthorized: {reason}"), None);
+    let body = jsonrpc::error_response(
+        Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        &format!("Unauthorized: {reason}"),
+        None,
+    );
     let mut r = json_response(StatusCode::UNAUTHORIZED, &body);
-    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.replace('"', "'"));
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        reason.replace('"', "'")
+    );
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
@@ -625,7 +801,12 @@ fn unauthorized(reason: &str) -> Resp {
 pub fn denial_message(id: Value, d: &Denial) -> Value {
     let data = json!({ "reason": d.reason, "rule": d.rule, "policy": d.policy });
     match d.deny_as {
-        DenyAs::Error => jsonrpc::error_response(id, jsonrpc::POLICY_DENIED, &format!("Denied by policy: {}", d.reason), Some(data)),
+        DenyAs::Error => jsonrpc::error_response(
+            id,
+            jsonrpc::POLICY_DENIED,
+            &format!("Denied by policy: {}", d.reason),
+            Some(data),
+        ),
         DenyAs::ToolResult => json!({
             "jsonrpc": "2.0",
             "id": id,
@@ -640,7 +821,11 @@ pub fn denial_message(id: Value, d: &Denial) -> Value {
 
 /// Stateless MCP (2026-07-28) mirrors the method and name in headers; a request whose headers
 /// say something its body does not is refused, so routing and policy can never disagree.
-fn check_mcp_headers(headers: &HeaderMap, messages: &[Message<'_>], batch: bool) -> Result<(), String> {
+fn check_mcp_headers(
+    headers: &HeaderMap,
+    messages: &[Message<'_>],
+    batch: bool,
+) -> Result<(), String> {
     let method = header_str(headers, "mcp-method");
     let name = header_str(headers, "mcp-name");
     if method.is_none() && name.is_none() {
@@ -661,7 +846,10 @@ fn check_mcp_headers(headers: &HeaderMap, messages: &[Message<'_>], batch: bool)
     if let Some(name) = name {
         let body_name = m.params.and_then(|p| {
             serde_json::from_str::<Value>(p.get()).ok().and_then(|v| {
-                v.get("name").or_else(|| v.get("uri")).and_then(Value::as_str).map(str::to_string)
+                v.get("name")
+                    .or_else(|| v.get("uri"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
             })
         });
         if body_name.as_deref() != Some(name) {

@@ -21,7 +21,11 @@ use crate::policy::PolicyHandle;
 use crate::proxy::{Proxy, ProxyBody};
 
 /// Serves the proxy until a shutdown signal, then drains.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, drain: Duration) -> anyhow::Result<()> {
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    drain: Duration,
+) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -89,16 +93,25 @@ pub async fn serve_admin(listener: TcpListener, policy: PolicyHandle, metrics: M
             let resp = admin(req.uri().path(), &policy, &metrics);
             async move { Ok::<_, std::convert::Infallible>(resp) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(conn);
     }
 }
 
 fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<ProxyBody> {
     let text = |status: StatusCode, body: String, ctype: &'static str| {
-        let mut r = Response::new(http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed());
+        let mut r = Response::new(
+            http_body_util::Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         *r.status_mut() = status;
-        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
         r
     };
     match path {
@@ -106,14 +119,30 @@ fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<Proxy
         "/readyz" => {
             let state = policy.current();
             if state.ready {
-                text(StatusCode::OK, format!("ready: policy revision {}\n", state.set.revision), "text/plain")
+                text(
+                    StatusCode::OK,
+                    format!("ready: policy revision {}\n", state.set.revision),
+                    "text/plain",
+                )
             } else {
                 let why = state.last_error.clone().unwrap_or_default();
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), "text/plain")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                    "text/plain",
+                )
             }
         }
-        "/metrics" => text(StatusCode::OK, metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n".into(), "text/plain"),
+        "/metrics" => text(
+            StatusCode::OK,
+            metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+            "text/plain",
+        ),
     }
 }
 

@@ -41,12 +41,15 @@ impl EventSplitter {
             let (is_eol, len) = match b[i] {
                 b'\n' => (true, 1),
                 b'\r' => {
-                    if i + 1 >= b.len() {
-                        // A lone CR at the end may be the start of CRLF: wait for more.
+                    if i + 1 >= b.len() && !self.after_newline {
+                        // A CR ending a data line may be the start of CRLF: wait for more. (A CR
+                        // that ends the blank line completes the event either way; a LF after
+                        // it reaches the client in the next event, bytes unchanged.)
                         self.scanned = i;
                         return None;
                     }
-                    (true, if b[i + 1] == b'\n' { 2 } else { 1 })
+                    let crlf = i + 1 < b.len() && b[i + 1] == b'\n';
+                    (true, if crlf { 2 } else { 1 })
                 }
                 _ => (false, 1),
             };
@@ -105,10 +108,7 @@ pub fn parse_event(raw: &[u8]) -> Option<Event<'_>> {
             _ => {}
         }
     }
-    Some(Event {
-        name,
-        data: data?,
-    })
+    Some(Event { name, data: data? })
 }
 
 /// Rewrites an event with new data, keeping its other fields (`id`, `event`, `retry`).
@@ -265,11 +265,18 @@ mod tests {
 
     #[test]
     fn events_split_on_blank_lines_whatever_the_line_endings() {
-        assert_eq!(split(&["data: a\n\ndata: b\n\n"]), ["data: a\n\n", "data: b\n\n"]);
+        assert_eq!(
+            split(&["data: a\n\ndata: b\n\n"]),
+            ["data: a\n\n", "data: b\n\n"]
+        );
         assert_eq!(split(&["data: a\r\n\r\n"]), ["data: a\r\n\r\n"]);
         assert_eq!(split(&["data: a\r\r"]), ["data: a\r\r"]);
         assert_eq!(split(&["da", "ta: a\r", "\n", "\r\n"]), ["data: a\r\n\r\n"]);
-        assert_eq!(split(&[": ping\n\n"]), [": ping\n\n"], "keep-alive comments are events too");
+        assert_eq!(
+            split(&[": ping\n\n"]),
+            [": ping\n\n"],
+            "keep-alive comments are events too"
+        );
         assert!(split(&["data: partial\n"]).is_empty());
     }
 
@@ -278,7 +285,10 @@ mod tests {
         let raw = b"id: 7\nevent: message\ndata: {\"a\":1}\n\n";
         let ev = parse_event(raw).unwrap();
         assert_eq!((ev.name, ev.data.as_str()), (Some("message"), "{\"a\":1}"));
-        assert_eq!(&rewrite_event(raw, "{}")[..], b"id: 7\nevent: message\ndata: {}\n\n");
+        assert_eq!(
+            &rewrite_event(raw, "{}")[..],
+            b"id: 7\nevent: message\ndata: {}\n\n"
+        );
     }
 
     #[test]

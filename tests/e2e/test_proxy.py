@@ -1,0 +1,271 @@
+"""e2e: the proxy's own behaviour over raw HTTP: batches, headers, bounds and errors, identity,
+fail-closed policy loading and reloads, and draining on SIGTERM."""
+
+import json
+import signal
+import threading
+import time
+
+import httpx
+import jwt
+import pytest
+from conftest import SAMPLE_POLICY, free_port
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+def rpc(id, method, params=None):
+    m = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        m["params"] = params
+    return m
+
+
+def call(id, tool, args=None):
+    return rpc(id, "tools/call", {"name": tool, "arguments": args or {}})
+
+
+def messages(resp: httpx.Response) -> list[dict]:
+    """Every JSON-RPC message of a JSON or SSE answer."""
+    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+        out = []
+        for event in resp.text.replace("\r\n", "\n").split("\n\n"):
+            data = "\n".join(l[5:].lstrip() for l in event.split("\n") if l.startswith("data:"))
+            if data.strip():
+                out.append(json.loads(data))
+        return out
+    body = resp.json()
+    return body if isinstance(body, list) else [body]
+
+
+def open_session(url: str, version: str = "2025-06-18") -> dict:
+    r = httpx.post(url, headers=HEADERS, json=rpc(0, "initialize", {
+        "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}))
+    assert r.status_code == 200, r.text
+    h = {**HEADERS, "mcp-protocol-version": version}
+    if "mcp-session-id" in r.headers:
+        h["mcp-session-id"] = r.headers["mcp-session-id"]
+    httpx.post(url, headers=h, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return h
+
+
+def test_e2e_batch_messages_are_each_decided_on_their_own(sample_server, proxy):
+    # Today's servers refuse batches (removed in 2025-06-18); the proxy still decides each
+    # message, answers the denied ones itself and forwards the rest with the server's answer.
+    srv = sample_server("--json")
+    px = proxy(srv.url, SAMPLE_POLICY)
+    h = open_session(f"{px.url}/mcp", "2025-03-26")
+    r = httpx.post(f"{px.url}/mcp", headers=h, json=[call(1, "read_file", {"path": "x"}), call(2, "delete_repository", {"name": "x"}), rpc(3, "ping")])
+    got = messages(r)
+    denied = [m for m in got if m.get("id") == 2]
+    assert denied and denied[0]["error"]["data"]["rule"] == "never", got
+    server_said = [m for m in got if m.get("id") != 2]
+    assert server_said, "the server's own answer to the forwarded part is kept"
+    assert "delete_repository" not in srv.proc.log.read_text()
+
+
+def test_e2e_a_batch_of_only_denied_calls_is_answered_without_the_server(sample_server, proxy):
+    srv = sample_server()
+    px = proxy(srv.url, SAMPLE_POLICY)
+    r = httpx.post(f"{px.url}/mcp", headers=HEADERS, json=[call(1, "delete_repository"), call(2, "transfer_repository")])
+    assert r.status_code == 200
+    assert [m["error"]["data"]["rule"] for m in r.json()] == ["never", "(hidden)"]
+
+
+def test_e2e_a_denied_tools_call_notification_is_dropped(sample_server, proxy):
+    srv = sample_server()
+    px = proxy(srv.url, SAMPLE_POLICY)
+    r = httpx.post(f"{px.url}/mcp", headers=HEADERS, json={"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete_repository", "arguments": {"name": "x"}}})
+    assert r.status_code == 202
+    assert "deleted" not in srv.proc.log.read_text()
+
+
+def test_e2e_deny_as_tool_result_answers_with_is_error(sample_server, proxy):
+    srv = sample_server("--json")
+    px = proxy(srv.url, "version: '1'\ndefault: allow\ntools: {}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: McpPolicy\nmetadata: {name: p}\nspec:\n  default: allow\n  denyAs: toolResult\n  tools:\n    delete_repository: { rules: [ { name: never, action: deny, onDeny: no } ] }\n")
+    h = open_session(f"{px.url}/mcp")
+    [m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(7, "delete_repository", {"name": "x"})))
+    assert m["id"] == 7 and m["result"]["isError"] is True
+    assert m["result"]["content"][0]["text"] == "Denied by policy: no"
+
+
+def test_e2e_requests_without_json_rpc_pass_through_unchanged(sample_server, proxy):
+    srv = sample_server()
+    px = proxy(srv.url, SAMPLE_POLICY)
+    direct = httpx.get(f"{srv.url}/.well-known/oauth-protected-resource")
+    through = httpx.get(f"{px.url}/.well-known/oauth-protected-resource")
+    assert through.status_code == direct.status_code
+    assert through.content == direct.content
+    r = httpx.post(f"{px.url}/not-mcp", content=b"name=value", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == httpx.post(f"{srv.url}/not-mcp", content=b"name=value", headers={"content-type": "application/x-www-form-urlencoded"}).status_code
+
+
+def test_e2e_bad_input_gets_a_clear_json_rpc_error(sample_server, proxy):
+    srv = sample_server()
+    px = proxy(srv.url, SAMPLE_POLICY, "--max-body-bytes", "1024")
+    url = f"{px.url}/mcp"
+    r = httpx.post(url, headers=HEADERS, content=b"{not json")
+    assert (r.status_code, r.json()["error"]["code"]) == (400, -32700)
+    r = httpx.post(url, headers=HEADERS, json={"id": 1, "method": "tools/call"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, -32600)
+    r = httpx.post(url, headers=HEADERS, json=[])
+    assert (r.status_code, r.json()["error"]["code"]) == (400, -32600)
+    r = httpx.post(url, headers=HEADERS, json=call(1, "read_file", {"path": "x" * 4096}))
+    assert r.status_code == 413 and "1024 byte limit" in r.json()["error"]["message"]
+    r = httpx.post(url, headers=HEADERS, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"arguments": {}}})
+    assert r.json()["error"]["code"] == -32602 and "name" in r.json()["error"]["message"]
+
+
+def test_e2e_an_unreachable_upstream_gets_502_naming_it(proxy):
+    dead = f"http://127.0.0.1:{free_port()}"
+    px = proxy(dead, SAMPLE_POLICY)
+    r = httpx.post(f"{px.url}/mcp", headers=HEADERS, json=call(1, "read_file", {"path": "x"}))
+    assert r.status_code == 502
+    assert dead.removeprefix("http://") in r.json()["error"]["message"]
+    assert px.metric("tollgate_upstream_errors_total") >= 1
+
+
+def test_e2e_host_is_rewritten_and_the_original_forwarded(sample_server, proxy):
+    # The Python SDK refuses a foreign Host; through the proxy it must see its own.
+    srv = sample_server()
+    px = proxy(srv.url, SAMPLE_POLICY)
+    r = httpx.post(f"{px.url}/mcp", headers={**HEADERS, "host": "mcp.example.com"}, json=rpc(0, "initialize", {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}))
+    assert r.status_code == 200, r.text
+
+
+def test_e2e_origins_outside_the_allow_list_get_403(sample_server, proxy):
+    srv = sample_server()
+    px = proxy(srv.url, SAMPLE_POLICY, "--allowed-origins", "https://agents.example.com")
+    bad = httpx.post(f"{px.url}/mcp", headers={**HEADERS, "origin": "https://evil.example.com"}, json=rpc(1, "ping"))
+    assert bad.status_code == 403 and "evil.example.com" in bad.json()["error"]["message"]
+
+
+def test_e2e_stateless_headers_that_contradict_the_body_are_refused(sample_server, proxy):
+    srv = sample_server("--stateless", "--json")
+    px = proxy(srv.url, SAMPLE_POLICY)
+    h = {**HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "read_file"}
+    r = httpx.post(f"{px.url}/mcp", headers=h, json=call(1, "delete_repository", {"name": "x"}))
+    assert r.status_code == 400 and "Mcp-Name header says \"read_file\"" in r.json()["error"]["message"]
+    r = httpx.post(f"{px.url}/mcp", headers={**h, "mcp-method": "tools/list"}, json=call(1, "read_file", {"path": "x"}))
+    assert r.status_code == 400 and "Mcp-Method" in r.json()["error"]["message"]
+
+
+@pytest.fixture
+def keys(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "k1", "alg": "RS256", "use": "sig"})
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+
+    def token(sub, **claims):
+        return jwt.encode({"sub": sub, "aud": "tollgate", "iss": "https://issuer.test", "exp": int(time.time()) + 300, **claims}, key, algorithm="RS256", headers={"kid": "k1"})
+
+    return path, token
+
+
+SUBJECT_POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: McpPolicy
+metadata: { name: admins }
+spec:
+  subjects: [ { claim: { name: groups, value: admins } }, { serviceAccount: agents/report-bot } ]
+  default: deny
+  tools:
+    read_file: { rules: [] }
+    create_issue: { rules: [ { name: per caller, limit: { counter: issues, window: hour, max: 1, scope: identity } } ] }
+"""
+
+
+def test_e2e_verified_tokens_feed_subjects_and_per_identity_counters(sample_server, proxy, keys):
+    jwks, token = keys
+    srv = sample_server("--stateless", "--json")
+    px = proxy(srv.url, SUBJECT_POLICY, "--jwks", str(jwks), "--jwt-issuer", "https://issuer.test", "--jwt-audience", "tollgate", "--default-action", "allow")
+    url = f"{px.url}/mcp"
+
+    def as_(tok, msg):
+        h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
+        if tok:
+            h["authorization"] = f"Bearer {tok}"
+        return messages(httpx.post(url, headers=h, json=msg))[0]
+
+    alice = token("alice", groups=["admins"])
+    bot = token("system:serviceaccount:agents:report-bot")
+    assert "error" in as_(alice, call(1, "delete_repository", {"name": "x"})), "governed: default deny"
+    assert "result" in as_(None, call(1, "delete_repository", {"name": "x"})), "anonymous is not governed"
+    assert "result" in as_(alice, call(2, "create_issue", {"title": "a"}))
+    assert "error" in as_(alice, call(3, "create_issue", {"title": "b"})), "alice's hour is spent"
+    assert "result" in as_(bot, call(4, "create_issue", {"title": "c"})), "the bot counts separately"
+    bad = httpx.post(url, headers={**HEADERS, "authorization": "Bearer not.a.token"}, json=rpc(1, "ping"))
+    assert bad.status_code == 401 and bad.headers["www-authenticate"].startswith("Bearer error=\"invalid_token\"")
+    wrong_aud = jwt.encode({"sub": "x", "aud": "other", "exp": int(time.time()) + 60}, "k" * 32, algorithm="HS256")
+    assert httpx.post(url, headers={**HEADERS, "authorization": f"Bearer {wrong_aud}"}, json=rpc(1, "ping")).status_code == 401
+
+
+def test_e2e_a_missing_policy_denies_everything_and_is_not_ready(sample_server, proxy):
+    srv = sample_server("--json")
+    px = proxy(srv.url, None)
+    ready = httpx.get(f"{px.admin}/readyz")
+    assert ready.status_code == 503 and "cannot read policy file" in ready.text
+    [m] = messages(httpx.post(f"{px.url}/mcp", headers=HEADERS, json=call(1, "read_file", {"path": "x"})))
+    assert m["error"]["code"] == -32001 and "No policy is loaded" in m["error"]["message"]
+    px.policy_path.write_text(SAMPLE_POLICY)
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{px.admin}/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_e2e_an_invalid_edit_keeps_the_last_good_policy(sample_server, proxy):
+    srv = sample_server("--json")
+    px = proxy(srv.url, SAMPLE_POLICY)
+    h = open_session(f"{px.url}/mcp")
+    px.policy_path.write_text(SAMPLE_POLICY.replace("rateLimit: 3/hour", "rateLimit: 3/fortnight"))
+    deadline = time.monotonic() + 5
+    while px.metric("tollgate_policy_reloads_total", result="failure") < 1:
+        assert time.monotonic() < deadline, px.proc.log.read_text()
+        time.sleep(0.05)
+    assert "rateLimit window must be second, minute, hour or day" in px.proc.log.read_text()
+    assert httpx.get(f"{px.admin}/readyz").status_code == 200
+    [m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(1, "delete_repository", {"name": "x"})))
+    assert m["error"]["data"]["rule"] == "never", "the last good policy still denies"
+
+
+def test_e2e_policy_edits_take_effect_without_a_restart(sample_server, proxy):
+    srv = sample_server("--json")
+    px = proxy(srv.url, SAMPLE_POLICY)
+    h = open_session(f"{px.url}/mcp")
+    [m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(1, "read_file", {"path": "x"})))
+    assert "result" in m
+    px.policy_path.write_text(SAMPLE_POLICY.replace("read_file: { rules: [] }", "read_file: { rules: [ { name: closed, action: deny } ] }"))
+    deadline = time.monotonic() + 5
+    while True:
+        [m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(2, "read_file", {"path": "x"})))
+        if "error" in m:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert m["error"]["data"]["rule"] == "closed"
+
+
+def test_e2e_sigterm_drains_in_flight_calls(sample_server, proxy):
+    srv = sample_server("--json")
+    px = proxy(srv.url, "version: '1'\ndefault: allow\ntools: {}\n")
+    h = open_session(f"{px.url}/mcp")
+    result = {}
+
+    def slow_call():
+        r = httpx.post(f"{px.url}/mcp", headers=h, json=call(9, "slow", {"seconds": 1.0}), timeout=10)
+        result["msg"] = messages(r)[0]
+
+    t = threading.Thread(target=slow_call)
+    t.start()
+    time.sleep(0.3)
+    px.proc.proc.send_signal(signal.SIGTERM)
+    t.join(10)
+    assert result["msg"]["result"]["content"][0]["text"] == "slept 1.0s"
+    assert px.proc.proc.wait(10) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{px.url}/mcp", headers=h, json=rpc(1, "ping"))

@@ -1,0 +1,17 @@
+"""e2e: the README's first command shows an allowed, a denied and a rate-limited call."""
+
+import os
+import subprocess
+
+from conftest import ROOT, free_port
+
+
+def test_e2e_quickstart_shows_allowed_denied_and_rate_limited_calls():
+    env = {**os.environ, "TOLLGATE_DEMO_EXIT": "1", "SERVER_PORT": str(free_port()),
+           "PROXY_PORT": str(free_port()), "ADMIN_PORT": str(free_port())}
+    out = subprocess.run([str(ROOT / "examples" / "quickstart.sh")], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "allowed  read_file" in out.stdout
+    assert "DENIED   delete_repository{'name': 'prod'}: Denied by policy: Repository deletion is not permitted" in out.stdout
+    assert "DENIED   create_issue{'title': 'bug 4'}: Denied by policy: Hourly limit of 3 new issues reached" in out.stdout
+    assert '"decision":"deny"' in out.stdout

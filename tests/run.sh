@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs the real peers, then runs lints,
+# the Rust tests and the end-to-end suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tests/setup.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --quiet
+tests/.venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
