@@ -7,4 +7,5 @@ tests/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --quiet
+cargo build --release --quiet -p tollgate-sidecar   # the quick start's binary
 tests/.venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider

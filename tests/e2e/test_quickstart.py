@@ -3,9 +3,11 @@
 import os
 import subprocess
 
+import pytest
 from conftest import ROOT, free_port
 
 
+@pytest.mark.timeout(1200)
 def test_e2e_quickstart_shows_allowed_denied_and_rate_limited_calls():
     env = {**os.environ, "TOLLGATE_DEMO_EXIT": "1", "SERVER_PORT": str(free_port()),
            "PROXY_PORT": str(free_port()), "ADMIN_PORT": str(free_port())}

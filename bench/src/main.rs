@@ -1,0 +1,519 @@
+//! What the sidecar costs on every tool call.
+//!
+//! ```text
+//! load clients (1 HTTP/1.1 connection each) ─┬─> upstream directly
+//!                                            ├─> nginx (plain reverse proxy, upstream keep-alive)
+//!                                            ├─> tollgate proxy (100-tool policy)
+//!                                            └─> mcp-proxy (crates.io peer)
+//!                                                   └──> bench-upstream (rmcp, answers at once)
+//! ```
+//!
+//! Every workload visits the targets in turn, round after round, so a noisy machine slows all
+//! of them alike and the ratios hold. Run it with `bench/run.sh`, which installs the peers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Args {
+    /// Rounds per workload; each round visits every target once.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Seconds each target is loaded per round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Concurrency levels for tools/call.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+    concurrency: Vec<usize>,
+    /// Idle sessions opened to measure the proxy's idle memory.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Where the table and chart are written.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The mcp-proxy binary (skipped if absent).
+    #[arg(long, default_value = "bench/.tools/bin/mcp-proxy")]
+    mcp_proxy: PathBuf,
+    /// The nginx binary (skipped if absent).
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+}
+
+/// A process the benchmark started; killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn spawn(cmd: &mut Command, port: u16, name: &str) -> anyhow::Result<Proc> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{name} did not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(proc)
+}
+
+/// One place a load can be sent.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    path: &'static str,
+    /// Prefix mcp-proxy puts on tool names.
+    tool_prefix: &'static str,
+    /// Processes whose CPU and memory are this target's (not the upstream's).
+    pids: Vec<u32>,
+}
+
+/// Kernel clock ticks of a process and its children, read from /proc.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    all_pids(pids)
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum()
+}
+
+/// The processes and their children (nginx's workers).
+fn all_pids(roots: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = roots.to_vec();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            let ppid = after.split_whitespace().nth(1).and_then(|v| v.parse::<u32>().ok());
+            if ppid.is_some_and(|p| roots.contains(&p)) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Sum of a /proc status field (kB) over a process and its children.
+fn status_kb(pids: &[u32], field: &str) -> u64 {
+    all_pids(pids)
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn ticks_per_second() -> f64 {
+    // Linux reports CPU time in USER_HZ, 100 on every architecture Rust targets here.
+    100.0
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn post(sender: &mut Sender, t: &Target, session: Option<&str>, body: Bytes) -> anyhow::Result<(hyper::http::HeaderMap, Bytes)> {
+    sender.ready().await?;
+    let mut req = Request::post(t.path)
+        .header("host", t.addr.to_string())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    let resp = sender.send_request(req.body(Full::new(body))?).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{} answered {status}: {}", t.name, String::from_utf8_lossy(&body));
+    }
+    Ok((headers, body))
+}
+
+/// Opens a connection with an MCP session (initialize + initialized).
+async fn session(t: &Target) -> anyhow::Result<(Sender, Option<String>)> {
+    let mut s = connect(t.addr).await?;
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"tollgate-bench","version":"1"}}}"#;
+    let (headers, _) = post(&mut s, t, None, Bytes::from_static(init.as_bytes())).await?;
+    let id = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    post(&mut s, t, id.as_deref(), Bytes::from_static(note.as_bytes())).await?;
+    Ok((s, id))
+}
+
+#[derive(Clone, Copy)]
+enum Work {
+    Call,
+    List,
+}
+
+fn body(work: Work, t: &Target, n: u64) -> Bytes {
+    match work {
+        Work::Call => Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/call","params":{{"name":"{}tool_7","arguments":{{"amount":250,"note":"benchmark call {n}"}}}}}}"#,
+            t.tool_prefix
+        )),
+        Work::List => Bytes::from(format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/list","params":{{}}}}"#)),
+    }
+}
+
+struct RoundResult {
+    hist: Histogram<u64>,
+    count: u64,
+    errors: u64,
+    seconds: f64,
+    cpu_ticks: u64,
+    upstream_ticks: u64,
+}
+
+async fn load(t: &Target, upstream: &[u32], work: Work, conc: usize, secs: f64) -> anyhow::Result<RoundResult> {
+    let mut conns = Vec::with_capacity(conc);
+    for _ in 0..conc {
+        conns.push(session(t).await.with_context(|| format!("opening a session through {}", t.name))?);
+    }
+    let (cpu0, up0) = (cpu_ticks(&t.pids), cpu_ticks(upstream));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for (i, (mut s, id)) in conns.into_iter().enumerate() {
+        let t = Target { name: t.name, addr: t.addr, path: t.path, tool_prefix: t.tool_prefix, pids: vec![] };
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let (mut n, mut errors) = (i as u64 * 1_000_000_000, 0u64);
+            while Instant::now() < deadline {
+                n += 1;
+                let b = body(work, &t, n);
+                let t0 = Instant::now();
+                match post(&mut s, &t, id.as_deref(), b).await {
+                    Ok(_) => hist.saturating_record(t0.elapsed().as_micros() as u64),
+                    Err(_) => {
+                        errors += 1;
+                        if let Ok(c) = connect(t.addr).await {
+                            s = c;
+                        }
+                    }
+                }
+            }
+            (hist, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await?;
+        hist.add(h)?;
+        errors += e;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(RoundResult {
+        count: hist.len(),
+        hist,
+        errors,
+        seconds,
+        cpu_ticks: cpu_ticks(&t.pids) - cpu0,
+        upstream_ticks: cpu_ticks(upstream) - up0,
+    })
+}
+
+/// The realistic policy: 100 listed tools, rate limits and argument conditions on each.
+fn policy() -> String {
+    let mut p = String::from(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: McpPolicy\nmetadata: { name: bench, namespace: default }\nspec:\n  default: deny\n  hide: [tool_99]\n  tools:\n    \"*\": { rules: [ { name: global rate, rateLimit: 100000000000/second } ] }\n",
+    );
+    for i in 0..100 {
+        let _ = writeln!(
+            p,
+            "    tool_{i}:\n      rules:\n        - name: small amounts\n          conditions:\n            - {{ path: args.amount, op: lte, value: 1000000 }}\n            - {{ path: args.note, op: regex, value: \"^[a-z0-9 ]*$\" }}\n        - name: per minute\n          rateLimit: 100000000000/minute\n        - name: no admin\n          action: deny\n          conditions: [ {{ path: args.role, op: eq, value: admin }} ]"
+        );
+    }
+    p
+}
+
+struct Cell {
+    target: &'static str,
+    rounds: Vec<RoundResult>,
+}
+
+impl Cell {
+    fn merged(&self) -> (Histogram<u64>, u64, u64, f64, u64, u64) {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let (mut n, mut e, mut s, mut c, mut u) = (0, 0, 0.0, 0, 0);
+        for r in &self.rounds {
+            h.add(&r.hist).expect("same bounds");
+            n += r.count;
+            e += r.errors;
+            s += r.seconds;
+            c += r.cpu_ticks;
+            u += r.upstream_ticks;
+        }
+        (h, n, e, s, c, u)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = std::env::current_dir()?;
+    let release = root.join("target/release");
+    let tmp = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+
+    // Upstreams: JSON answers (stateless) and SSE answers (sessions).
+    let (up_json, up_sse) = (free_port(), free_port());
+    let _u1 = spawn(Command::new(release.join("bench-upstream")).args(["--listen", &format!("127.0.0.1:{up_json}")]), up_json, "bench-upstream")?;
+    let _u2 = spawn(Command::new(release.join("bench-upstream")).args(["--listen", &format!("127.0.0.1:{up_sse}"), "--sse"]), up_sse, "bench-upstream --sse")?;
+    let upstream_pids = vec![_u1.0.id(), _u2.0.id()];
+
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut targets: BTreeMap<&'static str, Vec<Target>> = BTreeMap::new(); // upstream kind -> targets
+    for (kind, up) in [("json", up_json), ("sse", up_sse)] {
+        let mut ts = vec![Target { name: "direct", addr: ([127, 0, 0, 1], up).into(), path: "/mcp", tool_prefix: "", pids: upstream_pids.clone() }];
+        if args.nginx.exists() {
+            let port = free_port();
+            let dir = tmp.join(format!("nginx-{kind}"));
+            std::fs::create_dir_all(dir.join("logs"))?;
+            std::fs::write(dir.join("nginx.conf"), format!(
+                "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\nevents {{ worker_connections 32768; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  upstream mcp {{ server 127.0.0.1:{up}; keepalive 1024; }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ proxy_pass http://mcp; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
+                d = dir.display()
+            ))?;
+            let p = spawn(Command::new(&args.nginx).args(["-p", &dir.display().to_string(), "-c", &dir.join("nginx.conf").display().to_string()]), port, "nginx")?;
+            ts.push(Target { name: "nginx", addr: ([127, 0, 0, 1], port).into(), path: "/mcp", tool_prefix: "", pids: vec![p.0.id()] });
+            procs.push(p);
+        }
+        let port = free_port();
+        let policy_path = tmp.join("policy.yaml");
+        std::fs::write(&policy_path, policy())?;
+        let audit = std::fs::File::create(tmp.join(format!("audit-{kind}.log")))?;
+        let child = Command::new(release.join("tollgate"))
+            .args(["proxy", "--upstream", &format!("http://127.0.0.1:{up}"), "--policy", &policy_path.display().to_string(), "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port()), "--log", "warn"])
+            .stdout(audit)
+            .stderr(Stdio::null())
+            .spawn()?;
+        let p = Proc(child);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ts.push(Target { name: "tollgate", addr: ([127, 0, 0, 1], port).into(), path: "/mcp", tool_prefix: "", pids: vec![p.0.id()] });
+        procs.push(p);
+        if args.mcp_proxy.exists() {
+            let port = free_port();
+            let cfg = tmp.join(format!("mcp-proxy-{kind}.toml"));
+            std::fs::write(&cfg, format!("[proxy]\nname = \"bench\"\nseparator = \"/\"\n\n[proxy.listen]\nhost = \"127.0.0.1\"\nport = {port}\n\n[[backends]]\nname = \"up\"\ntransport = \"http\"\nurl = \"http://127.0.0.1:{up}/mcp\"\n"))?;
+            match spawn(Command::new(&args.mcp_proxy).args(["--config", &cfg.display().to_string()]), port, "mcp-proxy") {
+                Ok(p) => {
+                    ts.push(Target { name: "mcp-proxy", addr: ([127, 0, 0, 1], port).into(), path: "/", tool_prefix: "up/", pids: vec![p.0.id()] });
+                    procs.push(p);
+                }
+                Err(e) => eprintln!("skipping mcp-proxy: {e:#}"),
+            }
+        }
+        targets.insert(kind, ts);
+    }
+
+    // Workloads: (label, upstream kind, work, concurrency).
+    let mut plan: Vec<(String, &'static str, Work, usize)> = Vec::new();
+    for &c in &args.concurrency {
+        plan.push((format!("tools/call JSON c={c}"), "json", Work::Call, c));
+    }
+    for &c in &args.concurrency {
+        plan.push((format!("tools/call SSE c={c}"), "sse", Work::Call, c));
+    }
+    plan.push(("tools/list 500 tools c=1".into(), "json", Work::List, 1));
+    plan.push(("tools/list 500 tools c=32".into(), "json", Work::List, 32));
+
+    let mut results: Vec<(String, Vec<Cell>)> = Vec::new();
+    for (label, kind, work, conc) in &plan {
+        let ts = &targets[kind];
+        let mut cells: Vec<Cell> = ts.iter().map(|t| Cell { target: t.name, rounds: vec![] }).collect();
+        eprintln!("{label}: {} rounds x {} targets x {}s", args.rounds, ts.len(), args.seconds);
+        // Warm-up round, not recorded.
+        for t in ts {
+            load(t, &upstream_pids, *work, *conc, 0.3).await.with_context(|| format!("warming up {}", t.name))?;
+        }
+        for round in 0..args.rounds {
+            // Rotate the order each round so no target always goes first.
+            for k in 0..ts.len() {
+                let i = (k + round as usize) % ts.len();
+                let r = load(&ts[i], &upstream_pids, *work, *conc, args.seconds).await?;
+                cells[i].rounds.push(r);
+            }
+        }
+        results.push((label.clone(), cells));
+    }
+
+    // Memory: peak under load, then idle with many open sessions (SSE upstream keeps sessions).
+    let mut memory = Vec::new();
+    for t in &targets["sse"] {
+        if t.name == "direct" {
+            continue;
+        }
+        let peak = status_kb(&t.pids, "VmHWM:");
+        memory.push((t.name, peak));
+    }
+    let tollgate = targets["sse"].iter().find(|t| t.name == "tollgate").expect("tollgate runs");
+    let before = status_kb(&tollgate.pids, "VmRSS:");
+    let mut idle = Vec::with_capacity(args.sessions);
+    let mut opened = 0usize;
+    for chunk in 0..args.sessions.div_ceil(200) {
+        let n = (args.sessions - chunk * 200).min(200);
+        let mut batch = Vec::new();
+        for _ in 0..n {
+            let t = Target { name: tollgate.name, addr: tollgate.addr, path: tollgate.path, tool_prefix: "", pids: vec![] };
+            batch.push(tokio::spawn(async move { session(&t).await }));
+        }
+        for b in batch {
+            if let Ok(Ok(s)) = b.await {
+                idle.push(s);
+                opened += 1;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = status_kb(&tollgate.pids, "VmRSS:");
+    drop(idle);
+
+    let report = render(&args, &results, &memory, before, idle_rss, opened);
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("latest.md"), &report)?;
+    std::fs::write(args.out.join("latency.svg"), svg(&results))?;
+    println!("{report}");
+    eprintln!("wrote {} and {}", args.out.join("latest.md").display(), args.out.join("latency.svg").display());
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |kb| kb / 1024 / 1024);
+    format!("{cores} cores ({cpu}), {mem} GiB")
+}
+
+fn render(args: &Args, results: &[(String, Vec<Cell>)], memory: &[(&str, u64)], before: u64, idle: u64, opened: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Machine: {}. {} rounds x {}s per target, interleaved. Latency in µs; `+` is added over direct in the same run.\n", machine(), args.rounds, args.seconds);
+    let _ = writeln!(out, "| workload | target | p50 | p99 | p99.9 | req/s | vs direct | +p50 | +p99 | CPU µs/call (proxy) | CPU µs/call (upstream) | errors |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, cells) in results {
+        let direct = cells.iter().find(|c| c.target == "direct").map(Cell::merged);
+        let (dp50, dp99, drps) = direct.as_ref().map_or((0, 0, 1.0), |(h, n, _, s, _, _)| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), *n as f64 / s));
+        for c in cells {
+            let (h, n, e, s, cpu, up) = c.merged();
+            let rps = n as f64 / s;
+            let per_call = |ticks: u64| if n == 0 { 0.0 } else { ticks as f64 / ticks_per_second() * 1e6 / n as f64 };
+            let (p50, p99) = (h.value_at_quantile(0.5), h.value_at_quantile(0.99));
+            let proxy_cpu = if c.target == "direct" { "—".to_string() } else { format!("{:.0}", per_call(cpu)) };
+            let added = |a: u64, b: u64| if c.target == "direct" { "—".to_string() } else { format!("{:+}", a as i64 - b as i64) };
+            let _ = writeln!(
+                out,
+                "| {label} | {} | {p50} | {p99} | {} | {rps:.0} | {:.0}% | {} | {} | {proxy_cpu} | {:.0} | {e} |",
+                c.target,
+                h.value_at_quantile(0.999),
+                rps / drps * 100.0,
+                added(p50, dp50),
+                added(p99, dp99),
+                per_call(up),
+            );
+        }
+    }
+    let _ = writeln!(out, "\nPeak RSS under load (SSE upstream run, process and children):\n");
+    for (name, kb) in memory {
+        let _ = writeln!(out, "- {name}: {:.1} MiB", *kb as f64 / 1024.0);
+    }
+    let _ = writeln!(out, "\nTollgate idle RSS with {opened} open sessions (one connection each): {:.1} MiB (before opening them: {:.1} MiB).", idle as f64 / 1024.0, before as f64 / 1024.0);
+    out
+}
+
+fn svg(results: &[(String, Vec<Cell>)]) -> String {
+    let colors = [("direct", "#4c78a8"), ("nginx", "#72b7b2"), ("tollgate", "#f58518"), ("mcp-proxy", "#e45756")];
+    let panel_w = 300.0;
+    let panel_h = 220.0;
+    let cols = 4usize;
+    let rows = results.len().div_ceil(cols);
+    let (w, h) = (panel_w * cols as f64, panel_h * rows as f64 + 40.0);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n");
+    for (i, (name, c)) in colors.iter().enumerate() {
+        let _ = writeln!(s, "<rect x='{}' y='10' width='12' height='12' fill='{c}'/><text x='{}' y='21'>{name}</text>", 10.0 + i as f64 * 110.0, 26.0 + i as f64 * 110.0);
+    }
+    for (k, (label, cells)) in results.iter().enumerate() {
+        let (px, py) = ((k % cols) as f64 * panel_w, 40.0 + (k / cols) as f64 * panel_h);
+        let stats: Vec<(&str, [u64; 3])> = cells
+            .iter()
+            .map(|c| {
+                let (h, ..) = c.merged();
+                (c.target, [h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999)])
+            })
+            .collect();
+        let max = stats.iter().flat_map(|(_, v)| v.iter().copied()).max().unwrap_or(1).max(1) as f64;
+        let _ = writeln!(s, "<text x='{}' y='{}' font-weight='bold'>{label} (µs, log)</text>", px + 10.0, py + 12.0);
+        let plot_h = panel_h - 60.0;
+        let scale = |v: u64| ((v.max(1) as f64).ln() / max.ln().max(1.0)) * plot_h;
+        for (q, qname) in ["p50", "p99", "p99.9"].iter().enumerate() {
+            let gx = px + 20.0 + q as f64 * 90.0;
+            let _ = writeln!(s, "<text x='{}' y='{}'>{qname}</text>", gx + 20.0, py + panel_h - 25.0);
+            for (j, (t, v)) in stats.iter().enumerate() {
+                let color = colors.iter().find(|(n, _)| n == t).map_or("#999", |(_, c)| c);
+                let bh = scale(v[q]);
+                let x = gx + j as f64 * 18.0;
+                let y = py + 20.0 + plot_h - bh;
+                let _ = writeln!(s, "<rect x='{x}' y='{y:.1}' width='15' height='{bh:.1}' fill='{color}'><title>{t} {qname}: {} µs</title></rect>", v[q]);
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
