@@ -85,6 +85,10 @@ async fn main() -> anyhow::Result<()> {
     let service = StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(LocalSessionManager::default()), config);
     let app = axum::Router::new().nest_service("/mcp", service);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    axum::serve(listener, app).tcp_nodelay(true).await?;
+    // Without TCP_NODELAY, multi-write SSE answers meet delayed ACKs (~40 ms per call).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await?;
     Ok(())
 }
