@@ -105,7 +105,8 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
         .map(|stat| {
             let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
             let f: Vec<&str> = after.split_whitespace().collect();
-            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         })
         .sum()
 }
@@ -115,10 +116,17 @@ fn all_pids(roots: &[u32]) -> Vec<u32> {
     let mut out: Vec<u32> = roots.to_vec();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
             let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-            let ppid = after.split_whitespace().nth(1).and_then(|v| v.parse::<u32>().ok());
+            let ppid = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u32>().ok());
             if ppid.is_some_and(|p| roots.contains(&p)) {
                 out.push(pid);
             }
@@ -156,7 +164,12 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-async fn post(sender: &mut Sender, t: &Target, session: Option<&str>, body: Bytes) -> anyhow::Result<(hyper::http::HeaderMap, Bytes)> {
+async fn post(
+    sender: &mut Sender,
+    t: &Target,
+    session: Option<&str>,
+    body: Bytes,
+) -> anyhow::Result<(hyper::http::HeaderMap, Bytes)> {
     sender.ready().await?;
     let mut req = Request::post(t.path)
         .header("host", t.addr.to_string())
@@ -171,7 +184,11 @@ async fn post(sender: &mut Sender, t: &Target, session: Option<&str>, body: Byte
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes();
     if !status.is_success() {
-        bail!("{} answered {status}: {}", t.name, String::from_utf8_lossy(&body));
+        bail!(
+            "{} answered {status}: {}",
+            t.name,
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok((headers, body))
 }
@@ -181,9 +198,18 @@ async fn session(t: &Target) -> anyhow::Result<(Sender, Option<String>)> {
     let mut s = connect(t.addr).await?;
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"tollgate-bench","version":"1"}}}"#;
     let (headers, _) = post(&mut s, t, None, Bytes::from_static(init.as_bytes())).await?;
-    let id = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let id = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    post(&mut s, t, id.as_deref(), Bytes::from_static(note.as_bytes())).await?;
+    post(
+        &mut s,
+        t,
+        id.as_deref(),
+        Bytes::from_static(note.as_bytes()),
+    )
+    .await?;
     Ok((s, id))
 }
 
@@ -199,7 +225,9 @@ fn body(work: Work, t: &Target, n: u64) -> Bytes {
             r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/call","params":{{"name":"{}tool_7","arguments":{{"amount":250,"note":"benchmark call {n}"}}}}}}"#,
             t.tool_prefix
         )),
-        Work::List => Bytes::from(format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/list","params":{{}}}}"#)),
+        Work::List => Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/list","params":{{}}}}"#
+        )),
     }
 }
 
@@ -212,19 +240,36 @@ struct RoundResult {
     upstream_ticks: u64,
 }
 
-async fn load(t: &Target, upstream: &[u32], work: Work, conc: usize, secs: f64) -> anyhow::Result<RoundResult> {
+async fn load(
+    t: &Target,
+    upstream: &[u32],
+    work: Work,
+    conc: usize,
+    secs: f64,
+) -> anyhow::Result<RoundResult> {
     let mut conns = Vec::with_capacity(conc);
     for _ in 0..conc {
-        conns.push(session(t).await.with_context(|| format!("opening a session through {}", t.name))?);
+        conns.push(
+            session(t)
+                .await
+                .with_context(|| format!("opening a session through {}", t.name))?,
+        );
     }
     let (cpu0, up0) = (cpu_ticks(&t.pids), cpu_ticks(upstream));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for (i, (mut s, id)) in conns.into_iter().enumerate() {
-        let t = Target { name: t.name, addr: t.addr, path: t.path, tool_prefix: t.tool_prefix, pids: vec![] };
+        let t = Target {
+            name: t.name,
+            addr: t.addr,
+            path: t.path,
+            tool_prefix: t.tool_prefix,
+            pids: vec![],
+        };
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut n, mut errors) = (i as u64 * 1_000_000_000, 0u64);
             while Instant::now() < deadline {
                 n += 1;
@@ -306,24 +351,61 @@ async fn main() -> anyhow::Result<()> {
 
     // Upstreams: JSON answers (stateless) and SSE answers (sessions).
     let (up_json, up_sse) = (free_port(), free_port());
-    let _u1 = spawn(Command::new(release.join("bench-upstream")).args(["--listen", &format!("127.0.0.1:{up_json}")]), up_json, "bench-upstream")?;
-    let _u2 = spawn(Command::new(release.join("bench-upstream")).args(["--listen", &format!("127.0.0.1:{up_sse}"), "--sse"]), up_sse, "bench-upstream --sse")?;
+    let _u1 = spawn(
+        Command::new(release.join("bench-upstream"))
+            .args(["--listen", &format!("127.0.0.1:{up_json}")]),
+        up_json,
+        "bench-upstream",
+    )?;
+    let _u2 = spawn(
+        Command::new(release.join("bench-upstream")).args([
+            "--listen",
+            &format!("127.0.0.1:{up_sse}"),
+            "--sse",
+        ]),
+        up_sse,
+        "bench-upstream --sse",
+    )?;
     let upstream_pids = vec![_u1.0.id(), _u2.0.id()];
 
     let mut procs: Vec<Proc> = Vec::new();
     let mut targets: BTreeMap<&'static str, Vec<Target>> = BTreeMap::new(); // upstream kind -> targets
     for (kind, up) in [("json", up_json), ("sse", up_sse)] {
-        let mut ts = vec![Target { name: "direct", addr: ([127, 0, 0, 1], up).into(), path: "/mcp", tool_prefix: "", pids: upstream_pids.clone() }];
+        let mut ts = vec![Target {
+            name: "direct",
+            addr: ([127, 0, 0, 1], up).into(),
+            path: "/mcp",
+            tool_prefix: "",
+            pids: upstream_pids.clone(),
+        }];
         if args.nginx.exists() {
             let port = free_port();
             let dir = tmp.join(format!("nginx-{kind}"));
             std::fs::create_dir_all(dir.join("logs"))?;
-            std::fs::write(dir.join("nginx.conf"), format!(
-                "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\nevents {{ worker_connections 32768; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  upstream mcp {{ server 127.0.0.1:{up}; keepalive 1024; }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ proxy_pass http://mcp; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
-                d = dir.display()
-            ))?;
-            let p = spawn(Command::new(&args.nginx).args(["-p", &dir.display().to_string(), "-c", &dir.join("nginx.conf").display().to_string()]), port, "nginx")?;
-            ts.push(Target { name: "nginx", addr: ([127, 0, 0, 1], port).into(), path: "/mcp", tool_prefix: "", pids: vec![p.0.id()] });
+            std::fs::write(
+                dir.join("nginx.conf"),
+                format!(
+                    "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\nevents {{ worker_connections 32768; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  upstream mcp {{ server 127.0.0.1:{up}; keepalive 1024; }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ proxy_pass http://mcp; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
+                    d = dir.display()
+                ),
+            )?;
+            let p = spawn(
+                Command::new(&args.nginx).args([
+                    "-p",
+                    &dir.display().to_string(),
+                    "-c",
+                    &dir.join("nginx.conf").display().to_string(),
+                ]),
+                port,
+                "nginx",
+            )?;
+            ts.push(Target {
+                name: "nginx",
+                addr: ([127, 0, 0, 1], port).into(),
+                path: "/mcp",
+                tool_prefix: "",
+                pids: vec![p.0.id()],
+            });
             procs.push(p);
         }
         let port = free_port();
@@ -331,7 +413,19 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&policy_path, policy())?;
         let audit = std::fs::File::create(tmp.join(format!("audit-{kind}.log")))?;
         let child = Command::new(release.join("tollgate"))
-            .args(["proxy", "--upstream", &format!("http://127.0.0.1:{up}"), "--policy", &policy_path.display().to_string(), "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port()), "--log", "warn"])
+            .args([
+                "proxy",
+                "--upstream",
+                &format!("http://127.0.0.1:{up}"),
+                "--policy",
+                &policy_path.display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--log",
+                "warn",
+            ])
             .stdout(audit)
             .stderr(Stdio::null())
             .spawn()?;
@@ -339,15 +433,36 @@ async fn main() -> anyhow::Result<()> {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        ts.push(Target { name: "tollgate", addr: ([127, 0, 0, 1], port).into(), path: "/mcp", tool_prefix: "", pids: vec![p.0.id()] });
+        ts.push(Target {
+            name: "tollgate",
+            addr: ([127, 0, 0, 1], port).into(),
+            path: "/mcp",
+            tool_prefix: "",
+            pids: vec![p.0.id()],
+        });
         procs.push(p);
         if args.mcp_proxy.exists() {
             let port = free_port();
             let cfg = tmp.join(format!("mcp-proxy-{kind}.toml"));
-            std::fs::write(&cfg, format!("[proxy]\nname = \"bench\"\nseparator = \"/\"\n\n[proxy.listen]\nhost = \"127.0.0.1\"\nport = {port}\n\n[[backends]]\nname = \"up\"\ntransport = \"http\"\nurl = \"http://127.0.0.1:{up}/mcp\"\n"))?;
-            match spawn(Command::new(&args.mcp_proxy).args(["--config", &cfg.display().to_string()]), port, "mcp-proxy") {
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[proxy]\nname = \"bench\"\nseparator = \"/\"\n\n[proxy.listen]\nhost = \"127.0.0.1\"\nport = {port}\n\n[[backends]]\nname = \"up\"\ntransport = \"http\"\nurl = \"http://127.0.0.1:{up}/mcp\"\n"
+                ),
+            )?;
+            match spawn(
+                Command::new(&args.mcp_proxy).args(["--config", &cfg.display().to_string()]),
+                port,
+                "mcp-proxy",
+            ) {
                 Ok(p) => {
-                    ts.push(Target { name: "mcp-proxy", addr: ([127, 0, 0, 1], port).into(), path: "/", tool_prefix: "up/", pids: vec![p.0.id()] });
+                    ts.push(Target {
+                        name: "mcp-proxy",
+                        addr: ([127, 0, 0, 1], port).into(),
+                        path: "/",
+                        tool_prefix: "up/",
+                        pids: vec![p.0.id()],
+                    });
                     procs.push(p);
                 }
                 Err(e) => eprintln!("skipping mcp-proxy: {e:#}"),
@@ -370,11 +485,24 @@ async fn main() -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<Cell>)> = Vec::new();
     for (label, kind, work, conc) in &plan {
         let ts = &targets[kind];
-        let mut cells: Vec<Cell> = ts.iter().map(|t| Cell { target: t.name, rounds: vec![] }).collect();
-        eprintln!("{label}: {} rounds x {} targets x {}s", args.rounds, ts.len(), args.seconds);
+        let mut cells: Vec<Cell> = ts
+            .iter()
+            .map(|t| Cell {
+                target: t.name,
+                rounds: vec![],
+            })
+            .collect();
+        eprintln!(
+            "{label}: {} rounds x {} targets x {}s",
+            args.rounds,
+            ts.len(),
+            args.seconds
+        );
         // Warm-up round, not recorded.
         for t in ts {
-            load(t, &upstream_pids, *work, *conc, 0.3).await.with_context(|| format!("warming up {}", t.name))?;
+            load(t, &upstream_pids, *work, *conc, 0.3)
+                .await
+                .with_context(|| format!("warming up {}", t.name))?;
         }
         for round in 0..args.rounds {
             // Rotate the order each round so no target always goes first.
@@ -396,7 +524,10 @@ async fn main() -> anyhow::Result<()> {
         let peak = status_kb(&t.pids, "VmHWM:");
         memory.push((t.name, peak));
     }
-    let tollgate = targets["sse"].iter().find(|t| t.name == "tollgate").expect("tollgate runs");
+    let tollgate = targets["sse"]
+        .iter()
+        .find(|t| t.name == "tollgate")
+        .expect("tollgate runs");
     let before = status_kb(&tollgate.pids, "VmRSS:");
     let mut idle = Vec::with_capacity(args.sessions);
     let mut opened = 0usize;
@@ -404,7 +535,13 @@ async fn main() -> anyhow::Result<()> {
         let n = (args.sessions - chunk * 200).min(200);
         let mut batch = Vec::new();
         for _ in 0..n {
-            let t = Target { name: tollgate.name, addr: tollgate.addr, path: tollgate.path, tool_prefix: "", pids: vec![] };
+            let t = Target {
+                name: tollgate.name,
+                addr: tollgate.addr,
+                path: tollgate.path,
+                tool_prefix: "",
+                pids: vec![],
+            };
             batch.push(tokio::spawn(async move { session(&t).await }));
         }
         for b in batch {
@@ -423,7 +560,11 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(args.out.join("latest.md"), &report)?;
     std::fs::write(args.out.join("latency.svg"), svg(&results))?;
     println!("{report}");
-    eprintln!("wrote {} and {}", args.out.join("latest.md").display(), args.out.join("latency.svg").display());
+    eprintln!(
+        "wrote {} and {}",
+        args.out.join("latest.md").display(),
+        args.out.join("latency.svg").display()
+    );
     drop(procs);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
@@ -432,31 +573,84 @@ async fn main() -> anyhow::Result<()> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb / 1024 / 1024);
     format!("{cores} cores ({cpu}), {mem} GiB")
 }
 
-fn render(args: &Args, results: &[(String, Vec<Cell>)], memory: &[(&str, u64)], before: u64, idle: u64, opened: usize) -> String {
+fn render(
+    args: &Args,
+    results: &[(String, Vec<Cell>)],
+    memory: &[(&str, u64)],
+    before: u64,
+    idle: u64,
+    opened: usize,
+) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Machine: {}. {} rounds x {}s per target, interleaved. Latency in µs; `+` is added over direct in the same run.\n", machine(), args.rounds, args.seconds);
-    let _ = writeln!(out, "| workload | target | p50 | p99 | p99.9 | req/s | vs direct | +p50 | +p99 | CPU µs/call (proxy) | CPU µs/call (upstream) | errors |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "Machine: {}. {} rounds x {}s per target, interleaved. Latency in µs; `+` is added over direct in the same run.\n",
+        machine(),
+        args.rounds,
+        args.seconds
+    );
+    let _ = writeln!(
+        out,
+        "| workload | target | p50 | p99 | p99.9 | req/s | vs direct | +p50 | +p99 | CPU µs/call (proxy) | CPU µs/call (upstream) | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (label, cells) in results {
-        let direct = cells.iter().find(|c| c.target == "direct").map(Cell::merged);
-        let (dp50, dp99, drps) = direct.as_ref().map_or((0, 0, 1.0), |(h, n, _, s, _, _)| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), *n as f64 / s));
+        let direct = cells
+            .iter()
+            .find(|c| c.target == "direct")
+            .map(Cell::merged);
+        let (dp50, dp99, drps) = direct.as_ref().map_or((0, 0, 1.0), |(h, n, _, s, _, _)| {
+            (
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                *n as f64 / s,
+            )
+        });
         for c in cells {
             let (h, n, e, s, cpu, up) = c.merged();
             let rps = n as f64 / s;
-            let per_call = |ticks: u64| if n == 0 { 0.0 } else { ticks as f64 / ticks_per_second() * 1e6 / n as f64 };
+            let per_call = |ticks: u64| {
+                if n == 0 {
+                    0.0
+                } else {
+                    ticks as f64 / ticks_per_second() * 1e6 / n as f64
+                }
+            };
             let (p50, p99) = (h.value_at_quantile(0.5), h.value_at_quantile(0.99));
-            let proxy_cpu = if c.target == "direct" { "—".to_string() } else { format!("{:.0}", per_call(cpu)) };
-            let added = |a: u64, b: u64| if c.target == "direct" { "—".to_string() } else { format!("{:+}", a as i64 - b as i64) };
+            let proxy_cpu = if c.target == "direct" {
+                "—".to_string()
+            } else {
+                format!("{:.0}", per_call(cpu))
+            };
+            let added = |a: u64, b: u64| {
+                if c.target == "direct" {
+                    "—".to_string()
+                } else {
+                    format!("{:+}", a as i64 - b as i64)
+                }
+            };
             let _ = writeln!(
                 out,
                 "| {label} | {} | {p50} | {p99} | {} | {rps:.0} | {:.0}% | {} | {} | {proxy_cpu} | {:.0} | {e} |",
@@ -469,51 +663,102 @@ fn render(args: &Args, results: &[(String, Vec<Cell>)], memory: &[(&str, u64)], 
             );
         }
     }
-    let _ = writeln!(out, "\nPeak RSS under load (SSE upstream run, process and children):\n");
+    let _ = writeln!(
+        out,
+        "\nPeak RSS under load (SSE upstream run, process and children):\n"
+    );
     for (name, kb) in memory {
         let _ = writeln!(out, "- {name}: {:.1} MiB", *kb as f64 / 1024.0);
     }
-    let _ = writeln!(out, "\nTollgate idle RSS with {opened} open sessions (one connection each): {:.1} MiB (before opening them: {:.1} MiB).", idle as f64 / 1024.0, before as f64 / 1024.0);
+    let _ = writeln!(
+        out,
+        "\nTollgate idle RSS with {opened} open sessions (one connection each): {:.1} MiB (before opening them: {:.1} MiB).",
+        idle as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
     out
 }
 
 fn svg(results: &[(String, Vec<Cell>)]) -> String {
-    let colors = [("direct", "#4c78a8"), ("nginx", "#72b7b2"), ("tollgate", "#f58518"), ("mcp-proxy", "#e45756")];
+    let colors = [
+        ("direct", "#4c78a8"),
+        ("nginx", "#72b7b2"),
+        ("tollgate", "#f58518"),
+        ("mcp-proxy", "#e45756"),
+    ];
     let panel_w = 300.0;
     let panel_h = 220.0;
     let cols = 4usize;
     let rows = results.len().div_ceil(cols);
     let (w, h) = (panel_w * cols as f64, panel_h * rows as f64 + 40.0);
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n");
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n"
+    );
     for (i, (name, c)) in colors.iter().enumerate() {
-        let _ = writeln!(s, "<rect x='{}' y='10' width='12' height='12' fill='{c}'/><text x='{}' y='21'>{name}</text>", 10.0 + i as f64 * 110.0, 26.0 + i as f64 * 110.0);
+        let _ = writeln!(
+            s,
+            "<rect x='{}' y='10' width='12' height='12' fill='{c}'/><text x='{}' y='21'>{name}</text>",
+            10.0 + i as f64 * 110.0,
+            26.0 + i as f64 * 110.0
+        );
     }
     for (k, (label, cells)) in results.iter().enumerate() {
-        let (px, py) = ((k % cols) as f64 * panel_w, 40.0 + (k / cols) as f64 * panel_h);
+        let (px, py) = (
+            (k % cols) as f64 * panel_w,
+            40.0 + (k / cols) as f64 * panel_h,
+        );
         let stats: Vec<(&str, [u64; 3])> = cells
             .iter()
             .map(|c| {
                 let (h, ..) = c.merged();
-                (c.target, [h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999)])
+                (
+                    c.target,
+                    [
+                        h.value_at_quantile(0.5),
+                        h.value_at_quantile(0.99),
+                        h.value_at_quantile(0.999),
+                    ],
+                )
             })
             .collect();
-        let max = stats.iter().flat_map(|(_, v)| v.iter().copied()).max().unwrap_or(1).max(1) as f64;
-        let _ = writeln!(s, "<text x='{}' y='{}' font-weight='bold'>{label} (µs, log)</text>", px + 10.0, py + 12.0);
+        let max = stats
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='{}' font-weight='bold'>{label} (µs, log)</text>",
+            px + 10.0,
+            py + 12.0
+        );
         let plot_h = panel_h - 60.0;
         let scale = |v: u64| ((v.max(1) as f64).ln() / max.ln().max(1.0)) * plot_h;
         for (q, qname) in ["p50", "p99", "p99.9"].iter().enumerate() {
             let gx = px + 20.0 + q as f64 * 90.0;
-            let _ = writeln!(s, "<text x='{}' y='{}'>{qname}</text>", gx + 20.0, py + panel_h - 25.0);
+            let _ = writeln!(
+                s,
+                "<text x='{}' y='{}'>{qname}</text>",
+                gx + 20.0,
+                py + panel_h - 25.0
+            );
             for (j, (t, v)) in stats.iter().enumerate() {
-                let color = colors.iter().find(|(n, _)| n == t).map_or("#999", |(_, c)| c);
+                let color = colors
+                    .iter()
+                    .find(|(n, _)| n == t)
+                    .map_or("#999", |(_, c)| c);
                 let bh = scale(v[q]);
                 let x = gx + j as f64 * 18.0;
                 let y = py + 20.0 + plot_h - bh;
-                let _ = writeln!(s, "<rect x='{x}' y='{y:.1}' width='15' height='{bh:.1}' fill='{color}'><title>{t} {qname}: {} µs</title></rect>", v[q]);
+                let _ = writeln!(
+                    s,
+                    "<rect x='{x}' y='{y:.1}' width='15' height='{bh:.1}' fill='{color}'><title>{t} {qname}: {} µs</title></rect>",
+                    v[q]
+                );
             }
         }
     }
     s.push_str("</svg>\n");
     s
 }
-

@@ -105,7 +105,13 @@ impl Counters for NoCounters {
 /// `s:<session>`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct CounterKey(pub String);
+pub struct CounterKey(pub Arc<str>);
+
+impl CounterKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// What an allowed call adds to a counter.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -116,12 +122,12 @@ pub struct Reservation {
     pub amount: u64,
     /// `None`: the counter only counts.
     pub max: Option<u64>,
-    /// The denial to give if the counter turns out full when reserving.
-    pub on_full: Denial,
+    /// The denial to give if the counter turns out full when reserving (built once, at compile).
+    pub on_full: Arc<Denial>,
 }
 
 /// Why a call is refused.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Denial {
     /// The policy that refused, e.g. `mcppolicy/team-a/github`.
@@ -183,7 +189,12 @@ pub struct PolicySet {
     /// The cluster-wide (or standalone) default for tools nothing lists.
     pub default_action: DefaultAction,
     pub policies: Vec<CompiledPolicy>,
+    /// `visible()` answers by tool name, when no policy depends on the caller.
+    visible_memo: Arc<std::sync::RwLock<HashMap<String, bool>>>,
 }
+
+/// Tool names remembered by `visible()`; past this the memo stops growing.
+const VISIBLE_MEMO_LIMIT: usize = 16_384;
 
 impl PolicySet {
     /// Compiles named specs; every problem of every policy is returned at once.
@@ -208,6 +219,7 @@ impl PolicySet {
                 revision,
                 default_action,
                 policies,
+                visible_memo: Arc::default(),
             })
         } else {
             Err(Problems(problems))
@@ -226,6 +238,7 @@ impl PolicySet {
             revision: 0,
             default_action: DefaultAction::Deny,
             policies: vec![p],
+            visible_memo: Arc::default(),
         }
     }
 
@@ -255,15 +268,32 @@ impl PolicySet {
     /// Whether `tools/list` shows this tool to this caller: not hidden, not refused whatever
     /// the arguments. Audit-mode policies hide nothing.
     pub fn visible(&self, tool: &str, who: &Identity) -> bool {
+        let memo = !self.varies_by_caller();
+        if memo
+            && let Some(v) = self
+                .visible_memo
+                .read()
+                .ok()
+                .and_then(|m| m.get(tool).copied())
+        {
+            return v;
+        }
         let call = Call {
             tool,
             args: None,
             session: None,
         };
-        !matches!(
+        let visible = !matches!(
             self.decide(&call, who, &NoCounters).decision,
             Decision::Deny(_)
-        )
+        );
+        if memo
+            && let Ok(mut m) = self.visible_memo.write()
+            && m.len() < VISIBLE_MEMO_LIMIT
+        {
+            m.insert(tool.to_string(), visible);
+        }
+        visible
     }
 
     /// Whether any policy could list tools differently for different callers.
@@ -300,7 +330,7 @@ impl PolicySet {
                     return;
                 }
                 for rule in &entry.rules {
-                    match rule.check(p, entry, call, who, counters) {
+                    match rule.check(p, call, who, counters) {
                         RuleOutcome::Pass => {}
                         RuleOutcome::Reserve(r) => reservations.push(r),
                         RuleOutcome::Approve => {
@@ -370,8 +400,6 @@ pub struct CompiledPolicy {
 
 #[derive(Clone, Debug)]
 struct CompiledEntry {
-    /// The entry's counter scope: the tool key, or `_global` for `"*"`.
-    scope: String,
     rules: Vec<CompiledRule>,
 }
 
@@ -403,6 +431,11 @@ enum Source {
 
 #[derive(Clone, Debug)]
 struct CompiledLimit {
+    /// `policy|entry|counter|`: the key without its scope.
+    key_prefix: Arc<str>,
+    /// The whole key for `scope: global`, shared by every call.
+    global_key: CounterKey,
+    on_full: Arc<Denial>,
     counter: String,
     window: Window,
     max: Option<u64>,
@@ -438,13 +471,14 @@ impl CompiledPolicy {
             let scope = counter_scope(key).to_string();
             let mut rules = Vec::with_capacity(tool.rules.len());
             for (i, rule) in tool.rules.iter().enumerate() {
-                let compiled = compile_rule(i, rule);
+                let compiled =
+                    compile_rule(name, spec.deny_as.unwrap_or_default(), &scope, i, rule);
                 if let Some(l) = &compiled.limit {
                     counters.insert((scope.clone(), l.counter.clone()), (l.window, l.scope));
                 }
                 rules.push(compiled);
             }
-            let entry = CompiledEntry { scope, rules };
+            let entry = CompiledEntry { rules };
             if key == "*" {
                 wildcard = Some(entry);
             } else if Glob::is_glob(key) {
@@ -541,18 +575,36 @@ impl CompiledPolicy {
             Scope::Identity | Scope::Grant => format!("i:{}", who.key()),
             Scope::Session => format!("s:{}", call.session.unwrap_or("")),
         };
-        CounterKey(format!("{}|{scope}|{counter}|{whose}", self.name))
+        CounterKey(format!("{}|{scope}|{counter}|{whose}", self.name).into())
     }
 }
 
-fn compile_rule(i: usize, rule: &crate::resources::Rule) -> CompiledRule {
+fn compile_rule(
+    policy: &str,
+    deny_as: DenyAs,
+    scope: &str,
+    i: usize,
+    rule: &crate::resources::Rule,
+) -> CompiledRule {
     let name = if rule.name.is_empty() {
         format!("rules[{i}]")
     } else {
         rule.name.clone()
     };
+    let on_deny = rule.on_deny.clone().or_else(|| {
+        rule.rate_limit.as_deref().and_then(|rl| {
+            let (max, window) = parse_rate_limit(rl).ok()?;
+            Some(format!(
+                "Rate limit of {max} per {} reached. Try again later.",
+                window.as_str()
+            ))
+        })
+    });
     let limit = if let Some(l) = &rule.limit {
         Some(CompiledLimit {
+            key_prefix: "".into(),
+            global_key: CounterKey("".into()),
+            on_full: Arc::new(Denial::default()),
             counter: l.counter.clone(),
             window: l.window,
             max: l.max,
@@ -568,6 +620,9 @@ fn compile_rule(i: usize, rule: &crate::resources::Rule) -> CompiledRule {
     } else if let Some(rl) = &rule.rate_limit {
         let (max, window) = parse_rate_limit(rl).expect("validated");
         Some(CompiledLimit {
+            key_prefix: "".into(),
+            global_key: CounterKey("".into()),
+            on_full: Arc::new(Denial::default()),
             counter: rate_limit_counter(window.as_str()),
             window,
             max: Some(max),
@@ -577,14 +632,24 @@ fn compile_rule(i: usize, rule: &crate::resources::Rule) -> CompiledRule {
     } else {
         None
     };
-    let on_deny = rule.on_deny.clone().or_else(|| {
-        rule.rate_limit.as_deref().and_then(|rl| {
-            let (max, window) = parse_rate_limit(rl).ok()?;
-            Some(format!(
-                "Rate limit of {max} per {} reached. Try again later.",
-                window.as_str()
-            ))
-        })
+    let limit = limit.map(|mut l| {
+        let prefix = format!("{policy}|{scope}|{}|", l.counter);
+        l.global_key = CounterKey(format!("{prefix}g").into());
+        l.key_prefix = prefix.into();
+        l.on_full = Arc::new(Denial {
+            policy: policy.to_string(),
+            rule: name.clone(),
+            reason: on_deny.clone().unwrap_or_else(|| {
+                format!(
+                    "Limit {:?} of {} per {} reached. Try again later.",
+                    l.counter,
+                    l.max.unwrap_or(u64::MAX),
+                    l.window.as_str()
+                )
+            }),
+            deny_as,
+        });
+        l
     });
     CompiledRule {
         name,
@@ -643,7 +708,6 @@ impl CompiledRule {
     fn check(
         &self,
         policy: &CompiledPolicy,
-        entry: &CompiledEntry,
         call: &Call<'_>,
         who: &Identity,
         counters: &dyn Counters,
@@ -711,24 +775,19 @@ impl CompiledRule {
                         }
                     }
                 };
-                let key = policy.counter_key(&entry.scope, &limit.counter, limit.scope, call, who);
-                let on_full = Denial {
-                    policy: policy.name.to_string(),
-                    rule: self.name.clone(),
-                    reason: self.on_deny.clone().unwrap_or_else(|| {
-                        format!(
-                            "Limit {:?} of {} per {} reached. Try again later.",
-                            limit.counter,
-                            limit.max.unwrap_or(u64::MAX),
-                            limit.window.as_str()
-                        )
-                    }),
-                    deny_as: policy.deny_as,
+                let key = match limit.scope {
+                    Scope::Global => limit.global_key.clone(),
+                    Scope::Identity | Scope::Grant => {
+                        CounterKey(format!("{}i:{}", limit.key_prefix, who.key()).into())
+                    }
+                    Scope::Session => CounterKey(
+                        format!("{}s:{}", limit.key_prefix, call.session.unwrap_or("")).into(),
+                    ),
                 };
                 if let Some(max) = limit.max {
                     let now = counters.current(&key, limit.window);
                     if now.saturating_add(amount) > max {
-                        return RuleOutcome::Deny(on_full);
+                        return RuleOutcome::Deny((*limit.on_full).clone());
                     }
                 }
                 RuleOutcome::Reserve(Reservation {
@@ -736,7 +795,7 @@ impl CompiledRule {
                     window: limit.window,
                     amount,
                     max: limit.max,
-                    on_full,
+                    on_full: limit.on_full.clone(),
                 })
             }
         }

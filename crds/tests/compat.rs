@@ -85,7 +85,7 @@ fn intercept_github_example_hides_limits_and_denies() {
     };
     let got: Vec<(&str, Option<u64>)> = reservations
         .iter()
-        .map(|r| (r.key.0.as_str(), r.max))
+        .map(|r| (r.key.as_str(), r.max))
         .collect();
     assert_eq!(
         got,
@@ -252,7 +252,7 @@ fn policylayer_policy_json_limits_clones_per_grant_and_denies_the_rest() {
         panic!()
     };
     assert_eq!(
-        reservations[0].key.0,
+        reservations[0].key.as_str(),
         "policylayer/clone-container-rate|CloneContainerToECR|clonecontainertoecr_rate|i:grant-1"
     );
     assert_eq!(

@@ -388,7 +388,7 @@ tools:
     };
     let got: Vec<(String, u64, Option<u64>, Window)> = reservations
         .iter()
-        .map(|r| (r.key.0.clone(), r.amount, r.max, r.window))
+        .map(|r| (r.key.as_str().to_string(), r.amount, r.max, r.window))
         .collect();
     assert_eq!(
         got,
@@ -476,7 +476,7 @@ tools:
     else {
         panic!()
     };
-    let keys: Vec<&str> = reservations.iter().map(|r| r.key.0.as_str()).collect();
+    let keys: Vec<&str> = reservations.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(keys, ["p0|t|g|g", "p0|t|i|i:bob", "p0|t|s|s:abc"]);
 }
 

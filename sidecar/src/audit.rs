@@ -109,20 +109,42 @@ impl AuditLog {
     }
 }
 
-/// RFC 3339 UTC time with milliseconds.
+thread_local! {
+    /// The formatted date and time of the last second seen on this thread.
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// RFC 3339 UTC time with milliseconds; the date part is formatted once a second per thread.
 pub fn now_rfc3339() -> String {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, format_second(secs));
+        }
+        let millis = d.subsec_millis();
+        let mut out = String::with_capacity(24);
+        out.push_str(&cached.1);
+        out.push('.');
+        out.push(char::from(b'0' + (millis / 100) as u8));
+        out.push(char::from(b'0' + (millis / 10 % 10) as u8));
+        out.push(char::from(b'0' + (millis % 10) as u8));
+        out.push('Z');
+        out
+    })
+}
+
+fn format_second(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, dd) = civil_from_days(days as i64);
     format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
+        rem % 60
     )
 }
 
@@ -142,6 +164,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps_are_rfc3339_with_milliseconds() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.',
+            "{t}"
+        );
+        assert_eq!(
+            super::format_second(86_400 * 20_781 + 3_661),
+            "2026-11-24T01:01:01"
+        );
+    }
+
     #[test]
     fn civil_dates_are_right_across_leap_years() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));

@@ -61,10 +61,16 @@ impl CounterStore {
         let mut done = Vec::with_capacity(reservations.len());
         for r in reservations {
             let start = window_start(r.window, now);
-            let slot = map.entry(r.key.clone()).or_insert(Slot {
-                window_start: start,
-                value: 0,
-            });
+            if !map.contains_key(&r.key) {
+                map.insert(
+                    r.key.clone(),
+                    Slot {
+                        window_start: start,
+                        value: 0,
+                    },
+                );
+            }
+            let slot = map.get_mut(&r.key).expect("inserted above");
             if slot.window_start != start {
                 *slot = Slot {
                     window_start: start,
@@ -76,7 +82,7 @@ impl CounterStore {
                 for (key, start, amount) in done {
                     release(&mut map, &key, start, amount);
                 }
-                return Err(r.on_full.clone());
+                return Err((*r.on_full).clone());
             }
             slot.value = next;
             done.push((r.key.clone(), start, r.amount));
@@ -144,12 +150,12 @@ mod tests {
             window,
             amount,
             max: Some(max),
-            on_full: Denial {
+            on_full: std::sync::Arc::new(Denial {
                 policy: "p".into(),
                 rule: key.into(),
                 reason: format!("{key} full"),
                 deny_as: DenyAs::Error,
-            },
+            }),
         }
     }
 

@@ -5,17 +5,20 @@
 //! server message ─> response to a reserved tools/call? ─ failed ─> rollback its counters
 //!                └> a tools/list result?               ─> drop tools this caller may not call
 //! ```
+//!
+//! Messages are read with borrowed, typed views (no `Value` tree), and a filtered list is
+//! written by splicing the kept tools' original bytes into the original message: what is not
+//! filtered reaches the client byte for byte.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tollgate_api::{Identity, PolicySet};
 
-use parking_lot::Mutex;
-
 use crate::counters::{CounterStore, Reserved};
-use crate::jsonrpc;
 
 /// Reservations of forwarded calls, by the compact JSON of their request id. Shared between a
 /// legacy session's POSTs and its stream, where the answers arrive.
@@ -30,6 +33,42 @@ pub struct Inspector {
     reserved: Tracker,
     /// Whether the request asked for a tool list (so a JSON answer is worth reading).
     expect_list: bool,
+}
+
+/// A server message, viewed without copying.
+#[derive(Deserialize)]
+struct View<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
+}
+
+/// The parts of a result the proxy reads.
+#[derive(Deserialize)]
+struct ResultView<'a> {
+    #[serde(default, rename = "isError")]
+    is_error: Option<bool>,
+    #[serde(default, borrow)]
+    tools: Option<Vec<&'a RawValue>>,
+    #[serde(default, borrow, rename = "cacheScope")]
+    cache_scope: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ToolName<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+}
+
+/// Where `inner` lies within `outer` (both slices of one string).
+fn span(outer: &str, inner: &str) -> std::ops::Range<usize> {
+    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+    start..start + inner.len()
 }
 
 impl Inspector {
@@ -102,50 +141,210 @@ impl Inspector {
 
     /// Inspects a message (or batch) as text; returns new text when it changed.
     pub fn inspect_text(&mut self, text: &str) -> Option<String> {
-        // Fast path: nothing to roll back and no tool list in sight.
         self.policy.as_ref()?;
+        // Fast path: nothing to roll back and no tool list in sight.
         if !self.is_tracking() && memchr::memmem::find(text.as_bytes(), b"\"tools\"").is_none() {
             return None;
         }
-        let mut value: Value = serde_json::from_str(text).ok()?;
-        let changed = match &mut value {
-            Value::Array(items) => items.iter_mut().fold(false, |c, m| self.inspect(m) | c),
-            m => self.inspect(m),
-        };
-        changed.then(|| value.to_string())
-    }
-
-    /// Inspects one message; returns whether it changed.
-    pub fn inspect(&mut self, message: &mut Value) -> bool {
-        if let Some(id) = jsonrpc::response_id(message)
-            && let Some(reserved) = self.reserved.0.lock().remove(&id)
-            && jsonrpc::is_failure(message)
-        {
-            self.counters.rollback(reserved);
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('[') {
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            let mut changed = false;
+            let parts: Vec<String> = items
+                .iter()
+                .map(|m| match self.inspect_one(m.get()) {
+                    Some(new) => {
+                        changed = true;
+                        new
+                    }
+                    None => m.get().to_string(),
+                })
+                .collect();
+            return changed.then(|| format!("[{}]", parts.join(",")));
         }
-        self.filter_tools_list(message)
+        self.inspect_one(text)
     }
 
-    fn filter_tools_list(&self, message: &mut Value) -> bool {
-        let Some(policy) = &self.policy else {
-            return false;
-        };
-        let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) else {
-            return false;
-        };
-        let Some(Value::Array(tools)) = result.get_mut("tools") else {
-            return false;
-        };
-        let before = tools.len();
-        tools.retain(|t| {
-            t.get("name")
-                .and_then(Value::as_str)
-                .is_none_or(|name| policy.visible(name, &self.who))
+    /// One message: settle its call's counters; filter it if it is a tool list.
+    fn inspect_one(&mut self, text: &str) -> Option<String> {
+        let view: View<'_> = serde_json::from_str(text).ok()?;
+        if view.method.is_some() {
+            return None; // a request or notification from the server
+        }
+        let result = view.result.and_then(|r| {
+            serde_json::from_str::<ResultView<'_>>(r.get())
+                .ok()
+                .map(|v| (r, v))
         });
-        let filtered = tools.len() != before;
-        if filtered && policy.varies_by_caller() {
-            result.insert("cacheScope".into(), Value::String("private".into()));
+        if let Some(id) = view.id {
+            let reserved = self.reserved.0.lock().remove(id.get());
+            if let Some(reserved) = reserved {
+                let failed = view.error.is_some()
+                    || result
+                        .as_ref()
+                        .is_some_and(|(_, r)| r.is_error == Some(true));
+                if failed {
+                    self.counters.rollback(reserved);
+                }
+            }
         }
-        filtered
+        let (raw, result) = result?;
+        self.filter_tools_list(text, raw.get(), result)
+    }
+
+    fn filter_tools_list(
+        &self,
+        text: &str,
+        result_text: &str,
+        result: ResultView<'_>,
+    ) -> Option<String> {
+        let policy = self.policy.as_ref()?;
+        let tools = result.tools?;
+        let kept: Vec<&RawValue> = tools
+            .iter()
+            .copied()
+            .filter(|t| {
+                serde_json::from_str::<ToolName<'_>>(t.get())
+                    .map_or(true, |n| policy.visible(&n.name, &self.who))
+            })
+            .collect();
+        if kept.len() == tools.len() {
+            return None;
+        }
+        // Splice the kept tools' bytes in place of the array.
+        let first = tools.first().map(|t| span(text, t.get()).start)?;
+        let last = tools.last().map(|t| span(text, t.get()).end)?;
+        let mut out = String::with_capacity(text.len());
+        out.push_str(&text[..first]);
+        for (i, t) in kept.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(t.get());
+        }
+        out.push_str(&text[last..]);
+        if !policy.varies_by_caller() {
+            return Some(out);
+        }
+        // Filtered for this caller: the result must not be cached for others.
+        let out = match result.cache_scope {
+            Some(scope) => {
+                let at = span(text, scope.get());
+                let shift = out.len() as isize - text.len() as isize;
+                let (s, e) = if at.start >= last {
+                    (
+                        (at.start as isize + shift) as usize,
+                        (at.end as isize + shift) as usize,
+                    )
+                } else {
+                    (at.start, at.end)
+                };
+                format!("{}\"private\"{}", &out[..s], &out[e..])
+            }
+            None => {
+                let open = span(text, result_text).start + 1;
+                format!(
+                    "{}\"cacheScope\":\"private\",{}",
+                    &out[..open],
+                    &out[open..]
+                )
+            }
+        };
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use tollgate_api::{DefaultAction, PolicySpec};
+
+    fn set(spec: &str) -> Arc<PolicySet> {
+        let spec: PolicySpec = tollgate_api::load::yaml_from_str(spec).unwrap();
+        Arc::new(PolicySet::compile(1, DefaultAction::Allow, [("p", &spec)]).unwrap())
+    }
+
+    fn names(text: &str) -> Vec<String> {
+        let v: Value = serde_json::from_str(text).unwrap();
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn tool_lists_keep_only_visible_tools_and_every_other_byte() {
+        let mut i = Inspector::new(
+            set("default: allow\nhide: [b]\ntools: {}"),
+            Identity::anonymous(),
+            Arc::default(),
+        );
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","x":1},{"name":"b"},{"name":"c"}],"nextCursor":"n2"}}"#;
+        let out = i.inspect_text(text).unwrap();
+        assert_eq!(
+            out,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","x":1},{"name":"c"}],"nextCursor":"n2"}}"#
+        );
+        assert_eq!(
+            i.inspect_text(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}]}}"#),
+            None,
+            "unfiltered lists are untouched"
+        );
+    }
+
+    #[test]
+    fn lists_filtered_per_caller_are_marked_private() {
+        let spec = "default: deny\nsubjects: [ { subject: bob } ]\ntools: { a: { rules: [] } }";
+        let mut i = Inspector::new(set(spec), Identity::subject("bob"), Arc::default());
+        let out = i
+            .inspect_text(
+                r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}]}}"#,
+            )
+            .unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (names(&out), v["result"]["cacheScope"].clone()),
+            (vec!["a".to_string()], json!("private"))
+        );
+        let out = i.inspect_text(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}],"cacheScope":"public","ttlMs":5}}"#).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (
+                v["result"]["cacheScope"].clone(),
+                v["result"]["ttlMs"].clone()
+            ),
+            (json!("private"), json!(5))
+        );
+    }
+
+    #[test]
+    fn failed_answers_roll_back_and_successful_ones_keep_their_reservation() {
+        let counters: Arc<CounterStore> = Arc::default();
+        let spec = "tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }";
+        let s = set(spec);
+        let args = json!({});
+        let reserve = || {
+            let tollgate_api::Decision::Allow { reservations } = s
+                .decide(
+                    &tollgate_api::Call::new("t", &args),
+                    &Identity::anonymous(),
+                    &*counters,
+                )
+                .decision
+            else {
+                return None;
+            };
+            counters.reserve_all(&reservations).ok()
+        };
+        let mut i = Inspector::new(s.clone(), Identity::anonymous(), counters.clone());
+        i.track("1".into(), reserve().unwrap());
+        i.inspect_text(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#);
+        let again = reserve().expect("the failed call's quota came back");
+        i.track("2".into(), again);
+        i.inspect_text(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#);
+        assert!(reserve().is_none(), "a successful call spends its quota");
     }
 }

@@ -43,6 +43,8 @@ pub struct ResultLabels {
 struct Inner {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    /// Counter handles by tool and outcome, so the hot path allocates no label set.
+    decision_cache: parking_lot::RwLock<std::collections::HashMap<String, [Option<Counter>; 4]>>,
     decision_seconds: Histogram,
     request_seconds: Family<KindLabels, Histogram>,
     upstream_errors: Family<ReasonLabels, Counter>,
@@ -103,6 +105,7 @@ impl Metrics {
         Metrics(Arc::new(Inner {
             registry,
             decisions,
+            decision_cache: Default::default(),
             decision_seconds,
             request_seconds,
             upstream_errors,
@@ -113,14 +116,37 @@ impl Metrics {
     }
 
     pub fn decision(&self, tool: &str, outcome: &'static str, seconds: f64) {
-        self.0
+        self.0.decision_seconds.observe(seconds);
+        let slot = match outcome {
+            "allow" => 0,
+            "deny" => 1,
+            "approve" => 2,
+            _ => 3,
+        };
+        if let Some(c) = self
+            .0
+            .decision_cache
+            .read()
+            .get(tool)
+            .and_then(|cs| cs[slot].as_ref())
+        {
+            c.inc();
+            return;
+        }
+        let counter = self
+            .0
             .decisions
             .get_or_create(&DecisionLabels {
                 tool: tool.to_string(),
                 outcome,
             })
-            .inc();
-        self.0.decision_seconds.observe(seconds);
+            .clone();
+        counter.inc();
+        self.0
+            .decision_cache
+            .write()
+            .entry(tool.to_string())
+            .or_default()[slot] = Some(counter);
     }
 
     pub fn request(&self, kind: &'static str, seconds: f64) {

@@ -54,20 +54,34 @@ impl ServerHandler for Fast {
         request: CallToolRequestParams,
         _: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let args = request.arguments.map(serde_json::Value::Object).unwrap_or_default();
-        Ok(CallToolResult::success(vec![ContentBlock::text(format!("{}: {args}", request.name))]).into())
+        let args = request
+            .arguments
+            .map(serde_json::Value::Object)
+            .unwrap_or_default();
+        Ok(CallToolResult::success(vec![ContentBlock::text(format!(
+            "{}: {args}",
+            request.name
+        ))])
+        .into())
     }
 }
 
 fn tools(n: usize) -> Vec<Tool> {
-    let schema: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-        "type": "object",
-        "properties": { "amount": { "type": "integer" }, "note": { "type": "string" } }
-    }))
-    .expect("a static schema");
+    let schema: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({
+            "type": "object",
+            "properties": { "amount": { "type": "integer" }, "note": { "type": "string" } }
+        }))
+        .expect("a static schema");
     let schema = Arc::new(schema);
     (0..n)
-        .map(|i| Tool::new(Cow::Owned(format!("tool_{i}")), Cow::Owned(format!("Benchmark tool number {i}")), schema.clone()))
+        .map(|i| {
+            Tool::new(
+                Cow::Owned(format!("tool_{i}")),
+                Cow::Owned(format!("Benchmark tool number {i}")),
+                schema.clone(),
+            )
+        })
         .collect()
 }
 
@@ -82,7 +96,11 @@ async fn main() -> anyhow::Result<()> {
         .with_json_response(!args.sse)
         .with_sse_keep_alive(None)
         .disable_allowed_hosts();
-    let service = StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(LocalSessionManager::default()), config);
+    let service = StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
     let app = axum::Router::new().nest_service("/mcp", service);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     // Without TCP_NODELAY, multi-write SSE answers meet delayed ACKs (~40 ms per call).
