@@ -47,6 +47,9 @@ struct Args {
     /// The mcp-proxy binary (skipped if absent).
     #[arg(long, default_value = "bench/.tools/bin/mcp-proxy")]
     mcp_proxy: PathBuf,
+    /// Only measure memory (skip the latency workloads).
+    #[arg(long)]
+    memory_only: bool,
     /// The nginx binary (skipped if absent).
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
@@ -483,6 +486,9 @@ async fn main() -> anyhow::Result<()> {
     plan.push(("tools/list 500 tools c=32".into(), "json", Work::List, 32));
 
     let mut results: Vec<(String, Vec<Cell>)> = Vec::new();
+    if args.memory_only {
+        plan.clear();
+    }
     for (label, kind, work, conc) in &plan {
         let ts = &targets[kind];
         let mut cells: Vec<Cell> = ts
@@ -524,38 +530,56 @@ async fn main() -> anyhow::Result<()> {
         let peak = status_kb(&t.pids, "VmHWM:");
         memory.push((t.name, peak));
     }
+    // And Tollgate with N sessions over 100 connections: a session is not a connection, and
+    // the proxy keeps no per-session state.
     let tollgate = targets["sse"]
         .iter()
         .find(|t| t.name == "tollgate")
         .expect("tollgate runs");
     let before = status_kb(&tollgate.pids, "VmRSS:");
-    let mut idle = Vec::with_capacity(args.sessions);
-    let mut opened = 0usize;
-    for chunk in 0..args.sessions.div_ceil(200) {
-        let n = (args.sessions - chunk * 200).min(200);
-        let mut batch = Vec::new();
-        for _ in 0..n {
-            let t = Target {
-                name: tollgate.name,
-                addr: tollgate.addr,
-                path: tollgate.path,
-                tool_prefix: "",
-                pids: vec![],
-            };
-            batch.push(tokio::spawn(async move { session(&t).await }));
+    let mut pooled = 0usize;
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        if let Ok(c) = connect(tollgate.addr).await {
+            conns.push(c);
         }
-        for b in batch {
-            if let Ok(Ok(s)) = b.await {
-                idle.push(s);
-                opened += 1;
+    }
+    let per = args.sessions.div_ceil(conns.len().max(1));
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"tollgate-bench","version":"1"}}}"#;
+    for c in conns.iter_mut() {
+        for _ in 0..per {
+            if post(c, tollgate, None, Bytes::from_static(init.as_bytes()))
+                .await
+                .is_ok()
+            {
+                pooled += 1;
             }
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = status_kb(&tollgate.pids, "VmRSS:");
-    drop(idle);
-
-    let report = render(&args, &results, &memory, before, idle_rss, opened);
+    let pooled_rss = status_kb(&tollgate.pids, "VmRSS:");
+    drop(conns);
+    // Idle memory: every proxy holding N sessions, each on its own open connection.
+    let mut idle_rows = Vec::new();
+    for t in &targets["sse"] {
+        if t.name == "direct" {
+            continue;
+        }
+        let before = status_kb(&t.pids, "VmRSS:");
+        let (held, opened) = open_sessions(t, args.sessions).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = status_kb(&t.pids, "VmRSS:");
+        drop(held);
+        idle_rows.push((t.name, before, rss, opened));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report = render(
+        &args,
+        &results,
+        &memory,
+        &idle_rows,
+        (before, pooled_rss, pooled),
+    );
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("latest.md"), &report)?;
     std::fs::write(args.out.join("latency.svg"), svg(&results))?;
@@ -592,13 +616,38 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} GiB")
 }
 
+/// Opens `n` sessions through a target, each on its own connection, and holds them open.
+async fn open_sessions(t: &Target, n: usize) -> (Vec<(Sender, Option<String>)>, usize) {
+    let mut held = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(200) {
+        let k = (n - chunk * 200).min(200);
+        let mut batch = Vec::new();
+        for _ in 0..k {
+            let t = Target {
+                name: t.name,
+                addr: t.addr,
+                path: t.path,
+                tool_prefix: "",
+                pids: vec![],
+            };
+            batch.push(tokio::spawn(async move { session(&t).await }));
+        }
+        for b in batch {
+            if let Ok(Ok(s)) = b.await {
+                held.push(s);
+            }
+        }
+    }
+    let opened = held.len();
+    (held, opened)
+}
+
 fn render(
     args: &Args,
     results: &[(String, Vec<Cell>)],
     memory: &[(&str, u64)],
-    before: u64,
-    idle: u64,
-    opened: usize,
+    idle: &[(&str, u64, u64, usize)],
+    pooled: (u64, u64, usize),
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -672,9 +721,24 @@ fn render(
     }
     let _ = writeln!(
         out,
-        "\nTollgate idle RSS with {opened} open sessions (one connection each): {:.1} MiB (before opening them: {:.1} MiB).",
-        idle as f64 / 1024.0,
-        before as f64 / 1024.0
+        "\nIdle RSS holding {} sessions, each on its own open connection:\n",
+        args.sessions
+    );
+    for (name, before, rss, opened) in idle {
+        let _ = writeln!(
+            out,
+            "- {name}: {:.1} MiB with {opened} open ({:.1} MiB before; {:.1} KiB per connection)",
+            *rss as f64 / 1024.0,
+            *before as f64 / 1024.0,
+            (rss.saturating_sub(*before)) as f64 / (*opened).max(1) as f64
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nTollgate holding {} sessions over 100 connections: {:.1} MiB ({:.1} MiB before).",
+        pooled.2,
+        pooled.1 as f64 / 1024.0,
+        pooled.0 as f64 / 1024.0
     );
     out
 }
