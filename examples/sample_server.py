@@ -74,6 +74,30 @@ def fail(message: str) -> str:
     raise RuntimeError(message)
 
 
+@mcp.resource("config://app")
+def app_config() -> str:
+    """The app's settings."""
+    return "debug=false"
+
+
+@mcp.resource("secret://database")
+def database_password() -> str:
+    """A secret no agent should read."""
+    return "hunter2"
+
+
+@mcp.prompt()
+def summarize(text: str) -> str:
+    """Summarize a text."""
+    return f"Summarize: {text}"
+
+
+@mcp.prompt()
+def admin_reset() -> str:
+    """A prompt for operators only."""
+    return "Reset everything."
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", default="127.0.0.1")

@@ -296,6 +296,12 @@ impl PolicySet {
         visible
     }
 
+    /// Whether any policy names entries of a kind (`resource:` for `resources/read` by URI,
+    /// `prompt:` for `prompts/get` by name): only then are calls of that kind decided.
+    pub fn names(&self, prefix: &str) -> bool {
+        self.policies.iter().any(|p| p.prefixes.contains(&prefix))
+    }
+
     /// Whether any policy could list tools differently for different callers.
     pub fn varies_by_caller(&self) -> bool {
         self.policies.iter().any(|p| !p.subjects.is_empty())
@@ -396,7 +402,12 @@ pub struct CompiledPolicy {
     wildcard: Option<CompiledEntry>,
     /// `(entry scope, counter)` -> how it is counted, for `state.` conditions.
     counters: HashMap<(String, String), (Window, Scope)>,
+    /// The kinds of non-tool entries the policy names (`resource:`, `prompt:`).
+    prefixes: Vec<&'static str>,
 }
+
+/// Entry-name prefixes for what is decided besides tools.
+pub const KIND_PREFIXES: [&str; 2] = ["resource:", "prompt:"];
 
 #[derive(Clone, Debug)]
 struct CompiledEntry {
@@ -492,6 +503,15 @@ impl CompiledPolicy {
             default: spec.default,
             mode: spec.mode,
             deny_as: spec.deny_as.unwrap_or_default(),
+            prefixes: KIND_PREFIXES
+                .into_iter()
+                .filter(|k| {
+                    spec.tools
+                        .keys()
+                        .chain(&spec.hide)
+                        .any(|name| name.starts_with(k))
+                })
+                .collect(),
             hide: spec.hide.iter().map(|h| Glob::new(h)).collect(),
             hidden_reason: None,
             subjects: spec.subjects.clone(),

@@ -606,3 +606,25 @@ fn the_deny_all_set_refuses_everything_with_its_reason() {
     assert_eq!(d.reason, "no policy is loaded yet");
     assert!(!s.visible("anything", &Identity::anonymous()));
 }
+
+#[test]
+fn resources_and_prompts_are_decided_only_where_a_policy_names_them() {
+    let s = set(&[
+        "default: deny\ntools: { \"resource:config://*\": { rules: [] }, read: { rules: [] } }",
+    ]);
+    assert!(s.names("resource:") && !s.names("prompt:"));
+    assert_eq!(
+        outcome(&decide(&s, "resource:config://app", json!({}))),
+        "allow"
+    );
+    assert_eq!(
+        outcome(&decide(&s, "resource:secret://db", json!({}))),
+        "deny:(default deny)"
+    );
+    let hidden = set(&["default: allow\nhide: [\"prompt:admin_*\"]"]);
+    assert!(hidden.names("prompt:"));
+    assert_eq!(
+        outcome(&decide(&hidden, "prompt:admin_reset", json!({}))),
+        "deny:(hidden)"
+    );
+}

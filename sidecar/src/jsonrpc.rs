@@ -55,6 +55,38 @@ impl Message<'_> {
         )
     }
 
+    /// What this message asks for, as policy names it: a `tools/call` by tool name, a
+    /// `resources/read` as `resource:<uri>` (its params as the arguments), a `prompts/get` as
+    /// `prompt:<name>`. `None` for every other message.
+    pub fn call(&self) -> Option<Result<ToolCall, String>> {
+        match self.method.as_deref()? {
+            "tools/call" => self.tool_call(),
+            "resources/read" => Some(self.named_params("uri").map(|(uri, params)| ToolCall {
+                name: format!("resource:{uri}"),
+                arguments: Some(params),
+            })),
+            "prompts/get" => Some(self.named_params("name").map(|(name, params)| ToolCall {
+                name: format!("prompt:{name}"),
+                arguments: params.get("arguments").cloned(),
+            })),
+            _ => None,
+        }
+    }
+
+    fn named_params(&self, key: &str) -> Result<(String, Value), String> {
+        let method = self.method.as_deref().unwrap_or("");
+        let params: Value = self
+            .params
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .ok_or_else(|| format!("{method} needs params with {key}"))?;
+        let named = params
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{method} params need a string {key}"))?
+            .to_string();
+        Ok((named, params))
+    }
+
     /// The raw id as JSON (`null` when absent), for building a response.
     pub fn id_value(&self) -> Value {
         self.id

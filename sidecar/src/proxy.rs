@@ -132,6 +132,7 @@ struct Decided {
 
 /// What is logged once the upstream answers.
 struct PendingAudit {
+    method: &'static str,
     tool: String,
     decision: &'static str,
     rule: Option<String>,
@@ -300,6 +301,8 @@ impl Proxy {
         {
             inspector.expect_list();
         }
+        let modern =
+            header_str(&parts.headers, "mcp-protocol-version").is_some_and(|v| v >= "2026-07-28");
         let mut audits = Vec::new();
         let decided: Vec<Decided> = messages
             .iter()
@@ -309,6 +312,7 @@ impl Proxy {
                     &set,
                     &who,
                     session.as_deref(),
+                    modern,
                     &mut inspector,
                     &mut audits,
                     start,
@@ -364,7 +368,6 @@ impl Proxy {
                 &a,
                 &who,
                 session.as_deref(),
-                "tools/call",
                 set.revision,
                 Some(status),
                 start,
@@ -381,12 +384,22 @@ impl Proxy {
         set: &Arc<PolicySet>,
         who: &Identity,
         session: Option<&str>,
+        modern: bool,
         inspector: &mut Inspector,
         audits: &mut Vec<PendingAudit>,
         start: Instant,
     ) -> Decided {
-        let Some(call) = m.tool_call() else {
+        let method = m.method.as_deref().unwrap_or("");
+        let decided = method == "tools/call"
+            || (method == "resources/read" && set.names("resource:"))
+            || (method == "prompts/get" && set.names("prompt:"));
+        let Some(call) = m.call().filter(|_| decided) else {
             return Decided { denial: None };
+        };
+        let method: &'static str = match method {
+            "resources/read" => "resources/read",
+            "prompts/get" => "prompts/get",
+            _ => "tools/call",
         };
         let id = m.id_value();
         let call = match call {
@@ -451,6 +464,7 @@ impl Proxy {
                     seconds,
                 );
                 audits.push(PendingAudit {
+                    method,
                     tool: call.name,
                     decision: if audit.is_some() { "audit" } else { "allow" },
                     rule: audit.as_ref().map(|d| d.rule.clone()),
@@ -462,17 +476,18 @@ impl Proxy {
             Err((kind, denial)) => {
                 self.metrics.decision(&call.name, kind, seconds);
                 let a = PendingAudit {
+                    method,
                     tool: call.name.clone(),
                     decision: kind,
                     rule: Some(denial.rule.clone()),
                     policy: Some(denial.policy.clone()),
                     reason: Some(denial.reason.clone()),
                 };
-                self.write_audit(&a, who, session, "tools/call", set.revision, None, start);
+                self.write_audit(&a, who, session, set.revision, None, start);
                 let answer = if m.id.is_none() {
                     Value::Null
                 } else {
-                    denial_message(id, &denial)
+                    denial_message(id, &denial, modern)
                 };
                 Decided {
                     denial: Some(answer),
@@ -487,7 +502,6 @@ impl Proxy {
         a: &PendingAudit,
         who: &Identity,
         session: Option<&str>,
-        method: &str,
         revision: u64,
         status: Option<u16>,
         start: Instant,
@@ -498,7 +512,7 @@ impl Proxy {
             pod: self.audit.pod(),
             session,
             identity: who.key(),
-            method,
+            method: a.method,
             tool: Some(&a.tool),
             decision: a.decision,
             rule: a.rule.as_deref(),
@@ -798,7 +812,7 @@ fn unauthorized(reason: &str) -> Resp {
 }
 
 /// The answer to a denied request: a JSON-RPC error, or an `isError` tool result.
-pub fn denial_message(id: Value, d: &Denial) -> Value {
+pub fn denial_message(id: Value, d: &Denial, modern: bool) -> Value {
     let data = json!({ "reason": d.reason, "rule": d.rule, "policy": d.policy });
     match d.deny_as {
         DenyAs::Error => jsonrpc::error_response(
@@ -807,15 +821,22 @@ pub fn denial_message(id: Value, d: &Denial) -> Value {
             &format!("Denied by policy: {}", d.reason),
             Some(data),
         ),
-        DenyAs::ToolResult => json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "result": {
-                "content": [ { "type": "text", "text": format!("Denied by policy: {}", d.reason) } ],
-                "isError": true,
-                "_meta": { "tollgate.dev/denial": data },
+        DenyAs::ToolResult => {
+            let mut m = json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "result": {
+                    "content": [ { "type": "text", "text": format!("Denied by policy: {}", d.reason) } ],
+                    "isError": true,
+                    "_meta": { "tollgate.dev/denial": data },
+                }
+            });
+            if modern {
+                // 2026-07-28 results name their type.
+                m["result"]["resultType"] = json!("complete");
             }
-        }),
+            m
+        }
     }
 }
 

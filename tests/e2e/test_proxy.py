@@ -88,6 +88,49 @@ def test_e2e_deny_as_tool_result_answers_with_is_error(sample_server, proxy):
     [m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(7, "delete_repository", {"name": "x"})))
     assert m["id"] == 7 and m["result"]["isError"] is True
     assert m["result"]["content"][0]["text"] == "Denied by policy: no"
+    assert "resultType" not in m["result"]
+    modern = {**HEADERS, "mcp-protocol-version": "2026-07-28"}
+    [m] = messages(httpx.post(f"{px.url}/mcp", headers=modern, json=call(8, "delete_repository", {"name": "x"})))
+    assert m["result"]["resultType"] == "complete", "2026-07-28 results name their type"
+
+
+NAMING_POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: McpPolicy
+metadata: { name: kinds }
+spec:
+  default: allow
+  tools:
+    "resource:secret://*": { rules: [ { name: no secrets, action: deny } ] }
+    "prompt:admin_*": { rules: [ { name: operators only, action: deny } ] }
+"""
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_e2e_resources_and_prompts_are_decided_when_a_policy_names_them(sample_server, proxy, mode):
+    import anyio
+    from mcp.client.client import Client
+    from mcp.shared.exceptions import MCPError
+
+    srv = sample_server()
+    px = proxy(srv.url, NAMING_POLICY)
+
+    async def run():
+        out = {}
+        async with Client(f"{px.url}/mcp", mode=mode) as c:
+            out["config"] = (await c.read_resource("config://app")).contents[0].text
+            out["summary"] = (await c.get_prompt("summarize", {"text": "hi"})).messages[0].content.text
+            for key, fn in [("secret", lambda: c.read_resource("secret://database")), ("admin", lambda: c.get_prompt("admin_reset"))]:
+                try:
+                    await fn()
+                    out[key] = None
+                except MCPError as e:
+                    out[key] = e.error.data["rule"]
+        return out
+
+    out = anyio.run(run)
+    assert out == {"config": "debug=false", "summary": "Summarize: hi", "secret": "no secrets", "admin": "operators only"}
+    assert {a["method"] for a in px.audit() if a["decision"] == "deny"} == {"resources/read", "prompts/get"}
 
 
 def test_e2e_requests_without_json_rpc_pass_through_unchanged(sample_server, proxy):
