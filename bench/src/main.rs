@@ -47,6 +47,9 @@ struct Args {
     /// The mcp-proxy binary (skipped if absent).
     #[arg(long, default_value = "bench/.tools/bin/mcp-proxy")]
     mcp_proxy: PathBuf,
+    /// Only run workloads whose label contains this, e.g. "JSON" or "c=1".
+    #[arg(long)]
+    only: Option<String>,
     /// Only measure memory (skip the latency workloads).
     #[arg(long)]
     memory_only: bool,
@@ -516,6 +519,9 @@ async fn main() -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<Cell>)> = Vec::new();
     if args.memory_only {
         plan.clear();
+    }
+    if let Some(only) = &args.only {
+        plan.retain(|(label, ..)| label.contains(only.as_str()));
     }
     for (label, kind, work, conc) in &plan {
         let ts = &targets[kind];

@@ -1,19 +1,24 @@
 //! One JSON line per decision on stdout.
 //!
-//! The request path formats a line and hands it to a writer thread, so a slow stdout never
-//! stalls a call; if the writer falls more than `CAPACITY` lines behind, lines are dropped and
-//! counted in the next line written (`droppedBefore`), never silently.
+//! The request path serialises a record straight into a shared buffer; a writer thread, woken
+//! only when the buffer goes from empty to non-empty, waits a few milliseconds so lines
+//! coalesce, then writes them in one call. No call waits on stdout, idle costs no wake-ups, and
+//! `flush` writes what is left at shutdown. If stdout stops draining and the buffer passes
+//! `MAX_BUFFERED` bytes, lines are dropped and counted in the next line (`droppedBefore`),
+//! never silently.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 
-const CAPACITY: usize = 65_536;
+const MAX_BUFFERED: usize = 8 << 20;
+/// How long the writer lets lines gather before writing them.
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// One audited decision.
 #[derive(Serialize)]
@@ -46,44 +51,58 @@ pub struct Record<'a> {
     pub dropped_before: Option<u64>,
 }
 
-/// Hands audit lines to a writer thread.
+struct Shared {
+    buf: Mutex<Vec<u8>>,
+    ready: Condvar,
+    dropped: AtomicU64,
+}
+
+/// Writes audit lines to stdout without holding up calls.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: Option<SyncSender<String>>,
-    dropped: Arc<AtomicU64>,
+    shared: Option<Arc<Shared>>,
     pod: Option<Arc<str>>,
 }
 
 impl AuditLog {
     /// Writes to stdout.
     pub fn stdout(pod: Option<String>) -> Self {
-        let (tx, rx) = sync_channel::<String>(CAPACITY);
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Vec::with_capacity(64 << 10)),
+            ready: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        });
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || {
-                let stdout = std::io::stdout();
-                while let Ok(line) = rx.recv() {
-                    let mut out = stdout.lock();
-                    let _ = out.write_all(line.as_bytes());
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = out.write_all(line.as_bytes());
+                let mut spare = Vec::with_capacity(64 << 10);
+                loop {
+                    {
+                        let mut buf = writer.buf.lock();
+                        while buf.is_empty() {
+                            writer.ready.wait(&mut buf);
+                        }
                     }
+                    std::thread::sleep(COALESCE);
+                    std::mem::swap(&mut *writer.buf.lock(), &mut spare);
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&spare);
                     let _ = out.flush();
+                    spare.clear();
                 }
             })
             .expect("spawning the audit thread");
         AuditLog {
-            tx: Some(tx),
-            dropped: Arc::default(),
+            shared: Some(shared),
             pod: pod.map(Into::into),
         }
     }
 
-    /// Writes nothing (benchmarks of the decision path alone).
+    /// Writes nothing.
     pub fn disabled() -> Self {
         AuditLog {
-            tx: None,
-            dropped: Arc::default(),
+            shared: None,
             pod: None,
         }
     }
@@ -93,19 +112,33 @@ impl AuditLog {
     }
 
     pub fn write(&self, mut record: Record<'_>) {
-        let Some(tx) = &self.tx else { return };
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        let Some(shared) = &self.shared else { return };
+        let mut buf = shared.buf.lock();
+        if buf.len() > MAX_BUFFERED {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             record.dropped_before = Some(dropped);
         }
-        let mut line = serde_json::to_string(&record).expect("records serialise");
-        line.push('\n');
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1 + dropped, Ordering::Relaxed);
-            }
+        let was_empty = buf.is_empty();
+        if serde_json::to_writer(&mut *buf, &record).is_ok() {
+            buf.push(b'\n');
         }
+        drop(buf);
+        if was_empty {
+            shared.ready.notify_one();
+        }
+    }
+
+    /// Writes whatever is buffered now (at shutdown).
+    pub fn flush(&self) {
+        let Some(shared) = &self.shared else { return };
+        let batch = std::mem::take(&mut *shared.buf.lock());
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&batch);
+        let _ = out.flush();
     }
 }
 

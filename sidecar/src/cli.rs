@@ -324,6 +324,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(source.watch(handle.clone(), first));
+    let audit = AuditLog::stdout(args.pod.clone());
     let proxy = Arc::new(Proxy::new(
         ProxyConfig {
             upstream: args.upstream.clone(),
@@ -332,7 +333,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             verifier,
         },
         handle.clone(),
-        AuditLog::stdout(args.pod.clone()),
+        audit.clone(),
         metrics.clone(),
     )?);
     let counters = proxy.counters.clone();
@@ -347,7 +348,9 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let admin = crate::server::bind(args.metrics_listen, "--metrics-listen").await?;
     tracing::info!(listen = %args.listen, upstream = %args.upstream, metrics = %args.metrics_listen, "tollgate proxy started");
     tokio::spawn(crate::server::serve_admin(admin, handle, metrics));
-    crate::server::serve(proxy, listener, args.drain).await
+    let served = crate::server::serve(proxy, listener, args.drain).await;
+    audit.flush();
+    served
 }
 
 async fn fetch_jwks(src: &str) -> anyhow::Result<String> {

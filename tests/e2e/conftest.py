@@ -137,7 +137,8 @@ class Proxy:
     proc: Proc
 
     def audit(self) -> list[dict]:
-        """Audit lines written so far."""
+        """Audit lines written so far (the proxy writes them within a few milliseconds)."""
+        time.sleep(0.1)
         text = self.proc.out.read_text() if self.proc.out and self.proc.out.exists() else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
