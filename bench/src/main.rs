@@ -92,8 +92,13 @@ fn free_port() -> u16 {
 }
 
 fn spawn(cmd: &mut Command, port: u16, name: &str) -> anyhow::Result<Proc> {
+    spawn_to(cmd, port, name, Stdio::null())
+}
+
+/// Starts a process with its stdout sent where asked, and waits until it listens on `port`.
+fn spawn_to(cmd: &mut Command, port: u16, name: &str, stdout: Stdio) -> anyhow::Result<Proc> {
     let child = cmd
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {name}"))?;
@@ -109,6 +114,7 @@ fn spawn(cmd: &mut Command, port: u16, name: &str) -> anyhow::Result<Proc> {
 }
 
 /// One place a load can be sent.
+#[derive(Clone)]
 struct Target {
     name: &'static str,
     addr: SocketAddr,
@@ -117,6 +123,25 @@ struct Target {
     tool_prefix: &'static str,
     /// Processes whose CPU and memory are this target's (not the upstream's).
     pids: Vec<u32>,
+}
+
+impl Target {
+    /// A target on this machine's loopback.
+    fn local(
+        name: &'static str,
+        port: u16,
+        path: &'static str,
+        tool_prefix: &'static str,
+        pids: Vec<u32>,
+    ) -> Self {
+        Target {
+            name,
+            addr: ([127, 0, 0, 1], port).into(),
+            path,
+            tool_prefix,
+            pids,
+        }
+    }
 }
 
 /// Kernel clock ticks of a process and its children, read from /proc.
@@ -292,13 +317,7 @@ async fn load(
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for (i, (mut s, id)) in conns.into_iter().enumerate() {
-        let t = Target {
-            name: t.name,
-            addr: t.addr,
-            path: t.path,
-            tool_prefix: t.tool_prefix,
-            pids: vec![],
-        };
+        let t = t.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -405,13 +424,13 @@ async fn main() -> anyhow::Result<()> {
     let mut procs: Vec<Proc> = Vec::new();
     let mut targets: BTreeMap<&'static str, Vec<Target>> = BTreeMap::new(); // upstream kind -> targets
     for (kind, up) in [("json", up_json), ("sse", up_sse)] {
-        let mut ts = vec![Target {
-            name: "direct",
-            addr: ([127, 0, 0, 1], up).into(),
-            path: "/mcp",
-            tool_prefix: "",
-            pids: upstream_pids.clone(),
-        }];
+        let mut ts = vec![Target::local(
+            "direct",
+            up,
+            "/mcp",
+            "",
+            upstream_pids.clone(),
+        )];
         if args.nginx.exists() {
             let port = free_port();
             let dir = tmp.join(format!("nginx-{kind}"));
@@ -433,21 +452,15 @@ async fn main() -> anyhow::Result<()> {
                 port,
                 "nginx",
             )?;
-            ts.push(Target {
-                name: "nginx",
-                addr: ([127, 0, 0, 1], port).into(),
-                path: "/mcp",
-                tool_prefix: "",
-                pids: vec![p.0.id()],
-            });
+            ts.push(Target::local("nginx", port, "/mcp", "", vec![p.0.id()]));
             procs.push(p);
         }
         let port = free_port();
         let policy_path = tmp.join("policy.yaml");
         std::fs::write(&policy_path, policy())?;
         let audit = std::fs::File::create(tmp.join(format!("audit-{kind}.log")))?;
-        let child = Command::new(release.join("tollgate"))
-            .args([
+        let p = spawn_to(
+            Command::new(release.join("tollgate")).args([
                 "proxy",
                 "--upstream",
                 &format!("http://127.0.0.1:{up}"),
@@ -459,21 +472,12 @@ async fn main() -> anyhow::Result<()> {
                 &format!("127.0.0.1:{}", free_port()),
                 "--log",
                 "warn",
-            ])
-            .stdout(audit)
-            .stderr(Stdio::null())
-            .spawn()?;
-        let p = Proc(child);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        ts.push(Target {
-            name: "tollgate",
-            addr: ([127, 0, 0, 1], port).into(),
-            path: "/mcp",
-            tool_prefix: "",
-            pids: vec![p.0.id()],
-        });
+            ]),
+            port,
+            "tollgate",
+            audit.into(),
+        )?;
+        ts.push(Target::local("tollgate", port, "/mcp", "", vec![p.0.id()]));
         procs.push(p);
         if args.mcp_proxy.exists() {
             let port = free_port();
@@ -490,13 +494,7 @@ async fn main() -> anyhow::Result<()> {
                 "mcp-proxy",
             ) {
                 Ok(p) => {
-                    ts.push(Target {
-                        name: "mcp-proxy",
-                        addr: ([127, 0, 0, 1], port).into(),
-                        path: "/",
-                        tool_prefix: "up/",
-                        pids: vec![p.0.id()],
-                    });
+                    ts.push(Target::local("mcp-proxy", port, "/", "up/", vec![p.0.id()]));
                     procs.push(p);
                 }
                 Err(e) => eprintln!("skipping mcp-proxy: {e:#}"),
@@ -659,13 +657,7 @@ async fn open_sessions(t: &Target, n: usize) -> (Vec<(Sender, Option<String>)>, 
         let k = (n - chunk * 200).min(200);
         let mut batch = Vec::new();
         for _ in 0..k {
-            let t = Target {
-                name: t.name,
-                addr: t.addr,
-                path: t.path,
-                tool_prefix: "",
-                pids: vec![],
-            };
+            let t = t.clone();
             batch.push(tokio::spawn(async move { session(&t).await }));
         }
         for b in batch {

@@ -110,14 +110,6 @@ impl CounterStore {
             .lock()
             .retain(|_, s| now.saturating_sub(s.window_start) < Window::Day.seconds());
     }
-
-    pub fn len(&self) -> usize {
-        self.counters.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn release(map: &mut HashMap<CounterKey, Slot>, key: &CounterKey, start: u64, amount: u64) {

@@ -28,7 +28,7 @@ pub struct Tracker(Arc<Mutex<HashMap<String, Reserved>>>);
 /// Inspects the server's messages for one client request or stream.
 pub struct Inspector {
     policy: Option<Arc<PolicySet>>,
-    who: Identity,
+    who: Arc<Identity>,
     counters: Arc<CounterStore>,
     reserved: Tracker,
     /// Whether the request asked for a tool list (so a JSON answer is worth reading).
@@ -72,14 +72,14 @@ fn span(outer: &str, inner: &str) -> std::ops::Range<usize> {
 }
 
 impl Inspector {
-    pub fn new(policy: Arc<PolicySet>, who: Identity, counters: Arc<CounterStore>) -> Self {
+    pub fn new(policy: Arc<PolicySet>, who: Arc<Identity>, counters: Arc<CounterStore>) -> Self {
         Self::with_tracker(policy, who, counters, Tracker::default())
     }
 
     /// An inspector whose reservations live in a shared tracker.
     pub fn with_tracker(
         policy: Arc<PolicySet>,
-        who: Identity,
+        who: Arc<Identity>,
         counters: Arc<CounterStore>,
         reserved: Tracker,
     ) -> Self {
@@ -96,7 +96,7 @@ impl Inspector {
     pub fn passthrough() -> Self {
         Inspector {
             policy: None,
-            who: Identity::anonymous(),
+            who: Arc::default(),
             counters: Arc::default(),
             reserved: Tracker::default(),
             expect_list: false,
@@ -279,7 +279,7 @@ mod tests {
     fn tool_lists_keep_only_visible_tools_and_every_other_byte() {
         let mut i = Inspector::new(
             set("default: allow\nhide: [b]\ntools: {}"),
-            Identity::anonymous(),
+            Arc::default(),
             Arc::default(),
         );
         let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","x":1},{"name":"b"},{"name":"c"}],"nextCursor":"n2"}}"#;
@@ -298,7 +298,11 @@ mod tests {
     #[test]
     fn lists_filtered_per_caller_are_marked_private() {
         let spec = "default: deny\nsubjects: [ { subject: bob } ]\ntools: { a: { rules: [] } }";
-        let mut i = Inspector::new(set(spec), Identity::subject("bob"), Arc::default());
+        let mut i = Inspector::new(
+            set(spec),
+            Arc::new(Identity::subject("bob")),
+            Arc::default(),
+        );
         let out = i
             .inspect_text(
                 r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}]}}"#,
@@ -339,10 +343,13 @@ mod tests {
             };
             counters.reserve_all(&reservations).ok()
         };
-        let mut i = Inspector::new(s.clone(), Identity::anonymous(), counters.clone());
+        let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
         i.track("1".into(), reserve().unwrap());
         i.inspect_text(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#);
         let again = reserve().expect("the failed call's quota came back");
+        i.track("3".into(), again);
+        i.inspect_text(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32603,"message":"boom"}}"#);
+        let again = reserve().expect("a JSON-RPC error gives the quota back too");
         i.track("2".into(), again);
         i.inspect_text(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#);
         assert!(reserve().is_none(), "a successful call spends its quota");

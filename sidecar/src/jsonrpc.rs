@@ -41,26 +41,16 @@ impl Message<'_> {
         self.method.is_some() && self.id.is_some()
     }
 
-    /// The `tools/call` parameters, when this is one.
-    pub fn tool_call(&self) -> Option<Result<ToolCall, String>> {
-        if self.method.as_deref() != Some("tools/call") {
-            return None;
-        }
-        let Some(params) = self.params else {
-            return Some(Err("tools/call needs params with a name".into()));
-        };
-        Some(
-            serde_json::from_str::<ToolCall>(params.get())
-                .map_err(|e| format!("tools/call params are not valid: {e}")),
-        )
-    }
-
     /// What this message asks for, as policy names it: a `tools/call` by tool name, a
     /// `resources/read` as `resource:<uri>` (its params as the arguments), a `prompts/get` as
     /// `prompt:<name>`. `None` for every other message.
     pub fn call(&self) -> Option<Result<ToolCall, String>> {
         match self.method.as_deref()? {
-            "tools/call" => self.tool_call(),
+            "tools/call" => Some(match self.params {
+                None => Err("tools/call needs params with a name".into()),
+                Some(params) => serde_json::from_str::<ToolCall>(params.get())
+                    .map_err(|e| format!("tools/call params are not valid: {e}")),
+            }),
             "resources/read" => Some(self.named_params("uri").map(|(uri, params)| ToolCall {
                 name: format!("resource:{uri}"),
                 arguments: Some(params),
@@ -247,25 +237,6 @@ pub fn error_response(id: Value, code: i64, message: &str, data: Option<Value>) 
     json!({ "jsonrpc": "2.0", "id": id, "error": error })
 }
 
-/// Whether a server's response message reports failure: a JSON-RPC error, or a tool result
-/// with `isError: true`.
-pub fn is_failure(message: &Value) -> bool {
-    message.get("error").is_some()
-        || message
-            .get("result")
-            .and_then(|r| r.get("isError"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-}
-
-/// The id of a response message, as compact JSON text, for matching with the request.
-pub fn response_id(message: &Value) -> Option<String> {
-    if message.get("method").is_some() {
-        return None;
-    }
-    message.get("id").map(Value::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,24 +296,11 @@ mod tests {
         let Ok(Body::Messages { messages, .. }) = parse_body(body.as_bytes(), true) else {
             panic!()
         };
-        let call = messages[0].tool_call().unwrap().unwrap();
+        let call = messages[0].call().unwrap().unwrap();
         assert_eq!(
             (call.name.as_str(), call.arguments),
             ("t", Some(json!({"n": 1})))
         );
         assert_eq!(messages[0].id_value(), json!("a"));
-    }
-
-    #[test]
-    fn failures_are_errors_or_error_results() {
-        assert!(is_failure(
-            &json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}})
-        ));
-        assert!(is_failure(
-            &json!({"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[]}})
-        ));
-        assert!(!is_failure(
-            &json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}})
-        ));
     }
 }

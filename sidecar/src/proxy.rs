@@ -124,10 +124,20 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// One decided message of a request.
-struct Decided {
-    /// The denial to answer with, if refused.
-    denial: Option<Value>,
+/// Whether a response is a server-sent event stream (media types are case-insensitive).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    header_str(headers, "content-type").is_some_and(|c| {
+        c.get(..17)
+            .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+    })
+}
+
+/// What becomes of one message of a request.
+enum Outcome {
+    /// Sent on to the server.
+    Forward,
+    /// Refused here, with the answer for the client (none for a notification).
+    Refuse(Option<Value>),
 }
 
 /// What is logged once the upstream answers.
@@ -199,13 +209,13 @@ impl Proxy {
             );
             return Ok(json_response(StatusCode::FORBIDDEN, &body));
         }
-        let who = match &self.cfg.verifier {
+        let who = Arc::new(match &self.cfg.verifier {
             None => Identity::anonymous(),
             Some(v) => match v.identify(header_str(req.headers(), "authorization")) {
                 Ok(who) => who,
                 Err(e) => return Ok(unauthorized(&e)),
             },
-        };
+        });
         let resp = if req.method() == Method::POST {
             self.handle_post(req, who, peer, start).await
         } else {
@@ -217,7 +227,7 @@ impl Proxy {
     async fn handle_post(
         &self,
         req: Request<Incoming>,
-        who: Identity,
+        who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
     ) -> Resp {
@@ -304,24 +314,24 @@ impl Proxy {
         let modern =
             header_str(&parts.headers, "mcp-protocol-version").is_some_and(|v| v >= "2026-07-28");
         let mut audits = Vec::new();
-        let decided: Vec<Decided> = messages
-            .iter()
-            .map(|m| {
-                self.decide(
-                    m,
-                    &set,
-                    &who,
-                    session.as_deref(),
-                    modern,
-                    &mut inspector,
-                    &mut audits,
-                    start,
-                )
-            })
-            .collect();
-        let denials: Vec<Value> = decided.iter().filter_map(|d| d.denial.clone()).collect();
-        let refused = decided.iter().filter(|d| d.denial.is_some()).count();
-        let answered_denials: Vec<Value> = denials.into_iter().filter(|d| !d.is_null()).collect();
+        let mut kept: Vec<&str> = Vec::with_capacity(messages.len());
+        let mut answered_denials: Vec<Value> = Vec::new();
+        for m in &messages {
+            match self.decide(
+                m,
+                &set,
+                &who,
+                session.as_deref(),
+                modern,
+                &mut inspector,
+                &mut audits,
+                start,
+            ) {
+                Outcome::Forward => kept.push(m.raw),
+                Outcome::Refuse(answer) => answered_denials.extend(answer),
+            }
+        }
+        let refused = messages.len() - kept.len();
 
         if let Some((_, session)) = &legacy {
             // Legacy transport: answers travel on the session's stream; the POST gets 202.
@@ -346,12 +356,6 @@ impl Proxy {
                 (true, _) => json_response(StatusCode::OK, &Value::Array(answered_denials)),
             };
         } else {
-            let kept: Vec<&str> = messages
-                .iter()
-                .zip(&decided)
-                .filter(|(_, d)| d.denial.is_none())
-                .map(|(m, _)| m.raw)
-                .collect();
             full(format!("[{}]", kept.join(",")))
         };
         let extra = if legacy.is_some() {
@@ -388,30 +392,24 @@ impl Proxy {
         inspector: &mut Inspector,
         audits: &mut Vec<PendingAudit>,
         start: Instant,
-    ) -> Decided {
-        let method = m.method.as_deref().unwrap_or("");
-        let decided = method == "tools/call"
-            || (method == "resources/read" && set.names("resource:"))
-            || (method == "prompts/get" && set.names("prompt:"));
-        let Some(call) = m.call().filter(|_| decided) else {
-            return Decided { denial: None };
+    ) -> Outcome {
+        // Only what the policy governs is parsed: tool calls always, resources and prompts
+        // where a policy names them.
+        let method: &'static str = match m.method.as_deref() {
+            Some("tools/call") => "tools/call",
+            Some("resources/read") if set.names("resource:") => "resources/read",
+            Some("prompts/get") if set.names("prompt:") => "prompts/get",
+            _ => return Outcome::Forward,
         };
-        let method: &'static str = match method {
-            "resources/read" => "resources/read",
-            "prompts/get" => "prompts/get",
-            _ => "tools/call",
+        let Some(call) = m.call() else {
+            return Outcome::Forward;
         };
-        let id = m.id_value();
         let call = match call {
             Ok(c) => c,
             Err(e) => {
-                return Decided {
-                    denial: Some(if m.id.is_some() {
-                        jsonrpc::error_response(id, -32602, &e, None)
-                    } else {
-                        Value::Null
-                    }),
-                };
+                let answer =
+                    m.id.map(|_| jsonrpc::error_response(m.id_value(), -32602, &e, None));
+                return Outcome::Refuse(answer);
             }
         };
         let empty = Value::Object(Default::default());
@@ -471,7 +469,7 @@ impl Proxy {
                     policy: audit.as_ref().map(|d| d.policy.clone()),
                     reason: audit.map(|d| d.reason),
                 });
-                Decided { denial: None }
+                Outcome::Forward
             }
             Err((kind, denial)) => {
                 self.metrics.decision(&call.name, kind, seconds);
@@ -484,14 +482,7 @@ impl Proxy {
                     reason: Some(denial.reason.clone()),
                 };
                 self.write_audit(&a, who, session, set.revision, None, start);
-                let answer = if m.id.is_none() {
-                    Value::Null
-                } else {
-                    denial_message(id, &denial, modern)
-                };
-                Decided {
-                    denial: Some(answer),
-                }
+                Outcome::Refuse(m.id.map(|_| denial_message(m.id_value(), &denial, modern)))
             }
         }
     }
@@ -610,10 +601,7 @@ impl Proxy {
         if !parts.status.is_success() {
             inspector.fail_all();
         }
-        let content_type = header_str(&parts.headers, "content-type")
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if content_type.starts_with("text/event-stream") {
+        if is_event_stream(&parts.headers) {
             parts.headers.remove(header::CONTENT_LENGTH);
             let first = extra
                 .iter()
@@ -625,9 +613,10 @@ impl Proxy {
             // The forwarded part of a batch was only notifications: answer the denials.
             return json_response(StatusCode::OK, &Value::Array(extra));
         }
-        let needs_look = !extra.is_empty()
-            || (content_type.contains("json")
-                && (inspector.is_tracking() || inspector.may_filter()));
+        let is_json =
+            header_str(&parts.headers, "content-type").is_some_and(|c| c.contains("json"));
+        let needs_look =
+            !extra.is_empty() || (is_json && (inspector.is_tracking() || inspector.may_filter()));
         if !needs_look {
             return Response::from_parts(parts, body.boxed());
         }
@@ -669,7 +658,7 @@ impl Proxy {
     async fn forward_stream(
         &self,
         req: Request<Incoming>,
-        who: Identity,
+        who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
     ) -> Resp {
@@ -684,9 +673,7 @@ impl Proxy {
             .request("passthrough", start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let is_sse = header_str(&parts.headers, "content-type")
-            .is_some_and(|c| c.starts_with("text/event-stream"));
-        if !is_sse {
+        if !is_event_stream(&parts.headers) {
             return Response::from_parts(parts, body.boxed());
         }
         parts.headers.remove(header::CONTENT_LENGTH);
