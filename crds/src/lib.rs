@@ -23,7 +23,7 @@ pub use decide::{
     Call, CounterKey, Counters, Decision, Denial, Identity, NoCounters, PolicySet, Reservation,
     Verdict,
 };
-pub use effective::EffectivePolicy;
+pub use effective::{EffectivePolicy, PolicyUpdate, ServiceAccountKeys, Workload, selects};
 pub use load::{Format, Loaded, NamedPolicy, load_file};
 pub use problem::{Problem, Problems};
 pub use resources::*;

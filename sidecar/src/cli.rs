@@ -60,8 +60,27 @@ struct ProxyArgs {
     upstream: http::Uri,
     /// A policy file: McpPolicy/McpClusterPolicy YAML (several documents allowed), a
     /// PolicyLayer policy.json, or Intercept YAML. Reloaded when it changes.
-    #[arg(long, env = "TOLLGATE_POLICY")]
-    policy: PathBuf,
+    #[arg(
+        long,
+        env = "TOLLGATE_POLICY",
+        required_unless_present = "control_plane",
+        conflicts_with = "control_plane"
+    )]
+    policy: Option<PathBuf>,
+    /// The operator's policy stream (e.g. https://tollgate-operator.tollgate-system.svc:8443),
+    /// instead of a policy file.
+    #[arg(long, env = "TOLLGATE_CONTROL_PLANE", requires = "control_plane_ca")]
+    control_plane: Option<http::Uri>,
+    /// The CA the control plane's certificate is signed by: PEM text, or a file holding it.
+    #[arg(long, env = "TOLLGATE_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<String>,
+    /// The pod's projected service-account token (audience tollgate), sent to the control plane.
+    #[arg(
+        long,
+        env = "TOLLGATE_TOKEN_FILE",
+        default_value = "/var/run/secrets/tollgate.dev/token"
+    )]
+    token_file: PathBuf,
     /// Where agents connect.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -308,22 +327,42 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new();
     let handle = PolicyHandle::new(metrics.clone());
-    let source = FileSource {
-        path: args.policy.clone(),
-        default_action: args.default_action.into(),
-        interval: args.policy_poll,
-    };
-    let first = match source.load_once(&handle, 1) {
-        Ok(bytes) => {
-            tracing::info!(path = %args.policy.display(), "policy loaded");
-            Some(bytes)
+    match (&args.policy, &args.control_plane) {
+        (Some(path), _) => {
+            let source = FileSource {
+                path: path.clone(),
+                default_action: args.default_action.into(),
+                interval: args.policy_poll,
+            };
+            let first = match source.load_once(&handle, 1) {
+                Ok(bytes) => {
+                    tracing::info!(path = %path.display(), "policy loaded");
+                    Some(bytes)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy not loaded: every call is denied until it is fixed");
+                    None
+                }
+            };
+            tokio::spawn(source.watch(handle.clone(), first));
         }
-        Err(e) => {
-            tracing::error!(error = %e, "policy not loaded: every call is denied until it is fixed");
-            None
+        (None, Some(url)) => {
+            let ca = args.control_plane_ca.clone().unwrap_or_default();
+            let ca_pem = if ca.trim_start().starts_with("-----BEGIN") {
+                ca
+            } else {
+                std::fs::read_to_string(&ca)
+                    .with_context(|| format!("cannot read --control-plane-ca {ca}"))?
+            };
+            let control = crate::control::ControlPlane {
+                url: url.clone(),
+                ca_pem,
+                token_file: args.token_file.clone(),
+            };
+            tokio::spawn(control.follow(handle.clone()));
         }
-    };
-    tokio::spawn(source.watch(handle.clone(), first));
+        (None, None) => anyhow::bail!("give --policy FILE or --control-plane URL"),
+    }
     let audit = AuditLog::stdout(args.pod.clone());
     let proxy = Arc::new(Proxy::new(
         ProxyConfig {

@@ -67,26 +67,24 @@ impl Verifier {
 
     /// The caller of a request with this `Authorization` header value (or none).
     pub fn identify(&self, authorization: Option<&str>) -> Result<Identity, String> {
-        let Some(header) = authorization else {
-            return Ok(Identity::anonymous());
-        };
-        let Some(token) = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-        else {
-            // Not a bearer token (e.g. Basic auth for the server): the caller is anonymous.
-            return Ok(Identity::anonymous());
-        };
-        let head = decode_header(token.trim())
-            .map_err(|e| format!("the bearer token is malformed: {e}"))?;
-        let candidates = self.keys.iter().filter(|(kid, alg, _)| {
+        identify(&[self], authorization)
+    }
+
+    fn candidates<'a>(
+        &'a self,
+        head: &'a jsonwebtoken::Header,
+    ) -> impl Iterator<Item = &'a (Option<String>, jsonwebtoken::Algorithm, DecodingKey)> {
+        self.keys.iter().filter(move |(kid, alg, _)| {
             *alg == head.alg && (head.kid.is_none() || kid.is_none() || kid == &head.kid)
-        });
+        })
+    }
+
+    fn verify(&self, token: &str, head: &jsonwebtoken::Header) -> Result<Identity, String> {
         let mut last_error = format!(
-            "no key in the JWKS matches the token (alg {:?}, kid {:?})",
+            "no key matches the token (alg {:?}, kid {:?})",
             head.alg, head.kid
         );
-        for (_, alg, key) in candidates {
+        for (_, alg, key) in self.candidates(head) {
             let mut v = Validation::new(*alg);
             v.leeway = 30;
             match &self.audience {
@@ -97,12 +95,40 @@ impl Verifier {
                 v.set_issuer(&[iss]);
             }
             v.required_spec_claims = HashSet::from(["exp".to_string()]);
-            match decode::<serde_json::Map<String, Value>>(token.trim(), key, &v) {
+            match decode::<serde_json::Map<String, Value>>(token, key, &v) {
                 Ok(data) => return Ok(identity_from_claims(data.claims)),
                 Err(e) => last_error = format!("the bearer token does not verify: {e}"),
             }
         }
         Err(last_error)
+    }
+}
+
+/// The caller of a request, checked by the first verifier holding a key for the token (the
+/// cluster's service-account keys from the operator, then `--jwks`). With no verifier at all,
+/// tokens are not read and every caller is anonymous.
+pub fn identify(verifiers: &[&Verifier], authorization: Option<&str>) -> Result<Identity, String> {
+    let (Some(header), false) = (authorization, verifiers.is_empty()) else {
+        return Ok(Identity::anonymous());
+    };
+    let Some(token) = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+    else {
+        // Not a bearer token (e.g. Basic auth for the server): the caller is anonymous.
+        return Ok(Identity::anonymous());
+    };
+    let token = token.trim();
+    let head = decode_header(token).map_err(|e| format!("the bearer token is malformed: {e}"))?;
+    match verifiers
+        .iter()
+        .find(|v| v.candidates(&head).next().is_some())
+    {
+        Some(v) => v.verify(token, &head),
+        None => Err(format!(
+            "no trusted key matches the token (alg {:?}, kid {:?})",
+            head.alg, head.kid
+        )),
     }
 }
 

@@ -5,7 +5,7 @@
 //! cli ─┬─ check / import ──────────────> tollgate_api (load, validate, decide)
 //!      └─ proxy ─> server (listeners, shutdown) ─> proxy (decide, forward)
 //!                                                   ├─ jsonrpc, sse, inspect (messages)
-//!                                                   ├─ policy (file source, fail closed)
+//!                                                   ├─ policy (file or control-plane stream, fail closed)
 //!                                                   ├─ counters, identity
 //!                                                   └─ audit, metrics
 //! ```
@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod control;
 pub mod counters;
 pub mod identity;
 pub mod inspect;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tollgate_api::{DefaultAction, EffectivePolicy, PolicySet};
+use tollgate_api::{DefaultAction, EffectivePolicy, PolicySet, PolicyUpdate};
+
+use crate::identity::Verifier;
 
 use crate::metrics::Metrics;
 
@@ -26,6 +28,8 @@ pub struct PolicyState {
     pub ready: bool,
     /// Why the state is not ready, or why the last update was refused.
     pub last_error: Option<String>,
+    /// The cluster's service-account token keys, when the operator sends them.
+    pub cluster_keys: Option<Arc<Verifier>>,
 }
 
 /// Shared, atomically swapped policy state.
@@ -44,6 +48,7 @@ impl PolicyHandle {
                 set: Arc::new(PolicySet::deny_all(reason)),
                 ready: false,
                 last_error: Some(reason.into()),
+                cluster_keys: None,
             })),
             metrics,
         }
@@ -56,6 +61,34 @@ impl PolicyHandle {
     /// Compiles and installs a policy; on failure the previous one stays and the error is
     /// returned (and counted).
     pub fn publish(&self, effective: &EffectivePolicy) -> Result<(), String> {
+        let keys = self.current().cluster_keys.clone();
+        self.install(effective, keys)
+    }
+
+    /// Installs what the operator's stream sent: the policy and the cluster's token keys.
+    pub fn publish_update(&self, update: &PolicyUpdate) -> Result<(), String> {
+        let keys = match &update.service_account_keys {
+            None => None,
+            Some(k) => match Verifier::from_jwks(
+                &k.jwks.to_string(),
+                Some(k.issuer.clone()),
+                Some(k.audience.clone()),
+            ) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => {
+                    tracing::error!(error = %e, "the cluster's token keys are unusable; Kubernetes tokens will not verify");
+                    None
+                }
+            },
+        };
+        self.install(&update.policy, keys)
+    }
+
+    fn install(
+        &self,
+        effective: &EffectivePolicy,
+        cluster_keys: Option<Arc<Verifier>>,
+    ) -> Result<(), String> {
         match effective.compile() {
             Ok(set) => {
                 self.metrics.policy_loaded(set.revision);
@@ -63,6 +96,7 @@ impl PolicyHandle {
                     set: Arc::new(set),
                     ready: true,
                     last_error: None,
+                    cluster_keys,
                 }));
                 Ok(())
             }
@@ -86,6 +120,7 @@ impl PolicyHandle {
             set: old.set.clone(),
             ready: old.ready,
             last_error: Some(message.clone()),
+            cluster_keys: old.cluster_keys.clone(),
         }));
         message
     }

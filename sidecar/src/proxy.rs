@@ -35,7 +35,7 @@ use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 
 use crate::audit::{AuditLog, Record, now_rfc3339};
 use crate::counters::CounterStore;
-use crate::identity::Verifier;
+use crate::identity::{self, Verifier};
 use crate::inspect::Inspector;
 use crate::jsonrpc::{self, Body as RpcBody, Message};
 use crate::metrics::Metrics;
@@ -209,13 +209,16 @@ impl Proxy {
             );
             return Ok(json_response(StatusCode::FORBIDDEN, &body));
         }
-        let who = Arc::new(match &self.cfg.verifier {
-            None => Identity::anonymous(),
-            Some(v) => match v.identify(header_str(req.headers(), "authorization")) {
-                Ok(who) => who,
-                Err(e) => return Ok(unauthorized(&e)),
-            },
-        });
+        let cluster_keys = self.policy.current().cluster_keys.clone();
+        let verifiers: Vec<&Verifier> = cluster_keys
+            .as_deref()
+            .into_iter()
+            .chain(self.cfg.verifier.as_ref())
+            .collect();
+        let who = match identity::identify(&verifiers, header_str(req.headers(), "authorization")) {
+            Ok(who) => Arc::new(who),
+            Err(e) => return Ok(unauthorized(&e)),
+        };
         let resp = if req.method() == Method::POST {
             self.handle_post(req, who, peer, start).await
         } else {

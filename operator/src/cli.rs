@@ -1,0 +1,277 @@
+//! The `tollgate-operator` command: flags, then wiring.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::Client;
+use kube::runtime::events::Reporter;
+use tollgate_api::DefaultAction;
+
+use crate::index::Index;
+use crate::inject::InjectConfig;
+use crate::server::Shared;
+use crate::tls::CertSource;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DefaultFlag {
+    Allow,
+    Deny,
+}
+
+/// Tollgate's operator: policy status, sidecar injection, apply-time validation, and the
+/// policy stream to every sidecar.
+#[derive(Parser)]
+#[command(name = "tollgate-operator", version)]
+struct Args {
+    /// The operator's namespace (its Secret, Lease and Service live here).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tollgate-system")]
+    namespace: String,
+    /// This replica's name, for the Lease and events.
+    #[arg(long, env = "POD_NAME", default_value = "tollgate-operator")]
+    pod_name: String,
+    /// The Service in front of the operator: its DNS names go into the serving certificate.
+    #[arg(long, env = "TOLLGATE_SERVICE", default_value = "tollgate-operator")]
+    service_name: String,
+    /// Where the webhooks and the policy stream are served (HTTPS).
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Where /healthz and /readyz are served (HTTP).
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// The cluster's default for tools no applicable policy lists.
+    #[arg(
+        long,
+        env = "TOLLGATE_DEFAULT_ACTION",
+        value_enum,
+        default_value = "deny"
+    )]
+    default_action: DefaultFlag,
+    /// The sidecar image injected into MCP server pods.
+    #[arg(long, env = "TOLLGATE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/tollgate-dev/tollgate:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    /// The sidecar's log level.
+    #[arg(long, env = "TOLLGATE_SIDECAR_LOG", default_value = "info")]
+    sidecar_log_level: String,
+    #[arg(long, env = "TOLLGATE_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    sidecar_cpu_request: String,
+    #[arg(long, env = "TOLLGATE_SIDECAR_MEMORY_REQUEST", default_value = "32Mi")]
+    sidecar_memory_request: String,
+    /// Empty for no limit.
+    #[arg(long, env = "TOLLGATE_SIDECAR_CPU_LIMIT", default_value = "")]
+    sidecar_cpu_limit: String,
+    #[arg(long, env = "TOLLGATE_SIDECAR_MEMORY_LIMIT", default_value = "256Mi")]
+    sidecar_memory_limit: String,
+    /// The sidecar's port for agents.
+    #[arg(long, env = "TOLLGATE_SIDECAR_PORT", default_value_t = 15080)]
+    sidecar_port: u16,
+    /// The sidecar's port for probes and metrics.
+    #[arg(long, env = "TOLLGATE_SIDECAR_ADMIN_PORT", default_value_t = 15090)]
+    sidecar_admin_port: u16,
+    /// The policy stream's URL as sidecars reach it (default: the Service's DNS name).
+    #[arg(long, env = "TOLLGATE_CONTROL_PLANE_URL")]
+    control_plane_url: Option<String>,
+    /// The Secret holding the operator-managed CA and serving certificate.
+    #[arg(
+        long,
+        env = "TOLLGATE_TLS_SECRET",
+        default_value = "tollgate-operator-tls"
+    )]
+    tls_secret: String,
+    /// Use cert-manager's certificate mounted here (tls.crt, tls.key, ca.crt) instead.
+    #[arg(long, env = "TOLLGATE_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// More names for the serving certificate (repeatable).
+    #[arg(long = "extra-san", env = "TOLLGATE_EXTRA_SANS", value_delimiter = ',')]
+    extra_sans: Vec<String>,
+    /// How long an operator-managed serving certificate lives; renewed at two thirds.
+    #[arg(long, env = "TOLLGATE_CERT_LIFETIME", default_value = "2160h", value_parser = parse_duration)]
+    cert_lifetime: Duration,
+    /// How often the certificate is checked for renewal (or re-read from --tls-dir).
+    #[arg(long, env = "TOLLGATE_CERT_CHECK", default_value = "10m", value_parser = parse_duration)]
+    cert_check: Duration,
+    /// The MutatingWebhookConfiguration whose caBundle the operator writes.
+    #[arg(
+        long,
+        env = "TOLLGATE_MUTATING_WEBHOOK",
+        default_value = "tollgate-inject"
+    )]
+    mutating_webhook: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the operator writes.
+    #[arg(
+        long,
+        env = "TOLLGATE_VALIDATING_WEBHOOK",
+        default_value = "tollgate-validate"
+    )]
+    validating_webhook: String,
+    /// The Lease that elects the replica running the controllers.
+    #[arg(long, env = "TOLLGATE_LEASE", default_value = "tollgate-operator")]
+    lease_name: String,
+    /// Log level.
+    #[arg(long, env = "TOLLGATE_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tollgate_api::validate::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 10m, 2160h"))
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+
+    let service = format!("{}.{}.svc", args.service_name, args.namespace);
+    let mut sans = vec![service.clone(), format!("{service}.cluster.local")];
+    sans.extend(args.extra_sans.iter().filter(|s| !s.is_empty()).cloned());
+    let certs = match &args.tls_dir {
+        Some(dir) => CertSource::Files { dir: dir.clone() },
+        None => CertSource::Managed(Box::new(crate::tls::Managed {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            secret: args.tls_secret.clone(),
+            sans,
+            lifetime: args.cert_lifetime,
+            mutating_webhook: Some(args.mutating_webhook.clone()),
+            validating_webhook: Some(args.validating_webhook.clone()),
+        })),
+    };
+    let serving = certs
+        .load()
+        .await
+        .context("cannot load the serving certificate")?;
+    tokio::spawn(certs.rotate(serving.clone(), args.cert_check));
+
+    let default_action = match args.default_action {
+        DefaultFlag::Allow => DefaultAction::Allow,
+        DefaultFlag::Deny => DefaultAction::Deny,
+    };
+    let (index, driver) = Index::start(client.clone(), default_action);
+    tokio::spawn(driver);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = crate::server::bind(args.admin_listen, "--admin-listen").await?;
+    tokio::spawn(crate::server::serve_admin(admin, ready.clone()));
+
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::lease::elect(
+        client.clone(),
+        args.namespace.clone(),
+        args.lease_name.clone(),
+        args.pod_name.clone(),
+        leading_tx,
+    ));
+    {
+        let client = client.clone();
+        let index = index.clone();
+        let reporter = Reporter {
+            controller: "tollgate-operator".into(),
+            instance: Some(args.pod_name.clone()),
+        };
+        tokio::spawn(async move {
+            let mut controllers: Option<tokio::task::JoinHandle<()>> = None;
+            loop {
+                let lead = *leading.borrow_and_update();
+                match (lead, controllers.is_some()) {
+                    (true, false) => {
+                        controllers = Some(tokio::spawn(crate::controller::run(
+                            client.clone(),
+                            index.clone(),
+                            reporter.clone(),
+                        )))
+                    }
+                    (false, true) => {
+                        if let Some(c) = controllers.take() {
+                            c.abort();
+                        }
+                    }
+                    _ => {}
+                }
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let listener = crate::server::bind(args.listen, "--listen").await?;
+    index.ready().await;
+    ready.store(true, Ordering::Relaxed);
+    let control_plane_url = args
+        .control_plane_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{service}:{}", args.listen.port()));
+    let q = |s: &str| (!s.is_empty()).then(|| Quantity(s.to_string()));
+    let mut resources = ResourceRequirements::default();
+    for (kind, name, value) in [
+        ("requests", "cpu", &args.sidecar_cpu_request),
+        ("requests", "memory", &args.sidecar_memory_request),
+        ("limits", "cpu", &args.sidecar_cpu_limit),
+        ("limits", "memory", &args.sidecar_memory_limit),
+    ] {
+        if let Some(v) = q(value) {
+            let map = if kind == "requests" {
+                resources.requests.get_or_insert_with(Default::default)
+            } else {
+                resources.limits.get_or_insert_with(Default::default)
+            };
+            map.insert(name.into(), v);
+        }
+    }
+    let shared = Arc::new(Shared {
+        client,
+        index,
+        inject: InjectConfig {
+            image: args.sidecar_image.clone(),
+            resources,
+            log_level: args.sidecar_log_level.clone(),
+            control_plane_url,
+            control_plane_ca: String::new(),
+            proxy_port: args.sidecar_port,
+            admin_port: args.sidecar_admin_port,
+        },
+        serving,
+    });
+    tracing::info!(listen = %args.listen, admin = %args.admin_listen, "tollgate operator serving");
+    crate::server::serve_https(listener, shared, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

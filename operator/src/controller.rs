@@ -1,0 +1,353 @@
+//! The status controllers (run by the leader only).
+//!
+//! ```text
+//! McpPolicy | McpClusterPolicy ─ validate_spec ─┐
+//! Index (injected pods, namespace labels) ──────┴─> desired_status ─ differs? ─> patch status
+//!                                                                   └─ Accepted flipped? ─> Event
+//! ```
+//!
+//! Triggered by the policies' own watch and by every change in the index (a pod or namespace
+//! label changes what a policy selects), debounced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tollgate_api::{McpClusterPolicy, McpPolicy, PolicySpec, PolicyStatus, Problem, selects};
+
+use crate::index::Index;
+
+/// A status write the API server refused.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the status of {name}: {source}")]
+pub struct StatusError {
+    name: String,
+    #[source]
+    source: kube::Error,
+}
+
+/// What a policy's status should say now. Conditions keep their `lastTransitionTime` unless
+/// their status flips, so an unchanged policy produces an identical status (and no write).
+pub fn desired_status(
+    old: Option<&PolicyStatus>,
+    generation: Option<i64>,
+    problems: &[Problem],
+    selected_pods: u32,
+    tools: u32,
+    now: Timestamp,
+) -> PolicyStatus {
+    let accepted = problems.is_empty();
+    let (accepted_reason, accepted_message) = if accepted {
+        (
+            "Valid",
+            format!("The policy compiles ({tools} tool entries)"),
+        )
+    } else {
+        let list: Vec<String> = problems.iter().map(Problem::to_string).collect();
+        (
+            "Invalid",
+            format!(
+                "{} problem(s); fix and apply again: {}",
+                problems.len(),
+                list.join("; ")
+            ),
+        )
+    };
+    let (ready_reason, ready_message) = match (accepted, selected_pods) {
+        (false, _) => (
+            "Invalid",
+            "Not in force as written: the pods it selects deny every call until it is fixed"
+                .to_string(),
+        ),
+        (true, 0) => (
+            "NoPods",
+            "In force; it selects no injected pod yet".to_string(),
+        ),
+        (true, n) => ("InForce", format!("In force on {n} injected pod(s)")),
+    };
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let previous = old
+            .into_iter()
+            .flat_map(|s| &s.conditions)
+            .find(|c| c.type_ == type_);
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => Time(now),
+        };
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+    PolicyStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition("Accepted", accepted, accepted_reason, accepted_message),
+            condition("Ready", accepted, ready_reason, ready_message),
+        ],
+        selected_pods,
+        tools,
+    }
+}
+
+struct Context {
+    client: Client,
+    index: Arc<Index>,
+    recorder: Recorder,
+}
+
+/// Runs both controllers until the task is aborted (leadership lost) or the process ends.
+pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        index: index.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+    });
+    let config = controller::Config::default().debounce(Duration::from_millis(200));
+    let policies = Controller::new(
+        Api::<McpPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .reconcile_all_on(index_changes(&index))
+    .run(reconcile_policy, on_error, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "McpPolicy reconcile");
+        }
+    });
+    let cluster = Controller::new(
+        Api::<McpClusterPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .reconcile_all_on(index_changes(&index))
+    .run(reconcile_cluster_policy, on_error, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "McpClusterPolicy reconcile");
+        }
+    });
+    tokio::join!(policies, cluster);
+}
+
+fn index_changes(index: &Index) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(index.subscribe(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
+async fn reconcile_policy(
+    policy: Arc<McpPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, StatusError> {
+    let ns = policy.namespace().unwrap_or_default();
+    let selected = ctx.index.count_selected(|pod_ns, _, labels| {
+        pod_ns == ns && selects(policy.spec.selector.as_ref(), labels)
+    });
+    let api: Api<McpPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let problems = tollgate_api::validate::validate_spec(&policy.spec);
+    write_status(
+        &*policy,
+        &api,
+        &policy.spec,
+        policy.status.as_ref(),
+        problems,
+        selected,
+        &ctx,
+    )
+    .await
+}
+
+async fn reconcile_cluster_policy(
+    policy: Arc<McpClusterPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, StatusError> {
+    let selected = ctx.index.count_selected(|_, ns_labels, labels| {
+        selects(policy.spec.namespace_selector.as_ref(), ns_labels)
+            && selects(policy.spec.policy.selector.as_ref(), labels)
+    });
+    let api: Api<McpClusterPolicy> = Api::all(ctx.client.clone());
+    let mut problems = Vec::new();
+    if let Some(sel) = &policy.spec.namespace_selector {
+        tollgate_api::validate::validate_selector("spec.namespaceSelector", sel, &mut problems);
+    }
+    problems.extend(tollgate_api::validate::validate_spec(&policy.spec.policy));
+    write_status(
+        &*policy,
+        &api,
+        &policy.spec.policy,
+        policy.status.as_ref(),
+        problems,
+        selected,
+        &ctx,
+    )
+    .await
+}
+
+async fn write_status<K>(
+    object: &K,
+    api: &Api<K>,
+    spec: &PolicySpec,
+    old: Option<&PolicyStatus>,
+    problems: Vec<Problem>,
+    selected: u32,
+    ctx: &Context,
+) -> Result<Action, StatusError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let status = desired_status(
+        old,
+        object.meta().generation,
+        &problems,
+        selected,
+        spec.tools.len() as u32,
+        Timestamp::now(),
+    );
+    if old == Some(&status) {
+        return Ok(Action::requeue(Duration::from_secs(600)));
+    }
+    let name = object.name_any();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+    .map_err(|source| StatusError {
+        name: name.clone(),
+        source,
+    })?;
+    let was_accepted = old
+        .into_iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == "Accepted")
+        .map(|c| c.status == "True");
+    let accepted = problems.is_empty();
+    if was_accepted != Some(accepted) {
+        let event = if accepted {
+            Event {
+                type_: EventType::Normal,
+                reason: "Accepted".into(),
+                note: Some(format!(
+                    "The policy compiles and is in force on {selected} pod(s)"
+                )),
+                action: "Validate".into(),
+                secondary: None,
+            }
+        } else {
+            let list: Vec<String> = problems.iter().map(Problem::to_string).collect();
+            let mut note = format!(
+                "Fix and apply again; until then the pods it selects deny every call: {}",
+                list.join("; ")
+            );
+            note.truncate(1000);
+            Event {
+                type_: EventType::Warning,
+                reason: "Invalid".into(),
+                note: Some(note),
+                action: "Validate".into(),
+                secondary: None,
+            }
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(policy = %name, error = %e, "cannot publish an event");
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+fn on_error<K>(_: Arc<K>, error: &StatusError, _: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, "status write failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    fn condition<'a>(s: &'a PolicyStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_valid_policy_is_accepted_and_ready_with_its_pod_count() {
+        let s = desired_status(None, Some(3), &[], 2, 5, t(100));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!((s.selected_pods, s.tools), (2, 5));
+        assert_eq!(condition(&s, "Accepted").status, "True");
+        assert_eq!(condition(&s, "Ready").status, "True");
+        assert_eq!(
+            condition(&s, "Ready").message,
+            "In force on 2 injected pod(s)"
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_lists_every_problem_in_accepted_and_is_not_ready() {
+        let problems = [
+            Problem::new("spec.tools.a.rules[0].rateLimit", "bad"),
+            Problem::new("spec.hide[0]", "empty"),
+        ];
+        let s = desired_status(None, Some(1), &problems, 1, 1, t(100));
+        let accepted = condition(&s, "Accepted");
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", "Invalid")
+        );
+        assert!(
+            accepted
+                .message
+                .contains("spec.tools.a.rules[0].rateLimit: bad")
+        );
+        assert!(accepted.message.contains("spec.hide[0]: empty"));
+        assert_eq!(condition(&s, "Ready").status, "False");
+    }
+
+    #[test]
+    fn an_unchanged_policy_yields_an_identical_status_so_nothing_is_written() {
+        let first = desired_status(None, Some(1), &[], 1, 1, t(100));
+        let again = desired_status(Some(&first), Some(1), &[], 1, 1, t(500));
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_flips() {
+        let first = desired_status(None, Some(1), &[], 0, 1, t(100));
+        let more_pods = desired_status(Some(&first), Some(2), &[], 3, 1, t(200));
+        assert_eq!(
+            condition(&more_pods, "Ready").last_transition_time,
+            Time(t(100))
+        );
+        let broken = desired_status(
+            Some(&more_pods),
+            Some(3),
+            &[Problem::new("spec", "x")],
+            3,
+            1,
+            t(300),
+        );
+        assert_eq!(
+            condition(&broken, "Ready").last_transition_time,
+            Time(t(300))
+        );
+    }
+}

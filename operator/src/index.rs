@@ -1,0 +1,227 @@
+//! What every replica knows of the cluster: injected pods, namespaces and policies, kept by
+//! reflectors, plus the cluster's service-account token keys.
+//!
+//! ```text
+//! watch Pods (label tollgate.dev/injected=true, metadata only) ─┐
+//! watch Namespaces (metadata only)                              ├─> Index ─ changed (watch) ─> streams, controllers
+//! watch McpPolicies, McpClusterPolicies                         ┘     └─ effective_for(pod) -> EffectivePolicy
+//! GET /.well-known/openid-configuration, /openid/v1/jwks ─ every 5 min ─> service-account keys
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tollgate_api::{
+    DefaultAction, EffectivePolicy, McpClusterPolicy, McpPolicy, ServiceAccountKeys, Workload,
+};
+
+use crate::inject::{INJECTED_LABEL, TOKEN_AUDIENCE, default_action_override};
+
+pub type PodMeta = PartialObjectMeta<Pod>;
+
+/// The operator's view of the cluster, shared by the webhooks, the streams and the controllers.
+pub struct Index {
+    pub pods: Store<PodMeta>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub policies: Store<McpPolicy>,
+    pub cluster_policies: Store<McpClusterPolicy>,
+    keys: ArcSwapOption<ServiceAccountKeys>,
+    changed: watch::Sender<u64>,
+    default_action: DefaultAction,
+}
+
+impl Index {
+    /// Starts the reflectors; the returned future drives them and never ends.
+    pub fn start(
+        client: Client,
+        default_action: DefaultAction,
+    ) -> (Arc<Index>, impl Future<Output = ()> + Send) {
+        let (pods, pods_w) = reflector::store();
+        let (namespaces, namespaces_w) = reflector::store();
+        let (policies, policies_w) = reflector::store();
+        let (cluster_policies, cluster_policies_w) = reflector::store();
+        let (changed, _) = watch::channel(0);
+        let index = Arc::new(Index {
+            pods,
+            namespaces,
+            policies,
+            cluster_policies,
+            keys: ArcSwapOption::empty(),
+            changed,
+            default_action,
+        });
+        let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
+        let streams = futures::stream::select_all([
+            touched(watcher(Api::<PodMeta>::all(client.clone()), injected).reflect(pods_w)),
+            touched(
+                watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                    Default::default(),
+                )
+                .reflect(namespaces_w),
+            ),
+            touched(
+                watcher(Api::<McpPolicy>::all(client.clone()), Default::default())
+                    .reflect(policies_w),
+            ),
+            touched(
+                watcher(
+                    Api::<McpClusterPolicy>::all(client.clone()),
+                    Default::default(),
+                )
+                .reflect(cluster_policies_w),
+            ),
+        ]);
+        let driver = {
+            let index = index.clone();
+            async move {
+                let mut streams = streams;
+                while let Some(what) = streams.next().await {
+                    match what {
+                        Ok(()) => index.changed.send_modify(|n| *n += 1),
+                        Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+                    }
+                }
+            }
+        };
+        let keys = refresh_keys(index.clone(), client);
+        (index, async move {
+            tokio::join!(driver, keys);
+        })
+    }
+
+    /// Resolves once every reflector has listed its resource.
+    pub async fn ready(&self) {
+        let _ = tokio::join!(
+            self.pods.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+            self.policies.wait_until_ready(),
+            self.cluster_policies.wait_until_ready(),
+        );
+    }
+
+    /// Ticks on every change to anything the index holds.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| ns.labels().clone())
+            .unwrap_or_default()
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<PodMeta>> {
+        self.pods.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    pub fn service_account_keys(&self) -> Option<Arc<ServiceAccountKeys>> {
+        self.keys.load_full()
+    }
+
+    /// The policy in force on one injected pod (revision 0; the stream stamps it).
+    pub fn effective_for(&self, pod: &PodMeta) -> EffectivePolicy {
+        let namespace = pod.namespace().unwrap_or_default();
+        let namespace_labels = self.namespace_labels(&namespace);
+        let default_action = default_action_override(&pod.metadata)
+            .ok()
+            .flatten()
+            .unwrap_or(self.default_action);
+        let cluster = self.cluster_policies.state();
+        let namespaced = self.policies.state();
+        EffectivePolicy::for_workload(
+            Workload {
+                namespace: &namespace,
+                labels: pod.labels(),
+                namespace_labels: &namespace_labels,
+            },
+            cluster.iter().map(|p| &**p),
+            namespaced.iter().map(|p| &**p),
+            default_action,
+        )
+    }
+
+    /// How many injected pods a policy selects.
+    pub fn count_selected(
+        &self,
+        selects: impl Fn(&str, &BTreeMap<String, String>, &BTreeMap<String, String>) -> bool,
+    ) -> u32 {
+        self.pods
+            .state()
+            .iter()
+            .filter(|pod| {
+                let ns = pod.namespace().unwrap_or_default();
+                selects(&ns, &self.namespace_labels(&ns), pod.labels())
+            })
+            .count() as u32
+    }
+}
+
+fn touched<K, S>(
+    stream: S,
+) -> std::pin::Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    Box::pin(stream.default_backoff().map(|e| e.map(drop)))
+}
+
+/// Keeps the cluster's service-account token keys current. Without them (e.g. the operator may
+/// not read them), sidecars treat callers' Kubernetes tokens as unverified and the callers as
+/// anonymous, so rules naming a serviceAccount match no one.
+async fn refresh_keys(index: Arc<Index>, client: Client) {
+    loop {
+        match fetch_keys(&client).await {
+            Ok(keys) => {
+                let changed = index.keys.load().as_deref() != Some(&keys);
+                if changed {
+                    tracing::info!(issuer = %keys.issuer, "service-account token keys loaded");
+                    index.keys.store(Some(Arc::new(keys)));
+                    index.changed.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the cluster's service-account token keys; sidecars cannot verify agents' Kubernetes tokens")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    }
+}
+
+async fn fetch_keys(client: &Client) -> anyhow::Result<ServiceAccountKeys> {
+    use anyhow::Context;
+    let get = |path: &str| {
+        http::Request::get(path)
+            .body(Vec::new())
+            .expect("a GET request builds")
+    };
+    let discovery: serde_json::Value = client
+        .request(get("/.well-known/openid-configuration"))
+        .await
+        .context("GET /.well-known/openid-configuration")?;
+    let issuer = discovery
+        .get("issuer")
+        .and_then(|v| v.as_str())
+        .context("the OpenID configuration names no issuer")?
+        .to_string();
+    let jwks: serde_json::Value = client
+        .request(get("/openid/v1/jwks"))
+        .await
+        .context("GET /openid/v1/jwks")?;
+    Ok(ServiceAccountKeys {
+        issuer,
+        audience: TOKEN_AUDIENCE.into(),
+        jwks,
+    })
+}

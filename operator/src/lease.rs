@@ -1,0 +1,192 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does.
+//!
+//! ```text
+//! every 2 s:  Lease absent                     ─ create (holder = me)    ─> leader
+//!             held by me                       ─ renew renewTime         ─> leader
+//!             held by another, not expired     ─                         ─> follower
+//!             held by another, expired (15 s)  ─ take over (transitions+1) ─> leader
+//! every write carries the resourceVersion read, so two candidates never both win
+//! ```
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::watch;
+
+/// How long a lease lasts without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the holder renews and candidates retry.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+/// What a candidate should do with a lease it read.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    Create,
+    Renew,
+    TakeOver,
+    Follow { holder: String },
+}
+
+/// Decides the next step from the lease as read (pure, so its cases are tested on their own).
+pub fn next_step(lease: Option<&Lease>, me: &str, now: Timestamp) -> Step {
+    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
+        return if lease.is_some() {
+            Step::TakeOver
+        } else {
+            Step::Create
+        };
+    };
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    if holder == me {
+        return Step::Renew;
+    }
+    let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    if holder.is_empty() || renewed + duration < now {
+        Step::TakeOver
+    } else {
+        Step::Follow { holder }
+    }
+}
+
+/// Runs the election forever, publishing whether this replica leads.
+pub async fn elect(
+    client: Client,
+    namespace: String,
+    name: String,
+    me: String,
+    leading: watch::Sender<bool>,
+) {
+    let api: Api<Lease> = Api::namespaced(client, &namespace);
+    loop {
+        let won = match try_once(&api, &name, &me).await {
+            Ok(won) => won,
+            Err(e) => {
+                tracing::warn!(lease = %name, error = %e, "leader election step failed");
+                false
+            }
+        };
+        leading.send_if_modified(|l| {
+            let changed = *l != won;
+            if changed {
+                tracing::info!(lease = %name, identity = %me, leader = won, "leadership changed");
+            }
+            *l = won;
+            changed
+        });
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn try_once(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::Error> {
+    let lease = api.get_opt(name).await?;
+    let now = Timestamp::now();
+    let time = json!(now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+    let step = next_step(lease.as_ref(), me, now);
+    let rv = lease
+        .as_ref()
+        .and_then(|l| l.metadata.resource_version.clone());
+    let result = match step {
+        Step::Follow { .. } => return Ok(false),
+        Step::Create => {
+            let lease: Lease = serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "holderIdentity": me,
+                    "leaseDurationSeconds": LEASE_DURATION.as_secs(),
+                    "acquireTime": time, "renewTime": time, "leaseTransitions": 0,
+                },
+            }))
+            .expect("a Lease builds");
+            api.create(&PostParams::default(), &lease).await.map(drop)
+        }
+        Step::Renew => {
+            let patch = json!({
+                "metadata": { "resourceVersion": rv },
+                "spec": { "renewTime": time, "leaseDurationSeconds": LEASE_DURATION.as_secs() },
+            });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        }
+        Step::TakeOver => {
+            let transitions = lease
+                .as_ref()
+                .and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.lease_transitions)
+                .unwrap_or(0);
+            let patch = json!({
+                "metadata": { "resourceVersion": rv },
+                "spec": {
+                    "holderIdentity": me,
+                    "leaseDurationSeconds": LEASE_DURATION.as_secs(),
+                    "acquireTime": time, "renewTime": time,
+                    "leaseTransitions": transitions + 1,
+                },
+            });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        }
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, renewed: i64) -> Lease {
+        serde_json::from_value(json!({
+            "metadata": { "name": "tollgate-operator" },
+            "spec": {
+                "holderIdentity": holder, "leaseDurationSeconds": 15,
+                "renewTime": Timestamp::from_second(renewed).unwrap().to_string(),
+            },
+        }))
+        .unwrap()
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn the_first_candidate_creates_the_lease() {
+        assert_eq!(next_step(None, "a", at(100)), Step::Create);
+    }
+
+    #[test]
+    fn the_holder_renews_and_others_follow_while_it_is_fresh() {
+        let l = lease("a", 100);
+        assert_eq!(next_step(Some(&l), "a", at(110)), Step::Renew);
+        assert_eq!(
+            next_step(Some(&l), "b", at(110)),
+            Step::Follow { holder: "a".into() }
+        );
+    }
+
+    #[test]
+    fn an_expired_or_released_lease_is_taken_over() {
+        assert_eq!(
+            next_step(Some(&lease("a", 100)), "b", at(116)),
+            Step::TakeOver
+        );
+        assert_eq!(
+            next_step(Some(&lease("", 100)), "b", at(101)),
+            Step::TakeOver
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Tollgate's control plane.
+//!
+//! ```text
+//! Pod ─ admission ─> inject (sidecar, token)            ┐
+//! McpPolicy / McpClusterPolicy ─ admission ─> validate  ├─ HTTPS, every replica
+//! Index (pods, namespaces, policies) ─> stream ─> sidecar┘
+//!   └─> controller (status, events), leader only (lease)
+//! tls: CA + serving certificate, rotated; caBundle of the webhooks
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod cli;
+pub mod controller;
+pub mod index;
+pub mod inject;
+pub mod lease;
+pub mod server;
+pub mod stream;
+pub mod tls;

@@ -1,0 +1,199 @@
+//! The operator's two listeners.
+//!
+//! ```text
+//! HTTPS :8443  POST /mutate     mutating webhook (AdmissionReview v1)
+//!              POST /validate   validating webhook
+//!              GET  /v1/policy  policy stream (one per sidecar)
+//! HTTP  :9090  GET  /healthz, /readyz
+//! ```
+//!
+//! Every replica serves all of these; only the leader runs the controllers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use kube::Client;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission;
+use crate::index::Index;
+use crate::inject::InjectConfig;
+use crate::tls::ServingCert;
+
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// The largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
+const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+pub fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// What the HTTPS handlers share.
+pub struct Shared {
+    pub client: Client,
+    pub index: Arc<Index>,
+    pub inject: InjectConfig,
+    pub serving: Arc<ServingCert>,
+}
+
+pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({flag})"))
+}
+
+/// Serves the webhooks and the policy stream until `shutdown` resolves.
+pub async fn serve_https(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(shared.serving.server_config()?));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(req, shared).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Webhook calls finish; streams are cut and their sidecars reconnect to another replica.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
+}
+
+async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/mutate") => {
+            review(req, |r| {
+                let ns = r.namespace.clone().unwrap_or_default();
+                let mut config = shared.inject.clone();
+                config.control_plane_ca = shared.serving.ca_pem().to_string();
+                admission::mutate(r, &shared.index.namespace_labels(&ns), &config)
+            })
+            .await
+        }
+        (&Method::POST, "/validate") => review(req, admission::validate).await,
+        (&Method::GET, "/v1/policy") => {
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            crate::stream::serve(auth, shared.client.clone(), shared.index.clone()).await
+        }
+        (_, path) => text(StatusCode::NOT_FOUND, &format!("no route for {path}")),
+    }
+}
+
+async fn review(
+    req: Request<Incoming>,
+    decide: impl FnOnce(
+        &kube::core::admission::AdmissionRequest<kube::core::DynamicObject>,
+    ) -> kube::core::admission::AdmissionResponse,
+) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("cannot read the AdmissionReview: {e}"),
+            );
+        }
+    };
+    let request = match admission::parse_review(&body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+    };
+    let mut resp = Response::new(full(admission::respond(decide(&request))));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `/healthz` answers while the process runs; `/readyz` once the index has listed everything.
+pub async fn serve_admin(listener: TcpListener, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/healthz" => text(StatusCode::OK, "ok"),
+                        "/readyz" if ready => text(StatusCode::OK, "ready"),
+                        "/readyz" => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the operator has not listed pods, namespaces and policies yet",
+                        ),
+                        path => text(StatusCode::NOT_FOUND, &format!("no route for {path}")),
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}

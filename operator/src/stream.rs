@@ -1,0 +1,215 @@
+//! The policy stream: each sidecar's long-lived `GET /v1/policy`.
+//!
+//! ```text
+//! sidecar ─ Bearer <projected token, audience tollgate> ─> TokenReview ─> pod (name, uid)
+//!   <─ {"policy": EffectivePolicy, "serviceAccountKeys": …}\n   at once
+//!   <─ the same, with a higher revision                         on every change that alters it
+//!   <─ \n                                                       every 15 s, so dead peers show
+//! ```
+//!
+//! A stream ends when the pod is gone or the sidecar hangs up; the sidecar reconnects.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::PostParams;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+use tollgate_api::PolicyUpdate;
+
+use crate::index::{Index, PodMeta};
+use crate::inject::TOKEN_AUDIENCE;
+use crate::server::{Body, text};
+
+/// Heartbeat interval; a sidecar that hears nothing for three of these reconnects.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Who a token says is calling: one pod.
+#[derive(Debug, PartialEq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+/// Reads the pod out of a TokenReview's answer, or says why it cannot.
+pub fn pod_of(review: &TokenReview) -> Result<PodIdentity, String> {
+    let status = review.status.clone().unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(format!(
+            "the token does not authenticate: {}",
+            status.error.unwrap_or_else(|| "no reason given".into())
+        ));
+    }
+    if !status
+        .audiences
+        .as_ref()
+        .is_none_or(|a| a.iter().any(|a| a == TOKEN_AUDIENCE))
+    {
+        return Err(format!("the token's audience is not {TOKEN_AUDIENCE}"));
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let Some(rest) = username.strip_prefix("system:serviceaccount:") else {
+        return Err(format!("{username} is not a service account"));
+    };
+    let namespace = rest.split(':').next().unwrap_or_default().to_string();
+    let extra = user.extra.unwrap_or_default();
+    let first = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+    let Some(name) = first("authentication.kubernetes.io/pod-name") else {
+        return Err(
+            "the token is not bound to a pod; mount a projected service-account token".into(),
+        );
+    };
+    Ok(PodIdentity {
+        namespace,
+        name,
+        uid: first("authentication.kubernetes.io/pod-uid"),
+    })
+}
+
+/// Revisions increase across every stream of this replica, and start from the clock so a
+/// restarted or different replica continues above what a sidecar has seen.
+fn next_revision() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = (prev + 1).max(now);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// Serves one sidecar's stream.
+pub async fn serve(
+    authorization: Option<&str>,
+    client: Client,
+    index: Arc<Index>,
+) -> Response<Body> {
+    let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "send the pod's projected service-account token (audience tollgate) as a Bearer token",
+        );
+    };
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.trim().to_string(),
+            audiences: Some(vec![TOKEN_AUDIENCE.into()]),
+        },
+        ..TokenReview::default()
+    };
+    let reviewed = Api::<TokenReview>::all(client)
+        .create(&PostParams::default(), &review)
+        .await;
+    let who = match reviewed.map_err(|e| e.to_string()) {
+        Ok(r) => pod_of(&r),
+        Err(e) => {
+            tracing::error!(error = %e, "TokenReview failed");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot review the token: {e}"),
+            );
+        }
+    };
+    let who = match who {
+        Ok(w) => w,
+        Err(e) => return text(StatusCode::FORBIDDEN, &e),
+    };
+    let Some(pod) = wait_for_pod(&index, &who).await else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "pod {}/{} is not an injected pod this operator knows",
+                who.namespace, who.name
+            ),
+        );
+    };
+    tracing::info!(namespace = %who.namespace, pod = %who.name, "sidecar connected");
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(feed(index, who, pod, tx));
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(frames)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}
+
+/// A pod connects as soon as its sidecar starts, possibly before this replica's watch has
+/// seen it: wait a little.
+async fn wait_for_pod(index: &Index, who: &PodIdentity) -> Option<Arc<PodMeta>> {
+    let mut changed = index.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(pod) = index.pod(&who.namespace, &who.name)
+            && (who.uid.is_none() || pod.uid() == who.uid)
+        {
+            return Some(pod);
+        }
+        if tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+}
+
+async fn feed(index: Arc<Index>, who: PodIdentity, mut pod: Arc<PodMeta>, tx: mpsc::Sender<Bytes>) {
+    let mut changed = index.subscribe();
+    let mut last = None;
+    loop {
+        let effective = index.effective_for(&pod);
+        let keys = index.service_account_keys();
+        let now = (effective, keys);
+        if last.as_ref() != Some(&now) {
+            let mut update = PolicyUpdate {
+                policy: now.0.clone(),
+                service_account_keys: now.1.as_deref().cloned(),
+            };
+            update.policy.revision = next_revision();
+            let mut line = serde_json::to_vec(&update).expect("a PolicyUpdate serialises");
+            line.push(b'\n');
+            tracing::debug!(namespace = %who.namespace, pod = %who.name, revision = update.policy.revision, "policy sent");
+            if tx.send(Bytes::from(line)).await.is_err() {
+                break;
+            }
+            last = Some(now);
+        }
+        tokio::select! {
+            c = changed.changed() => if c.is_err() { break },
+            _ = tokio::time::sleep(HEARTBEAT) => {
+                if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                    break;
+                }
+            }
+            _ = tx.closed() => break,
+        }
+        match index.pod(&who.namespace, &who.name) {
+            Some(p) if who.uid.is_none() || p.uid() == who.uid => pod = p,
+            _ => {
+                tracing::info!(namespace = %who.namespace, pod = %who.name, "pod is gone; stream closed");
+                break;
+            }
+        }
+    }
+    tracing::info!(namespace = %who.namespace, pod = %who.name, "sidecar disconnected");
+}

@@ -1,0 +1,346 @@
+//! Table tests for sidecar injection: pod in, JSON patch out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::{Value, json};
+use tollgate_operator::inject::{InjectConfig, Injection, inject_sidecar};
+
+fn config() -> InjectConfig {
+    InjectConfig {
+        image: "ghcr.io/tollgate-dev/tollgate:test".into(),
+        resources: Default::default(),
+        log_level: "info".into(),
+        control_plane_url: "https://tollgate-operator.tollgate-system.svc:8443".into(),
+        control_plane_ca: "-----BEGIN CERTIFICATE-----\n...".into(),
+        proxy_port: 15080,
+        admin_port: 15090,
+    }
+}
+
+/// An MCP server pod: one container `server` with port 8000 named `mcp` and probes on it.
+fn mk_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "github-mcp", "namespace": "agents", "labels": { "app": "github" } },
+        "spec": { "containers": [{
+            "name": "server", "image": "github-mcp:1",
+            "ports": [{ "name": "mcp", "containerPort": 8000 }, { "name": "metrics", "containerPort": 9000 }],
+            "readinessProbe": { "httpGet": { "path": "/health", "port": "mcp" } },
+            "livenessProbe": { "tcpSocket": { "port": 8000 } },
+        }]},
+    })
+}
+
+fn with(mut pod: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let target = pod.pointer_mut(parent).unwrap();
+    target[key] = value;
+    pod
+}
+
+fn annotated(pod: Value, annotations: Value) -> Value {
+    with(pod, "/metadata/annotations", annotations)
+}
+
+fn opted_in() -> Value {
+    annotated(mk_pod(), json!({ "tollgate.dev/inject": "true" }))
+}
+
+fn no_labels() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+fn enabled_namespace() -> BTreeMap<String, String> {
+    BTreeMap::from([("tollgate.dev/injection".into(), "enabled".into())])
+}
+
+fn run(pod: &Value, ns: &BTreeMap<String, String>) -> Injection {
+    let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+    inject_sidecar(&pod, ns, &config()).expect("no bad annotation")
+}
+
+/// Injects and returns the patched pod.
+fn injected(pod: &Value, ns: &BTreeMap<String, String>) -> Pod {
+    let Injection::Patch(patch) = run(pod, ns) else {
+        panic!("expected a patch, got {:?}", run(pod, ns))
+    };
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch).expect("the patch applies to the pod it was made for");
+    serde_json::from_value(doc).unwrap()
+}
+
+fn sidecar(pod: &Pod) -> &Container {
+    let init = pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
+    assert_eq!(init[0].name, "tollgate-proxy", "the sidecar starts first");
+    &init[0]
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)?
+        .value
+        .as_deref()
+}
+
+#[test]
+fn opt_in_and_opt_out_follow_the_pod_annotation_then_the_namespace_label() {
+    let cases = [
+        ("annotated true", opted_in(), no_labels(), true),
+        ("namespace enabled", mk_pod(), enabled_namespace(), true),
+        (
+            "annotated false in an enabled namespace",
+            annotated(mk_pod(), json!({"tollgate.dev/inject": "false"})),
+            enabled_namespace(),
+            false,
+        ),
+        ("neither", mk_pod(), no_labels(), false),
+        (
+            "namespace label other than enabled",
+            mk_pod(),
+            BTreeMap::from([("tollgate.dev/injection".into(), "disabled".into())]),
+            false,
+        ),
+    ];
+    for (what, pod, ns, inject) in cases {
+        match run(&pod, &ns) {
+            Injection::Patch(_) => assert!(inject, "{what}: injected but should not be"),
+            Injection::Skip { warn, reason } => {
+                assert!(!inject, "{what}: skipped ({reason}) but should be injected");
+                assert!(!warn, "{what}: a pod that did not ask gets no warning");
+            }
+            Injection::Unchanged => panic!("{what}: unexpected Unchanged"),
+        }
+    }
+}
+
+#[test]
+fn the_sidecar_is_a_native_sidecar_that_gates_the_app_on_its_readiness() {
+    let pod = injected(&opted_in(), &no_labels());
+    let c = sidecar(&pod);
+    assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        c.image.as_deref(),
+        Some("ghcr.io/tollgate-dev/tollgate:test")
+    );
+    let startup = c.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(startup.path.as_deref(), Some("/readyz"));
+    assert_eq!(env(c, "TOLLGATE_UPSTREAM"), Some("http://127.0.0.1:8000"));
+    assert_eq!(
+        env(c, "TOLLGATE_CONTROL_PLANE"),
+        Some("https://tollgate-operator.tollgate-system.svc:8443")
+    );
+    assert!(
+        env(c, "TOLLGATE_CONTROL_PLANE_CA")
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE")
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+}
+
+#[test]
+fn the_mcp_port_name_moves_to_the_sidecar_and_the_apps_probes_follow_it() {
+    let pod = injected(&opted_in(), &no_labels());
+    let app = &pod.spec.as_ref().unwrap().containers[0];
+    let app_ports: Vec<_> = app
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        app_ports,
+        [
+            ("tollgate-app".to_string(), 8000),
+            ("metrics".to_string(), 9000)
+        ]
+    );
+    let side_ports: Vec<_> = sidecar(&pod)
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        side_ports[0],
+        ("mcp".to_string(), 15080),
+        "a Service targeting port name mcp now reaches the sidecar"
+    );
+    let readiness = app
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&readiness.port).unwrap(),
+        json!("tollgate-app"),
+        "the named probe follows the renamed port"
+    );
+    let liveness = app
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .tcp_socket
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&liveness.port).unwrap(),
+        json!(8000),
+        "numbered probes still reach the app directly"
+    );
+}
+
+#[test]
+fn the_projected_token_reaches_the_sidecar_only() {
+    let pod = injected(&opted_in(), &no_labels());
+    let spec = pod.spec.as_ref().unwrap();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "tollgate-token")
+        .expect("token volume");
+    let token = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("tollgate"));
+    let mounts = |c: &Container| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "tollgate-token")
+    };
+    assert!(mounts(sidecar(&pod)));
+    assert!(
+        !spec.containers.iter().any(mounts),
+        "app containers must not get the sidecar's token"
+    );
+}
+
+#[test]
+fn injection_is_recorded_and_a_reinvoked_webhook_changes_nothing() {
+    let pod = injected(&opted_in(), &no_labels());
+    let meta = &pod.metadata;
+    assert_eq!(
+        meta.labels.as_ref().unwrap()["tollgate.dev/injected"],
+        "true"
+    );
+    let status: Value =
+        serde_json::from_str(&meta.annotations.as_ref().unwrap()["tollgate.dev/status"]).unwrap();
+    assert_eq!(status["upstreamPort"], 8000);
+    assert_eq!(status["proxyPort"], 15080);
+    let again = run(&serde_json::to_value(&pod).unwrap(), &no_labels());
+    assert_eq!(again, Injection::Unchanged);
+}
+
+#[test]
+fn host_network_pods_and_pods_without_an_mcp_port_are_skipped_with_a_warning() {
+    let host = with(opted_in(), "/spec/hostNetwork", json!(true));
+    let Injection::Skip { reason, warn } = run(&host, &no_labels()) else {
+        panic!()
+    };
+    assert!(warn && reason.contains("hostNetwork"), "{reason}");
+    let unnamed = with(
+        opted_in(),
+        "/spec/containers/0/ports",
+        json!([{ "containerPort": 8000 }]),
+    );
+    let Injection::Skip { reason, warn } = run(&unnamed, &no_labels()) else {
+        panic!()
+    };
+    assert!(warn && reason.contains("tollgate.dev/port"), "{reason}");
+}
+
+#[test]
+fn the_port_annotation_picks_the_upstream_by_number_or_by_name() {
+    let by_number = annotated(
+        mk_pod(),
+        json!({"tollgate.dev/inject": "true", "tollgate.dev/port": "9000"}),
+    );
+    let pod = injected(&by_number, &no_labels());
+    assert_eq!(
+        env(sidecar(&pod), "TOLLGATE_UPSTREAM"),
+        Some("http://127.0.0.1:9000")
+    );
+    assert_eq!(
+        sidecar(&pod).ports.as_ref().unwrap()[0].name.as_deref(),
+        Some("metrics"),
+        "the named port 9000 is handed over"
+    );
+    let undeclared = annotated(
+        mk_pod(),
+        json!({"tollgate.dev/inject": "true", "tollgate.dev/port": "7777"}),
+    );
+    let pod = injected(&undeclared, &no_labels());
+    assert_eq!(
+        env(sidecar(&pod), "TOLLGATE_UPSTREAM"),
+        Some("http://127.0.0.1:7777")
+    );
+    assert_eq!(
+        sidecar(&pod).ports.as_ref().unwrap()[0].name.as_deref(),
+        Some("tollgate-proxy")
+    );
+    let by_name = annotated(
+        mk_pod(),
+        json!({"tollgate.dev/inject": "true", "tollgate.dev/port": "metrics"}),
+    );
+    let pod = injected(&by_name, &no_labels());
+    assert_eq!(
+        env(sidecar(&pod), "TOLLGATE_UPSTREAM"),
+        Some("http://127.0.0.1:9000")
+    );
+}
+
+#[test]
+fn per_pod_annotations_override_image_log_level_and_resources() {
+    let pod = annotated(
+        mk_pod(),
+        json!({
+            "tollgate.dev/inject": "true",
+            "tollgate.dev/proxy-image": "registry.local/tollgate:dev",
+            "tollgate.dev/log-level": "debug",
+            "tollgate.dev/proxy-memory-limit": "128Mi",
+            "tollgate.dev/proxy-cpu-request": "50m",
+        }),
+    );
+    let pod = injected(&pod, &no_labels());
+    let c = sidecar(&pod);
+    assert_eq!(c.image.as_deref(), Some("registry.local/tollgate:dev"));
+    assert_eq!(env(c, "TOLLGATE_LOG"), Some("debug"));
+    let r = c.resources.as_ref().unwrap();
+    assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "128Mi");
+    assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "50m");
+}
+
+#[test]
+fn bad_annotations_refuse_the_pod_naming_the_annotation() {
+    let cases = [
+        (json!({"tollgate.dev/inject": "yes"}), "tollgate.dev/inject"),
+        (
+            json!({"tollgate.dev/inject": "true", "tollgate.dev/port": "70000"}),
+            "tollgate.dev/port",
+        ),
+        (
+            json!({"tollgate.dev/inject": "true", "tollgate.dev/proxy-memory-limit": "lots"}),
+            "tollgate.dev/proxy-memory-limit",
+        ),
+        (
+            json!({"tollgate.dev/inject": "true", "tollgate.dev/default-action": "maybe"}),
+            "tollgate.dev/default-action",
+        ),
+    ];
+    for (annotations, named) in cases {
+        let pod: Pod = serde_json::from_value(annotated(mk_pod(), annotations.clone())).unwrap();
+        let err =
+            inject_sidecar(&pod, &no_labels(), &config()).expect_err(&annotations.to_string());
+        assert_eq!(err.annotation, named);
+    }
+}

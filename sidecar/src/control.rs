@@ -1,0 +1,184 @@
+//! The operator's policy stream, as the sidecar follows it.
+//!
+//! ```text
+//! read token file ─> TLS (trust: the operator's CA) ─> GET /v1/policy, Bearer token
+//!   line: PolicyUpdate ─> PolicyHandle::publish_update (compile, swap)
+//!   line: empty        ─> heartbeat
+//!   silence > 45 s, an error, or the end ─> reconnect with backoff (0.25 s .. 30 s)
+//! ```
+//!
+//! The last policy received stays in force across disconnects; until the first arrives the
+//! handle denies everything and /readyz says so.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::{Buf, BytesMut};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tollgate_api::PolicyUpdate;
+
+use crate::policy::PolicyHandle;
+
+/// A silent stream is presumed dead after this (the operator sends a heartbeat every 15 s).
+const SILENCE: Duration = Duration::from_secs(45);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where the policy comes from, and how the sidecar proves which pod it is.
+pub struct ControlPlane {
+    pub url: Uri,
+    /// The CA (PEM) that signed the operator's certificate.
+    pub ca_pem: String,
+    /// The pod's projected service-account token (re-read on every connect: kubelet rotates it).
+    pub token_file: PathBuf,
+}
+
+impl ControlPlane {
+    /// Follows the stream forever.
+    pub async fn follow(self, handle: PolicyHandle) {
+        let tls = match self.tls() {
+            Ok(t) => t,
+            Err(e) => {
+                let e = handle.refuse(format!("cannot reach the control plane: {e:#}"));
+                tracing::error!(error = %e, "policy stream not started");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self.once(&tls, &handle).await {
+                Ok(received) => {
+                    tracing::warn!(url = %self.url, "policy stream ended; reconnecting");
+                    if received {
+                        backoff = Duration::from_millis(250);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(url = %self.url, error = %format!("{e:#}"), retry_in = ?backoff, "policy stream failed");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn tls(&self) -> anyhow::Result<TlsConnector> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots
+                .add(cert.context("the control-plane CA is not PEM")?)
+                .context("the control-plane CA is not a usable certificate")?;
+        }
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "the control-plane CA holds no certificate"
+        );
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// One connection; returns whether any policy arrived on it.
+    async fn once(&self, tls: &TlsConnector, handle: &PolicyHandle) -> anyhow::Result<bool> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("cannot read the token {}", self.token_file.display()))?;
+        let host = self
+            .url
+            .host()
+            .context("the control-plane URL has no host")?;
+        let port = self.url.port_u16().unwrap_or(443);
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port)))
+            .await
+            .context("connecting timed out")?
+            .with_context(|| format!("cannot connect to {host}:{port}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+            .context("the control-plane host is not a valid server name")?;
+        let stream = tls.connect(name, tcp).await.context("TLS handshake")?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let path = match self.url.path() {
+            "" | "/" => "/v1/policy",
+            p => p,
+        };
+        let req = Request::get(path)
+            .header(http::header::HOST, host)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
+            .body(Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if status != StatusCode::OK {
+            let text = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            anyhow::bail!(
+                "the control plane answered {status}: {}",
+                String::from_utf8_lossy(&text).trim()
+            );
+        }
+        let mut buf = BytesMut::new();
+        let mut received = false;
+        loop {
+            let frame = match tokio::time::timeout(SILENCE, body.frame()).await {
+                Err(_) => anyhow::bail!("no word from the control plane for {SILENCE:?}"),
+                Ok(None) => return Ok(received),
+                Ok(Some(f)) => f?,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line = buf.split_to(end + 1);
+                let line = &line[..end];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match serde_json::from_slice::<PolicyUpdate>(line) {
+                    Ok(update) => {
+                        let revision = update.policy.revision;
+                        match handle.publish_update(&update) {
+                            Ok(()) => {
+                                received = true;
+                                tracing::info!(
+                                    revision,
+                                    policies = update.policy.policies.len(),
+                                    "policy received"
+                                );
+                            }
+                            Err(e) => {
+                                tracing::error!(revision, error = %e, "policy from the control plane refused")
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let e = handle
+                            .refuse(format!("the control plane sent an unreadable policy: {e}"));
+                        tracing::error!(error = %e, "policy refused");
+                    }
+                }
+            }
+            if buf.remaining() > 64 * 1024 * 1024 {
+                anyhow::bail!("the control plane sent a line over 64 MiB");
+            }
+        }
+    }
+}
