@@ -139,6 +139,19 @@ fn pod_name(pod: &Pod) -> &str {
 }
 
 /// The review the API server reads back.
+///
+/// kube-core serialises `response.patch` as an array of numbers (kube-rs/kube#1781); the API
+/// server reads Go's `[]byte`, which JSON carries as base64, and would fail the call. So the
+/// patch is re-encoded here.
 pub fn respond(resp: AdmissionResponse) -> Vec<u8> {
-    serde_json::to_vec(&resp.into_review()).expect("an AdmissionReview serialises")
+    use base64::Engine;
+    let patch = resp.patch.clone();
+    let mut review =
+        serde_json::to_value(resp.into_review()).expect("an AdmissionReview serialises");
+    if let Some(patch) = patch {
+        review["response"]["patch"] = base64::engine::general_purpose::STANDARD
+            .encode(patch)
+            .into();
+    }
+    serde_json::to_vec(&review).expect("an AdmissionReview serialises")
 }

@@ -114,6 +114,9 @@ struct Args {
     /// The Lease that elects the replica running the controllers.
     #[arg(long, env = "TOLLGATE_LEASE", default_value = "tollgate-operator")]
     lease_name: String,
+    /// How long the leader's lease lasts without renewal (a follower takes over after it).
+    #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
     /// Log level.
     #[arg(long, env = "TOLLGATE_LOG", default_value = "info")]
     log: String,
@@ -189,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.namespace.clone(),
         args.lease_name.clone(),
         args.pod_name.clone(),
+        args.lease_duration,
         leading_tx,
     ));
     {

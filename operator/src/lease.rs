@@ -1,10 +1,10 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does.
 //!
 //! ```text
-//! every 2 s:  Lease absent                     ─ create (holder = me)    ─> leader
+//! every 1/5 of the lease:  Lease absent                     ─ create (holder = me)    ─> leader
 //!             held by me                       ─ renew renewTime         ─> leader
 //!             held by another, not expired     ─                         ─> follower
-//!             held by another, expired (15 s)  ─ take over (transitions+1) ─> leader
+//!             held by another, expired  ─ take over (transitions+1) ─> leader
 //! every write carries the resourceVersion read, so two candidates never both win
 //! ```
 
@@ -17,10 +17,8 @@ use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::watch;
 
-/// How long a lease lasts without renewal.
-pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-/// How often the holder renews and candidates retry.
-pub const RETRY: Duration = Duration::from_secs(2);
+/// How often the holder renews and candidates retry, as a fraction of the lease's duration.
+const RETRY_FRACTION: u32 = 5;
 
 /// What a candidate should do with a lease it read.
 #[derive(Debug, PartialEq)]
@@ -63,11 +61,12 @@ pub async fn elect(
     namespace: String,
     name: String,
     me: String,
+    duration: Duration,
     leading: watch::Sender<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     loop {
-        let won = match try_once(&api, &name, &me).await {
+        let won = match try_once(&api, &name, &me, duration).await {
             Ok(won) => won,
             Err(e) => {
                 tracing::warn!(lease = %name, error = %e, "leader election step failed");
@@ -82,11 +81,16 @@ pub async fn elect(
             *l = won;
             changed
         });
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(duration / RETRY_FRACTION).await;
     }
 }
 
-async fn try_once(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::Error> {
+async fn try_once(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    duration: Duration,
+) -> Result<bool, kube::Error> {
     let lease = api.get_opt(name).await?;
     let now = Timestamp::now();
     let time = json!(now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
@@ -101,7 +105,7 @@ async fn try_once(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::
                 "metadata": { "name": name },
                 "spec": {
                     "holderIdentity": me,
-                    "leaseDurationSeconds": LEASE_DURATION.as_secs(),
+                    "leaseDurationSeconds": duration.as_secs().max(1),
                     "acquireTime": time, "renewTime": time, "leaseTransitions": 0,
                 },
             }))
@@ -111,7 +115,7 @@ async fn try_once(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::
         Step::Renew => {
             let patch = json!({
                 "metadata": { "resourceVersion": rv },
-                "spec": { "renewTime": time, "leaseDurationSeconds": LEASE_DURATION.as_secs() },
+                "spec": { "renewTime": time, "leaseDurationSeconds": duration.as_secs().max(1) },
             });
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -127,7 +131,7 @@ async fn try_once(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::
                 "metadata": { "resourceVersion": rv },
                 "spec": {
                     "holderIdentity": me,
-                    "leaseDurationSeconds": LEASE_DURATION.as_secs(),
+                    "leaseDurationSeconds": duration.as_secs().max(1),
                     "acquireTime": time, "renewTime": time,
                     "leaseTransitions": transitions + 1,
                 },

@@ -213,3 +213,56 @@ async fn feed(index: Arc<Index>, who: PodIdentity, mut pod: Arc<PodMeta>, tx: mp
     }
     tracing::info!(namespace = %who.namespace, pod = %who.name, "sidecar disconnected");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reviewed(status: serde_json::Value) -> TokenReview {
+        serde_json::from_value(serde_json::json!({ "spec": {}, "status": status })).unwrap()
+    }
+
+    #[test]
+    fn a_pod_bound_token_names_its_pod() {
+        let r = reviewed(serde_json::json!({
+            "authenticated": true, "audiences": ["tollgate"],
+            "user": { "username": "system:serviceaccount:shop:github-mcp", "extra": {
+                "authentication.kubernetes.io/pod-name": ["github-mcp-0"],
+                "authentication.kubernetes.io/pod-uid": ["u-1"] } },
+        }));
+        assert_eq!(
+            pod_of(&r),
+            Ok(PodIdentity {
+                namespace: "shop".into(),
+                name: "github-mcp-0".into(),
+                uid: Some("u-1".into())
+            })
+        );
+    }
+
+    #[test]
+    fn tokens_that_are_not_a_pods_are_refused_with_the_reason() {
+        let cases = [
+            (
+                serde_json::json!({ "authenticated": false, "error": "expired" }),
+                "expired",
+            ),
+            (
+                serde_json::json!({ "authenticated": true, "audiences": ["api"], "user": { "username": "system:serviceaccount:a:b" } }),
+                "audience",
+            ),
+            (
+                serde_json::json!({ "authenticated": true, "user": { "username": "alice" } }),
+                "not a service account",
+            ),
+            (
+                serde_json::json!({ "authenticated": true, "user": { "username": "system:serviceaccount:a:b" } }),
+                "projected",
+            ),
+        ];
+        for (status, why) in cases {
+            let err = pod_of(&reviewed(status.clone())).expect_err(&status.to_string());
+            assert!(err.contains(why), "{err}");
+        }
+    }
+}
