@@ -117,6 +117,9 @@ struct Args {
     /// How long the leader's lease lasts without renewal (a follower takes over after it).
     #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
+    /// Namespaces the operator labels tollgate.dev/injection=enabled (comma-separated).
+    #[arg(long, env = "TOLLGATE_INJECT_NAMESPACES", value_delimiter = ',')]
+    inject_namespaces: Vec<String>,
     /// Log level.
     #[arg(long, env = "TOLLGATE_LOG", default_value = "info")]
     log: String,
@@ -202,17 +205,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             controller: "tollgate-operator".into(),
             instance: Some(args.pod_name.clone()),
         };
+        let label: Vec<String> = args
+            .inject_namespaces
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
         tokio::spawn(async move {
             let mut controllers: Option<tokio::task::JoinHandle<()>> = None;
             loop {
                 let lead = *leading.borrow_and_update();
                 match (lead, controllers.is_some()) {
                     (true, false) => {
-                        controllers = Some(tokio::spawn(crate::controller::run(
-                            client.clone(),
-                            index.clone(),
-                            reporter.clone(),
-                        )))
+                        let client = client.clone();
+                        let index = index.clone();
+                        let reporter = reporter.clone();
+                        let label = label.clone();
+                        controllers = Some(tokio::spawn(async move {
+                            tokio::join!(
+                                crate::controller::run(client.clone(), index.clone(), reporter),
+                                crate::controller::label_namespaces(client, index, label),
+                            );
+                        }))
                     }
                     (false, true) => {
                         if let Some(c) = controllers.take() {

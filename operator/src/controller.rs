@@ -108,6 +108,46 @@ struct Context {
     recorder: Recorder,
 }
 
+/// Labels the named namespaces for injection (the Helm chart's `injection.namespaces`), and
+/// keeps them labelled: a namespace created later, or whose label was removed, is relabelled.
+pub async fn label_namespaces(client: Client, index: Arc<Index>, names: Vec<String>) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let mut changed = index.subscribe();
+    loop {
+        for name in &names {
+            let labels = match index
+                .namespaces
+                .get(&kube::runtime::reflector::ObjectRef::new(name))
+            {
+                Some(ns) => ns.labels().clone(),
+                None => continue,
+            };
+            if labels
+                .get(crate::inject::NAMESPACE_LABEL)
+                .map(String::as_str)
+                == Some("enabled")
+            {
+                continue;
+            }
+            let patch = serde_json::json!({
+                "metadata": { "labels": { crate::inject::NAMESPACE_LABEL: "enabled" } }
+            });
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::info!(namespace = %name, "labelled for injection"),
+                Err(e) => {
+                    tracing::warn!(namespace = %name, error = %e, "cannot label the namespace for injection")
+                }
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs both controllers until the task is aborted (leadership lost) or the process ends.
 pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
     let ctx = Arc::new(Context {

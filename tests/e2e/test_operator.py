@@ -538,3 +538,12 @@ def test_e2e_one_replica_leads_and_another_takes_over_when_it_dies(kube, operato
     kube.namespace("after-failover")
     kube.create("mcppolicies", policy("after-failover", "p", {"tools": {}}))
     eventually(lambda: kube.get("mcppolicies", "after-failover", "p").get("status"), what="the new leader writes status")
+
+
+def test_e2e_the_operator_labels_the_namespaces_it_is_told_to_inject(kube, operator):
+    kube.namespace("team-a")
+    operator("operator-labeller", "--inject-namespaces", "team-a,team-b")
+    eventually(lambda: kube.get("namespaces", None, "team-a")["metadata"]["labels"].get("tollgate.dev/injection") == "enabled")
+    kube.namespace("team-b")
+    eventually(lambda: kube.get("namespaces", None, "team-b")["metadata"]["labels"].get("tollgate.dev/injection") == "enabled",
+               what="a namespace created later is labelled too")

@@ -1,0 +1,267 @@
+"""The Helm chart, with Helm's own engine (PyPI helm-python-sdk): lint, render for every documented
+switch, validate every object against Kubernetes' schemas (oldest and newest supported), and
+assert on the parsed objects what the values asked for."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import ROOT
+
+CHART = ROOT / "charts" / "tollgate"
+NAMESPACE = "tollgate-system"
+OLDEST, NEWEST = "1.29.0", kubernetes_validate.latest_version()
+
+# Every switch the README and values.yaml document, each rendered and validated on its own.
+SWITCHES = {
+    "defaults": {},
+    "allow by default": {"defaultAction": "allow"},
+    "audit mode": {"mode": "audit"},
+    "no CRDs": {"crds": {"install": False}},
+    "CRDs not kept": {"crds": {"keep": False}},
+    "one replica": {"operator": {"replicas": 1}},
+    "injected namespaces": {"injection": {"namespaces": ["agents", "payments"]}},
+    "webhooks fail open": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}},
+    "cert-manager": {"certManager": {"enabled": True}},
+    "cert-manager with an issuer": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
+}
+
+
+def render(values: dict | None = None) -> list[dict]:
+    out = helm.Chart.load(CHART).render(values or {}, name="tollgate", namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(o for o in yaml.safe_load_all(text) if o)
+    return objects
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def crd_schema(kind: str) -> dict:
+    file = {"McpPolicy": "mcppolicies.yaml", "McpClusterPolicy": "mcpclusterpolicies.yaml"}[kind]
+    crd = yaml.safe_load((ROOT / "crds" / file).read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_chart_lints_clean_for_the_oldest_and_newest_kubernetes():
+    for version in (OLDEST, NEWEST):
+        report = helm.lint(CHART, strict=True, namespace=NAMESPACE, kube_version=f"v{version}")
+        assert report["errors"] == [] and report["messages"] == [], report
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+def test_chart_renders_objects_kubernetes_accepts_strictly(switch, version):
+    objects = render(SWITCHES[switch])
+    assert objects
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"].startswith("tollgate.dev/"):
+            jsonschema.validate(obj["spec"], crd_schema(obj["kind"])["properties"]["spec"])
+        elif obj["apiVersion"].startswith("cert-manager.io/"):
+            # No schema for cert-manager's kinds ships offline: check the shape we rely on.
+            assert obj["kind"] in ("Issuer", "Certificate") and obj["spec"], where
+        else:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                raise AssertionError(f"{where} is invalid for Kubernetes {version}: {e.message} at {list(e.path)}") from None
+
+
+def test_chart_crds_are_the_generated_ones_byte_for_byte_and_kept_on_uninstall():
+    for name in ("mcppolicies.yaml", "mcpclusterpolicies.yaml"):
+        assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/tollgate/files/crds/{name} drifted from crds/{name}: copy it again")
+    rendered = {o["metadata"]["name"]: o for o in render() if o["kind"] == "CustomResourceDefinition"}
+    for name in ("mcppolicies.yaml", "mcpclusterpolicies.yaml"):
+        generated = yaml.safe_load((ROOT / "crds" / name).read_text())
+        crd = rendered[generated["metadata"]["name"]]
+        assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert crd == generated, "the chart renders the generated CRD unchanged"
+    assert not [o for o in render({"crds": {"install": False}}) if o["kind"] == "CustomResourceDefinition"]
+    kept = [o for o in render({"crds": {"keep": False}}) if o["kind"] == "CustomResourceDefinition"]
+    assert kept and all("annotations" not in o["metadata"] for o in kept)
+
+
+def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods():
+    objects = render()
+    mutating = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    validating = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    for hook in mutating + validating:
+        assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None" and hook["timeoutSeconds"] == 5
+        assert hook["admissionReviewVersions"] == ["v1"]
+        [excluded] = hook["namespaceSelector"]["matchExpressions"]
+        assert excluded["key"] == "kubernetes.io/metadata.name" and excluded["operator"] == "NotIn"
+        assert set(excluded["values"]) == {"kube-system", "kube-node-lease", "kube-public", NAMESPACE}
+        assert hook["objectSelector"]["matchExpressions"] == [{"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["tollgate"]}]
+        assert hook["clientConfig"]["service"]["namespace"] == NAMESPACE
+    assert mutating[0]["clientConfig"]["service"]["path"] == "/mutate"
+    assert mutating[0]["reinvocationPolicy"] == "IfNeeded"
+    assert mutating[0]["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}]
+    assert validating[0]["clientConfig"]["service"]["path"] == "/validate"
+    assert set(validating[0]["rules"][0]["resources"]) == {"mcppolicies", "mcpclusterpolicies"}
+    deployment = one(objects, "Deployment")
+    operator_pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert operator_pod_labels["app.kubernetes.io/part-of"] == "tollgate", "the operator's own pods are skipped"
+    loose = render({"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}})
+    assert {h["failurePolicy"] for h in one(loose, "MutatingWebhookConfiguration")["webhooks"]} == {"Ignore"}
+
+
+# What the operator does, verb by verb; anything else in the chart's RBAC is a defect.
+NEEDED = {
+    ("tollgate.dev", "mcppolicies"): {"get", "list", "watch"},
+    ("tollgate.dev", "mcpclusterpolicies"): {"get", "list", "watch"},
+    ("tollgate.dev", "mcppolicies/status"): {"patch"},
+    ("tollgate.dev", "mcpclusterpolicies/status"): {"patch"},
+    ("", "pods"): {"list", "watch"},
+    ("", "namespaces"): {"list", "watch", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "patch"},
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {"get", "patch"},
+    ("coordination.k8s.io", "leases"): {"create", "get", "patch"},
+    ("", "secrets"): {"create", "get", "patch"},
+}
+
+
+def grants(role: dict) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule.get("resources", []), rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def test_chart_rbac_grants_only_what_the_operator_uses_and_secrets_only_in_its_namespace():
+    objects = render({"injection": {"namespaces": ["agents"]}})
+    cluster = grants(one(objects, "ClusterRole"))
+    local_role = one(objects, "Role")
+    local = grants(local_role)
+    assert local_role["metadata"]["namespace"] == NAMESPACE
+    for key, verbs in {**cluster, **local}.items():
+        assert key in NEEDED and verbs <= NEEDED[key], f"{key}: {verbs} is more than the operator uses"
+    assert ("", "secrets") not in cluster and ("coordination.k8s.io", "leases") not in cluster
+    assert local[("", "secrets")] == {"create", "get", "patch"}
+    namespace_patch = [r for r in one(objects, "ClusterRole")["rules"] if "patch" in r["verbs"] and r["resources"] == ["namespaces"]]
+    assert namespace_patch and namespace_patch[0]["resourceNames"] == ["agents"], "only the namespaces it was asked to label"
+    without = grants(one(render(), "ClusterRole"))
+    assert "patch" not in without[("", "namespaces")]
+    binding = one(objects, "ClusterRoleBinding", "tollgate-operator-issuer-discovery")
+    assert binding["roleRef"]["name"] == "system:service-account-issuer-discovery"
+    cm_local = grants(one(render({"certManager": {"enabled": True}}), "Role"))
+    assert ("", "secrets") not in cm_local, "with cert-manager the operator reads no Secret"
+
+
+@pytest.mark.parametrize("action,mode", [("deny", "enforce"), ("allow", "enforce"), ("deny", "audit")])
+def test_chart_posture_becomes_the_baseline_policy_and_the_operators_default(action, mode):
+    objects = render({"defaultAction": action, "mode": mode})
+    baseline = one(objects, "McpClusterPolicy", "tollgate-baseline")
+    assert baseline["spec"] == {"default": action, "mode": mode, "tools": {}}
+    assert "post-install" in baseline["metadata"]["annotations"]["helm.sh/hook"]
+    assert baseline["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tollgate", "not held back by its own webhook"
+    env = {e["name"]: e.get("value") for e in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TOLLGATE_DEFAULT_ACTION"] == action
+
+
+def test_chart_injection_namespaces_are_labelled_by_the_operator():
+    env = {e["name"]: e.get("value") for e in one(render({"injection": {"namespaces": ["agents", "payments"]}}), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TOLLGATE_INJECT_NAMESPACES"] == "agents,payments"
+
+
+def test_chart_cert_manager_switch_uses_its_certificate_and_ca_injection():
+    objects = render({"certManager": {"enabled": True}})
+    serving = one(objects, "Certificate", "tollgate-operator")
+    assert set(serving["spec"]["dnsNames"]) == {f"tollgate-operator.{NAMESPACE}.svc", f"tollgate-operator.{NAMESPACE}.svc.cluster.local"}
+    assert serving["spec"]["issuerRef"] == {"name": "tollgate-operator-ca", "kind": "Issuer"}
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert one(objects, kind)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/tollgate-operator"
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["TOLLGATE_TLS_DIR"] == "/tls" and "TOLLGATE_TLS_SECRET" not in env
+    assert pod["volumes"][0]["secret"]["secretName"] == serving["spec"]["secretName"]
+    own = render({"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}})
+    assert [o["kind"] for o in own if o["apiVersion"].startswith("cert-manager")] == ["Certificate"]
+    assert one(own, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
+    assert not [o for o in render() if o["apiVersion"].startswith("cert-manager")]
+
+
+def test_chart_operator_runs_hardened_with_a_budget_when_replicated():
+    objects = render()
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert not [o for o in render({"operator": {"replicas": 1}}) if o["kind"] == "PodDisruptionBudget"]
+
+
+def test_chart_images_follow_the_app_version_which_is_the_workspace_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    workspace = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    assert chart["appVersion"] == workspace
+    deployment = one(render(), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/tollgate-dev/tollgate-operator:{workspace}"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOLLGATE_SIDECAR_IMAGE"] == f"ghcr.io/tollgate-dev/tollgate:{workspace}"
+    pinned = one(render({"operator": {"image": {"tag": "dev"}}, "sidecar": {"image": {"tag": "dev"}}}), "Deployment")
+    assert pinned["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":dev")
+
+
+def test_chart_sets_only_settings_the_operator_knows(operator_help):
+    container = one(render({"certManager": {"enabled": True}}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container2 = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"] for e in container["env"] + container2["env"]} - {"POD_NAME", "POD_NAMESPACE"}
+    known = set(re.findall(r"env: (\w+)", operator_help)) | set(re.findall(r"\[env: (\w+)", operator_help))
+    assert names <= known, f"the chart sets settings the operator does not read: {names - known}"
+
+
+@pytest.fixture(scope="module")
+def operator_help() -> str:
+    subprocess.run(["cargo", "build", "-q", "-p", "tollgate-operator"], cwd=ROOT, check=True)
+    return subprocess.run([str(ROOT / "target" / "debug" / "tollgate-operator"), "--help"], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("values,complaint", [
+    ({"defaultAction": "maybe"}, "defaultAction"),
+    ({"mode": "dry-run"}, "mode"),
+    ({"operator": {"replica": 3}}, "replica"),
+    ({"webhook": {"failurePolicy": "fail"}}, "failurePolicy"),
+    ({"injection": {"namespaces": ["Not_A_Namespace"]}}, "namespaces"),
+    ({"certManager": {"enabled": "yes"}}, "enabled"),
+])
+def test_chart_schema_rejects_unknown_keys_and_bad_values_naming_them(values, complaint):
+    with pytest.raises(helm.HelmError) as err:
+        render(values)
+    assert complaint in str(err.value), str(err.value)
+
+
+def test_chart_images_are_built_by_dockerfiles_that_run_the_binaries_nonroot():
+    for dockerfile, package, binary in [("sidecar/Dockerfile", "tollgate-sidecar", "tollgate"), ("operator/Dockerfile", "tollgate-operator", "tollgate-operator")]:
+        text = (ROOT / dockerfile).read_text()
+        assert f"cargo build --release --locked -p {package} --bin {binary}" in text
+        assert f'ENTRYPOINT ["/usr/local/bin/{binary}"]' in text
+        assert "distroless" in text and "USER 65532:65532" in text
+        crate = tomllib.loads((ROOT / dockerfile.split("/")[0] / "Cargo.toml").read_text())
+        assert {b["name"] for b in crate["bin"]} == {binary}
