@@ -547,3 +547,35 @@ def test_e2e_the_operator_labels_the_namespaces_it_is_told_to_inject(kube, opera
     kube.namespace("team-b")
     eventually(lambda: kube.get("namespaces", None, "team-b")["metadata"]["labels"].get("tollgate.dev/injection") == "enabled",
                what="a namespace created later is labelled too")
+
+
+def test_e2e_with_cert_manager_the_operator_serves_the_mounted_certificate_and_follows_renewals(kube, operator, tmp_path):
+    # cert-manager's Secret, as mounted: tls.crt, tls.key, ca.crt. Two certificates from two
+    # CAs stand in for an issuance and a renewal (made by an operator-managed run).
+    issuer = operator("issuer", "--tls-secret", "issued-1")
+    first = eventually(lambda: kube.get("secrets", OPERATOR_NS, "issued-1"))["data"]
+    issuer.stop()
+    issuer = operator("issuer-2", "--tls-secret", "issued-2")
+    second = eventually(lambda: kube.get("secrets", OPERATOR_NS, "issued-2"))["data"]
+    issuer.stop()
+    mounted = tmp_path / "tls"
+    mounted.mkdir()
+
+    def mount(data):
+        for name in ("tls.crt", "tls.key", "ca.crt"):
+            (mounted / name).write_bytes(base64.b64decode(data[name]))
+
+    mount(first)
+    op = operator("operator-cm", "--tls-dir", str(mounted), "--cert-check", "300ms")
+
+    def served_by(data) -> bool:
+        ca = base64.b64decode(data["ca.crt"]).decode()
+        try:
+            with httpx.Client(base_url=op.url, verify=ssl.create_default_context(cadata=ca)) as c:
+                return c.post("/validate", content=b"x").status_code == 400
+        except httpx.ConnectError:
+            return False
+
+    assert served_by(first) and not served_by(second)
+    mount(second)
+    eventually(lambda: served_by(second), what="the renewed certificate is served")
