@@ -120,6 +120,10 @@ struct ProxyArgs {
     /// The pod name, for audit lines.
     #[arg(long, env = "POD_NAME")]
     pod: Option<String>,
+    /// Threads that serve requests: 0 for one per core. 1 runs everything on one thread, with no
+    /// hand-offs between threads (what a sidecar beside a single server usually wants).
+    #[arg(long, env = "TOLLGATE_WORKERS", default_value_t = 0)]
+    workers: usize,
     /// Log level for diagnostics on stderr (audit lines always go to stdout).
     #[arg(long, env = "TOLLGATE_LOG", default_value = "info")]
     log: String,
@@ -177,10 +181,16 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Proxy(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("starting the runtime");
+            let mut builder = match args.workers {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                0 => tokio::runtime::Builder::new_multi_thread(),
+                n => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n);
+                    b
+                }
+            };
+            let runtime = builder.enable_all().build().expect("starting the runtime");
             match runtime.block_on(proxy(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

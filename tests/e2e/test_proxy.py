@@ -277,3 +277,13 @@ def test_e2e_sigterm_drains_in_flight_calls(sample_server, proxy):
     assert px.proc.proc.wait(10) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{px.url}/mcp", headers=h, json=rpc(1, "ping"))
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_e2e_the_proxy_decides_the_same_on_one_thread_or_several(sample_server, proxy, workers):
+    srv = sample_server("--json")
+    px = proxy(srv.url, SAMPLE_POLICY, "--workers", workers)
+    h = open_session(f"{px.url}/mcp")
+    answers = [messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(i, tool, {"path": "x", "name": "prod"})))[0]
+               for i, tool in enumerate(["read_file", "delete_repository"])]
+    assert "result" in answers[0] and answers[1]["error"]["data"]["rule"] == "never"
