@@ -393,6 +393,31 @@ fn bundle_from_secret(secret: &Secret) -> Option<Bundle> {
     })
 }
 
+/// A webhook configuration whose webhooks each carry a `caBundle`.
+trait WebhookConfig:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    fn ca_bundles(&mut self) -> Vec<&mut Option<ByteString>>;
+}
+
+impl WebhookConfig for MutatingWebhookConfiguration {
+    fn ca_bundles(&mut self) -> Vec<&mut Option<ByteString>> {
+        let hooks = self.webhooks.iter_mut().flatten();
+        hooks.map(|w| &mut w.client_config.ca_bundle).collect()
+    }
+}
+
+impl WebhookConfig for ValidatingWebhookConfiguration {
+    fn ca_bundles(&mut self) -> Vec<&mut Option<ByteString>> {
+        let hooks = self.webhooks.iter_mut().flatten();
+        hooks.map(|w| &mut w.client_config.ca_bundle).collect()
+    }
+}
+
 /// Writes the CA into every webhook of the named configurations, where it differs.
 async fn publish_ca_bundle(
     client: &Client,
@@ -402,37 +427,15 @@ async fn publish_ca_bundle(
 ) {
     let bundle = ByteString(ca_pem.as_bytes().to_vec());
     if let Some(name) = mutating {
-        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        set_ca_bundle(&api, name, &bundle, |c| {
-            c.webhooks
-                .iter_mut()
-                .flatten()
-                .map(|w| &mut w.client_config.ca_bundle)
-                .collect()
-        })
-        .await;
+        set_ca_bundle::<MutatingWebhookConfiguration>(client, name, &bundle).await;
     }
     if let Some(name) = validating {
-        let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        set_ca_bundle(&api, name, &bundle, |c| {
-            c.webhooks
-                .iter_mut()
-                .flatten()
-                .map(|w| &mut w.client_config.ca_bundle)
-                .collect()
-        })
-        .await;
+        set_ca_bundle::<ValidatingWebhookConfiguration>(client, name, &bundle).await;
     }
 }
 
-async fn set_ca_bundle<K>(
-    api: &Api<K>,
-    name: &str,
-    bundle: &ByteString,
-    bundles: impl Fn(&mut K) -> Vec<&mut Option<ByteString>>,
-) where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
+async fn set_ca_bundle<K: WebhookConfig>(client: &Client, name: &str, bundle: &ByteString) {
+    let api: Api<K> = Api::all(client.clone());
     let mut config = match api.get_opt(name).await {
         Ok(Some(c)) => c,
         Ok(None) => {
@@ -448,7 +451,7 @@ async fn set_ca_bundle<K>(
         }
     };
     let mut changed = false;
-    for slot in bundles(&mut config) {
+    for slot in config.ca_bundles() {
         if slot.as_ref() != Some(bundle) {
             *slot = Some(bundle.clone());
             changed = true;

@@ -261,42 +261,27 @@ fn host_network_pods_and_pods_without_an_mcp_port_are_skipped_with_a_warning() {
 
 #[test]
 fn the_port_annotation_picks_the_upstream_by_number_or_by_name() {
-    let by_number = annotated(
-        mk_pod(),
-        json!({"tollgate.dev/inject": "true", "tollgate.dev/port": "9000"}),
-    );
-    let pod = injected(&by_number, &no_labels());
-    assert_eq!(
-        env(sidecar(&pod), "TOLLGATE_UPSTREAM"),
-        Some("http://127.0.0.1:9000")
-    );
-    assert_eq!(
-        sidecar(&pod).ports.as_ref().unwrap()[0].name.as_deref(),
-        Some("metrics"),
-        "the named port 9000 is handed over"
-    );
-    let undeclared = annotated(
-        mk_pod(),
-        json!({"tollgate.dev/inject": "true", "tollgate.dev/port": "7777"}),
-    );
-    let pod = injected(&undeclared, &no_labels());
-    assert_eq!(
-        env(sidecar(&pod), "TOLLGATE_UPSTREAM"),
-        Some("http://127.0.0.1:7777")
-    );
-    assert_eq!(
-        sidecar(&pod).ports.as_ref().unwrap()[0].name.as_deref(),
-        Some("tollgate-proxy")
-    );
-    let by_name = annotated(
-        mk_pod(),
-        json!({"tollgate.dev/inject": "true", "tollgate.dev/port": "metrics"}),
-    );
-    let pod = injected(&by_name, &no_labels());
-    assert_eq!(
-        env(sidecar(&pod), "TOLLGATE_UPSTREAM"),
-        Some("http://127.0.0.1:9000")
-    );
+    // (annotation, upstream the sidecar forwards to, name of the sidecar's port)
+    let cases = [
+        ("9000", "http://127.0.0.1:9000", "metrics"),
+        ("7777", "http://127.0.0.1:7777", "tollgate-proxy"),
+        ("metrics", "http://127.0.0.1:9000", "metrics"),
+    ];
+    for (port, upstream, port_name) in cases {
+        let pod = annotated(
+            mk_pod(),
+            json!({"tollgate.dev/inject": "true", "tollgate.dev/port": port}),
+        );
+        let pod = injected(&pod, &no_labels());
+        let c = sidecar(&pod);
+        assert_eq!(env(c, "TOLLGATE_UPSTREAM"), Some(upstream), "port {port}");
+        let name = c.ports.as_ref().unwrap()[0].name.as_deref();
+        assert_eq!(
+            name,
+            Some(port_name),
+            "port {port}: the named port is handed over"
+        );
+    }
 }
 
 #[test]
