@@ -120,8 +120,8 @@ struct ProxyArgs {
     /// The pod name, for audit lines.
     #[arg(long, env = "POD_NAME")]
     pod: Option<String>,
-    /// Threads that serve requests: 0 for one per core. 1 runs everything on one thread, with no
-    /// hand-offs between threads (what a sidecar beside a single server usually wants).
+    /// Threads that serve requests, each with its own event loop: 0 for one per core (within the
+    /// cgroup's CPU quota).
     #[arg(long, env = "TOLLGATE_WORKERS", default_value_t = 0)]
     workers: usize,
     /// Log level for diagnostics on stderr (audit lines always go to stdout).
@@ -181,16 +181,14 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Proxy(args) => {
-            let mut builder = match args.workers {
-                1 => tokio::runtime::Builder::new_current_thread(),
-                0 => tokio::runtime::Builder::new_multi_thread(),
-                n => {
-                    let mut b = tokio::runtime::Builder::new_multi_thread();
-                    b.worker_threads(n);
-                    b
-                }
-            };
-            let runtime = builder.enable_all().build().expect("starting the runtime");
+            // Thread per core, as nginx's workers: each thread runs its own event loop with its
+            // own listener (SO_REUSEPORT) and upstream connections, so a call never waits for
+            // another thread to wake up. This thread is worker 0 and also runs the policy
+            // source and the admin port.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("starting the runtime");
             match runtime.block_on(proxy(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -393,11 +391,50 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             counters.sweep();
         }
     });
-    let listener = crate::server::bind(args.listen, "--listen").await?;
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let mut listeners = crate::server::bind_shared(args.listen, workers, "--listen")?.into_iter();
     let admin = crate::server::bind(args.metrics_listen, "--metrics-listen").await?;
-    tracing::info!(listen = %args.listen, upstream = %args.upstream, metrics = %args.metrics_listen, "tollgate proxy started");
+    tracing::info!(listen = %args.listen, upstream = %args.upstream, metrics = %args.metrics_listen, workers, "tollgate proxy started");
     tokio::spawn(crate::server::serve_admin(admin, handle, metrics));
-    let served = crate::server::serve(proxy, listener, args.drain).await;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    let first = listeners.next().expect("at least one listener");
+    for (i, listener) in listeners.enumerate() {
+        let proxy = Arc::new(proxy.worker());
+        let mut stopping = stopping.clone();
+        let drain = args.drain;
+        let thread = std::thread::Builder::new()
+            .name(format!("tollgate-worker-{}", i + 1))
+            .spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let stop = async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    };
+                    crate::server::serve(proxy, listener, drain, stop).await
+                })
+            })?;
+        threads.push(thread);
+    }
+    let listener = tokio::net::TcpListener::from_std(first)?;
+    let stop_all = async move {
+        crate::server::shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    let served = crate::server::serve(proxy, listener, args.drain, stop_all).await;
+    for thread in threads {
+        match thread.join() {
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "a worker failed"),
+            Err(_) => tracing::error!("a worker panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     audit.flush();
     served
 }

@@ -58,7 +58,7 @@ pub struct ProxyConfig {
 
 /// The proxy's shared state.
 pub struct Proxy {
-    cfg: ProxyConfig,
+    cfg: Arc<ProxyConfig>,
     upstream_authority: HeaderValue,
     client: Client<HttpConnector, ProxyBody>,
     pub policy: PolicyHandle,
@@ -132,6 +132,16 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     })
 }
 
+fn upstream_client() -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
 /// What becomes of one message of a request.
 enum Outcome {
     /// Sent on to the server.
@@ -167,23 +177,32 @@ impl Proxy {
             .authority()
             .ok_or_else(|| anyhow::anyhow!("--upstream {} has no host", cfg.upstream))?;
         let upstream_authority = HeaderValue::from_str(authority.as_str())?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Ok(Proxy {
-            cfg,
+            cfg: Arc::new(cfg),
             upstream_authority,
-            client,
+            client: upstream_client(),
             policy,
             counters: Arc::default(),
             audit,
             metrics,
             legacy: Arc::default(),
         })
+    }
+
+    /// The same proxy for another worker thread: everything shared (policy, counters, sessions,
+    /// audit) but the upstream connection pool, so a worker's upstream connections are driven
+    /// on its own thread and no request hops between threads.
+    pub fn worker(&self) -> Proxy {
+        Proxy {
+            cfg: self.cfg.clone(),
+            upstream_authority: self.upstream_authority.clone(),
+            client: upstream_client(),
+            policy: self.policy.clone(),
+            counters: self.counters.clone(),
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            legacy: self.legacy.clone(),
+        }
     }
 
     /// Serves one request.

@@ -20,15 +20,16 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 use crate::proxy::{Proxy, ProxyBody};
 
-/// Serves the proxy until a shutdown signal, then drains.
+/// Serves the proxy until `shutdown` resolves, then drains.
 pub async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     drain: Duration,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -65,7 +66,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -151,4 +153,26 @@ pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))
+}
+
+/// `n` listeners on one address (SO_REUSEPORT), one per worker thread: the kernel spreads new
+/// connections across them, as it does for nginx's workers.
+pub fn bind_shared(
+    addr: SocketAddr,
+    n: usize,
+    flag: &str,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let bind = || -> std::io::Result<std::net::TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)?.into_std()
+    };
+    (0..n)
+        .map(|_| bind().map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}")))
+        .collect()
 }
