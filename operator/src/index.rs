@@ -156,12 +156,17 @@ impl Index {
         &self,
         selects: impl Fn(&str, &BTreeMap<String, String>, &BTreeMap<String, String>) -> bool,
     ) -> u32 {
+        // Each namespace's labels are read once, not once per pod.
+        let mut namespace_labels = std::collections::HashMap::new();
         self.pods
             .state()
             .iter()
             .filter(|pod| {
                 let ns = pod.namespace().unwrap_or_default();
-                selects(&ns, &self.namespace_labels(&ns), pod.labels())
+                let labels = namespace_labels
+                    .entry(ns.clone())
+                    .or_insert_with(|| self.namespace_labels(&ns));
+                selects(&ns, labels, pod.labels())
             })
             .count() as u32
     }

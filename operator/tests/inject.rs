@@ -76,6 +76,14 @@ fn sidecar(pod: &Pod) -> &Container {
     &init[0]
 }
 
+/// A container's ports as (name, number).
+fn ports(c: &Container) -> Vec<(String, i32)> {
+    let ports = c.ports.iter().flatten();
+    ports
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect()
+}
+
 fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
     c.env
         .iter()
@@ -147,27 +155,15 @@ fn the_sidecar_is_a_native_sidecar_that_gates_the_app_on_its_readiness() {
 fn the_mcp_port_name_moves_to_the_sidecar_and_the_apps_probes_follow_it() {
     let pod = injected(&opted_in(), &no_labels());
     let app = &pod.spec.as_ref().unwrap().containers[0];
-    let app_ports: Vec<_> = app
-        .ports
-        .iter()
-        .flatten()
-        .map(|p| (p.name.clone().unwrap(), p.container_port))
-        .collect();
     assert_eq!(
-        app_ports,
+        ports(app),
         [
             ("tollgate-app".to_string(), 8000),
             ("metrics".to_string(), 9000)
         ]
     );
-    let side_ports: Vec<_> = sidecar(&pod)
-        .ports
-        .iter()
-        .flatten()
-        .map(|p| (p.name.clone().unwrap(), p.container_port))
-        .collect();
     assert_eq!(
-        side_ports[0],
+        ports(sidecar(&pod))[0],
         ("mcp".to_string(), 15080),
         "a Service targeting port name mcp now reaches the sidecar"
     );

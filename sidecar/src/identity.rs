@@ -65,11 +65,6 @@ impl Verifier {
         })
     }
 
-    /// The caller of a request with this `Authorization` header value (or none).
-    pub fn identify(&self, authorization: Option<&str>) -> Result<Identity, String> {
-        identify(&[self], authorization)
-    }
-
     fn candidates<'a>(
         &'a self,
         head: &'a jsonwebtoken::Header,
@@ -107,8 +102,12 @@ impl Verifier {
 /// The caller of a request, checked by the first verifier holding a key for the token (the
 /// cluster's service-account keys from the operator, then `--jwks`). With no verifier at all,
 /// tokens are not read and every caller is anonymous.
-pub fn identify(verifiers: &[&Verifier], authorization: Option<&str>) -> Result<Identity, String> {
-    let (Some(header), false) = (authorization, verifiers.is_empty()) else {
+pub fn identify(
+    verifiers: &[Option<&Verifier>],
+    authorization: Option<&str>,
+) -> Result<Identity, String> {
+    let none = verifiers.iter().all(Option::is_none);
+    let (Some(header), false) = (authorization, none) else {
         return Ok(Identity::anonymous());
     };
     let Some(token) = header
@@ -122,6 +121,7 @@ pub fn identify(verifiers: &[&Verifier], authorization: Option<&str>) -> Result<
     let head = decode_header(token).map_err(|e| format!("the bearer token is malformed: {e}"))?;
     match verifiers
         .iter()
+        .flatten()
         .find(|v| v.candidates(&head).next().is_some())
     {
         Some(v) => v.verify(token, &head),

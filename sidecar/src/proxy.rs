@@ -228,20 +228,20 @@ impl Proxy {
             );
             return Ok(json_response(StatusCode::FORBIDDEN, &body));
         }
-        let cluster_keys = self.policy.current().cluster_keys.clone();
-        let verifiers: Vec<&Verifier> = cluster_keys
-            .as_deref()
-            .into_iter()
-            .chain(self.cfg.verifier.as_ref())
-            .collect();
+        // One read of the policy state per request: who is calling and what is allowed come
+        // from the same revision.
+        let state = self.policy.current();
+        let verifiers = [state.cluster_keys.as_deref(), self.cfg.verifier.as_ref()];
         let who = match identity::identify(&verifiers, header_str(req.headers(), "authorization")) {
             Ok(who) => Arc::new(who),
             Err(e) => return Ok(unauthorized(&e)),
         };
+        let set = state.set.clone();
+        drop(state);
         let resp = if req.method() == Method::POST {
-            self.handle_post(req, who, peer, start).await
+            self.handle_post(req, set, who, peer, start).await
         } else {
-            self.forward_stream(req, who, peer, start).await
+            self.forward_stream(req, set, who, peer, start).await
         };
         Ok(resp)
     }
@@ -249,6 +249,7 @@ impl Proxy {
     async fn handle_post(
         &self,
         req: Request<Incoming>,
+        set: Arc<PolicySet>,
         who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
@@ -312,8 +313,6 @@ impl Proxy {
             return json_response(StatusCode::BAD_REQUEST, &body);
         }
 
-        let state = self.policy.current();
-        let set = state.set.clone();
         let legacy = self.legacy_session(&parts.uri);
         let session = header_str(&parts.headers, "mcp-session-id")
             .map(str::to_string)
@@ -680,6 +679,7 @@ impl Proxy {
     async fn forward_stream(
         &self,
         req: Request<Incoming>,
+        set: Arc<PolicySet>,
         who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
@@ -699,7 +699,6 @@ impl Proxy {
             return Response::from_parts(parts, body.boxed());
         }
         parts.headers.remove(header::CONTENT_LENGTH);
-        let set = self.policy.current().set.clone();
         let tracker = crate::inspect::Tracker::default();
         let inspector = Inspector::with_tracker(set, who, self.counters.clone(), tracker.clone());
         let mut sse = SseBody::new(body, inspector, Vec::new());
