@@ -287,3 +287,14 @@ def test_e2e_the_proxy_decides_the_same_on_one_thread_or_several(sample_server, 
     answers = [messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(i, tool, {"path": "x", "name": "prod"})))[0]
                for i, tool in enumerate(["read_file", "delete_repository"])]
     assert "result" in answers[0] and answers[1]["error"]["data"]["rule"] == "never"
+
+
+def test_e2e_rate_limits_hold_across_worker_threads(sample_server, proxy):
+    # Each httpx.post opens its own connection, and the kernel spreads connections over the
+    # workers' listeners: a limit kept per worker would let more than 3 through.
+    srv = sample_server("--json")
+    px = proxy(srv.url, SAMPLE_POLICY, "--workers", "3")
+    h = open_session(f"{px.url}/mcp")
+    answers = [messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(i, "create_issue", {"title": f"t{i}"})))[0]
+               for i in range(8)]
+    assert ["result" in a for a in answers] == [True] * 3 + [False] * 5
