@@ -515,6 +515,7 @@ async fn main() -> anyhow::Result<()> {
     plan.push(("tools/list 500 tools c=32".into(), "json", Work::List, 32));
 
     let mut results: Vec<(String, Vec<Cell>)> = Vec::new();
+    let mut peaks: Vec<(usize, &'static str, u64)> = Vec::new(); // concurrency, target, KiB
     if args.memory_only {
         plan.clear();
     }
@@ -553,6 +554,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         results.push((label.clone(), cells));
+        // Peak memory so far. Each upstream kind has its own proxies, and SSE's workloads run
+        // by rising concurrency, so after each one this is that concurrency's peak.
+        if *kind == "sse" {
+            for t in ts.iter().filter(|t| t.name != "direct") {
+                peaks.push((*conc, t.name, status_kb(&t.pids, "VmHWM:")));
+            }
+        }
     }
 
     // Memory: peak under load, then idle with many open sessions (SSE upstream keeps sessions).
@@ -611,6 +619,7 @@ async fn main() -> anyhow::Result<()> {
         &args,
         &results,
         &memory,
+        &peaks,
         &idle_rows,
         (before, pooled_rss, pooled),
     );
@@ -674,6 +683,7 @@ fn render(
     args: &Args,
     results: &[(String, Vec<Cell>)],
     memory: &[(&str, u64)],
+    peaks: &[(usize, &str, u64)],
     idle: &[(&str, u64, u64, usize)],
     pooled: (u64, u64, usize),
 ) -> String {
@@ -746,6 +756,29 @@ fn render(
     );
     for (name, kb) in memory {
         let _ = writeln!(out, "- {name}: {:.1} MiB", *kb as f64 / 1024.0);
+    }
+    let mut concs: Vec<usize> = peaks.iter().map(|p| p.0).collect();
+    concs.dedup();
+    if !concs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nPeak RSS by concurrency, MiB (tools/call SSE; each column includes the ones before):\n"
+        );
+        let head: Vec<String> = concs.iter().map(|c| format!("c={c}")).collect();
+        let _ = writeln!(out, "| target | {} |", head.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---:|".repeat(concs.len()));
+        for (name, _) in memory {
+            let cells: Vec<String> = concs
+                .iter()
+                .map(|c| {
+                    peaks
+                        .iter()
+                        .find(|p| p.0 == *c && p.1 == *name)
+                        .map_or("—".into(), |p| format!("{:.1}", p.2 as f64 / 1024.0))
+                })
+                .collect();
+            let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+        }
     }
     let _ = writeln!(
         out,

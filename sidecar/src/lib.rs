@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cli ─┬─ check / import ──────────────> tollgate_api (load, validate, decide)
-//!      └─ proxy ─> server (listeners, shutdown) ─> proxy (decide, forward)
+//!      └─ proxy ─> server (listeners, shutdown) ─> conn ─> proxy (decide, forward)
 //!                                                   ├─ jsonrpc, sse, inspect (messages)
 //!                                                   ├─ policy (file or control-plane stream, fail closed)
 //!                                                   ├─ counters, identity
@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod conn;
 pub mod control;
 pub mod counters;
 pub mod identity;

@@ -14,7 +14,6 @@
 //! denial posted to that endpoint is delivered on the session's stream, as the client expects.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +42,18 @@ use crate::policy::PolicyHandle;
 use crate::sse::{SseBody, message_event};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+impl crate::conn::Handler for Arc<Proxy> {
+    type Body = ProxyBody;
+
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Resp> + Send + 'static + use<> {
+        self.clone().handle(req, peer)
+    }
+}
 
 /// How the proxy is set up.
 pub struct ProxyConfig {
@@ -206,11 +217,7 @@ impl Proxy {
     }
 
     /// Serves one request.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Resp, Infallible> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
         let start = Instant::now();
         if let Some(origin) = header_str(req.headers(), "origin")
             && !self.cfg.allowed_origins.is_empty()
@@ -226,7 +233,7 @@ impl Proxy {
                 &format!("Origin {origin} is not allowed; add it to --allowed-origins"),
                 None,
             );
-            return Ok(json_response(StatusCode::FORBIDDEN, &body));
+            return json_response(StatusCode::FORBIDDEN, &body);
         }
         // One read of the policy state per request: who is calling and what is allowed come
         // from the same revision.
@@ -234,16 +241,15 @@ impl Proxy {
         let verifiers = [state.cluster_keys.as_deref(), self.cfg.verifier.as_ref()];
         let who = match identity::identify(&verifiers, header_str(req.headers(), "authorization")) {
             Ok(who) => Arc::new(who),
-            Err(e) => return Ok(unauthorized(&e)),
+            Err(e) => return unauthorized(&e),
         };
         let set = state.set.clone();
         drop(state);
-        let resp = if req.method() == Method::POST {
+        if req.method() == Method::POST {
             self.handle_post(req, set, who, peer, start).await
         } else {
             self.forward_stream(req, set, who, peer, start).await
-        };
-        Ok(resp)
+        }
     }
 
     async fn handle_post(
@@ -558,13 +564,6 @@ impl Proxy {
         body: ProxyBody,
         peer: SocketAddr,
     ) -> Request<ProxyBody> {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(self.upstream_authority.as_bytes())
-            .path_and_query(path)
-            .build()
-            .expect("an upstream authority and a request path make a URI");
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -591,7 +590,14 @@ impl Proxy {
                 .headers
                 .append(HeaderName::from_static("x-forwarded-for"), v);
         }
-        parts.uri = uri;
+        // The request's own path and query, already parsed; the upstream's scheme and host.
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = self.cfg.upstream.authority().cloned();
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(uri).expect("a scheme, an authority and a path make a URI");
         parts.version = http::Version::HTTP_11;
         Request::from_parts(parts, body)
     }

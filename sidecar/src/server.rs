@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
@@ -27,8 +27,9 @@ pub async fn serve(
     drain: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    // Each connection holds a clone of `open`; `closed` resolves when the last one is gone.
+    let (stop, stopping) = watch::channel(false);
+    let (open, mut closed) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -42,14 +43,10 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let proxy = proxy.clone();
-                let service = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, peer));
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let (proxy, stopping, open) = (proxy.clone(), stopping.clone(), open.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+                    crate::conn::serve(stream, peer, proxy, stopping).await;
+                    drop(open);
                 });
             }
             _ = &mut shutdown => {
@@ -59,8 +56,10 @@ pub async fn serve(
         }
     }
     drop(listener);
+    let _ = stop.send(true);
+    drop(open);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = closed.recv() => tracing::info!("drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain time passed; closing the remaining connections"),
     }
     Ok(())
