@@ -435,10 +435,13 @@ async fn main() -> anyhow::Result<()> {
             let port = free_port();
             let dir = tmp.join(format!("nginx-{kind}"));
             std::fs::create_dir_all(dir.join("logs"))?;
+            // nginx closes a keep-alive connection after 1,000 requests by default
+            // (`keepalive_requests`, client and upstream side); the other targets never do, and
+            // each close would count as a failed call and a reconnect, so the limit is lifted.
             std::fs::write(
                 dir.join("nginx.conf"),
                 format!(
-                    "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\nevents {{ worker_connections 32768; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  upstream mcp {{ server 127.0.0.1:{up}; keepalive 1024; }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ proxy_pass http://mcp; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
+                    "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\nevents {{ worker_connections 32768; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  keepalive_requests 100000000; keepalive_timeout 600s;\n  upstream mcp {{ server 127.0.0.1:{up}; keepalive 1024; keepalive_requests 100000000; }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ proxy_pass http://mcp; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
                     d = dir.display()
                 ),
             )?;

@@ -10,11 +10,13 @@
 //! written by splicing the kept tools' original bytes into the original message: what is not
 //! filtered reaches the client byte for byte.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use tollgate_api::{Identity, PolicySet};
 
@@ -35,7 +37,7 @@ pub struct Inspector {
     expect_list: bool,
 }
 
-/// A server message, viewed without copying.
+/// A server message, viewed without copying, in one pass over its text.
 #[derive(Deserialize)]
 struct View<'a> {
     #[serde(default, borrow)]
@@ -45,18 +47,105 @@ struct View<'a> {
     #[serde(default, borrow)]
     error: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    result: Option<&'a RawValue>,
+    result: Option<ResultView<'a>>,
 }
 
-/// The parts of a result the proxy reads.
-#[derive(Deserialize)]
+/// The parts of a result the proxy reads. A result that is not an object, or fields of
+/// another type, read as absent: the message is still read, so its call is still settled.
+#[derive(Default)]
 struct ResultView<'a> {
-    #[serde(default, rename = "isError")]
     is_error: Option<bool>,
-    #[serde(default, borrow)]
     tools: Option<Vec<&'a RawValue>>,
-    #[serde(default, borrow, rename = "cacheScope")]
     cache_scope: Option<&'a RawValue>,
+}
+
+/// A visitor's answer to every JSON type but the one it wants: read through, as the default.
+macro_rules! others_read_as_default {
+    () => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ResultView<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ResultView<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON-RPC result")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut r = ResultView::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "isError" => {
+                            r.is_error = match map.next_value::<&RawValue>()?.get() {
+                                "true" => Some(true),
+                                "false" => Some(false),
+                                _ => None,
+                            }
+                        }
+                        "tools" => r.tools = map.next_value::<Tools<'a>>()?.0,
+                        "cacheScope" => r.cache_scope = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(r)
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, seq: S) -> Result<Self::Value, S::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| ResultView::default())
+            }
+            others_read_as_default!();
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// `tools`: each tool's raw text, or `None` when it is not an array.
+#[derive(Default)]
+struct Tools<'a>(Option<Vec<&'a RawValue>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Tools<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Tools<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of tools")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+                let mut tools = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(t) = seq.next_element::<&'de RawValue>()? {
+                    tools.push(t);
+                }
+                Ok(Tools(Some(tools)))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                IgnoredAny.visit_map(map).map(|_| Tools(None))
+            }
+            others_read_as_default!();
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -171,33 +260,21 @@ impl Inspector {
         if view.method.is_some() {
             return None; // a request or notification from the server
         }
-        let result = view.result.and_then(|r| {
-            serde_json::from_str::<ResultView<'_>>(r.get())
-                .ok()
-                .map(|v| (r, v))
-        });
+        let result = view.result;
         if let Some(id) = view.id {
             let reserved = self.reserved.0.lock().remove(id.get());
             if let Some(reserved) = reserved {
                 let failed = view.error.is_some()
-                    || result
-                        .as_ref()
-                        .is_some_and(|(_, r)| r.is_error == Some(true));
+                    || result.as_ref().is_some_and(|r| r.is_error == Some(true));
                 if failed {
                     self.counters.rollback(reserved);
                 }
             }
         }
-        let (raw, result) = result?;
-        self.filter_tools_list(text, raw.get(), result)
+        self.filter_tools_list(text, result?)
     }
 
-    fn filter_tools_list(
-        &self,
-        text: &str,
-        result_text: &str,
-        result: ResultView<'_>,
-    ) -> Option<String> {
+    fn filter_tools_list(&self, text: &str, result: ResultView<'_>) -> Option<String> {
         let policy = self.policy.as_ref()?;
         let tools = result.tools?;
         let kept: Vec<&RawValue> = tools
@@ -242,7 +319,15 @@ impl Inspector {
                 format!("{}\"private\"{}", &out[..s], &out[e..])
             }
             None => {
-                let open = span(text, result_text).start + 1;
+                // Rare (lists that vary by caller, without a cacheScope): read the result's
+                // place once more.
+                #[derive(Deserialize)]
+                struct Raw<'a> {
+                    #[serde(borrow)]
+                    result: &'a RawValue,
+                }
+                let raw: Raw<'_> = serde_json::from_str(text).ok()?;
+                let open = span(text, raw.result.get()).start + 1;
                 format!(
                     "{}\"cacheScope\":\"private\",{}",
                     &out[..open],
@@ -353,5 +438,47 @@ mod tests {
         i.track("2".into(), again);
         i.inspect_text(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#);
         assert!(reserve().is_none(), "a successful call spends its quota");
+    }
+
+    #[test]
+    fn answers_of_any_shape_settle_their_call_and_odd_fields_read_as_absent() {
+        let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
+        let args = json!({});
+        // Answers call "1" with `result`; returns whether the quota came back.
+        let answer = |result: &str| {
+            let counters: Arc<CounterStore> = Arc::default();
+            let reserve = || {
+                let tollgate_api::Decision::Allow { reservations } = s
+                    .decide(
+                        &tollgate_api::Call::new("t", &args),
+                        &Identity::anonymous(),
+                        &*counters,
+                    )
+                    .decision
+                else {
+                    return None;
+                };
+                counters.reserve_all(&reservations).ok()
+            };
+            let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
+            i.track("1".into(), reserve().unwrap());
+            let text = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
+            assert_eq!(i.inspect_text(&text), None, "{result}: nothing to filter");
+            assert!(!i.is_tracking(), "{result}: the call is settled");
+            reserve().is_some()
+        };
+        assert!(
+            answer(r#"{"tools":{"a":1},"isError":true}"#),
+            "a failure rolls back"
+        );
+        for spent in [
+            r#""text""#,
+            "[1,2]",
+            "7",
+            "null",
+            r#"{"isError":"yes","tools":3}"#,
+        ] {
+            assert!(!answer(spent), "{spent}: a success spends its quota");
+        }
     }
 }

@@ -654,7 +654,7 @@ impl Proxy {
                 return self.bad_gateway(&e, None);
             }
         };
-        let text = String::from_utf8_lossy(&bytes);
+        let text = crate::sse::text(&bytes);
         let mut out = inspector.inspect_text(&text);
         if !extra.is_empty() {
             // Part of a batch was denied: the client gets every answer, ours and the server's.

@@ -111,9 +111,18 @@ pub fn parse_event(raw: &[u8]) -> Option<Event<'_>> {
     Some(Event { name, data: data? })
 }
 
+/// A message's bytes as text: borrowed when valid UTF-8 (std's check is several times faster
+/// than `from_utf8_lossy`'s), replaced characters otherwise.
+pub fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// Rewrites an event with new data, keeping its other fields (`id`, `event`, `retry`).
 pub fn rewrite_event(raw: &[u8], data: &str) -> Bytes {
-    let text = String::from_utf8_lossy(raw);
+    let text = text(raw);
     let mut out = String::with_capacity(raw.len() + data.len());
     let mut wrote_data = false;
     for line in text.split(['\n', '\r']).filter(|l| !l.is_empty()) {
