@@ -298,7 +298,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
 
 /// A response body, outstanding until hyper drops it (after its end, or on a broken
 /// connection).
-pub struct Tracked<B> {
+struct Tracked<B> {
     body: B,
     _outstanding: Outstanding,
 }

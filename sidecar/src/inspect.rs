@@ -350,6 +350,18 @@ mod tests {
         Arc::new(PolicySet::compile(1, DefaultAction::Allow, [("p", &spec)]).unwrap())
     }
 
+    /// Reserves the quota of an anonymous call of tool `t`, if the policy allows it.
+    fn reserve_t(s: &PolicySet, counters: &CounterStore) -> Option<Reserved> {
+        let args = json!({});
+        let call = tollgate_api::Call::new("t", &args);
+        let tollgate_api::Decision::Allow { reservations } =
+            s.decide(&call, &Identity::anonymous(), counters).decision
+        else {
+            return None;
+        };
+        counters.reserve_all(&reservations).ok()
+    }
+
     fn names(text: &str) -> Vec<String> {
         let v: Value = serde_json::from_str(text).unwrap();
         v["result"]["tools"]
@@ -414,20 +426,7 @@ mod tests {
         let counters: Arc<CounterStore> = Arc::default();
         let spec = "tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }";
         let s = set(spec);
-        let args = json!({});
-        let reserve = || {
-            let tollgate_api::Decision::Allow { reservations } = s
-                .decide(
-                    &tollgate_api::Call::new("t", &args),
-                    &Identity::anonymous(),
-                    &*counters,
-                )
-                .decision
-            else {
-                return None;
-            };
-            counters.reserve_all(&reservations).ok()
-        };
+        let reserve = || reserve_t(&s, &counters);
         let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
         i.track("1".into(), reserve().unwrap());
         i.inspect_text(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#);
@@ -443,23 +442,10 @@ mod tests {
     #[test]
     fn answers_of_any_shape_settle_their_call_and_odd_fields_read_as_absent() {
         let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
-        let args = json!({});
         // Answers call "1" with `result`; returns whether the quota came back.
         let answer = |result: &str| {
             let counters: Arc<CounterStore> = Arc::default();
-            let reserve = || {
-                let tollgate_api::Decision::Allow { reservations } = s
-                    .decide(
-                        &tollgate_api::Call::new("t", &args),
-                        &Identity::anonymous(),
-                        &*counters,
-                    )
-                    .decision
-                else {
-                    return None;
-                };
-                counters.reserve_all(&reservations).ok()
-            };
+            let reserve = || reserve_t(&s, &counters);
             let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
             i.track("1".into(), reserve().unwrap());
             let text = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);

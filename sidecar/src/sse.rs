@@ -111,8 +111,9 @@ pub fn parse_event(raw: &[u8]) -> Option<Event<'_>> {
     Some(Event { name, data: data? })
 }
 
-/// A message's bytes as text: borrowed when valid UTF-8 (std's check is several times faster
-/// than `from_utf8_lossy`'s), replaced characters otherwise.
+/// A message's bytes as text: borrowed when valid UTF-8, replaced characters otherwise. std's
+/// `from_utf8` checks first: `from_utf8_lossy`'s chunked walk was 6.6% of the proxy's CPU on a
+/// 500-tool list (perf).
 pub fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     match std::str::from_utf8(bytes) {
         Ok(text) => std::borrow::Cow::Borrowed(text),
