@@ -4,6 +4,7 @@
 //! load clients (1 HTTP/1.1 connection each) ─┬─> upstream directly
 //!                                            ├─> nginx (plain reverse proxy, upstream keep-alive)
 //!                                            ├─> tollgate proxy (100-tool policy)
+//!                                            ├─> passthrough (tollgate's HTTP stack, no policy)
 //!                                            └─> mcp-proxy (crates.io peer)
 //!                                                   └──> bench-upstream (rmcp, answers at once)
 //! ```
@@ -482,6 +483,27 @@ async fn main() -> anyhow::Result<()> {
         )?;
         ts.push(Target::local("tollgate", port, "/mcp", "", vec![p.0.id()]));
         procs.push(p);
+        // Tollgate's HTTP stack forwarding without deciding: the rest of Tollgate's cost is
+        // the policy's.
+        let port = free_port();
+        let p = spawn(
+            Command::new(release.join("bench-passthrough")).args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &format!("http://127.0.0.1:{up}"),
+            ]),
+            port,
+            "bench-passthrough",
+        )?;
+        ts.push(Target::local(
+            "passthrough",
+            port,
+            "/mcp",
+            "",
+            vec![p.0.id()],
+        ));
+        procs.push(p);
         if args.mcp_proxy.exists() {
             let port = free_port();
             let cfg = tmp.join(format!("mcp-proxy-{kind}.toml"));
@@ -753,6 +775,34 @@ fn render(
             );
         }
     }
+    // Tollgate's CPU split: its HTTP stack alone (the passthrough target) and the rest, which
+    // is reading and deciding the messages.
+    let cpu = |cells: &[Cell], target: &str| {
+        cells
+            .iter()
+            .find(|c| c.target == target)
+            .map(Cell::merged)
+            .filter(|m| m.1 > 0)
+            .map(|(_, n, _, _, cpu, _)| cpu as f64 / ticks_per_second() * 1e6 / n as f64)
+    };
+    let _ = writeln!(
+        out,
+        "\nWhere Tollgate's CPU goes, µs per call: its HTTP stack alone (`passthrough`: the same connection handling and upstream client, forwarding without reading), and deciding (the rest):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | nginx | tollgate | HTTP stack | deciding |\n|---|---:|---:|---:|---:|"
+    );
+    for (label, cells) in results {
+        if let (Some(t), Some(p)) = (cpu(cells, "tollgate"), cpu(cells, "passthrough")) {
+            let nginx = cpu(cells, "nginx").map_or("—".into(), |n| format!("{n:.0}"));
+            let _ = writeln!(
+                out,
+                "| {label} | {nginx} | {t:.0} | {p:.0} | {:.0} |",
+                t - p
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\nPeak RSS under load (SSE upstream run, process and children):\n"
@@ -812,6 +862,7 @@ fn svg(results: &[(String, Vec<Cell>)]) -> String {
         ("direct", "#4c78a8"),
         ("nginx", "#72b7b2"),
         ("tollgate", "#f58518"),
+        ("passthrough", "#bab0ac"),
         ("mcp-proxy", "#e45756"),
     ];
     let panel_w = 300.0;

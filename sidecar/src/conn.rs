@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -98,8 +99,7 @@ async fn serve_auto<H: Handler>(
     mut stop: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let resp = handler.call(req, peer);
-        async move { Ok::<_, Infallible>(resp.await) }
+        handler.call(req, peer).map(Ok::<_, Infallible>)
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -286,13 +286,14 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let outstanding = Outstanding::new(&self.state);
-        let resp = self.handler.call(req, self.peer);
-        Box::pin(async move {
-            Ok(resp.await.map(|body| Tracked {
+        // `map`, not an async block: a block would hold the handler's future twice (as
+        // captured, and as awaited), doubling the allocation every request makes.
+        Box::pin(self.handler.call(req, self.peer).map(move |resp| {
+            Ok(resp.map(|body| Tracked {
                 body,
                 _outstanding: outstanding,
             }))
-        })
+        }))
     }
 }
 

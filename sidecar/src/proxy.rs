@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
@@ -131,13 +132,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRAILER);
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// MCP's and the forwarding headers, named once: a lookup by `&str` parses the name again.
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Whether a response is a server-sent event stream (media types are case-insensitive).
 fn is_event_stream(headers: &HeaderMap) -> bool {
-    header_str(headers, "content-type").is_some_and(|c| {
+    header_str(headers, header::CONTENT_TYPE).is_some_and(|c| {
         c.get(..17)
             .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
     })
@@ -217,9 +227,32 @@ impl Proxy {
     }
 
     /// Serves one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    ///
+    /// Not an `async fn`: the checks that need no I/O run here, and the future returned is
+    /// only the one that does I/O. An `async fn` would hold the request twice (as argument and
+    /// as local) on top of the inner future, and every request allocates its future.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Resp> + Send + 'static {
         let start = Instant::now();
-        if let Some(origin) = header_str(req.headers(), "origin")
+        let (set, who) = match self.admit(&req) {
+            Ok(admitted) => admitted,
+            Err(refused) => return Either::Left(std::future::ready(refused)),
+        };
+        Either::Right(if req.method() == Method::POST {
+            Either::Left(self.handle_post(req, set, who, peer, start))
+        } else {
+            Either::Right(self.forward_stream(req, set, who, peer, start))
+        })
+    }
+
+    /// The request's origin and caller, checked before its body is read: the policy it is
+    /// decided by and who is calling, or the refusal.
+    #[allow(clippy::result_large_err)]
+    fn admit(&self, req: &Request<Incoming>) -> Result<(Arc<PolicySet>, Arc<Identity>), Resp> {
+        if let Some(origin) = header_str(req.headers(), header::ORIGIN)
             && !self.cfg.allowed_origins.is_empty()
             && !self
                 .cfg
@@ -233,36 +266,28 @@ impl Proxy {
                 &format!("Origin {origin} is not allowed; add it to --allowed-origins"),
                 None,
             );
-            return json_response(StatusCode::FORBIDDEN, &body);
+            return Err(json_response(StatusCode::FORBIDDEN, &body));
         }
         // One read of the policy state per request: who is calling and what is allowed come
         // from the same revision.
         let state = self.policy.current();
         let verifiers = [state.cluster_keys.as_deref(), self.cfg.verifier.as_ref()];
-        let who = match identity::identify(&verifiers, header_str(req.headers(), "authorization")) {
-            Ok(who) => Arc::new(who),
-            Err(e) => return unauthorized(&e),
-        };
-        let set = state.set.clone();
-        drop(state);
-        if req.method() == Method::POST {
-            self.handle_post(req, set, who, peer, start).await
-        } else {
-            self.forward_stream(req, set, who, peer, start).await
-        }
+        let who = identity::identify(&verifiers, header_str(req.headers(), header::AUTHORIZATION))
+            .map_err(|e| unauthorized(&e))?;
+        Ok((state.set.clone(), Arc::new(who)))
     }
 
     async fn handle_post(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         set: Arc<PolicySet>,
         who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
     ) -> Resp {
-        let (parts, body) = req.into_parts();
-        let declared_len =
-            header_str(&parts.headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+        let (mut parts, body) = req.into_parts();
+        let declared_len = header_str(&parts.headers, header::CONTENT_LENGTH)
+            .and_then(|v| v.parse::<usize>().ok());
         if declared_len.is_some_and(|n| n > self.cfg.max_body) {
             return self.too_large();
         }
@@ -285,7 +310,7 @@ impl Proxy {
             }
         };
         let json_declared =
-            header_str(&parts.headers, "content-type").is_some_and(|c| c.contains("json"));
+            header_str(&parts.headers, header::CONTENT_TYPE).is_some_and(|c| c.contains("json"));
         let parsed = match jsonrpc::parse_body(&bytes, json_declared) {
             Ok(p) => p,
             Err(e) => {
@@ -295,7 +320,6 @@ impl Proxy {
         };
         // The body is forwarded from memory; hyper sets Content-Length from its exact size,
         // which matters when a batch is forwarded without its denied messages.
-        let mut parts = parts;
         parts.headers.remove(header::CONTENT_LENGTH);
         let RpcBody::Messages { messages, batch } = parsed else {
             return self
@@ -320,7 +344,7 @@ impl Proxy {
         }
 
         let legacy = self.legacy_session(&parts.uri);
-        let session = header_str(&parts.headers, "mcp-session-id")
+        let session = header_str(&parts.headers, MCP_SESSION_ID)
             .map(str::to_string)
             .or_else(|| legacy.as_ref().map(|(key, _)| key.clone()));
         let mut inspector = match &legacy {
@@ -339,7 +363,7 @@ impl Proxy {
             inspector.expect_list();
         }
         let modern =
-            header_str(&parts.headers, "mcp-protocol-version").is_some_and(|v| v >= "2026-07-28");
+            header_str(&parts.headers, MCP_PROTOCOL_VERSION).is_some_and(|v| v >= "2026-07-28");
         let mut audits = Vec::new();
         let mut kept: Vec<&str> = Vec::with_capacity(messages.len());
         let mut answered_denials: Vec<Value> = Vec::new();
@@ -575,20 +599,15 @@ impl Proxy {
             .headers
             .insert(header::HOST, self.upstream_authority.clone());
         if let Some(host) = original_host {
+            parts.headers.insert(X_FORWARDED_HOST, host);
+        }
+        if !parts.headers.contains_key(X_FORWARDED_PROTO) {
             parts
                 .headers
-                .insert(HeaderName::from_static("x-forwarded-host"), host);
-        }
-        if !parts.headers.contains_key("x-forwarded-proto") {
-            parts.headers.insert(
-                HeaderName::from_static("x-forwarded-proto"),
-                HeaderValue::from_static("http"),
-            );
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            parts
-                .headers
-                .append(HeaderName::from_static("x-forwarded-for"), v);
+            parts.headers.append(X_FORWARDED_FOR, v);
         }
         // The request's own path and query, already parsed; the upstream's scheme and host.
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -641,7 +660,7 @@ impl Proxy {
             return json_response(StatusCode::OK, &Value::Array(extra));
         }
         let is_json =
-            header_str(&parts.headers, "content-type").is_some_and(|c| c.contains("json"));
+            header_str(&parts.headers, header::CONTENT_TYPE).is_some_and(|c| c.contains("json"));
         let needs_look =
             !extra.is_empty() || (is_json && (inspector.is_tracking() || inspector.may_filter()));
         if !needs_look {
@@ -683,7 +702,7 @@ impl Proxy {
 
     /// GET, DELETE and every other method: streamed both ways; SSE answers are inspected.
     async fn forward_stream(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         set: Arc<PolicySet>,
         who: Arc<Identity>,
@@ -861,8 +880,8 @@ fn check_mcp_headers(
     messages: &[Message<'_>],
     batch: bool,
 ) -> Result<(), String> {
-    let method = header_str(headers, "mcp-method");
-    let name = header_str(headers, "mcp-name");
+    let method = header_str(headers, MCP_METHOD);
+    let name = header_str(headers, MCP_NAME);
     if method.is_none() && name.is_none() {
         return Ok(());
     }

@@ -1,0 +1,127 @@
+//! Tollgate's HTTP stack with nothing on it: the sidecar's connection handling (`conn::serve`,
+//! a thread per core with its own listener) and the same hyper upstream client, forwarding
+//! every request as it is. The benchmark runs it next to `tollgate proxy` so the table splits
+//! Tollgate's cost into what the HTTP stack costs and what deciding costs.
+//!
+//! Not a product: it checks nothing and exists only to be measured.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    listen: SocketAddr,
+    /// `http://HOST:PORT` of the server.
+    #[arg(long)]
+    upstream: Uri,
+}
+
+#[derive(Clone)]
+struct Forward {
+    client: Client<HttpConnector, Body>,
+    upstream: Uri,
+}
+
+impl Forward {
+    /// The sidecar's upstream client, with the same settings (`proxy::upstream_client`).
+    fn new(upstream: Uri) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Forward { client, upstream }
+    }
+}
+
+impl tollgate_sidecar::conn::Handler for Forward {
+    type Body = Body;
+
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
+        let this = self.clone();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = this.upstream.scheme().cloned();
+            uri.authority = this.upstream.authority().cloned();
+            parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+            parts.headers.remove(hyper::header::CONNECTION);
+            match this
+                .client
+                .request(Request::from_parts(parts, body.boxed()))
+                .await
+            {
+                Ok(resp) => resp.map(BodyExt::boxed),
+                Err(e) => {
+                    let mut r = Response::new(
+                        http_body_util::Full::new(Bytes::from(e.to_string()))
+                            .map_err(|never| match never {})
+                            .boxed(),
+                    );
+                    *r.status_mut() = StatusCode::BAD_GATEWAY;
+                    r
+                }
+            }
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    // Bound as the sidecar binds them: inside a runtime, then handed to one per thread.
+    let listeners = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            tollgate_sidecar::server::bind_shared(args.listen, workers, "--listen")
+        })?;
+    // Never sent: the benchmark kills this process.
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let handler = Forward::new(args.upstream.clone());
+            let stopping = stopping.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    loop {
+                        let (stream, peer) = listener.accept().await?;
+                        let _ = stream.set_nodelay(true);
+                        let (handler, stopping) = (handler.clone(), stopping.clone());
+                        tokio::spawn(tollgate_sidecar::conn::serve(
+                            stream, peer, handler, stopping,
+                        ));
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a worker panicked")?;
+    }
+    Ok(())
+}
