@@ -280,9 +280,11 @@ impl Inspector {
         let kept: Vec<&RawValue> = tools
             .iter()
             .copied()
+            // A tool whose name cannot be read (none, two, not a string) cannot be shown to be
+            // visible: it is dropped.
             .filter(|t| {
                 serde_json::from_str::<ToolName<'_>>(t.get())
-                    .map_or(true, |n| policy.visible(&n.name, &self.who))
+                    .is_ok_and(|n| policy.visible(&n.name, &self.who))
             })
             .collect();
         if kept.len() == tools.len() {
@@ -390,6 +392,17 @@ mod tests {
             None,
             "unfiltered lists are untouched"
         );
+    }
+
+    #[test]
+    fn tools_whose_name_cannot_be_read_are_dropped_from_a_filtered_list() {
+        let mut i = Inspector::new(
+            set("default: allow\nhide: [b]\ntools: {}"),
+            Arc::default(),
+            Arc::default(),
+        );
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"title":"nameless"},{"name":"a","name":"b"},{"name":7},{"name":"c"}]}}"#;
+        assert_eq!(names(&i.inspect_text(text).unwrap()), ["a", "c"]);
     }
 
     #[test]
