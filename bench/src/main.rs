@@ -5,6 +5,7 @@
 //!                                            ├─> nginx (plain reverse proxy, upstream keep-alive)
 //!                                            ├─> tollgate proxy (100-tool policy)
 //!                                            ├─> passthrough (tollgate's HTTP stack, no policy)
+//!                                            ├─> floor (httparse, no hyper; JSON answers only)
 //!                                            └─> mcp-proxy (crates.io peer)
 //!                                                   └──> bench-upstream (rmcp, answers at once)
 //! ```
@@ -504,6 +505,23 @@ async fn main() -> anyhow::Result<()> {
             vec![p.0.id()],
         ));
         procs.push(p);
+        if kind == "json" {
+            // The least an HTTP/1 proxy costs (httparse, Content-Length bodies only, so not
+            // for SSE answers): what an own codec could win back from hyper.
+            let port = free_port();
+            let p = spawn(
+                Command::new(release.join("bench-floor")).args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--upstream",
+                    &format!("http://127.0.0.1:{up}"),
+                ]),
+                port,
+                "bench-floor",
+            )?;
+            ts.push(Target::local("floor", port, "/mcp", "", vec![p.0.id()]));
+            procs.push(p);
+        }
         if args.mcp_proxy.exists() {
             let port = free_port();
             let cfg = tmp.join(format!("mcp-proxy-{kind}.toml"));
@@ -787,18 +805,20 @@ fn render(
     };
     let _ = writeln!(
         out,
-        "\nWhere Tollgate's CPU goes, µs per call: its HTTP stack alone (`passthrough`: the same connection handling and upstream client, forwarding without reading), and deciding (the rest):\n"
+        "\nWhere Tollgate's CPU goes, µs per call: its HTTP stack alone (`passthrough`: the same connection handling and upstream client, forwarding without reading), and deciding (the rest); `floor` is an HTTP/1 proxy without hyper (httparse, JSON answers only):\n"
     );
     let _ = writeln!(
         out,
-        "| workload | nginx | tollgate | HTTP stack | deciding |\n|---|---:|---:|---:|---:|"
+        "| workload | nginx | floor | tollgate | HTTP stack | deciding |\n|---|---:|---:|---:|---:|---:|"
     );
     for (label, cells) in results {
         if let (Some(t), Some(p)) = (cpu(cells, "tollgate"), cpu(cells, "passthrough")) {
-            let nginx = cpu(cells, "nginx").map_or("—".into(), |n| format!("{n:.0}"));
+            let other = |name| cpu(cells, name).map_or("—".into(), |n| format!("{n:.0}"));
             let _ = writeln!(
                 out,
-                "| {label} | {nginx} | {t:.0} | {p:.0} | {:.0} |",
+                "| {label} | {} | {} | {t:.0} | {p:.0} | {:.0} |",
+                other("nginx"),
+                other("floor"),
                 t - p
             );
         }
@@ -863,6 +883,7 @@ fn svg(results: &[(String, Vec<Cell>)]) -> String {
         ("nginx", "#72b7b2"),
         ("tollgate", "#f58518"),
         ("passthrough", "#bab0ac"),
+        ("floor", "#54a24b"),
         ("mcp-proxy", "#e45756"),
     ];
     let panel_w = 300.0;
@@ -928,11 +949,14 @@ fn svg(results: &[(String, Vec<Cell>)]) -> String {
                     .find(|(n, _)| n == t)
                     .map_or("#999", |(_, c)| c);
                 let bh = scale(v[q]);
-                let x = gx + j as f64 * 18.0;
+                // Up to six targets share a quantile's 90 px.
+                let step = 84.0 / stats.len().max(1) as f64;
+                let x = gx + j as f64 * step;
                 let y = py + 20.0 + plot_h - bh;
                 let _ = writeln!(
                     s,
-                    "<rect x='{x}' y='{y:.1}' width='15' height='{bh:.1}' fill='{color}'><title>{t} {qname}: {} µs</title></rect>",
+                    "<rect x='{x:.1}' y='{y:.1}' width='{:.1}' height='{bh:.1}' fill='{color}'><title>{t} {qname}: {} µs</title></rect>",
+                    step - 2.0,
                     v[q]
                 );
             }
