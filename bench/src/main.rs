@@ -484,42 +484,32 @@ async fn main() -> anyhow::Result<()> {
         )?;
         ts.push(Target::local("tollgate", port, "/mcp", "", vec![p.0.id()]));
         procs.push(p);
-        // Tollgate's HTTP stack forwarding without deciding: the rest of Tollgate's cost is
-        // the policy's.
-        let port = free_port();
-        let p = spawn(
-            Command::new(release.join("bench-passthrough")).args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &format!("http://127.0.0.1:{up}"),
-            ]),
-            port,
-            "bench-passthrough",
-        )?;
-        ts.push(Target::local(
-            "passthrough",
-            port,
-            "/mcp",
-            "",
-            vec![p.0.id()],
-        ));
-        procs.push(p);
-        if kind == "json" {
-            // The least an HTTP/1 proxy costs (httparse, Content-Length bodies only, so not
-            // for SSE answers): what an own codec could win back from hyper.
+        // Measuring sticks, each `BINARY --listen ADDR --upstream URL`:
+        // - passthrough: Tollgate's HTTP stack forwarding without deciding, so the rest of
+        //   Tollgate's cost is the policy's;
+        // - floor: the least an HTTP/1 proxy costs (httparse, Content-Length bodies only, so
+        //   not for SSE answers): what an own codec could win back from hyper.
+        let sticks: &[(&'static str, &str)] = if kind == "json" {
+            &[
+                ("passthrough", "bench-passthrough"),
+                ("floor", "bench-floor"),
+            ]
+        } else {
+            &[("passthrough", "bench-passthrough")]
+        };
+        for &(name, binary) in sticks {
             let port = free_port();
             let p = spawn(
-                Command::new(release.join("bench-floor")).args([
+                Command::new(release.join(binary)).args([
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                     "--upstream",
                     &format!("http://127.0.0.1:{up}"),
                 ]),
                 port,
-                "bench-floor",
+                binary,
             )?;
-            ts.push(Target::local("floor", port, "/mcp", "", vec![p.0.id()]));
+            ts.push(Target::local(name, port, "/mcp", "", vec![p.0.id()]));
             procs.push(p);
         }
         if args.mcp_proxy.exists() {

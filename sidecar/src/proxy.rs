@@ -153,7 +153,8 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     })
 }
 
-fn upstream_client() -> Client<HttpConnector, ProxyBody> {
+/// The client to the MCP server beside the proxy: one per worker, keep-alive, no Nagle.
+pub fn upstream_client() -> Client<HttpConnector, ProxyBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));

@@ -155,21 +155,22 @@ pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// `n` listeners on one address (SO_REUSEPORT), one per worker thread: the kernel spreads new
-/// connections across them, as it does for nginx's workers.
+/// connections across them, as it does for nginx's workers. Plain sockets (non-blocking, for
+/// each worker's runtime to take), so no runtime is needed to make them.
 pub fn bind_shared(
     addr: SocketAddr,
     n: usize,
     flag: &str,
 ) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
     let bind = || -> std::io::Result<std::net::TcpListener> {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(addr)?;
-        socket.listen(4096)?.into_std()
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
     };
     (0..n)
         .map(|_| bind().map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}")))

@@ -1,24 +1,21 @@
 //! Tollgate's HTTP stack with nothing on it: the sidecar's connection handling (`conn::serve`,
-//! a thread per core with its own listener) and the same hyper upstream client, forwarding
+//! a thread per core with its own listener) and its upstream client (`proxy::upstream_client`), forwarding
 //! every request as it is. The benchmark runs it next to `tollgate proxy` so the table splits
 //! Tollgate's cost into what the HTTP stack costs and what deciding costs.
 //!
 //! Not a product: it checks nothing and exists only to be measured.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = tollgate_sidecar::proxy::ProxyBody;
 
 #[derive(Parser)]
 struct Args {
@@ -33,20 +30,6 @@ struct Args {
 struct Forward {
     client: Client<HttpConnector, Body>,
     upstream: Uri,
-}
-
-impl Forward {
-    /// The sidecar's upstream client, with the same settings (`proxy::upstream_client`).
-    fn new(upstream: Uri) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        Forward { client, upstream }
-    }
 }
 
 impl tollgate_sidecar::conn::Handler for Forward {
@@ -88,19 +71,17 @@ impl tollgate_sidecar::conn::Handler for Forward {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    // Bound as the sidecar binds them: inside a runtime, then handed to one per thread.
-    let listeners = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            tollgate_sidecar::server::bind_shared(args.listen, workers, "--listen")
-        })?;
+    let listeners = tollgate_sidecar::server::bind_shared(args.listen, workers, "--listen")?;
     // Never sent: the benchmark kills this process.
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            let handler = Forward::new(args.upstream.clone());
+            // The sidecar's own upstream client, one per worker as the sidecar makes them.
+            let handler = Forward {
+                client: tollgate_sidecar::proxy::upstream_client(),
+                upstream: args.upstream.clone(),
+            };
             let stopping = stopping.clone();
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
