@@ -39,7 +39,7 @@ use tokio::sync::watch;
 /// What a connection serves: a request and the peer's address in, a response out.
 pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// The response body.
-    type Body: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static;
+    type Body: Body<Data = Bytes, Error = crate::BoxError> + Send + Unpin + 'static;
     /// Answers one request.
     fn call(
         &self,

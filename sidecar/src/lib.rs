@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cli ─┬─ check / import ──────────────> tollgate_api (load, validate, decide)
-//!      └─ proxy ─> server (listeners, shutdown) ─> conn ─> proxy (decide, forward)
+//!      └─ proxy ─> server (listeners, shutdown) ─> conn ─> proxy (decide, forward) ─> upstream
 //!                                                   ├─ jsonrpc, sse, inspect (messages)
 //!                                                   ├─ policy (file or control-plane stream, fail closed)
 //!                                                   ├─ counters, identity
@@ -24,3 +24,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sse;
+pub mod upstream;
+
+/// The error of a response body: whatever failed while it was read.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

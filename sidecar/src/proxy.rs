@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::Either;
@@ -24,10 +24,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Body as _, Incoming};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -41,8 +38,9 @@ use crate::jsonrpc::{self, Body as RpcBody, Message};
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 use crate::sse::{SseBody, message_event};
+use crate::upstream::{Outgoing, Upstream};
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, crate::BoxError>;
 
 impl crate::conn::Handler for Arc<Proxy> {
     type Body = ProxyBody;
@@ -72,7 +70,7 @@ pub struct ProxyConfig {
 pub struct Proxy {
     cfg: Arc<ProxyConfig>,
     upstream_authority: HeaderValue,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Arc<Upstream>,
     pub policy: PolicyHandle,
     pub counters: Arc<CounterStore>,
     audit: AuditLog,
@@ -153,17 +151,6 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The client to the MCP server beside the proxy: one per worker, keep-alive, no Nagle.
-pub fn upstream_client() -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
-}
-
 /// What becomes of one message of a request.
 enum Outcome {
     /// Sent on to the server.
@@ -200,9 +187,9 @@ impl Proxy {
             .ok_or_else(|| anyhow::anyhow!("--upstream {} has no host", cfg.upstream))?;
         let upstream_authority = HeaderValue::from_str(authority.as_str())?;
         Ok(Proxy {
+            client: Upstream::new(authority.as_str()),
             cfg: Arc::new(cfg),
             upstream_authority,
-            client: upstream_client(),
             policy,
             counters: Arc::default(),
             audit,
@@ -218,7 +205,7 @@ impl Proxy {
         Proxy {
             cfg: self.cfg.clone(),
             upstream_authority: self.upstream_authority.clone(),
-            client: upstream_client(),
+            client: Upstream::new(self.upstream_authority.to_str().unwrap_or_default()),
             policy: self.policy.clone(),
             counters: self.counters.clone(),
             audit: self.audit.clone(),
@@ -326,7 +313,7 @@ impl Proxy {
             return self
                 .forward(
                     parts,
-                    full(bytes),
+                    Outgoing::Full(bytes),
                     Vec::new(),
                     Inspector::passthrough(),
                     peer,
@@ -398,7 +385,7 @@ impl Proxy {
         }
 
         let body = if refused == 0 {
-            full(bytes.clone())
+            Outgoing::Full(bytes.clone())
         } else if refused == messages.len() {
             self.metrics
                 .request("denied", start.elapsed().as_secs_f64());
@@ -408,7 +395,7 @@ impl Proxy {
                 (true, _) => json_response(StatusCode::OK, &Value::Array(answered_denials)),
             };
         } else {
-            full(format!("[{}]", kept.join(",")))
+            Outgoing::Full(Bytes::from(format!("[{}]", kept.join(","))))
         };
         let extra = if legacy.is_some() {
             Vec::new()
@@ -582,13 +569,13 @@ impl Proxy {
         json_response(StatusCode::PAYLOAD_TOO_LARGE, &body)
     }
 
-    /// Builds the upstream request from the client's.
-    fn upstream_request(
+    /// The upstream request's head, from the client's: hop-by-hop fields dropped, the
+    /// server's `Host`, and the forwarding fields. The path and query are the client's.
+    fn upstream_head(
         &self,
         mut parts: http::request::Parts,
-        body: ProxyBody,
         peer: SocketAddr,
-    ) -> Request<ProxyBody> {
+    ) -> http::request::Parts {
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -610,16 +597,7 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             parts.headers.append(X_FORWARDED_FOR, v);
         }
-        // The request's own path and query, already parsed; the upstream's scheme and host.
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = self.cfg.upstream.authority().cloned();
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(uri).expect("a scheme, an authority and a path make a URI");
-        parts.version = http::Version::HTTP_11;
-        Request::from_parts(parts, body)
+        parts
     }
 
     /// Sends a POST upstream and passes its answer back through the inspector.
@@ -627,15 +605,15 @@ impl Proxy {
     async fn forward(
         &self,
         parts: http::request::Parts,
-        body: ProxyBody,
+        body: Outgoing,
         extra: Vec<Value>,
         mut inspector: Inspector,
         peer: SocketAddr,
         start: Instant,
         kind: &'static str,
     ) -> Resp {
-        let up = self.upstream_request(parts, body, peer);
-        let resp = match self.client.request(up).await {
+        let up = self.upstream_head(parts, peer);
+        let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
             Err(e) => {
                 inspector.fail_all();
@@ -712,8 +690,13 @@ impl Proxy {
     ) -> Resp {
         let (parts, body) = req.into_parts();
         let is_get = parts.method == Method::GET;
-        let up = self.upstream_request(parts, body.boxed(), peer);
-        let resp = match self.client.request(up).await {
+        let up = self.upstream_head(parts, peer);
+        let body = if body.is_end_stream() {
+            Outgoing::Full(Bytes::new())
+        } else {
+            Outgoing::Stream(body.map_err(Into::into).boxed())
+        };
+        let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
             Err(e) => return self.bad_gateway(&e, None),
         };

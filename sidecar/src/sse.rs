@@ -13,10 +13,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use tokio::sync::mpsc;
 
+use crate::BoxError;
 use crate::inspect::Inspector;
+use crate::upstream::UpstreamBody;
 
 /// Splits a byte stream into complete SSE events (each ending with its blank line).
 #[derive(Default)]
@@ -156,7 +158,7 @@ pub type OnEndpoint = Box<dyn FnMut(&str) -> Option<String> + Send + Sync>;
 /// A response body that passes SSE through event by event, letting the [`Inspector`] see and
 /// change each JSON-RPC message, and interleaving events Tollgate injects.
 pub struct SseBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     splitter: EventSplitter,
     inspector: Inspector,
     pending: std::collections::VecDeque<Bytes>,
@@ -166,7 +168,7 @@ pub struct SseBody {
 }
 
 impl SseBody {
-    pub fn new(inner: Incoming, inspector: Inspector, first: Vec<Bytes>) -> Self {
+    pub fn new(inner: UpstreamBody, inspector: Inspector, first: Vec<Bytes>) -> Self {
         SseBody {
             inner,
             splitter: EventSplitter::default(),
@@ -213,12 +215,12 @@ impl SseBody {
 
 impl Body for SseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if let Some(out) = this.pending.pop_front() {

@@ -1,19 +1,19 @@
 //! Tollgate's HTTP stack with nothing on it: the sidecar's connection handling (`conn::serve`,
-//! a thread per core with its own listener) and its upstream client (`proxy::upstream_client`), forwarding
-//! every request as it is. The benchmark runs it next to `tollgate proxy` so the table splits
+//! a thread per core with its own listener) and its upstream client (`upstream::Upstream`),
+//! forwarding every request as it is. The benchmark runs it next to `tollgate proxy` so the table splits
 //! Tollgate's cost into what the HTTP stack costs and what deciding costs.
 //!
 //! Not a product: it checks nothing and exists only to be measured.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use tollgate_sidecar::upstream::{Outgoing, Upstream};
 
 type Body = tollgate_sidecar::proxy::ProxyBody;
 
@@ -28,8 +28,7 @@ struct Args {
 
 #[derive(Clone)]
 struct Forward {
-    client: Client<HttpConnector, Body>,
-    upstream: Uri,
+    client: Arc<Upstream>,
 }
 
 impl tollgate_sidecar::conn::Handler for Forward {
@@ -43,16 +42,13 @@ impl tollgate_sidecar::conn::Handler for Forward {
         let this = self.clone();
         async move {
             let (mut parts, body) = req.into_parts();
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.scheme = this.upstream.scheme().cloned();
-            uri.authority = this.upstream.authority().cloned();
-            parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
             parts.headers.remove(hyper::header::CONNECTION);
-            match this
-                .client
-                .request(Request::from_parts(parts, body.boxed()))
-                .await
-            {
+            let body = if body.is_end_stream() {
+                Outgoing::Full(Bytes::new())
+            } else {
+                Outgoing::Stream(body.map_err(Into::into).boxed())
+            };
+            match this.client.send(&parts, body).await {
                 Ok(resp) => resp.map(BodyExt::boxed),
                 Err(e) => {
                     let mut r = Response::new(
@@ -70,6 +66,11 @@ impl tollgate_sidecar::conn::Handler for Forward {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let authority = args
+        .upstream
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("--upstream has no host"))?
+        .as_str();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let listeners = tollgate_sidecar::server::bind_shared(args.listen, workers, "--listen")?;
     // Never sent: the benchmark kills this process.
@@ -79,8 +80,7 @@ fn main() -> anyhow::Result<()> {
         .map(|listener| {
             // The sidecar's own upstream client, one per worker as the sidecar makes them.
             let handler = Forward {
-                client: tollgate_sidecar::proxy::upstream_client(),
-                upstream: args.upstream.clone(),
+                client: Upstream::new(authority),
             };
             let stopping = stopping.clone();
             std::thread::spawn(move || -> anyhow::Result<()> {

@@ -1,0 +1,1097 @@
+//! The client to the MCP server beside the proxy: HTTP/1.1 over a pool of kept-alive
+//! connections, each driven by the request that holds it.
+//!
+//! hyper's client runs every connection as a task of its own and hands it requests, heads
+//! and body chunks over channels: a call crosses tasks at least four times and each
+//! connection keeps a channel block. Here the request's own future writes the request and
+//! reads the head, and the response body reads the socket when it is polled. The peer is the
+//! one server in the pod and every request is built by the proxy, so the client needs only
+//! what RFC 9112 asks of a client reading responses:
+//!
+//! - framing by `Transfer-Encoding: chunked`, `Content-Length` or the connection's close,
+//!   `Transfer-Encoding` winning over `Content-Length` (and the connection then dropped);
+//! - no body after `HEAD`, `204` or `304`; interim `1xx` answers skipped;
+//! - a connection goes back to the pool only when the answer allowed keep-alive and ended
+//!   exactly where its framing said; a pooled connection the server closed while idle is
+//!   noticed before it is used.
+//!
+//! Anything else (a malformed head, a bad `Content-Length`, a bad chunk) is an error that
+//! drops the connection; the proxy answers 502.
+
+use std::collections::VecDeque;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::BoxError;
+use crate::proxy::ProxyBody;
+
+/// Largest response head read, in bytes.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// Largest chunk-size line, and largest trailer section, in bytes.
+const MAX_CHUNK_META: usize = 16 * 1024;
+/// How much a read asks the socket for.
+const READ_SIZE: usize = 8 * 1024;
+/// Request bodies up to this size go out in the same write as the head.
+const COALESCE: usize = 16 * 1024;
+
+/// Why a call to the server failed. The proxy answers each with 502.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("it closed the connection without answering")]
+    Closed,
+    #[error("its answer is not valid HTTP/1.1: {0}")]
+    Response(&'static str),
+    #[error("the request body could not be read: {0}")]
+    RequestBody(BoxError),
+}
+
+/// A request body.
+pub enum Outgoing {
+    /// In memory: sent with its `Content-Length`, and sent again on a new connection if a
+    /// pooled one turns out to have been closed by the server.
+    Full(Bytes),
+    /// Streamed from the client: `Content-Length` when its size is known, chunked when not.
+    Stream(ProxyBody),
+}
+
+/// The connections to one server, for one worker thread.
+pub struct Upstream {
+    /// `host:port`, for connecting and for a request that names no `Host`.
+    authority: String,
+    /// Idle connections, the most recently used last.
+    idle: Mutex<VecDeque<Idle>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// A connection and what has been read from it but not yet used.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl Upstream {
+    /// A client for the server at `authority` (`host:port`).
+    pub fn new(authority: &str) -> Arc<Self> {
+        Arc::new(Upstream {
+            authority: authority.to_string(),
+            idle: Mutex::new(VecDeque::new()),
+            idle_timeout: Duration::from_secs(90),
+            max_idle: 1024,
+        })
+    }
+
+    /// Sends a request and reads the head of its answer; the body is read as it is polled.
+    ///
+    /// `parts` must use origin-form (`uri` path and query); `Host` is set from the authority
+    /// when absent. Framing headers of `parts` are replaced by the body's own.
+    pub async fn send(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        mut body: Outgoing,
+    ) -> Result<Response<UpstreamBody>, Error> {
+        let wire = self.encode(parts, &body);
+        let no_body = parts.method == Method::HEAD;
+        if let Some(conn) = self.take_idle() {
+            match conn.exchange(&wire, &mut body).await {
+                Ok(answer) => return self.response(answer, no_body),
+                // The server closed the connection as it was taken: nothing was answered, so
+                // the request is sent again when that cannot run it twice.
+                Err(Failed {
+                    error: Error::Closed | Error::Io(_),
+                    answered: false,
+                    written,
+                }) if matches!(body, Outgoing::Full(_))
+                    && (!written || is_idempotent(&parts.method)) => {}
+                Err(f) => return Err(f.error),
+            }
+        }
+        let conn = self.connect().await?;
+        let answer = conn.exchange(&wire, &mut body).await.map_err(|f| f.error)?;
+        self.response(answer, no_body)
+    }
+
+    fn response(
+        self: &Arc<Self>,
+        answer: Answer,
+        no_body: bool,
+    ) -> Result<Response<UpstreamBody>, Error> {
+        let Answer { conn, head } = answer;
+        let (framing, keep_alive) = framing(&head, no_body)?;
+        let mut body = UpstreamBody {
+            read: Some(Reader {
+                conn,
+                framing,
+                keep_alive,
+                pool: self.clone(),
+            }),
+            error: None,
+        };
+        body.settle();
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+
+    /// The request's head, and its body too when that is small and in memory: one write.
+    fn encode(&self, parts: &http::request::Parts, body: &Outgoing) -> Vec<u8> {
+        let mut head = Vec::with_capacity(512 + coalesced(body).map_or(0, <[u8]>::len));
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        );
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        if !parts.headers.contains_key(header::HOST) {
+            head.extend_from_slice(b"host: ");
+            head.extend_from_slice(self.authority.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in &parts.headers {
+            // The body's framing is ours to state; the body is sent at once, unasked.
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::EXPECT
+            {
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        match body_length(body) {
+            Some(0) if !expects_body(&parts.method) => {}
+            Some(n) => {
+                let _ = write!(head, "content-length: {n}\r\n");
+            }
+            None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        head.extend_from_slice(b"\r\n");
+        if let Some(bytes) = coalesced(body) {
+            head.extend_from_slice(bytes);
+        }
+        head
+    }
+
+    async fn connect(&self) -> Result<Conn, Error> {
+        let io = TcpStream::connect(&*self.authority)
+            .await
+            .map_err(Error::Connect)?;
+        io.set_nodelay(true)?;
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive)?;
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock();
+        while let Some(Idle { mut conn, since }) = idle.pop_back() {
+            if since.elapsed() >= self.idle_timeout {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
+            if conn.is_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, mut conn: Conn) {
+        // An idle connection keeps no buffer: the next answer may be read by another size.
+        conn.buf = BytesMut::new();
+        let mut idle = self.idle.lock();
+        while idle
+            .front()
+            .is_some_and(|i| i.since.elapsed() >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Idle connections held, for tests.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
+
+/// A request written and the head of its answer read.
+struct Answer {
+    conn: Conn,
+    head: Head,
+}
+
+/// A failed exchange, and how far it got.
+struct Failed {
+    error: Error,
+    /// The request was written whole.
+    written: bool,
+    /// Some of an answer was read.
+    answered: bool,
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Conn {
+    /// Writes `wire` (from [`Upstream::encode`]) and the rest of the body, and reads the
+    /// head of the final answer.
+    async fn exchange(mut self, wire: &[u8], body: &mut Outgoing) -> Result<Answer, Failed> {
+        let unwritten = |error| Failed {
+            error,
+            written: false,
+            answered: false,
+        };
+        self.io
+            .write_all(wire)
+            .await
+            .map_err(|e| unwritten(e.into()))?;
+        match body {
+            Outgoing::Full(_) if coalesced(body).is_some() => {}
+            Outgoing::Full(bytes) => self
+                .io
+                .write_all(bytes)
+                .await
+                .map_err(|e| unwritten(e.into()))?,
+            Outgoing::Stream(stream) => self.write_stream(stream).await.map_err(unwritten)?,
+        }
+        loop {
+            let head = self.read_head().await?;
+            // Interim answers (100 Continue, 103 Early Hints) precede the real one.
+            if head.status.is_informational() {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(Failed {
+                        error: Error::Response("101 Switching Protocols was not asked for"),
+                        written: true,
+                        answered: true,
+                    });
+                }
+                continue;
+            }
+            return Ok(Answer { conn: self, head });
+        }
+    }
+
+    async fn write_stream(&mut self, body: &mut ProxyBody) -> Result<(), Error> {
+        let chunked = body.size_hint().exact().is_none();
+        let mut left = body.size_hint().exact().unwrap_or(0);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(Error::RequestBody)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers are not forwarded
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                let mut out = Vec::with_capacity(data.len() + 20);
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                self.io.write_all(&out).await?;
+            } else {
+                left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+                    Error::RequestBody("the body is longer than its size said".into())
+                })?;
+                self.io.write_all(&data).await?;
+            }
+        }
+        if chunked {
+            self.io.write_all(b"0\r\n\r\n").await?;
+        } else if left > 0 {
+            return Err(Error::RequestBody(
+                "the body ended before its size said".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_head(&mut self) -> Result<Head, Failed> {
+        let mut answered = !self.buf.is_empty();
+        loop {
+            if !self.buf.is_empty() {
+                answered = true;
+                match parse_head(&mut self.buf) {
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) if self.buf.len() >= MAX_HEAD => {
+                        return Err(Failed {
+                            error: Error::Response("the head is larger than 64 KiB"),
+                            written: true,
+                            answered,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            written: true,
+                            answered,
+                        });
+                    }
+                }
+            }
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) => {
+                    return Err(Failed {
+                        error: if answered {
+                            Error::Response("the connection closed inside the head")
+                        } else {
+                            Error::Closed
+                        },
+                        written: true,
+                        answered,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Failed {
+                        error: e.into(),
+                        written: true,
+                        answered,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has into the buffer; `Ok(0)` is the server's close.
+    ///
+    /// Through `AsyncRead`, which notes a short read as the socket drained: the check before
+    /// the connection's next use then costs no system call.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Whether the server has neither closed the connection nor sent anything unasked
+    /// since it was last used. Costs no system call when nothing arrived.
+    fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read_buf(&mut self.buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+}
+
+/// The head at the start of `buf`, taken out of it; `None` when it is not all there yet.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Response("more than 128 header fields"));
+        }
+        Err(_) => return Err(Error::Response("the head cannot be parsed")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Error::Response("bad status code"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Values are sliced out of the head once it is frozen: no copy per field.
+    let base = buf.as_ptr() as usize;
+    let mut named = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Error::Response("bad header name"))?;
+        let start = field.value.as_ptr() as usize - base;
+        named.push((name, start..start + field.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(named.len());
+    for (name, range) in named {
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| Error::Response("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How the body of an answer ends, and whether its connection may carry another request
+/// (RFC 9112 §6.3, §9.3). A `Content-Length` beside `Transfer-Encoding` is removed.
+fn framing(head: &Head, no_body: bool) -> Result<(Framing, bool), Error> {
+    let headers = &head.headers;
+    let mut keep_alive = match head.version {
+        Version::HTTP_11 => !has_token(headers, header::CONNECTION, "close"),
+        _ => has_token(headers, header::CONNECTION, "keep-alive"),
+    };
+    if no_body || head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), keep_alive));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if head.version == Version::HTTP_10 {
+            // HTTP/1.0 has no transfer codings: the framing is faulty (RFC 9112 §6.1).
+            return Err(Error::Response("Transfer-Encoding in an HTTP/1.0 answer"));
+        }
+        let codings: Vec<&str> = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        // An empty or unreadable coding makes the list's last one uncertain: faulty framing.
+        if codings.iter().any(|c| c.is_empty()) {
+            return Err(Error::Response("a Transfer-Encoding with an empty coding"));
+        }
+        let last = codings.last();
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            // A message framed two ways may have been smuggled: read it by the stronger
+            // rule and use the connection for nothing else.
+            keep_alive = false;
+        }
+        return Ok(match last {
+            Some(&t) if t.eq_ignore_ascii_case("chunked") => {
+                (Framing::Chunked(Chunked::Size), keep_alive)
+            }
+            _ => (Framing::Close, false),
+        });
+    }
+    match content_length(headers) {
+        Some(Ok(n)) => Ok((Framing::Length(n), keep_alive)),
+        Some(Err(())) => Err(Error::Response("its Content-Length cannot be read")),
+        None => Ok((Framing::Close, false)),
+    }
+}
+
+/// The `Content-Length`, if any: every value the same decimal number, or an error.
+fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
+    let mut found = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let Ok(text) = value.to_str() else {
+            return Some(Err(()));
+        };
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(Err(()));
+            }
+            let Ok(n) = part.parse::<u64>() else {
+                return Some(Err(()));
+            };
+            if found.is_some_and(|f| f != n) {
+                return Some(Err(()));
+            }
+            found = Some(n);
+        }
+    }
+    found.map(Ok)
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The body, when it is small and in memory and so is written with the head.
+fn coalesced(body: &Outgoing) -> Option<&[u8]> {
+    match body {
+        Outgoing::Full(bytes) if bytes.len() <= COALESCE => Some(bytes),
+        _ => None,
+    }
+}
+
+fn body_length(body: &Outgoing) -> Option<u64> {
+    match body {
+        Outgoing::Full(bytes) => Some(bytes.len() as u64),
+        Outgoing::Stream(stream) => stream.size_hint().exact(),
+    }
+}
+
+/// Methods whose requests carry a body by their meaning: an empty one is stated.
+fn expects_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    Chunked(Chunked),
+    /// When the server closes the connection.
+    Close,
+}
+
+/// Where a chunked body's reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk, in the trailer section (read and dropped), this far in.
+    Trailers(usize),
+    Done,
+}
+
+/// One step of reading a body out of the buffer.
+enum Step {
+    Data(Bytes),
+    End,
+    /// The buffer holds no more of the body.
+    More,
+}
+
+/// A response body, read from the connection as it is polled. Once read to its end the
+/// connection goes back to the pool; dropped before that, the connection is closed.
+pub struct UpstreamBody {
+    read: Option<Reader>,
+    /// An error found while moving past framing, for the next poll.
+    error: Option<BoxError>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let framing = self.read.as_ref().map(|r| r.framing);
+        f.debug_struct("UpstreamBody")
+            .field("framing", &framing)
+            .finish()
+    }
+}
+
+struct Reader {
+    conn: Conn,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<Upstream>,
+}
+
+impl Framing {
+    /// Takes the next piece of the body out of `buf`; with `data` false, only moves past
+    /// framing and stops before the next data.
+    fn step(&mut self, buf: &mut BytesMut, data: bool) -> Result<Step, BoxError> {
+        let chunked = matches!(self, Framing::Chunked(_));
+        loop {
+            match self {
+                Framing::Length(0) | Framing::Chunked(Chunked::Done) => return Ok(Step::End),
+                _ if !data && !chunked => return Ok(Step::More),
+                _ if buf.is_empty() => return Ok(Step::More),
+                Framing::Length(left) => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                }
+                Framing::Close => return Ok(Step::Data(buf.split().freeze())),
+                Framing::Chunked(state) => match state {
+                    Chunked::Data(_) if !data => return Ok(Step::More),
+                    Chunked::Data(left) => {
+                        let n = (*left).min(buf.len() as u64);
+                        *left -= n;
+                        if *left == 0 {
+                            *state = Chunked::DataEnd;
+                        }
+                        return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                    }
+                    Chunked::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Step::More);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err("a chunk is longer than its size".into());
+                        }
+                        buf.advance(2);
+                        *state = Chunked::Size;
+                    }
+                    Chunked::Size => {
+                        let Some(line) = take_line(buf, MAX_CHUNK_META)? else {
+                            return Ok(Step::More);
+                        };
+                        *state = match chunk_size(&line)? {
+                            0 => Chunked::Trailers(0),
+                            n => Chunked::Data(n),
+                        };
+                    }
+                    Chunked::Trailers(seen) => {
+                        let Some(line) = take_line(buf, MAX_CHUNK_META - *seen)? else {
+                            return Ok(Step::More);
+                        };
+                        *state = if line.is_empty() {
+                            Chunked::Done
+                        } else if is_field_line(&line) {
+                            Chunked::Trailers(*seen + line.len() + 2)
+                        } else {
+                            return Err("a trailer field cannot be read".into());
+                        };
+                    }
+                    Chunked::Done => unreachable!("matched above"),
+                },
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, Framing::Length(0) | Framing::Chunked(Chunked::Done))
+    }
+}
+
+/// A CRLF-terminated line taken from the front of `buf`, without its CRLF.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, BoxError> {
+    let too_long = || "a chunk-size line or the trailer section is too long".into();
+    match memchr::memchr(b'\n', buf) {
+        Some(i) if i >= max => Err(too_long()),
+        Some(i) if i > 0 && buf[i - 1] == b'\r' => {
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i - 1);
+            Ok(Some(line))
+        }
+        Some(_) => Err("a chunk-size or trailer line does not end in CRLF".into()),
+        None if buf.len() >= max => Err(too_long()),
+        None => Ok(None),
+    }
+}
+
+/// Whether a line is `name: value` by RFC 9110's grammar (a token, then no control
+/// characters but tab).
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty()
+        && name.iter().all(tchar)
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+}
+
+/// The size on a chunk-size line, its extensions ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
+    let end = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let digits = &line[..end];
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err("a chunk size is not a hexadecimal number".into());
+    }
+    let rest = &line[end..];
+    // After the digits: nothing, or extensions after optional whitespace, with no control
+    // characters in them.
+    if rest
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t'))
+        .is_some_and(|&b| b != b';')
+        || rest.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
+    {
+        return Err("a chunk size is not a hexadecimal number".into());
+    }
+    let text = std::str::from_utf8(digits).expect("hex digits are ASCII");
+    Ok(u64::from_str_radix(text, 16).expect("at most 15 hex digits fit"))
+}
+
+impl UpstreamBody {
+    /// Moves past framing the buffer already holds; a body found at its end gives its
+    /// connection back now, as the server may not be polled again.
+    fn settle(&mut self) {
+        let Some(r) = &mut self.read else { return };
+        match r.framing.step(&mut r.conn.buf, false) {
+            Ok(Step::End) => self.finish(),
+            Ok(_) => {}
+            Err(e) => {
+                self.read = None;
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(r) = self.read.take()
+            && r.keep_alive
+            && r.framing.is_done()
+            && r.conn.buf.is_empty()
+        {
+            r.pool.put(r.conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(r) = &mut this.read else {
+                return Poll::Ready(this.error.take().map(Err));
+            };
+            match r.framing.step(&mut r.conn.buf, true) {
+                Ok(Step::Data(data)) => {
+                    this.settle();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Err(e) => {
+                    this.read = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Step::More) => {}
+            }
+            match ready!(r.conn.poll_fill(cx)) {
+                Ok(0) if r.framing == Framing::Close => {
+                    this.read = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.read = None;
+                    return Poll::Ready(Some(Err(
+                        "the MCP server closed the connection before the body's end".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.read = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_none() && self.error.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.read {
+            None if self.error.is_none() => SizeHint::with_exact(0),
+            None => SizeHint::default(),
+            Some(Reader {
+                framing: Framing::Length(n),
+                ..
+            }) => SizeHint::with_exact(*n),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a body out of `wire` fed `piece` bytes at a time, as reads arrive: the body and
+    /// the bytes after it.
+    fn decode(
+        mut framing: Framing,
+        wire: &[u8],
+        piece: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), BoxError> {
+        let (mut buf, mut rest, mut body) = (BytesMut::new(), wire, Vec::new());
+        loop {
+            match framing.step(&mut buf, true)? {
+                Step::Data(data) => body.extend_from_slice(&data),
+                Step::End => return Ok((body, [&buf[..], rest].concat())),
+                Step::More if rest.is_empty() => {
+                    return Err("the wire ended inside the body".into());
+                }
+                Step::More => {
+                    let n = piece.min(rest.len());
+                    buf.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                }
+            }
+        }
+    }
+
+    fn chunked() -> Framing {
+        Framing::Chunked(Chunked::Size)
+    }
+
+    fn head(raw: &str) -> Head {
+        parse_head(&mut BytesMut::from(raw)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn chunked_bodies_decode_the_same_however_the_bytes_arrive() {
+        let wire = b"5;ext=1\r\nhello\r\n6 ; name=\"v\"\r\n world\r\nA\r\n, 10 bytes\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for piece in 1..=wire.len() {
+            let (body, rest) = decode(chunked(), wire, piece).unwrap();
+            assert_eq!(
+                body, b"hello world, 10 bytes",
+                "read {piece} bytes at a time"
+            );
+            assert_eq!(rest, b"NEXT", "read {piece} bytes at a time");
+        }
+    }
+
+    #[test]
+    fn random_chunkings_of_random_bodies_decode_to_the_body() {
+        // A fixed-seed generator: every run tries the same cases.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        for _ in 0..300 {
+            let body: Vec<u8> = (0..next(4000)).map(|_| next(256) as u8).collect();
+            let mut wire = Vec::new();
+            let mut at = 0;
+            while at < body.len() {
+                let n = (1 + next(700)).min(body.len() - at);
+                let size = if next(2) == 0 {
+                    format!("{n:x}")
+                } else {
+                    format!("{n:X}")
+                };
+                let ext = if next(3) == 0 { ";a=b" } else { "" };
+                wire.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
+                wire.extend_from_slice(&body[at..at + n]);
+                wire.extend_from_slice(b"\r\n");
+                at += n;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let piece = 1 + next(600);
+            let (decoded, rest) = decode(chunked(), &wire, piece).unwrap();
+            assert_eq!(decoded, body);
+            assert!(rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        let long_line = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_META));
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n",
+            b"5;a=\x01\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nno colon\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nbad name: 1\r\n\r\n",
+            long_line.as_bytes(),
+        ] {
+            let read = decode(chunked(), wire, wire.len());
+            assert!(
+                read.is_err(),
+                "{:?} was read as {read:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length() {
+        let (body, rest) = decode(Framing::Length(5), b"helloNEXT", 2).unwrap();
+        assert_eq!((&body[..], &rest[..]), (&b"hello"[..], &b"NEXT"[..]));
+        assert!(decode(Framing::Length(10), b"hello", 5).is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                false,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n",
+                false,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                false,
+                chunked(),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                false,
+                chunked(),
+                true,
+            ),
+            // Framed two ways: chunked wins, and the connection is not used again.
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+                false,
+                chunked(),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                false,
+                Framing::Close,
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close, false),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: Close\r\n\r\n",
+                false,
+                Framing::Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n",
+                false,
+                Framing::Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n",
+                false,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+                false,
+                Framing::Length(0),
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+                false,
+                Framing::Length(0),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                true,
+                Framing::Length(0),
+                true,
+            ),
+        ];
+        for (raw, head_request, want, keep_alive) in cases {
+            let got = framing(&head(raw), head_request).unwrap();
+            assert_eq!(got, (want, keep_alive), "{raw:?}");
+        }
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            // HTTP/1.0 has no transfer codings; an empty coding hides which one is last.
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n",
+        ] {
+            assert!(framing(&head(raw), false).is_err(), "{raw:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn heads_keep_every_field_and_leave_the_body_in_the_buffer() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 202 Accepted\r\nSet-Cookie: a\r\nset-cookie: b\r\nMcp-Session-Id: s1\r\n\r\nBODY",
+        );
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::ACCEPTED);
+        let cookies: Vec<_> = head.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a", "b"]);
+        assert_eq!(head.headers["mcp-session-id"], "s1");
+        assert_eq!(&buf[..], b"BODY");
+
+        assert!(
+            parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nx: 1\r\n"))
+                .unwrap()
+                .is_none()
+        );
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "x: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(parse_head(&mut BytesMut::from(many.as_str())).is_err());
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 2000 OK\r\n\r\n")).is_err());
+        assert!(
+            parse_head(&mut BytesMut::from(
+                "HTTP/1.1 200 OK\r\nbad name: 1\r\n\r\n"
+            ))
+            .is_err()
+        );
+    }
+}
