@@ -24,7 +24,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -205,7 +205,7 @@ impl Proxy {
         Proxy {
             cfg: self.cfg.clone(),
             upstream_authority: self.upstream_authority.clone(),
-            client: Upstream::new(self.upstream_authority.to_str().unwrap_or_default()),
+            client: self.client.for_another_worker(),
             policy: self.policy.clone(),
             counters: self.counters.clone(),
             audit: self.audit.clone(),
@@ -273,7 +273,7 @@ impl Proxy {
         peer: SocketAddr,
         start: Instant,
     ) -> Resp {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let declared_len = header_str(&parts.headers, header::CONTENT_LENGTH)
             .and_then(|v| v.parse::<usize>().ok());
         if declared_len.is_some_and(|n| n > self.cfg.max_body) {
@@ -306,9 +306,8 @@ impl Proxy {
                 return json_response(StatusCode::BAD_REQUEST, &body);
             }
         };
-        // The body is forwarded from memory; hyper sets Content-Length from its exact size,
+        // The body is forwarded from memory: the upstream client states its exact length,
         // which matters when a batch is forwarded without its denied messages.
-        parts.headers.remove(header::CONTENT_LENGTH);
         let RpcBody::Messages { messages, batch } = parsed else {
             return self
                 .forward(
@@ -691,12 +690,7 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let is_get = parts.method == Method::GET;
         let up = self.upstream_head(parts, peer);
-        let body = if body.is_end_stream() {
-            Outgoing::Full(Bytes::new())
-        } else {
-            Outgoing::Stream(body.map_err(Into::into).boxed())
-        };
-        let resp = match self.client.send(&up, body).await {
+        let resp = match self.client.send(&up, Outgoing::streamed(body)).await {
             Ok(r) => r,
             Err(e) => return self.bad_gateway(&e, None),
         };

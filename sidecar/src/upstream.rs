@@ -73,6 +73,17 @@ pub enum Outgoing {
     Stream(ProxyBody),
 }
 
+impl Outgoing {
+    /// A client's request body, streamed on; an empty one is sent as such.
+    pub fn streamed(body: hyper::body::Incoming) -> Self {
+        if body.is_end_stream() {
+            Outgoing::Full(Bytes::new())
+        } else {
+            Outgoing::Stream(body.map_err(Into::into).boxed())
+        }
+    }
+}
+
 /// The connections to one server, for one worker thread.
 pub struct Upstream {
     /// `host:port`, for connecting and for a request that names no `Host`.
@@ -252,6 +263,11 @@ impl Upstream {
         });
     }
 
+    /// Another client to the same server, with a pool of its own (one per worker thread).
+    pub fn for_another_worker(&self) -> Arc<Self> {
+        Upstream::new(&self.authority)
+    }
+
     /// Idle connections held, for tests.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().len()
@@ -283,24 +299,13 @@ impl Conn {
     /// Writes `wire` (from [`Upstream::encode`]) and the rest of the body, and reads the
     /// head of the final answer.
     async fn exchange(mut self, wire: &[u8], body: &mut Outgoing) -> Result<Answer, Failed> {
-        let unwritten = |error| Failed {
-            error,
-            written: false,
-            answered: false,
-        };
-        self.io
-            .write_all(wire)
+        self.write_request(wire, body)
             .await
-            .map_err(|e| unwritten(e.into()))?;
-        match body {
-            Outgoing::Full(_) if coalesced(body).is_some() => {}
-            Outgoing::Full(bytes) => self
-                .io
-                .write_all(bytes)
-                .await
-                .map_err(|e| unwritten(e.into()))?,
-            Outgoing::Stream(stream) => self.write_stream(stream).await.map_err(unwritten)?,
-        }
+            .map_err(|error| Failed {
+                error,
+                written: false,
+                answered: false,
+            })?;
         loop {
             let head = self.read_head().await?;
             // Interim answers (100 Continue, 103 Early Hints) precede the real one.
@@ -315,6 +320,15 @@ impl Conn {
                 continue;
             }
             return Ok(Answer { conn: self, head });
+        }
+    }
+
+    async fn write_request(&mut self, wire: &[u8], body: &mut Outgoing) -> Result<(), Error> {
+        self.io.write_all(wire).await?;
+        match body {
+            Outgoing::Full(_) if coalesced(body).is_some() => Ok(()),
+            Outgoing::Full(bytes) => Ok(self.io.write_all(bytes).await?),
+            Outgoing::Stream(stream) => self.write_stream(stream).await,
         }
     }
 
@@ -353,7 +367,7 @@ impl Conn {
     }
 
     async fn read_head(&mut self) -> Result<Head, Failed> {
-        let mut answered = !self.buf.is_empty();
+        let mut answered = false;
         loop {
             if !self.buf.is_empty() {
                 answered = true;

@@ -156,6 +156,13 @@ async fn send(
     in_time(client.send(parts, body)).await
 }
 
+/// A GET without a body, answered.
+async fn fetch(client: &Arc<Upstream>, path: &str) -> Response<UpstreamBody> {
+    send(client, &get(path), Outgoing::Full(Bytes::new()))
+        .await
+        .unwrap()
+}
+
 async fn body_of(resp: Response<UpstreamBody>) -> String {
     let bytes = in_time(resp.into_body().collect())
         .await
@@ -199,13 +206,9 @@ async fn chunked_answers_are_decoded_and_their_connection_is_used_again() {
                    6;x=y\r\nevent:\r\n9\r\n message\n\r\n0\r\nx-trailer: t\r\n\r\n";
     let server = Scripted::start(vec![vec![Reply::Send(chunked), Reply::Send(OK_HELLO)]]).await;
     let client = server.client();
-    let resp = send(&client, &get("/sse"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/sse").await;
     assert_eq!(body_of(resp).await, "event: message\n");
-    let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/").await;
     assert_eq!(body_of(resp).await, "hello");
     assert_eq!(server.accepted(), 1);
     let (_, first) = &server.requests()[0];
@@ -249,16 +252,12 @@ async fn head_204_and_304_answers_have_no_body_whatever_their_fields_say() {
     assert_eq!(resp.headers()["content-length"], "50");
     assert_eq!(body_of(resp).await, "");
     for status in [204, 304] {
-        let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-            .await
-            .unwrap();
+        let resp = fetch(&client, "/").await;
         assert_eq!(resp.status(), status);
         assert_eq!(body_of(resp).await, "");
     }
     // Had any of them been read as having a body, this answer would be lost in it.
-    let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/").await;
     assert_eq!(body_of(resp).await, "hello");
     assert_eq!(server.accepted(), 1);
 }
@@ -271,14 +270,10 @@ async fn an_answer_ended_by_close_is_read_to_the_close_and_its_connection_droppe
     ])
     .await;
     let client = server.client();
-    let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/").await;
     assert_eq!(body_of(resp).await, "until the end");
     assert_eq!(client.idle_count(), 0);
-    let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/").await;
     assert_eq!(body_of(resp).await, "hello");
     assert_eq!(server.accepted(), 2);
 }
@@ -298,9 +293,7 @@ async fn connection_close_and_double_framing_keep_a_connection_out_of_the_pool()
     .await;
     let client = server.client();
     for _ in 0..4 {
-        let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-            .await
-            .unwrap();
+        let resp = fetch(&client, "/").await;
         assert_eq!(body_of(resp).await, "hello");
     }
     assert_eq!(
@@ -356,9 +349,7 @@ async fn a_post_is_never_sent_twice_but_a_get_is_retried_when_a_pooled_connectio
     ])
     .await;
     let client = server.client();
-    let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/").await;
     body_of(resp).await;
     let err = send(
         &client,
@@ -369,13 +360,9 @@ async fn a_post_is_never_sent_twice_but_a_get_is_retried_when_a_pooled_connectio
     .unwrap_err();
     assert!(matches!(err, Error::Closed), "{err}");
 
-    let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/").await;
     body_of(resp).await;
-    let resp = send(&client, &get("/again"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/again").await;
     assert_eq!(body_of(resp).await, "hello");
 
     let seen: Vec<(usize, String)> = server
@@ -426,9 +413,7 @@ async fn a_body_cut_short_or_badly_chunked_is_an_error_not_a_shorter_body() {
     ] {
         let server = Scripted::start(vec![vec![answer]]).await;
         let client = server.client();
-        let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-            .await
-            .unwrap();
+        let resp = fetch(&client, "/").await;
         assert!(in_time(resp.into_body().collect()).await.is_err());
         assert_eq!(client.idle_count(), 0);
     }
@@ -517,9 +502,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     ])
     .await;
     let client = server.client();
-    let resp = send(&client, &get("/stream"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/stream").await;
     let mut body = resp.into_body();
     let first = in_time(body.frame())
         .await
@@ -530,9 +513,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     assert_eq!(&first[..], b"hello");
     drop(body);
     assert_eq!(client.idle_count(), 0);
-    let resp = send(&client, &get("/"), Outgoing::Full(Bytes::new()))
-        .await
-        .unwrap();
+    let resp = fetch(&client, "/").await;
     assert_eq!(body_of(resp).await, "hello");
     assert_eq!(server.accepted(), 2);
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Uri};
 use tollgate_sidecar::upstream::{Outgoing, Upstream};
 
@@ -43,12 +43,7 @@ impl tollgate_sidecar::conn::Handler for Forward {
         async move {
             let (mut parts, body) = req.into_parts();
             parts.headers.remove(hyper::header::CONNECTION);
-            let body = if body.is_end_stream() {
-                Outgoing::Full(Bytes::new())
-            } else {
-                Outgoing::Stream(body.map_err(Into::into).boxed())
-            };
-            match this.client.send(&parts, body).await {
+            match this.client.send(&parts, Outgoing::streamed(body)).await {
                 Ok(resp) => resp.map(BodyExt::boxed),
                 Err(e) => {
                     let mut r = Response::new(
