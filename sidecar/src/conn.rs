@@ -1,49 +1,78 @@
-//! One inbound connection, held at the cost of its socket while it idles.
+//! One inbound connection: Tollgate's own HTTP/1.1 server, and hyper for HTTP/2.
 //!
-//! hyper keeps two 8 KiB buffers and its dispatcher for the whole life of an HTTP/1
-//! connection, busy or idle: about 20 KiB for every agent that keeps a connection open. So an
-//! HTTP/1 connection here is served by a hyper connection only while requests are on it. Once
-//! every response has been handed to hyper and hyper waits, the hyper connection is ended
-//! gracefully, which hyper does at once when idle and after flushing when still writing. It
-//! ends without shutting the socket: `poll_without_shutdown` and `into_parts` (hyper's API for
-//! upgrades) hand the socket back, with any bytes of a next request already read. The socket
-//! then waits alone until it is readable again, as nginx frees its buffers on an idle
-//! keep-alive connection.
+//! ```text
+//! idle: the socket alone, no buffer ──readable──> head read (httparse; ≤ 64 KiB, 30 s once begun)
+//!   ──> checked by RFC 9112, strictly ──refused──> 4xx naming the problem, connection closed
+//!   ──> Request<RequestBody> ──> Handler ──> Response
+//!   ──> head and body written (one write when the body is ready with the head)
+//!   ──> the next pipelined request in the buffer, idle again, or closed
+//! ```
 //!
-//! A response counts from the moment hyper calls the service until hyper drops its body, so
-//! no response head can be written during the graceful end: no client sees
-//! `Connection: close` because of it.
+//! This server is where a request could be smuggled past the proxy, so it reads a request one
+//! way or not at all. A request framed both by `Transfer-Encoding` and `Content-Length`, with a
+//! transfer coding other than `chunked`, with lengths that disagree or are not digits, with no
+//! `Host` or two, or with folded header lines is refused with 400 and its connection closed,
+//! before the handler sees it. A connection whose request body was not read to its end is
+//! closed after the answer, so the rest of that body is never read as a request.
 //!
-//! HTTP/2 with prior knowledge is served by hyper for the connection's life.
+//! A request whose body arrived with its head (an MCP call, nearly always) is handed to the
+//! handler as bytes. A body still arriving is read from the socket as the handler polls it:
+//! the connection lends the handler its read side, and the body gives it back at its end.
+//! While the handler works and while the answer is written, the connection watches its read
+//! side: a client that closes abandons its request, as with hyper.
+//!
+//! Idle connections hold their socket and nothing else, as nginx frees its buffers on an idle
+//! keep-alive connection. HTTP/2 with prior knowledge is served by hyper for the connection's
+//! life.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes};
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
+
+use crate::BoxError;
+use crate::h1::{Chunked, Framing, Step, content_length, has_token};
+
+/// Largest request head read, in bytes.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a request head.
+const MAX_HEADERS: usize = 128;
+/// How much a read asks the socket for.
+const READ_SIZE: usize = 4 * 1024;
+/// How long a request head may take to arrive once its first bytes have.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Answer bytes gathered into one write.
+const COALESCE: usize = 64 * 1024;
+/// After refusing a request, how long and how much of the rest is read and dropped, so the
+/// refusal is not lost to a reset.
+const LINGER: (Duration, usize) = (Duration::from_secs(1), 64 * 1024);
 
 /// What a connection serves: a request and the peer's address in, a response out.
 pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// The response body.
-    type Body: Body<Data = Bytes, Error = crate::BoxError> + Send + Unpin + 'static;
+    type Body: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
     /// Answers one request.
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response<Self::Body>> + Send + 'static + use<Self>;
 }
@@ -56,8 +85,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Served {
     /// Served by hyper-util's HTTP/2-or-1 connection for its whole life.
     pub http2: bool,
-    /// Times an idle HTTP/1 connection gave back hyper's state and waited alone.
-    pub hand_offs: usize,
+    /// HTTP/1 requests answered.
+    pub requests: usize,
+    /// Times an HTTP/1 connection waited for its next request holding no buffer.
+    pub idle_waits: usize,
 }
 
 /// Serves `stream` until the peer closes it or it fails. When `stop` turns true, an idle
@@ -82,13 +113,10 @@ pub async fn serve<H: Handler>(
         Box::pin(serve_auto(stream, peer, handler, stop)).await;
         Served {
             http2: true,
-            hand_offs: 0,
+            ..Served::default()
         }
     } else {
-        Served {
-            http2: false,
-            hand_offs: serve_http1(stream, peer, handler, stop).await,
-        }
+        Http1::new(stream, peer, handler, stop).serve().await
     }
 }
 
@@ -99,6 +127,7 @@ async fn serve_auto<H: Handler>(
     mut stop: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let req = req.map(|body| RequestBody(Inner::Http2(body)));
         handler.call(req, peer).map(Ok::<_, Infallible>)
     });
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -121,205 +150,989 @@ async fn serve_auto<H: Handler>(
     }
 }
 
-/// Returns the number of hand-offs.
-async fn serve_http1<H: Handler>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    handler: H,
-    mut stop: watch::Receiver<bool>,
-) -> usize {
-    let state = Arc::new(State::default());
-    let mut io = HandOff {
-        stream,
-        replay: Bytes::new(),
-    };
-    let builder = http1::Builder::new();
-    let mut hand_offs = 0;
-    loop {
-        // Idle: only this task and the socket. Bytes replayed from the last hyper connection
-        // are an incomplete request (a complete one would have been served), so this waits
-        // for more either way.
-        tokio::select! {
-            ready = io.stream.readable() => if ready.is_err() { return hand_offs },
-            _ = stop.wait_for(|s| *s) => return hand_offs,
+/// A request's body: read with its head, still arriving on an HTTP/1 connection, or hyper's
+/// (HTTP/2).
+pub struct RequestBody(Inner);
+
+enum Inner {
+    /// All of it, taken by the first poll.
+    Full(Bytes),
+    Http1(Http1Body),
+    Http2(Incoming),
+}
+
+impl RequestBody {
+    /// A body that is all there.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        RequestBody(Inner::Full(bytes.into()))
+    }
+
+    /// The whole body when it is already in memory; the body itself when it is still to be
+    /// read.
+    pub fn into_bytes(self) -> Result<Bytes, Self> {
+        match self.0 {
+            Inner::Full(bytes) => Ok(bytes),
+            other => Err(RequestBody(other)),
         }
-        let service = Service {
-            handler: handler.clone(),
-            peer,
-            state: state.clone(),
-        };
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service));
-        let mut handing_off = false;
-        let ended = {
-            let mut stopping = false;
-            let mut stopped = std::pin::pin!(async {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            std::future::poll_fn(|cx| {
-                if !stopping && stopped.as_mut().poll(cx).is_ready() {
-                    stopping = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
-                }
-                let polled = conn.poll_without_shutdown(cx);
-                if polled.is_pending() && !stopping && !handing_off && state.idle() {
-                    handing_off = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
-                    return conn.poll_without_shutdown(cx);
-                }
-                polled
-            })
-            .await
-        };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "connection ended with an error");
-            return hand_offs;
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Inner::Full(b) => write!(f, "RequestBody::Full({} bytes)", b.len()),
+            Inner::Http1(b) => write!(f, "RequestBody::Http1({:?})", b.framing),
+            Inner::Http2(_) => f.write_str("RequestBody::Http2"),
         }
-        if !handing_off {
-            // The peer closed, hyper answered `Connection: close`, or the proxy is stopping.
-            return hand_offs;
-        }
-        hand_offs += 1;
-        let parts = conn.into_parts();
-        io = parts.io.into_inner();
-        // A copy: `read_buf` shares hyper's whole read buffer, which is what to let go.
-        io.replay = Bytes::copy_from_slice(&parts.read_buf);
     }
 }
 
-/// The responses of one connection not yet written.
-#[derive(Default)]
-struct State {
-    outstanding: AtomicUsize,
-}
-
-impl State {
-    /// hyper waits for the next request, or is flushing the last answer, which it finishes
-    /// before a graceful end.
-    fn idle(&self) -> bool {
-        self.outstanding.load(Ordering::Relaxed) == 0
-    }
-}
-
-/// One response being made or written; done when dropped.
-struct Outstanding(Arc<State>);
-
-impl Outstanding {
-    fn new(state: &Arc<State>) -> Self {
-        state.outstanding.fetch_add(1, Ordering::Relaxed);
-        Outstanding(state.clone())
-    }
-}
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The socket as hyper sees it: first the bytes an earlier hyper connection read past its
-/// last request.
-struct HandOff {
-    stream: TcpStream,
-    replay: Bytes,
-}
-
-impl AsyncRead for HandOff {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.replay.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        }
-        let n = this.replay.len().min(buf.remaining());
-        buf.put_slice(&this.replay[..n]);
-        this.replay.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for HandOff {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// hyper's service on one HTTP/1 hyper connection: counts the responses not yet written.
-struct Service<H> {
-    handler: H,
-    peer: SocketAddr,
-    state: Arc<State>,
-}
-
-type ServiceFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
-
-impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
-    type Response = Response<Tracked<H::Body>>;
-    type Error = Infallible;
-    type Future = ServiceFuture<Tracked<H::Body>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let outstanding = Outstanding::new(&self.state);
-        // `map`, not an async block: a block would hold the handler's future twice (as
-        // captured, and as awaited), doubling the allocation every request makes.
-        Box::pin(self.handler.call(req, self.peer).map(move |resp| {
-            Ok(resp.map(|body| Tracked {
-                body,
-                _outstanding: outstanding,
-            }))
-        }))
-    }
-}
-
-/// A response body, outstanding until hyper drops it (after its end, or on a broken
-/// connection).
-struct Tracked<B> {
-    body: B,
-    _outstanding: Outstanding,
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Inner::Full(bytes) if bytes.is_empty() => Poll::Ready(None),
+            Inner::Full(bytes) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes))))),
+            Inner::Http1(body) => body.poll_frame(cx),
+            Inner::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Inner::Full(bytes) => bytes.is_empty(),
+            Inner::Http1(body) => body.read.is_none() || body.framing.is_done(),
+            Inner::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.0 {
+            Inner::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
+            Inner::Http1(Http1Body {
+                framing: Framing::Length(n),
+                ..
+            }) => SizeHint::with_exact(*n),
+            Inner::Http1(_) => SizeHint::default(),
+            Inner::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A connection's read side: the socket's and what was read from it but not yet used.
+struct ReadSide {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl ReadSide {
+    /// Reads what the socket has into the buffer; `Ok(0)` is the client's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Where a lent read side comes back to.
+type Home = Arc<Mutex<Option<ReadSide>>>;
+
+/// A request body still arriving: reads the connection it was lent, and gives it back at the
+/// body's end (or when dropped there). Dropped before its end, it takes the read side with it
+/// and the connection closes after its answer.
+struct Http1Body {
+    read: Option<ReadSide>,
+    framing: Framing,
+    home: Home,
+}
+
+impl Http1Body {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(r) = &mut self.read else {
+                return Poll::Ready(None);
+            };
+            match self.framing.step(&mut r.buf, true) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => {
+                    self.go_home();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => {
+                    self.read = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(r.poll_fill(cx)) {
+                Ok(0) => {
+                    self.read = None;
+                    return Poll::Ready(Some(Err(
+                        "the client closed the connection before the request body's end".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.read = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn go_home(&mut self) {
+        if let Some(r) = self.read.take() {
+            *self.home.lock() = Some(r);
+        }
+    }
+}
+
+impl Drop for Http1Body {
+    fn drop(&mut self) {
+        if self.framing.is_done() {
+            self.go_home();
+        }
+    }
+}
+
+/// Why a request was refused before the handler saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
+}
+
+fn refusal(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// A request head, read and checked.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) parts: http::request::Parts,
+    /// How its body is framed: `Length` or `Chunked`.
+    pub(crate) body: Framing,
+    /// The client asked to close the connection after the answer (or did not ask to keep an
+    /// HTTP/1.0 one).
+    pub(crate) close: bool,
+    /// The client waits for `100 Continue` before sending the body.
+    pub(crate) expect_continue: bool,
+}
+
+/// The request head at the start of `buf`, taken out of it; `None` when it is not all there
+/// yet. Refuses, naming the problem, whatever could be read more than one way.
+pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(refusal(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("the request has more than {MAX_HEADERS} header fields"),
+            ));
+        }
+        Err(e) => {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                format!("the request head cannot be read: {e}"),
+            ));
+        }
+    };
+    let bad = |reason: &str| refusal(StatusCode::BAD_REQUEST, reason);
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| bad("the request method is not a token"))?;
+    // The target and the values are sliced out of the head once it is frozen: no copy each.
+    let base = buf.as_ptr() as usize;
+    let range = |s: &str| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let target = range(parsed.path.unwrap_or_default());
+    let mut named = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| bad("a header field name cannot be read"))?;
+        let start = field.value.as_ptr() as usize - base;
+        named.push((name, start..start + field.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target))
+        .map_err(|_| bad("the request target is not a valid URI"))?;
+    let mut headers = HeaderMap::with_capacity(named.len());
+    for (name, range) in named {
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| bad("a header field value cannot be read"))?;
+        headers.append(name, value);
+    }
+
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
+        return Err(bad(
+            "an HTTP/1.1 request needs exactly one Host header field",
+        ));
+    }
+    if method == Method::CONNECT {
+        return Err(refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served: this is a reverse proxy in front of one MCP server",
+        ));
+    }
+    let body = if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(bad("HTTP/1.0 has no Transfer-Encoding"));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(bad(
+                "the request is framed both by Transfer-Encoding and by Content-Length",
+            ));
+        }
+        let codings: Vec<&[u8]> = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect();
+        match codings[..] {
+            [only] if only.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunked::Size),
+            [.., last] if last.eq_ignore_ascii_case(b"chunked") => {
+                return Err(refusal(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "only the chunked transfer coding is supported",
+                ));
+            }
+            _ => {
+                return Err(bad(
+                    "the request's last transfer coding is not chunked, so its length cannot be known",
+                ));
+            }
+        }
+    } else {
+        match content_length(&headers) {
+            Some(Ok(n)) => Framing::Length(n),
+            Some(Err(())) => {
+                return Err(bad(
+                    "the Content-Length is not one decimal number (or its values disagree)",
+                ));
+            }
+            None => Framing::Length(0),
+        }
+    };
+    let expect_continue = match headers.get(header::EXPECT) {
+        None => false,
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
+        Some(_) => {
+            return Err(refusal(
+                StatusCode::EXPECTATION_FAILED,
+                "the only expectation served is Expect: 100-continue",
+            ));
+        }
+    };
+    let close = match version {
+        Version::HTTP_11 => has_token(&headers, header::CONNECTION, "close"),
+        _ => !has_token(&headers, header::CONNECTION, "keep-alive"),
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok(Some(Head {
+        parts: req.into_parts().0,
+        body,
+        close,
+        expect_continue,
+    }))
+}
+
+/// An HTTP/1 connection being served.
+struct Http1<H> {
+    /// The read side, while it is not lent to a request body.
+    read: Option<ReadSide>,
+    write: OwnedWriteHalf,
+    /// Where a lent read side comes back.
+    home: Home,
+    /// The answer being written, gathered into as few writes as it can be.
+    out: Vec<u8>,
+    peer: SocketAddr,
+    handler: H,
+    stop: watch::Receiver<bool>,
+    served: Served,
+}
+
+/// How an answer's writing ended.
+enum Written {
+    /// Whole, and the connection may carry another request.
+    KeepAlive,
+    /// Whole, or cut short by a failed body; the connection is to be closed.
+    Close,
+    /// The client closed the connection or the write failed.
+    Gone,
+}
+
+impl<H: Handler> Http1<H> {
+    fn new(stream: TcpStream, peer: SocketAddr, handler: H, stop: watch::Receiver<bool>) -> Self {
+        let (io, write) = stream.into_split();
+        Http1 {
+            read: Some(ReadSide {
+                io,
+                buf: BytesMut::new(),
+            }),
+            write,
+            home: Home::default(),
+            out: Vec::new(),
+            peer,
+            handler,
+            stop,
+            served: Served::default(),
+        }
+    }
+
+    async fn serve(mut self) -> Served {
+        loop {
+            let Some(r) = &mut self.read else {
+                return self.served;
+            };
+            if r.buf.is_empty() {
+                // Idle: only the socket. A buffer left with a partial next head waits below.
+                r.buf = BytesMut::new();
+                self.out = Vec::new();
+                if self.served.requests > 0 {
+                    self.served.idle_waits += 1;
+                }
+                tokio::select! {
+                    ready = r.io.readable() => if ready.is_err() { return self.served },
+                    _ = self.stop.wait_for(|s| *s) => return self.served,
+                }
+            }
+            let head = match read_head(r).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return self.served,
+                Err(refused) => {
+                    self.refuse(&refused).await;
+                    return self.served;
+                }
+            };
+            match self.exchange(head).await {
+                Written::KeepAlive if self.read.is_some() => {}
+                Written::KeepAlive | Written::Close => {
+                    let _ = self.write.shutdown().await;
+                    return self.served;
+                }
+                Written::Gone => return self.served,
+            }
+        }
+    }
+
+    /// Answers one request whose head has been read.
+    async fn exchange(&mut self, head: Head) -> Written {
+        let Head {
+            parts,
+            body: framing,
+            close,
+            expect_continue,
+        } = head;
+        let r = self.read.as_mut().expect("a head was just read from it");
+        let body = match framing {
+            Framing::Length(n) if r.buf.len() as u64 >= n => {
+                RequestBody::full(r.buf.split_to(n as usize).freeze())
+            }
+            framing => {
+                if expect_continue && self.write.write_all(CONTINUE).await.is_err() {
+                    return Written::Gone;
+                }
+                RequestBody(Inner::Http1(Http1Body {
+                    read: self.read.take(),
+                    framing,
+                    home: self.home.clone(),
+                }))
+            }
+        };
+        let version = parts.version;
+        let head_request = parts.method == Method::HEAD;
+        let mut respond = Box::pin(
+            self.handler
+                .call(Request::from_parts(parts, body), self.peer),
+        );
+        let answered = std::future::poll_fn(|cx| {
+            if let Poll::Ready(resp) = respond.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            self.poll_closed(cx).map(|()| None)
+        })
+        .await;
+        drop(respond);
+        let Some(resp) = answered else {
+            return Written::Gone;
+        };
+        self.served.requests += 1;
+        if self.read.is_none() {
+            self.read = self.home.lock().take();
+        }
+        // A body not read to its end leaves its rest on the connection: close it after this.
+        let keep_alive = !close && self.read.is_some() && !*self.stop.borrow();
+        self.write_response(resp, version, head_request, keep_alive)
+            .await
+    }
+
+    /// Writes an answer: its head with the framing of its body, then the body as it comes,
+    /// gathered into one write with the head when it is ready with it.
+    async fn write_response(
+        &mut self,
+        resp: Response<H::Body>,
+        version: Version,
+        head_request: bool,
+        mut keep_alive: bool,
+    ) -> Written {
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        let bodiless = head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let length = body.size_hint().exact();
+        let chunked = !bodiless && length.is_none() && version == Version::HTTP_11;
+        if !bodiless && length.is_none() && !chunked {
+            keep_alive = false; // HTTP/1.0: the body ends with the connection
+        }
+        let out = &mut self.out;
+        out.clear();
+        encode_head(out, &parts, bodiless, length, chunked, keep_alive, version);
+        if bodiless {
+            return self.flush_last(keep_alive).await;
+        }
+        let mut left = length;
+        loop {
+            // What the body has now goes out with what is gathered; only when it has nothing
+            // ready is the gathered answer written and the body waited for.
+            let now = Pin::new(&mut body).poll_frame(&mut noop_context());
+            let polled = match now {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if !self.out.is_empty() {
+                        if self.write.write_all(&self.out).await.is_err() {
+                            return Written::Gone;
+                        }
+                        self.out.clear();
+                    }
+                    let next = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                            return Poll::Ready(Some(frame));
+                        }
+                        self.poll_closed(cx).map(|()| None)
+                    })
+                    .await;
+                    match next {
+                        Some(frame) => frame,
+                        None => return Written::Gone,
+                    }
+                }
+            };
+            match polled {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers are not sent
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if let Some(left) = &mut left {
+                        let Some(rest) = left.checked_sub(data.len() as u64) else {
+                            tracing::debug!("a response body is longer than its size said");
+                            return Written::Gone;
+                        };
+                        *left = rest;
+                    }
+                    if self.put(&data, chunked).await.is_err() {
+                        return Written::Gone;
+                    }
+                }
+                Some(Err(e)) => {
+                    // The client sees the connection close before the body's end.
+                    tracing::debug!(error = %e, "a response body failed");
+                    return Written::Gone;
+                }
+                None => {
+                    if left.is_some_and(|n| n > 0) {
+                        tracing::debug!("a response body ended before its size said");
+                        return Written::Gone;
+                    }
+                    if chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    return self.flush_last(keep_alive).await;
+                }
+            }
+        }
+    }
+
+    /// Adds a piece of the body to the answer, writing what is gathered when it grows large.
+    async fn put(&mut self, data: &Bytes, chunked: bool) -> io::Result<()> {
+        if chunked {
+            use std::io::Write as _;
+            let _ = write!(self.out, "{:x}\r\n", data.len());
+        }
+        if self.out.len() + data.len() <= COALESCE {
+            self.out.extend_from_slice(data);
+        } else {
+            self.write.write_all(&self.out).await?;
+            self.out.clear();
+            self.write.write_all(data).await?;
+        }
+        if chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        Ok(())
+    }
+
+    async fn flush_last(&mut self, keep_alive: bool) -> Written {
+        if self.write.write_all(&self.out).await.is_err() {
+            return Written::Gone;
+        }
+        self.out.clear();
+        if keep_alive {
+            Written::KeepAlive
+        } else {
+            Written::Close
+        }
+    }
+
+    /// Whether the client closed the connection while its request is served. Bytes of a next
+    /// request are kept (up to a head's worth); the read side is watched only while it is
+    /// home.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.read.is_none() {
+            self.read = self.home.lock().take();
+        }
+        let Some(r) = &mut self.read else {
+            return Poll::Pending;
+        };
+        while r.buf.len() < MAX_HEAD {
+            match ready!(r.poll_fill(cx)) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(_) => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Answers a request refused before the handler saw it, and closes the connection.
+    async fn refuse(&mut self, refused: &Refusal) {
+        tracing::debug!(peer = %self.peer, status = %refused.status, reason = %refused.reason, "request refused");
+        let body = crate::jsonrpc::error_response(
+            serde_json::Value::Null,
+            crate::jsonrpc::INVALID_REQUEST,
+            &format!("Bad request: {}", refused.reason),
+            None,
+        )
+        .to_string();
+        let mut resp = Response::new(());
+        *resp.status_mut() = refused.status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let (parts, ()) = resp.into_parts();
+        let out = &mut self.out;
+        out.clear();
+        encode_head(
+            out,
+            &parts,
+            false,
+            Some(body.len() as u64),
+            false,
+            false,
+            Version::HTTP_11,
+        );
+        out.extend_from_slice(body.as_bytes());
+        if self.write.write_all(&self.out).await.is_err() || self.write.shutdown().await.is_err() {
+            return;
+        }
+        // The client may still be sending: read on a while, so closing with unread bytes does
+        // not reset the connection before the client reads the refusal.
+        if let Some(r) = &mut self.read {
+            let (time, most) = LINGER;
+            let _ = tokio::time::timeout(time, async {
+                let mut seen = 0;
+                while seen < most {
+                    r.buf.clear();
+                    match r.fill().await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen += n,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Reads the next request head; `None` when the client closed before a whole one arrived.
+async fn read_head(r: &mut ReadSide) -> Result<Option<Head>, Refusal> {
+    let mut deadline = None;
+    loop {
+        if !r.buf.is_empty() {
+            match parse_head(&mut r.buf)? {
+                Some(head) => return Ok(Some(head)),
+                None if r.buf.len() >= MAX_HEAD => {
+                    return Err(refusal(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        format!("the request head is larger than {} KiB", MAX_HEAD / 1024),
+                    ));
+                }
+                None => {}
+            }
+        }
+        let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+        match tokio::time::timeout_at(deadline, r.fill()).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                return Err(refusal(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request head did not arrive within {} s",
+                        HEAD_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The head of an answer. Framing and connection fields are the server's to write; a
+/// `Content-Length` is kept only where it describes a body not sent (HEAD, 304).
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    bodiless: bool,
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+    version: Version,
+) {
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let keep_length = bodiless
+        && status != StatusCode::NO_CONTENT
+        && !status.is_informational()
+        && parts.headers.contains_key(header::CONTENT_LENGTH);
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && !keep_length)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !bodiless {
+        if let Some(n) = length {
+            use std::io::Write as _;
+            let _ = write!(out, "content-length: {n}\r\n");
+        } else if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Today's `Date`, formatted once a second per thread.
+fn http_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// A context whose waker does nothing: polls that only ask what is ready now.
+fn noop_context() -> Context<'static> {
+    Context::from_waker(std::task::Waker::noop())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Option<Head>, Refusal> {
+        parse_head(&mut BytesMut::from(raw))
+    }
+
+    fn framing_of(raw: &str) -> Framing {
+        parse(raw).unwrap().unwrap().body
+    }
+
+    #[test]
+    fn request_framing_is_read_by_rfc_9112() {
+        let cases = [
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::Length(0)),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n",
+                Framing::Length(12),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5, 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+                Framing::Chunked(Chunked::Size),
+            ),
+            (
+                "POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\n",
+                Framing::Length(3),
+            ),
+            ("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::Length(0)),
+            // A bare LF ends a line (RFC 9112 §2.2 allows it; hyper reads it so too). The
+            // upstream never sees it: the proxy writes every head it sends anew.
+            ("GET / HTTP/1.1\nHost: a\n\n", Framing::Length(0)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(framing_of(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn requests_that_could_be_read_two_ways_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                400,
+                "both by Transfer-Encoding and by Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                400,
+                "Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+                400,
+                "Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n",
+                400,
+                "Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+                400,
+                "not chunked",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                400,
+                "not chunked",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                501,
+                "only the chunked",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                501,
+                "only the chunked",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n",
+                400,
+                "not chunked",
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+                "HTTP/1.0",
+            ),
+            ("GET / HTTP/1.1\r\n\r\n", 400, "exactly one Host"),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                400,
+                "exactly one Host",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
+                400,
+                "cannot be read",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n",
+                400,
+                "cannot be read",
+            ),
+            ("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "cannot be read"),
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400, "cannot be read"),
+            (
+                "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+                405,
+                "CONNECT",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n",
+                417,
+                "100-continue",
+            ),
+        ];
+        for (raw, status, reason) in cases {
+            let refused = parse(raw).expect_err(&format!("{raw:?} was read"));
+            assert_eq!(refused.status.as_u16(), status, "{raw:?}: {refused:?}");
+            assert!(
+                refused.reason.contains(reason),
+                "{raw:?}: {:?} does not say {reason:?}",
+                refused.reason
+            );
+        }
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            "x: 1\r\n".repeat(MAX_HEADERS)
+        );
+        assert_eq!(
+            parse(&many).unwrap_err().status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn a_head_keeps_every_field_and_leaves_the_body_in_the_buffer() {
+        let mut buf = BytesMut::from(
+            "POST /mcp?x=1 HTTP/1.1\r\nHost: a\r\nAccept: a\r\naccept: b\r\nConnection: close\r\nExpect: 100-Continue\r\nContent-Length: 4\r\n\r\nBODYNEXT",
+        );
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.parts.method, Method::POST);
+        assert_eq!(head.parts.uri, "/mcp?x=1");
+        let accept: Vec<_> = head.parts.headers.get_all("accept").iter().collect();
+        assert_eq!(accept, ["a", "b"]);
+        assert!(head.close && head.expect_continue);
+        assert_eq!(&buf[..], b"BODYNEXT");
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        assert!(
+            !parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .close
+        );
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().close);
+    }
+
+    #[test]
+    fn answer_heads_state_their_own_framing() {
+        let head = |status: u16, headers: &[(&str, &str)], bodiless, length, chunked, ka| {
+            let mut resp = Response::builder().status(status);
+            for (k, v) in headers {
+                resp = resp.header(*k, *v);
+            }
+            let (parts, ()) = resp.body(()).unwrap().into_parts();
+            let mut out = Vec::new();
+            encode_head(
+                &mut out,
+                &parts,
+                bodiless,
+                length,
+                chunked,
+                ka,
+                Version::HTTP_11,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let ok = head(
+            200,
+            &[
+                ("content-length", "99"),
+                ("transfer-encoding", "chunked"),
+                ("connection", "x"),
+                ("date", "d"),
+            ],
+            false,
+            Some(5),
+            false,
+            true,
+        );
+        assert_eq!(
+            ok,
+            "HTTP/1.1 200 OK\r\ndate: d\r\ncontent-length: 5\r\n\r\n"
+        );
+        let stream = head(200, &[("date", "d")], false, None, true, false);
+        assert_eq!(
+            stream,
+            "HTTP/1.1 200 OK\r\ndate: d\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        // HEAD keeps the length of the body it does not send; 204 states none.
+        let for_head = head(
+            200,
+            &[("content-length", "7"), ("date", "d")],
+            true,
+            Some(0),
+            false,
+            true,
+        );
+        assert_eq!(
+            for_head,
+            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ndate: d\r\n\r\n"
+        );
+        let no_content = head(
+            204,
+            &[("content-length", "7"), ("date", "d")],
+            true,
+            Some(0),
+            false,
+            true,
+        );
+        assert_eq!(no_content, "HTTP/1.1 204 No Content\r\ndate: d\r\n\r\n");
+        assert!(head(200, &[], false, Some(0), false, true).contains("\r\ndate: "));
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! cli ─┬─ check / import ──────────────> tollgate_api (load, validate, decide)
 //!      └─ proxy ─> server (listeners, shutdown) ─> conn ─> proxy (decide, forward) ─> upstream
+//!                                      (own HTTP/1.1; hyper for HTTP/2)  └─ h1: framing ─┘
 //!                                                   ├─ jsonrpc, sse, inspect (messages)
 //!                                                   ├─ policy (file or control-plane stream, fail closed)
 //!                                                   ├─ counters, identity
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod conn;
 pub mod control;
 pub mod counters;
+mod h1;
 pub mod identity;
 pub mod inspect;
 pub mod jsonrpc;

@@ -24,13 +24,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 
 use crate::audit::{AuditLog, Record, now_rfc3339};
+use crate::conn::RequestBody;
 use crate::counters::CounterStore;
 use crate::identity::{self, Verifier};
 use crate::inspect::Inspector;
@@ -47,7 +47,7 @@ impl crate::conn::Handler for Arc<Proxy> {
 
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: SocketAddr,
     ) -> impl Future<Output = Resp> + Send + 'static + use<> {
         self.clone().handle(req, peer)
@@ -221,7 +221,7 @@ impl Proxy {
     /// as local) on top of the inner future, and every request allocates its future.
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: SocketAddr,
     ) -> impl Future<Output = Resp> + Send + 'static {
         let start = Instant::now();
@@ -239,7 +239,7 @@ impl Proxy {
     /// The request's origin and caller, checked before its body is read: the policy it is
     /// decided by and who is calling, or the refusal.
     #[allow(clippy::result_large_err)]
-    fn admit(&self, req: &Request<Incoming>) -> Result<(Arc<PolicySet>, Arc<Identity>), Resp> {
+    fn admit(&self, req: &Request<RequestBody>) -> Result<(Arc<PolicySet>, Arc<Identity>), Resp> {
         if let Some(origin) = header_str(req.headers(), header::ORIGIN)
             && !self.cfg.allowed_origins.is_empty()
             && !self
@@ -267,7 +267,7 @@ impl Proxy {
 
     async fn handle_post(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         set: Arc<PolicySet>,
         who: Arc<Identity>,
         peer: SocketAddr,
@@ -279,8 +279,16 @@ impl Proxy {
         if declared_len.is_some_and(|n| n > self.cfg.max_body) {
             return self.too_large();
         }
-        let bytes = match Limited::new(body, self.cfg.max_body).collect().await {
-            Ok(c) => c.to_bytes(),
+        let collected = match body.into_bytes() {
+            // Read with its head (an MCP call, nearly always): its declared length was checked.
+            Ok(bytes) => Ok(bytes),
+            Err(body) => Limited::new(body, self.cfg.max_body)
+                .collect()
+                .await
+                .map(|c| c.to_bytes()),
+        };
+        let bytes = match collected {
+            Ok(bytes) => bytes,
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
@@ -681,7 +689,7 @@ impl Proxy {
     /// GET, DELETE and every other method: streamed both ways; SSE answers are inspected.
     async fn forward_stream(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         set: Arc<PolicySet>,
         who: Arc<Identity>,
         peer: SocketAddr,

@@ -1,54 +1,100 @@
-//! An inbound connection gives hyper's state back while it idles, and loses nothing doing so:
-//! keep-alive, pipelining, heads split across packets, slow readers of large answers,
-//! `Connection: close`, HTTP/2, and draining on shutdown. Raw sockets, so every byte is seen.
+//! The inbound HTTP/1.1 server over raw sockets, so every byte is seen: keep-alive with idle
+//! connections holding no buffer, pipelining, heads split across packets, slow readers of
+//! large answers, `Connection: close`, HTTP/2, draining on shutdown; and what makes it a
+//! boundary: requests that could be read two ways are refused before the handler sees them,
+//! a body the handler does not read is never read as a request, a client that leaves abandons
+//! its request.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tollgate_sidecar::conn::{self, Handler, Served};
+use tollgate_sidecar::BoxError;
+use tollgate_sidecar::conn::{self, Handler, RequestBody, Served};
 use tollgate_sidecar::proxy::ProxyBody;
 
-/// Answers `METHOD PATH BODY`; `/large` answers 4 MiB; `/wait` waits for `release`.
+/// Answers `METHOD PATH BODY`, and notes `METHOD PATH` of every request it is handed.
+/// `/large` answers 4 MiB; `/wait` waits for `release`; `/ignore` answers without reading the
+/// body; `/stream` answers in three pieces of unknown total length; `/forever` never answers
+/// and notes when it is abandoned.
 #[derive(Clone, Default)]
 struct Echo {
     release: Arc<Notify>,
+    seen: Arc<Mutex<Vec<String>>>,
+    abandoned: Arc<AtomicBool>,
 }
 
 const LARGE: usize = 4 << 20;
+
+struct Abandoned(Arc<AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 impl Handler for Echo {
     type Body = ProxyBody;
 
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         _peer: SocketAddr,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
-        let release = self.release.clone();
+        let this = self.clone();
         async move {
             let (parts, body) = req.into_parts();
+            let path = parts.uri.path().to_string();
+            this.seen.lock().push(format!("{} {path}", parts.method));
+            match path.as_str() {
+                "/ignore" => return Response::new(full("ignored")),
+                "/forever" => {
+                    let _guard = Abandoned(this.abandoned.clone());
+                    std::future::pending::<()>().await;
+                }
+                "/stream" => {
+                    let pieces = ["one ", "two ", "three"]
+                        .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
+                    let body = StreamBody::new(futures_util::stream::iter(pieces));
+                    return Response::new(body.boxed());
+                }
+                _ => {}
+            }
             let body = body.collect().await.expect("request body").to_bytes();
-            let answer = match parts.uri.path() {
+            let answer = match path.as_str() {
                 "/large" => Bytes::from(vec![b'x'; LARGE]),
-                path => {
+                _ => {
                     if path == "/wait" {
-                        release.notified().await;
+                        this.release.notified().await;
                     }
                     let body = String::from_utf8_lossy(&body);
                     Bytes::from(format!("{} {path} {body}", parts.method))
                 }
             };
-            Response::new(Full::new(answer).map_err(|never| match never {}).boxed())
+            let mut resp = Response::new(full(answer));
+            if parts.method == Method::HEAD {
+                resp.headers_mut()
+                    .insert("content-length", "11".parse().unwrap());
+            }
+            resp
         }
     }
 }
@@ -92,6 +138,10 @@ impl Server {
             .expect("the connection ends")
             .expect("the connection task")
     }
+
+    fn seen(&self) -> Vec<String> {
+        self.handler.seen.lock().clone()
+    }
 }
 
 fn post(path: &str, body: &str) -> Vec<u8> {
@@ -107,18 +157,22 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// Reads one response with a `content-length`.
-async fn answer(reader: &mut BufReader<TcpStream>) -> Answer {
+async fn read_head(reader: &mut BufReader<TcpStream>) -> String {
     let mut head = String::new();
     loop {
         let mut line = String::new();
         let n = reader.read_line(&mut line).await.unwrap();
         assert!(n > 0, "connection closed before a full head: {head:?}");
         if line == "\r\n" {
-            break;
+            return head;
         }
         head.push_str(&line.to_ascii_lowercase());
     }
+}
+
+/// Reads one response with a `content-length`.
+async fn answer(reader: &mut BufReader<TcpStream>) -> Answer {
+    let head = read_head(reader).await;
     let len: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length: "))
@@ -141,23 +195,29 @@ async fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
     BufReader::new(TcpStream::connect(addr).await.unwrap())
 }
 
-async fn closed(reader: &mut BufReader<TcpStream>) -> bool {
+async fn send(c: &mut BufReader<TcpStream>, bytes: &[u8]) {
+    c.get_mut().write_all(bytes).await.unwrap();
+}
+
+/// Everything until the server closes; `None` if it does not within 5 s.
+async fn rest(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
     let mut rest = Vec::new();
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await,
-        Ok(Ok(0))
-    )
+    match tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await {
+        Ok(Ok(_)) => Some(rest),
+        _ => None,
+    }
+}
+
+async fn closed(reader: &mut BufReader<TcpStream>) -> bool {
+    rest(reader).await.is_some_and(|r| r.is_empty())
 }
 
 #[tokio::test]
-async fn an_idle_keep_alive_connection_gives_back_hyper_and_is_served_again() {
+async fn an_idle_keep_alive_connection_holds_no_buffer_and_is_served_again() {
     let mut s = server().await;
     let mut c = connect(s.addr).await;
     for i in 0..3 {
-        c.get_mut()
-            .write_all(&post("/mcp", &format!("call {i}")))
-            .await
-            .unwrap();
+        send(&mut c, &post("/mcp", &format!("call {i}"))).await;
         assert_eq!(text(&mut c).await, format!("POST /mcp call {i}"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -167,60 +227,79 @@ async fn an_idle_keep_alive_connection_gives_back_hyper_and_is_served_again() {
         served,
         Served {
             http2: false,
-            hand_offs: 3
+            requests: 3,
+            idle_waits: 3,
         }
     );
 }
 
 #[tokio::test]
-async fn pipelined_requests_and_a_head_split_across_packets_survive_the_hand_off() {
+async fn pipelined_requests_and_a_head_split_across_packets_are_each_answered_in_order() {
     let mut s = server().await;
     let mut c = connect(s.addr).await;
     let third = post("/third", "3");
     let mut burst = [post("/first", "1"), post("/second", "2")].concat();
     burst.extend_from_slice(&third[..20]);
-    c.get_mut().write_all(&burst).await.unwrap();
+    send(&mut c, &burst).await;
     assert_eq!(text(&mut c).await, "POST /first 1");
     assert_eq!(text(&mut c).await, "POST /second 2");
-    // The third's head waits, half read, across a hand-off.
+    // The third's head waits, half read.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    c.get_mut().write_all(&third[20..]).await.unwrap();
+    send(&mut c, &third[20..]).await;
     assert_eq!(text(&mut c).await, "POST /third 3");
     drop(c);
-    assert!(s.served().await.hand_offs >= 2);
+    assert_eq!(s.served().await.requests, 3);
 }
 
 #[tokio::test]
 async fn a_slow_reader_gets_a_large_answer_whole_and_keeps_its_connection() {
     let mut s = server().await;
     let mut c = connect(s.addr).await;
-    c.get_mut().write_all(&post("/large", "")).await.unwrap();
-    // Far more than the socket buffers hold: hyper is still writing when the body is done.
+    send(&mut c, &post("/large", "")).await;
+    // Far more than the socket buffers hold: the server is still writing when it is done.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a = answer(&mut c).await;
     assert_eq!(a.body.len(), LARGE);
     assert!(a.body.iter().all(|b| *b == b'x'));
     assert!(!a.head.contains("connection: close"), "{}", a.head);
-    c.get_mut().write_all(&post("/mcp", "after")).await.unwrap();
+    send(&mut c, &post("/mcp", "after")).await;
     assert_eq!(text(&mut c).await, "POST /mcp after");
     drop(c);
-    assert_eq!(s.served().await.hand_offs, 2);
+    assert_eq!(s.served().await.requests, 2);
 }
 
 #[tokio::test]
 async fn a_client_that_asks_to_close_is_closed_after_its_answer() {
     let mut s = server().await;
     let mut c = connect(s.addr).await;
-    c.get_mut()
-        .write_all(
-            b"POST /mcp HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx",
-        )
-        .await
-        .unwrap();
+    send(
+        &mut c,
+        b"POST /mcp HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx",
+    )
+    .await;
     let a = answer(&mut c).await;
     assert!(a.head.contains("connection: close"), "{}", a.head);
+    assert!(a.head.contains("\r\ndate: "), "{}", a.head);
     assert!(closed(&mut c).await, "the server closes the connection");
-    assert_eq!(s.served().await.hand_offs, 0);
+    assert_eq!(s.served().await.requests, 1);
+}
+
+#[tokio::test]
+async fn http_1_0_closes_unless_asked_to_keep_alive() {
+    let s = server().await;
+    let mut c = connect(s.addr).await;
+    send(
+        &mut c,
+        b"POST /a HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
+    )
+    .await;
+    let a = answer(&mut c).await;
+    assert!(a.head.contains("connection: keep-alive"), "{}", a.head);
+    send(&mut c, b"GET /b HTTP/1.0\r\n\r\n").await;
+    let a = answer(&mut c).await;
+    assert_eq!(a.body, b"GET /b ");
+    assert!(a.head.contains("connection: close"), "{}", a.head);
+    assert!(closed(&mut c).await);
 }
 
 #[tokio::test]
@@ -249,12 +328,12 @@ async fn http2_with_prior_knowledge_is_still_served() {
 async fn stopping_closes_idle_connections_at_once_and_lets_a_busy_one_answer() {
     let mut s = server().await;
     let mut idle = connect(s.addr).await;
-    idle.get_mut().write_all(&post("/mcp", "1")).await.unwrap();
+    send(&mut idle, &post("/mcp", "1")).await;
     assert_eq!(text(&mut idle).await, "POST /mcp 1");
     let idle_task = s.accepted.recv().await.unwrap();
 
     let mut busy = connect(s.addr).await;
-    busy.get_mut().write_all(&post("/wait", "2")).await.unwrap();
+    send(&mut busy, &post("/wait", "2")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.stop.send(true).unwrap();
 
@@ -268,4 +347,158 @@ async fn stopping_closes_idle_connections_at_once_and_lets_a_busy_one_answer() {
         closed(&mut busy).await,
         "the busy connection closes after its answer"
     );
+}
+
+#[tokio::test]
+async fn requests_that_could_be_smuggled_are_refused_before_the_handler_sees_them() {
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
+    let cases = [
+        (
+            format!(
+                "POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            "400",
+            "both by Transfer-Encoding and by Content-Length",
+        ),
+        (
+            format!(
+                "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            "400",
+            "Content-Length",
+        ),
+        (
+            format!("POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\n{smuggled}"),
+            "400",
+            "not chunked",
+        ),
+        (
+            format!(
+                "POST /a HTTP/1.1\r\nHost: t\r\nX: a\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            "400",
+            "cannot be read",
+        ),
+    ];
+    for (wire, status, reason) in cases {
+        let s = server().await;
+        let mut c = connect(s.addr).await;
+        send(&mut c, wire.as_bytes()).await;
+        let a = answer(&mut c).await;
+        assert!(
+            a.head.starts_with(&format!("http/1.1 {status}")),
+            "{wire:?}: {}",
+            a.head
+        );
+        let body = String::from_utf8(a.body).unwrap();
+        assert!(body.contains(reason), "{wire:?}: {body}");
+        assert!(body.contains("\"code\":-32600"), "{body}");
+        assert!(closed(&mut c).await, "{wire:?}: the connection is closed");
+        assert!(s.seen().is_empty(), "{wire:?} reached the handler");
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_arriving_in_pieces_is_read_whole_after_100_continue() {
+    let mut s = server().await;
+    let mut c = connect(s.addr).await;
+    send(
+        &mut c,
+        b"POST /mcp HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    let interim = read_head(&mut c).await;
+    assert_eq!(interim, "http/1.1 100 continue\r\n");
+    for piece in [
+        "5;ext=1\r\nhel",
+        "lo\r\n",
+        "6\r\n worl",
+        "d\r\n0\r\nx-trailer: 1\r\n\r\n",
+    ] {
+        send(&mut c, piece.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(text(&mut c).await, "POST /mcp hello world");
+    send(&mut c, &post("/next", "kept")).await;
+    assert_eq!(text(&mut c).await, "POST /next kept");
+    drop(c);
+    assert_eq!(s.served().await.requests, 2);
+}
+
+#[tokio::test]
+async fn a_body_the_handler_does_not_read_is_never_read_as_a_request() {
+    let s = server().await;
+    let mut c = connect(s.addr).await;
+    let inner = "GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
+    let body = format!("{inner}{}", " ".repeat(64));
+    send(
+        &mut c,
+        format!(
+            "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    // The body arrives after the handler has answered without reading it.
+    let a = answer(&mut c).await;
+    assert_eq!(a.body, b"ignored");
+    assert!(a.head.contains("connection: close"), "{}", a.head);
+    let _ = c.get_mut().write_all(body.as_bytes()).await;
+    let after = rest(&mut c).await.unwrap_or_default();
+    assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+    assert_eq!(s.seen(), ["POST /ignore"]);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_abandons_its_request() {
+    let s = server().await;
+    let mut c = connect(s.addr).await;
+    send(&mut c, b"GET /forever HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!s.handler.abandoned.load(Ordering::SeqCst));
+    drop(c);
+    for _ in 0..100 {
+        if s.handler.abandoned.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the request was still being served 5 s after its client left");
+}
+
+#[tokio::test]
+async fn an_answer_of_unknown_length_is_chunked_for_http_1_1_and_closed_for_http_1_0() {
+    let s = server().await;
+    let mut c = connect(s.addr).await;
+    send(&mut c, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let head = read_head(&mut c).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut chunked = Vec::new();
+    let want = b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n";
+    chunked.resize(want.len(), 0);
+    c.read_exact(&mut chunked).await.unwrap();
+    assert_eq!(chunked, want);
+    send(
+        &mut c,
+        b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    let head = read_head(&mut c).await;
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(rest(&mut c).await.unwrap(), b"one two three");
+}
+
+#[tokio::test]
+async fn a_head_request_is_told_the_length_but_sent_no_body() {
+    let s = server().await;
+    let mut c = connect(s.addr).await;
+    send(&mut c, b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let head = read_head(&mut c).await;
+    assert!(head.contains("content-length: 11"), "{head}");
+    send(&mut c, &post("/next", "x")).await;
+    // Had a body followed the HEAD answer, this would read it instead.
+    assert_eq!(text(&mut c).await, "POST /next x");
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Uri};
 use tollgate_sidecar::upstream::{Outgoing, Upstream};
 
@@ -36,7 +35,7 @@ impl tollgate_sidecar::conn::Handler for Forward {
 
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<tollgate_sidecar::conn::RequestBody>,
         _peer: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
         let this = self.clone();
