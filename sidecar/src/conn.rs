@@ -61,9 +61,9 @@ const READ_SIZE: usize = 4 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answer bytes gathered into one write.
 const COALESCE: usize = 64 * 1024;
-/// After refusing a request, how long and how much of the rest is read and dropped, so the
-/// refusal is not lost to a reset.
-const LINGER: (Duration, usize) = (Duration::from_secs(1), 64 * 1024);
+/// Closing with a request's bytes unread, how long what the client still sends is read and
+/// dropped first, so that the answer is not lost to a reset (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What a connection serves: a request and the peer's address in, a response out.
 pub trait Handler: Clone + Send + Sync + Unpin + 'static {
@@ -230,6 +230,9 @@ impl Body for RequestBody {
 struct ReadSide {
     io: OwnedReadHalf,
     buf: BytesMut,
+    /// The rest of a request body the handler did not read is still to come: nothing more is
+    /// read from here as a request.
+    unread: bool,
 }
 
 impl ReadSide {
@@ -250,8 +253,8 @@ impl ReadSide {
 type Home = Arc<Mutex<Option<ReadSide>>>;
 
 /// A request body still arriving: reads the connection it was lent, and gives it back at the
-/// body's end (or when dropped there). Dropped before its end, it takes the read side with it
-/// and the connection closes after its answer.
+/// body's end. Dropped before its end, it gives it back marked `unread`: the connection closes
+/// after its answer, lingering so the answer is not lost.
 struct Http1Body {
     read: Option<ReadSide>,
     framing: Framing,
@@ -301,9 +304,10 @@ impl Http1Body {
 
 impl Drop for Http1Body {
     fn drop(&mut self) {
-        if self.framing.is_done() {
-            self.go_home();
+        if let Some(r) = &mut self.read {
+            r.unread = !self.framing.is_done();
         }
+        self.go_home();
     }
 }
 
@@ -501,6 +505,7 @@ impl<H: Handler> Http1<H> {
             read: Some(ReadSide {
                 io,
                 buf: BytesMut::new(),
+                unread: false,
             }),
             write,
             home: Home::default(),
@@ -538,9 +543,9 @@ impl<H: Handler> Http1<H> {
                 }
             };
             match self.exchange(head).await {
-                Written::KeepAlive if self.read.is_some() => {}
-                Written::KeepAlive | Written::Close => {
-                    let _ = self.write.shutdown().await;
+                Written::KeepAlive => {}
+                Written::Close => {
+                    self.close().await;
                     return self.served;
                 }
                 Written::Gone => return self.served,
@@ -593,8 +598,10 @@ impl<H: Handler> Http1<H> {
         if self.read.is_none() {
             self.read = self.home.lock().take();
         }
-        // A body not read to its end leaves its rest on the connection: close it after this.
-        let keep_alive = !close && self.read.is_some() && !*self.stop.borrow();
+        // A body not read to its end leaves its rest on the connection (or took the connection
+        // with it, failing): close it after this.
+        let keep_alive =
+            !close && self.read.as_ref().is_some_and(|r| !r.unread) && !*self.stop.borrow();
         self.write_response(resp, version, head_request, keep_alive)
             .await
     }
@@ -728,7 +735,7 @@ impl<H: Handler> Http1<H> {
         if self.read.is_none() {
             self.read = self.home.lock().take();
         }
-        let Some(r) = &mut self.read else {
+        let Some(r) = self.read.as_mut().filter(|r| !r.unread) else {
             return Poll::Pending;
         };
         while r.buf.len() < MAX_HEAD {
@@ -769,25 +776,33 @@ impl<H: Handler> Http1<H> {
             Version::HTTP_11,
         );
         out.extend_from_slice(body.as_bytes());
-        if self.write.write_all(&self.out).await.is_err() || self.write.shutdown().await.is_err() {
+        if self.write.write_all(&self.out).await.is_ok() {
+            if let Some(r) = &mut self.read {
+                r.unread = true; // whatever followed the refused head
+            }
+            self.close().await;
+        }
+    }
+
+    /// Ends the connection after its last answer. When a request's bytes may still be coming,
+    /// what arrives is read and dropped for a while first: closing a socket with unread bytes
+    /// resets it, and a reset can discard the answer before the client has read it.
+    async fn close(&mut self) {
+        if self.write.shutdown().await.is_err() {
             return;
         }
-        // The client may still be sending: read on a while, so closing with unread bytes does
-        // not reset the connection before the client reads the refusal.
-        if let Some(r) = &mut self.read {
-            let (time, most) = LINGER;
-            let _ = tokio::time::timeout(time, async {
-                let mut seen = 0;
-                while seen < most {
-                    r.buf.clear();
-                    match r.fill().await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen += n,
-                    }
+        let Some(r) = self.read.as_mut().filter(|r| r.unread) else {
+            return;
+        };
+        let _ = tokio::time::timeout(LINGER, async {
+            loop {
+                r.buf.clear();
+                if matches!(r.fill().await, Ok(0) | Err(_)) {
+                    return;
                 }
-            })
-            .await;
-        }
+            }
+        })
+        .await;
     }
 }
 

@@ -502,3 +502,28 @@ async fn a_head_request_is_told_the_length_but_sent_no_body() {
     // Had a body followed the HEAD answer, this would read it instead.
     assert_eq!(text(&mut c).await, "POST /next x");
 }
+
+#[tokio::test]
+async fn an_answer_to_a_large_body_left_unread_reaches_a_client_that_sends_it_all_first() {
+    let s = server().await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let size = 4 << 20;
+    let mut request =
+        format!("POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    request.resize(request.len() + size, b'x');
+    // As most clients do: the whole request, then the answer. The server answers without
+    // reading the body and closes; closing with unread bytes resets the connection, and a
+    // reset discards the answer the client has not read yet, unless the server lingers.
+    let sent = c.write_all(&request).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(sent.is_ok(), "sending failed: {sent:?}");
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "reading the answer failed: {read:?}"
+    );
+    assert!(got.ends_with("\r\n\r\nignored"), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    assert_eq!(s.seen(), ["POST /ignore"]);
+}
