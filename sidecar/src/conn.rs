@@ -59,8 +59,9 @@ const MAX_HEADERS: usize = 128;
 const READ_SIZE: usize = 4 * 1024;
 /// How long a request head may take to arrive once its first bytes have.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Answer bytes gathered into one write.
-const COALESCE: usize = 64 * 1024;
+/// Pieces of an answer up to this size are copied together into one write; a larger piece is
+/// written from where it is, beside what was gathered (one `writev`, no copy).
+const COPY_MAX: usize = 4 * 1024;
 /// Closing with a request's bytes unread, how long what the client still sends is read and
 /// dropped first, so that the answer is not lost to a reset (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(2);
@@ -697,18 +698,18 @@ impl<H: Handler> Http1<H> {
         }
     }
 
-    /// Adds a piece of the body to the answer, writing what is gathered when it grows large.
+    /// Adds a piece of the body to the answer: a small one is gathered, a large one is written
+    /// at once with what was gathered before it.
     async fn put(&mut self, data: &Bytes, chunked: bool) -> io::Result<()> {
         if chunked {
             use std::io::Write as _;
             let _ = write!(self.out, "{:x}\r\n", data.len());
         }
-        if self.out.len() + data.len() <= COALESCE {
+        if data.len() <= COPY_MAX {
             self.out.extend_from_slice(data);
         } else {
-            self.write.write_all(&self.out).await?;
+            write_all_vectored(&mut self.write, &self.out, data).await?;
             self.out.clear();
-            self.write.write_all(data).await?;
         }
         if chunked {
             self.out.extend_from_slice(b"\r\n");
@@ -807,6 +808,20 @@ impl<H: Handler> Http1<H> {
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Writes `first` then `second` whole, in as few system calls as the socket takes them.
+async fn write_all_vectored(w: &mut OwnedWriteHalf, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let mut slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+    let mut left = &mut slices[..];
+    io::IoSlice::advance_slices(&mut left, 0);
+    while !left.is_empty() {
+        match w.write_vectored(left).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => io::IoSlice::advance_slices(&mut left, n),
+        }
+    }
+    Ok(())
+}
 
 /// Reads the next request head; `None` when the client closed before a whole one arrived.
 async fn read_head(r: &mut ReadSide) -> Result<Option<Head>, Refusal> {

@@ -26,7 +26,7 @@ use tollgate_sidecar::proxy::ProxyBody;
 
 /// Answers `METHOD PATH BODY`, and notes `METHOD PATH` of every request it is handed.
 /// `/large` answers 4 MiB; `/wait` waits for `release`; `/ignore` answers without reading the
-/// body; `/stream` answers in three pieces of unknown total length; `/forever` never answers
+/// body; `/stream` answers in four pieces of unknown total length; `/forever` never answers
 /// and notes when it is abandoned.
 #[derive(Clone, Default)]
 struct Echo {
@@ -71,8 +71,9 @@ impl Handler for Echo {
                     std::future::pending::<()>().await;
                 }
                 "/stream" => {
-                    let pieces = ["one ", "two ", "three"]
-                        .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p.as_bytes()))));
+                    // Small pieces are gathered, a large one is written beside them.
+                    let pieces = [&b"one "[..], b"two ", &[b'z'; 5000], b"three"]
+                        .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::copy_from_slice(p))));
                     let body = StreamBody::new(futures_util::stream::iter(pieces));
                     return Response::new(body.boxed());
                 }
@@ -475,11 +476,11 @@ async fn an_answer_of_unknown_length_is_chunked_for_http_1_1_and_closed_for_http
     send(&mut c, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n").await;
     let head = read_head(&mut c).await;
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    let mut chunked = Vec::new();
-    let want = b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n";
-    chunked.resize(want.len(), 0);
+    let large = "z".repeat(5000);
+    let want = format!("4\r\none \r\n4\r\ntwo \r\n1388\r\n{large}\r\n5\r\nthree\r\n0\r\n\r\n");
+    let mut chunked = vec![0; want.len()];
     c.read_exact(&mut chunked).await.unwrap();
-    assert_eq!(chunked, want);
+    assert_eq!(String::from_utf8(chunked).unwrap(), want);
     send(
         &mut c,
         b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
@@ -488,7 +489,10 @@ async fn an_answer_of_unknown_length_is_chunked_for_http_1_1_and_closed_for_http
     let head = read_head(&mut c).await;
     assert!(head.contains("connection: close"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
-    assert_eq!(rest(&mut c).await.unwrap(), b"one two three");
+    assert_eq!(
+        String::from_utf8(rest(&mut c).await.unwrap()).unwrap(),
+        format!("one two {large}three")
+    );
 }
 
 #[tokio::test]
