@@ -5,7 +5,7 @@
 //!                                            ├─> nginx (plain reverse proxy, upstream keep-alive)
 //!                                            ├─> tollgate proxy (100-tool policy)
 //!                                            ├─> passthrough (tollgate's HTTP stack, no policy)
-//!                                            ├─> floor (httparse, no hyper; JSON answers only)
+//!                                            ├─> floor (least HTTP/1 proxy, httparse; JSON answers only)
 //!                                            └─> mcp-proxy (crates.io peer)
 //!                                                   └──> bench-upstream (rmcp, answers at once)
 //! ```
@@ -488,7 +488,7 @@ async fn main() -> anyhow::Result<()> {
         // - passthrough: Tollgate's HTTP stack forwarding without deciding, so the rest of
         //   Tollgate's cost is the policy's;
         // - floor: the least an HTTP/1 proxy costs (httparse, Content-Length bodies only, so
-        //   not for SSE answers): what an own codec could win back from hyper.
+        //   not for SSE answers): what HTTP itself costs, without the checks a real proxy makes.
         let sticks: &[(&'static str, &str)] = if kind == "json" {
             &[
                 ("passthrough", "bench-passthrough"),
@@ -795,7 +795,7 @@ fn render(
     };
     let _ = writeln!(
         out,
-        "\nWhere Tollgate's CPU goes, µs per call: its HTTP stack alone (`passthrough`: the same connection handling and upstream client, forwarding without reading), and deciding (the rest); `floor` is an HTTP/1 proxy without hyper (httparse, JSON answers only):\n"
+        "\nWhere Tollgate's CPU goes, µs per call: its HTTP stack alone (`passthrough`: the same connection handling and upstream client, forwarding without reading), and deciding (the rest); `floor` is the least an HTTP/1 proxy costs (httparse, no checks, JSON answers only):\n"
     );
     let _ = writeln!(
         out,
