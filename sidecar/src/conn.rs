@@ -55,8 +55,13 @@ use crate::h1::{Chunked, Framing, Step, content_length, has_token};
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a request head.
 const MAX_HEADERS: usize = 128;
-/// How much a read asks the socket for.
-const READ_SIZE: usize = 4 * 1024;
+/// How much a read for a request head asks the socket for: an MCP call's head and body
+/// nearly always fit, and a buffer this small comes from the allocator's per-thread cache.
+const HEAD_READ: usize = 1024;
+/// How much a read of a body still arriving asks for.
+const BODY_READ: usize = 16 * 1024;
+/// Room reserved for an answer's head (and a small body gathered with it).
+const ANSWER_ROOM: usize = 1024;
 /// How long a request head may take to arrive once its first bytes have.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pieces of an answer up to this size are copied together into one write; a larger piece is
@@ -237,16 +242,17 @@ struct ReadSide {
 }
 
 impl ReadSide {
-    /// Reads what the socket has into the buffer; `Ok(0)` is the client's close.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
-            self.buf.reserve(READ_SIZE);
+    /// Reads what the socket has into the buffer, with room for at least `size` more when
+    /// little is left; `Ok(0)` is the client's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, size: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < size / 8 {
+            self.buf.reserve(size);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+        std::future::poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await
     }
 }
 
@@ -280,7 +286,7 @@ impl Http1Body {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            match ready!(r.poll_fill(cx)) {
+            match ready!(r.poll_fill(cx, BODY_READ)) {
                 Ok(0) => {
                     self.read = None;
                     return Poll::Ready(Some(Err(
@@ -629,6 +635,7 @@ impl<H: Handler> Http1<H> {
         }
         let out = &mut self.out;
         out.clear();
+        out.reserve(ANSWER_ROOM);
         encode_head(out, &parts, bodiless, length, chunked, keep_alive, version);
         if bodiless {
             return self.flush_last(keep_alive).await;
@@ -740,7 +747,7 @@ impl<H: Handler> Http1<H> {
             return Poll::Pending;
         };
         while r.buf.len() < MAX_HEAD {
-            match ready!(r.poll_fill(cx)) {
+            match ready!(r.poll_fill(cx, HEAD_READ)) {
                 Ok(0) | Err(_) => return Poll::Ready(()),
                 Ok(_) => {}
             }

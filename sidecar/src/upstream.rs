@@ -43,7 +43,10 @@ use crate::proxy::ProxyBody;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 128;
-/// How much a read asks the socket for.
+/// How much the first read of an answer asks the socket for: an MCP answer's head and body
+/// nearly always fit, and a buffer this small comes from the allocator's per-thread cache.
+const FIRST_READ: usize = 1024;
+/// How much each later read asks for.
 const READ_SIZE: usize = 8 * 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
@@ -419,7 +422,9 @@ impl Conn {
     /// Through `AsyncRead`, which notes a short read as the socket drained: the check before
     /// the connection's next use then costs no system call.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(FIRST_READ);
+        } else if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
