@@ -49,7 +49,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use crate::BoxError;
-use crate::h1::{Chunked, Framing, Step, content_length, has_token};
+use crate::h1::{Buffered, Chunked, Framing, content_length, has_token};
 
 /// Largest request head read, in bytes.
 const MAX_HEAD: usize = 64 * 1024;
@@ -244,7 +244,7 @@ struct ReadSide {
 impl ReadSide {
     /// Reads what the socket has into the buffer, with room for at least `size` more when
     /// little is left; `Ok(0)` is the client's close.
-    fn poll_fill(&mut self, cx: &mut Context<'_>, size: usize) -> Poll<io::Result<usize>> {
+    fn poll_read_more(&mut self, cx: &mut Context<'_>, size: usize) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < size / 8 {
             self.buf.reserve(size);
         }
@@ -252,7 +252,18 @@ impl ReadSide {
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await
+        std::future::poll_fn(|cx| self.poll_read_more(cx, HEAD_READ)).await
+    }
+}
+
+/// A body still arriving reads in larger pieces.
+impl Buffered for ReadSide {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.poll_read_more(cx, BODY_READ)
     }
 }
 
@@ -270,34 +281,19 @@ struct Http1Body {
 
 impl Http1Body {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            let Some(r) = &mut self.read else {
-                return Poll::Ready(None);
-            };
-            match self.framing.step(&mut r.buf, true) {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Step::End) => {
-                    self.go_home();
-                    return Poll::Ready(None);
-                }
-                Ok(Step::More) => {}
-                Err(e) => {
-                    self.read = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+        let Some(r) = &mut self.read else {
+            return Poll::Ready(None);
+        };
+        let closed_early = "the client closed the connection before the request body's end";
+        match ready!(self.framing.poll_next(r, cx, closed_early)) {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => {
+                self.go_home();
+                Poll::Ready(None)
             }
-            match ready!(r.poll_fill(cx, BODY_READ)) {
-                Ok(0) => {
-                    self.read = None;
-                    return Poll::Ready(Some(Err(
-                        "the client closed the connection before the request body's end".into(),
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.read = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+            Err(e) => {
+                self.read = None;
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
@@ -747,7 +743,7 @@ impl<H: Handler> Http1<H> {
             return Poll::Pending;
         };
         while r.buf.len() < MAX_HEAD {
-            match ready!(r.poll_fill(cx, HEAD_READ)) {
+            match ready!(r.poll_read_more(cx, HEAD_READ)) {
                 Ok(0) | Err(_) => return Poll::Ready(()),
                 Ok(_) => {}
             }

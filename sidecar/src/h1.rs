@@ -9,10 +9,20 @@
 //! The decoder works on whatever the buffer holds, so a body reads the same however its
 //! bytes arrive; whoever owns the socket reads more when it answers `More`.
 
+use std::io;
+use std::task::{Context, Poll, ready};
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
 
 use crate::BoxError;
+
+/// A socket and the buffer it is read into, as a body reads them.
+pub(crate) trait Buffered {
+    fn buf(&mut self) -> &mut BytesMut;
+    /// Reads what the socket has into the buffer; `Ok(0)` is the peer's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>>;
+}
 
 /// Largest chunk-size line, and largest trailer section, in bytes.
 pub(crate) const MAX_CHUNK_META: usize = 16 * 1024;
@@ -141,6 +151,29 @@ impl Framing {
                     }
                     Chunked::Done => unreachable!("matched above"),
                 },
+            }
+        }
+    }
+
+    /// The body's next piece, read from `from` as needed: `None` at the body's end (for
+    /// `Close`, the peer's close). `closed_early` is the error when the peer closes before it.
+    pub(crate) fn poll_next(
+        &mut self,
+        from: &mut impl Buffered,
+        cx: &mut Context<'_>,
+        closed_early: &'static str,
+    ) -> Poll<Result<Option<Bytes>, BoxError>> {
+        loop {
+            match self.step(from.buf(), true)? {
+                Step::Data(data) => return Poll::Ready(Ok(Some(data))),
+                Step::End => return Poll::Ready(Ok(None)),
+                Step::More => {}
+            }
+            match ready!(from.poll_fill(cx)) {
+                Ok(0) if *self == Framing::Close => return Poll::Ready(Ok(None)),
+                Ok(0) => return Poll::Ready(Err(closed_early.into())),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }

@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::BoxError;
-use crate::h1::{Chunked, Framing, Step, content_length, has_token};
+use crate::h1::{Buffered, Chunked, Framing, Step, content_length, has_token};
 use crate::proxy::ProxyBody;
 
 /// Largest response head read, in bytes.
@@ -277,6 +277,25 @@ impl Upstream {
     }
 }
 
+impl Buffered for Conn {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Reads what the socket has into the buffer; `Ok(0)` is the server's close.
+    ///
+    /// Through `AsyncRead`, which notes a short read as the socket drained: the check before
+    /// the connection's next use then costs no system call.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(FIRST_READ);
+        } else if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
 /// A request written and the head of its answer read.
 struct Answer {
     conn: Conn,
@@ -415,19 +434,6 @@ impl Conn {
                 }
             }
         }
-    }
-
-    /// Reads what the socket has into the buffer; `Ok(0)` is the server's close.
-    ///
-    /// Through `AsyncRead`, which notes a short read as the socket drained: the check before
-    /// the connection's next use then costs no system call.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(FIRST_READ);
-        } else if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Whether the server has neither closed the connection nor sent anything unasked
@@ -625,41 +631,22 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        loop {
-            let Some(r) = &mut this.read else {
-                return Poll::Ready(this.error.take().map(Err));
-            };
-            match r.framing.step(&mut r.conn.buf, true) {
-                Ok(Step::Data(data)) => {
-                    this.settle();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Step::End) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Err(e) => {
-                    this.read = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Ok(Step::More) => {}
+        let Some(r) = &mut this.read else {
+            return Poll::Ready(this.error.take().map(Err));
+        };
+        let closed_early = "the MCP server closed the connection before the body's end";
+        match ready!(r.framing.poll_next(&mut r.conn, cx, closed_early)) {
+            Ok(Some(data)) => {
+                this.settle();
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            match ready!(r.conn.poll_fill(cx)) {
-                Ok(0) if r.framing == Framing::Close => {
-                    this.read = None;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => {
-                    this.read = None;
-                    return Poll::Ready(Some(Err(
-                        "the MCP server closed the connection before the body's end".into(),
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    this.read = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+            Ok(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                this.read = None;
+                Poll::Ready(Some(Err(e)))
             }
         }
     }

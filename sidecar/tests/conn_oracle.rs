@@ -21,6 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tollgate_sidecar::conn::{self, Handler, RequestBody};
 use tollgate_sidecar::proxy::ProxyBody;
 
+mod oracle;
+use oracle::{Rng, env_or, mutate};
+
 /// A request as a handler was handed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
@@ -130,22 +133,6 @@ async fn hypers(bytes: &[u8]) -> Vec<Seen> {
     log.lock().clone()
 }
 
-/// A fixed-seed generator, so every run tries the same requests.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len())]
-    }
-}
-
 /// A well-formed request of a random shape.
 fn request(rng: &mut Rng) -> Vec<u8> {
     let body: Vec<u8> = (0..rng.below(200))
@@ -195,29 +182,6 @@ fn request(rng: &mut Rng) -> Vec<u8> {
         _ => out.extend_from_slice(b"\r\n"),
     }
     out
-}
-
-/// The requests with a few bytes changed, dropped or doubled, mostly in their framing.
-fn mutate(rng: &mut Rng, mut wire: Vec<u8>) -> Vec<u8> {
-    for _ in 0..1 + rng.below(3) {
-        if wire.is_empty() {
-            break;
-        }
-        let at = rng.below(wire.len());
-        match rng.below(5) {
-            0 => {
-                let framing_bytes = b"0123456789abcdefABCDEF;\r\n: -,\t";
-                wire[at] = framing_bytes[rng.below(framing_bytes.len())];
-            }
-            1 => {
-                wire.remove(at);
-            }
-            2 => wire.insert(at, wire[at]),
-            3 => wire.truncate(at),
-            _ => wire[at] = rng.below(256) as u8,
-        }
-    }
-    wire
 }
 
 /// The last request of every case: whoever reads it closes the connection.
@@ -284,11 +248,4 @@ async fn the_inbound_server_never_reads_a_request_differently_from_hyper() {
     for wire in stricter.iter().take(20) {
         eprintln!("  {wire:?}");
     }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate_sidecar::upstream::{Outgoing, Upstream};
 
+mod oracle;
+use oracle::{Rng, env_or, mutate};
+
 /// What a client made of an answer: its status and body, or that it refused it.
 type Reading = Option<(u16, Vec<u8>)>;
 
@@ -65,22 +68,6 @@ async fn hypers(answer: Vec<u8>) -> Reading {
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.ok()?.to_bytes();
     Some((status, body.to_vec()))
-}
-
-/// A fixed-seed generator, so every run tries the same answers.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len())]
-    }
 }
 
 /// A well-formed answer of a random shape.
@@ -140,29 +127,6 @@ fn answer(rng: &mut Rng) -> Vec<u8> {
     out
 }
 
-/// The answer with a few bytes changed, dropped or doubled, mostly in its framing.
-fn mutate(rng: &mut Rng, mut answer: Vec<u8>) -> Vec<u8> {
-    for _ in 0..1 + rng.below(3) {
-        if answer.is_empty() {
-            break;
-        }
-        let at = rng.below(answer.len());
-        match rng.below(5) {
-            0 => {
-                let framing_bytes = b"0123456789abcdefABCDEF;\r\n: -,\t";
-                answer[at] = framing_bytes[rng.below(framing_bytes.len())];
-            }
-            1 => {
-                answer.remove(at);
-            }
-            2 => answer.insert(at, answer[at]),
-            3 => answer.truncate(at),
-            _ => answer[at] = rng.below(256) as u8,
-        }
-    }
-    answer
-}
-
 #[tokio::test]
 async fn the_upstream_client_never_reads_an_answer_differently_from_hyper() {
     // More cases, and other seeds, for a longer search:
@@ -203,11 +167,4 @@ async fn the_upstream_client_never_reads_an_answer_differently_from_hyper() {
     for answer in &stricter {
         eprintln!("  {answer:?}");
     }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
