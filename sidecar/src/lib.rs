@@ -4,7 +4,8 @@
 //! ```text
 //! cli ─┬─ check / import ──────────────> tollgate_api (load, validate, decide)
 //!      └─ proxy ─> server (listeners, shutdown) ─> conn ─> proxy (decide, forward) ─> upstream
-//!                                      (own HTTP/1.1; hyper for HTTP/2)  └─ h1: framing ─┘
+//!                                                   │  (conn and upstream: own HTTP/1.1, their
+//!                                                   │   framing in h1; hyper for HTTP/2)
 //!                                                   ├─ jsonrpc, sse, inspect (messages)
 //!                                                   ├─ policy (file or control-plane stream, fail closed)
 //!                                                   ├─ counters, identity
