@@ -11,9 +11,11 @@
 //! This server is where a request could be smuggled past the proxy, so it reads a request one
 //! way or not at all. A request framed both by `Transfer-Encoding` and `Content-Length`, with a
 //! transfer coding other than `chunked`, with lengths that disagree or are not digits, with no
-//! `Host` or two, or with folded header lines is refused with 400 and its connection closed,
-//! before the handler sees it. A connection whose request body was not read to its end is
-//! closed after the answer, so the rest of that body is never read as a request.
+//! `Host` or two, or with folded header lines is refused with 400 (`CONNECT` 405, other
+//! expectations 417, oversized heads 431, other codings before `chunked` 501) and its
+//! connection closed, before the handler sees it. A connection whose request body was not read
+//! to its end is closed after the answer, so the rest of that body is never read as a request;
+//! the close lingers (reads and drops what still comes) so the answer is not lost to a reset.
 //!
 //! A request whose body arrived with its head (an MCP call, nearly always) is handed to the
 //! handler as bytes. A body still arriving is read from the socket as the handler polls it:
