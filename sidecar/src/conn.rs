@@ -39,8 +39,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -51,7 +52,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use crate::BoxError;
-use crate::h1::{Buffered, Chunked, Framing, content_length, has_token};
+use crate::h1::{
+    Buffered, Chunked, Framing, content_length, field_ranges, has_token, range_in, sliced_headers,
+};
 
 /// Largest request head read, in bytes.
 const MAX_HEAD: usize = 64 * 1024;
@@ -318,9 +321,9 @@ impl Drop for Http1Body {
 
 /// Why a request was refused before the handler saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) status: StatusCode,
-    pub(crate) reason: String,
+struct Refusal {
+    status: StatusCode,
+    reason: String,
 }
 
 fn refusal(status: StatusCode, reason: impl Into<String>) -> Refusal {
@@ -332,20 +335,20 @@ fn refusal(status: StatusCode, reason: impl Into<String>) -> Refusal {
 
 /// A request head, read and checked.
 #[derive(Debug)]
-pub(crate) struct Head {
-    pub(crate) parts: http::request::Parts,
+struct Head {
+    parts: http::request::Parts,
     /// How its body is framed: `Length` or `Chunked`.
-    pub(crate) body: Framing,
+    body: Framing,
     /// The client asked to close the connection after the answer (or did not ask to keep an
     /// HTTP/1.0 one).
-    pub(crate) close: bool,
+    close: bool,
     /// The client waits for `100 Continue` before sending the body.
-    pub(crate) expect_continue: bool,
+    expect_continue: bool,
 }
 
 /// The request head at the start of `buf`, taken out of it; `None` when it is not all there
 /// yet. Refuses, naming the problem, whatever could be read more than one way.
-pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -376,28 +379,14 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| bad("the request method is not a token"))?;
     // The target and the values are sliced out of the head once it is frozen: no copy each.
-    let base = buf.as_ptr() as usize;
-    let range = |s: &str| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
-    let target = range(parsed.path.unwrap_or_default());
-    let mut named = Vec::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| bad("a header field name cannot be read"))?;
-        let start = field.value.as_ptr() as usize - base;
-        named.push((name, start..start + field.value.len()));
-    }
+    let target = range_in(buf, parsed.path.unwrap_or_default().as_bytes());
+    let fields = field_ranges(buf, parsed.headers)
+        .map_err(|()| bad("a header field name cannot be read"))?;
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| bad("the request target is not a valid URI"))?;
-    let mut headers = HeaderMap::with_capacity(named.len());
-    for (name, range) in named {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
-            .map_err(|_| bad("a header field value cannot be read"))?;
-        headers.append(name, value);
-    }
+    let headers =
+        sliced_headers(&head, fields).map_err(|()| bad("a header field value cannot be read"))?;
 
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
@@ -497,7 +486,7 @@ struct Http1<H> {
 enum Written {
     /// Whole, and the connection may carry another request.
     KeepAlive,
-    /// Whole, or cut short by a failed body; the connection is to be closed.
+    /// Whole, and the connection is to be closed.
     Close,
     /// The client closed the connection or the write failed.
     Gone,
@@ -584,19 +573,11 @@ impl<H: Handler> Http1<H> {
         };
         let version = parts.version;
         let head_request = parts.method == Method::HEAD;
-        let mut respond = Box::pin(
+        let respond = Box::pin(
             self.handler
                 .call(Request::from_parts(parts, body), self.peer),
         );
-        let answered = std::future::poll_fn(|cx| {
-            if let Poll::Ready(resp) = respond.as_mut().poll(cx) {
-                return Poll::Ready(Some(resp));
-            }
-            self.poll_closed(cx).map(|()| None)
-        })
-        .await;
-        drop(respond);
-        let Some(resp) = answered else {
+        let Some(resp) = self.unless_closed(respond).await else {
             return Written::Gone;
         };
         self.served.requests += 1;
@@ -642,24 +623,16 @@ impl<H: Handler> Http1<H> {
         loop {
             // What the body has now goes out with what is gathered; only when it has nothing
             // ready is the gathered answer written and the body waited for.
-            let now = Pin::new(&mut body).poll_frame(&mut noop_context());
-            let polled = match now {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
+            let polled = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
                     if !self.out.is_empty() {
                         if self.write.write_all(&self.out).await.is_err() {
                             return Written::Gone;
                         }
                         self.out.clear();
                     }
-                    let next = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
-                            return Poll::Ready(Some(frame));
-                        }
-                        self.poll_closed(cx).map(|()| None)
-                    })
-                    .await;
-                    match next {
+                    match self.unless_closed(body.frame()).await {
                         Some(frame) => frame,
                         None => return Written::Gone,
                     }
@@ -732,6 +705,17 @@ impl<H: Handler> Http1<H> {
         } else {
             Written::Close
         }
+    }
+
+    /// What `work` comes to, or `None` if the client closes the connection first.
+    async fn unless_closed<F: Future + Unpin>(&mut self, mut work: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = Pin::new(&mut work).poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            self.poll_closed(cx).map(|()| None)
+        })
+        .await
     }
 
     /// Whether the client closed the connection while its request is served. Bytes of a next
@@ -844,19 +828,28 @@ async fn read_head(r: &mut ReadSide) -> Result<Option<Head>, Refusal> {
                 None => {}
             }
         }
-        let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-        match tokio::time::timeout_at(deadline, r.fill()).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
-            Ok(Ok(_)) => {}
-            Err(_) => {
-                return Err(refusal(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "the request head did not arrive within {} s",
-                        HEAD_TIMEOUT.as_secs()
-                    ),
-                ));
+        // A connection turns readable with its head nearly always there: a timer is set only
+        // when the rest has to be waited for.
+        let filled = match r.fill().now_or_never() {
+            Some(filled) => filled,
+            None => {
+                let deadline =
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+                tokio::time::timeout_at(deadline, r.fill())
+                    .await
+                    .map_err(|_| {
+                        refusal(
+                            StatusCode::REQUEST_TIMEOUT,
+                            format!(
+                                "the request head did not arrive within {} s",
+                                HEAD_TIMEOUT.as_secs()
+                            ),
+                        )
+                    })?
             }
+        };
+        if matches!(filled, Ok(0) | Err(_)) {
+            return Ok(None);
         }
     }
 }
@@ -932,11 +925,6 @@ fn http_date(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(text.as_bytes());
     });
-}
-
-/// A context whose waker does nothing: polls that only ask what is ready now.
-fn noop_context() -> Context<'static> {
-    Context::from_waker(std::task::Waker::noop())
 }
 
 #[cfg(test)]

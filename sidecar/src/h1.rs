@@ -10,10 +10,11 @@
 //! bytes arrive; whoever owns the socket reads more when it answers `More`.
 
 use std::io;
+use std::ops::Range;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::BoxError;
 
@@ -25,7 +26,43 @@ pub(crate) trait Buffered {
 }
 
 /// Largest chunk-size line, and largest trailer section, in bytes.
-pub(crate) const MAX_CHUNK_META: usize = 16 * 1024;
+const MAX_CHUNK_META: usize = 16 * 1024;
+
+/// Where `part` (a slice of `buf`, as httparse hands them out) lies in `buf`.
+pub(crate) fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// The header fields httparse found in `buf`, as names and ranges of `buf`: once the head is
+/// split off and frozen, [`sliced_headers`] makes each value a slice of it, not a copy.
+/// `Err` when a name cannot be one.
+pub(crate) fn field_ranges(
+    buf: &[u8],
+    fields: &[httparse::Header<'_>],
+) -> Result<Vec<(HeaderName, Range<usize>)>, ()> {
+    fields
+        .iter()
+        .map(|f| {
+            let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ())?;
+            Ok((name, range_in(buf, f.value)))
+        })
+        .collect()
+}
+
+/// The fields of a frozen head, their values sharing its bytes. `Err` when a value cannot be
+/// one.
+pub(crate) fn sliced_headers(
+    head: &Bytes,
+    fields: Vec<(HeaderName, Range<usize>)>,
+) -> Result<HeaderMap, ()> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, range) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| ())?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
 
 /// The `Content-Length`, if any: every value the same decimal number, or an error.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
@@ -51,6 +88,7 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
     found.map(Ok)
 }
 
+/// Whether a comma-separated field (`Connection`) lists `token`, in any case.
 pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
@@ -60,13 +98,13 @@ pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// How a response body ends.
+/// How a message body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
     /// After this many more bytes.
     Length(u64),
     Chunked(Chunked),
-    /// When the server closes the connection.
+    /// When the server closes the connection (answers only).
     Close,
 }
 

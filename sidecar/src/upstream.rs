@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -36,7 +36,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::BoxError;
-use crate::h1::{Buffered, Chunked, Framing, Step, content_length, has_token};
+use crate::h1::{
+    Buffered, Chunked, Framing, Step, content_length, field_ranges, has_token, sliced_headers,
+};
 use crate::proxy::ProxyBody;
 
 /// Largest response head read, in bytes.
@@ -475,22 +477,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Values are sliced out of the head once it is frozen: no copy per field.
-    let base = buf.as_ptr() as usize;
-    let mut named = Vec::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Error::Response("bad header name"))?;
-        let start = field.value.as_ptr() as usize - base;
-        named.push((name, start..start + field.value.len()));
-    }
+    let fields =
+        field_ranges(buf, parsed.headers).map_err(|()| Error::Response("bad header name"))?;
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(named.len());
-    for (name, range) in named {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
-            .map_err(|_| Error::Response("bad header value"))?;
-        headers.append(name, value);
-    }
+    let headers =
+        sliced_headers(&head, fields).map_err(|()| Error::Response("bad header value"))?;
     Ok(Some(Head {
         status,
         version,
@@ -672,7 +663,6 @@ impl Body for UpstreamBody {
 mod tests {
     use super::*;
 
-    /// Reads a body out of `wire` fed `piece` bytes at a time, as reads arrive: the body and
     fn chunked() -> Framing {
         Framing::Chunked(Chunked::Size)
     }

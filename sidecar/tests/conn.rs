@@ -531,3 +531,19 @@ async fn an_answer_to_a_large_body_left_unread_reaches_a_client_that_sends_it_al
     assert!(got.contains("connection: close"), "{got}");
     assert_eq!(s.seen(), ["POST /ignore"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_stops_arriving_is_answered_408_and_closed() {
+    // The clock is paused and jumps ahead whenever every task waits, so the 30 s pass at once.
+    let s = server().await;
+    let mut c = connect(s.addr).await;
+    send(&mut c, b"POST /mcp HTTP/1.1\r\nHost: t\r\nContent-Le").await;
+    let a = tokio::time::timeout(Duration::from_secs(60), answer(&mut c))
+        .await
+        .expect("an answer within 60 s");
+    assert!(a.head.starts_with("http/1.1 408"), "{}", a.head);
+    let body = String::from_utf8(a.body).unwrap();
+    assert!(body.contains("did not arrive within 30 s"), "{body}");
+    assert!(closed(&mut c).await);
+    assert!(s.seen().is_empty());
+}
