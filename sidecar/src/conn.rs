@@ -67,6 +67,9 @@ const HEAD_READ: usize = 1024;
 const BODY_READ: usize = 16 * 1024;
 /// Room reserved for an answer's head (and a small body gathered with it).
 const ANSWER_ROOM: usize = 1024;
+/// Room left in each request's header map for the fields a proxy adds before forwarding it
+/// (`Host`, `X-Forwarded-For`, `-Host`, `-Proto`), so adding them does not grow the map.
+const FORWARDING_FIELDS: usize = 4;
 /// How long a request head may take to arrive once its first bytes have.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pieces of an answer up to this size are copied together into one write; a larger piece is
@@ -385,8 +388,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| bad("the request target is not a valid URI"))?;
-    let headers =
-        sliced_headers(&head, fields).map_err(|()| bad("a header field value cannot be read"))?;
+    let headers = sliced_headers(&head, fields, FORWARDING_FIELDS)
+        .map_err(|()| bad("a header field value cannot be read"))?;
 
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {

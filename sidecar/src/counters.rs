@@ -11,13 +11,17 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use foldhash::fast::RandomState;
+
 use parking_lot::Mutex;
 use tollgate_api::{CounterKey, Counters, Denial, Reservation, Window};
 
 /// Counters for this workload.
 #[derive(Default)]
 pub struct CounterStore {
-    counters: Mutex<HashMap<CounterKey, Slot>>,
+    /// Keys can carry a caller's session id, so the hasher is seeded per process (foldhash's
+    /// `RandomState`: a fraction of SipHash's cost on short keys, and not predictable).
+    counters: Mutex<HashMap<CounterKey, Slot, RandomState>>,
 }
 
 #[derive(Clone, Copy)]
@@ -61,21 +65,14 @@ impl CounterStore {
         let mut done = Vec::with_capacity(reservations.len());
         for r in reservations {
             let start = window_start(r.window, now);
-            if !map.contains_key(&r.key) {
-                map.insert(
-                    r.key.clone(),
-                    Slot {
-                        window_start: start,
-                        value: 0,
-                    },
-                );
-            }
-            let slot = map.get_mut(&r.key).expect("inserted above");
+            let fresh = Slot {
+                window_start: start,
+                value: 0,
+            };
+            // One lookup (the key is an `Arc`: its clone is a count).
+            let slot = map.entry(r.key.clone()).or_insert(fresh);
             if slot.window_start != start {
-                *slot = Slot {
-                    window_start: start,
-                    value: 0,
-                };
+                *slot = fresh;
             }
             let next = slot.value.saturating_add(r.amount);
             if r.max.is_some_and(|max| next > max) {
@@ -112,7 +109,12 @@ impl CounterStore {
     }
 }
 
-fn release(map: &mut HashMap<CounterKey, Slot>, key: &CounterKey, start: u64, amount: u64) {
+fn release(
+    map: &mut HashMap<CounterKey, Slot, RandomState>,
+    key: &CounterKey,
+    start: u64,
+    amount: u64,
+) {
     if let Some(slot) = map.get_mut(key)
         && slot.window_start == start
     {

@@ -50,13 +50,14 @@ pub(crate) fn field_ranges(
         .collect()
 }
 
-/// The fields of a frozen head, their values sharing its bytes. `Err` when a value cannot be
-/// one.
+/// The fields of a frozen head, their values sharing its bytes, in a map with room for `spare`
+/// more. `Err` when a value cannot be one.
 pub(crate) fn sliced_headers(
     head: &Bytes,
     fields: Vec<(HeaderName, Range<usize>)>,
+    spare: usize,
 ) -> Result<HeaderMap, ()> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = HeaderMap::with_capacity(fields.len() + spare);
     for (name, range) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| ())?;
         headers.append(name, value);

@@ -10,10 +10,10 @@
 //! written by splicing the kept tools' original bytes into the original message: what is not
 //! filtered reaches the client byte for byte.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -25,7 +25,7 @@ use crate::counters::{CounterStore, Reserved};
 /// Reservations of forwarded calls, by the compact JSON of their request id. Shared between a
 /// legacy session's POSTs and its stream, where the answers arrive.
 #[derive(Clone, Default)]
-pub struct Tracker(Arc<Mutex<HashMap<String, Reserved>>>);
+pub struct Tracker(Arc<Mutex<HashMap<String, Reserved, RandomState>>>);
 
 /// Inspects the server's messages for one client request or stream.
 pub struct Inspector {
@@ -57,6 +57,18 @@ struct ResultView<'a> {
     is_error: Option<bool>,
     tools: Option<Vec<&'a RawValue>>,
     cache_scope: Option<&'a RawValue>,
+}
+
+/// The result fields the proxy reads. Read as identifiers: other names are skipped without
+/// being copied.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum ResultField {
+    IsError,
+    Tools,
+    CacheScope,
+    #[serde(other)]
+    Other,
 }
 
 /// A visitor's answer to every JSON type but the one it wants: read through, as the default.
@@ -93,18 +105,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for ResultView<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut r = ResultView::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "isError" => {
+                while let Some(key) = map.next_key::<ResultField>()? {
+                    match key {
+                        ResultField::IsError => {
                             r.is_error = match map.next_value::<&RawValue>()?.get() {
                                 "true" => Some(true),
                                 "false" => Some(false),
                                 _ => None,
                             }
                         }
-                        "tools" => r.tools = map.next_value::<Tools<'a>>()?.0,
-                        "cacheScope" => r.cache_scope = Some(map.next_value()?),
-                        _ => {
+                        ResultField::Tools => r.tools = map.next_value::<Tools<'a>>()?.0,
+                        ResultField::CacheScope => r.cache_scope = Some(map.next_value()?),
+                        ResultField::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }

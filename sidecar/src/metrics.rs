@@ -40,11 +40,20 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Most distinct `tool` labels. Tool names come from callers: an agent calling made-up names
+/// must not grow the sidecar's memory (or the metrics backend's series) without bound.
+pub const TOOL_LABELS: usize = 1_000;
+/// The `tool` label of calls past [`TOOL_LABELS`] distinct names.
+pub const OTHER_TOOLS: &str = "(other)";
+
 struct Inner {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
-    /// Counter handles by tool and outcome, so the hot path allocates no label set.
-    decision_cache: parking_lot::RwLock<std::collections::HashMap<String, [Option<Counter>; 4]>>,
+    /// Counter handles by tool and outcome, so the hot path allocates no label set. At most
+    /// [`TOOL_LABELS`] tools; calls of others count under [`OTHER_TOOLS`].
+    decision_cache: parking_lot::RwLock<
+        std::collections::HashMap<String, [Option<Counter>; 4], foldhash::fast::RandomState>,
+    >,
     decision_seconds: Histogram,
     request_seconds: Family<KindLabels, Histogram>,
     upstream_errors: Family<ReasonLabels, Counter>,
@@ -133,20 +142,22 @@ impl Metrics {
             c.inc();
             return;
         }
-        let counter = self
-            .0
-            .decisions
-            .get_or_create(&DecisionLabels {
-                tool: tool.to_string(),
-                outcome,
-            })
-            .clone();
+        let mut cache = self.0.decision_cache.write();
+        let tool = if cache.len() < TOOL_LABELS || cache.contains_key(tool) {
+            tool
+        } else {
+            OTHER_TOOLS
+        };
+        let counter = cache.entry(tool.to_string()).or_default()[slot].get_or_insert_with(|| {
+            self.0
+                .decisions
+                .get_or_create(&DecisionLabels {
+                    tool: tool.to_string(),
+                    outcome,
+                })
+                .clone()
+        });
         counter.inc();
-        self.0
-            .decision_cache
-            .write()
-            .entry(tool.to_string())
-            .or_default()[slot] = Some(counter);
     }
 
     pub fn request(&self, kind: &'static str, seconds: f64) {
@@ -185,5 +196,45 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_labels_stop_growing_at_the_limit_and_later_names_count_as_other() {
+        let m = Metrics::new();
+        for i in 0..TOOL_LABELS + 50 {
+            m.decision(&format!("made_up_{i}"), "deny", 1e-6);
+        }
+        m.decision("made_up_0", "deny", 1e-6);
+        m.decision("made_up_0", "allow", 1e-6);
+        let text = m.encode();
+        let series = |tool: &str, outcome: &str| {
+            let prefix =
+                format!("tollgate_decisions_total{{tool=\"{tool}\",outcome=\"{outcome}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|v| v.parse::<u64>().unwrap())
+        };
+        assert_eq!(
+            series("made_up_0", "deny"),
+            Some(2),
+            "a known tool keeps its own series"
+        );
+        assert_eq!(
+            series("made_up_0", "allow"),
+            Some(1),
+            "and gets new outcomes"
+        );
+        assert_eq!(series(OTHER_TOOLS, "deny"), Some(50));
+        assert_eq!(series(&format!("made_up_{TOOL_LABELS}"), "deny"), None);
+        let tools = text
+            .lines()
+            .filter(|l| l.starts_with("tollgate_decisions_total{"))
+            .count();
+        assert_eq!(tools, TOOL_LABELS + 2);
     }
 }

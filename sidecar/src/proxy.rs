@@ -13,8 +13,9 @@
 //! event. Legacy HTTP+SSE sessions are tracked by the endpoint their stream announces, so a
 //! denial posted to that endpoint is delivered on the session's stream, as the client expects.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -112,6 +113,14 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Nearly every message has none of them: one pass over the names, comparing without
+    // hashing, finds that out (each removal below is a hash lookup).
+    let any = headers
+        .keys()
+        .any(|n| *n == header::CONNECTION || *n == header::TRAILER || HOP_BY_HOP.contains(n));
+    if !any {
+        return;
+    }
     if let Some(named) = headers
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
@@ -128,6 +137,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(h);
     }
     headers.remove(header::TRAILER);
+}
+
+/// `X-Forwarded-For`'s value for `ip`. A connection's requests all come from one address, so
+/// the last one formatted on this thread is kept and shared (a clone is a reference count).
+fn forwarded_for(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value");
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
 }
 
 /// MCP's and the forwarding headers, named once: a lookup by `&str` parses the name again.
@@ -601,9 +627,9 @@ impl Proxy {
                 .headers
                 .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            parts.headers.append(X_FORWARDED_FOR, v);
-        }
+        parts
+            .headers
+            .append(X_FORWARDED_FOR, forwarded_for(peer.ip()));
         parts
     }
 
@@ -900,4 +926,61 @@ fn check_mcp_headers(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(fields: &[(&str, &str)]) -> HeaderMap {
+        fields
+            .iter()
+            .map(|(n, v)| {
+                (
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(HeaderName::as_str).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_dropped_and_no_others() {
+        let mut h = map(&[
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "close"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("upgrade", "h2c"),
+            ("mcp-session-id", "s1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "mcp-session-id"]);
+
+        let untouched = map(&[("content-type", "a"), ("accept", "b"), ("x-c", "c")]);
+        let mut h = untouched.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
+
+        // Only `Trailer`: still found by the pass over the names.
+        let mut h = map(&[("accept", "b"), ("trailer", "x")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_names_each_peer_even_when_peers_alternate_on_a_thread() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        for ip in [v4, v4, v6, v4, v6, v6] {
+            assert_eq!(forwarded_for(ip), ip.to_string().as_str());
+        }
+    }
 }

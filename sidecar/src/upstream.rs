@@ -481,7 +481,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         field_ranges(buf, parsed.headers).map_err(|()| Error::Response("bad header name"))?;
     let head = buf.split_to(len).freeze();
     let headers =
-        sliced_headers(&head, fields).map_err(|()| Error::Response("bad header value"))?;
+        sliced_headers(&head, fields, 0).map_err(|()| Error::Response("bad header value"))?;
     Ok(Some(Head {
         status,
         version,
