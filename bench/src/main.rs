@@ -58,6 +58,9 @@ struct Args {
     /// The nginx binary (skipped if absent).
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
+    /// Write the benchmark's policy to this file and exit (for `bench/instructions.sh`).
+    #[arg(long)]
+    write_policy: Option<PathBuf>,
 }
 
 /// A process the benchmark started; killed when dropped.
@@ -399,6 +402,10 @@ impl Cell {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.write_policy {
+        std::fs::write(path, policy())?;
+        return Ok(());
+    }
     let root = std::env::current_dir()?;
     let release = root.join("target/release");
     let tmp = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
