@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use foldhash::fast::RandomState;
-
 use parking_lot::Mutex;
 use tollgate_api::{CounterKey, Counters, Denial, Reservation, Window};
 

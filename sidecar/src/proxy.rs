@@ -103,22 +103,21 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
     r
 }
 
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Fields that belong to one hop, never forwarded; `Trailer` too, as trailers are not.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TRANSFER_ENCODING,
     header::TE,
     header::UPGRADE,
+    header::TRAILER,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Nearly every message has none of them: one pass over the names, comparing without
     // hashing, finds that out (each removal below is a hash lookup).
-    let any = headers
-        .keys()
-        .any(|n| *n == header::CONNECTION || *n == header::TRAILER || HOP_BY_HOP.contains(n));
-    if !any {
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
         return;
     }
     if let Some(named) = headers
@@ -136,7 +135,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
-    headers.remove(header::TRAILER);
 }
 
 /// `X-Forwarded-For`'s value for `ip`. A connection's requests all come from one address, so
