@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
 use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
@@ -190,7 +191,7 @@ pub struct PolicySet {
     pub default_action: DefaultAction,
     pub policies: Vec<CompiledPolicy>,
     /// `visible()` answers by tool name, when no policy depends on the caller.
-    visible_memo: Arc<std::sync::RwLock<HashMap<String, bool>>>,
+    visible_memo: Arc<std::sync::RwLock<HashMap<String, bool, RandomState>>>,
 }
 
 /// Tool names remembered by `visible()`; past this the memo stops growing.
@@ -397,11 +398,11 @@ pub struct CompiledPolicy {
     hide: Vec<Glob>,
     hidden_reason: Option<String>,
     subjects: Vec<crate::resources::Subject>,
-    exact: HashMap<String, CompiledEntry>,
+    exact: HashMap<String, CompiledEntry, RandomState>,
     globs: Vec<(Glob, CompiledEntry)>,
     wildcard: Option<CompiledEntry>,
     /// `(entry scope, counter)` -> how it is counted, for `state.` conditions.
-    counters: HashMap<(String, String), (Window, Scope)>,
+    counters: HashMap<(String, String), (Window, Scope), RandomState>,
     /// The kinds of non-tool entries the policy names (`resource:`, `prompt:`).
     prefixes: Vec<&'static str>,
 }
@@ -474,8 +475,8 @@ impl CompiledPolicy {
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
-        let mut counters = HashMap::new();
-        let mut exact = HashMap::new();
+        let mut counters = HashMap::default();
+        let mut exact = HashMap::default();
         let mut globs = Vec::new();
         let mut wildcard = None;
         for (key, tool) in &spec.tools {

@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use tollgate_api::{Identity, PolicySet};
 
 use crate::counters::{CounterStore, Reserved};
+use crate::tool_name::tool_name;
 
 /// Reservations of forwarded calls, by the compact JSON of their request id. Shared between a
 /// legacy session's POSTs and its stream, where the answers arrive.
@@ -160,12 +161,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Tools<'a> {
     }
 }
 
-#[derive(Deserialize)]
-struct ToolName<'a> {
-    #[serde(borrow)]
-    name: std::borrow::Cow<'a, str>,
-}
-
 /// Where `inner` lies within `outer` (both slices of one string).
 fn span(outer: &str, inner: &str) -> std::ops::Range<usize> {
     let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
@@ -294,10 +289,7 @@ impl Inspector {
             .copied()
             // A tool whose name cannot be read (none, two, not a string) cannot be shown to be
             // visible: it is dropped.
-            .filter(|t| {
-                serde_json::from_str::<ToolName<'_>>(t.get())
-                    .is_ok_and(|n| policy.visible(&n.name, &self.who))
-            })
+            .filter(|t| tool_name(t.get()).is_some_and(|name| policy.visible(&name, &self.who)))
             .collect();
         if kept.len() == tools.len() {
             return None;
@@ -413,7 +405,7 @@ mod tests {
             Arc::default(),
             Arc::default(),
         );
-        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"title":"nameless"},{"name":"a","name":"b"},{"name":7},{"name":"c"}]}}"#;
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"title":"nameless"},{"name":"a","name":"b"},{"name":"a","n\u0061me":"b"},{"name":7},{"name":"c","inputSchema":{"properties":{"name":{"type":"string"}}}}]}}"#;
         assert_eq!(names(&i.inspect_text(text).unwrap()), ["a", "c"]);
     }
 

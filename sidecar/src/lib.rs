@@ -6,7 +6,7 @@
 //!      └─ proxy ─> server (listeners, shutdown) ─> conn ─> proxy (decide, forward) ─> upstream
 //!                                                   │  (conn and upstream: own HTTP/1.1, their
 //!                                                   │   framing in h1; hyper for HTTP/2)
-//!                                                   ├─ jsonrpc, sse, inspect (messages)
+//!                                                   ├─ jsonrpc, sse, inspect, tool_name (messages)
 //!                                                   ├─ policy (file or control-plane stream, fail closed)
 //!                                                   ├─ counters, identity
 //!                                                   └─ audit, metrics
@@ -27,6 +27,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sse;
+mod tool_name;
 pub mod upstream;
 
 /// The error of a response body: whatever failed while it was read.
