@@ -16,7 +16,7 @@
 //! arguments unknown ([`PolicySet::visible`]): a tool is listed unless it could never be called.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use foldhash::fast::RandomState;
@@ -191,7 +191,48 @@ pub struct PolicySet {
     pub default_action: DefaultAction,
     pub policies: Vec<CompiledPolicy>,
     /// `visible()` answers by tool name, when no policy depends on the caller.
-    visible_memo: Arc<std::sync::RwLock<HashMap<String, bool, RandomState>>>,
+    visible_memo: Arc<RwLock<HashMap<String, bool, RandomState>>>,
+}
+
+/// [`PolicySet::visible`] for many tools: see [`PolicySet::visibility`]. Answers decided
+/// rather than remembered join the memo when it is dropped.
+pub struct Visibility<'s> {
+    set: &'s PolicySet,
+    who: &'s Identity,
+    /// `None` when answers depend on the caller (or the lock was poisoned): nothing is
+    /// remembered.
+    memo: Option<RwLockReadGuard<'s, HashMap<String, bool, RandomState>>>,
+    learned: Vec<(String, bool)>,
+}
+
+impl Visibility<'_> {
+    pub fn visible(&mut self, tool: &str) -> bool {
+        let Some(memo) = &self.memo else {
+            return self.set.decide_visible(tool, self.who);
+        };
+        if let Some(&v) = memo.get(tool) {
+            return v;
+        }
+        let v = self.set.decide_visible(tool, self.who);
+        self.learned.push((tool.to_string(), v));
+        v
+    }
+}
+
+impl Drop for Visibility<'_> {
+    fn drop(&mut self) {
+        if self.memo.take().is_none() || self.learned.is_empty() {
+            return;
+        }
+        if let Ok(mut memo) = self.set.visible_memo.write() {
+            for (tool, v) in self.learned.drain(..) {
+                if memo.len() >= VISIBLE_MEMO_LIMIT {
+                    break;
+                }
+                memo.insert(tool, v);
+            }
+        }
+    }
 }
 
 /// Tool names remembered by `visible()`; past this the memo stops growing.
@@ -269,32 +310,34 @@ impl PolicySet {
     /// Whether `tools/list` shows this tool to this caller: not hidden, not refused whatever
     /// the arguments. Audit-mode policies hide nothing.
     pub fn visible(&self, tool: &str, who: &Identity) -> bool {
-        let memo = !self.varies_by_caller();
-        if memo
-            && let Some(v) = self
-                .visible_memo
-                .read()
-                .ok()
-                .and_then(|m| m.get(tool).copied())
-        {
-            return v;
+        self.visibility(who).visible(tool)
+    }
+
+    /// Answers [`PolicySet::visible`] for the tools of one list, reading the memo under one
+    /// lock rather than one per tool (its reader count is a cache line both workers write).
+    pub fn visibility<'s>(&'s self, who: &'s Identity) -> Visibility<'s> {
+        let memo = match self.varies_by_caller() {
+            true => None,
+            false => self.visible_memo.read().ok(),
+        };
+        Visibility {
+            set: self,
+            who,
+            memo,
+            learned: Vec::new(),
         }
+    }
+
+    fn decide_visible(&self, tool: &str, who: &Identity) -> bool {
         let call = Call {
             tool,
             args: None,
             session: None,
         };
-        let visible = !matches!(
+        !matches!(
             self.decide(&call, who, &NoCounters).decision,
             Decision::Deny(_)
-        );
-        if memo
-            && let Ok(mut m) = self.visible_memo.write()
-            && m.len() < VISIBLE_MEMO_LIMIT
-        {
-            m.insert(tool.to_string(), visible);
-        }
-        visible
+        )
     }
 
     /// Whether any policy names entries of a kind (`resource:` for `resources/read` by URI,

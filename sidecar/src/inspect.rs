@@ -284,13 +284,15 @@ impl Inspector {
     fn filter_tools_list(&self, text: &str, result: ResultView<'_>) -> Option<String> {
         let policy = self.policy.as_ref()?;
         let tools = result.tools?;
+        let mut visibility = policy.visibility(&self.who);
         let kept: Vec<&RawValue> = tools
             .iter()
             .copied()
             // A tool whose name cannot be read (none, two, not a string) cannot be shown to be
             // visible: it is dropped.
-            .filter(|t| tool_name(t.get()).is_some_and(|name| policy.visible(&name, &self.who)))
+            .filter(|t| tool_name(t.get()).is_some_and(|name| visibility.visible(&name)))
             .collect();
+        drop(visibility);
         if kept.len() == tools.len() {
             return None;
         }
