@@ -243,7 +243,10 @@ tools:
     // Lists after the first are answered from what the first learned, the same way.
     for _ in 0..2 {
         let mut visibility = s.visibility(&who);
-        let again: Vec<&str> = tools.into_iter().filter(|t| visibility.visible(t)).collect();
+        let again: Vec<&str> = tools
+            .into_iter()
+            .filter(|t| visibility.visible(t))
+            .collect();
         assert_eq!(again, shown);
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Messages are read with borrowed, typed views (no `Value` tree), and a filtered list is
 //! written by splicing the kept tools' original bytes into the original message: what is not
-//! filtered reaches the client byte for byte.
+//! filtered reaches the client byte for byte. A list that parsers could read two ways (a field
+//! twice) is withheld, answered with an error, as filtering one reading would leave the other.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use serde_json::value::RawValue;
 use tollgate_api::{Identity, PolicySet};
 
 use crate::counters::{CounterStore, Reserved};
+use crate::jsonrpc;
 use crate::tool_name::tool_name;
 
 /// Reservations of forwarded calls, by the compact JSON of their request id. Shared between a
@@ -57,6 +59,8 @@ struct View<'a> {
 struct ResultView<'a> {
     is_error: Option<bool>,
     tools: Option<Vec<&'a RawValue>>,
+    /// Parsers differ on which of two `tools` counts: such a list is never forwarded.
+    tools_twice: bool,
     cache_scope: Option<&'a RawValue>,
 }
 
@@ -115,7 +119,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for ResultView<'a> {
                                 _ => None,
                             }
                         }
-                        ResultField::Tools => r.tools = map.next_value::<Tools<'a>>()?.0,
+                        ResultField::Tools => {
+                            r.tools_twice |= r.tools.is_some();
+                            r.tools = map.next_value::<Tools<'a>>()?.0;
+                        }
                         ResultField::CacheScope => r.cache_scope = Some(map.next_value()?),
                         ResultField::Other => {
                             map.next_value::<IgnoredAny>()?;
@@ -159,6 +166,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for Tools<'a> {
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
+}
+
+/// Whether a message may hold a tool list: it names `tools`, or has a `\u` escape, which can
+/// spell the name (`"t\u006fols"`).
+fn may_hold_tools(text: &str) -> bool {
+    let b = text.as_bytes();
+    memchr::memmem::find(b, b"tools").is_some() || memchr::memmem::find(b, b"\\u").is_some()
+}
+
+/// What the client gets instead of a tool list the proxy cannot read unambiguously.
+fn unfilterable(id: Option<&RawValue>, why: &str) -> String {
+    let id = id
+        .and_then(|id| serde_json::from_str(id.get()).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let message =
+        format!("Tollgate cannot filter the MCP server's answer, so it is withheld: {why}");
+    jsonrpc::error_response(id, jsonrpc::INTERNAL_ERROR, &message, None).to_string()
 }
 
 /// Where `inner` lies within `outer` (both slices of one string).
@@ -239,7 +263,7 @@ impl Inspector {
     pub fn inspect_text(&mut self, text: &str) -> Option<String> {
         self.policy.as_ref()?;
         // Fast path: nothing to roll back and no tool list in sight.
-        if !self.is_tracking() && memchr::memmem::find(text.as_bytes(), b"\"tools\"").is_none() {
+        if !self.is_tracking() && !self.expect_list && !may_hold_tools(text) {
             return None;
         }
         let trimmed = text.trim_start();
@@ -263,7 +287,19 @@ impl Inspector {
 
     /// One message: settle its call's counters; filter it if it is a tool list.
     fn inspect_one(&mut self, text: &str) -> Option<String> {
-        let view: View<'_> = serde_json::from_str(text).ok()?;
+        let view: View<'_> = match serde_json::from_str(text) {
+            Ok(view) => view,
+            // JSON that is not one JSON-RPC message (a field twice): parsers differ on which
+            // copy counts, so a tool list in it cannot be filtered for all of them.
+            Err(e)
+                if (self.expect_list || may_hold_tools(text))
+                    && serde_json::from_str::<IgnoredAny>(text).is_ok() =>
+            {
+                return Some(unfilterable(None, &e.to_string()));
+            }
+            // Not JSON at all: no client reads tools from it.
+            Err(_) => return None,
+        };
         if view.method.is_some() {
             return None; // a request or notification from the server
         }
@@ -278,7 +314,11 @@ impl Inspector {
                 }
             }
         }
-        self.filter_tools_list(text, result?)
+        let result = result?;
+        if result.tools_twice {
+            return Some(unfilterable(view.id, "the result has two `tools` fields"));
+        }
+        self.filter_tools_list(text, result)
     }
 
     fn filter_tools_list(&self, text: &str, result: ResultView<'_>) -> Option<String> {
@@ -409,6 +449,53 @@ mod tests {
         );
         let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"title":"nameless"},{"name":"a","name":"b"},{"name":"a","n\u0061me":"b"},{"name":7},{"name":"c","inputSchema":{"properties":{"name":{"type":"string"}}}}]}}"#;
         assert_eq!(names(&i.inspect_text(text).unwrap()), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_list_that_parsers_could_read_differently_is_withheld_never_forwarded() {
+        let hide_b = || {
+            Inspector::new(
+                set("default: allow\nhide: [b]\ntools: {}"),
+                Arc::default(),
+                Arc::default(),
+            )
+        };
+        // An escaped key is still `tools`, on a stream that did not ask for a list too.
+        let escaped =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"t\u006fols":[{"name":"a"},{"name":"b"}]}}"#;
+        assert_eq!(names(&hide_b().inspect_text(escaped).unwrap()), ["a"]);
+        // Two results, or two lists: which one counts depends on the client's parser.
+        let withheld = |text: &str, id: Value, why: &str| {
+            let mut i = hide_b();
+            i.expect_list();
+            let out: Value = serde_json::from_str(&i.inspect_text(text).unwrap()).unwrap();
+            assert_eq!(out["id"], id, "{text}");
+            assert_eq!(
+                out["error"]["code"],
+                json!(jsonrpc::INTERNAL_ERROR),
+                "{text}"
+            );
+            let message = out["error"]["message"].as_str().unwrap();
+            assert!(message.contains(why), "{message}");
+        };
+        withheld(
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"b"}]},"result":{"tools":[]}}"#,
+            Value::Null,
+            "duplicate field `result`",
+        );
+        withheld(
+            r#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"b"}],"tools":[{"name":"a"}]}}"#,
+            json!(7),
+            "two `tools` fields",
+        );
+        // What no client reads as JSON, and a call's answer with a field twice, pass as they are.
+        let mut i = hide_b();
+        i.expect_list();
+        assert_eq!(i.inspect_text(r#"{"result":{"tools":[{"name":"b"}]"#), None);
+        assert_eq!(
+            hide_b().inspect_text(r#"{"id":1,"id":1,"result":{}}"#),
+            None
+        );
     }
 
     #[test]
