@@ -195,7 +195,8 @@ pub struct PolicySet {
 }
 
 /// [`PolicySet::visible`] for many tools: see [`PolicySet::visibility`]. Answers decided
-/// rather than remembered join the memo when it is dropped.
+/// rather than remembered join the memo when it is dropped. It holds the memo's read lock, so
+/// a thread holds one at a time and drops it before asking [`PolicySet::visible`].
 pub struct Visibility<'s> {
     set: &'s PolicySet,
     who: &'s Identity,
