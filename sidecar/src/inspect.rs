@@ -492,10 +492,11 @@ mod tests {
         let mut i = hide_b();
         i.expect_list();
         assert_eq!(i.inspect_text(r#"{"result":{"tools":[{"name":"b"}]"#), None);
-        assert_eq!(
-            hide_b().inspect_text(r#"{"id":1,"id":1,"result":{}}"#),
-            None
-        );
+        let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
+        let counters: Arc<CounterStore> = Arc::default();
+        let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
+        i.track("1".into(), reserve_t(&s, &counters).unwrap());
+        assert_eq!(i.inspect_text(r#"{"id":1,"id":1,"result":{}}"#), None);
     }
 
     #[test]
