@@ -9,8 +9,10 @@
 //! nothing, and only a `tools/call`'s arguments are materialised as a `Value`.
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// JSON-RPC's parse error.
 pub const PARSE_ERROR: i64 = -32700;
@@ -65,10 +67,11 @@ impl Message<'_> {
 
     fn named_params(&self, key: &str) -> Result<(String, Value), String> {
         let method = self.method.as_deref().unwrap_or("");
-        let params: Value = self
-            .params
-            .and_then(|p| serde_json::from_str(p.get()).ok())
-            .ok_or_else(|| format!("{method} needs params with {key}"))?;
+        let Unambiguous(params) = match self.params.map(|p| serde_json::from_str(p.get())) {
+            Some(Ok(params)) => params,
+            Some(Err(e)) => return Err(format!("{method} params are not valid: {e}")),
+            None => return Err(format!("{method} needs params with {key}")),
+        };
         let named = params
             .get(key)
             .and_then(Value::as_str)
@@ -89,8 +92,77 @@ impl Message<'_> {
 #[derive(Debug, Deserialize)]
 pub struct ToolCall {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unambiguous")]
     pub arguments: Option<Value>,
+}
+
+/// A JSON value, read as [`Value`] reads it but refusing an object with a key twice. Servers
+/// differ on which copy counts (most the last, some the first, some refuse), so arguments with
+/// one cannot be decided for all of them: `{"amount": 1, "amount": 90000}` is refused, not
+/// read as whichever copy a first-wins server would not run.
+struct Unambiguous(Value);
+
+fn unambiguous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Option::<Unambiguous>::deserialize(d).map(|v| v.map(|Unambiguous(v)| v))
+}
+
+impl<'de> Deserialize<'de> for Unambiguous {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(v.into())
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                Ok(v.into())
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(v.into())
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::String(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                Ok(Value::String(v))
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Value, S::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(Unambiguous(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(Value::Array(items))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Value, M::Error> {
+                let mut object = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let Unambiguous(v) = map.next_value()?;
+                    match object.entry(key) {
+                        Entry::Vacant(e) => {
+                            e.insert(v);
+                        }
+                        Entry::Occupied(e) => {
+                            return Err(de::Error::custom(format_args!(
+                                "the key {:?} appears twice in one object",
+                                e.key()
+                            )));
+                        }
+                    }
+                }
+                Ok(Value::Object(object))
+            }
+        }
+        d.deserialize_any(V).map(Unambiguous)
+    }
 }
 
 #[derive(Deserialize)]
@@ -302,5 +374,69 @@ mod tests {
             ("t", Some(json!({"n": 1})))
         );
         assert_eq!(messages[0].id_value(), json!("a"));
+    }
+
+    /// What `message`'s `call()` says of a request with these params.
+    fn call_of(method: &str, params: &str) -> Result<ToolCall, String> {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
+        let Ok(Body::Messages { messages, .. }) = parse_body(body.as_bytes(), true) else {
+            panic!("{body}")
+        };
+        messages[0].call().unwrap()
+    }
+
+    #[test]
+    fn arguments_with_a_key_twice_are_refused_at_any_depth_naming_the_key() {
+        for (method, params, key) in [
+            (
+                "tools/call",
+                r#"{"name":"t","arguments":{"amount":1,"amount":9}}"#,
+                "amount",
+            ),
+            (
+                "tools/call",
+                r#"{"name":"t","arguments":{"a":[{"b":1,"b":2}]}}"#,
+                "b",
+            ),
+            (
+                "tools/call",
+                r#"{"name":"t","arguments":{"x\u0079":1,"xy":2}}"#,
+                "xy",
+            ),
+            (
+                "resources/read",
+                r#"{"uri":"file:///a","uri":"file:///etc/shadow"}"#,
+                "uri",
+            ),
+            (
+                "prompts/get",
+                r#"{"name":"p","arguments":{"k":1,"k":2}}"#,
+                "k",
+            ),
+        ] {
+            let e = call_of(method, params).unwrap_err();
+            assert!(
+                e.contains(&format!("the key {key:?} appears twice")),
+                "{params}: {e}"
+            );
+        }
+        let e = call_of("tools/call", r#"{"name":"a","name":"b"}"#).unwrap_err();
+        assert!(e.contains("duplicate field `name`"), "{e}");
+    }
+
+    #[test]
+    fn arguments_without_a_key_twice_read_as_serde_json_reads_them() {
+        let args = r#"{"big":18446744073709551615,"neg":-9223372036854775808,"f":1.5e300,"s":"\u00e9\n","n":null,"t":true,"l":[[],{},[1,{"a":{"a":"a"}}]],"same at two depths":{"same at two depths":0}}"#;
+        let call = call_of(
+            "tools/call",
+            &format!(r#"{{"name":"t","arguments":{args}}}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            call.arguments,
+            Some(serde_json::from_str::<Value>(args).unwrap())
+        );
+        let call = call_of("tools/call", r#"{"name":"t","arguments":null}"#).unwrap();
+        assert_eq!(call.arguments, None);
     }
 }
