@@ -98,8 +98,8 @@ pub struct ToolCall {
 
 /// A JSON value, read as [`Value`] reads it but refusing an object with a key twice. Servers
 /// differ on which copy counts (most the last, some the first, some refuse), so arguments with
-/// one cannot be decided for all of them: `{"amount": 1, "amount": 90000}` is refused, not
-/// read as whichever copy a first-wins server would not run.
+/// one cannot be decided for all of them: `{"amount": 90000, "amount": 1}` is refused, rather
+/// than decided on one copy while the server runs the other.
 struct Unambiguous(Value);
 
 fn unambiguous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
