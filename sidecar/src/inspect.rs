@@ -12,9 +12,10 @@
 //! twice) is withheld, answered with an error, as filtering one reading would leave the other.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use foldhash::fast::RandomState;
+use memchr::memmem::Finder;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -23,7 +24,7 @@ use tollgate_api::{Identity, PolicySet};
 
 use crate::counters::{CounterStore, Reserved};
 use crate::jsonrpc;
-use crate::tool_name::tool_name;
+use crate::tool_name::{has_unicode_escape, tool_name};
 
 /// Reservations of forwarded calls, by the compact JSON of their request id. Shared between a
 /// legacy session's POSTs and its stream, where the answers arrive.
@@ -171,18 +172,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for Tools<'a> {
 /// Whether a message may hold a tool list: it names `tools`, or has a `\u` escape, which can
 /// spell the name (`"t\u006fols"`).
 fn may_hold_tools(text: &str) -> bool {
-    let b = text.as_bytes();
-    memchr::memmem::find(b, b"tools").is_some() || memchr::memmem::find(b, b"\\u").is_some()
+    static TOOLS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"tools"));
+    TOOLS.find(text.as_bytes()).is_some() || has_unicode_escape(text.as_bytes())
 }
 
 /// What the client gets instead of a tool list the proxy cannot read unambiguously.
 fn unfilterable(id: Option<&RawValue>, why: &str) -> String {
-    let id = id
-        .and_then(|id| serde_json::from_str(id.get()).ok())
-        .unwrap_or(serde_json::Value::Null);
     let message =
         format!("Tollgate cannot filter the MCP server's answer, so it is withheld: {why}");
-    jsonrpc::error_response(id, jsonrpc::INTERNAL_ERROR, &message, None).to_string()
+    jsonrpc::error_response(
+        jsonrpc::id_value(id),
+        jsonrpc::INTERNAL_ERROR,
+        &message,
+        None,
+    )
+    .to_string()
 }
 
 /// Where `inner` lies within `outer` (both slices of one string).

@@ -82,10 +82,14 @@ impl Message<'_> {
 
     /// The raw id as JSON (`null` when absent), for building a response.
     pub fn id_value(&self) -> Value {
-        self.id
-            .and_then(|id| serde_json::from_str(id.get()).ok())
-            .unwrap_or(Value::Null)
+        id_value(self.id)
     }
+}
+
+/// A raw id as JSON (`null` when absent), for building a response.
+pub fn id_value(id: Option<&RawValue>) -> Value {
+    id.and_then(|id| serde_json::from_str(id.get()).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// `tools/call` params.

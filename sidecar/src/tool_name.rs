@@ -22,7 +22,6 @@ pub fn tool_name(tool: &str) -> Option<Cow<'_, str>> {
 /// `None` when that cannot be shown, for [`scanned_name`] to decide.
 fn leading_name(tool: &str) -> Option<Cow<'_, str>> {
     static NAME_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"name\""));
-    static UNICODE_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
     let b = tool.as_bytes();
     let open = skip_ws(b, 0);
     if b.get(open) != Some(&b'{') {
@@ -35,13 +34,20 @@ fn leading_name(tool: &str) -> Option<Cow<'_, str>> {
     let at = skip_ws(b, skip_ws(b, key + 6) + 1); // past `:`
     let (end, escaped) = string_end(b, at)?;
     let rest = &b[end..];
-    if NAME_KEY.find(rest).is_some() || UNICODE_ESCAPE.find(rest).is_some() {
+    if NAME_KEY.find(rest).is_some() || has_unicode_escape(rest) {
         return None;
     }
     Some(match escaped {
         true => Cow::Owned(unescape(&tool[at..end])?),
         false => Cow::Borrowed(&tool[at + 1..end - 1]),
     })
+}
+
+/// Whether JSON text has a `\u` escape: the only escape that can spell a letter, so text
+/// without one spells each key as written.
+pub fn has_unicode_escape(text: &[u8]) -> bool {
+    static UNICODE_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    UNICODE_ESCAPE.find(text).is_some()
 }
 
 /// Any shape: one forward pass over the top-level keys, decoding only a key or name with an
