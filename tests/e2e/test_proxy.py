@@ -125,6 +125,24 @@ def test_e2e_bad_input_gets_a_clear_json_rpc_error(sample_server, proxy):
     assert r.json()["error"]["code"] == -32602 and "name" in r.json()["error"]["message"]
 
 
+def test_e2e_arguments_with_a_key_twice_are_refused_before_the_server_sees_them(sample_server, proxy):
+    # Python's json (the SDK's) keeps the last copy; a first-wins server would charge 90000.
+    srv = sample_server()
+    px = proxy(srv.url, SAMPLE_POLICY)
+    url = f"{px.url}/mcp"
+    h = open_session(url)
+    body = '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"create_charge",' \
+        '"arguments":{"amount":90000,"currency":"usd","amount":100}}}'
+    r = httpx.post(url, headers=h, content=body.encode())
+    (answer,) = messages(r)
+    assert answer["id"] == 5 and answer["error"]["code"] == -32602, answer
+    assert 'the key "amount" appears twice' in answer["error"]["message"]
+    # The same call written once is decided and run as usual.
+    r = httpx.post(url, headers=h, json=call(6, "create_charge", {"amount": 100, "currency": "usd"}))
+    (answer,) = messages(r)
+    assert "result" in answer and not answer["result"].get("isError"), answer
+
+
 def test_e2e_an_unreachable_upstream_gets_502_naming_it(proxy):
     dead = f"http://127.0.0.1:{free_port()}"
     px = proxy(dead, SAMPLE_POLICY)
