@@ -84,10 +84,18 @@ class Procs:
 
 
 @pytest.fixture(scope="session")
-def tollgate_bin() -> Path:
-    """The real binary, built once per run."""
-    subprocess.run(["cargo", "build", "-q", "-p", "tollgate-sidecar"], cwd=ROOT, check=True)
-    return ROOT / "target" / "debug" / "tollgate"
+def debug_bins() -> Path:
+    """The real binaries (the sidecar's `tollgate` and `tollgate-operator`), built once per run.
+
+    Every suite builds this one package selection: cargo unifies features per selection, so a
+    second selection would compile the dependency tree again, in time and in disk."""
+    subprocess.run(["cargo", "build", "-q", "-p", "tollgate-operator", "-p", "tollgate-sidecar"], cwd=ROOT, check=True)
+    return ROOT / "target" / "debug"
+
+
+@pytest.fixture(scope="session")
+def tollgate_bin(debug_bins) -> Path:
+    return debug_bins / "tollgate"
 
 
 @pytest.fixture

@@ -238,9 +238,8 @@ def test_chart_sets_only_settings_the_operator_knows(operator_help):
 
 
 @pytest.fixture(scope="module")
-def operator_help() -> str:
-    subprocess.run(["cargo", "build", "-q", "-p", "tollgate-operator"], cwd=ROOT, check=True)
-    return subprocess.run([str(ROOT / "target" / "debug" / "tollgate-operator"), "--help"], capture_output=True, text=True, check=True).stdout
+def operator_help(debug_bins) -> str:
+    return subprocess.run([str(debug_bins / "tollgate-operator"), "--help"], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.parametrize("values,complaint", [

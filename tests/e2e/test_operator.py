@@ -32,9 +32,8 @@ OPERATOR_NS = "tollgate-system"
 
 
 @pytest.fixture(scope="session")
-def operator_bin() -> Path:
-    subprocess.run(["cargo", "build", "-q", "-p", "tollgate-operator", "-p", "tollgate-sidecar"], cwd=ROOT, check=True)
-    return ROOT / "target" / "debug" / "tollgate-operator"
+def operator_bin(debug_bins) -> Path:
+    return debug_bins / "tollgate-operator"
 
 
 class Kube:
@@ -314,7 +313,7 @@ def test_admit_pods_that_opt_out_or_cannot_be_injected_are_admitted_as_they_are(
     assert not bad["allowed"] and "tollgate.dev/inject" in bad["status"]["message"]
 
 
-def test_admit_an_invalid_policy_is_refused_with_every_problem_field_by_field(kube, operator):
+def test_admit_an_invalid_policy_is_refused_with_every_problem_field_by_field(kube, operator, tollgate_bin):
     op = operator()
     bad = policy("shop", "broken", {"tools": {
         "run_query": {"rules": [{"name": "select only", "conditions": [{"path": "args.sql", "op": "regex", "value": "("}]}]},
@@ -330,7 +329,7 @@ def test_admit_an_invalid_policy_is_refused_with_every_problem_field_by_field(ku
     import yaml
     file = Path(op.log).with_name("broken.yaml")
     file.write_text(yaml.safe_dump(bad))
-    check = subprocess.run([str(ROOT / "target/debug/tollgate"), "check", "--policy", str(file)], capture_output=True, text=True)
+    check = subprocess.run([str(tollgate_bin), "check", "--policy", str(file)], capture_output=True, text=True)
     for line in check.stderr.splitlines()[:2]:
         assert line.split(": ", 1)[-1] in message
 
