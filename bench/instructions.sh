@@ -7,6 +7,7 @@
 # start-up and policy loading cancelled out.
 #   bench/instructions.sh                           # tollgate, passthrough, floor
 #   TOLLGATE=/tmp/before/tollgate bench/instructions.sh   # another tollgate binary, for an A/B
+#   SSE=1 bench/instructions.sh                     # the MCP server answers with SSE streams
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v valgrind >/dev/null; then
@@ -19,25 +20,36 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 $R/tollgate-bench --write-policy "$work/policy.yaml"
 up=19301 port=19302
-$R/bench-upstream --listen 127.0.0.1:$up >/dev/null 2>&1 &
+$R/bench-upstream --listen 127.0.0.1:$up ${SSE:+--sse} >/dev/null 2>&1 &
 
 calls() { # PORT N: N tools/call requests on one keep-alive connection, after initialize
   python3 - "$@" <<'PY'
 import socket, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 s = socket.create_connection(("127.0.0.1", port))
-def post(body):
+session = b""
+def post(body, status=b"200"):
     s.sendall(b"POST /mcp HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-              b"Accept: application/json, text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+              b"Accept: application/json, text/event-stream\r\n%sContent-Length: %d\r\n\r\n"
+              % (session, len(body)) + body)
     buf = b""
     while b"\r\n\r\n" not in buf:
         buf += s.recv(65536)
     head, rest = buf.split(b"\r\n\r\n", 1)
-    length = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")]
-    assert head.startswith(b"HTTP/1.1 200") and length, head
-    while len(rest) < int(length[0].split(b":")[1]):
-        rest += s.recv(65536)
-post(b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}')
+    assert head.startswith(b"HTTP/1.1 " + status), head
+    fields = dict(l.lower().split(b": ", 1) for l in head.split(b"\r\n")[1:])
+    if b"content-length" in fields:
+        while len(rest) < int(fields[b"content-length"]):
+            rest += s.recv(65536)
+    else:  # an SSE stream, chunked: read to its last chunk
+        assert fields.get(b"transfer-encoding") == b"chunked", head
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += s.recv(65536)
+    return fields
+fields = post(b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}')
+if b"mcp-session-id" in fields:  # the SSE server keeps sessions
+    session = b"mcp-session-id: %s\r\n" % fields[b"mcp-session-id"]
+    post(b'{"jsonrpc":"2.0","method":"notifications/initialized"}', b"202")
 for i in range(n):
     post(b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"tool_7","arguments":{"amount":250,"note":"benchmark call %d"}}}' % (i + 1, i))
 PY
@@ -66,4 +78,4 @@ echo "|---|---:|"
 count tollgate "${TOLLGATE:-$R/tollgate}" proxy --upstream http://127.0.0.1:$up --policy "$work/policy.yaml" \
   --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:19303 --log warn
 count passthrough $R/bench-passthrough --listen 127.0.0.1:$port --upstream http://127.0.0.1:$up
-count floor $R/bench-floor --listen 127.0.0.1:$port --upstream http://127.0.0.1:$up
+[ -n "${SSE:-}" ] || count floor $R/bench-floor --listen 127.0.0.1:$port --upstream http://127.0.0.1:$up
