@@ -892,8 +892,9 @@ fn encode_head(
     }
     if !bodiless {
         if let Some(n) = length {
-            use std::io::Write as _;
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         } else if chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }

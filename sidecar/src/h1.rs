@@ -69,15 +69,8 @@ pub(crate) fn sliced_headers(
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let Ok(text) = value.to_str() else {
-            return Some(Err(()));
-        };
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Some(Err(()));
-            }
-            let Ok(n) = part.parse::<u64>() else {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let Some(n) = decimal(part.trim_ascii()) else {
                 return Some(Err(()));
             };
             if found.is_some_and(|f| f != n) {
@@ -87,6 +80,17 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
         }
     }
     found.map(Ok)
+}
+
+/// One or more ASCII digits as a `u64`; `None` for anything else, or more than fits.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
+    })
 }
 
 /// Whether a comma-separated field (`Connection`) lists `token`, in any case.
@@ -281,6 +285,86 @@ pub(crate) fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `content_length` as it was first written, on text: the oracle for the one on bytes.
+    fn content_length_on_text(headers: &HeaderMap) -> Option<Result<u64, ()>> {
+        let mut found = None;
+        for value in headers.get_all(header::CONTENT_LENGTH) {
+            let Ok(text) = value.to_str() else {
+                return Some(Err(()));
+            };
+            for part in text.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Some(Err(()));
+                }
+                let Ok(n) = part.parse::<u64>() else {
+                    return Some(Err(()));
+                };
+                if found.is_some_and(|f| f != n) {
+                    return Some(Err(()));
+                }
+                found = Some(n);
+            }
+        }
+        found.map(Ok)
+    }
+
+    #[test]
+    fn content_lengths_read_as_the_text_reading_reads_them() {
+        let pieces: [&[u8]; 16] = [
+            b"0",
+            b"7",
+            b"42",
+            b"042",
+            b",",
+            b" ",
+            b"\t",
+            b"-1",
+            b"+1",
+            b"1e3",
+            b"x",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"\xff",
+            b"\xc3\xa9",
+            b"",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        for _ in 0..50_000 {
+            let mut headers = HeaderMap::new();
+            for _ in 0..next(3) + 1 {
+                let value: Vec<u8> = (0..next(5))
+                    .flat_map(|_| pieces[next(pieces.len())])
+                    .copied()
+                    .collect();
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    headers.append(header::CONTENT_LENGTH, value);
+                }
+            }
+            assert_eq!(
+                content_length(&headers),
+                content_length_on_text(&headers),
+                "{headers:?}"
+            );
+        }
+        let one = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            content_length(&h)
+        };
+        assert_eq!(one("12"), Some(Ok(12)));
+        assert_eq!(one(" 12 , 12"), Some(Ok(12)));
+        assert_eq!(one("12, 13"), Some(Err(())));
+        assert_eq!(one("18446744073709551616"), Some(Err(())));
+        assert_eq!(content_length(&HeaderMap::new()), None);
+    }
 
     /// the bytes after it.
     fn decode(

@@ -19,7 +19,7 @@
 //! drops the connection; the proxy answers 502.
 
 use std::collections::VecDeque;
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -209,7 +209,9 @@ impl Upstream {
         match body_length(body) {
             Some(0) if !expects_body(&parts.method) => {}
             Some(n) => {
-                let _ = write!(head, "content-length: {n}\r\n");
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                head.extend_from_slice(b"\r\n");
             }
             None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
