@@ -286,6 +286,17 @@ pub(crate) fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
 mod tests {
     use super::*;
 
+    /// A fixed-seed generator of numbers below a bound (xorshift): every run tries the same
+    /// cases.
+    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |below| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        }
+    }
+
     /// `content_length` as it was first written, on text: the oracle for the one on bytes.
     fn content_length_on_text(headers: &HeaderMap) -> Option<Result<u64, ()>> {
         let mut found = None;
@@ -330,13 +341,7 @@ mod tests {
             b"\xc3\xa9",
             b"",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = |below: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % below as u64) as usize
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         for _ in 0..50_000 {
             let mut headers = HeaderMap::new();
             for _ in 0..next(3) + 1 {
@@ -408,14 +413,7 @@ mod tests {
 
     #[test]
     fn random_chunkings_of_random_bodies_decode_to_the_body() {
-        // A fixed-seed generator: every run tries the same cases.
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |below: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % below as u64) as usize
-        };
+        let mut next = numbers(0x2545_f491_4f6c_dd1d);
         for _ in 0..300 {
             let body: Vec<u8> = (0..next(4000)).map(|_| next(256) as u8).collect();
             let mut wire = Vec::new();
