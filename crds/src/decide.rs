@@ -222,7 +222,10 @@ impl Visibility<'_> {
 
 impl Drop for Visibility<'_> {
     fn drop(&mut self) {
-        if self.memo.take().is_none() || self.learned.is_empty() {
+        // The read lock goes first: the write lock below would wait for it forever.
+        let Some(read) = self.memo.take() else { return };
+        drop(read);
+        if self.learned.is_empty() {
             return;
         }
         if let Ok(mut memo) = self.set.visible_memo.write() {

@@ -53,7 +53,8 @@ use tokio::sync::watch;
 
 use crate::BoxError;
 use crate::h1::{
-    Buffered, Chunked, Framing, content_length, field_ranges, has_token, range_in, sliced_headers,
+    Buffered, Chunked, Framing, content_length, field_ranges, has_token, put_content_length,
+    range_in, sliced_headers,
 };
 
 /// Largest request head read, in bytes.
@@ -892,9 +893,7 @@ fn encode_head(
     }
     if !bodiless {
         if let Some(n) = length {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            put_content_length(out, n);
         } else if chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }

@@ -82,6 +82,13 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
     found.map(Ok)
 }
 
+/// Writes the `Content-Length` field line for `n` bytes, as both sides of the proxy state it.
+pub(crate) fn put_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// One or more ASCII digits as a `u64`; `None` for anything else, or more than fits.
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {

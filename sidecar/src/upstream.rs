@@ -37,7 +37,8 @@ use tokio::net::TcpStream;
 
 use crate::BoxError;
 use crate::h1::{
-    Buffered, Chunked, Framing, Step, content_length, field_ranges, has_token, sliced_headers,
+    Buffered, Chunked, Framing, Step, content_length, field_ranges, has_token, put_content_length,
+    sliced_headers,
 };
 use crate::proxy::ProxyBody;
 
@@ -208,11 +209,7 @@ impl Upstream {
         }
         match body_length(body) {
             Some(0) if !expects_body(&parts.method) => {}
-            Some(n) => {
-                head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                head.extend_from_slice(b"\r\n");
-            }
+            Some(n) => put_content_length(&mut head, n),
             None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
         head.extend_from_slice(b"\r\n");
