@@ -962,13 +962,49 @@ fn lookup<'v>(mut v: &'v Value, segments: &[String]) -> Option<&'v Value> {
     Some(v)
 }
 
-/// A number, or a string that reads as one (as Intercept coerces).
+/// A number, or a string that reads as one (as Intercept coerces). Only finite decimal
+/// numbers count: a string is a number when it is written as a JSON number would be
+/// (`-12`, `0.5`, `1e3`), so `"Infinity"`, `"NaN"`, `"0x10"`, `" 5"` and `"1e400"` are text,
+/// and every numeric operator fails on them.
 pub fn as_number(v: &Value) -> Option<f64> {
     match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_f64().filter(|n| n.is_finite()),
+        Value::String(s) if is_json_number(s.as_bytes()) => {
+            s.parse::<f64>().ok().filter(|n| n.is_finite())
+        }
         _ => None,
     }
+}
+
+/// Whether `s` is written as RFC 8259 writes a number: `-? (0 | [1-9][0-9]*) (. [0-9]+)?
+/// ([eE] [+-]? [0-9]+)?`.
+pub fn is_json_number(s: &[u8]) -> bool {
+    let digits = |s: &[u8], at: usize| s[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut at = usize::from(s.first() == Some(&b'-'));
+    match s.get(at) {
+        Some(b'0') => at += 1,
+        Some(b'1'..=b'9') => at += digits(s, at),
+        _ => return false,
+    }
+    if s.get(at) == Some(&b'.') {
+        let n = digits(s, at + 1);
+        if n == 0 {
+            return false;
+        }
+        at += 1 + n;
+    }
+    if matches!(s.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(s.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let n = digits(s, at);
+        if n == 0 {
+            return false;
+        }
+        at += n;
+    }
+    at == s.len()
 }
 
 fn scalar_text(v: &Value) -> Option<String> {

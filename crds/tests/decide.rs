@@ -295,6 +295,64 @@ fn every_operator_decides_as_documented() {
 }
 
 #[test]
+fn only_finite_decimal_numbers_compare_numerically() {
+    let spec = "default: deny\ntools: { t: { rules: [ { name: r, conditions: [ { path: args.v, op: lte, value: 100 } ] } ] } }";
+    let lte_100 = set(&[spec]);
+    for (v, passes) in [
+        (json!("99"), true),
+        (json!("-5.5e1"), true),
+        (json!(-1e300), true),
+        (json!("-Infinity"), false),
+        (json!("-inf"), false),
+        (json!("NaN"), false),
+        (json!("nan"), false),
+        (json!("-0x10"), false),
+        (json!(" 5"), false),
+        (json!("5 "), false),
+        (json!("+5"), false),
+        (json!("-1e400"), false),
+        (json!("1_0"), false),
+        (json!(".5"), false),
+        (json!("5."), false),
+        (json!("05"), false),
+        (json!(""), false),
+    ] {
+        let got = outcome(&decide(&lte_100, "t", json!({ "v": v })));
+        assert_eq!(got == "allow", passes, "lte 100 on {v}: {got}");
+    }
+    // Text that is not a number is never equal to a number, and not unequal as one either.
+    let neq = "default: deny\ntools: { t: { rules: [ { name: r, action: deny, conditions: [ { path: args.v, op: eq, value: 0 } ] } ] } }";
+    assert_eq!(
+        outcome(&decide(&set(&[neq]), "t", json!({"v": "-0"}))),
+        "deny:r"
+    );
+    assert_eq!(
+        outcome(&decide(&set(&[neq]), "t", json!({"v": "NaN"}))),
+        "allow"
+    );
+}
+
+#[test]
+fn a_count_taken_from_the_arguments_must_be_a_finite_non_negative_number() {
+    let spec = "default: deny\ntools: { t: { rules: [ { name: spend, limit: { counter: c, window: day, max: 100, incrementFrom: args.n } } ] } }";
+    let s = set(&[spec]);
+    for n in [
+        json!(-1),
+        json!("-1"),
+        json!("Infinity"),
+        json!("1e400"),
+        json!("NaN"),
+    ] {
+        assert_eq!(
+            outcome(&decide(&s, "t", json!({ "n": n }))),
+            "deny:spend",
+            "{n}"
+        );
+    }
+    assert_eq!(outcome(&decide(&s, "t", json!({ "n": "7" }))), "allow");
+}
+
+#[test]
 fn conditions_reach_nested_arguments_and_list_items() {
     let s = set(&[r#"
 tools:

@@ -99,6 +99,11 @@ struct ProxyArgs {
     /// Largest request body accepted.
     #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Paths whose request bodies are not MCP and are forwarded unread (comma-separated; an
+    /// exact path, or a prefix ending in `*`), e.g. `/oauth/token`. Every other request body
+    /// must be one JSON-RPC message or batch, or it is refused.
+    #[arg(long, env = "TOLLGATE_PASSTHROUGH_PATHS", value_delimiter = ',')]
+    passthrough_paths: Vec<String>,
     /// Origins browsers may call from (comma-separated); others get 403. Empty allows any.
     #[arg(long, env = "TOLLGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
@@ -114,6 +119,28 @@ struct ProxyArgs {
     /// How often the policy file is checked for changes.
     #[arg(long, env = "TOLLGATE_POLICY_POLL", default_value = "1s", value_parser = parse_duration)]
     policy_poll: Duration,
+    /// How long a new connection may take to send its first byte.
+    #[arg(long, env = "TOLLGATE_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    first_byte_timeout: Duration,
+    /// How long a request head (or HTTP/2's preface) may take once its first byte has come.
+    #[arg(long, env = "TOLLGATE_HEAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    head_timeout: Duration,
+    /// How long a request body may go without a byte.
+    #[arg(long, env = "TOLLGATE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// How long a write to an agent that does not read may take.
+    #[arg(long, env = "TOLLGATE_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// How long the MCP server may take to start answering (the head of its answer: a tool's
+    /// run, for a JSON answer).
+    #[arg(long, env = "TOLLGATE_UPSTREAM_HEAD_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    upstream_head_timeout: Duration,
+    /// How long the MCP server's answer (an SSE stream) may go without a byte.
+    #[arg(long, env = "TOLLGATE_UPSTREAM_BODY_TIMEOUT", default_value = "3600s", value_parser = parse_duration)]
+    upstream_body_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests.
     #[arg(long, env = "TOLLGATE_DRAIN", default_value = "30s", value_parser = parse_duration)]
     drain: Duration,
@@ -378,6 +405,16 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             max_body: args.max_body_bytes,
             allowed_origins: args.allowed_origins.clone(),
             verifier,
+            passthrough_paths: args.passthrough_paths.clone(),
+            timeouts: crate::deadline::Timeouts {
+                first_byte: args.first_byte_timeout,
+                head: args.head_timeout,
+                body: args.body_timeout,
+                idle: args.idle_timeout,
+                write: args.write_timeout,
+                upstream_head: args.upstream_head_timeout,
+                upstream_body: args.upstream_body_timeout,
+            },
         },
         handle.clone(),
         audit.clone(),

@@ -44,14 +44,14 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use crate::BoxError;
+use crate::deadline::Timeouts;
 use crate::h1::{
     Buffered, Chunked, Framing, content_length, field_ranges, has_token, put_content_length,
     range_in, sliced_headers,
@@ -71,8 +71,6 @@ const ANSWER_ROOM: usize = 1024;
 /// Room left in each request's header map for the fields a proxy adds before forwarding it
 /// (`Host`, `X-Forwarded-For`, `-Host`, `-Proto`), so adding them does not grow the map.
 const FORWARDING_FIELDS: usize = 4;
-/// How long a request head may take to arrive once its first bytes have.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pieces of an answer up to this size are copied together into one write; a larger piece is
 /// written from where it is, beside what was gathered (one `writev`, no copy).
 const COPY_MAX: usize = 4 * 1024;
@@ -90,6 +88,11 @@ pub trait Handler: Clone + Send + Sync + Unpin + 'static {
         req: Request<RequestBody>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response<Self::Body>> + Send + 'static + use<Self>;
+
+    /// How long each wait on the agent's connection may take.
+    fn timeouts(&self) -> Timeouts {
+        Timeouts::default()
+    }
 }
 
 /// The HTTP/2 connection preface a prior-knowledge client opens with.
@@ -108,35 +111,62 @@ pub struct Served {
 
 /// Serves `stream` until the peer closes it or it fails. When `stop` turns true, an idle
 /// connection is closed at once and a busy one after its response (`Connection: close`).
+///
+/// The first bytes decide the protocol, once: HTTP/2 only when the whole 24-byte preface has
+/// come, Tollgate's HTTP/1.1 for anything else. A connection that sends nothing within the
+/// first-byte deadline, or stops inside the preface past the head deadline, is closed.
 pub async fn serve<H: Handler>(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) -> Served {
-    let mut first = [0u8; H2_PREFACE.len()];
-    let n = tokio::select! {
-        peeked = stream.peek(&mut first) => match peeked {
-            Ok(n) if n > 0 => n,
-            _ => return Served::default(),
-        },
-        _ = stop.wait_for(|s| *s) => return Served::default(),
-    };
-    if first[..n] == H2_PREFACE[..n] {
-        // HTTP/2, or too few bytes to tell yet: hyper-util reads on and decides. Boxed, so
-        // that HTTP/1 connections' tasks are not sized for hyper's HTTP/2 state.
-        Box::pin(serve_auto(stream, peer, handler, stop)).await;
-        Served {
-            http2: true,
-            ..Served::default()
+    let timeouts = handler.timeouts();
+    let mut buf = BytesMut::new();
+    let mut deadline = tokio::time::Instant::now() + timeouts.first_byte;
+    loop {
+        tokio::select! {
+            ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
+                Ok(Ok(())) => {}
+                _ => return Served::default(),
+            },
+            _ = stop.wait_for(|s| *s) => return Served::default(),
         }
-    } else {
-        Http1::new(stream, peer, handler, stop).serve().await
+        let first = buf.is_empty();
+        if first {
+            buf.reserve(HEAD_READ);
+        }
+        // A read through `poll_read`, not `try_read`: a short read clears the socket's
+        // readiness, so the next wait for a request really waits.
+        match stream.read_buf(&mut buf).now_or_never() {
+            Some(Ok(0)) | Some(Err(_)) => return Served::default(),
+            Some(Ok(_)) | None => {}
+        }
+        if first {
+            // The rest of the preface, or of the head, is due within the head's deadline.
+            deadline = tokio::time::Instant::now() + timeouts.head;
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Http1::new(stream, buf, peer, handler, stop, timeouts)
+                .serve()
+                .await;
+        }
+        if buf.len() >= H2_PREFACE.len() {
+            // Boxed, so that HTTP/1 connections' tasks are not sized for hyper's HTTP/2 state.
+            Box::pin(serve_h2(Prefixed { buf, io: stream }, peer, handler, stop)).await;
+            return Served {
+                http2: true,
+                ..Served::default()
+            };
+        }
     }
 }
 
-async fn serve_auto<H: Handler>(
-    stream: TcpStream,
+/// HTTP/2 with prior knowledge, by hyper's HTTP/2 server alone: hyper's HTTP/1 server never
+/// serves an agent.
+async fn serve_h2<H: Handler>(
+    io: Prefixed,
     peer: SocketAddr,
     handler: H,
     mut stop: watch::Receiver<bool>,
@@ -145,8 +175,14 @@ async fn serve_auto<H: Handler>(
         let req = req.map(|body| RequestBody(Inner::Http2(body)));
         handler.call(req, peer).map(Ok::<_, Infallible>)
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD as u32)
+        .keep_alive_interval(Some(H2_PING))
+        .keep_alive_timeout(H2_PING);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
     loop {
@@ -162,6 +198,63 @@ async fn serve_auto<H: Handler>(
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// An HTTP/2 connection's streams at once.
+const H2_MAX_STREAMS: u32 = 128;
+/// How often an HTTP/2 connection is pinged, and how long the answer may take.
+const H2_PING: Duration = Duration::from_secs(20);
+
+/// The socket, with the bytes already read from it served first.
+struct Prefixed {
+    buf: BytesMut,
+    io: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.buf.is_empty() {
+            let n = this.buf.len().min(out.remaining());
+            out.put_slice(&this.buf.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, out)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -484,6 +577,7 @@ struct Http1<H> {
     handler: H,
     stop: watch::Receiver<bool>,
     served: Served,
+    timeouts: Timeouts,
 }
 
 /// How an answer's writing ended.
@@ -497,12 +591,20 @@ enum Written {
 }
 
 impl<H: Handler> Http1<H> {
-    fn new(stream: TcpStream, peer: SocketAddr, handler: H, stop: watch::Receiver<bool>) -> Self {
+    /// A connection whose first bytes, `buf`, have been read.
+    fn new(
+        stream: TcpStream,
+        buf: BytesMut,
+        peer: SocketAddr,
+        handler: H,
+        stop: watch::Receiver<bool>,
+        timeouts: Timeouts,
+    ) -> Self {
         let (io, write) = stream.into_split();
         Http1 {
             read: Some(ReadSide {
                 io,
-                buf: BytesMut::new(),
+                buf,
                 unread: false,
             }),
             write,
@@ -512,6 +614,7 @@ impl<H: Handler> Http1<H> {
             handler,
             stop,
             served: Served::default(),
+            timeouts,
         }
     }
 
@@ -528,11 +631,14 @@ impl<H: Handler> Http1<H> {
                     self.served.idle_waits += 1;
                 }
                 tokio::select! {
-                    ready = r.io.readable() => if ready.is_err() { return self.served },
+                    ready = tokio::time::timeout(self.timeouts.idle, r.io.readable()) => {
+                        // Idle past its deadline, or failed: closed, as nginx's keepalive_timeout.
+                        if !matches!(ready, Ok(Ok(()))) { return self.served }
+                    }
                     _ = self.stop.wait_for(|s| *s) => return self.served,
                 }
             }
-            let head = match read_head(r).await {
+            let head = match read_head(r, self.timeouts.head).await {
                 Ok(Some(head)) => head,
                 Ok(None) => return self.served,
                 Err(refused) => {
@@ -565,7 +671,11 @@ impl<H: Handler> Http1<H> {
                 RequestBody::full(r.buf.split_to(n as usize).freeze())
             }
             framing => {
-                if expect_continue && self.write.write_all(CONTINUE).await.is_err() {
+                if expect_continue
+                    && write_within(&mut self.write, CONTINUE, self.timeouts.write)
+                        .await
+                        .is_err()
+                {
                     return Written::Gone;
                 }
                 RequestBody(Inner::Http1(Http1Body {
@@ -631,7 +741,10 @@ impl<H: Handler> Http1<H> {
                 Some(frame) => frame,
                 None => {
                     if !self.out.is_empty() {
-                        if self.write.write_all(&self.out).await.is_err() {
+                        if write_within(&mut self.write, &self.out, self.timeouts.write)
+                            .await
+                            .is_err()
+                        {
                             return Written::Gone;
                         }
                         self.out.clear();
@@ -690,7 +803,12 @@ impl<H: Handler> Http1<H> {
         if data.len() <= COPY_MAX {
             self.out.extend_from_slice(data);
         } else {
-            write_all_vectored(&mut self.write, &self.out, data).await?;
+            tokio::time::timeout(
+                self.timeouts.write,
+                write_all_vectored(&mut self.write, &self.out, data),
+            )
+            .await
+            .map_err(|_| stalled_write(self.timeouts.write))??;
             self.out.clear();
         }
         if chunked {
@@ -700,7 +818,10 @@ impl<H: Handler> Http1<H> {
     }
 
     async fn flush_last(&mut self, keep_alive: bool) -> Written {
-        if self.write.write_all(&self.out).await.is_err() {
+        if write_within(&mut self.write, &self.out, self.timeouts.write)
+            .await
+            .is_err()
+        {
             return Written::Gone;
         }
         self.out.clear();
@@ -770,7 +891,10 @@ impl<H: Handler> Http1<H> {
             Version::HTTP_11,
         );
         out.extend_from_slice(body.as_bytes());
-        if self.write.write_all(&self.out).await.is_ok() {
+        if write_within(&mut self.write, &self.out, self.timeouts.write)
+            .await
+            .is_ok()
+        {
             if let Some(r) = &mut self.read {
                 r.unread = true; // whatever followed the refused head
             }
@@ -802,6 +926,21 @@ impl<H: Handler> Http1<H> {
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// Writes `bytes` whole within `timeout`, or fails: an agent that stops reading holds its
+/// connection, and the answer waiting for it, only that long.
+async fn write_within(w: &mut OwnedWriteHalf, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    tokio::time::timeout(timeout, w.write_all(bytes))
+        .await
+        .map_err(|_| stalled_write(timeout))?
+}
+
+fn stalled_write(timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the agent read nothing for {} s", timeout.as_secs_f64()),
+    )
+}
+
 /// Writes `first` then `second` whole, in as few system calls as the socket takes them.
 async fn write_all_vectored(w: &mut OwnedWriteHalf, first: &[u8], second: &[u8]) -> io::Result<()> {
     let mut slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
@@ -817,7 +956,7 @@ async fn write_all_vectored(w: &mut OwnedWriteHalf, first: &[u8], second: &[u8])
 }
 
 /// Reads the next request head; `None` when the client closed before a whole one arrived.
-async fn read_head(r: &mut ReadSide) -> Result<Option<Head>, Refusal> {
+async fn read_head(r: &mut ReadSide, timeout: Duration) -> Result<Option<Head>, Refusal> {
     let mut deadline = None;
     loop {
         if !r.buf.is_empty() {
@@ -838,7 +977,7 @@ async fn read_head(r: &mut ReadSide) -> Result<Option<Head>, Refusal> {
             Some(filled) => filled,
             None => {
                 let deadline =
-                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
                 tokio::time::timeout_at(deadline, r.fill())
                     .await
                     .map_err(|_| {
@@ -846,7 +985,7 @@ async fn read_head(r: &mut ReadSide) -> Result<Option<Head>, Refusal> {
                             StatusCode::REQUEST_TIMEOUT,
                             format!(
                                 "the request head did not arrive within {} s",
-                                HEAD_TIMEOUT.as_secs()
+                                timeout.as_secs_f64()
                             ),
                         )
                     })?

@@ -1,15 +1,26 @@
-//! What the proxy does with the server's answers: filter `tools/list` results, and roll back
-//! the counters of calls the server failed.
+//! What the proxy does with the server's answers: filter `tools/list` results, and settle the
+//! counters of the calls they answer.
 //!
 //! ```text
-//! server message ─> response to a reserved tools/call? ─ failed ─> rollback its counters
-//!                └> a tools/list result?               ─> drop tools this caller may not call
+//! request ─ begin(id) ─> Calls (one per session): an id in flight once; a second is refused
+//! server message ─> the answer to a call this request began? ─ the server refused it
+//!                │                                              before running it ─> refund
+//!                │                                           └─ anything else ─> it counts
+//!                └> a tools/list result? ─> drop tools this caller may not call
 //! ```
+//!
+//! A counter goes back only when the proxy knows the tool did not run: the answer to that
+//! exact request is a JSON-RPC error the server gives before running anything (parse error,
+//! invalid request, unknown method, invalid params), the server answered the request with a
+//! 4xx status, or it could not be reached at all. A result (`isError` too), any other error, a
+//! 5xx, an answer that cannot be read, a stream that ends first and a client's cancellation all
+//! keep the count: the tool may have run.
 //!
 //! Messages are read with borrowed, typed views (no `Value` tree), and a filtered list is
 //! written by splicing the kept tools' original bytes into the original message: what is not
 //! filtered reaches the client byte for byte. A list that parsers could read two ways (a field
-//! twice) is withheld, answered with an error, as filtering one reading would leave the other.
+//! twice, text that is not strictly JSON) is withheld, answered with an error, as filtering one
+//! reading would leave the other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -26,20 +37,99 @@ use crate::counters::{CounterStore, Reserved};
 use crate::jsonrpc;
 use crate::tool_name::{has_unicode_escape, tool_name};
 
-/// Reservations of forwarded calls, by the compact JSON of their request id. Shared between a
-/// legacy session's POSTs and its stream, where the answers arrive.
+/// A JSON-RPC id as servers compare them: a string by its text once unescaped, a number by its
+/// value (`1`, `1.0` and `1e0` are one id to Python's and JavaScript's servers alike).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CallId(Box<str>);
+
+impl CallId {
+    /// The id of a strictly read message (a string or a number); `None` for any other value.
+    pub fn of(raw: &RawValue) -> Option<CallId> {
+        let text = raw.get();
+        match text.as_bytes().first()? {
+            b'"' if !text.contains('\\') => {
+                Some(CallId(format!("s{}", &text[1..text.len() - 1]).into()))
+            }
+            b'"' => serde_json::from_str::<String>(text)
+                .ok()
+                .map(|s| CallId(format!("s{s}").into())),
+            b'1'..=b'9' if text.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(CallId(format!("n{text}").into()))
+            }
+            b'-' | b'0'..=b'9' => {
+                let n: f64 = text.parse().ok().filter(|n: &f64| n.is_finite())?;
+                let n = if n == 0.0 { 0.0 } else { n }; // -0 is 0
+                Some(CallId(format!("n{n}").into()))
+            }
+            _ => None,
+        }
+    }
+}
+
+type CallsMap = Mutex<HashMap<CallId, Reserved, RandomState>>;
+
+/// The calls in flight in one session (or in one request, without a session), by id, with
+/// what each reserved. Shared by the session's requests and, for the legacy transport, by the
+/// stream its answers arrive on.
 #[derive(Clone, Default)]
-pub struct Tracker(Arc<Mutex<HashMap<String, Reserved, RandomState>>>);
+pub struct Calls(Arc<CallsMap>);
+
+impl Calls {
+    /// Whether no call is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
+}
+
+/// The calls in flight of each session, so that an id is in flight once per session whichever
+/// request carries it. An entry goes with the last request or stream that holds it.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<Box<str>, std::sync::Weak<CallsMap>, RandomState>>);
+
+impl Sessions {
+    /// The calls of `session`.
+    pub fn calls(&self, session: &str) -> Calls {
+        let mut map = self.0.lock();
+        if let Some(live) = map.get(session).and_then(std::sync::Weak::upgrade) {
+            return Calls(live);
+        }
+        // Sessions whose requests have all ended are dropped as the map doubles.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, calls| calls.strong_count() > 0);
+        }
+        let calls = Calls::default();
+        map.insert(session.into(), Arc::downgrade(&calls.0));
+        calls
+    }
+}
+
+/// Where the answers to the calls an inspector sees travel.
+enum Answers {
+    /// On this request's own response: only the calls it began are settled by them, and
+    /// those it began end with it.
+    Own(Vec<CallId>),
+    /// On this stream, for every call of the session (the legacy transport's stream).
+    Session,
+    /// Elsewhere (a legacy POST, answered on the session's stream): nothing is settled here.
+    Elsewhere,
+}
 
 /// Inspects the server's messages for one client request or stream.
 pub struct Inspector {
     policy: Option<Arc<PolicySet>>,
     who: Arc<Identity>,
     counters: Arc<CounterStore>,
-    reserved: Tracker,
+    calls: Calls,
+    answers: Answers,
+    /// Whether a call this request began reserved a counter (so its answer is worth reading).
+    reserving: bool,
     /// Whether the request asked for a tool list (so a JSON answer is worth reading).
     expect_list: bool,
 }
+
+/// What a refused `begin` hands back: the call's id is already in flight in its session.
+#[derive(Debug)]
+pub struct InFlight(pub Reserved);
 
 /// A server message, viewed without copying, in one pass over its text.
 #[derive(Deserialize)]
@@ -52,6 +142,19 @@ struct View<'a> {
     error: Option<&'a RawValue>,
     #[serde(default, borrow)]
     result: Option<ResultView<'a>>,
+}
+
+/// The JSON-RPC error codes a server answers with before it runs anything: the request could
+/// not be parsed, was not a request, named no method it has, or had params it refused.
+const NOT_RUN: [i64; 4] = [-32700, -32600, -32601, -32602];
+
+/// Whether an error says the server did not run the call.
+fn refused_before_running(error: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct Code {
+        code: i64,
+    }
+    serde_json::from_str::<Code>(error.get()).is_ok_and(|e| NOT_RUN.contains(&e.code))
 }
 
 /// The parts of a result the proxy reads. A result that is not an object, or fields of
@@ -196,33 +299,64 @@ fn span(outer: &str, inner: &str) -> std::ops::Range<usize> {
 }
 
 impl Inspector {
-    pub fn new(policy: Arc<PolicySet>, who: Arc<Identity>, counters: Arc<CounterStore>) -> Self {
-        Self::with_tracker(policy, who, counters, Tracker::default())
-    }
-
-    /// An inspector whose reservations live in a shared tracker.
-    pub fn with_tracker(
+    /// An inspector for a request whose answers come on its own response; `calls` are its
+    /// session's (or its own, without a session).
+    pub fn for_request(
         policy: Arc<PolicySet>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
-        reserved: Tracker,
+        calls: Calls,
+    ) -> Self {
+        Self::with(policy, who, counters, calls, Answers::Own(Vec::new()))
+    }
+
+    /// An inspector for a legacy session's stream, where every call of the session is answered.
+    pub fn for_session_stream(
+        policy: Arc<PolicySet>,
+        who: Arc<Identity>,
+        counters: Arc<CounterStore>,
+        calls: Calls,
+    ) -> Self {
+        Self::with(policy, who, counters, calls, Answers::Session)
+    }
+
+    /// An inspector for a legacy POST: its calls are the session's, answered on its stream.
+    pub fn for_legacy_post(
+        policy: Arc<PolicySet>,
+        who: Arc<Identity>,
+        counters: Arc<CounterStore>,
+        calls: Calls,
+    ) -> Self {
+        Self::with(policy, who, counters, calls, Answers::Elsewhere)
+    }
+
+    fn with(
+        policy: Arc<PolicySet>,
+        who: Arc<Identity>,
+        counters: Arc<CounterStore>,
+        calls: Calls,
+        answers: Answers,
     ) -> Self {
         Inspector {
             policy: Some(policy),
             who,
             counters,
-            reserved,
+            calls,
+            answers,
+            reserving: false,
             expect_list: false,
         }
     }
 
-    /// An inspector that changes nothing (for bodies that carry no JSON-RPC).
+    /// An inspector that changes nothing (for bodies on paths that carry no JSON-RPC).
     pub fn passthrough() -> Self {
         Inspector {
             policy: None,
             who: Arc::default(),
             counters: Arc::default(),
-            reserved: Tracker::default(),
+            calls: Calls::default(),
+            answers: Answers::Elsewhere,
+            reserving: false,
             expect_list: false,
         }
     }
@@ -236,39 +370,97 @@ impl Inspector {
         self.expect_list
     }
 
-    /// Remembers what a forwarded call reserved, to roll back if it fails.
-    pub fn track(&mut self, id: String, reserved: Reserved) {
-        if !reserved.is_empty() {
-            self.reserved.0.lock().insert(id, reserved);
+    /// Puts a call in flight with what it reserved; refused, handing the reservation back,
+    /// when its id is in flight in the session already.
+    pub fn begin(&mut self, id: CallId, reserved: Reserved) -> Result<(), InFlight> {
+        let mut calls = self.calls.0.lock();
+        if calls.contains_key(&id) {
+            return Err(InFlight(reserved));
+        }
+        self.reserving |= !reserved.is_empty();
+        if let Answers::Own(mine) = &mut self.answers {
+            mine.push(id.clone());
+        }
+        calls.insert(id, reserved);
+        Ok(())
+    }
+
+    /// Whether a call with this id is in flight in the session.
+    pub fn is_in_flight(&self, id: &CallId) -> bool {
+        self.calls.0.lock().contains_key(id)
+    }
+
+    /// The client cancelled the call `id`: whatever the server answers now, it keeps its
+    /// count (the tool may have run).
+    pub fn keep(&self, id: &CallId) {
+        if let Some(reserved) = self.calls.0.lock().get_mut(id) {
+            drop(std::mem::take(reserved));
         }
     }
 
+    /// Whether an answer may settle a reserved call, so answers are worth reading.
     pub fn is_tracking(&self) -> bool {
-        !self.reserved.0.lock().is_empty()
+        match &self.answers {
+            Answers::Own(mine) => self.reserving && !mine.is_empty(),
+            Answers::Session => !self.calls.is_empty(),
+            Answers::Elsewhere => false,
+        }
     }
 
-    /// The upstream failed outright (unreachable, non-2xx): every reservation is returned.
-    pub fn fail_all(&mut self) {
-        let drained: Vec<Reserved> = self.reserved.0.lock().drain().map(|(_, r)| r).collect();
-        for r in drained {
+    /// The server refused the whole request before running it (a 4xx answer), or was never
+    /// reached: every call this request began gets its reservation back.
+    pub fn refund_all(&mut self) {
+        let Answers::Own(mine) = &mut self.answers else {
+            return;
+        };
+        let refunds: Vec<Reserved> = {
+            let mut calls = self.calls.0.lock();
+            mine.drain(..).filter_map(|id| calls.remove(&id)).collect()
+        };
+        for r in refunds {
             self.counters.rollback(r);
         }
     }
 
-    /// The stream ended; calls never answered keep their reservation (they may have run).
+    /// The answers have ended: calls not answered keep their reservation (they may have run)
+    /// and are no longer in flight.
     pub fn finish(&mut self) {
-        // A legacy session's tracker outlives each stream read; only per-request ones clear.
-        if Arc::strong_count(&self.reserved.0) == 1 {
-            self.reserved.0.lock().clear();
+        match &mut self.answers {
+            Answers::Own(mine) if !mine.is_empty() => {
+                let mut calls = self.calls.0.lock();
+                for id in mine.drain(..) {
+                    calls.remove(&id);
+                }
+            }
+            // The legacy stream is the session: when it ends, so do its calls.
+            Answers::Session => self.calls.0.lock().clear(),
+            _ => {}
         }
+    }
+
+    /// What the client gets instead of a server message the proxy could not read, when the
+    /// message may carry something it must look at (a tool list); `None` lets it pass.
+    pub fn unreadable(&self, raw: &[u8], why: &str) -> Option<String> {
+        self.policy.as_ref()?;
+        let interested = self.expect_list
+            || memchr::memmem::find(raw, b"tools").is_some()
+            || has_unicode_escape(raw)
+            || std::str::from_utf8(raw).is_err();
+        interested.then(|| unfilterable(None, why))
     }
 
     /// Inspects a message (or batch) as text; returns new text when it changed.
     pub fn inspect_text(&mut self, text: &str) -> Option<String> {
         self.policy.as_ref()?;
-        // Fast path: nothing to roll back and no tool list in sight.
+        // Fast path: nothing to settle and no tool list in sight.
         if !self.is_tracking() && !self.expect_list && !may_hold_tools(text) {
             return None;
+        }
+        // Text some reader could read another way: a list in it cannot be filtered for every
+        // reader, and a call it answers keeps its count.
+        if let Err(e) = crate::strict::read(text.as_bytes()) {
+            return (self.expect_list || may_hold_tools(text))
+                .then(|| unfilterable(None, &format!("its answer is not strictly JSON: {e}")));
         }
         let trimmed = text.trim_start();
         if trimmed.starts_with('[') {
@@ -293,36 +485,46 @@ impl Inspector {
     fn inspect_one(&mut self, text: &str) -> Option<String> {
         let view: View<'_> = match serde_json::from_str(text) {
             Ok(view) => view,
-            // JSON that is not one JSON-RPC message (a field twice): parsers differ on which
-            // copy counts, so a tool list in it cannot be filtered for all of them.
-            Err(e)
-                if (self.expect_list || may_hold_tools(text))
-                    && serde_json::from_str::<IgnoredAny>(text).is_ok() =>
-            {
+            // Strict JSON that is not one JSON-RPC message (a field of the wrong type): a
+            // tool list in it cannot be filtered for every reader.
+            Err(e) if self.expect_list || may_hold_tools(text) => {
                 return Some(unfilterable(None, &e.to_string()));
             }
-            // Not JSON at all: no client reads tools from it.
             Err(_) => return None,
         };
         if view.method.is_some() {
             return None; // a request or notification from the server
         }
         let result = view.result;
-        if let Some(id) = view.id {
-            let reserved = self.reserved.0.lock().remove(id.get());
-            if let Some(reserved) = reserved {
-                let failed = view.error.is_some()
-                    || result.as_ref().is_some_and(|r| r.is_error == Some(true));
-                if failed {
-                    self.counters.rollback(reserved);
-                }
-            }
+        if let Some(id) = view.id.and_then(CallId::of) {
+            self.settle(&id, view.error);
         }
         let result = result?;
         if result.tools_twice {
             return Some(unfilterable(view.id, "the result has two `tools` fields"));
         }
         self.filter_tools_list(text, result)
+    }
+
+    /// The answer to call `id` arrived: it is no longer in flight, and its reservation comes
+    /// back only when the server says it did not run it.
+    fn settle(&mut self, id: &CallId, error: Option<&RawValue>) {
+        match &mut self.answers {
+            Answers::Own(mine) => match mine.iter().position(|m| m == id) {
+                Some(at) => {
+                    mine.swap_remove(at);
+                }
+                None => return, // not this request's call: its own answer settles it
+            },
+            Answers::Session => {}
+            Answers::Elsewhere => return,
+        }
+        let reserved = self.calls.0.lock().remove(id);
+        if let Some(reserved) = reserved
+            && error.is_some_and(refused_before_running)
+        {
+            self.counters.rollback(reserved);
+        }
     }
 
     fn filter_tools_list(&self, text: &str, result: ResultView<'_>) -> Option<String> {
@@ -391,11 +593,29 @@ impl Inspector {
     }
 }
 
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{Value, json};
     use tollgate_api::{DefaultAction, PolicySpec};
+
+    fn request_inspector(
+        policy: Arc<PolicySet>,
+        who: Arc<Identity>,
+        counters: Arc<CounterStore>,
+    ) -> Inspector {
+        Inspector::for_request(policy, who, counters, Calls::default())
+    }
+
+    fn id(raw: &str) -> CallId {
+        CallId::of(&RawValue::from_string(raw.to_string()).unwrap()).unwrap()
+    }
 
     fn set(spec: &str) -> Arc<PolicySet> {
         let spec: PolicySpec = tollgate_api::load::yaml_from_str(spec).unwrap();
@@ -426,7 +646,7 @@ mod tests {
 
     #[test]
     fn tool_lists_keep_only_visible_tools_and_every_other_byte() {
-        let mut i = Inspector::new(
+        let mut i = request_inspector(
             set("default: allow\nhide: [b]\ntools: {}"),
             Arc::default(),
             Arc::default(),
@@ -446,19 +666,19 @@ mod tests {
 
     #[test]
     fn tools_whose_name_cannot_be_read_are_dropped_from_a_filtered_list() {
-        let mut i = Inspector::new(
+        let mut i = request_inspector(
             set("default: allow\nhide: [b]\ntools: {}"),
             Arc::default(),
             Arc::default(),
         );
-        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"title":"nameless"},{"name":"a","name":"b"},{"name":"a","n\u0061me":"b"},{"name":7},{"name":"c","inputSchema":{"properties":{"name":{"type":"string"}}}}]}}"#;
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"title":"nameless"},{"name":7},{"name":"c","inputSchema":{"properties":{"name":{"type":"string"}}}}]}}"#;
         assert_eq!(names(&i.inspect_text(text).unwrap()), ["a", "c"]);
     }
 
     #[test]
     fn a_list_that_parsers_could_read_differently_is_withheld_never_forwarded() {
         let hide_b = || {
-            Inspector::new(
+            request_inspector(
                 set("default: allow\nhide: [b]\ntools: {}"),
                 Arc::default(),
                 Arc::default(),
@@ -485,28 +705,51 @@ mod tests {
         withheld(
             r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"b"}]},"result":{"tools":[]}}"#,
             Value::Null,
-            "duplicate field `result`",
+            "the key \"result\" appears twice",
         );
         withheld(
             r#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"b"}],"tools":[{"name":"a"}]}}"#,
-            json!(7),
-            "two `tools` fields",
+            Value::Null,
+            "the key \"tools\" appears twice",
         );
-        // What no client reads as JSON, and a call's answer with a field twice, pass as they are.
-        let mut i = hide_b();
-        i.expect_list();
-        assert_eq!(i.inspect_text(r#"{"result":{"tools":[{"name":"b"}]"#), None);
+        // Text that is not strictly JSON: some reader might still find the list in it.
+        for text in [
+            r#"{"result":{"tools":[{"name":"b"}]"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"b","n":NaN}]}}"#,
+            "\u{feff}{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"b\"}]}}",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"b"}]}} {}"#,
+        ] {
+            let mut i = hide_b();
+            i.expect_list();
+            let out: Value = serde_json::from_str(&i.inspect_text(text).unwrap()).unwrap();
+            assert!(
+                out["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not strictly JSON"),
+                "{text}: {out}"
+            );
+        }
+        // A call's answer with a field twice passes as it is, and its call keeps its count.
         let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
         let counters: Arc<CounterStore> = Arc::default();
-        let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
-        i.track("1".into(), reserve_t(&s, &counters).unwrap());
-        assert_eq!(i.inspect_text(r#"{"id":1,"id":1,"result":{}}"#), None);
+        let mut i = request_inspector(s.clone(), Arc::default(), counters.clone());
+        i.begin(id("1"), reserve_t(&s, &counters).unwrap()).unwrap();
+        assert_eq!(
+            i.inspect_text(r#"{"id":1,"id":1,"error":{"code":-32602}}"#),
+            None
+        );
+        drop(i);
+        assert!(
+            reserve_t(&s, &counters).is_none(),
+            "an unreadable answer refunds nothing"
+        );
     }
 
     #[test]
     fn lists_filtered_per_caller_are_marked_private() {
         let spec = "default: deny\nsubjects: [ { subject: bob } ]\ntools: { a: { rules: [] } }";
-        let mut i = Inspector::new(
+        let mut i = request_inspector(
             set(spec),
             Arc::new(Identity::subject("bob")),
             Arc::default(),
@@ -533,49 +776,150 @@ mod tests {
     }
 
     #[test]
-    fn failed_answers_roll_back_and_successful_ones_keep_their_reservation() {
-        let counters: Arc<CounterStore> = Arc::default();
-        let spec = "tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }";
-        let s = set(spec);
-        let reserve = || reserve_t(&s, &counters);
-        let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
-        i.track("1".into(), reserve().unwrap());
-        i.inspect_text(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#);
-        let again = reserve().expect("the failed call's quota came back");
-        i.track("3".into(), again);
-        i.inspect_text(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32603,"message":"boom"}}"#);
-        let again = reserve().expect("a JSON-RPC error gives the quota back too");
-        i.track("2".into(), again);
-        i.inspect_text(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#);
-        assert!(reserve().is_none(), "a successful call spends its quota");
+    fn only_an_error_given_before_running_refunds_and_every_other_answer_counts() {
+        let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
+        // Answers call "1" with `answer`; returns whether the quota came back.
+        let refunded = |answer: &str| {
+            let counters: Arc<CounterStore> = Arc::default();
+            let mut i = request_inspector(s.clone(), Arc::default(), counters.clone());
+            i.begin(id("1"), reserve_t(&s, &counters).unwrap()).unwrap();
+            let text = format!(r#"{{"jsonrpc":"2.0","id":1,{answer}}}"#);
+            assert_eq!(i.inspect_text(&text), None, "{answer}: nothing to filter");
+            assert!(!i.is_tracking(), "{answer}: the call is settled");
+            drop(i);
+            reserve_t(&s, &counters).is_some()
+        };
+        for not_run in [-32700, -32600, -32601, -32602] {
+            let answer = format!(r#""error":{{"code":{not_run},"message":"no"}}"#);
+            assert!(refunded(&answer), "{answer}: the server did not run it");
+        }
+        for ran in [
+            r#""result":{"content":[],"isError":true}"#,
+            r#""result":{"tools":{"a":1},"isError":true}"#,
+            r#""result":{"content":[]}"#,
+            r#""result":"text""#,
+            r#""result":[1,2]"#,
+            r#""result":null"#,
+            r#""result":{"isError":"yes","tools":3}"#,
+            r#""error":{"code":-32603,"message":"boom"}"#,
+            r#""error":{"code":0,"message":"Request cancelled"}"#,
+            r#""error":{"code":-32602.5}"#,
+            r#""error":{"code":"-32602"}"#,
+            r#""error":"-32602""#,
+        ] {
+            assert!(!refunded(ran), "{ran}: the tool may have run, so it counts");
+        }
     }
 
     #[test]
-    fn answers_of_any_shape_settle_their_call_and_odd_fields_read_as_absent() {
+    fn only_the_answer_to_the_calls_a_request_began_settles_them() {
         let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
-        // Answers call "1" with `result`; returns whether the quota came back.
-        let answer = |result: &str| {
-            let counters: Arc<CounterStore> = Arc::default();
-            let reserve = || reserve_t(&s, &counters);
-            let mut i = Inspector::new(s.clone(), Arc::default(), counters.clone());
-            i.track("1".into(), reserve().unwrap());
-            let text = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
-            assert_eq!(i.inspect_text(&text), None, "{result}: nothing to filter");
-            assert!(!i.is_tracking(), "{result}: the call is settled");
-            reserve().is_some()
-        };
-        assert!(
-            answer(r#"{"tools":{"a":1},"isError":true}"#),
-            "a failure rolls back"
-        );
-        for spent in [
-            r#""text""#,
-            "[1,2]",
-            "7",
-            "null",
-            r#"{"isError":"yes","tools":3}"#,
-        ] {
-            assert!(!answer(spent), "{spent}: a success spends its quota");
+        let counters: Arc<CounterStore> = Arc::default();
+        let session = Calls::default();
+        let mut first =
+            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        first
+            .begin(id("7"), reserve_t(&s, &counters).unwrap())
+            .unwrap();
+        // A second request of the session may not reuse the id while it is in flight, in any
+        // spelling a server reads as the same id.
+        let mut second =
+            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        for same in ["7", "7.0", "7e0", "70e-1"] {
+            assert!(second.is_in_flight(&id(same)), "{same}");
+            assert!(
+                second.begin(id(same), Reserved::default()).is_err(),
+                "{same}"
+            );
         }
+        assert!(
+            !second.is_in_flight(&id(r#""7""#)),
+            "a string is another id"
+        );
+        // An error on another request's stream with that id settles nothing.
+        second.begin(id("8"), Reserved::default()).unwrap();
+        second.inspect_text(r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32602}}"#);
+        drop(second);
+        assert!(first.is_in_flight(&id("7")));
+        assert!(
+            reserve_t(&s, &counters).is_none(),
+            "the quota is still spent"
+        );
+        // The answer on its own response does.
+        first.inspect_text(r#"{"jsonrpc":"2.0","id":7.0,"error":{"code":-32602}}"#);
+        assert!(!first.is_in_flight(&id("7")));
+        assert!(
+            reserve_t(&s, &counters).is_some(),
+            "refunded by its own answer"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_call_keeps_its_count_whatever_the_server_answers() {
+        let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
+        let counters: Arc<CounterStore> = Arc::default();
+        let mut i = request_inspector(s.clone(), Arc::default(), counters.clone());
+        i.begin(id(r#""a""#), reserve_t(&s, &counters).unwrap())
+            .unwrap();
+        i.keep(&id(r#""\u0061""#));
+        i.inspect_text(r#"{"jsonrpc":"2.0","id":"a","error":{"code":-32602}}"#);
+        assert!(reserve_t(&s, &counters).is_none());
+    }
+
+    #[test]
+    fn calls_never_answered_end_with_their_request_and_keep_their_count() {
+        let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
+        let counters: Arc<CounterStore> = Arc::default();
+        let session = Calls::default();
+        let mut i =
+            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        i.begin(id("1"), reserve_t(&s, &counters).unwrap()).unwrap();
+        drop(i);
+        assert!(session.is_empty(), "no longer in flight");
+        assert!(reserve_t(&s, &counters).is_none(), "and still counted");
+        // A 4xx or an unreachable server refunds every call the request began.
+        let mut i =
+            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        let counters2: Arc<CounterStore> = Arc::default();
+        let mut j = Inspector::for_request(
+            s.clone(),
+            Arc::default(),
+            counters2.clone(),
+            Calls::default(),
+        );
+        j.begin(id("2"), reserve_t(&s, &counters2).unwrap())
+            .unwrap();
+        j.refund_all();
+        assert!(reserve_t(&s, &counters2).is_some());
+        i.finish();
+    }
+
+    #[test]
+    fn sessions_share_their_calls_and_are_forgotten_when_nothing_holds_them() {
+        let sessions = Sessions::default();
+        let a = sessions.calls("a");
+        let s = set("tools: {}");
+        let mut i = Inspector::for_request(s.clone(), Arc::default(), Arc::default(), a.clone());
+        i.begin(id("1"), Reserved::default()).unwrap();
+        let j = Inspector::for_request(
+            s.clone(),
+            Arc::default(),
+            Arc::default(),
+            sessions.calls("a"),
+        );
+        assert!(j.is_in_flight(&id("1")));
+        assert!(
+            !Inspector::for_request(s, Arc::default(), Arc::default(), sessions.calls("b"))
+                .is_in_flight(&id("1"))
+        );
+        drop((i, j, a));
+        for n in 0..1000 {
+            drop(sessions.calls(&format!("s{n}")));
+        }
+        assert!(
+            sessions.0.lock().len() <= 128,
+            "{}",
+            sessions.0.lock().len()
+        );
     }
 }

@@ -1,18 +1,16 @@
 //! Reading the JSON-RPC messages a client sends, and writing the ones Tollgate answers with.
 //!
 //! ```text
-//! body bytes ── parse_body ──> Body::Messages([Message { id, method, tool call? }], batch?)
-//!                          └─> Body::NotJsonRpc (pass through)   └─> Err(RpcError) (refuse)
+//! body bytes ── strict::read ── parse_body ──> Body { [Message { id, method, params }], batch }
+//!                                          └─> Err(RpcError): not one JSON-RPC message or batch
 //! ```
 //!
 //! Parsing borrows from the body: the proxy forwards the original bytes when it changes
 //! nothing, and only a `tools/call`'s arguments are materialised as a `Value`.
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::map::Entry;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// JSON-RPC's parse error.
 pub const PARSE_ERROR: i64 = -32700;
@@ -38,7 +36,7 @@ pub struct Message<'a> {
     pub is_response: bool,
 }
 
-impl Message<'_> {
+impl<'a> Message<'a> {
     pub fn is_request(&self) -> bool {
         self.method.is_some() && self.id.is_some()
     }
@@ -67,7 +65,7 @@ impl Message<'_> {
 
     fn named_params(&self, key: &str) -> Result<(String, Value), String> {
         let method = self.method.as_deref().unwrap_or("");
-        let Unambiguous(params) = match self.params.map(|p| serde_json::from_str(p.get())) {
+        let params: Value = match self.params.map(|p| serde_json::from_str(p.get())) {
             Some(Ok(params)) => params,
             Some(Err(e)) => return Err(format!("{method} params are not valid: {e}")),
             None => return Err(format!("{method} needs params with {key}")),
@@ -78,6 +76,21 @@ impl Message<'_> {
             .ok_or_else(|| format!("{method} params need a string {key}"))?
             .to_string();
         Ok((named, params))
+    }
+
+    /// The id of the request a `notifications/cancelled` cancels.
+    pub fn cancelled_request(&self) -> Option<&'a RawValue> {
+        #[derive(Deserialize)]
+        struct Cancelled<'a> {
+            #[serde(rename = "requestId", borrow)]
+            request_id: &'a RawValue,
+        }
+        if self.method.as_deref() != Some("notifications/cancelled") {
+            return None;
+        }
+        serde_json::from_str::<Cancelled<'a>>(self.params?.get())
+            .ok()
+            .map(|c| c.request_id)
     }
 
     /// The raw id as JSON (`null` when absent), for building a response.
@@ -96,77 +109,9 @@ pub fn id_value(id: Option<&RawValue>) -> Value {
 #[derive(Debug, Deserialize)]
 pub struct ToolCall {
     pub name: String,
-    #[serde(default, deserialize_with = "unambiguous")]
+    /// Read from strictly read JSON ([`crate::strict`]): no key twice, every number exact.
+    #[serde(default)]
     pub arguments: Option<Value>,
-}
-
-/// A JSON value, read as [`Value`] reads it but refusing an object with a key twice. Servers
-/// differ on which copy counts (most the last, some the first, some refuse), so arguments with
-/// one cannot be decided for all of them: `{"amount": 90000, "amount": 1}` is refused, rather
-/// than decided on one copy while the server runs the other.
-struct Unambiguous(Value);
-
-fn unambiguous<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Option::<Unambiguous>::deserialize(d).map(|v| v.map(|Unambiguous(v)| v))
-}
-
-impl<'de> Deserialize<'de> for Unambiguous {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Value;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-                Ok(Value::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-                Ok(v.into())
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-                Ok(v.into())
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-                Ok(v.into())
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-                Ok(Value::String(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Value, E> {
-                Ok(Value::String(v))
-            }
-            fn visit_unit<E>(self) -> Result<Value, E> {
-                Ok(Value::Null)
-            }
-            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Value, S::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(Unambiguous(v)) = seq.next_element()? {
-                    items.push(v);
-                }
-                Ok(Value::Array(items))
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Value, M::Error> {
-                let mut object = Map::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let Unambiguous(v) = map.next_value()?;
-                    match object.entry(key) {
-                        Entry::Vacant(e) => {
-                            e.insert(v);
-                        }
-                        Entry::Occupied(e) => {
-                            return Err(de::Error::custom(format_args!(
-                                "the key {:?} appears twice in one object",
-                                e.key()
-                            )));
-                        }
-                    }
-                }
-                Ok(Value::Object(object))
-            }
-        }
-        d.deserialize_any(V).map(Unambiguous)
-    }
 }
 
 #[derive(Deserialize)]
@@ -185,16 +130,12 @@ struct Wire<'a> {
     error: Option<&'a RawValue>,
 }
 
-/// What a request body holds.
+/// What a request body holds: one message, or a batch of them.
 #[derive(Debug)]
-pub enum Body<'a> {
-    /// JSON-RPC messages; `batch` when the body was an array.
-    Messages {
-        messages: Vec<Message<'a>>,
-        batch: bool,
-    },
-    /// Not JSON-RPC: forwarded unchanged.
-    NotJsonRpc,
+pub struct Body<'a> {
+    pub messages: Vec<Message<'a>>,
+    /// Whether the body was an array.
+    pub batch: bool,
 }
 
 /// An error Tollgate answers itself.
@@ -204,104 +145,97 @@ pub struct RpcError {
     pub message: String,
 }
 
-/// Classifies a POST body. `json_declared` is whether the request said `application/json`.
-pub fn parse_body(bytes: &[u8], json_declared: bool) -> Result<Body<'_>, RpcError> {
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    if !matches!(first, Some(b'{') | Some(b'[')) {
-        return if json_declared {
-            Err(RpcError {
-                code: PARSE_ERROR,
-                message: "Parse error: the body is not a JSON object or array".into(),
-            })
-        } else {
-            Ok(Body::NotJsonRpc)
-        };
-    }
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(_) if !json_declared => return Ok(Body::NotJsonRpc),
-        Err(_) => {
-            return Err(RpcError {
-                code: PARSE_ERROR,
-                message: "Parse error: the body is not UTF-8".into(),
-            });
+impl RpcError {
+    fn invalid(message: impl Into<String>) -> Self {
+        RpcError {
+            code: INVALID_REQUEST,
+            message: message.into(),
         }
-    };
-    let parse_error = |e: serde_json::Error| RpcError {
-        code: PARSE_ERROR,
-        message: format!("Parse error: {e}"),
-    };
-    if first == Some(b'[') {
-        let items: Vec<&RawValue> = match serde_json::from_str(text) {
-            Ok(items) => items,
-            Err(_) if !json_declared => return Ok(Body::NotJsonRpc),
-            Err(e) => return Err(parse_error(e)),
-        };
-        if items.is_empty() {
-            return Err(RpcError {
-                code: INVALID_REQUEST,
-                message: "Invalid Request: an empty batch".into(),
-            });
-        }
-        let mut messages = Vec::with_capacity(items.len());
-        for item in items {
-            match message(item.get())? {
-                Some(m) => messages.push(m),
-                None => {
-                    return Err(RpcError {
-                        code: INVALID_REQUEST,
-                        message: "Invalid Request: every batch element must be a JSON-RPC message"
-                            .into(),
-                    });
-                }
-            }
-        }
-        return Ok(Body::Messages {
-            messages,
-            batch: true,
-        });
-    }
-    match message(text) {
-        Ok(Some(m)) => Ok(Body::Messages {
-            messages: vec![m],
-            batch: false,
-        }),
-        Ok(None) => Ok(Body::NotJsonRpc),
-        Err(_) if !json_declared && serde_json::from_str::<&RawValue>(text).is_err() => {
-            Ok(Body::NotJsonRpc)
-        }
-        Err(e) => Err(e),
     }
 }
 
-/// One message; `None` when the object is plainly not JSON-RPC (no `jsonrpc`, no `method`).
-fn message(text: &str) -> Result<Option<Message<'_>>, RpcError> {
-    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| RpcError {
-        code: if e.is_syntax() || e.is_eof() {
+/// Reads a request body: exactly one JSON-RPC 2.0 message or batch, in JSON that every reader
+/// reads one way ([`crate::strict`]). Anything else is refused, never forwarded: a server may
+/// read what the proxy could not.
+pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
+    let text = crate::strict::read(bytes).map_err(|e| RpcError {
+        code: if e.syntax {
             PARSE_ERROR
         } else {
             INVALID_REQUEST
         },
-        message: format!("Invalid Request: {e}"),
+        message: format!(
+            "{}: the body must be one JSON-RPC message or batch in plain UTF-8 JSON; {e}",
+            if e.syntax {
+                "Parse error"
+            } else {
+                "Invalid Request"
+            }
+        ),
     })?;
-    if wire.jsonrpc.is_none() && wire.method.is_none() {
-        return Ok(None);
-    }
-    // Anything with a method is decided, whatever else it claims to be: a lenient server must
-    // not be reachable with a message the proxy waved through.
-    if wire.jsonrpc != Some("2.0") {
-        return Err(RpcError {
-            code: INVALID_REQUEST,
-            message: "Invalid Request: jsonrpc must be \"2.0\"".into(),
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|e| RpcError::invalid(format!("Invalid Request: {e}")))?;
+        if items.is_empty() {
+            return Err(RpcError::invalid("Invalid Request: an empty batch"));
+        }
+        let messages = items
+            .into_iter()
+            .map(|item| message(item.get()))
+            .collect::<Result<_, _>>()?;
+        return Ok(Body {
+            messages,
+            batch: true,
         });
     }
-    Ok(Some(Message {
+    Ok(Body {
+        messages: vec![message(text)?],
+        batch: false,
+    })
+}
+
+/// One message of strictly read JSON: a request, a notification or a response, and nothing
+/// that could be taken for another.
+fn message(text: &str) -> Result<Message<'_>, RpcError> {
+    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
+        RpcError::invalid(format!(
+            "Invalid Request: a JSON-RPC message must be an object with string jsonrpc and method: {e}"
+        ))
+    })?;
+    if wire.jsonrpc != Some("2.0") {
+        return Err(RpcError::invalid(
+            "Invalid Request: every message needs \"jsonrpc\": \"2.0\"",
+        ));
+    }
+    let is_response = wire.result.is_some() || wire.error.is_some();
+    match (&wire.method, is_response) {
+        (Some(_), true) => {
+            return Err(RpcError::invalid(
+                "Invalid Request: a message is a request or a response, not both",
+            ));
+        }
+        (None, false) => {
+            return Err(RpcError::invalid(
+                "Invalid Request: a message needs a method, a result or an error",
+            ));
+        }
+        _ => {}
+    }
+    let id = wire.id.filter(|id| id.get() != "null");
+    if let Some(id) = id
+        && !matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+    {
+        return Err(RpcError::invalid(
+            "Invalid Request: an id must be a string or a number",
+        ));
+    }
+    Ok(Message {
         raw: text,
-        id: wire.id.filter(|id| id.get() != "null"),
+        id,
         method: wire.method,
         params: wire.params,
-        is_response: wire.result.is_some() || wire.error.is_some(),
-    }))
+        is_response,
+    })
 }
 
 /// A JSON-RPC error response.
@@ -317,10 +251,9 @@ pub fn error_response(id: Value, code: i64, message: &str, data: Option<Value>) 
 mod tests {
     use super::*;
 
-    fn kinds(body: &str, json: bool) -> String {
-        match parse_body(body.as_bytes(), json) {
-            Ok(Body::NotJsonRpc) => "pass".into(),
-            Ok(Body::Messages { messages, batch }) => format!(
+    fn kinds(body: &str) -> String {
+        match parse_body(body.as_bytes()) {
+            Ok(Body { messages, batch }) => format!(
                 "{}{}",
                 if batch { "batch:" } else { "" },
                 messages
@@ -334,42 +267,68 @@ mod tests {
     }
 
     #[test]
-    fn bodies_are_classified_as_messages_pass_through_or_errors() {
+    fn bodies_are_messages_or_refused_whatever_they_look_like() {
         let cases = [
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
-                true,
                 "tools/call",
             ),
             (
                 r#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"}]"#,
-                true,
                 "batch:a,b",
             ),
-            (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true, "response"),
-            (r#"{"hello":"world"}"#, true, "pass"),
-            ("name=value", false, "pass"),
-            ("{not json", false, "pass"),
-            ("{not json", true, "error -32700"),
-            ("", true, "error -32700"),
-            ("[]", true, "error -32600"),
-            (r#"[1]"#, true, "error -32600"),
-            (r#"{"id":1,"method":"tools/call"}"#, true, "error -32600"),
+            (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, "response"),
+            (
+                r#"{"jsonrpc":"2.0","id":"x","error":{"code":1}}"#,
+                "response",
+            ),
+            (r#"{"hello":"world"}"#, "error -32600"),
+            ("name=value", "error -32700"),
+            ("{not json", "error -32700"),
+            ("", "error -32700"),
+            ("[]", "error -32600"),
+            (r#"[1]"#, "error -32600"),
+            (r#"[{"jsonrpc":"2.0","method":"a"},{}]"#, "error -32600"),
+            (r#"{"id":1,"method":"tools/call"}"#, "error -32600"),
             (
                 r#"{"jsonrpc":"1.0","id":1,"method":"tools/call"}"#,
-                false,
                 "error -32600",
             ),
+            (r#"{"jsonrpc":"2.0","id":1,"method":7}"#, "error -32600"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"a","result":{}}"#,
+                "error -32600",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":{"a":1},"method":"a"}"#,
+                "error -32600",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":true,"method":"a"}"#,
+                "error -32600",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#,
+                "error -32600",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"n":NaN}}"#,
+                "error -32700",
+            ),
+            (
+                "\u{feff}{\"jsonrpc\":\"2.0\",\"method\":\"a\"}",
+                "error -32700",
+            ),
         ];
-        for (body, json, want) in cases {
-            assert_eq!(kinds(body, json), want, "{body}");
+        for (body, want) in cases {
+            assert_eq!(kinds(body), want, "{body}");
         }
     }
 
     #[test]
     fn a_tool_call_exposes_its_name_and_arguments() {
         let body = r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t","arguments":{"n":1}}}"#;
-        let Ok(Body::Messages { messages, .. }) = parse_body(body.as_bytes(), true) else {
+        let Ok(Body { messages, .. }) = parse_body(body.as_bytes()) else {
             panic!()
         };
         let call = messages[0].call().unwrap().unwrap();
@@ -380,17 +339,17 @@ mod tests {
         assert_eq!(messages[0].id_value(), json!("a"));
     }
 
-    /// What `message`'s `call()` says of a request with these params.
+    /// What `message`'s `call()` says of a request with these params, or how the body is
+    /// refused.
     fn call_of(method: &str, params: &str) -> Result<ToolCall, String> {
         let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
-        let Ok(Body::Messages { messages, .. }) = parse_body(body.as_bytes(), true) else {
-            panic!("{body}")
-        };
+        let Body { messages, .. } =
+            parse_body(body.as_bytes()).map_err(|e| format!("{} {}", e.code, e.message))?;
         messages[0].call().unwrap()
     }
 
     #[test]
-    fn arguments_with_a_key_twice_are_refused_at_any_depth_naming_the_key() {
+    fn a_body_with_a_key_twice_is_refused_at_any_depth_naming_the_key() {
         for (method, params, key) in [
             (
                 "tools/call",
@@ -417,20 +376,19 @@ mod tests {
                 r#"{"name":"p","arguments":{"k":1,"k":2}}"#,
                 "k",
             ),
+            ("tools/call", r#"{"name":"a","name":"b"}"#, "name"),
         ] {
             let e = call_of(method, params).unwrap_err();
             assert!(
-                e.contains(&format!("the key {key:?} appears twice")),
+                e.starts_with("-32600") && e.contains(&format!("the key {key:?} appears twice")),
                 "{params}: {e}"
             );
         }
-        let e = call_of("tools/call", r#"{"name":"a","name":"b"}"#).unwrap_err();
-        assert!(e.contains("duplicate field `name`"), "{e}");
     }
 
     #[test]
-    fn arguments_without_a_key_twice_read_as_serde_json_reads_them() {
-        let args = r#"{"big":18446744073709551615,"neg":-9223372036854775808,"f":1.5e300,"s":"\u00e9\n","n":null,"t":true,"l":[[],{},[1,{"a":{"a":"a"}}]],"same at two depths":{"same at two depths":0}}"#;
+    fn arguments_read_as_serde_json_reads_them() {
+        let args = r#"{"big":9007199254740992,"neg":-9007199254740992,"f":1.5e300,"s":"\u00e9\n","n":null,"t":true,"l":[[],{},[1,{"a":{"a":"a"}}]],"same at two depths":{"same at two depths":0}}"#;
         let call = call_of(
             "tools/call",
             &format!(r#"{{"name":"t","arguments":{args}}}"#),

@@ -18,15 +18,18 @@ pub mod cli;
 pub mod conn;
 pub mod control;
 pub mod counters;
+pub mod deadline;
 mod h1;
 pub mod identity;
 pub mod inspect;
 pub mod jsonrpc;
+pub mod media;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sse;
+pub mod strict;
 mod tool_name;
 pub mod upstream;
 

@@ -25,6 +25,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body as _;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -32,10 +33,12 @@ use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 
 use crate::audit::{AuditLog, Record, now_rfc3339};
 use crate::conn::RequestBody;
-use crate::counters::CounterStore;
+use crate::counters::{CounterStore, Reserved};
+use crate::deadline::{Progress, Timeouts};
 use crate::identity::{self, Verifier};
-use crate::inspect::Inspector;
+use crate::inspect::{CallId, Calls, InFlight, Inspector, Sessions};
 use crate::jsonrpc::{self, Body as RpcBody, Message};
+use crate::media::ContentType;
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 use crate::sse::{SseBody, message_event};
@@ -53,6 +56,10 @@ impl crate::conn::Handler for Arc<Proxy> {
     ) -> impl Future<Output = Resp> + Send + 'static + use<> {
         self.clone().handle(req, peer)
     }
+
+    fn timeouts(&self) -> Timeouts {
+        self.cfg.timeouts
+    }
 }
 
 /// How the proxy is set up.
@@ -65,6 +72,23 @@ pub struct ProxyConfig {
     pub allowed_origins: Vec<String>,
     /// Verifies bearer tokens; `None` treats every caller as anonymous.
     pub verifier: Option<Verifier>,
+    /// Paths whose request bodies are not MCP (an OAuth token endpoint, say) and are forwarded
+    /// unread: exact paths, or prefixes ending in `*`. Every other body must be JSON-RPC.
+    pub passthrough_paths: Vec<String>,
+    /// How long each wait may take, on both sides.
+    pub timeouts: Timeouts,
+}
+
+impl ProxyConfig {
+    /// Whether bodies posted to `path` are forwarded without being read as JSON-RPC.
+    pub fn passes_through(&self, path: &str) -> bool {
+        self.passthrough_paths
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => p == path,
+            })
+    }
 }
 
 /// The proxy's shared state.
@@ -77,12 +101,14 @@ pub struct Proxy {
     audit: AuditLog,
     metrics: Metrics,
     legacy: Arc<Mutex<HashMap<String, LegacySession>>>,
+    /// The calls in flight of each streamable HTTP session.
+    sessions: Arc<Sessions>,
 }
 
-/// A legacy HTTP+SSE session: where denials for it are delivered.
+/// A legacy HTTP+SSE session: where denials for it are delivered, and its calls in flight.
 struct LegacySession {
     events: mpsc::UnboundedSender<Bytes>,
-    reserved: crate::inspect::Tracker,
+    calls: Calls,
 }
 
 type Resp = Response<ProxyBody>;
@@ -101,6 +127,38 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// Largest answer the proxy reads into memory to inspect (a tool list, a batch's answers).
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// An answer whose body the proxy rewrote.
+fn json_text_response(mut parts: http::response::Parts, body: String) -> Resp {
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, full(body))
+}
+
+/// What the client gets for an answer the proxy must read and cannot.
+fn withheld(why: &str) -> Resp {
+    let body = jsonrpc::error_response(
+        Value::Null,
+        jsonrpc::INTERNAL_ERROR,
+        &format!("Tollgate cannot read the MCP server's answer, so it is withheld: {why}"),
+        None,
+    );
+    json_response(StatusCode::BAD_GATEWAY, &body)
+}
+
+/// The server's answers to the forwarded part of a batch, with the proxy's own answers to the
+/// part it refused: one array for the client.
+fn merge_answers(server: &str, ours: Vec<Value>) -> String {
+    let mut merged: Vec<Value> = match serde_json::from_str::<Value>(server) {
+        Ok(Value::Array(items)) => items,
+        Ok(v) => vec![v],
+        Err(_) => vec![],
+    };
+    merged.extend(ours);
+    Value::Array(merged).to_string()
 }
 
 /// Fields that belong to one hop, never forwarded; `Trailer` too, as trailers are not.
@@ -167,18 +225,10 @@ fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&s
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Whether a response is a server-sent event stream (media types are case-insensitive).
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    header_str(headers, header::CONTENT_TYPE).is_some_and(|c| {
-        c.get(..17)
-            .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-    })
-}
-
 /// What becomes of one message of a request.
 enum Outcome {
-    /// Sent on to the server.
-    Forward,
+    /// Sent on to the server, with what it reserved.
+    Forward(Reserved),
     /// Refused here, with the answer for the client (none for a notification).
     Refuse(Option<Value>),
 }
@@ -211,7 +261,11 @@ impl Proxy {
             .ok_or_else(|| anyhow::anyhow!("--upstream {} has no host", cfg.upstream))?;
         let upstream_authority = HeaderValue::from_str(authority.as_str())?;
         Ok(Proxy {
-            client: Upstream::new(authority.as_str()),
+            client: Upstream::with_timeouts(
+                authority.as_str(),
+                cfg.timeouts.upstream_head,
+                cfg.timeouts.upstream_body,
+            ),
             cfg: Arc::new(cfg),
             upstream_authority,
             policy,
@@ -219,6 +273,7 @@ impl Proxy {
             audit,
             metrics,
             legacy: Arc::default(),
+            sessions: Arc::default(),
         })
     }
 
@@ -235,6 +290,7 @@ impl Proxy {
             audit: self.audit.clone(),
             metrics: self.metrics.clone(),
             legacy: self.legacy.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 
@@ -253,10 +309,20 @@ impl Proxy {
             Ok(admitted) => admitted,
             Err(refused) => return Either::Left(std::future::ready(refused)),
         };
-        Either::Right(if req.method() == Method::POST {
-            Either::Left(self.handle_post(req, set, who, peer, start))
+        // Whatever the method, a request with a body is read before anything is forwarded;
+        // only one without (a GET stream, a DELETE, a probe) goes on as it is.
+        Either::Right(if req.body().is_end_stream() {
+            let (parts, body) = req.into_parts();
+            Either::Right(self.forward_stream(
+                parts,
+                Outgoing::streamed(body),
+                set,
+                who,
+                peer,
+                start,
+            ))
         } else {
-            Either::Right(self.forward_stream(req, set, who, peer, start))
+            Either::Left(self.handle_body(req, set, who, peer, start))
         })
     }
 
@@ -282,6 +348,11 @@ impl Proxy {
         }
         // One read of the policy state per request: who is calling and what is allowed come
         // from the same revision.
+        if unreadable_field(req.headers(), &header::AUTHORIZATION) {
+            return Err(unauthorized(
+                "the Authorization header must be one field of visible ASCII",
+            ));
+        }
         let state = self.policy.current();
         let verifiers = [state.cluster_keys.as_deref(), self.cfg.verifier.as_ref()];
         let who = identity::identify(&verifiers, header_str(req.headers(), header::AUTHORIZATION))
@@ -289,7 +360,8 @@ impl Proxy {
         Ok((state.set.clone(), Arc::new(who)))
     }
 
-    async fn handle_post(
+    /// A request with a body: read whole, then decided message by message.
+    async fn handle_body(
         self: Arc<Self>,
         req: Request<RequestBody>,
         set: Arc<PolicySet>,
@@ -298,49 +370,18 @@ impl Proxy {
         start: Instant,
     ) -> Resp {
         let (parts, body) = req.into_parts();
-        let declared_len = header_str(&parts.headers, header::CONTENT_LENGTH)
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared_len.is_some_and(|n| n > self.cfg.max_body) {
-            return self.too_large();
-        }
-        let collected = match body.into_bytes() {
-            // Read with its head (an MCP call, nearly always): its declared length was checked.
-            Ok(bytes) => Ok(bytes),
-            Err(body) => Limited::new(body, self.cfg.max_body)
-                .collect()
-                .await
-                .map(|c| c.to_bytes()),
-        };
-        let bytes = match collected {
+        let bytes = match self.read_body(&parts.headers, body).await {
             Ok(bytes) => bytes,
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return self.too_large();
-            }
-            Err(e) => {
-                let body = jsonrpc::error_response(
-                    Value::Null,
-                    jsonrpc::PARSE_ERROR,
-                    &format!("Could not read the request body: {e}"),
-                    None,
-                );
-                return json_response(StatusCode::BAD_REQUEST, &body);
-            }
+            Err(refused) => return refused,
         };
-        let json_declared =
-            header_str(&parts.headers, header::CONTENT_TYPE).is_some_and(|c| c.contains("json"));
-        let parsed = match jsonrpc::parse_body(&bytes, json_declared) {
-            Ok(p) => p,
-            Err(e) => {
-                let body = jsonrpc::error_response(Value::Null, e.code, &e.message, None);
-                return json_response(StatusCode::BAD_REQUEST, &body);
-            }
-        };
-        // The body is forwarded from memory: the upstream client states its exact length,
-        // which matters when a batch is forwarded without its denied messages.
-        let RpcBody::Messages { messages, batch } = parsed else {
+        if bytes.is_empty() {
+            // Framed as having a body, but none came: nothing to decide.
+            return self
+                .forward_stream(parts, Outgoing::Full(bytes), set, who, peer, start)
+                .await;
+        }
+        if self.cfg.passes_through(parts.uri.path()) {
+            // A path the user named as not MCP (an OAuth endpoint, say): forwarded as it is.
             return self
                 .forward(
                     parts,
@@ -352,6 +393,22 @@ impl Proxy {
                     "passthrough",
                 )
                 .await;
+        }
+        if let Some(why) = crate::media::not_utf8(&parts.headers) {
+            let body = jsonrpc::error_response(
+                Value::Null,
+                jsonrpc::PARSE_ERROR,
+                &format!("Parse error: {why}"),
+                None,
+            );
+            return json_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, &body);
+        }
+        let RpcBody { messages, batch } = match jsonrpc::parse_body(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                let body = jsonrpc::error_response(Value::Null, e.code, &e.message, None);
+                return json_response(StatusCode::BAD_REQUEST, &body);
+            }
         };
         if let Err(msg) = check_mcp_headers(&parts.headers, &messages, batch) {
             let id = messages
@@ -366,14 +423,19 @@ impl Proxy {
         let session = header_str(&parts.headers, MCP_SESSION_ID)
             .map(str::to_string)
             .or_else(|| legacy.as_ref().map(|(key, _)| key.clone()));
-        let mut inspector = match &legacy {
-            Some((_, s)) => Inspector::with_tracker(
+        let mut inspector = match (&legacy, session.as_deref()) {
+            (Some((_, s)), _) => Inspector::for_legacy_post(
                 set.clone(),
                 who.clone(),
                 self.counters.clone(),
-                s.reserved.clone(),
+                s.calls.clone(),
             ),
-            None => Inspector::new(set.clone(), who.clone(), self.counters.clone()),
+            (None, session) => Inspector::for_request(
+                set.clone(),
+                who.clone(),
+                self.counters.clone(),
+                session.map_or_else(Calls::default, |id| self.sessions.calls(id)),
+            ),
         };
         if messages
             .iter()
@@ -387,17 +449,38 @@ impl Proxy {
         let mut kept: Vec<&str> = Vec::with_capacity(messages.len());
         let mut answered_denials: Vec<Value> = Vec::new();
         for m in &messages {
+            if let Some(cancelled) = m.cancelled_request().and_then(CallId::of) {
+                inspector.keep(&cancelled);
+            }
+            // A request is in flight once per session: a second with its id could be given
+            // the first one's answer, or the first one's refund.
+            let call_id = m.id.filter(|_| m.method.is_some()).and_then(CallId::of);
+            if call_id
+                .as_ref()
+                .is_some_and(|id| inspector.is_in_flight(id))
+            {
+                answered_denials.push(in_flight(m));
+                continue;
+            }
             match self.decide(
                 m,
                 &set,
                 &who,
                 session.as_deref(),
                 modern,
-                &mut inspector,
                 &mut audits,
                 start,
             ) {
-                Outcome::Forward => kept.push(m.raw),
+                Outcome::Forward(reserved) => match call_id {
+                    Some(id) => match inspector.begin(id, reserved) {
+                        Ok(()) => kept.push(m.raw),
+                        Err(InFlight(reserved)) => {
+                            self.counters.rollback(reserved);
+                            answered_denials.push(in_flight(m));
+                        }
+                    },
+                    None => kept.push(m.raw),
+                },
                 Outcome::Refuse(answer) => answered_denials.extend(answer),
             }
         }
@@ -459,7 +542,6 @@ impl Proxy {
         who: &Identity,
         session: Option<&str>,
         modern: bool,
-        inspector: &mut Inspector,
         audits: &mut Vec<PendingAudit>,
         start: Instant,
     ) -> Outcome {
@@ -469,10 +551,10 @@ impl Proxy {
             Some("tools/call") => "tools/call",
             Some("resources/read") if set.names("resource:") => "resources/read",
             Some("prompts/get") if set.names("prompt:") => "prompts/get",
-            _ => return Outcome::Forward,
+            _ => return Outcome::Forward(Reserved::default()),
         };
         let Some(call) = m.call() else {
-            return Outcome::Forward;
+            return Outcome::Forward(Reserved::default());
         };
         let call = match call {
             Ok(c) => c,
@@ -495,15 +577,10 @@ impl Proxy {
             &*self.counters,
         );
         let outcome = match verdict.decision {
-            Decision::Allow { reservations } => match self.counters.reserve_all(&reservations) {
-                Ok(reserved) => {
-                    if let Some(id) = m.id {
-                        inspector.track(id.get().to_string(), reserved);
-                    }
-                    Ok(())
-                }
-                Err(full) => Err(("deny", full)),
-            },
+            Decision::Allow { reservations } => self
+                .counters
+                .reserve_all(&reservations)
+                .map_err(|full| ("deny", full)),
             Decision::Deny(d) => Err(("deny", d)),
             Decision::Approve { policy, rule, .. } => Err((
                 "approve",
@@ -520,7 +597,7 @@ impl Proxy {
         };
         let seconds = t0.elapsed().as_secs_f64();
         match outcome {
-            Ok(()) => {
+            Ok(reserved) => {
                 let audit = verdict.audit;
                 self.metrics.decision(
                     &call.name,
@@ -539,7 +616,7 @@ impl Proxy {
                     policy: audit.as_ref().map(|d| d.policy.clone()),
                     reason: audit.map(|d| d.reason),
                 });
-                Outcome::Forward
+                Outcome::Forward(reserved)
             }
             Err((kind, denial)) => {
                 self.metrics.decision(&call.name, kind, seconds);
@@ -553,6 +630,44 @@ impl Proxy {
                 };
                 self.write_audit(&a, who, session, set.revision, None, start);
                 Outcome::Refuse(m.id.map(|_| denial_message(m.id_value(), &denial, modern)))
+            }
+        }
+    }
+
+    /// A request's whole body, within `--max-body-bytes`, or the refusal.
+    #[allow(clippy::result_large_err)]
+    async fn read_body(&self, headers: &HeaderMap, body: RequestBody) -> Result<Bytes, Resp> {
+        let declared = crate::h1::content_length(headers);
+        if declared.is_some_and(|n| n.is_ok_and(|n| n > self.cfg.max_body as u64)) {
+            return Err(self.too_large());
+        }
+        let collected = match body.into_bytes() {
+            // Read with its head (an MCP call, nearly always): its declared length was checked.
+            Ok(bytes) => Ok(bytes),
+            Err(body) => {
+                let body = Progress::new(body, self.cfg.timeouts.body, "the request body");
+                Limited::new(body, self.cfg.max_body)
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+            }
+        };
+        match collected {
+            Ok(bytes) => Ok(bytes),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(self.too_large())
+            }
+            Err(e) => {
+                let body = jsonrpc::error_response(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    &format!("Could not read the request body: {e}"),
+                    None,
+                );
+                Err(json_response(StatusCode::BAD_REQUEST, &body))
             }
         }
     }
@@ -631,7 +746,8 @@ impl Proxy {
         parts
     }
 
-    /// Sends a POST upstream and passes its answer back through the inspector.
+    /// Sends a request with its body read upstream and passes its answer back through the
+    /// inspector.
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
@@ -647,17 +763,21 @@ impl Proxy {
         let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
             Err(e) => {
-                inspector.fail_all();
+                if e.never_sent() {
+                    inspector.refund_all();
+                }
                 return self.bad_gateway(&e, None);
             }
         };
         self.metrics.request(kind, start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if !parts.status.is_success() {
-            inspector.fail_all();
+        if parts.status.is_client_error() {
+            // The server refused the request as a whole: nothing in it ran.
+            inspector.refund_all();
         }
-        if is_event_stream(&parts.headers) {
+        let content = ContentType::of(&parts.headers);
+        if content == ContentType::EventStream {
             parts.headers.remove(header::CONTENT_LENGTH);
             let first = extra
                 .iter()
@@ -669,32 +789,37 @@ impl Proxy {
             // The forwarded part of a batch was only notifications: answer the denials.
             return json_response(StatusCode::OK, &Value::Array(extra));
         }
-        let is_json =
-            header_str(&parts.headers, header::CONTENT_TYPE).is_some_and(|c| c.contains("json"));
-        let needs_look =
-            !extra.is_empty() || (is_json && (inspector.is_tracking() || inspector.may_filter()));
+        let must_read = inspector.may_filter() && parts.status.is_success();
+        let needs_look = !extra.is_empty()
+            || must_read
+            || (content == ContentType::Json && inspector.is_tracking());
         if !needs_look {
             return Response::from_parts(parts, body.boxed());
         }
-        let bytes = match body.collect().await {
+        let bytes = match Limited::new(body, MAX_ANSWER).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(e) => {
-                inspector.fail_all();
-                return self.bad_gateway(&e, None);
+            // Cut off mid-answer: the calls keep their counts (they may have run).
+            Err(e) => return self.bad_gateway(&e, None),
+        };
+        if must_read && content != ContentType::Json && !bytes.is_empty() {
+            // A tool list in a form the proxy does not read: a client might read it anyway.
+            let why = format!("its answer's Content-Type is {content:?}, not JSON or SSE");
+            return withheld(&why);
+        }
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(text) => text,
+            Err(_) => {
+                return match inspector.unreadable(&bytes, "its answer is not UTF-8") {
+                    Some(error) if extra.is_empty() => json_text_response(parts, error),
+                    Some(_) => withheld("its answer is not UTF-8"),
+                    None => Response::from_parts(parts, full(bytes)),
+                };
             }
         };
-        let text = crate::sse::text(&bytes);
-        let mut out = inspector.inspect_text(&text);
+        let mut out = inspector.inspect_text(text);
         if !extra.is_empty() {
             // Part of a batch was denied: the client gets every answer, ours and the server's.
-            let base = out.as_deref().unwrap_or(&text);
-            let mut merged: Vec<Value> = match serde_json::from_str::<Value>(base) {
-                Ok(Value::Array(items)) => items,
-                Ok(v) => vec![v],
-                Err(_) => vec![],
-            };
-            merged.extend(extra);
-            out = Some(Value::Array(merged).to_string());
+            out = Some(merge_answers(out.as_deref().unwrap_or(text), extra));
             parts.headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -702,27 +827,24 @@ impl Proxy {
         }
         inspector.finish();
         match out {
-            Some(changed) => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                Response::from_parts(parts, full(changed))
-            }
+            Some(changed) => json_text_response(parts, changed),
             None => Response::from_parts(parts, full(bytes)),
         }
     }
 
-    /// GET, DELETE and every other method: streamed both ways; SSE answers are inspected.
+    /// A request with no body (GET, DELETE, a probe): its answer streamed back, SSE inspected.
     async fn forward_stream(
         self: Arc<Self>,
-        req: Request<RequestBody>,
+        parts: http::request::Parts,
+        body: Outgoing,
         set: Arc<PolicySet>,
         who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
     ) -> Resp {
-        let (parts, body) = req.into_parts();
         let is_get = parts.method == Method::GET;
         let up = self.upstream_head(parts, peer);
-        let resp = match self.client.send(&up, Outgoing::streamed(body)).await {
+        let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
             Err(e) => return self.bad_gateway(&e, None),
         };
@@ -730,12 +852,15 @@ impl Proxy {
             .request("passthrough", start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if !is_event_stream(&parts.headers) {
+        if ContentType::of(&parts.headers) != ContentType::EventStream {
             return Response::from_parts(parts, body.boxed());
         }
         parts.headers.remove(header::CONTENT_LENGTH);
-        let tracker = crate::inspect::Tracker::default();
-        let inspector = Inspector::with_tracker(set, who, self.counters.clone(), tracker.clone());
+        // Answers on a stream settle only the legacy session's calls, which it has if it
+        // announces an endpoint.
+        let calls = Calls::default();
+        let inspector =
+            Inspector::for_session_stream(set, who, self.counters.clone(), calls.clone());
         let mut sse = SseBody::new(body, inspector, Vec::new());
         if is_get {
             // A legacy HTTP+SSE stream announces where its session posts.
@@ -750,7 +875,7 @@ impl Proxy {
                         key,
                         LegacySession {
                             events: tx.clone(),
-                            reserved: tracker.clone(),
+                            calls: calls.clone(),
                         },
                     );
                     rewritten
@@ -776,7 +901,7 @@ impl Proxy {
             key.to_string(),
             LegacyHandle {
                 events: s.events.clone(),
-                reserved: s.reserved.clone(),
+                calls: s.calls.clone(),
             },
         ))
     }
@@ -800,7 +925,7 @@ impl Proxy {
 /// A handle to a legacy session's stream, usable without the registry lock.
 struct LegacyHandle {
     events: mpsc::UnboundedSender<Bytes>,
-    reserved: crate::inspect::Tracker,
+    calls: Calls,
 }
 
 /// Registers legacy sessions from inside an SSE body (which outlives the request borrow).
@@ -828,6 +953,16 @@ fn endpoint_key(data: &str, upstream_authority: &str) -> (String, Option<String>
         return (path.to_string(), rewritten);
     }
     (data.to_string(), None)
+}
+
+/// The answer to a request whose id is in flight in its session already.
+fn in_flight(m: &Message<'_>) -> Value {
+    jsonrpc::error_response(
+        m.id_value(),
+        jsonrpc::INVALID_REQUEST,
+        "Invalid Request: a request with this id is already in flight in this session; give each request its own id",
+        None,
+    )
 }
 
 fn accepted() -> Resp {
@@ -883,6 +1018,15 @@ pub fn denial_message(id: Value, d: &Denial, modern: bool) -> Value {
     }
 }
 
+/// Whether a field is present but cannot be read one way: twice, or with a byte that is not
+/// visible ASCII (which `to_str` would take for absent).
+fn unreadable_field(headers: &HeaderMap, name: &HeaderName) -> bool {
+    let mut values = headers.get_all(name).iter();
+    values
+        .next()
+        .is_some_and(|v| v.to_str().is_err() || values.next().is_some())
+}
+
 /// Stateless MCP (2026-07-28) mirrors the method and name in headers; a request whose headers
 /// say something its body does not is refused, so routing and policy can never disagree.
 fn check_mcp_headers(
@@ -890,6 +1034,18 @@ fn check_mcp_headers(
     messages: &[Message<'_>],
     batch: bool,
 ) -> Result<(), String> {
+    for name in [
+        &MCP_SESSION_ID,
+        &MCP_PROTOCOL_VERSION,
+        &MCP_METHOD,
+        &MCP_NAME,
+    ] {
+        if unreadable_field(headers, name) {
+            return Err(format!(
+                "The {name} header must be one field of visible ASCII: the server could read it otherwise than the proxy"
+            ));
+        }
+    }
     let method = header_str(headers, MCP_METHOD);
     let name = header_str(headers, MCP_NAME);
     if method.is_none() && name.is_none() {

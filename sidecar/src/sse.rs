@@ -115,6 +115,18 @@ pub fn parse_event(raw: &[u8]) -> Option<Event<'_>> {
     Some(Event { name, data: data? })
 }
 
+/// Whether every line of an event without data is one a client ignores or reads as no message:
+/// empty, a comment, or an `id`, `event` or `retry` field.
+fn only_known_fields(raw: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return false;
+    };
+    lines(text).all(|line| {
+        let field = line.split_once(':').map_or(line, |(f, _)| f);
+        line.is_empty() || line.starts_with(':') || matches!(field, "id" | "event" | "retry")
+    })
+}
+
 /// The lines of an event, split at every CR and LF (a CRLF leaves an empty line between,
 /// which no field reads).
 fn lines(text: &str) -> impl Iterator<Item = &str> {
@@ -215,7 +227,15 @@ impl SseBody {
 
     fn process(&mut self, raw: Bytes) {
         let Some(event) = parse_event(&raw) else {
-            self.pending.push_back(raw);
+            // No data the proxy can read (a comment, a keep-alive, or bytes that are not
+            // UTF-8 or not fields): passed on unless a reader could find a message in it.
+            let why = "an event in its stream cannot be read";
+            match self.inspector.unreadable(&raw, why) {
+                Some(error) if !only_known_fields(&raw) => {
+                    self.pending.push_back(message_event(&error));
+                }
+                _ => self.pending.push_back(raw),
+            }
             return;
         };
         if event.name == Some("endpoint") {

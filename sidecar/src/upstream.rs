@@ -67,6 +67,15 @@ pub enum Error {
     Response(&'static str),
     #[error("the request body could not be read: {0}")]
     RequestBody(BoxError),
+    #[error("it did not answer within {} s (--upstream-head-timeout)", .0.as_secs_f64())]
+    HeadTimeout(Duration),
+}
+
+impl Error {
+    /// Whether the request surely never reached the server (so nothing in it ran).
+    pub fn never_sent(&self) -> bool {
+        matches!(self, Error::Connect(_))
+    }
 }
 
 /// A request body.
@@ -98,6 +107,10 @@ pub struct Upstream {
     idle: Mutex<VecDeque<Idle>>,
     idle_timeout: Duration,
     max_idle: usize,
+    /// How long an answer's head may take once the request is sent.
+    head_timeout: Duration,
+    /// How long an answer's body may go without a byte.
+    body_timeout: Duration,
 }
 
 struct Idle {
@@ -114,11 +127,20 @@ struct Conn {
 impl Upstream {
     /// A client for the server at `authority` (`host:port`).
     pub fn new(authority: &str) -> Arc<Self> {
+        let t = crate::deadline::Timeouts::default();
+        Self::with_timeouts(authority, t.upstream_head, t.upstream_body)
+    }
+
+    /// A client whose answers' heads must come within `head` and whose bodies may go without a
+    /// byte for at most `body`.
+    pub fn with_timeouts(authority: &str, head: Duration, body: Duration) -> Arc<Self> {
         Arc::new(Upstream {
             authority: authority.to_string(),
             idle: Mutex::new(VecDeque::new()),
             idle_timeout: Duration::from_secs(90),
             max_idle: 1024,
+            head_timeout: head,
+            body_timeout: body,
         })
     }
 
@@ -127,6 +149,16 @@ impl Upstream {
     /// `parts` must use origin-form (`uri` path and query); `Host` is set from the authority
     /// when absent. Framing headers of `parts` are replaced by the body's own.
     pub async fn send(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        body: Outgoing,
+    ) -> Result<Response<UpstreamBody>, Error> {
+        tokio::time::timeout(self.head_timeout, self.exchange(parts, body))
+            .await
+            .map_err(|_| Error::HeadTimeout(self.head_timeout))?
+    }
+
+    async fn exchange(
         self: &Arc<Self>,
         parts: &http::request::Parts,
         mut body: Outgoing,
@@ -167,6 +199,7 @@ impl Upstream {
                 pool: self.clone(),
             }),
             error: None,
+            stall: crate::deadline::Stall::new(self.body_timeout, "the MCP server's answer"),
         };
         body.settle();
         let mut resp = Response::new(body);
@@ -269,7 +302,7 @@ impl Upstream {
 
     /// Another client to the same server, with a pool of its own (one per worker thread).
     pub fn for_another_worker(&self) -> Arc<Self> {
-        Upstream::new(&self.authority)
+        Upstream::with_timeouts(&self.authority, self.head_timeout, self.body_timeout)
     }
 
     /// Idle connections held, for tests.
@@ -568,6 +601,8 @@ pub struct UpstreamBody {
     read: Option<Reader>,
     /// An error found while moving past framing, for the next poll.
     error: Option<BoxError>,
+    /// How long the body may go without a byte.
+    stall: crate::deadline::Stall,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -625,7 +660,14 @@ impl Body for UpstreamBody {
             return Poll::Ready(this.error.take().map(Err));
         };
         let closed_early = "the MCP server closed the connection before the body's end";
-        match ready!(r.framing.poll_next(&mut r.conn, cx, closed_early)) {
+        let polled = r.framing.poll_next(&mut r.conn, cx, closed_early);
+        if polled.is_pending() {
+            let stalled = ready!(this.stall.poll_waiting(cx));
+            this.read = None;
+            return Poll::Ready(Some(Err(stalled.into())));
+        }
+        this.stall.progressed();
+        match ready!(polled) {
             Ok(Some(data)) => {
                 this.settle();
                 Poll::Ready(Some(Ok(Frame::data(data))))

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tollgate_sidecar::BoxError;
 use tollgate_sidecar::conn::{self, Handler, RequestBody, Served};
+use tollgate_sidecar::deadline::Timeouts;
 use tollgate_sidecar::proxy::ProxyBody;
 
 /// Answers `METHOD PATH BODY`, and notes `METHOD PATH` of every request it is handed.
@@ -33,6 +34,8 @@ struct Echo {
     release: Arc<Notify>,
     seen: Arc<Mutex<Vec<String>>>,
     abandoned: Arc<AtomicBool>,
+    /// Deadlines other than the defaults.
+    timeouts: Option<Timeouts>,
 }
 
 const LARGE: usize = 4 << 20;
@@ -53,6 +56,10 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 
 impl Handler for Echo {
     type Body = ProxyBody;
+
+    fn timeouts(&self) -> Timeouts {
+        self.timeouts.unwrap_or_default()
+    }
 
     fn call(
         &self,
@@ -108,10 +115,29 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with(Echo::default()).await
+}
+
+/// A server whose every deadline is `every`.
+async fn impatient(every: Duration) -> Server {
+    server_with(Echo {
+        timeouts: Some(Timeouts {
+            first_byte: every,
+            head: every,
+            body: every,
+            idle: every,
+            write: every,
+            ..Timeouts::default()
+        }),
+        ..Echo::default()
+    })
+    .await
+}
+
+async fn server_with(handler: Echo) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopping) = watch::channel(false);
-    let handler = Echo::default();
     let (tx, accepted) = tokio::sync::mpsc::unbounded_channel();
     let h = handler.clone();
     tokio::spawn(async move {
@@ -546,4 +572,111 @@ async fn a_head_that_stops_arriving_is_answered_408_and_closed() {
     assert!(body.contains("did not arrive within 30 s"), "{body}");
     assert!(closed(&mut c).await);
     assert!(s.seen().is_empty());
+}
+
+#[tokio::test]
+async fn http1_that_starts_like_the_http2_preface_is_read_by_our_rules_alone() {
+    let mut s = server().await;
+    // One byte first: before, a `P` alone handed the connection to hyper's HTTP/1 server.
+    for (request, why) in [
+        (
+            "POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+            "Content-Length",
+        ),
+        ("POST /mcp HTTP/1.1\r\nContent-Length: 1\r\n\r\na", "Host"),
+        (
+            "POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "both",
+        ),
+        ("PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n", "cannot be read"),
+    ] {
+        let mut c = connect(s.addr).await;
+        send(&mut c, &request.as_bytes()[..1]).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        send(&mut c, &request.as_bytes()[1..]).await;
+        let a = answer(&mut c).await;
+        assert!(
+            a.head.starts_with("http/1.1 400"),
+            "{request:?}: {}",
+            a.head
+        );
+        assert!(
+            String::from_utf8_lossy(&a.body).contains(why),
+            "{request:?}"
+        );
+        assert!(!s.served().await.http2, "{request:?}");
+    }
+    assert!(s.seen().is_empty(), "the handler saw none of them");
+}
+
+#[tokio::test]
+async fn http2_is_served_once_its_whole_preface_has_come_in_pieces() {
+    let mut s = server().await;
+    let mut c = connect(s.addr).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for piece in preface.chunks(5) {
+        send(&mut c, piece).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send(&mut c, &[0, 0, 0, 4, 0, 0, 0, 0, 0]).await; // an empty SETTINGS frame
+    let mut frame = [0u8; 9];
+    c.read_exact(&mut frame).await.unwrap();
+    assert_eq!(
+        frame[3], 4,
+        "the server answers with its SETTINGS frame: {frame:?}"
+    );
+    drop(c);
+    assert!(s.served().await.http2);
+}
+
+#[tokio::test]
+async fn connections_that_send_nothing_stop_inside_a_head_or_idle_are_closed_at_their_deadlines() {
+    let every = Duration::from_millis(300);
+    let mut s = impatient(every).await;
+    for (sent, status) in [
+        (&b""[..], None),
+        (b"P", None),
+        (b"PRI * HTTP/2.0\r\n", None),
+        (
+            b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-",
+            Some("http/1.1 408"),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let mut c = connect(s.addr).await;
+        send(&mut c, sent).await;
+        let rest = rest(&mut c).await.expect("closed by the server");
+        assert!(started.elapsed() >= every, "{sent:?}");
+        let rest = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+        match status {
+            None => assert_eq!(rest, "", "{sent:?}"),
+            Some(status) => assert!(rest.starts_with(status), "{sent:?}: {rest}"),
+        }
+        s.served().await;
+    }
+    // A kept-alive connection waits for its next request only as long as `idle`.
+    let mut c = connect(s.addr).await;
+    send(&mut c, &post("/mcp", "1")).await;
+    assert_eq!(text(&mut c).await, "POST /mcp 1");
+    let started = std::time::Instant::now();
+    assert!(closed(&mut c).await);
+    assert!(started.elapsed() >= every);
+}
+
+#[tokio::test]
+async fn an_agent_that_stops_reading_loses_its_connection_at_the_write_deadline() {
+    let mut s = impatient(Duration::from_millis(300)).await;
+    let mut c = connect(s.addr).await;
+    send(&mut c, b"GET /large HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    // Not reading: the server's write makes no progress once the socket buffers are full.
+    tokio::time::timeout(Duration::from_secs(10), s.served())
+        .await
+        .expect("the server gave up on the connection");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+    assert!(
+        got.len() < LARGE,
+        "the answer was cut off: {} bytes",
+        got.len()
+    );
 }

@@ -1,0 +1,590 @@
+//! Reading JSON with certainty: a text is accepted only when every reader a peer may use
+//! (serde_json, Python's `json`, JavaScript's `JSON.parse`, Go's `encoding/json`) reads it one
+//! way, the way the proxy decides it.
+//!
+//! ```text
+//! bytes ─ UTF-8, no BOM? ─ RFC 8259 grammar, nothing after the value? ─ keys unique, escapes
+//!         whole, numbers exact in every reader? ─> &str (the same bytes, as text)
+//!                                               └> Unreadable { what, at } (refuse it)
+//! ```
+//!
+//! What readers disagree on is refused, never guessed: another encoding or a byte order mark
+//! (some decode it, others refuse it), invalid UTF-8 (some replace it), a lone surrogate in
+//! an escape, extensions some readers accept (`NaN`, `Infinity`, comments, single quotes,
+//! trailing commas, leading `+` or zeros), data after the value, an object with a key twice
+//! (readers keep the first, the last, or refuse), integers beyond ±2^53 (exact in Python,
+//! rounded in JavaScript) and numbers that overflow a double (`1e400` is infinity in Python,
+//! an error in serde_json). One pass over the bytes, allocating only for keys that hold an
+//! escape and for the key list of nested objects.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Deepest nesting read, as serde_json's own limit.
+pub const MAX_DEPTH: usize = 128;
+
+/// The largest integer every reader holds exactly (2^53).
+const MAX_EXACT_INTEGER: u64 = 1 << 53;
+
+/// Why a text cannot be read with certainty, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// What is wrong, for a person.
+    pub what: Cow<'static, str>,
+    /// The byte offset it was found at.
+    pub at: usize,
+    /// Whether the text is not JSON at all (a parse error), rather than JSON that readers
+    /// would read differently.
+    pub syntax: bool,
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at byte {})", self.what, self.at)
+    }
+}
+
+impl std::error::Error for Unreadable {}
+
+/// `bytes` as text, when they are exactly one JSON value that every reader reads the same way.
+pub fn read(bytes: &[u8]) -> Result<&str, Unreadable> {
+    let syntax = |what: &'static str, at: usize| Unreadable {
+        what: what.into(),
+        at,
+        syntax: true,
+    };
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        return Err(syntax("the text starts with a byte order mark", 0));
+    }
+    if bytes.starts_with(b"\xFE\xFF") || bytes.starts_with(b"\xFF\xFE") {
+        return Err(syntax("the text is UTF-16, not UTF-8", 0));
+    }
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| syntax("the text is not UTF-8", e.valid_up_to()))?;
+    Reader {
+        s: bytes,
+        at: 0,
+        keys: Vec::new(),
+        stack: Vec::new(),
+    }
+    .document()?;
+    Ok(text)
+}
+
+/// An open container: an object remembers where its keys start in the key list.
+#[derive(Clone, Copy)]
+enum Open {
+    Object { keys: usize },
+    Array,
+}
+
+struct Reader<'a> {
+    s: &'a [u8],
+    at: usize,
+    /// The keys of every object still open, innermost last.
+    keys: Vec<Cow<'a, str>>,
+    stack: Vec<Open>,
+}
+
+impl<'a> Reader<'a> {
+    fn fail(&self, what: impl Into<Cow<'static, str>>, syntax: bool) -> Unreadable {
+        Unreadable {
+            what: what.into(),
+            at: self.at,
+            syntax,
+        }
+    }
+
+    fn bad(&self, what: &'static str) -> Unreadable {
+        self.fail(what, true)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn document(mut self) -> Result<(), Unreadable> {
+        self.skip_ws();
+        if self.peek().is_none() {
+            return Err(self.bad("the text is empty"));
+        }
+        self.values()?;
+        self.skip_ws();
+        if self.at != self.s.len() {
+            return Err(self.bad("there is data after the JSON value"));
+        }
+        Ok(())
+    }
+
+    /// Reads one value and everything nested in it, without recursion.
+    fn values(&mut self) -> Result<(), Unreadable> {
+        'value: loop {
+            self.skip_ws();
+            match self.peek() {
+                Some(b'{') => {
+                    self.open(Open::Object {
+                        keys: self.keys.len(),
+                    })?;
+                    self.skip_ws();
+                    if self.peek() == Some(b'}') {
+                        self.at += 1;
+                        self.stack.pop();
+                    } else {
+                        self.member_key()?;
+                        continue 'value;
+                    }
+                }
+                Some(b'[') => {
+                    self.open(Open::Array)?;
+                    self.skip_ws();
+                    if self.peek() == Some(b']') {
+                        self.at += 1;
+                        self.stack.pop();
+                    } else {
+                        continue 'value;
+                    }
+                }
+                Some(b'"') => {
+                    self.string()?;
+                }
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(_) => return Err(self.bad("a JSON value was expected")),
+                None => return Err(self.bad("the text ends inside a value")),
+            }
+            // After a value: the next member, or the end of containers.
+            loop {
+                let Some(&open) = self.stack.last() else {
+                    return Ok(());
+                };
+                self.skip_ws();
+                match (open, self.peek()) {
+                    (_, Some(b',')) => {
+                        self.at += 1;
+                        if let Open::Object { .. } = open {
+                            self.skip_ws();
+                            self.member_key()?;
+                        }
+                        continue 'value;
+                    }
+                    (Open::Object { keys }, Some(b'}')) => {
+                        self.at += 1;
+                        self.close_object(keys)?;
+                    }
+                    (Open::Array, Some(b']')) => {
+                        self.at += 1;
+                        self.stack.pop();
+                    }
+                    (_, None) => return Err(self.bad("the text ends inside a container")),
+                    (Open::Object { .. }, _) => {
+                        return Err(self.bad("',' or '}' was expected after an object member"));
+                    }
+                    (Open::Array, _) => {
+                        return Err(self.bad("',' or ']' was expected after an array item"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, open: Open) -> Result<(), Unreadable> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(self.fail(
+                format!("the value is nested deeper than {MAX_DEPTH} levels"),
+                false,
+            ));
+        }
+        self.at += 1;
+        self.stack.push(open);
+        Ok(())
+    }
+
+    /// A member's key and its colon.
+    fn member_key(&mut self) -> Result<(), Unreadable> {
+        if self.peek() != Some(b'"') {
+            return Err(self.bad("an object key must be a string in double quotes"));
+        }
+        let key = self.string()?;
+        self.keys.push(key);
+        self.skip_ws();
+        if self.peek() != Some(b':') {
+            return Err(self.bad("':' was expected after an object key"));
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    /// Ends an object: its keys must all differ, as they decode.
+    fn close_object(&mut self, start: usize) -> Result<(), Unreadable> {
+        self.stack.pop();
+        let keys = &mut self.keys[start..];
+        let twice = if keys.len() <= 16 {
+            keys.iter()
+                .enumerate()
+                .find_map(|(i, k)| keys[..i].contains(k).then(|| k.clone()))
+        } else {
+            keys.sort_unstable();
+            keys.windows(2)
+                .find_map(|w| (w[0] == w[1]).then(|| w[0].clone()))
+        };
+        if let Some(key) = twice {
+            return Err(self.fail(
+                format!("the key {key:?} appears twice in one object"),
+                false,
+            ));
+        }
+        self.keys.truncate(start);
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), Unreadable> {
+        if self.s[self.at..].starts_with(word) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(self.bad("a JSON value was expected"))
+        }
+    }
+
+    /// A string, at its opening quote; returns its text, decoded when it holds an escape.
+    fn string(&mut self) -> Result<Cow<'a, str>, Unreadable> {
+        self.at += 1;
+        let start = self.at;
+        let mut decoded: Option<String> = None;
+        let mut plain = start;
+        loop {
+            let Some(b) = self.peek() else {
+                return Err(self.bad("the text ends inside a string"));
+            };
+            match b {
+                b'"' => {
+                    let end = self.at;
+                    self.at += 1;
+                    // Valid UTF-8 was checked for the whole text, and quotes and escapes are
+                    // ASCII, so every slice between them is whole characters.
+                    let raw = std::str::from_utf8(&self.s[plain..end]).expect("checked UTF-8");
+                    return Ok(match decoded {
+                        None => Cow::Borrowed(raw),
+                        Some(mut d) => {
+                            d.push_str(raw);
+                            Cow::Owned(d)
+                        }
+                    });
+                }
+                b'\\' => {
+                    let d = decoded.get_or_insert_with(String::new);
+                    d.push_str(std::str::from_utf8(&self.s[plain..self.at]).expect("checked"));
+                    let c = self.escape()?;
+                    d.push(c);
+                    plain = self.at;
+                }
+                0..=0x1F => {
+                    return Err(self.bad("a string holds a control character; escape it"));
+                }
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    /// One escape, at its backslash.
+    fn escape(&mut self) -> Result<char, Unreadable> {
+        self.at += 1;
+        let c = match self.peek() {
+            Some(b'"') => '"',
+            Some(b'\\') => '\\',
+            Some(b'/') => '/',
+            Some(b'b') => '\u{8}',
+            Some(b'f') => '\u{c}',
+            Some(b'n') => '\n',
+            Some(b'r') => '\r',
+            Some(b't') => '\t',
+            Some(b'u') => {
+                self.at += 1;
+                let unit = self.hex4()?;
+                return match unit {
+                    0xD800..=0xDBFF => {
+                        if !self.s[self.at..].starts_with(b"\\u") {
+                            return Err(self.fail("a string holds a lone surrogate", false));
+                        }
+                        self.at += 2;
+                        let low = self.hex4()?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return Err(self.fail("a string holds a lone surrogate", false));
+                        }
+                        let c = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+                        Ok(char::from_u32(c).expect("a surrogate pair is a character"))
+                    }
+                    0xDC00..=0xDFFF => Err(self.fail("a string holds a lone surrogate", false)),
+                    _ => Ok(char::from_u32(unit).expect("not a surrogate")),
+                };
+            }
+            _ => return Err(self.bad("a string holds an escape JSON does not have")),
+        };
+        self.at += 1;
+        Ok(c)
+    }
+
+    fn hex4(&mut self) -> Result<u32, Unreadable> {
+        let digits = self
+            .s
+            .get(self.at..self.at + 4)
+            .ok_or_else(|| self.bad("a \\u escape needs four hex digits"))?;
+        let mut unit = 0;
+        for &d in digits {
+            let v = (d as char)
+                .to_digit(16)
+                .ok_or_else(|| self.bad("a \\u escape needs four hex digits"))?;
+            unit = unit * 16 + v;
+        }
+        self.at += 4;
+        Ok(unit)
+    }
+
+    /// A number: RFC 8259's grammar, an integer exact in every reader, a double that is finite.
+    fn number(&mut self) -> Result<(), Unreadable> {
+        let start = self.at;
+        let digits = |r: &mut Self| {
+            let from = r.at;
+            while let Some(b'0'..=b'9') = r.peek() {
+                r.at += 1;
+            }
+            r.at - from
+        };
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return Err(self.bad("a number has a leading zero"));
+                }
+            }
+            Some(b'1'..=b'9') => {
+                digits(self);
+            }
+            _ => return Err(self.bad("a number needs a digit after its sign")),
+        }
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            integer = false;
+            if digits(self) == 0 {
+                return Err(self.bad("a number needs digits after its decimal point"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            integer = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if digits(self) == 0 {
+                return Err(self.bad("a number needs digits in its exponent"));
+            }
+        }
+        let text = std::str::from_utf8(&self.s[start..self.at]).expect("ASCII");
+        let unsigned = text.strip_prefix('-').unwrap_or(text);
+        let exact = if integer {
+            // Up to 15 digits always fits; longer ones are read to check.
+            unsigned.len() <= 15
+                || unsigned
+                    .parse::<u64>()
+                    .is_ok_and(|n| n <= MAX_EXACT_INTEGER)
+        } else {
+            text.parse::<f64>().is_ok_and(f64::is_finite)
+        };
+        if !exact {
+            let at = start;
+            return Err(Unreadable {
+                what: if integer {
+                    format!("the integer {text} is beyond ±2^53, which readers round differently")
+                } else {
+                    format!("the number {text} does not fit in a double")
+                }
+                .into(),
+                at,
+                syntax: false,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(text: &[u8]) -> Result<(), String> {
+        read(text).map(|_| ()).map_err(|e| e.what.into_owned())
+    }
+
+    #[test]
+    fn plain_json_of_every_kind_is_read() {
+        for ok in [
+            "{}",
+            "[]",
+            " \t\r\n{\"a\" : [1, -0, 0.5, -1.5e-300, 1E+2, 9007199254740992, -9007199254740992, true, false, null, \"\"]} \n",
+            r#"{"a":{"a":{"a":1}},"b":[{"a":1},{"a":2}]}"#,
+            r#""\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00""#,
+            r#"{"x\u0079":1,"xz":2}"#,
+            "\"é ü 😀\"",
+            "1e-400",
+            "123456789012345",
+        ] {
+            assert_eq!(verdict(ok.as_bytes()), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn what_readers_could_read_differently_is_refused_naming_the_problem() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b"  ", "empty"),
+            (b"\xEF\xBB\xBF{}", "byte order mark"),
+            (b"\xFF\xFE{\x00}\x00", "UTF-16"),
+            (b"{\x00}\x00", "an object key must be a string"),
+            (b"[\x00]", "a JSON value was expected"),
+            (b"{\"a\":\"\xC3\x28\"}", "not UTF-8"),
+            (b"{\"a\":\"\xED\xA0\x80\"}", "not UTF-8"),
+            (br#"{"a":"\ud800"}"#, "lone surrogate"),
+            (br#"{"a":"\udc00\ud800"}"#, "lone surrogate"),
+            (br#"{"a":"\ud800\u0041"}"#, "lone surrogate"),
+            (br#"{"a":"\x41"}"#, "escape JSON does not have"),
+            (br#"{"a":"\u12"}"#, "four hex digits"),
+            (b"{\"a\":\"tab\there\"}", "control character"),
+            (b"NaN", "a JSON value was expected"),
+            (b"[Infinity]", "a JSON value was expected"),
+            (b"[-Infinity]", "digit after its sign"),
+            (b"[+1]", "a JSON value was expected"),
+            (b"[01]", "leading zero"),
+            (b"[1.]", "decimal point"),
+            (b"[.5]", "a JSON value was expected"),
+            (b"[1e]", "exponent"),
+            (b"[0x10]", "',' or ']'"),
+            (b"[1e400]", "does not fit in a double"),
+            (b"[-1e400]", "does not fit in a double"),
+            (b"[9007199254740993]", "beyond"),
+            (b"[-18446744073709551616]", "beyond"),
+            (b"[1,]", "a JSON value was expected"),
+            (b"{\"a\":1,}", "an object key must be a string"),
+            (b"{'a':1}", "an object key must be a string"),
+            (b"{a:1}", "an object key must be a string"),
+            (b"{\"a\" 1}", "':' was expected"),
+            (b"// c\n{}", "a JSON value was expected"),
+            (b"{}/* c */", "data after"),
+            (b"{} {}", "data after"),
+            (b"{}x", "data after"),
+            (b"[1", "ends inside a container"),
+            (b"\"abc", "ends inside a string"),
+            (b"tru", "a JSON value was expected"),
+            (br#"{"a":1,"a":2}"#, "the key \"a\" appears twice"),
+            (
+                br#"{"x":[{"b":{"c":1,"c":1}}]}"#,
+                "the key \"c\" appears twice",
+            ),
+            (br#"{"xy":1,"x\u0079":2}"#, "the key \"xy\" appears twice"),
+            (
+                "{\"\\u00e9\":1,\"é\":2}".as_bytes(),
+                "the key \"é\" appears twice",
+            ),
+        ];
+        for (text, why) in cases {
+            let got = verdict(text);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{:?}: {got:?}, wanted {why:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn keys_twice_are_found_in_large_objects_and_the_same_key_may_recur_at_other_depths() {
+        let mut many: String = (0..500)
+            .map(|i| format!("\"k{i}\":{{\"k{i}\":1}},"))
+            .collect();
+        many.insert(0, '{');
+        let unique = format!("{}\"last\":0}}", many);
+        assert_eq!(verdict(unique.as_bytes()), Ok(()));
+        let twice = format!("{}\"k250\":0}}", many);
+        assert!(
+            verdict(twice.as_bytes())
+                .unwrap_err()
+                .contains("\"k250\" appears twice")
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(verdict(deep(MAX_DEPTH).as_bytes()), Ok(()));
+        assert!(
+            verdict(deep(MAX_DEPTH + 1).as_bytes())
+                .unwrap_err()
+                .contains("deeper")
+        );
+        assert!(verdict("[".repeat(1_000_000).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn whatever_is_read_is_read_by_serde_json_as_the_same_value() {
+        // A small generator of JSON-like texts, mutated: whatever strict reading accepts,
+        // serde_json must read too (the converse is not wanted: serde accepts keys twice).
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"a\"",
+            "\"b\"",
+            "1",
+            "-0",
+            "1.5e3",
+            "true",
+            "null",
+            " ",
+            "\"\\u00e9\"",
+            "\"\\ud800\"",
+            "1e400",
+            "9007199254740993",
+            "\u{e9}",
+            "\"",
+        ];
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let n = 1 + next() as usize % 12;
+            let text: String = (0..n)
+                .map(|_| pieces[next() as usize % pieces.len()])
+                .collect();
+            if read(text.as_bytes()).is_ok() {
+                accepted += 1;
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+                    "accepted but serde refuses: {text}"
+                );
+            }
+        }
+        assert!(
+            accepted > 1000,
+            "the generator reaches valid texts ({accepted})"
+        );
+    }
+}
