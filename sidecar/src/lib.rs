@@ -33,5 +33,11 @@ pub mod strict;
 mod tool_name;
 pub mod upstream;
 
+/// What the fuzz targets (`fuzz/`) reach that the crate keeps to itself.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::tool_name::tool_name;
+}
+
 /// The error of a response body: whatever failed while it was read.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -247,6 +247,11 @@ impl SseBody {
             self.pending.push_back(out);
             return;
         }
+        if event.data.trim_ascii().is_empty() {
+            // No message (a resumable stream's priming event): nothing any client reads.
+            self.pending.push_back(raw);
+            return;
+        }
         match self.inspector.inspect_text(&event.data) {
             Some(changed) => self.pending.push_back(rewrite_event(&raw, &changed)),
             None => self.pending.push_back(raw),

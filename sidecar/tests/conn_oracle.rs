@@ -6,76 +6,18 @@
 //! built for (two Host fields, Content-Length lists, framing two ways).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate_sidecar::conn::{self, Handler, RequestBody};
-use tollgate_sidecar::proxy::ProxyBody;
+use tollgate_sidecar::conn;
 
 mod oracle;
+#[path = "oracle/servers.rs"]
+mod servers;
 use oracle::{Rng, env_or, mutate};
-
-/// A request as a handler was handed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    method: String,
-    uri: String,
-    version: String,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
-}
-
-type Log = Arc<Mutex<Vec<Seen>>>;
-
-fn note(log: &Log, parts: http::request::Parts, body: Option<Bytes>) {
-    // A body that could not be read whole is no request handed over.
-    let Some(body) = body else { return };
-    log.lock().push(Seen {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        version: format!("{:?}", parts.version),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect(),
-        body: body.to_vec(),
-    });
-}
-
-#[derive(Clone, Default)]
-struct Noting(Log);
-
-impl Handler for Noting {
-    type Body = ProxyBody;
-
-    fn call(
-        &self,
-        req: Request<RequestBody>,
-        _peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
-        let log = self.0.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let body = body.collect().await.ok().map(|c| c.to_bytes());
-            note(&log, parts, body);
-            Response::new(
-                Full::new(Bytes::from_static(b"ok"))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-        }
-    }
-}
+use servers::{Log, Noting, Seen, serve_hyper};
 
 /// Sends `bytes` and reads until the server closes or goes quiet.
 async fn exchange(addr: SocketAddr, bytes: &[u8]) {
@@ -113,20 +55,7 @@ async fn hypers(bytes: &[u8]) -> Vec<Seen> {
     let l = log.clone();
     let server = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let log = l.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect().await.ok().map(|c| c.to_bytes());
-                note(&log, parts, body);
-                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                    b"ok",
-                ))))
-            }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
+        serve_hyper(stream, l).await;
     });
     exchange(addr, bytes).await;
     server.abort();

@@ -95,7 +95,8 @@ def debug_bins() -> Path:
 
 @pytest.fixture(scope="session")
 def tollgate_bin(debug_bins) -> Path:
-    return debug_bins / "tollgate"
+    # TOLLGATE_BIN runs the suites against another build (an older release, say).
+    return Path(os.environ.get("TOLLGATE_BIN") or debug_bins / "tollgate")
 
 
 @pytest.fixture

@@ -105,8 +105,21 @@ def test_e2e_requests_without_json_rpc_pass_through_unchanged(sample_server, pro
     through = httpx.get(f"{px.url}/.well-known/oauth-protected-resource")
     assert through.status_code == direct.status_code
     assert through.content == direct.content
-    r = httpx.post(f"{px.url}/not-mcp", content=b"name=value", headers={"content-type": "application/x-www-form-urlencoded"})
-    assert r.status_code == httpx.post(f"{srv.url}/not-mcp", content=b"name=value", headers={"content-type": "application/x-www-form-urlencoded"}).status_code
+
+def test_e2e_a_body_that_is_not_json_rpc_passes_only_on_a_path_the_user_named(sample_server, proxy):
+    srv = sample_server()
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    px = proxy(srv.url, SAMPLE_POLICY)
+    r = httpx.post(f"{px.url}/oauth/token", content=b"name=value", headers=form)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, -32700), r.text
+    assert "one JSON-RPC message or batch" in r.json()["error"]["message"]
+    px = proxy(srv.url, SAMPLE_POLICY, "--passthrough-paths", "/oauth/*,/exact")
+    direct = httpx.post(f"{srv.url}/oauth/token", content=b"name=value", headers=form)
+    for path in ["/oauth/token", "/exact"]:
+        r = httpx.post(f"{px.url}{path}", content=b"name=value", headers=form)
+        assert r.status_code == direct.status_code != 400, r.text
+    r = httpx.post(f"{px.url}/exact/more", content=b"name=value", headers=form)
+    assert r.status_code == 400, "an exact path names only itself"
 
 
 def test_e2e_bad_input_gets_a_clear_json_rpc_error(sample_server, proxy):
@@ -134,8 +147,9 @@ def test_e2e_arguments_with_a_key_twice_are_refused_before_the_server_sees_them(
     body = '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"create_charge",' \
         '"arguments":{"amount":90000,"currency":"usd","amount":100}}}'
     r = httpx.post(url, headers=h, content=body.encode())
-    (answer,) = messages(r)
-    assert answer["id"] == 5 and answer["error"]["code"] == -32602, answer
+    assert r.status_code == 400
+    answer = r.json()
+    assert answer["error"]["code"] == -32600, answer
     assert 'the key "amount" appears twice' in answer["error"]["message"]
     # The same call written once is decided and run as usual.
     r = httpx.post(url, headers=h, json=call(6, "create_charge", {"amount": 100, "currency": "usd"}))

@@ -48,12 +48,29 @@ def test_e2e_rate_limit_denies_the_call_past_the_limit(sample_server, proxy, mod
     assert px.metric("tollgate_decisions_total", tool="create_issue", outcome="deny") == 1
 
 
-def test_e2e_failed_calls_spend_no_quota(sample_server, proxy):
+def test_e2e_a_tool_that_ran_and_failed_spends_its_quota(sample_server, proxy):
     srv = sample_server()
     px = proxy(srv.url, SAMPLE_POLICY)
-    # `fail` allows 2 calls a minute; each fails at the server, so its counter is rolled back.
-    seen = session(f"{px.url}/mcp", "legacy", [("fail", {"message": "boom"}) for _ in range(5)])
-    assert [c[0] for c in seen["calls"]] == ["error"] * 5, seen
+    # `fail` allows 2 calls a minute. It runs, then raises: the SDK answers with an `isError`
+    # result, so the tool ran and each call counts; the third is denied.
+    seen = session(f"{px.url}/mcp", "legacy", [("fail", {"message": "boom"}) for _ in range(3)])
+    assert [c[0] for c in seen["calls"]] == ["error", "error", "denied"], seen
+
+
+def test_e2e_a_call_the_server_refused_before_running_spends_no_quota(sample_server, proxy):
+    import httpx
+    from rpc import messages, open_session
+
+    srv = sample_server("--json")
+    px = proxy(srv.url, SAMPLE_POLICY)
+    h = open_session(f"{px.url}/mcp")
+    # The SDK refuses params that are not a tools/call's (-32602) before any tool runs.
+    bad = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fail", "arguments": "not an object"}}
+    for i in range(4):
+        [m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json={**bad, "id": i + 1}))
+        assert m["error"]["code"] == -32602, m
+    seen = session(f"{px.url}/mcp", "legacy", [("fail", {"message": "boom"}) for _ in range(3)])
+    assert [c[0] for c in seen["calls"]] == ["error", "error", "denied"], seen
 
 
 def test_e2e_denied_calls_never_reach_the_server(sample_server, proxy):

@@ -1,0 +1,89 @@
+"""An MCP server (Python SDK 2.x) that writes down every tool run, with the arguments the tool
+actually ran with (after the SDK parsed and validated them), one JSON line each:
+
+    python tests/e2e/recording_server.py --port 8000 --record runs.jsonl [--transport sse] [--json]
+
+The bypass suite reads the record to see what a server really ran, whatever the proxy said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import anyio
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+
+mcp = MCPServer("recording")
+RECORD: str = ""
+
+
+def record(tool: str, **args) -> None:
+    def plain(v):
+        # json.dumps writes NaN and Infinity as bare words: keep them readable as strings.
+        return repr(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+    with open(RECORD, "a") as f:
+        f.write(json.dumps({"tool": tool, "args": {k: plain(v) for k, v in args.items()}, "t": time.time()}) + "\n")
+
+
+@mcp.tool()
+def read_file(path: str) -> str:
+    record("read_file", path=path)
+    return f"contents of {path}"
+
+
+@mcp.tool()
+def delete_repository(name: str) -> str:
+    record("delete_repository", name=name)
+    return f"deleted {name}"
+
+
+@mcp.tool()
+def create_charge(amount: float, currency: str) -> str:
+    record("create_charge", amount=amount, currency=currency)
+    return f"charged {amount} {currency}"
+
+
+@mcp.tool()
+def run_query(sql: str) -> str:
+    record("run_query", sql=sql)
+    return f"ran {sql}"
+
+
+@mcp.tool()
+def create_issue(title: str) -> str:
+    record("create_issue", title=title)
+    return f"created {title}"
+
+
+@mcp.tool()
+async def slow_issue(title: str, seconds: float = 0.5) -> str:
+    """Runs first, then takes its time: a cancellation comes after the work is done."""
+    record("slow_issue", title=title)
+    await anyio.sleep(seconds)
+    return f"created {title} slowly"
+
+
+def main() -> None:
+    global RECORD
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--record", required=True)
+    p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    RECORD = a.record
+    open(RECORD, "a").close()
+    if a.transport == "sse":
+        app = mcp.sse_app(host="127.0.0.1")
+    else:
+        app = mcp.streamable_http_app(json_response=a.json, host="127.0.0.1")
+    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
