@@ -272,6 +272,15 @@ impl PolicySet {
         }
     }
 
+    /// Whether a policy of the set names `path` as one whose request bodies are not MCP.
+    pub fn passes_through(&self, path: &str) -> bool {
+        self.policies.iter().any(|p| {
+            p.passthrough_paths
+                .iter()
+                .any(|pat| path_matches(pat, path))
+        })
+    }
+
     /// A set that denies everything: what the sidecar enforces before any policy loads.
     pub fn deny_all(reason: &str) -> PolicySet {
         let spec = PolicySpec {
@@ -452,6 +461,8 @@ pub struct CompiledPolicy {
     counters: HashMap<(String, String), (Window, Scope), RandomState>,
     /// The kinds of non-tool entries the policy names (`resource:`, `prompt:`).
     prefixes: Vec<&'static str>,
+    /// Paths whose request bodies are not MCP.
+    passthrough_paths: Vec<String>,
 }
 
 /// Entry-name prefixes for what is decided besides tools.
@@ -567,6 +578,7 @@ impl CompiledPolicy {
             globs,
             wildcard,
             counters,
+            passthrough_paths: spec.passthrough_paths.clone(),
         })
     }
 
@@ -1024,6 +1036,21 @@ fn loosely_equal(a: &Value, b: &Value) -> bool {
     match (scalar_text(a), scalar_text(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
+    }
+}
+
+/// Whether `pattern` can name passthrough paths: it starts with `/`, and has `*` only at its end.
+pub fn is_path_pattern(pattern: &str) -> bool {
+    pattern.starts_with('/') && pattern.find('*').is_none_or(|at| at == pattern.len() - 1)
+}
+
+/// Whether a passthrough path pattern names `path`: the same path, or, for a pattern ending in
+/// `*`, any path that starts with what comes before it. Compared as written: no decoding, no
+/// case folding, so `/oauth/token` does not name `/OAUTH/token` or `/oauth%2Ftoken`.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
     }
 }
 

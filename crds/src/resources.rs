@@ -81,6 +81,15 @@ pub struct PolicySpec {
     /// `isError: true`, which some agents read more readily.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny_as: Option<DenyAs>,
+
+    /// Paths of the MCP server whose request bodies are not MCP (an OAuth token endpoint, say)
+    /// and go through unread: an exact path (`/oauth/token`) or a prefix ending in `*`
+    /// (`/oauth/*`). Every other request body must be one JSON-RPC message or batch, or it is
+    /// refused. A path named by any policy applying to the pod passes, whoever calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::cel::Rule::new("self.all(p, p.startsWith('/'))").message("passthroughPaths entries must start with /"))]
+    #[schemars(length(max = 64))]
+    pub passthrough_paths: Vec<String>,
 }
 
 /// A cluster-wide policy: the same language as [`McpPolicy`], plus which namespaces it reaches.

@@ -98,6 +98,16 @@ pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
     for (i, s) in spec.subjects.iter().enumerate() {
         validate_subject(&format!("spec.subjects[{i}]"), s, &mut out);
     }
+    for (i, p) in spec.passthrough_paths.iter().enumerate() {
+        if !crate::decide::is_path_pattern(p) {
+            out.push(Problem::new(
+                format!("spec.passthroughPaths[{i}]"),
+                format!(
+                    "{p:?} is not a path: write one starting with /, with * only at its end (/oauth/*)"
+                ),
+            ));
+        }
+    }
 
     // Counters each entry defines: (entry scope, counter) -> (window, where).
     let mut counters: HashMap<(String, String), (crate::Window, String)> = HashMap::new();

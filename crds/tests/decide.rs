@@ -707,3 +707,23 @@ fn lists_that_depend_on_the_caller_are_never_answered_from_another_callers_list(
         assert!(s.visible("x", &alice));
     }
 }
+
+#[test]
+fn a_path_named_by_any_policy_passes_through_exactly_or_by_prefix() {
+    let s = set(&[
+        "tools: {}",
+        "passthroughPaths: [/oauth/token, /.well-known/*]",
+    ]);
+    for (path, passes) in [
+        ("/oauth/token", true),
+        ("/oauth/token/x", false),
+        ("/OAUTH/token", false),
+        ("/oauth%2Ftoken", false),
+        ("/.well-known/openid-configuration", true),
+        ("/.well-known", false),
+        ("/mcp", false),
+    ] {
+        assert_eq!(s.passes_through(path), passes, "{path}");
+    }
+    assert!(!set(&["tools: {}"]).passes_through("/oauth/token"));
+}

@@ -106,3 +106,24 @@ fn a_valid_multi_document_file_loads_every_policy() {
     let names: Vec<&str> = loaded.iter().map(|l| l.policy.name.as_str()).collect();
     assert_eq!(names, ["mcppolicy/team-a/p", "mcpclusterpolicy/baseline"]);
 }
+
+#[test]
+fn passthrough_paths_must_be_paths_with_a_star_only_at_their_end() {
+    let problems = |paths: &str| {
+        let spec: tollgate_api::PolicySpec =
+            tollgate_api::load::yaml_from_str(&format!("passthroughPaths: {paths}")).unwrap();
+        tollgate_api::validate::validate_spec(&spec)
+            .into_iter()
+            .map(|p| p.path)
+            .collect::<Vec<_>>()
+    };
+    assert!(problems("[/oauth/token, /oauth/*, /]").is_empty());
+    assert_eq!(
+        problems("[oauth, /a*b, /ok, '*']"),
+        [
+            "spec.passthroughPaths[0]",
+            "spec.passthroughPaths[1]",
+            "spec.passthroughPaths[3]"
+        ]
+    );
+}

@@ -47,7 +47,9 @@ fuzz_target!(|data: &[u8]| {
         Some(Value::String(s)) => s.parse::<f64>().ok().filter(|_| tollgate_api::decide::is_json_number(s.as_bytes())),
         _ => None,
     };
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("");
+    fn text(v: Option<&Value>) -> &str {
+        v.and_then(Value::as_str).unwrap_or("")
+    }
     assert!(!text(args.get("sql")).contains("drop"), "{tool} {args}");
     match tool {
         "cap" => {

@@ -9,7 +9,7 @@ use tollgate_sidecar::fuzzing::tool_name;
 fuzz_target!(|data: &[u8]| {
     // tool_name reads text already known to be one JSON value, as a tool list's item is.
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if serde_json::from_str::<serde_json::value::RawValue>(text).is_err() {
+    if serde_json::from_str::<&serde_json::value::RawValue>(text).is_err() {
         return;
     }
     let ours = tool_name(text.trim());

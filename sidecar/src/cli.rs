@@ -187,6 +187,17 @@ struct ImportArgs {
     namespace: Option<String>,
 }
 
+/// `--passthrough-paths`, each checked as a policy's `passthroughPaths` entry is.
+fn passthrough_paths(paths: &[String]) -> anyhow::Result<Vec<String>> {
+    for p in paths {
+        anyhow::ensure!(
+            tollgate_api::decide::is_path_pattern(p),
+            "--passthrough-paths: {p:?} is not a path; write one starting with /, with * only at its end (/oauth/*)"
+        );
+    }
+    Ok(paths.to_vec())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     tollgate_api::validate::parse_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration; write e.g. 500ms, 1s, 2m"))
@@ -405,7 +416,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             max_body: args.max_body_bytes,
             allowed_origins: args.allowed_origins.clone(),
             verifier,
-            passthrough_paths: args.passthrough_paths.clone(),
+            passthrough_paths: passthrough_paths(&args.passthrough_paths)?,
             timeouts: crate::deadline::Timeouts {
                 first_byte: args.first_byte_timeout,
                 head: args.head_timeout,

@@ -80,14 +80,13 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// Whether bodies posted to `path` are forwarded without being read as JSON-RPC.
-    pub fn passes_through(&self, path: &str) -> bool {
+    /// Whether bodies posted to `path` are forwarded without being read as JSON-RPC: the flag
+    /// or a policy in force names it.
+    fn passes_through(&self, set: &PolicySet, path: &str) -> bool {
         self.passthrough_paths
             .iter()
-            .any(|p| match p.strip_suffix('*') {
-                Some(prefix) => path.starts_with(prefix),
-                None => p == path,
-            })
+            .any(|p| tollgate_api::decide::path_matches(p, path))
+            || set.passes_through(path)
     }
 }
 
@@ -346,13 +345,15 @@ impl Proxy {
             );
             return Err(json_response(StatusCode::FORBIDDEN, &body));
         }
-        // One read of the policy state per request: who is calling and what is allowed come
-        // from the same revision.
+        // A credential the proxy cannot read must not pass as no credential: the server may
+        // read it.
         if unreadable_field(req.headers(), &header::AUTHORIZATION) {
             return Err(unauthorized(
                 "the Authorization header must be one field of visible ASCII",
             ));
         }
+        // One read of the policy state per request: who is calling and what is allowed come
+        // from the same revision.
         let state = self.policy.current();
         let verifiers = [state.cluster_keys.as_deref(), self.cfg.verifier.as_ref()];
         let who = identity::identify(&verifiers, header_str(req.headers(), header::AUTHORIZATION))
@@ -380,7 +381,7 @@ impl Proxy {
                 .forward_stream(parts, Outgoing::Full(bytes), set, who, peer, start)
                 .await;
         }
-        if self.cfg.passes_through(parts.uri.path()) {
+        if self.cfg.passes_through(&set, parts.uri.path()) {
             // A path the user named as not MCP (an OAuth endpoint, say): forwarded as it is.
             return self
                 .forward(
@@ -449,39 +450,18 @@ impl Proxy {
         let mut kept: Vec<&str> = Vec::with_capacity(messages.len());
         let mut answered_denials: Vec<Value> = Vec::new();
         for m in &messages {
-            if let Some(cancelled) = m.cancelled_request().and_then(CallId::of) {
-                inspector.keep(&cancelled);
-            }
-            // A request is in flight once per session: a second with its id could be given
-            // the first one's answer, or the first one's refund.
-            let call_id = m.id.filter(|_| m.method.is_some()).and_then(CallId::of);
-            if call_id
-                .as_ref()
-                .is_some_and(|id| inspector.is_in_flight(id))
-            {
-                answered_denials.push(in_flight(m));
-                continue;
-            }
-            match self.decide(
+            match self.admit_message(
                 m,
                 &set,
                 &who,
                 session.as_deref(),
                 modern,
+                &mut inspector,
                 &mut audits,
                 start,
             ) {
-                Outcome::Forward(reserved) => match call_id {
-                    Some(id) => match inspector.begin(id, reserved) {
-                        Ok(()) => kept.push(m.raw),
-                        Err(InFlight(reserved)) => {
-                            self.counters.rollback(reserved);
-                            answered_denials.push(in_flight(m));
-                        }
-                    },
-                    None => kept.push(m.raw),
-                },
-                Outcome::Refuse(answer) => answered_denials.extend(answer),
+                None => kept.push(m.raw),
+                Some(answer) => answered_denials.extend(answer),
             }
         }
         let refused = messages.len() - kept.len();
@@ -533,7 +513,52 @@ impl Proxy {
         resp
     }
 
-    /// Decides one message; allowed calls have their counters reserved and tracked.
+    /// Decides one message of a request and, when it goes on to the server, puts it in flight
+    /// in its session: `None` to forward it, or what the client gets instead (nothing, for a
+    /// notification).
+    #[allow(clippy::too_many_arguments)]
+    fn admit_message(
+        &self,
+        m: &Message<'_>,
+        set: &Arc<PolicySet>,
+        who: &Identity,
+        session: Option<&str>,
+        modern: bool,
+        inspector: &mut Inspector,
+        audits: &mut Vec<PendingAudit>,
+        start: Instant,
+    ) -> Option<Option<Value>> {
+        if let Some(cancelled) = m.cancelled_request().and_then(CallId::of) {
+            inspector.keep(&cancelled);
+        }
+        // A request is in flight once per session: a second with its id could be given the
+        // first one's answer, or the first one's refund.
+        let call_id = m.id.filter(|_| m.method.is_some()).and_then(CallId::of);
+        if call_id
+            .as_ref()
+            .is_some_and(|id| inspector.is_in_flight(id))
+        {
+            return Some(Some(in_flight(m)));
+        }
+        match self.decide(m, set, who, session, modern, audits, start) {
+            Outcome::Refuse(answer) => Some(answer),
+            Outcome::Forward(reserved) => match call_id {
+                // A notification or a response has no id to put in flight.
+                None => None,
+                // Checked above, but another request of the session may have taken the id
+                // since.
+                Some(id) => inspector
+                    .begin(id, reserved)
+                    .err()
+                    .map(|InFlight(reserved)| {
+                        self.counters.rollback(reserved);
+                        Some(in_flight(m))
+                    }),
+            },
+        }
+    }
+
+    /// Decides one message; an allowed call has its counters reserved.
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,

@@ -120,6 +120,14 @@ def test_e2e_a_body_that_is_not_json_rpc_passes_only_on_a_path_the_user_named(sa
         assert r.status_code == direct.status_code != 400, r.text
     r = httpx.post(f"{px.url}/exact/more", content=b"name=value", headers=form)
     assert r.status_code == 400, "an exact path names only itself"
+    # A policy can name the path too, as the flag does.
+    named = SAMPLE_POLICY.replace("spec:\n", "spec:\n  passthroughPaths: [/oauth/*]\n", 1)
+    assert "passthroughPaths" in named
+    px = proxy(srv.url, named)
+    r = httpx.post(f"{px.url}/oauth/token", content=b"name=value", headers=form)
+    assert r.status_code == direct.status_code != 400, r.text
+    r = httpx.post(f"{px.url}/mcp", content=b"name=value", headers=form)
+    assert r.status_code == 400, "other paths are still read as JSON-RPC"
 
 
 def test_e2e_bad_input_gets_a_clear_json_rpc_error(sample_server, proxy):
