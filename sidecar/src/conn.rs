@@ -491,6 +491,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
             "an HTTP/1.1 request needs exactly one Host header field",
         ));
     }
+    // `PRI` is the start of HTTP/2's preface, no HTTP/1.1 method (RFC 9113 §3.4), and the
+    // asterisk form is OPTIONS' alone (RFC 9112 §3.2.4): hyper refuses the first, and a server
+    // may read either otherwise than the proxy. Found by the `http_framing` fuzz target.
+    if method.as_str() == "PRI" {
+        return Err(bad(
+            "PRI is the start of HTTP/2's connection preface, not an HTTP/1.1 method",
+        ));
+    }
+    if uri == "*" && method != Method::OPTIONS {
+        return Err(bad("the request target * is for OPTIONS alone"));
+    }
     if method == Method::CONNECT {
         return Err(refusal(
             StatusCode::METHOD_NOT_ALLOWED,

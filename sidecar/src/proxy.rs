@@ -329,14 +329,16 @@ impl Proxy {
     /// decided by and who is calling, or the refusal.
     #[allow(clippy::result_large_err)]
     fn admit(&self, req: &Request<RequestBody>) -> Result<(Arc<PolicySet>, Arc<Identity>), Resp> {
-        if let Some(origin) = header_str(req.headers(), header::ORIGIN)
-            && !self.cfg.allowed_origins.is_empty()
-            && !self
-                .cfg
-                .allowed_origins
-                .iter()
-                .any(|o| o == origin || o == "*")
+        if !self.cfg.allowed_origins.is_empty()
+            && let Some(origin) = req.headers().get(header::ORIGIN)
+            && (unreadable_field(req.headers(), &header::ORIGIN)
+                || !self
+                    .cfg
+                    .allowed_origins
+                    .iter()
+                    .any(|o| o.as_bytes() == origin.as_bytes() || o == "*"))
         {
+            let origin = String::from_utf8_lossy(origin.as_bytes());
             let body = jsonrpc::error_response(
                 Value::Null,
                 jsonrpc::INVALID_REQUEST,
@@ -438,9 +440,12 @@ impl Proxy {
                 session.map_or_else(Calls::default, |id| self.sessions.calls(id)),
             ),
         };
-        if messages
-            .iter()
-            .any(|m| m.method.as_deref() == Some("tools/list"))
+        // The answer must be read when it holds a tool list: on this request's own response,
+        // unless the legacy transport answers on the session's stream (read there).
+        if legacy.is_none()
+            && messages
+                .iter()
+                .any(|m| m.method.as_deref() == Some("tools/list"))
         {
             inspector.expect_list();
         }

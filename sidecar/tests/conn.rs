@@ -680,3 +680,35 @@ async fn an_agent_that_stops_reading_loses_its_connection_at_the_write_deadline(
         got.len()
     );
 }
+
+#[tokio::test]
+async fn the_http2_preface_method_and_a_stray_asterisk_target_are_refused_over_http1() {
+    // The fuzz target http_framing found `PRI * HTTP/1.0` handed to the handler, where hyper
+    // refuses it: fuzz/artifacts/http_framing/crash-26696c7d84770f8e537d5be781e45dc7b6b0522d.
+    let mut s = server().await;
+    for request in [
+        "PRI * HTTP/1.0\r\n\r\n",
+        "PRI * HTTP/1.1\r\nHost: a\r\n\r\n",
+        "PRI /mcp HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let mut c = connect(s.addr).await;
+        send(&mut c, request.as_bytes()).await;
+        let a = answer(&mut c).await;
+        assert!(
+            a.head.starts_with("http/1.1 400"),
+            "{request:?}: {}",
+            a.head
+        );
+        s.served().await;
+    }
+    let mut c = connect(s.addr).await;
+    send(
+        &mut c,
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(text(&mut c).await, "OPTIONS * ");
+    assert_eq!(s.seen(), ["OPTIONS *"]);
+}

@@ -188,6 +188,9 @@ def test_e2e_origins_outside_the_allow_list_get_403(sample_server, proxy):
     px = proxy(srv.url, SAMPLE_POLICY, "--allowed-origins", "https://agents.example.com")
     bad = httpx.post(f"{px.url}/mcp", headers={**HEADERS, "origin": "https://evil.example.com"}, json=rpc(1, "ping"))
     assert bad.status_code == 403 and "evil.example.com" in bad.json()["error"]["message"]
+    # An Origin with a byte that is not ASCII is no absent Origin: the server may read it.
+    odd = httpx.post(f"{px.url}/mcp", headers={**HEADERS, "origin": b"https://agents.example.com\xe9"}, json=rpc(1, "ping"))
+    assert odd.status_code == 403, odd.text
 
 
 def test_e2e_stateless_headers_that_contradict_the_body_are_refused(sample_server, proxy):
