@@ -324,9 +324,9 @@ mod tests {
 
     #[test]
     fn a_byte_order_mark_opening_the_stream_is_read_past_as_a_client_does() {
-        // Found while reading the `sse` fuzz target against a client's parsing: a client drops the
-        // mark and reads the data line, so
-        // the proxy must read it too, or a tool list there would pass unfiltered.
+        // Found while checking the `sse` fuzz target against a client's parsing: a client
+        // drops the mark and reads the data line, so the proxy must read it too, or a tool
+        // list there would pass unfiltered.
         let raw = Bytes::from_static(b"\xEF\xBB\xBFdata: {\"a\":1}\n\n");
         let first = event_fields(&raw, true);
         assert_eq!(parse_event(&first).unwrap().data, "{\"a\":1}");
