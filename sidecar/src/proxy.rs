@@ -224,6 +224,18 @@ fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&s
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// What every message of one request is decided with.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    set: &'a PolicySet,
+    who: &'a Identity,
+    /// The session the request belongs to, if any.
+    session: Option<&'a str>,
+    /// Whether it speaks the 2026-07-28 protocol (whose results name their type).
+    modern: bool,
+    start: Instant,
+}
+
 /// What becomes of one message of a request.
 enum Outcome {
     /// Sent on to the server, with what it reserved.
@@ -449,22 +461,19 @@ impl Proxy {
         {
             inspector.expect_list();
         }
-        let modern =
-            header_str(&parts.headers, MCP_PROTOCOL_VERSION).is_some_and(|v| v >= "2026-07-28");
+        let asked = Asked {
+            set: &set,
+            who: &who,
+            session: session.as_deref(),
+            modern: header_str(&parts.headers, MCP_PROTOCOL_VERSION)
+                .is_some_and(|v| v >= "2026-07-28"),
+            start,
+        };
         let mut audits = Vec::new();
         let mut kept: Vec<&str> = Vec::with_capacity(messages.len());
         let mut answered_denials: Vec<Value> = Vec::new();
         for m in &messages {
-            match self.admit_message(
-                m,
-                &set,
-                &who,
-                session.as_deref(),
-                modern,
-                &mut inspector,
-                &mut audits,
-                start,
-            ) {
+            match self.admit_message(m, &asked, &mut inspector, &mut audits) {
                 None => kept.push(m.raw),
                 Some(answer) => answered_denials.extend(answer),
             }
@@ -521,17 +530,12 @@ impl Proxy {
     /// Decides one message of a request and, when it goes on to the server, puts it in flight
     /// in its session: `None` to forward it, or what the client gets instead (nothing, for a
     /// notification).
-    #[allow(clippy::too_many_arguments)]
     fn admit_message(
         &self,
         m: &Message<'_>,
-        set: &Arc<PolicySet>,
-        who: &Identity,
-        session: Option<&str>,
-        modern: bool,
+        asked: &Asked<'_>,
         inspector: &mut Inspector,
         audits: &mut Vec<PendingAudit>,
-        start: Instant,
     ) -> Option<Option<Value>> {
         if let Some(cancelled) = m.cancelled_request().and_then(CallId::of) {
             inspector.keep(&cancelled);
@@ -545,7 +549,7 @@ impl Proxy {
         {
             return Some(Some(in_flight(m)));
         }
-        match self.decide(m, set, who, session, modern, audits, start) {
+        match self.decide(m, asked, audits) {
             Outcome::Refuse(answer) => Some(answer),
             Outcome::Forward(reserved) => match call_id {
                 // A notification or a response has no id to put in flight.
@@ -564,17 +568,19 @@ impl Proxy {
     }
 
     /// Decides one message; an allowed call has its counters reserved.
-    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         m: &Message<'_>,
-        set: &Arc<PolicySet>,
-        who: &Identity,
-        session: Option<&str>,
-        modern: bool,
+        asked: &Asked<'_>,
         audits: &mut Vec<PendingAudit>,
-        start: Instant,
     ) -> Outcome {
+        let Asked {
+            set,
+            who,
+            session,
+            modern,
+            start,
+        } = *asked;
         // Only what the policy governs is parsed: tool calls always, resources and prompts
         // where a policy names them.
         let method: &'static str = match m.method.as_deref() {
