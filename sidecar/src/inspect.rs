@@ -456,11 +456,16 @@ impl Inspector {
         if !self.is_tracking() && !self.expect_list && !may_hold_tools(text) {
             return None;
         }
-        // Text some reader could read another way: a list in it cannot be filtered for every
-        // reader, and a call it answers keeps its count.
-        if let Err(e) = crate::strict::read(text.as_bytes()) {
-            return (self.expect_list || may_hold_tools(text))
-                .then(|| unfilterable(None, &format!("its answer is not strictly JSON: {e}")));
+        // A list in text some reader could read another way cannot be filtered for every
+        // reader. (An answer that only settles a call needs no such care: what serde's typed
+        // view cannot read refunds nothing.)
+        if (self.expect_list || may_hold_tools(text))
+            && let Err(e) = crate::strict::read(text.as_bytes())
+        {
+            return Some(unfilterable(
+                None,
+                &format!("its answer is not strictly JSON: {e}"),
+            ));
         }
         let trimmed = text.trim_start();
         if trimmed.starts_with('[') {

@@ -63,9 +63,11 @@ pub fn read(bytes: &[u8]) -> Result<&str, Unreadable> {
         std::str::from_utf8(bytes).map_err(|e| syntax("the text is not UTF-8", e.valid_up_to()))?;
     Reader {
         s: bytes,
+        text,
         at: 0,
-        keys: Vec::new(),
-        stack: Vec::new(),
+        // Room for an MCP message's nesting and keys at once: no growing on the way.
+        keys: Vec::with_capacity(32),
+        stack: Vec::with_capacity(16),
     }
     .document()?;
     Ok(text)
@@ -80,6 +82,8 @@ enum Open {
 
 struct Reader<'a> {
     s: &'a [u8],
+    /// The same bytes, known to be UTF-8.
+    text: &'a str,
     at: usize,
     /// The keys of every object still open, innermost last.
     keys: Vec<Cow<'a, str>>,
@@ -151,7 +155,7 @@ impl<'a> Reader<'a> {
                     }
                 }
                 Some(b'"') => {
-                    self.string()?;
+                    self.string(false)?;
                 }
                 Some(b'-' | b'0'..=b'9') => self.number()?,
                 Some(b't') => self.literal(b"true")?,
@@ -212,7 +216,7 @@ impl<'a> Reader<'a> {
         if self.peek() != Some(b'"') {
             return Err(self.bad("an object key must be a string in double quotes"));
         }
-        let key = self.string()?;
+        let key = self.string(true)?;
         self.keys.push(key);
         self.skip_ws();
         if self.peek() != Some(b':') {
@@ -254,43 +258,44 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A string, at its opening quote; returns its text, decoded when it holds an escape.
-    fn string(&mut self) -> Result<Cow<'a, str>, Unreadable> {
+    /// A string, at its opening quote. A key's text is returned, decoded when it holds an
+    /// escape (`keep`); a value's is only checked.
+    fn string(&mut self, keep: bool) -> Result<Cow<'a, str>, Unreadable> {
         self.at += 1;
-        let start = self.at;
         let mut decoded: Option<String> = None;
-        let mut plain = start;
+        let mut plain = self.at;
         loop {
-            let Some(b) = self.peek() else {
+            // The next quote or backslash; what comes before it must hold no control character.
+            let Some(n) = memchr::memchr2(b'"', b'\\', &self.s[self.at..]) else {
                 return Err(self.bad("the text ends inside a string"));
             };
-            match b {
-                b'"' => {
-                    let end = self.at;
-                    self.at += 1;
-                    // Valid UTF-8 was checked for the whole text, and quotes and escapes are
-                    // ASCII, so every slice between them is whole characters.
-                    let raw = std::str::from_utf8(&self.s[plain..end]).expect("checked UTF-8");
-                    return Ok(match decoded {
-                        None => Cow::Borrowed(raw),
-                        Some(mut d) => {
-                            d.push_str(raw);
-                            Cow::Owned(d)
-                        }
-                    });
-                }
-                b'\\' => {
-                    let d = decoded.get_or_insert_with(String::new);
-                    d.push_str(std::str::from_utf8(&self.s[plain..self.at]).expect("checked"));
-                    let c = self.escape()?;
-                    d.push(c);
-                    plain = self.at;
-                }
-                0..=0x1F => {
-                    return Err(self.bad("a string holds a control character; escape it"));
-                }
-                _ => self.at += 1,
+            let span = &self.s[self.at..self.at + n];
+            if span.iter().fold(false, |control, &b| control | (b < 0x20)) {
+                self.at += span.iter().position(|&b| b < 0x20).unwrap_or(0);
+                return Err(self.bad("a string holds a control character; escape it"));
             }
+            self.at += n;
+            // Valid UTF-8 was checked for the whole text, and quotes and escapes are ASCII, so
+            // every slice between them is whole characters.
+            let before = &self.text[plain..self.at];
+            if self.s[self.at] == b'"' {
+                self.at += 1;
+                return Ok(match decoded {
+                    None if keep => Cow::Borrowed(before),
+                    None => Cow::Borrowed(""),
+                    Some(mut d) => {
+                        d.push_str(before);
+                        Cow::Owned(d)
+                    }
+                });
+            }
+            let c = self.escape()?;
+            if keep {
+                let d = decoded.get_or_insert_with(String::new);
+                d.push_str(before);
+                d.push(c);
+            }
+            plain = self.at;
         }
     }
 
