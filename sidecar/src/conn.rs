@@ -499,8 +499,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
             "PRI is the start of HTTP/2's connection preface, not an HTTP/1.1 method",
         ));
     }
-    if uri == "*" && method != Method::OPTIONS {
-        return Err(bad("the request target * is for OPTIONS alone"));
+    if uri == "*" {
+        if method != Method::OPTIONS {
+            return Err(bad("the request target * is for OPTIONS alone"));
+        }
+    } else if !uri.path().starts_with('/') || (uri.scheme().is_none() && uri.authority().is_some())
+    {
+        // Neither a path (origin form) nor an absolute URI (`~*`, `host:80`): read one way
+        // by no two servers. Found by the `http_framing` fuzz target.
+        return Err(bad(
+            "the request target must be a path such as /mcp, or an absolute URI",
+        ));
     }
     if method == Method::CONNECT {
         return Err(refusal(

@@ -682,7 +682,8 @@ async fn an_agent_that_stops_reading_loses_its_connection_at_the_write_deadline(
 }
 
 #[tokio::test]
-async fn the_http2_preface_method_and_a_stray_asterisk_target_are_refused_over_http1() {
+async fn the_http2_preface_method_and_targets_that_are_neither_paths_nor_absolute_uris_are_refused()
+{
     // The fuzz target http_framing found `PRI * HTTP/1.0` handed to the handler, where hyper
     // refuses it: fuzz/artifacts/http_framing/crash-26696c7d84770f8e537d5be781e45dc7b6b0522d.
     let mut s = server().await;
@@ -692,6 +693,10 @@ async fn the_http2_preface_method_and_a_stray_asterisk_target_are_refused_over_h
         "PRI /mcp HTTP/1.1\r\nHost: a\r\n\r\n",
         "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
         "POST * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        // fuzz/artifacts/http_framing/crash-35a164fa95f096a46b9038f3683f08b5ce7ae492
+        "PREEEE*EEI ~* HTTP/1.0\r\n\r\n",
+        "GET ~* HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET host:80 HTTP/1.1\r\nHost: a\r\n\r\n",
     ] {
         let mut c = connect(s.addr).await;
         send(&mut c, request.as_bytes()).await;
