@@ -491,6 +491,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
             "an HTTP/1.1 request needs exactly one Host header field",
         ));
     }
+    if method == Method::CONNECT {
+        return Err(refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served: this is a reverse proxy in front of one MCP server",
+        ));
+    }
     // `PRI` is the start of HTTP/2's preface, no HTTP/1.1 method (RFC 9113 §3.4), and the
     // asterisk form is OPTIONS' alone (RFC 9112 §3.2.4): hyper refuses the first, and a server
     // may read either otherwise than the proxy. Found by the `http_framing` fuzz target.
@@ -509,12 +515,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
         // by no two servers. Found by the `http_framing` fuzz target.
         return Err(bad(
             "the request target must be a path such as /mcp, or an absolute URI",
-        ));
-    }
-    if method == Method::CONNECT {
-        return Err(refusal(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not served: this is a reverse proxy in front of one MCP server",
         ));
     }
     let body = if headers.contains_key(header::TRANSFER_ENCODING) {
