@@ -274,9 +274,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Tools<'a> {
 
 /// Whether a message may hold a tool list: it names `tools`, or has a `\u` escape, which can
 /// spell the name (`"t\u006fols"`).
-fn may_hold_tools(text: &str) -> bool {
+fn may_hold_tools(text: impl AsRef<[u8]>) -> bool {
     static TOOLS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"tools"));
-    TOOLS.find(text.as_bytes()).is_some() || has_unicode_escape(text.as_bytes())
+    let text = text.as_ref();
+    TOOLS.find(text).is_some() || has_unicode_escape(text)
 }
 
 /// What the client gets instead of a tool list the proxy cannot read unambiguously.
@@ -442,10 +443,8 @@ impl Inspector {
     /// message may carry something it must look at (a tool list); `None` lets it pass.
     pub fn unreadable(&self, raw: &[u8], why: &str) -> Option<String> {
         self.policy.as_ref()?;
-        let interested = self.expect_list
-            || memchr::memmem::find(raw, b"tools").is_some()
-            || has_unicode_escape(raw)
-            || std::str::from_utf8(raw).is_err();
+        let interested =
+            self.expect_list || may_hold_tools(raw) || std::str::from_utf8(raw).is_err();
         interested.then(|| unfilterable(None, why))
     }
 

@@ -5,7 +5,22 @@
 //! cannot be read with certainty (two fields, a non-ASCII byte, no `/`) is `Unreadable`, never
 //! taken as absent.
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
+
+/// A field's value when it was sent at most once and in visible ASCII: `Ok(None)` when absent,
+/// `Err(())` when it cannot be read one way (twice, or with a byte `to_str` would refuse). A
+/// field that cannot be read is never taken for an absent one.
+#[allow(clippy::result_unit_err)]
+pub fn field_once<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    value.to_str().map(Some).map_err(drop)
+}
 
 /// What a message's `Content-Type` says, as far as the proxy cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,14 +154,12 @@ fn is_token(s: &str) -> bool {
 impl ContentType {
     /// Reads a message's `Content-Type`.
     pub fn of(headers: &HeaderMap) -> Self {
-        let mut fields = headers.get_all(header::CONTENT_TYPE).iter();
-        let Some(field) = fields.next() else {
-            return ContentType::Absent;
+        let field = match field_once(headers, &header::CONTENT_TYPE) {
+            Ok(None) => return ContentType::Absent,
+            Ok(Some(field)) => field,
+            Err(()) => return ContentType::Unreadable,
         };
-        if fields.next().is_some() {
-            return ContentType::Unreadable;
-        }
-        let Some(media) = field.to_str().ok().and_then(MediaType::parse) else {
+        let Some(media) = MediaType::parse(field) else {
             return ContentType::Unreadable;
         };
         if media.is("text/event-stream") {
@@ -162,16 +175,12 @@ impl ContentType {
 /// Why a request's `Content-Type` says its body is not the UTF-8 the proxy reads, if it does:
 /// a `charset` other than UTF-8, or a field that cannot be read.
 pub fn not_utf8(headers: &HeaderMap) -> Option<String> {
-    let mut fields = headers.get_all(header::CONTENT_TYPE).iter();
-    let field = fields.next()?;
-    if fields.next().is_some() {
-        return Some("the request has two Content-Type fields".into());
-    }
-    let Some(media) = field.to_str().ok().and_then(MediaType::parse) else {
-        return Some(format!(
-            "the Content-Type {:?} is not a media type",
-            String::from_utf8_lossy(field.as_bytes())
-        ));
+    let Ok(field) = field_once(headers, &header::CONTENT_TYPE) else {
+        return Some("the Content-Type is sent twice or holds a byte that is not ASCII".into());
+    };
+    let field = field?;
+    let Some(media) = MediaType::parse(field) else {
+        return Some(format!("the Content-Type {field:?} is not a media type"));
     };
     match media.param("charset") {
         Some(cs) if !cs.eq_ignore_ascii_case("utf-8") && !cs.eq_ignore_ascii_case("utf8") => Some(

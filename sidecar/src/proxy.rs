@@ -38,7 +38,7 @@ use crate::deadline::{Progress, Timeouts};
 use crate::identity::{self, Verifier};
 use crate::inspect::{CallId, Calls, InFlight, Inspector, Sessions};
 use crate::jsonrpc::{self, Body as RpcBody, Message};
-use crate::media::ContentType;
+use crate::media::{ContentType, field_once};
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 use crate::sse::{SseBody, message_event};
@@ -1054,13 +1054,9 @@ pub fn denial_message(id: Value, d: &Denial, modern: bool) -> Value {
     }
 }
 
-/// Whether a field is present but cannot be read one way: twice, or with a byte that is not
-/// visible ASCII (which `to_str` would take for absent).
+/// Whether a field is present but cannot be read one way (see [`field_once`]).
 fn unreadable_field(headers: &HeaderMap, name: &HeaderName) -> bool {
-    let mut values = headers.get_all(name).iter();
-    values
-        .next()
-        .is_some_and(|v| v.to_str().is_err() || values.next().is_some())
+    field_once(headers, name).is_err()
 }
 
 /// Stateless MCP (2026-07-28) mirrors the method and name in headers; a request whose headers
