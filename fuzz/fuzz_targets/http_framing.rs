@@ -2,7 +2,7 @@
 //! HTTP/1.1 server and to hyper's over loopback, each noting the requests its handler is
 //! handed. Ours must hand over what hyper does, field for field and byte for byte, or stop
 //! earlier by refusing: it never reads a request hyper would not, and never reads one
-//! differently (as `sidecar/tests/conn_oracle.rs`, with the fuzzer choosing the bytes).
+//! differently (as `sidecar/tests/http_server_oracle.rs`, with the fuzzer choosing the bytes).
 #![no_main]
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate_sidecar::conn;
+use tollgate_sidecar::http::server;
 
 #[path = "../../sidecar/tests/oracle/servers.rs"]
 mod servers;
@@ -41,7 +41,7 @@ static SERVERS: LazyLock<Servers> = LazyLock::new(|| {
     rt.spawn(async move {
         let (_stop, stopping) = tokio::sync::watch::channel(false);
         while let Ok((stream, peer)) = ours.accept().await {
-            tokio::spawn(conn::serve(stream, peer, handler.clone(), stopping.clone()));
+            tokio::spawn(server::serve(stream, peer, handler.clone(), stopping.clone()));
         }
     });
     let log = hyper_log.clone();

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tollgate_sidecar::{jsonrpc, strict};
+use tollgate_sidecar::mcp::{jsonrpc, strict};
 
 /// Whether any object in `v` would have lost a key to a duplicate (serde keeps the last).
 fn keys(text: &str) -> usize {

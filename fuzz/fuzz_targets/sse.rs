@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_sidecar::sse::{EventSplitter, event_fields, parse_event};
+use tollgate_sidecar::mcp::sse::{EventSplitter, event_fields, parse_event};
 
 /// What the proxy reads: the messages of complete events, and every byte it passes on.
 fn proxy_reads(data: &[u8], cuts: &[usize]) -> (Vec<(String, String)>, Vec<u8>) {

@@ -11,11 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use tollgate_api::{Call, Decision, DefaultAction, EffectivePolicy, Identity, NoCounters};
 
-use crate::audit::AuditLog;
-use crate::identity::Verifier;
-use crate::metrics::Metrics;
+use crate::policy::identity::Verifier;
 use crate::policy::{FileSource, PolicyHandle};
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::telemetry::audit::AuditLog;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Parser)]
 #[command(
@@ -400,7 +400,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 std::fs::read_to_string(&ca)
                     .with_context(|| format!("cannot read --control-plane-ca {ca}"))?
             };
-            let control = crate::control::ControlPlane {
+            let control = crate::policy::control::ControlPlane {
                 url: url.clone(),
                 ca_pem,
                 token_file: args.token_file.clone(),
@@ -417,7 +417,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             allowed_origins: args.allowed_origins.clone(),
             verifier,
             passthrough_paths: passthrough_paths(&args.passthrough_paths)?,
-            timeouts: crate::deadline::Timeouts {
+            timeouts: crate::http::deadline::Timeouts {
                 first_byte: args.first_byte_timeout,
                 head: args.head_timeout,
                 body: args.body_timeout,
@@ -443,10 +443,10 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let mut listeners = crate::server::bind_shared(args.listen, workers, "--listen")?.into_iter();
-    let admin = crate::server::bind(args.metrics_listen, "--metrics-listen").await?;
+    let mut listeners = crate::serve::bind_shared(args.listen, workers, "--listen")?.into_iter();
+    let admin = crate::serve::bind(args.metrics_listen, "--metrics-listen").await?;
     tracing::info!(listen = %args.listen, upstream = %args.upstream, metrics = %args.metrics_listen, workers, "tollgate proxy started");
-    tokio::spawn(crate::server::serve_admin(admin, handle, metrics));
+    tokio::spawn(crate::serve::serve_admin(admin, handle, metrics));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
     let first = listeners.next().expect("at least one listener");
@@ -465,17 +465,17 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                     let stop = async move {
                         let _ = stopping.wait_for(|s| *s).await;
                     };
-                    crate::server::serve(proxy, listener, drain, stop).await
+                    crate::serve::serve(proxy, listener, drain, stop).await
                 })
             })?;
         threads.push(thread);
     }
     let listener = tokio::net::TcpListener::from_std(first)?;
     let stop_all = async move {
-        crate::server::shutdown_signal().await;
+        crate::serve::shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let served = crate::server::serve(proxy, listener, args.drain, stop_all).await;
+    let served = crate::serve::serve(proxy, listener, args.drain, stop_all).await;
     for thread in threads {
         match thread.join() {
             Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "a worker failed"),

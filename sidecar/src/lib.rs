@@ -1,43 +1,36 @@
 //! Tollgate's data plane: an MCP reverse proxy that decides every JSON-RPC message before the
 //! server sees it, and the `tollgate` command's `check` and `import`.
 //!
+//! Each folder is a layer, and says in its module doc what it must not know:
+//!
 //! ```text
-//! cli ─┬─ check / import ──────────────> tollgate_api (load, validate, decide)
-//!      └─ proxy ─> server (listeners, shutdown) ─> conn ─> proxy (decide, forward) ─> upstream
-//!                                                   │  (conn and upstream: own HTTP/1.1, their
-//!                                                   │   framing in h1; hyper for HTTP/2)
-//!                                                   ├─ jsonrpc, sse, inspect, tool_name (messages)
-//!                                                   ├─ policy (file or control-plane stream, fail closed)
-//!                                                   ├─ counters, identity
-//!                                                   └─ audit, metrics
+//! cli ─┬─ check / import ─────────────────────────────> tollgate_api (load, validate, decide)
+//!      └─ proxy ─> serve (listeners, admin port, shutdown)
+//!
+//! http/       HTTP/1.1 server and client, their RFC 9112 framing, media types, deadlines
+//!             (no JSON-RPC, no policy)
+//! mcp/        JSON-RPC messages read strictly, SSE events, tool names (no HTTP, no policy)
+//! proxy/      the pipeline: admit ─> decide ─> forward ─> inspect the answers
+//! policy/     the policy in force and its sources (file, operator stream), counters, callers
+//! telemetry/  the audit log and metrics
 //! ```
+//!
+//! A call: `http::server` reads the request ─> `proxy::admit` (origin, caller, body, headers)
+//! ─> `proxy::decide` (each message against `policy`, counters reserved) ─> `proxy::forward`
+//! (`http::client` to the MCP server) ─> `proxy::inspect` (tool lists filtered, counters settled)
+//! ─> `http::server` writes the answer.
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod cli;
-pub mod conn;
-pub mod control;
-pub mod counters;
-pub mod deadline;
-mod h1;
-pub mod identity;
-pub mod inspect;
-pub mod jsonrpc;
-pub mod media;
-pub mod metrics;
+pub mod http;
+pub mod mcp;
 pub mod policy;
 pub mod proxy;
-pub mod server;
-pub mod sse;
-pub mod strict;
-mod tool_name;
-pub mod upstream;
+pub mod serve;
+pub mod telemetry;
 
 /// What the fuzz targets (`fuzz/`) reach that the crate keeps to itself.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::tool_name::tool_name;
+    pub use crate::mcp::tool_name::tool_name;
 }
-
-/// The error of a response body: whatever failed while it was read.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

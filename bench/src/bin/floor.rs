@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
         .parse()
         .context("--upstream needs an IP address and port")?;
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    let listeners = tollgate_sidecar::server::bind_shared(args.listen, workers, "--listen")?;
+    let listeners = tollgate_sidecar::serve::bind_shared(args.listen, workers, "--listen")?;
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|listener| {

@@ -1,4 +1,4 @@
-//! Tollgate's HTTP stack with nothing on it: the sidecar's connection handling (`conn::serve`,
+//! Tollgate's HTTP stack with nothing on it: the sidecar's connection handling (`server::serve`,
 //! a thread per core with its own listener) and its upstream client (`upstream::Upstream`),
 //! forwarding every request as it is. The benchmark runs it next to `tollgate proxy` so the table splits
 //! Tollgate's cost into what the HTTP stack costs and what deciding costs.
@@ -12,9 +12,9 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode, Uri};
-use tollgate_sidecar::upstream::{Outgoing, Upstream};
+use tollgate_sidecar::http::client::{Outgoing, Upstream};
 
-type Body = tollgate_sidecar::proxy::ProxyBody;
+type Body = tollgate_sidecar::http::BoxBody;
 
 #[derive(Parser)]
 struct Args {
@@ -30,12 +30,12 @@ struct Forward {
     client: Arc<Upstream>,
 }
 
-impl tollgate_sidecar::conn::Handler for Forward {
+impl tollgate_sidecar::http::server::Handler for Forward {
     type Body = Body;
 
     fn call(
         &self,
-        req: Request<tollgate_sidecar::conn::RequestBody>,
+        req: Request<tollgate_sidecar::http::server::RequestBody>,
         _peer: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
         let this = self.clone();
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--upstream has no host"))?
         .as_str();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    let listeners = tollgate_sidecar::server::bind_shared(args.listen, workers, "--listen")?;
+    let listeners = tollgate_sidecar::serve::bind_shared(args.listen, workers, "--listen")?;
     // Never sent: the benchmark kills this process.
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = listeners
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
                         let (stream, peer) = listener.accept().await?;
                         let _ = stream.set_nodelay(true);
                         let (handler, stopping) = (handler.clone(), stopping.clone());
-                        tokio::spawn(tollgate_sidecar::conn::serve(
+                        tokio::spawn(tollgate_sidecar::http::server::serve(
                             stream, peer, handler, stopping,
                         ));
                     }

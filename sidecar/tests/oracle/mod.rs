@@ -1,4 +1,4 @@
-//! What both oracle suites (`conn_oracle`, `upstream_oracle`) share: a fixed-seed generator,
+//! What both oracle suites (`http_server_oracle`, `http_client_oracle`) share: a fixed-seed generator,
 //! the mutation of well-formed HTTP, and the knobs for a longer search.
 
 /// A fixed-seed generator, so every run tries the same cases.

@@ -1,6 +1,6 @@
 //! The two servers the inbound oracle compares, each noting the requests its handler is handed:
-//! Tollgate's (`conn::serve` with [`Noting`]) and hyper's HTTP/1 server ([`serve_hyper`]).
-//! Shared by `conn_oracle` and the `http_framing` fuzz target.
+//! Tollgate's (`server::serve` with [`Noting`]) and hyper's HTTP/1 server ([`serve_hyper`]).
+//! Shared by `http_server_oracle` and the `http_framing` fuzz target.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tollgate_sidecar::conn::{Handler, RequestBody};
-use tollgate_sidecar::proxy::ProxyBody;
+use tollgate_sidecar::http::BoxBody;
+use tollgate_sidecar::http::server::{Handler, RequestBody};
 
 /// A request as a handler was handed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +47,13 @@ fn note(log: &Log, parts: http::request::Parts, body: Option<Bytes>) {
 pub struct Noting(pub Log);
 
 impl Handler for Noting {
-    type Body = ProxyBody;
+    type Body = BoxBody;
 
     fn call(
         &self,
         req: Request<RequestBody>,
         _peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
+    ) -> impl Future<Output = Response<BoxBody>> + Send + 'static + use<> {
         let log = self.0.clone();
         async move {
             let (parts, body) = req.into_parts();

@@ -20,32 +20,25 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
-use http::{Method, Response, StatusCode, Version};
+use http::header::{self};
+use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::BoxError;
-use crate::h1::{
-    Buffered, Chunked, Framing, Step, content_length, field_ranges, has_token, put_content_length,
-    sliced_headers,
-};
-use crate::proxy::ProxyBody;
+use crate::http::BoxBody;
+use crate::http::BoxError;
+use crate::http::framing::{Buffered, Framing, Step, put_content_length};
+use crate::http::head::{MAX_HEAD, ResponseHead as Head, read_response, response_framing};
 
-/// Largest response head read, in bytes.
-const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a response head.
-const MAX_HEADERS: usize = 128;
 /// How much the first read of an answer asks the socket for: an MCP answer's head and body
 /// nearly always fit, and a buffer this small comes from the allocator's per-thread cache.
 const FIRST_READ: usize = 1024;
@@ -84,13 +77,13 @@ pub enum Outgoing {
     /// pooled one turns out to have been closed by the server.
     Full(Bytes),
     /// Streamed from the client: `Content-Length` when its size is known, chunked when not.
-    Stream(ProxyBody),
+    Stream(BoxBody),
 }
 
 impl Outgoing {
     /// A client's request body: sent from memory when it was read with its head, streamed
     /// on when it is still arriving.
-    pub fn streamed(body: crate::conn::RequestBody) -> Self {
+    pub fn streamed(body: crate::http::server::RequestBody) -> Self {
         match body.into_bytes() {
             Ok(bytes) => Outgoing::Full(bytes),
             Err(body) if body.is_end_stream() => Outgoing::Full(Bytes::new()),
@@ -127,7 +120,7 @@ struct Conn {
 impl Upstream {
     /// A client for the server at `authority` (`host:port`).
     pub fn new(authority: &str) -> Arc<Self> {
-        let t = crate::deadline::Timeouts::default();
+        let t = crate::http::deadline::Timeouts::default();
         Self::with_timeouts(authority, t.upstream_head, t.upstream_body)
     }
 
@@ -190,7 +183,7 @@ impl Upstream {
         no_body: bool,
     ) -> Result<Response<UpstreamBody>, Error> {
         let Answer { conn, head } = answer;
-        let (framing, keep_alive) = framing(&head, no_body)?;
+        let (framing, keep_alive) = response_framing(&head, no_body).map_err(Error::Response)?;
         let mut body = UpstreamBody {
             read: Some(Reader {
                 conn,
@@ -199,7 +192,7 @@ impl Upstream {
                 pool: self.clone(),
             }),
             error: None,
-            stall: crate::deadline::Stall::new(self.body_timeout, "the MCP server's answer"),
+            stall: crate::http::deadline::Stall::new(self.body_timeout, "the MCP server's answer"),
         };
         body.settle();
         let mut resp = Response::new(body);
@@ -345,12 +338,6 @@ struct Failed {
     answered: bool,
 }
 
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-}
-
 impl Conn {
     /// Writes `wire` (from [`Upstream::encode`]) and the rest of the body, and reads the
     /// head of the final answer.
@@ -388,7 +375,7 @@ impl Conn {
         }
     }
 
-    async fn write_stream(&mut self, body: &mut ProxyBody) -> Result<(), Error> {
+    async fn write_stream(&mut self, body: &mut BoxBody) -> Result<(), Error> {
         let chunked = body.size_hint().exact().is_none();
         let mut left = body.size_hint().exact().unwrap_or(0);
         while let Some(frame) = body.frame().await {
@@ -427,7 +414,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                match parse_head(&mut self.buf) {
+                match read_response(&mut self.buf).map_err(Error::Response) {
                     Ok(Some(head)) => return Ok(head),
                     Ok(None) if self.buf.len() >= MAX_HEAD => {
                         return Err(Failed {
@@ -485,89 +472,6 @@ impl Conn {
     }
 }
 
-/// The head at the start of `buf`, taken out of it; `None` when it is not all there yet.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut parsed,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::Response("more than 128 header fields"));
-        }
-        Err(_) => return Err(Error::Response("the head cannot be parsed")),
-    };
-    let status = parsed
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(Error::Response("bad status code"))?;
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let fields =
-        field_ranges(buf, parsed.headers).map_err(|()| Error::Response("bad header name"))?;
-    let head = buf.split_to(len).freeze();
-    let headers =
-        sliced_headers(&head, fields, 0).map_err(|()| Error::Response("bad header value"))?;
-    Ok(Some(Head {
-        status,
-        version,
-        headers,
-    }))
-}
-
-/// How the body of an answer ends, and whether its connection may carry another request
-/// (RFC 9112 §6.3, §9.3). A `Content-Length` beside `Transfer-Encoding` is removed.
-fn framing(head: &Head, no_body: bool) -> Result<(Framing, bool), Error> {
-    let headers = &head.headers;
-    let mut keep_alive = match head.version {
-        Version::HTTP_11 => !has_token(headers, header::CONNECTION, "close"),
-        _ => has_token(headers, header::CONNECTION, "keep-alive"),
-    };
-    if no_body || head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Length(0), keep_alive));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if head.version == Version::HTTP_10 {
-            // HTTP/1.0 has no transfer codings: the framing is faulty (RFC 9112 §6.1).
-            return Err(Error::Response("Transfer-Encoding in an HTTP/1.0 answer"));
-        }
-        let codings: Vec<&str> = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .map(|v| v.to_str().unwrap_or(""))
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        // An empty or unreadable coding makes the list's last one uncertain: faulty framing.
-        if codings.iter().any(|c| c.is_empty()) {
-            return Err(Error::Response("a Transfer-Encoding with an empty coding"));
-        }
-        let last = codings.last();
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            // A message framed two ways may have been smuggled: read it by the stronger
-            // rule and use the connection for nothing else.
-            keep_alive = false;
-        }
-        return Ok(match last {
-            Some(&t) if t.eq_ignore_ascii_case("chunked") => {
-                (Framing::Chunked(Chunked::Size), keep_alive)
-            }
-            _ => (Framing::Close, false),
-        });
-    }
-    match content_length(headers) {
-        Some(Ok(n)) => Ok((Framing::Length(n), keep_alive)),
-        Some(Err(())) => Err(Error::Response("its Content-Length cannot be read")),
-        None => Ok((Framing::Close, false)),
-    }
-}
-
 /// The body, when it is small and in memory and so is written with the head.
 fn coalesced(body: &Outgoing) -> Option<&[u8]> {
     match body {
@@ -602,7 +506,7 @@ pub struct UpstreamBody {
     /// An error found while moving past framing, for the next poll.
     error: Option<BoxError>,
     /// How long the body may go without a byte.
-    stall: crate::deadline::Stall,
+    stall: crate::http::deadline::Stall,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -697,145 +601,5 @@ impl Body for UpstreamBody {
             }) => SizeHint::with_exact(*n),
             Some(_) => SizeHint::default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn chunked() -> Framing {
-        Framing::Chunked(Chunked::Size)
-    }
-
-    fn head(raw: &str) -> Head {
-        parse_head(&mut BytesMut::from(raw)).unwrap().unwrap()
-    }
-    #[test]
-    fn framing_follows_rfc_9112() {
-        let cases = [
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-                false,
-                Framing::Length(5),
-                true,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n",
-                false,
-                Framing::Length(5),
-                true,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-                false,
-                chunked(),
-                true,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
-                false,
-                chunked(),
-                true,
-            ),
-            // Framed two ways: chunked wins, and the connection is not used again.
-            (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
-                false,
-                chunked(),
-                false,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
-                false,
-                Framing::Close,
-                false,
-            ),
-            ("HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close, false),
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: Close\r\n\r\n",
-                false,
-                Framing::Length(5),
-                false,
-            ),
-            (
-                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n",
-                false,
-                Framing::Length(5),
-                false,
-            ),
-            (
-                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n",
-                false,
-                Framing::Length(5),
-                true,
-            ),
-            (
-                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
-                false,
-                Framing::Length(0),
-                true,
-            ),
-            (
-                "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
-                false,
-                Framing::Length(0),
-                true,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-                true,
-                Framing::Length(0),
-                true,
-            ),
-        ];
-        for (raw, head_request, want, keep_alive) in cases {
-            let got = framing(&head(raw), head_request).unwrap();
-            assert_eq!(got, (want, keep_alive), "{raw:?}");
-        }
-        for raw in [
-            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
-            // HTTP/1.0 has no transfer codings; an empty coding hides which one is last.
-            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n",
-        ] {
-            assert!(framing(&head(raw), false).is_err(), "{raw:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn heads_keep_every_field_and_leave_the_body_in_the_buffer() {
-        let mut buf = BytesMut::from(
-            "HTTP/1.1 202 Accepted\r\nSet-Cookie: a\r\nset-cookie: b\r\nMcp-Session-Id: s1\r\n\r\nBODY",
-        );
-        let head = parse_head(&mut buf).unwrap().unwrap();
-        assert_eq!(head.status, StatusCode::ACCEPTED);
-        let cookies: Vec<_> = head.headers.get_all("set-cookie").iter().collect();
-        assert_eq!(cookies, ["a", "b"]);
-        assert_eq!(head.headers["mcp-session-id"], "s1");
-        assert_eq!(&buf[..], b"BODY");
-
-        assert!(
-            parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nx: 1\r\n"))
-                .unwrap()
-                .is_none()
-        );
-        let many = format!(
-            "HTTP/1.1 200 OK\r\n{}\r\n",
-            "x: 1\r\n".repeat(MAX_HEADERS + 1)
-        );
-        assert!(parse_head(&mut BytesMut::from(many.as_str())).is_err());
-        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 2000 OK\r\n\r\n")).is_err());
-        assert!(
-            parse_head(&mut BytesMut::from(
-                "HTTP/1.1 200 OK\r\nbad name: 1\r\n\r\n"
-            ))
-            .is_err()
-        );
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::BoxError;
+use crate::http::BoxError;
 
 /// How long each wait may take. Every one has a flag (`tollgate proxy --help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,9 +33,9 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use tollgate_api::{Identity, PolicySet};
 
-use crate::counters::{CounterStore, Reserved};
-use crate::jsonrpc;
-use crate::tool_name::{has_unicode_escape, tool_name};
+use crate::mcp::jsonrpc;
+use crate::mcp::tool_name::{has_unicode_escape, tool_name};
+use crate::policy::counters::{CounterStore, Reserved};
 
 /// A JSON-RPC id as servers compare them: a string by its text once unescaped, a number by its
 /// value (`1`, `1.0` and `1e0` are one id to Python's and JavaScript's servers alike).
@@ -459,7 +459,7 @@ impl Inspector {
         // reader. (An answer that only settles a call needs no such care: what serde's typed
         // view cannot read refunds nothing.)
         if (self.expect_list || may_hold_tools(text))
-            && let Err(e) = crate::strict::read(text.as_bytes())
+            && let Err(e) = crate::mcp::strict::read(text.as_bytes())
         {
             return Some(unfilterable(
                 None,

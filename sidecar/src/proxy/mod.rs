@@ -13,6 +13,9 @@
 //! event. Legacy HTTP+SSE sessions are tracked by the endpoint their stream announces, so a
 //! denial posted to that endpoint is delivered on the session's stream, as the client expects.
 
+pub mod inspect;
+pub mod stream;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +26,6 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body as _;
 use parking_lot::Mutex;
@@ -31,22 +33,23 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 
-use crate::audit::{AuditLog, Record, now_rfc3339};
-use crate::conn::RequestBody;
-use crate::counters::{CounterStore, Reserved};
-use crate::deadline::{Progress, Timeouts};
-use crate::identity::{self, Verifier};
-use crate::inspect::{CallId, Calls, InFlight, Inspector, Sessions};
-use crate::jsonrpc::{self, Body as RpcBody, Message};
-use crate::media::{ContentType, field_once};
-use crate::metrics::Metrics;
+use crate::http::client::{Outgoing, Upstream};
+use crate::http::deadline::{Progress, Timeouts};
+use crate::http::media::{ContentType, field_once};
+use crate::http::server::RequestBody;
+use crate::mcp::jsonrpc::{self, Body as RpcBody, Message};
+use crate::mcp::sse::message_event;
 use crate::policy::PolicyHandle;
-use crate::sse::{SseBody, message_event};
-use crate::upstream::{Outgoing, Upstream};
+use crate::policy::counters::{CounterStore, Reserved};
+use crate::policy::identity::{self, Verifier};
+use crate::proxy::inspect::{CallId, Calls, InFlight, Inspector, Sessions};
+use crate::proxy::stream::SseBody;
+use crate::telemetry::audit::{AuditLog, Record, now_rfc3339};
+use crate::telemetry::metrics::Metrics;
 
-pub type ProxyBody = BoxBody<Bytes, crate::BoxError>;
+pub use crate::http::BoxBody as ProxyBody;
 
-impl crate::conn::Handler for Arc<Proxy> {
+impl crate::http::server::Handler for Arc<Proxy> {
     type Body = ProxyBody;
 
     fn call(
@@ -59,6 +62,16 @@ impl crate::conn::Handler for Arc<Proxy> {
 
     fn timeouts(&self) -> Timeouts {
         self.cfg.timeouts
+    }
+
+    /// Agents speak JSON-RPC: a request refused before it was read gets a JSON-RPC error.
+    fn refusal(&self, _: StatusCode, reason: &str) -> (HeaderValue, Bytes) {
+        let message = format!("Bad request: {reason}");
+        let body = jsonrpc::error_response(Value::Null, jsonrpc::INVALID_REQUEST, &message, None);
+        (
+            HeaderValue::from_static("application/json"),
+            body.to_string().into(),
+        )
     }
 }
 
@@ -409,7 +422,7 @@ impl Proxy {
                 )
                 .await;
         }
-        if let Some(why) = crate::media::not_utf8(&parts.headers) {
+        if let Some(why) = crate::http::media::not_utf8(&parts.headers) {
             let body = jsonrpc::error_response(
                 Value::Null,
                 jsonrpc::PARSE_ERROR,
@@ -673,7 +686,7 @@ impl Proxy {
     /// A request's whole body, within `--max-body-bytes`, or the refusal.
     #[allow(clippy::result_large_err)]
     async fn read_body(&self, headers: &HeaderMap, body: RequestBody) -> Result<Bytes, Resp> {
-        let declared = crate::h1::content_length(headers);
+        let declared = crate::http::head::content_length(headers);
         if declared.is_some_and(|n| n.is_ok_and(|n| n > self.cfg.max_body as u64)) {
             return Err(self.too_large());
         }

@@ -12,7 +12,7 @@ use hyper::body::Frame;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate_sidecar::upstream::{Error, Outgoing, Upstream, UpstreamBody};
+use tollgate_sidecar::http::client::{Error, Outgoing, Upstream, UpstreamBody};
 
 /// What the server does with the next request on a connection.
 #[derive(Clone, Copy)]
@@ -443,7 +443,8 @@ async fn request_framing_is_the_clients_own_whatever_the_fields_said() {
     body_of(resp).await;
     // A streamed body of unknown size goes chunked; one of known size with its length.
     let chunks = futures_util::stream::iter(
-        ["ab", "", "cde"].map(|c| Ok::<_, tollgate_sidecar::BoxError>(Frame::data(Bytes::from(c)))),
+        ["ab", "", "cde"]
+            .map(|c| Ok::<_, tollgate_sidecar::http::BoxError>(Frame::data(Bytes::from(c)))),
     );
     let stream = StreamBody::new(chunks).boxed();
     let resp = send(&client, &post("/"), Outgoing::Stream(stream))

@@ -16,9 +16,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::metrics::Metrics;
+use crate::http::BoxBody;
 use crate::policy::PolicyHandle;
-use crate::proxy::{Proxy, ProxyBody};
+use crate::proxy::Proxy;
+use crate::telemetry::metrics::Metrics;
 
 /// Serves the proxy until `shutdown` resolves, then drains.
 pub async fn serve(
@@ -45,7 +46,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let (proxy, stopping, open) = (proxy.clone(), stopping.clone(), open.clone());
                 tokio::spawn(async move {
-                    crate::conn::serve(stream, peer, proxy, stopping).await;
+                    crate::http::server::serve(stream, peer, proxy, stopping).await;
                     drop(open);
                 });
             }
@@ -101,7 +102,7 @@ pub async fn serve_admin(listener: TcpListener, policy: PolicyHandle, metrics: M
     }
 }
 
-fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<ProxyBody> {
+fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<BoxBody> {
     let text = |status: StatusCode, body: String, ctype: &'static str| {
         let mut r = Response::new(
             http_body_util::Full::new(body.into())

@@ -9,6 +9,10 @@
 //!
 //! Fail closed: until a policy loads the state denies everything and is not ready; a policy
 //! that fails to load leaves the last good one in force.
+//!
+//! Beside it: [`control`] (the operator's stream), [`counters`] (the local counter store),
+//! [`identity`] (who is calling, from a bearer token). This layer knows policies, counters and
+//! callers, and no HTTP or JSON-RPC: the proxy asks it, it never asks the proxy.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,9 +21,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tollgate_api::{DefaultAction, EffectivePolicy, PolicySet, PolicyUpdate};
 
-use crate::identity::Verifier;
+pub mod control;
+pub mod counters;
+pub mod identity;
 
-use crate::metrics::Metrics;
+use crate::policy::identity::Verifier;
+use crate::telemetry::metrics::Metrics;
 
 /// What the proxy enforces right now.
 pub struct PolicyState {

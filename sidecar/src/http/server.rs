@@ -30,7 +30,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,7 +39,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -50,17 +49,13 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-use crate::BoxError;
-use crate::deadline::Timeouts;
-use crate::h1::{
-    Buffered, Chunked, Framing, content_length, field_ranges, has_token, put_content_length,
-    range_in, sliced_headers,
+use crate::http::BoxError;
+use crate::http::deadline::Timeouts;
+use crate::http::framing::{Buffered, Framing, put_content_length};
+use crate::http::head::{
+    MAX_HEAD, Refusal, RequestHead as Head, read_request as parse_head, refusal,
 };
 
-/// Largest request head read, in bytes.
-const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a request head.
-const MAX_HEADERS: usize = 128;
 /// How much a read for a request head asks the socket for: an MCP call's head and body
 /// nearly always fit, and a buffer this small comes from the allocator's per-thread cache.
 const HEAD_READ: usize = 1024;
@@ -68,9 +63,6 @@ const HEAD_READ: usize = 1024;
 const BODY_READ: usize = 16 * 1024;
 /// Room reserved for an answer's head (and a small body gathered with it).
 const ANSWER_ROOM: usize = 1024;
-/// Room left in each request's header map for the fields a proxy adds before forwarding it
-/// (`Host`, `X-Forwarded-For`, `-Host`, `-Proto`), so adding them does not grow the map.
-const FORWARDING_FIELDS: usize = 4;
 /// Pieces of an answer up to this size are copied together into one write; a larger piece is
 /// written from where it is, beside what was gathered (one `writev`, no copy).
 const COPY_MAX: usize = 4 * 1024;
@@ -92,6 +84,17 @@ pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// How long each wait on the agent's connection may take.
     fn timeouts(&self) -> Timeouts {
         Timeouts::default()
+    }
+
+    /// The `Content-Type` and body of the answer to a request refused before [`Handler::call`]
+    /// saw it (its status and why): plain text unless the handler speaks something else.
+    fn refusal(&self, status: StatusCode, reason: &str) -> (HeaderValue, Bytes) {
+        let _ = status;
+        let body = format!("Bad request: {reason}\n");
+        (
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+            body.into(),
+        )
     }
 }
 
@@ -416,174 +419,6 @@ impl Drop for Http1Body {
     }
 }
 
-/// Why a request was refused before the handler saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Refusal {
-    status: StatusCode,
-    reason: String,
-}
-
-fn refusal(status: StatusCode, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        status,
-        reason: reason.into(),
-    }
-}
-
-/// A request head, read and checked.
-#[derive(Debug)]
-struct Head {
-    parts: http::request::Parts,
-    /// How its body is framed: `Length` or `Chunked`.
-    body: Framing,
-    /// The client asked to close the connection after the answer (or did not ask to keep an
-    /// HTTP/1.0 one).
-    close: bool,
-    /// The client waits for `100 Continue` before sending the body.
-    expect_continue: bool,
-}
-
-/// The request head at the start of `buf`, taken out of it; `None` when it is not all there
-/// yet. Refuses, naming the problem, whatever could be read more than one way.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut parsed,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(refusal(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!("the request has more than {MAX_HEADERS} header fields"),
-            ));
-        }
-        Err(e) => {
-            return Err(refusal(
-                StatusCode::BAD_REQUEST,
-                format!("the request head cannot be read: {e}"),
-            ));
-        }
-    };
-    let bad = |reason: &str| refusal(StatusCode::BAD_REQUEST, reason);
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
-        .map_err(|_| bad("the request method is not a token"))?;
-    // The target and the values are sliced out of the head once it is frozen: no copy each.
-    let target = range_in(buf, parsed.path.unwrap_or_default().as_bytes());
-    let fields = field_ranges(buf, parsed.headers)
-        .map_err(|()| bad("a header field name cannot be read"))?;
-    let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target))
-        .map_err(|_| bad("the request target is not a valid URI"))?;
-    let headers = sliced_headers(&head, fields, FORWARDING_FIELDS)
-        .map_err(|()| bad("a header field value cannot be read"))?;
-
-    let hosts = headers.get_all(header::HOST).iter().count();
-    if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
-        return Err(bad(
-            "an HTTP/1.1 request needs exactly one Host header field",
-        ));
-    }
-    if method == Method::CONNECT {
-        return Err(refusal(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not served: this is a reverse proxy in front of one MCP server",
-        ));
-    }
-    // `PRI` is the start of HTTP/2's preface, no HTTP/1.1 method (RFC 9113 §3.4), and the
-    // asterisk form is OPTIONS' alone (RFC 9112 §3.2.4): hyper refuses the first, and a server
-    // may read either otherwise than the proxy. Found by the `http_framing` fuzz target.
-    if method.as_str() == "PRI" {
-        return Err(bad(
-            "PRI is the start of HTTP/2's connection preface, not an HTTP/1.1 method",
-        ));
-    }
-    if uri == "*" {
-        if method != Method::OPTIONS {
-            return Err(bad("the request target * is for OPTIONS alone"));
-        }
-    } else if !uri.path().starts_with('/') || (uri.scheme().is_none() && uri.authority().is_some())
-    {
-        // Neither a path (origin form) nor an absolute URI (`~*`, `host:80`): read one way
-        // by no two servers. Found by the `http_framing` fuzz target.
-        return Err(bad(
-            "the request target must be a path such as /mcp, or an absolute URI",
-        ));
-    }
-    let body = if headers.contains_key(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 {
-            return Err(bad("HTTP/1.0 has no Transfer-Encoding"));
-        }
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(bad(
-                "the request is framed both by Transfer-Encoding and by Content-Length",
-            ));
-        }
-        let codings: Vec<&[u8]> = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .collect();
-        match codings[..] {
-            [only] if only.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunked::Size),
-            [.., last] if last.eq_ignore_ascii_case(b"chunked") => {
-                return Err(refusal(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "only the chunked transfer coding is supported",
-                ));
-            }
-            _ => {
-                return Err(bad(
-                    "the request's last transfer coding is not chunked, so its length cannot be known",
-                ));
-            }
-        }
-    } else {
-        match content_length(&headers) {
-            Some(Ok(n)) => Framing::Length(n),
-            Some(Err(())) => {
-                return Err(bad(
-                    "the Content-Length is not one decimal number (or its values disagree)",
-                ));
-            }
-            None => Framing::Length(0),
-        }
-    };
-    let expect_continue = match headers.get(header::EXPECT) {
-        None => false,
-        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
-        Some(_) => {
-            return Err(refusal(
-                StatusCode::EXPECTATION_FAILED,
-                "the only expectation served is Expect: 100-continue",
-            ));
-        }
-    };
-    let close = match version {
-        Version::HTTP_11 => has_token(&headers, header::CONNECTION, "close"),
-        _ => !has_token(&headers, header::CONNECTION, "keep-alive"),
-    };
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
-    Ok(Some(Head {
-        parts: req.into_parts().0,
-        body,
-        close,
-        expect_continue,
-    }))
-}
-
 /// An HTTP/1 connection being served.
 struct Http1<H> {
     /// The read side, while it is not lent to a request body.
@@ -885,19 +720,11 @@ impl<H: Handler> Http1<H> {
     /// Answers a request refused before the handler saw it, and closes the connection.
     async fn refuse(&mut self, refused: &Refusal) {
         tracing::debug!(peer = %self.peer, status = %refused.status, reason = %refused.reason, "request refused");
-        let body = crate::jsonrpc::error_response(
-            serde_json::Value::Null,
-            crate::jsonrpc::INVALID_REQUEST,
-            &format!("Bad request: {}", refused.reason),
-            None,
-        )
-        .to_string();
+        let (content_type, body) = self.handler.refusal(refused.status, &refused.reason);
         let mut resp = Response::new(());
         *resp.status_mut() = refused.status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
         let (parts, ()) = resp.into_parts();
         let out = &mut self.out;
         out.clear();
@@ -910,7 +737,7 @@ impl<H: Handler> Http1<H> {
             false,
             Version::HTTP_11,
         );
-        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(&body);
         if write_within(&mut self.write, &self.out, self.timeouts.write)
             .await
             .is_ok()
@@ -1092,167 +919,6 @@ fn http_date(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(raw: &str) -> Result<Option<Head>, Refusal> {
-        parse_head(&mut BytesMut::from(raw))
-    }
-
-    fn framing_of(raw: &str) -> Framing {
-        parse(raw).unwrap().unwrap().body
-    }
-
-    #[test]
-    fn request_framing_is_read_by_rfc_9112() {
-        let cases = [
-            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::Length(0)),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n",
-                Framing::Length(12),
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5, 5\r\n\r\n",
-                Framing::Length(5),
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
-                Framing::Chunked(Chunked::Size),
-            ),
-            (
-                "POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\n",
-                Framing::Length(3),
-            ),
-            ("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::Length(0)),
-            // A bare LF ends a line (RFC 9112 §2.2 allows it; hyper reads it so too). The
-            // upstream never sees it: the proxy writes every head it sends anew.
-            ("GET / HTTP/1.1\nHost: a\n\n", Framing::Length(0)),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(framing_of(raw), want, "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn requests_that_could_be_read_two_ways_are_refused_with_the_reason() {
-        let cases = [
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-                400,
-                "both by Transfer-Encoding and by Content-Length",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-                400,
-                "Content-Length",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
-                400,
-                "Content-Length",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n",
-                400,
-                "Content-Length",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
-                400,
-                "not chunked",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                400,
-                "not chunked",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                501,
-                "only the chunked",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-                501,
-                "only the chunked",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n",
-                400,
-                "not chunked",
-            ),
-            (
-                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-                400,
-                "HTTP/1.0",
-            ),
-            ("GET / HTTP/1.1\r\n\r\n", 400, "exactly one Host"),
-            (
-                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                400,
-                "exactly one Host",
-            ),
-            (
-                "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
-                400,
-                "cannot be read",
-            ),
-            (
-                "GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n",
-                400,
-                "cannot be read",
-            ),
-            ("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "cannot be read"),
-            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400, "cannot be read"),
-            (
-                "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
-                405,
-                "CONNECT",
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n",
-                417,
-                "100-continue",
-            ),
-        ];
-        for (raw, status, reason) in cases {
-            let refused = parse(raw).expect_err(&format!("{raw:?} was read"));
-            assert_eq!(refused.status.as_u16(), status, "{raw:?}: {refused:?}");
-            assert!(
-                refused.reason.contains(reason),
-                "{raw:?}: {:?} does not say {reason:?}",
-                refused.reason
-            );
-        }
-        let many = format!(
-            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
-            "x: 1\r\n".repeat(MAX_HEADERS)
-        );
-        assert_eq!(
-            parse(&many).unwrap_err().status,
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        );
-    }
-
-    #[test]
-    fn a_head_keeps_every_field_and_leaves_the_body_in_the_buffer() {
-        let mut buf = BytesMut::from(
-            "POST /mcp?x=1 HTTP/1.1\r\nHost: a\r\nAccept: a\r\naccept: b\r\nConnection: close\r\nExpect: 100-Continue\r\nContent-Length: 4\r\n\r\nBODYNEXT",
-        );
-        let head = parse_head(&mut buf).unwrap().unwrap();
-        assert_eq!(head.parts.method, Method::POST);
-        assert_eq!(head.parts.uri, "/mcp?x=1");
-        let accept: Vec<_> = head.parts.headers.get_all("accept").iter().collect();
-        assert_eq!(accept, ["a", "b"]);
-        assert!(head.close && head.expect_continue);
-        assert_eq!(&buf[..], b"BODYNEXT");
-        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
-        assert!(
-            !parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .close
-        );
-        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().close);
-    }
 
     #[test]
     fn answer_heads_state_their_own_framing() {

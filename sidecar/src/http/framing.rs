@@ -1,5 +1,5 @@
 //! HTTP/1.1 message framing (RFC 9112), the one place both sides of the proxy read it: the
-//! agent's requests in [`crate::conn`] and the MCP server's answers in [`crate::upstream`].
+//! agent's requests in [`crate::http::server`] and the MCP server's answers in [`crate::http::client`].
 //!
 //! ```text
 //! bytes read ─> buffer ─> Framing::step ─> Data(bytes) | End | More (read again)
@@ -10,13 +10,11 @@
 //! bytes arrive; whoever owns the socket reads more when it answers `More`.
 
 use std::io;
-use std::ops::Range;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::BoxError;
+use crate::http::BoxError;
 
 /// A socket and the buffer it is read into, as a body reads them.
 pub(crate) trait Buffered {
@@ -28,88 +26,11 @@ pub(crate) trait Buffered {
 /// Largest chunk-size line, and largest trailer section, in bytes.
 const MAX_CHUNK_META: usize = 16 * 1024;
 
-/// Where `part` (a slice of `buf`, as httparse hands them out) lies in `buf`.
-pub(crate) fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
-}
-
-/// The header fields httparse found in `buf`, as names and ranges of `buf`: once the head is
-/// split off and frozen, [`sliced_headers`] makes each value a slice of it, not a copy.
-/// `Err` when a name cannot be one.
-pub(crate) fn field_ranges(
-    buf: &[u8],
-    fields: &[httparse::Header<'_>],
-) -> Result<Vec<(HeaderName, Range<usize>)>, ()> {
-    fields
-        .iter()
-        .map(|f| {
-            let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ())?;
-            Ok((name, range_in(buf, f.value)))
-        })
-        .collect()
-}
-
-/// The fields of a frozen head, their values sharing its bytes, in a map with room for `spare`
-/// more. `Err` when a value cannot be one.
-pub(crate) fn sliced_headers(
-    head: &Bytes,
-    fields: Vec<(HeaderName, Range<usize>)>,
-    spare: usize,
-) -> Result<HeaderMap, ()> {
-    let mut headers = HeaderMap::with_capacity(fields.len() + spare);
-    for (name, range) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| ())?;
-        headers.append(name, value);
-    }
-    Ok(headers)
-}
-
-/// The `Content-Length`, if any: every value the same decimal number, or an error.
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let Some(n) = decimal(part.trim_ascii()) else {
-                return Some(Err(()));
-            };
-            if found.is_some_and(|f| f != n) {
-                return Some(Err(()));
-            }
-            found = Some(n);
-        }
-    }
-    found.map(Ok)
-}
-
 /// Writes the `Content-Length` field line for `n` bytes, as both sides of the proxy state it.
 pub(crate) fn put_content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// One or more ASCII digits as a `u64`; `None` for anything else, or more than fits.
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-    })
-}
-
-/// Whether a comma-separated field (`Connection`) lists `token`, in any case.
-pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How a message body ends.
@@ -306,81 +227,7 @@ mod tests {
         }
     }
 
-    /// `content_length` as it was first written, on text: the oracle for the one on bytes.
-    fn content_length_on_text(headers: &HeaderMap) -> Option<Result<u64, ()>> {
-        let mut found = None;
-        for value in headers.get_all(header::CONTENT_LENGTH) {
-            let Ok(text) = value.to_str() else {
-                return Some(Err(()));
-            };
-            for part in text.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Some(Err(()));
-                }
-                let Ok(n) = part.parse::<u64>() else {
-                    return Some(Err(()));
-                };
-                if found.is_some_and(|f| f != n) {
-                    return Some(Err(()));
-                }
-                found = Some(n);
-            }
-        }
-        found.map(Ok)
-    }
-
-    #[test]
-    fn content_lengths_read_as_the_text_reading_reads_them() {
-        let pieces: [&[u8]; 16] = [
-            b"0",
-            b"7",
-            b"42",
-            b"042",
-            b",",
-            b" ",
-            b"\t",
-            b"-1",
-            b"+1",
-            b"1e3",
-            b"x",
-            b"18446744073709551615",
-            b"18446744073709551616",
-            b"\xff",
-            b"\xc3\xa9",
-            b"",
-        ];
-        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
-        for _ in 0..50_000 {
-            let mut headers = HeaderMap::new();
-            for _ in 0..next(3) + 1 {
-                let value: Vec<u8> = (0..next(5))
-                    .flat_map(|_| pieces[next(pieces.len())])
-                    .copied()
-                    .collect();
-                if let Ok(value) = HeaderValue::from_bytes(&value) {
-                    headers.append(header::CONTENT_LENGTH, value);
-                }
-            }
-            assert_eq!(
-                content_length(&headers),
-                content_length_on_text(&headers),
-                "{headers:?}"
-            );
-        }
-        let one = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
-            content_length(&h)
-        };
-        assert_eq!(one("12"), Some(Ok(12)));
-        assert_eq!(one(" 12 , 12"), Some(Ok(12)));
-        assert_eq!(one("12, 13"), Some(Err(())));
-        assert_eq!(one("18446744073709551616"), Some(Err(())));
-        assert_eq!(content_length(&HeaderMap::new()), None);
-    }
-
-    /// the bytes after it.
+    /// Decodes `wire` read `piece` bytes at a time: the body, and the bytes after it.
     fn decode(
         mut framing: Framing,
         wire: &[u8],

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate_sidecar::conn;
+use tollgate_sidecar::http::server;
 
 mod oracle;
 #[path = "oracle/servers.rs"]
@@ -41,7 +41,7 @@ async fn ours(bytes: &[u8]) -> Vec<Seen> {
     let server = tokio::spawn(async move {
         let (_stop, stopping) = tokio::sync::watch::channel(false);
         let (stream, peer) = listener.accept().await.unwrap();
-        conn::serve(stream, peer, h, stopping).await;
+        server::serve(stream, peer, h, stopping).await;
     });
     exchange(addr, bytes).await;
     server.abort();
@@ -119,7 +119,7 @@ const LAST: &[u8] = b"GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inbound_server_never_reads_a_request_differently_from_hyper() {
     // More cases, and other seeds, for a longer search:
-    // TOLLGATE_ORACLE_CASES=100000 TOLLGATE_ORACLE_SEED=7 cargo test --test conn_oracle
+    // TOLLGATE_ORACLE_CASES=100000 TOLLGATE_ORACLE_SEED=7 cargo test --test http_server_oracle
     let cases: usize = env_or("TOLLGATE_ORACLE_CASES", 1500);
     let mut rng = Rng(env_or("TOLLGATE_ORACLE_SEED", 0x2545_f491_4f6c_dd1d));
     let wires: Vec<Vec<u8>> = (0..cases)

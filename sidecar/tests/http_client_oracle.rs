@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate_sidecar::upstream::{Outgoing, Upstream};
+use tollgate_sidecar::http::client::{Outgoing, Upstream};
 
 mod oracle;
 use oracle::{Rng, env_or, mutate};
@@ -130,7 +130,7 @@ fn answer(rng: &mut Rng) -> Vec<u8> {
 #[tokio::test]
 async fn the_upstream_client_never_reads_an_answer_differently_from_hyper() {
     // More cases, and other seeds, for a longer search:
-    // TOLLGATE_ORACLE_CASES=100000 TOLLGATE_ORACLE_SEED=7 cargo test --test upstream_oracle
+    // TOLLGATE_ORACLE_CASES=100000 TOLLGATE_ORACLE_SEED=7 cargo test --test http_client_oracle
     let cases: usize = env_or("TOLLGATE_ORACLE_CASES", 1500);
     let mut rng = Rng(env_or("TOLLGATE_ORACLE_SEED", 0x9e37_79b9_7f4a_7c15));
     let (mut agreed, mut stricter) = (0, Vec::new());

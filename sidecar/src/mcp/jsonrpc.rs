@@ -109,7 +109,7 @@ pub fn id_value(id: Option<&RawValue>) -> Value {
 #[derive(Debug, Deserialize)]
 pub struct ToolCall {
     pub name: String,
-    /// Read from strictly read JSON ([`crate::strict`]): no key twice, every number exact.
+    /// Read from strictly read JSON ([`crate::mcp::strict`]): no key twice, every number exact.
     #[serde(default)]
     pub arguments: Option<Value>,
 }
@@ -155,10 +155,10 @@ impl RpcError {
 }
 
 /// Reads a request body: exactly one JSON-RPC 2.0 message or batch, in JSON that every reader
-/// reads one way ([`crate::strict`]). Anything else is refused, never forwarded: a server may
+/// reads one way ([`crate::mcp::strict`]). Anything else is refused, never forwarded: a server may
 /// read what the proxy could not.
 pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
-    let text = crate::strict::read(bytes).map_err(|e| RpcError {
+    let text = crate::mcp::strict::read(bytes).map_err(|e| RpcError {
         code: if e.syntax {
             PARSE_ERROR
         } else {

@@ -1,0 +1,9 @@
+//! MCP's messages: JSON-RPC 2.0 read strictly (one reading or none), server-sent events split
+//! and written, tool names read as servers read them.
+//!
+//! Pure functions over bytes and text: no sockets, no HTTP heads, no policy.
+
+pub mod jsonrpc;
+pub mod sse;
+pub mod strict;
+pub(crate) mod tool_name;
