@@ -1,0 +1,345 @@
+//! Stages three and four: forwarding what was allowed to the MCP server, and passing its
+//! answer back through the [`Inspector`] (tool lists filtered, calls settled), as JSON read
+//! whole or as an SSE stream event by event. Hop-by-hop fields stay on their hop.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tollgate_api::{Identity, PolicySet};
+
+use super::batch::merge_answers;
+use super::legacy::{LegacySession, endpoint_key};
+use super::{Proxy, Resp, full, json_response};
+use crate::http::client::Outgoing;
+use crate::http::media::ContentType;
+use crate::mcp::jsonrpc;
+use crate::mcp::sse::message_event;
+use crate::proxy::inspect::{Calls, Inspector};
+use crate::proxy::stream::SseBody;
+
+impl Proxy {
+    /// The upstream request's head, from the client's: hop-by-hop fields dropped, the
+    /// server's `Host`, and the forwarding fields. The path and query are the client's.
+    pub(super) fn upstream_head(
+        &self,
+        mut parts: http::request::Parts,
+        peer: SocketAddr,
+    ) -> http::request::Parts {
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::HOST, self.upstream_authority.clone());
+        if let Some(host) = original_host {
+            parts.headers.insert(X_FORWARDED_HOST, host);
+        }
+        if !parts.headers.contains_key(X_FORWARDED_PROTO) {
+            parts
+                .headers
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        parts
+            .headers
+            .append(X_FORWARDED_FOR, forwarded_for(peer.ip()));
+        parts
+    }
+
+    /// Sends a request with its body read upstream and passes its answer back through the
+    /// inspector.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: Outgoing,
+        extra: Vec<Value>,
+        mut inspector: Inspector,
+        peer: SocketAddr,
+        start: Instant,
+        kind: &'static str,
+    ) -> Resp {
+        let up = self.upstream_head(parts, peer);
+        let resp = match self.client.send(&up, body).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.never_sent() {
+                    inspector.refund_all();
+                }
+                return self.bad_gateway(&e, None);
+            }
+        };
+        self.metrics.request(kind, start.elapsed().as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if parts.status.is_client_error() {
+            // The server refused the request as a whole: nothing in it ran.
+            inspector.refund_all();
+        }
+        let content = ContentType::of(&parts.headers);
+        if content == ContentType::EventStream {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let first = extra
+                .iter()
+                .map(|v| message_event(&v.to_string()))
+                .collect();
+            return Response::from_parts(parts, SseBody::new(body, inspector, first).boxed());
+        }
+        if parts.status == StatusCode::ACCEPTED && !extra.is_empty() {
+            // The forwarded part of a batch was only notifications: answer the denials.
+            return json_response(StatusCode::OK, &Value::Array(extra));
+        }
+        let must_read = inspector.may_filter() && parts.status.is_success();
+        let needs_look = !extra.is_empty()
+            || must_read
+            || (content == ContentType::Json && inspector.is_tracking());
+        if !needs_look {
+            return Response::from_parts(parts, body.boxed());
+        }
+        let bytes = match Limited::new(body, MAX_ANSWER).collect().await {
+            Ok(c) => c.to_bytes(),
+            // Cut off mid-answer: the calls keep their counts (they may have run).
+            Err(e) => return self.bad_gateway(&e, None),
+        };
+        if must_read && content != ContentType::Json && !bytes.is_empty() {
+            // A tool list in a form the proxy does not read: a client might read it anyway.
+            let why = format!("its answer's Content-Type is {content:?}, not JSON or SSE");
+            return withheld(&why);
+        }
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(text) => text,
+            Err(_) => {
+                return match inspector.unreadable(&bytes, "its answer is not UTF-8") {
+                    Some(error) if extra.is_empty() => json_text_response(parts, error),
+                    Some(_) => withheld("its answer is not UTF-8"),
+                    None => Response::from_parts(parts, full(bytes)),
+                };
+            }
+        };
+        let mut out = inspector.inspect_text(text);
+        if !extra.is_empty() {
+            // Part of a batch was denied: the client gets every answer, ours and the server's.
+            out = Some(merge_answers(out.as_deref().unwrap_or(text), extra));
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        inspector.finish();
+        match out {
+            Some(changed) => json_text_response(parts, changed),
+            None => Response::from_parts(parts, full(bytes)),
+        }
+    }
+
+    /// A request with no body (GET, DELETE, a probe): its answer streamed back, SSE inspected.
+    pub(super) async fn forward_stream(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        body: Outgoing,
+        set: Arc<PolicySet>,
+        who: Arc<Identity>,
+        peer: SocketAddr,
+        start: Instant,
+    ) -> Resp {
+        let is_get = parts.method == Method::GET;
+        let up = self.upstream_head(parts, peer);
+        let resp = match self.client.send(&up, body).await {
+            Ok(r) => r,
+            Err(e) => return self.bad_gateway(&e, None),
+        };
+        self.metrics
+            .request("passthrough", start.elapsed().as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if ContentType::of(&parts.headers) != ContentType::EventStream {
+            return Response::from_parts(parts, body.boxed());
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        // Answers on a stream settle only the legacy session's calls, which it has if it
+        // announces an endpoint.
+        let calls = Calls::default();
+        let inspector =
+            Inspector::for_session_stream(set, who, self.counters.clone(), calls.clone());
+        let mut sse = SseBody::new(body, inspector, Vec::new());
+        if is_get {
+            // A legacy HTTP+SSE stream announces where its session posts.
+            let (tx, rx) = mpsc::unbounded_channel();
+            let registry = self.legacy_registry();
+            let authority = self.upstream_authority.to_str().unwrap_or("").to_string();
+            sse = sse
+                .with_injection(rx)
+                .on_endpoint(Box::new(move |data: &str| {
+                    let (key, rewritten) = endpoint_key(data, &authority);
+                    registry.register(
+                        key,
+                        LegacySession {
+                            events: tx.clone(),
+                            calls: calls.clone(),
+                        },
+                    );
+                    rewritten
+                }));
+        }
+        Response::from_parts(parts, sse.boxed())
+    }
+
+    pub(super) fn bad_gateway(&self, e: &dyn std::fmt::Display, id: Option<Value>) -> Resp {
+        self.metrics.upstream_error("unreachable");
+        tracing::warn!(upstream = %self.cfg.upstream, error = %e, "upstream request failed");
+        let body = jsonrpc::error_response(
+            id.unwrap_or(Value::Null),
+            jsonrpc::INTERNAL_ERROR,
+            &format!(
+                "The MCP server at {} could not be reached: {e}",
+                self.cfg.upstream
+            ),
+            None,
+        );
+        json_response(StatusCode::BAD_GATEWAY, &body)
+    }
+}
+
+/// Largest answer the proxy reads into memory to inspect (a tool list, a batch's answers).
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// An answer whose body the proxy rewrote.
+fn json_text_response(mut parts: http::response::Parts, body: String) -> Resp {
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, full(body))
+}
+
+/// What the client gets for an answer the proxy must read and cannot.
+fn withheld(why: &str) -> Resp {
+    let body = jsonrpc::error_response(
+        Value::Null,
+        jsonrpc::INTERNAL_ERROR,
+        &format!("Tollgate cannot read the MCP server's answer, so it is withheld: {why}"),
+        None,
+    );
+    json_response(StatusCode::BAD_GATEWAY, &body)
+}
+
+/// Fields that belong to one hop, never forwarded; `Trailer` too, as trailers are not.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
+    header::TRAILER,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Nearly every message has none of them: one pass over the names, comparing without
+    // hashing, finds that out (each removal below is a hash lookup).
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
+    if let Some(named) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let named: Vec<HeaderName> = named
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// `X-Forwarded-For`'s value for `ip`. A connection's requests all come from one address, so
+/// the last one formatted on this thread is kept and shared (a clone is a reference count).
+fn forwarded_for(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value");
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
+}
+
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(fields: &[(&str, &str)]) -> HeaderMap {
+        fields
+            .iter()
+            .map(|(n, v)| {
+                (
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(HeaderName::as_str).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_dropped_and_no_others() {
+        let mut h = map(&[
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "close"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("upgrade", "h2c"),
+            ("mcp-session-id", "s1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "mcp-session-id"]);
+
+        let untouched = map(&[("content-type", "a"), ("accept", "b"), ("x-c", "c")]);
+        let mut h = untouched.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
+
+        // Only `Trailer`: still found by the pass over the names.
+        let mut h = map(&[("accept", "b"), ("trailer", "x")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_names_each_peer_even_when_peers_alternate_on_a_thread() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        for ip in [v4, v4, v6, v4, v6, v6] {
+            assert_eq!(forwarded_for(ip), ip.to_string().as_str());
+        }
+    }
+}
