@@ -21,7 +21,7 @@ pub mod validate;
 
 pub use decide::{
     Call, CounterKey, Counters, Decision, Denial, Identity, NoCounters, PolicySet, Reservation,
-    Verdict, Visibility,
+    Verdict,
 };
 pub use effective::{EffectivePolicy, PolicyUpdate, ServiceAccountKeys, Workload, selects};
 pub use load::{Format, Loaded, NamedPolicy, load_file};

@@ -240,15 +240,6 @@ tools:
     let tools = ["read", "charge", "drop", "maybe_drop", "bucket", "unlisted"];
     let shown: Vec<&str> = tools.into_iter().filter(|t| s.visible(t, &who)).collect();
     assert_eq!(shown, ["read", "charge", "maybe_drop", "bucket"]);
-    // Lists after the first are answered from what the first learned, the same way.
-    for _ in 0..2 {
-        let mut visibility = s.visibility(&who);
-        let again: Vec<&str> = tools
-            .into_iter()
-            .filter(|t| visibility.visible(t))
-            .collect();
-        assert_eq!(again, shown);
-    }
 }
 
 #[test]
@@ -692,20 +683,6 @@ fn resources_and_prompts_are_decided_only_where_a_policy_names_them() {
         outcome(&decide(&hidden, "prompt:admin_reset", json!({}))),
         "deny:(hidden)"
     );
-}
-
-#[test]
-fn lists_that_depend_on_the_caller_are_never_answered_from_another_callers_list() {
-    let s = set_with(
-        DefaultAction::Allow,
-        &["subjects: [ { subject: bob } ]\nhide: [x]"],
-    );
-    let (alice, bob) = (Identity::subject("alice"), Identity::subject("bob"));
-    for _ in 0..2 {
-        assert!(s.visibility(&alice).visible("x"));
-        assert!(!s.visibility(&bob).visible("x"));
-        assert!(s.visible("x", &alice));
-    }
 }
 
 #[test]

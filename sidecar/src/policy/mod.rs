@@ -24,13 +24,16 @@ use tollgate_api::{DefaultAction, EffectivePolicy, PolicySet, PolicyUpdate};
 pub mod control;
 pub mod counters;
 pub mod identity;
+mod visibility;
+
+pub use visibility::{Enforced, Visibility};
 
 use crate::policy::identity::Verifier;
 use crate::telemetry::metrics::Metrics;
 
 /// What the proxy enforces right now.
 pub struct PolicyState {
-    pub set: Arc<PolicySet>,
+    pub set: Arc<Enforced>,
     /// False until a policy has loaded.
     pub ready: bool,
     /// Why the state is not ready, or why the last update was refused.
@@ -52,7 +55,7 @@ impl PolicyHandle {
         let reason = "No policy is loaded yet, so every call is denied";
         PolicyHandle {
             state: Arc::new(ArcSwap::from_pointee(PolicyState {
-                set: Arc::new(PolicySet::deny_all(reason)),
+                set: Arc::new(Enforced::new(PolicySet::deny_all(reason))),
                 ready: false,
                 last_error: Some(reason.into()),
                 cluster_keys: None,
@@ -102,7 +105,7 @@ impl PolicyHandle {
             Ok(set) => {
                 self.metrics.policy_loaded(set.revision);
                 self.state.store(Arc::new(PolicyState {
-                    set: Arc::new(set),
+                    set: Arc::new(Enforced::new(set)),
                     ready: true,
                     last_error: None,
                     cluster_keys,

@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
-use tollgate_api::{Identity, PolicySet};
+use tollgate_api::Identity;
 
 use super::{
     MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, Proxy, Resp, header_str,
@@ -20,6 +20,7 @@ use crate::http::deadline::Progress;
 use crate::http::media::field_once;
 use crate::http::server::RequestBody;
 use crate::mcp::jsonrpc::{self, Body as RpcBody, Message};
+use crate::policy::Enforced;
 use crate::policy::identity;
 
 /// A request body read as JSON-RPC: its messages, or the refusal. The body must be UTF-8
@@ -55,7 +56,7 @@ impl Proxy {
     pub(super) fn admit(
         &self,
         req: &Request<RequestBody>,
-    ) -> Result<(Arc<PolicySet>, Arc<Identity>), Resp> {
+    ) -> Result<(Arc<Enforced>, Arc<Identity>), Resp> {
         if !self.cfg.allowed_origins.is_empty()
             && let Some(origin) = req.headers().get(header::ORIGIN)
             && (unreadable_field(req.headers(), &header::ORIGIN)

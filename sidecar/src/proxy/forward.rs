@@ -12,7 +12,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tollgate_api::{Identity, PolicySet};
+use tollgate_api::Identity;
 
 use super::batch::merge_answers;
 use super::legacy::{LegacySession, endpoint_key};
@@ -21,6 +21,7 @@ use crate::http::client::Outgoing;
 use crate::http::media::ContentType;
 use crate::mcp::jsonrpc;
 use crate::mcp::sse::message_event;
+use crate::policy::Enforced;
 use crate::proxy::inspect::{Calls, Inspector};
 use crate::proxy::stream::SseBody;
 
@@ -147,7 +148,7 @@ impl Proxy {
         self: Arc<Self>,
         parts: http::request::Parts,
         body: Outgoing,
-        set: Arc<PolicySet>,
+        set: Arc<Enforced>,
         who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,

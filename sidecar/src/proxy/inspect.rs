@@ -31,10 +31,11 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use tollgate_api::{Identity, PolicySet};
+use tollgate_api::Identity;
 
 use crate::mcp::jsonrpc;
 use crate::mcp::tool_name::{has_unicode_escape, tool_name};
+use crate::policy::Enforced;
 use crate::policy::counters::{CounterStore, Reserved};
 
 /// A JSON-RPC id as servers compare them: a string by its text once unescaped, a number by its
@@ -116,7 +117,7 @@ enum Answers {
 
 /// Inspects the server's messages for one client request or stream.
 pub struct Inspector {
-    policy: Option<Arc<PolicySet>>,
+    policy: Option<Arc<Enforced>>,
     who: Arc<Identity>,
     counters: Arc<CounterStore>,
     calls: Calls,
@@ -303,7 +304,7 @@ impl Inspector {
     /// An inspector for a request whose answers come on its own response; `calls` are its
     /// session's (or its own, without a session).
     pub fn for_request(
-        policy: Arc<PolicySet>,
+        policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
         calls: Calls,
@@ -313,7 +314,7 @@ impl Inspector {
 
     /// An inspector for a legacy session's stream, where every call of the session is answered.
     pub fn for_session_stream(
-        policy: Arc<PolicySet>,
+        policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
         calls: Calls,
@@ -323,7 +324,7 @@ impl Inspector {
 
     /// An inspector for a legacy POST: its calls are the session's, answered on its stream.
     pub fn for_legacy_post(
-        policy: Arc<PolicySet>,
+        policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
         calls: Calls,
@@ -332,7 +333,7 @@ impl Inspector {
     }
 
     fn with(
-        policy: Arc<PolicySet>,
+        policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
         calls: Calls,
@@ -610,7 +611,7 @@ mod tests {
     use tollgate_api::{DefaultAction, PolicySpec};
 
     fn request_inspector(
-        policy: Arc<PolicySet>,
+        policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
     ) -> Inspector {
@@ -621,13 +622,15 @@ mod tests {
         CallId::of(&RawValue::from_string(raw.to_string()).unwrap()).unwrap()
     }
 
-    fn set(spec: &str) -> Arc<PolicySet> {
+    fn set(spec: &str) -> Arc<Enforced> {
         let spec: PolicySpec = tollgate_api::load::yaml_from_str(spec).unwrap();
-        Arc::new(PolicySet::compile(1, DefaultAction::Allow, [("p", &spec)]).unwrap())
+        Arc::new(Enforced::new(
+            tollgate_api::PolicySet::compile(1, DefaultAction::Allow, [("p", &spec)]).unwrap(),
+        ))
     }
 
     /// Reserves the quota of an anonymous call of tool `t`, if the policy allows it.
-    fn reserve_t(s: &PolicySet, counters: &CounterStore) -> Option<Reserved> {
+    fn reserve_t(s: &tollgate_api::PolicySet, counters: &CounterStore) -> Option<Reserved> {
         let args = json!({});
         let call = tollgate_api::Call::new("t", &args);
         let tollgate_api::Decision::Allow { reservations } =

@@ -46,6 +46,7 @@ use crate::http::deadline::Timeouts;
 use crate::http::server::RequestBody;
 use crate::mcp::jsonrpc::{self, Message};
 use crate::mcp::sse::message_event;
+use crate::policy::Enforced;
 use crate::policy::PolicyHandle;
 use crate::policy::counters::CounterStore;
 use crate::policy::identity::Verifier;
@@ -251,7 +252,7 @@ impl Proxy {
     async fn handle_body(
         self: Arc<Self>,
         req: Request<RequestBody>,
-        set: Arc<PolicySet>,
+        set: Arc<Enforced>,
         who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
@@ -345,7 +346,7 @@ impl Proxy {
     fn route(
         &self,
         parts: &http::request::Parts,
-        set: &Arc<PolicySet>,
+        set: &Arc<Enforced>,
         who: &Arc<Identity>,
         messages: &[Message<'_>],
     ) -> Route {

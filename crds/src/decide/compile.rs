@@ -1,0 +1,341 @@
+//! A validated spec made ready to decide: rules, conditions and limits compiled once, so that
+//! deciding a call allocates only the counter keys it reserves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldhash::fast::RandomState;
+use regex::Regex;
+use serde_json::Value;
+
+use super::glob::{Glob, path_matches};
+use super::types::{CounterName, DEFAULT_APPROVAL_TIMEOUT, Denial};
+use crate::problem::{Problem, Problems};
+use crate::resources::{Action, DefaultAction, DenyAs, Mode, Op, PolicySpec, Scope};
+use crate::validate::{self, counter_scope, parse_rate_limit, rate_limit_counter};
+
+/// Every policy in force on one workload, compiled.
+#[derive(Clone, Debug)]
+pub struct PolicySet {
+    /// Where this set came from: a file's revision or the operator's stream revision.
+    pub revision: u64,
+    /// The cluster-wide (or standalone) default for tools nothing lists.
+    pub default_action: DefaultAction,
+    pub policies: Vec<CompiledPolicy>,
+}
+
+impl PolicySet {
+    /// Compiles named specs; every problem of every policy is returned at once.
+    pub fn compile<'a>(
+        revision: u64,
+        default_action: DefaultAction,
+        specs: impl IntoIterator<Item = (&'a str, &'a PolicySpec)>,
+    ) -> Result<PolicySet, Problems> {
+        let mut policies = Vec::new();
+        let mut problems = Vec::new();
+        for (name, spec) in specs {
+            match CompiledPolicy::compile(name, spec) {
+                Ok(p) => policies.push(p),
+                Err(Problems(ps)) => problems.extend(ps.into_iter().map(|p| Problem {
+                    path: format!("{name}: {}", p.path),
+                    message: p.message,
+                })),
+            }
+        }
+        if problems.is_empty() {
+            Ok(PolicySet {
+                revision,
+                default_action,
+                policies,
+            })
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    /// Whether a policy of the set names `path` as one whose request bodies are not MCP.
+    pub fn passes_through(&self, path: &str) -> bool {
+        self.policies.iter().any(|p| {
+            p.passthrough_paths
+                .iter()
+                .any(|pat| path_matches(pat, path))
+        })
+    }
+
+    /// A set that denies everything: what the sidecar enforces before any policy loads.
+    pub fn deny_all(reason: &str) -> PolicySet {
+        let spec = PolicySpec {
+            hide: vec!["*".into()],
+            ..Default::default()
+        };
+        let mut p = CompiledPolicy::compile("(no policy loaded)", &spec).expect("static policy");
+        p.hidden_reason = Some(reason.to_string());
+        PolicySet {
+            revision: 0,
+            default_action: DefaultAction::Deny,
+            policies: vec![p],
+        }
+    }
+
+    /// Whether any policy names entries of a kind (`resource:` for `resources/read` by URI,
+    /// `prompt:` for `prompts/get` by name): only then are calls of that kind decided.
+    pub fn names(&self, prefix: &str) -> bool {
+        self.policies.iter().any(|p| p.prefixes.contains(&prefix))
+    }
+
+    /// Whether any policy could list tools differently for different callers.
+    pub fn varies_by_caller(&self) -> bool {
+        self.policies.iter().any(|p| !p.subjects.is_empty())
+    }
+}
+
+/// One policy, ready to decide calls.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub name: Arc<str>,
+    pub default: DefaultAction,
+    pub mode: Mode,
+    pub deny_as: DenyAs,
+    pub(super) hide: Vec<Glob>,
+    pub(super) hidden_reason: Option<String>,
+    pub(super) subjects: Vec<crate::resources::Subject>,
+    pub(super) exact: HashMap<String, CompiledEntry, RandomState>,
+    pub(super) globs: Vec<(Glob, CompiledEntry)>,
+    pub(super) wildcard: Option<CompiledEntry>,
+    /// `(entry, counter)` -> the counter, for `state.` conditions.
+    pub(super) counters: HashMap<(String, String), CounterName, RandomState>,
+    /// The kinds of non-tool entries the policy names (`resource:`, `prompt:`).
+    pub(super) prefixes: Vec<&'static str>,
+    /// Paths whose request bodies are not MCP.
+    pub(super) passthrough_paths: Vec<String>,
+}
+
+/// Entry-name prefixes for what is decided besides tools.
+pub const KIND_PREFIXES: [&str; 2] = ["resource:", "prompt:"];
+
+#[derive(Clone, Debug)]
+pub(super) struct CompiledEntry {
+    pub(super) rules: Vec<CompiledRule>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct CompiledRule {
+    pub(super) name: String,
+    pub(super) action: Action,
+    pub(super) conditions: Vec<CompiledCondition>,
+    /// The counter's name as the rule states it, and the limit.
+    pub(super) limit: Option<(String, CompiledLimit)>,
+    pub(super) on_deny: Option<String>,
+    pub(super) approval_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct CompiledCondition {
+    pub(super) path: String,
+    pub(super) source: Source,
+    pub(super) op: Op,
+    pub(super) value: Value,
+    pub(super) regex: Option<Regex>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Source {
+    Args(Vec<String>),
+    Identity(Vec<String>),
+    State { scope: String, counter: String },
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct CompiledLimit {
+    pub(super) name: CounterName,
+    pub(super) on_full: Arc<Denial>,
+    pub(super) max: Option<u64>,
+    pub(super) amount: Amount,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Amount {
+    Fixed(u64),
+    From { path: String, segments: Vec<String> },
+}
+
+impl CompiledPolicy {
+    /// Validates and compiles one spec.
+    pub fn compile(name: &str, spec: &PolicySpec) -> Result<CompiledPolicy, Problems> {
+        let problems = validate::validate_spec(spec);
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let mut counters = HashMap::default();
+        let mut exact = HashMap::default();
+        let mut globs = Vec::new();
+        let mut wildcard = None;
+        for (key, tool) in &spec.tools {
+            let scope = counter_scope(key).to_string();
+            let mut rules = Vec::with_capacity(tool.rules.len());
+            for (i, rule) in tool.rules.iter().enumerate() {
+                let compiled =
+                    compile_rule(name, spec.deny_as.unwrap_or_default(), &scope, i, rule);
+                if let Some((counter, l)) = &compiled.limit {
+                    counters.insert((scope.clone(), counter.clone()), l.name.clone());
+                }
+                rules.push(compiled);
+            }
+            let entry = CompiledEntry { rules };
+            if key == "*" {
+                wildcard = Some(entry);
+            } else if Glob::is_glob(key) {
+                globs.push((Glob::new(key), entry));
+            } else {
+                exact.insert(key.clone(), entry);
+            }
+        }
+        Ok(CompiledPolicy {
+            name: name.into(),
+            default: spec.default,
+            mode: spec.mode,
+            deny_as: spec.deny_as.unwrap_or_default(),
+            prefixes: KIND_PREFIXES
+                .into_iter()
+                .filter(|k| {
+                    spec.tools
+                        .keys()
+                        .chain(&spec.hide)
+                        .any(|name| name.starts_with(k))
+                })
+                .collect(),
+            hide: spec.hide.iter().map(|h| Glob::new(h)).collect(),
+            hidden_reason: None,
+            subjects: spec.subjects.clone(),
+            exact,
+            globs,
+            wildcard,
+            counters,
+            passthrough_paths: spec.passthrough_paths.clone(),
+        })
+    }
+
+    /// How many tool entries the policy lists (the status' TOOLS column).
+    pub fn tool_count(&self) -> usize {
+        self.exact.len() + self.globs.len() + usize::from(self.wildcard.is_some())
+    }
+}
+
+fn compile_rule(
+    policy: &str,
+    deny_as: DenyAs,
+    scope: &str,
+    i: usize,
+    rule: &crate::resources::Rule,
+) -> CompiledRule {
+    let name = if rule.name.is_empty() {
+        format!("rules[{i}]")
+    } else {
+        rule.name.clone()
+    };
+    let on_deny = rule.on_deny.clone().or_else(|| {
+        rule.rate_limit.as_deref().and_then(|rl| {
+            let (max, window) = parse_rate_limit(rl).ok()?;
+            Some(format!(
+                "Rate limit of {max} per {} reached. Try again later.",
+                window.as_str()
+            ))
+        })
+    });
+    // (counter, window, max, amount, scope) as the rule states them.
+    let stated = if let Some(l) = &rule.limit {
+        let amount = match &l.increment_from {
+            Some(path) => Amount::From {
+                path: path.clone(),
+                segments: segments(path, "args"),
+            },
+            None => Amount::Fixed(l.increment.unwrap_or(1)),
+        };
+        Some((
+            l.counter.clone(),
+            l.window,
+            l.max,
+            amount,
+            l.scope.unwrap_or_default(),
+        ))
+    } else if let Some(rl) = &rule.rate_limit {
+        let (max, window) = parse_rate_limit(rl).expect("validated");
+        let counter = rate_limit_counter(window.as_str());
+        Some((counter, window, Some(max), Amount::Fixed(1), Scope::Global))
+    } else {
+        None
+    };
+    let limit = stated.map(|(counter, window, max, amount, how)| {
+        let on_full = Arc::new(Denial {
+            policy: policy.to_string(),
+            rule: name.clone(),
+            reason: on_deny.clone().unwrap_or_else(|| {
+                format!(
+                    "Limit {counter:?} of {} per {} reached. Try again later.",
+                    max.unwrap_or(u64::MAX),
+                    window.as_str()
+                )
+            }),
+            deny_as,
+        });
+        let limit = CompiledLimit {
+            name: CounterName::new(policy, scope, &counter, how, window),
+            on_full,
+            max,
+            amount,
+        };
+        (counter, limit)
+    });
+    CompiledRule {
+        name,
+        action: rule.action.unwrap_or_default(),
+        conditions: rule.conditions.iter().map(compile_condition).collect(),
+        limit,
+        on_deny,
+        approval_timeout: rule
+            .approval
+            .as_ref()
+            .and_then(|a| a.timeout.as_deref())
+            .and_then(validate::parse_duration)
+            .unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
+    }
+}
+
+fn compile_condition(c: &crate::resources::Condition) -> CompiledCondition {
+    let source = if let Some(rest) = c.path.strip_prefix("state.") {
+        let (scope, counter) = rest.split_once('.').expect("validated");
+        Source::State {
+            scope: scope.into(),
+            counter: counter.into(),
+        }
+    } else if c.path.starts_with("identity.") {
+        Source::Identity(segments(&c.path, "identity"))
+    } else {
+        Source::Args(segments(&c.path, "args"))
+    };
+    let value = match (c.op, &c.value) {
+        (Op::Exists, None) => Value::Bool(true),
+        (_, v) => v.clone().unwrap_or(Value::Null),
+    };
+    let regex = (c.op == Op::Regex).then(|| {
+        regex::RegexBuilder::new(value.as_str().expect("validated"))
+            .size_limit(validate::REGEX_SIZE_LIMIT)
+            .build()
+            .expect("validated")
+    });
+    CompiledCondition {
+        path: c.path.clone(),
+        source,
+        op: c.op,
+        value,
+        regex,
+    }
+}
+
+fn segments(path: &str, root: &str) -> Vec<String> {
+    path[root.len() + 1..]
+        .split('.')
+        .map(str::to_string)
+        .collect()
+}
