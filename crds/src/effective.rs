@@ -9,16 +9,18 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+#[cfg(feature = "kube")]
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::decide::PolicySet;
 use crate::load::NamedPolicy;
 use crate::problem::Problems;
-use crate::resources::{
-    Action, DefaultAction, McpClusterPolicy, McpPolicy, PolicySpec, Rule, ToolRules,
-};
+use crate::resources::DefaultAction;
+#[cfg(feature = "kube")]
+use crate::resources::{Action, McpClusterPolicy, McpPolicy, PolicySpec, Rule, ToolRules};
+#[cfg(feature = "kube")]
+use crate::selector::selects;
 
 /// Every policy in force on one pod, in the order they are evaluated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +82,7 @@ impl EffectivePolicy {
     /// A policy that does not validate (it can only exist if the validating webhook was
     /// bypassed) stands in as a policy that denies every call and says why: failing closed
     /// without holding back the other policies' updates.
+    #[cfg(feature = "kube")]
     pub fn for_workload<'p>(
         pod: Workload<'_>,
         cluster: impl IntoIterator<Item = &'p McpClusterPolicy>,
@@ -119,6 +122,7 @@ impl EffectivePolicy {
     }
 }
 
+#[cfg(feature = "kube")]
 fn checked(name: String, spec: &PolicySpec) -> NamedPolicy {
     let problems = crate::validate::validate_spec(spec);
     if problems.is_empty() {
@@ -147,27 +151,4 @@ fn checked(name: String, spec: &PolicySpec) -> NamedPolicy {
             ..PolicySpec::default()
         },
     }
-}
-
-/// Whether a label selector matches a set of labels; an absent or empty selector matches
-/// everything, as in Kubernetes. An operator this code does not know matches nothing.
-pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    let Some(sel) = selector else { return true };
-    let labels_match = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    labels_match
-        && sel.match_expressions.iter().flatten().all(|e| {
-            let values = e.values.as_deref().unwrap_or_default();
-            let value = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
 }

@@ -11,19 +11,23 @@
 //! No I/O lives here: the sidecar, the operator and the `check` command wrap these functions.
 #![forbid(unsafe_code)]
 
+pub mod contract;
+#[cfg(feature = "kube")]
 pub mod crd;
 pub mod decide;
 pub mod effective;
 pub mod load;
 pub mod problem;
 pub mod resources;
+pub mod selector;
 pub mod validate;
 
 pub use decide::{
     Call, CounterKey, Counters, Decision, Denial, Identity, NoCounters, PolicySet, Reservation,
     Verdict,
 };
-pub use effective::{EffectivePolicy, PolicyUpdate, ServiceAccountKeys, Workload, selects};
+pub use effective::{EffectivePolicy, PolicyUpdate, ServiceAccountKeys, Workload};
 pub use load::{Format, Loaded, NamedPolicy, load_file};
 pub use problem::{Problem, Problems};
 pub use resources::*;
+pub use selector::{LabelSelector, LabelSelectorRequirement, selects};

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::problem::{Problem, Problems};
 use crate::resources::{
-    Action, Condition, DefaultAction, Limit, McpClusterPolicy, McpPolicy, Op, PolicySpec, Rule,
-    Scope, ToolRules, Window,
+    Action, ClusterPolicySpec, Condition, DefaultAction, Limit, Op, PolicySpec, Rule, Scope,
+    ToolRules, Window,
 };
 use crate::validate::{counter_scope, path_key, validate_spec};
 
@@ -46,7 +46,7 @@ pub struct Loaded {
     /// `metadata.namespace` / `metadata.name` where the document had them.
     pub namespace: Option<String>,
     pub resource_name: Option<String>,
-    pub namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    pub namespace_selector: Option<crate::selector::LabelSelector>,
 }
 
 /// Loads every policy of a file. `origin` names the file in problems and policy names.
@@ -149,6 +149,22 @@ fn from_file(format: Format, name: String, spec: PolicySpec) -> Loaded {
     }
 }
 
+/// A resource as a file holds it: what loading reads of its metadata, and its spec. (The
+/// `McpPolicy` types themselves carry Kubernetes' whole `ObjectMeta`, and exist only with the
+/// `kube` feature.)
+#[derive(Deserialize)]
+struct Manifest<S> {
+    #[serde(default)]
+    metadata: Metadata,
+    spec: S,
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
 fn load_resource(doc: Value) -> Result<Loaded, Problems> {
     let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -161,7 +177,7 @@ fn load_resource(doc: Value) -> Result<Loaded, Problems> {
     }
     match kind {
         "McpPolicy" => {
-            let p: McpPolicy = from_value(doc)?;
+            let p: Manifest<PolicySpec> = from_value(doc)?;
             let ns = p
                 .metadata
                 .namespace
@@ -181,7 +197,7 @@ fn load_resource(doc: Value) -> Result<Loaded, Problems> {
             })
         }
         "McpClusterPolicy" => {
-            let p: McpClusterPolicy = from_value(doc)?;
+            let p: Manifest<ClusterPolicySpec> = from_value(doc)?;
             let name = p.metadata.name.clone().unwrap_or_default();
             require_name(&name)?;
             if let Some(sel) = &p.spec.namespace_selector {

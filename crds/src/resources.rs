@@ -14,10 +14,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as StatusCondition, LabelSelector};
+#[cfg(feature = "kube")]
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as StatusCondition;
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
+#[cfg(feature = "kube")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::selector::LabelSelector;
 
 /// The API group of every Tollgate resource.
 pub const GROUP: &str = "tollgate.dev";
@@ -25,24 +30,28 @@ pub const GROUP: &str = "tollgate.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// Which tool calls the agents may make on the MCP server pods this policy selects.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[kube(
-    group = "tollgate.dev",
-    version = "v1alpha1",
-    kind = "McpPolicy",
-    namespaced,
-    status = "PolicyStatus",
-    shortname = "mcpp",
-    category = "tollgate",
-    derive = "PartialEq",
-    derive = "Default",
-    doc = "McpPolicy says which MCP tool calls agents may make on the pods it selects in its namespace.",
-    printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.tools"}"#,
-    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.selectedPods"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "tollgate.dev",
+        version = "v1alpha1",
+        kind = "McpPolicy",
+        namespaced,
+        status = "PolicyStatus",
+        shortname = "mcpp",
+        category = "tollgate",
+        derive = "PartialEq",
+        derive = "Default",
+        doc = "McpPolicy says which MCP tool calls agents may make on the pods it selects in its namespace.",
+        printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
+        printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+        printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.tools"}"#,
+        printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.selectedPods"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySpec {
@@ -61,20 +70,20 @@ pub struct PolicySpec {
 
     /// Tools (names or globs) removed from `tools/list` and refused on `tools/call`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = kube::core::cel::Rule::new("self.all(t, size(t) > 0)").message("hide entries must not be empty"))]
-    #[schemars(length(max = 1024))]
+    #[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("self.all(t, size(t) > 0)").message("hide entries must not be empty")))]
+    #[cfg_attr(feature = "kube", schemars(length(max = 1024)))]
     pub hide: Vec<String>,
 
     /// Whom this policy governs. Absent or empty: every caller.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[cfg_attr(feature = "kube", schemars(length(max = 256)))]
     pub subjects: Vec<Subject>,
 
     /// Rules per tool: a tool name, a glob (`get_*`), or `"*"` for rules that apply to every
     /// call in addition to its own.
     #[serde(default)]
-    #[x_kube(validation = kube::core::cel::Rule::new("self.all(t, size(t) > 0)").message("tool names must not be empty"))]
-    #[schemars(extend("maxProperties" = 4096))]
+    #[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("self.all(t, size(t) > 0)").message("tool names must not be empty")))]
+    #[cfg_attr(feature = "kube", schemars(extend("maxProperties" = 4096)))]
     pub tools: BTreeMap<String, ToolRules>,
 
     /// How a denial reaches the agent: a JSON-RPC `error` (the default) or a tool result with
@@ -87,29 +96,33 @@ pub struct PolicySpec {
     /// (`/oauth/*`). Every other request body must be one JSON-RPC message or batch, or it is
     /// refused. A path named by any policy applying to the pod passes, whoever calls.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = kube::core::cel::Rule::new("self.all(p, p.startsWith('/'))").message("passthroughPaths entries must start with /"))]
-    #[schemars(length(max = 64))]
+    #[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("self.all(p, p.startsWith('/'))").message("passthroughPaths entries must start with /")))]
+    #[cfg_attr(feature = "kube", schemars(length(max = 64)))]
     pub passthrough_paths: Vec<String>,
 }
 
 /// A cluster-wide policy: the same language as [`McpPolicy`], plus which namespaces it reaches.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[kube(
-    group = "tollgate.dev",
-    version = "v1alpha1",
-    kind = "McpClusterPolicy",
-    status = "PolicyStatus",
-    shortname = "mcpcp",
-    category = "tollgate",
-    derive = "PartialEq",
-    derive = "Default",
-    doc = "McpClusterPolicy applies one policy to MCP server pods across namespaces: the platform team's baseline.",
-    printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.tools"}"#,
-    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.selectedPods"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "tollgate.dev",
+        version = "v1alpha1",
+        kind = "McpClusterPolicy",
+        status = "PolicyStatus",
+        shortname = "mcpcp",
+        category = "tollgate",
+        derive = "PartialEq",
+        derive = "Default",
+        doc = "McpClusterPolicy applies one policy to MCP server pods across namespaces: the platform team's baseline.",
+        printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
+        printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+        printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.tools"}"#,
+        printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.selectedPods"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterPolicySpec {
@@ -123,7 +136,8 @@ pub struct ClusterPolicySpec {
 }
 
 /// The posture for tools no applicable policy lists.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum DefaultAction {
     Allow,
@@ -132,7 +146,8 @@ pub enum DefaultAction {
 }
 
 /// Whether a policy's denials are enforced or only logged.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Mode {
     #[default]
@@ -141,7 +156,8 @@ pub enum Mode {
 }
 
 /// How a denied `tools/call` is answered.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum DenyAs {
     /// A JSON-RPC error with the request's id.
@@ -152,17 +168,21 @@ pub enum DenyAs {
 }
 
 /// One caller a policy governs. Exactly one field is set.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::cel::Rule::new(
+#[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new(
     "(has(self.serviceAccount) ? 1 : 0) + (has(self.claim) ? 1 : 0) + (has(self.subject) ? 1 : 0) == 1"
-).message("set exactly one of serviceAccount, claim or subject"))]
+).message("set exactly one of serviceAccount, claim or subject")))]
 pub struct Subject {
     /// A Kubernetes service account, `NAMESPACE/NAME` (`NAMESPACE/*` for all in a namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"
-    ))]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(regex(
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"
+        ))
+    )]
     pub service_account: Option<String>,
 
     /// A claim of the caller's verified token; matches when the claim equals the value or, for
@@ -176,40 +196,43 @@ pub struct Subject {
 }
 
 /// `{ name: groups, value: data-admins }`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 pub struct ClaimMatch {
-    #[schemars(length(min = 1))]
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
     pub name: String,
     pub value: String,
 }
 
 /// The rules of one tool entry. A listed tool with no rules is allowed.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ToolRules {
     /// Evaluated in order; every one must pass.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[cfg_attr(feature = "kube", schemars(length(max = 64)))]
     pub rules: Vec<crate::resources::Rule>,
 }
 
 /// One rule. `allow` rules (the default) pass when all their conditions hold and their limit
 /// has room; `deny` and `approve` rules apply when all their conditions hold (always, without
 /// conditions).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::cel::Rule::new("!(has(self.rateLimit) && has(self.limit))")
-    .message("set rateLimit or limit, not both"))]
-#[x_kube(validation = kube::core::cel::Rule::new(
+#[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("!(has(self.rateLimit) && has(self.limit))")
+    .message("set rateLimit or limit, not both")))]
+#[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new(
     "!has(self.action) || self.action == 'allow' || (!has(self.rateLimit) && !has(self.limit))"
-).message("deny and approve rules cannot carry a limit: put the limit in an allow rule"))]
-#[x_kube(validation = kube::core::cel::Rule::new(
+).message("deny and approve rules cannot carry a limit: put the limit in an allow rule")))]
+#[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new(
     "!has(self.approval) || (has(self.action) && self.action == 'approve')"
-).message("approval settings need action: approve"))]
+).message("approval settings need action: approve")))]
 pub struct Rule {
     /// A name for audit logs and denials; unique within the tool.
     #[serde(default)]
-    #[schemars(length(max = 253))]
+    #[cfg_attr(feature = "kube", schemars(length(max = 253)))]
     pub name: String,
 
     /// `allow` (the default), `deny`, or `approve` (hold for a person).
@@ -218,7 +241,7 @@ pub struct Rule {
 
     /// All must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[cfg_attr(feature = "kube", schemars(length(max = 32)))]
     pub conditions: Vec<Condition>,
 
     /// A counter this rule reserves on every allowed call.
@@ -227,7 +250,10 @@ pub struct Rule {
 
     /// Shorthand for a limit: `N/second|minute|hour|day`, counted per tool entry and workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[1-9][0-9]{0,17}/(second|minute|hour|day)$"))]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(regex(pattern = r"^[1-9][0-9]{0,17}/(second|minute|hour|day)$"))
+    )]
     pub rate_limit: Option<String>,
 
     /// Settings for `action: approve`.
@@ -236,12 +262,13 @@ pub struct Rule {
 
     /// The message the agent sees when this rule denies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[cfg_attr(feature = "kube", schemars(length(max = 1024)))]
     pub on_deny: Option<String>,
 }
 
 /// What a rule does when it applies.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Action {
     #[default]
@@ -252,22 +279,27 @@ pub enum Action {
 
 /// A test on the call. `path` reads `args.<field>[.<field>…]`, `identity.sub`,
 /// `identity.serviceAccount`, `identity.claims.<name>`, or `state.<tool>.<counter>`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::cel::Rule::new("self.op == 'exists' || has(self.value)")
-    .message("value is required for every operator but exists"))]
+#[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("self.op == 'exists' || has(self.value)")
+    .message("value is required for every operator but exists")))]
 pub struct Condition {
-    #[schemars(regex(pattern = r"^(args|state|identity)\..+$"), length(max = 512))]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(regex(pattern = r"^(args|state|identity)\..+$"), length(max = 512))
+    )]
     pub path: String,
     pub op: Op,
     /// A string, number, boolean or list, as the operator needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_value")]
+    #[cfg_attr(feature = "kube", schemars(schema_with = "any_value"))]
     pub value: Option<serde_json::Value>,
 }
 
 /// Comparison operators.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Op {
     Eq,
@@ -284,27 +316,28 @@ pub enum Op {
 }
 
 /// A counter over a calendar-aligned UTC window.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::cel::Rule::new("!(has(self.increment) && has(self.incrementFrom))")
-    .message("set increment or incrementFrom, not both"))]
+#[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("!(has(self.increment) && has(self.incrementFrom))")
+    .message("set increment or incrementFrom, not both")))]
 pub struct Limit {
     /// The counter's name; rules naming the same counter in one tool entry share it.
-    #[schemars(length(min = 1, max = 253))]
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 253)))]
     pub counter: String,
     pub window: Window,
     /// The most the counter may reach in one window. Absent: the rule only counts (for
     /// conditions that read `state.<tool>.<counter>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[cfg_attr(feature = "kube", schemars(range(min = 1)))]
     pub max: Option<u64>,
     /// Added on each allowed call (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[cfg_attr(feature = "kube", schemars(range(min = 0)))]
     pub increment: Option<u64>,
     /// Add this argument's value instead, e.g. `args.amount`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^args\..+$"))]
+    #[cfg_attr(feature = "kube", schemars(regex(pattern = r"^args\..+$")))]
     pub increment_from: Option<String>,
     /// Whose calls share the counter: the workload (`global`, the default), each caller
     /// (`identity`, alias `grant`), or each MCP session.
@@ -313,7 +346,8 @@ pub struct Limit {
 }
 
 /// Counter windows, calendar-aligned in UTC.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Window {
     Second,
@@ -356,7 +390,8 @@ impl Window {
 }
 
 /// Whose calls share a counter.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Scope {
     #[default]
@@ -368,17 +403,20 @@ pub enum Scope {
 }
 
 /// How long a call waits for a person.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Approval {
     /// How long the sidecar holds the call, e.g. `30s`, `10m` (default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[cfg_attr(feature = "kube", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub timeout: Option<String>,
 }
 
 /// What the operator reports about a policy.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg(feature = "kube")]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
     /// The `metadata.generation` this status describes.
@@ -395,6 +433,7 @@ pub struct PolicyStatus {
     pub tools: u32,
 }
 
+#[cfg(feature = "kube")]
 fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }

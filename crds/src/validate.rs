@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use crate::selector::LabelSelector;
 use serde_json::Value;
 
 use crate::problem::Problem;

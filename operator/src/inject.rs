@@ -26,35 +26,19 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 use tollgate_api::DefaultAction;
 
-/// `"true"` injects a pod, `"false"` opts it out even in an enabled namespace.
-pub const INJECT_ANNOTATION: &str = "tollgate.dev/inject";
-/// A namespace label: `enabled` injects every pod of the namespace.
-pub const NAMESPACE_LABEL: &str = "tollgate.dev/injection";
-/// The MCP server's port: a number, or the name of a container port (default `mcp`).
-pub const PORT_ANNOTATION: &str = "tollgate.dev/port";
-/// What injection did, as JSON; also how a re-invoked webhook knows the pod is done.
-pub const STATUS_ANNOTATION: &str = "tollgate.dev/status";
-/// Set on injected pods: the operator watches only these.
-pub const INJECTED_LABEL: &str = "tollgate.dev/injected";
-/// Per-pod override of the cluster's default for tools no policy lists.
-pub const DEFAULT_ACTION_ANNOTATION: &str = "tollgate.dev/default-action";
-pub const IMAGE_ANNOTATION: &str = "tollgate.dev/proxy-image";
-pub const LOG_LEVEL_ANNOTATION: &str = "tollgate.dev/log-level";
-/// Per-pod resource overrides, each a Kubernetes quantity.
-pub const RESOURCE_ANNOTATIONS: [(&str, &str, &str); 4] = [
-    ("tollgate.dev/proxy-cpu-request", "requests", "cpu"),
-    ("tollgate.dev/proxy-memory-request", "requests", "memory"),
-    ("tollgate.dev/proxy-cpu-limit", "limits", "cpu"),
-    ("tollgate.dev/proxy-memory-limit", "limits", "memory"),
-];
+pub use tollgate_api::contract::annotations::{
+    DEFAULT_ACTION as DEFAULT_ACTION_ANNOTATION, INJECT as INJECT_ANNOTATION, INJECTED_LABEL,
+    LOG_LEVEL as LOG_LEVEL_ANNOTATION, NAMESPACE_LABEL, PORT as PORT_ANNOTATION,
+    PROXY_IMAGE as IMAGE_ANNOTATION, RESOURCES as RESOURCE_ANNOTATIONS,
+    STATUS as STATUS_ANNOTATION,
+};
+pub use tollgate_api::contract::{TOKEN_AUDIENCE, TOKEN_DIR};
+use tollgate_api::contract::{TOKEN_FILE, env as sidecar_env};
 
 /// The sidecar's container name.
 pub const SIDECAR_NAME: &str = "tollgate-proxy";
 /// The projected token volume, mounted into the sidecar only.
 pub const TOKEN_VOLUME: &str = "tollgate-token";
-pub const TOKEN_DIR: &str = "/var/run/secrets/tollgate.dev";
-/// The audience of the sidecar's token: the policy stream accepts no other.
-pub const TOKEN_AUDIENCE: &str = "tollgate";
 /// The app's MCP port is renamed to this when its name is handed to the sidecar.
 pub const APP_PORT_NAME: &str = "tollgate-app";
 const DEFAULT_PORT_NAME: &str = "mcp";
@@ -337,26 +321,32 @@ fn sidecar_container(
         restart_policy: Some("Always".into()),
         env: Some(vec![
             env(
-                "TOLLGATE_UPSTREAM",
+                sidecar_env::UPSTREAM,
                 format!("http://127.0.0.1:{}", target.number),
             ),
-            env("TOLLGATE_LISTEN", format!("0.0.0.0:{}", config.proxy_port)),
             env(
-                "TOLLGATE_METRICS_LISTEN",
+                sidecar_env::LISTEN,
+                format!("0.0.0.0:{}", config.proxy_port),
+            ),
+            env(
+                sidecar_env::METRICS_LISTEN,
                 format!("0.0.0.0:{}", config.admin_port),
             ),
-            env("TOLLGATE_CONTROL_PLANE", config.control_plane_url.clone()),
-            env("TOLLGATE_CONTROL_PLANE_CA", config.control_plane_ca.clone()),
-            env("TOLLGATE_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+            env(sidecar_env::CONTROL_PLANE, config.control_plane_url.clone()),
             env(
-                "TOLLGATE_LOG",
+                sidecar_env::CONTROL_PLANE_CA,
+                config.control_plane_ca.clone(),
+            ),
+            env(sidecar_env::TOKEN_FILE, TOKEN_FILE.into()),
+            env(
+                sidecar_env::LOG,
                 annotations
                     .get(LOG_LEVEL_ANNOTATION)
                     .cloned()
                     .unwrap_or_else(|| config.log_level.clone()),
             ),
-            field("POD_NAME", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
+            field(sidecar_env::POD_NAME, "metadata.name"),
+            field(sidecar_env::POD_NAMESPACE, "metadata.namespace"),
         ]),
         ports: Some(vec![
             ContainerPort {

@@ -128,7 +128,7 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             .await
         }
         (&Method::POST, "/validate") => review(req, admission::validate).await,
-        (&Method::GET, "/v1/policy") => {
+        (&Method::GET, tollgate_api::contract::STREAM_PATH) => {
             let auth = req
                 .headers()
                 .get(http::header::AUTHORIZATION)

@@ -25,11 +25,10 @@ use tokio::sync::mpsc;
 use tollgate_api::PolicyUpdate;
 
 use crate::index::{Index, PodMeta};
-use crate::inject::TOKEN_AUDIENCE;
 use crate::server::{Body, text};
+use tollgate_api::contract::TOKEN_AUDIENCE;
 
-/// Heartbeat interval; a sidecar that hears nothing for three of these reconnects.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
+pub use tollgate_api::contract::HEARTBEAT;
 
 /// Who a token says is calling: one pod.
 #[derive(Debug, PartialEq)]
@@ -148,7 +147,7 @@ pub async fn serve(
     let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(frames)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-ndjson"),
+        http::HeaderValue::from_static(tollgate_api::contract::STREAM_MEDIA_TYPE),
     );
     resp
 }

@@ -14,6 +14,8 @@ use tollgate_api::{Call, Decision, DefaultAction, EffectivePolicy, Identity, NoC
 use crate::policy::identity::Verifier;
 use crate::policy::{FileSource, PolicyHandle};
 use crate::proxy::{Proxy, ProxyConfig};
+use tollgate_api::contract;
+
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::Metrics;
 
@@ -56,7 +58,7 @@ impl From<DefaultFlag> for DefaultAction {
 #[derive(clap::Args)]
 struct ProxyArgs {
     /// The MCP server, e.g. http://127.0.0.1:8000.
-    #[arg(long, env = "TOLLGATE_UPSTREAM")]
+    #[arg(long, env = contract::env::UPSTREAM)]
     upstream: http::Uri,
     /// A policy file: McpPolicy/McpClusterPolicy YAML (several documents allowed), a
     /// PolicyLayer policy.json, or Intercept YAML. Reloaded when it changes.
@@ -69,23 +71,23 @@ struct ProxyArgs {
     policy: Option<PathBuf>,
     /// The operator's policy stream (e.g. https://tollgate-operator.tollgate-system.svc:8443),
     /// instead of a policy file.
-    #[arg(long, env = "TOLLGATE_CONTROL_PLANE", requires = "control_plane_ca")]
+    #[arg(long, env = contract::env::CONTROL_PLANE, requires = "control_plane_ca")]
     control_plane: Option<http::Uri>,
     /// The CA the control plane's certificate is signed by: PEM text, or a file holding it.
-    #[arg(long, env = "TOLLGATE_CONTROL_PLANE_CA")]
+    #[arg(long, env = contract::env::CONTROL_PLANE_CA)]
     control_plane_ca: Option<String>,
     /// The pod's projected service-account token (audience tollgate), sent to the control plane.
     #[arg(
         long,
-        env = "TOLLGATE_TOKEN_FILE",
-        default_value = "/var/run/secrets/tollgate.dev/token"
+        env = contract::env::TOKEN_FILE,
+        default_value = contract::TOKEN_FILE
     )]
     token_file: PathBuf,
     /// Where agents connect.
-    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = contract::env::LISTEN, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "TOLLGATE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = contract::env::METRICS_LISTEN, default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
     /// The decision for tools no policy lists and callers no policy governs. The policy file's
     /// own default applies first.
@@ -145,14 +147,14 @@ struct ProxyArgs {
     #[arg(long, env = "TOLLGATE_DRAIN", default_value = "30s", value_parser = parse_duration)]
     drain: Duration,
     /// The pod name, for audit lines.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = contract::env::POD_NAME)]
     pod: Option<String>,
     /// Threads that serve requests, each with its own event loop: 0 for one per core (within the
     /// cgroup's CPU quota).
     #[arg(long, env = "TOLLGATE_WORKERS", default_value_t = 0)]
     workers: usize,
     /// Log level for diagnostics on stderr (audit lines always go to stdout).
-    #[arg(long, env = "TOLLGATE_LOG", default_value = "info")]
+    #[arg(long, env = contract::env::LOG, default_value = "info")]
     log: String,
 }
 
@@ -337,9 +339,16 @@ fn import(args: ImportArgs) -> anyhow::Result<String> {
         if many {
             name = format!("{name}-{}", i + 1);
         }
-        let mut policy = tollgate_api::McpPolicy::new(&name, l.policy.spec);
-        policy.metadata.namespace = args.namespace.clone().or(l.namespace);
-        let doc = serde_json::to_value(&policy)?;
+        let mut metadata = json!({ "name": name });
+        if let Some(ns) = args.namespace.clone().or(l.namespace) {
+            metadata["namespace"] = json!(ns);
+        }
+        let doc = json!({
+            "apiVersion": format!("{}/{}", tollgate_api::GROUP, tollgate_api::VERSION),
+            "kind": "McpPolicy",
+            "metadata": metadata,
+            "spec": l.policy.spec,
+        });
         if !out.is_empty() {
             out.push_str("---\n");
         }

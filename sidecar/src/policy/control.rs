@@ -27,8 +27,7 @@ use tollgate_api::PolicyUpdate;
 
 use crate::policy::PolicyHandle;
 
-/// A silent stream is presumed dead after this (the operator sends a heartbeat every 15 s).
-const SILENCE: Duration = Duration::from_secs(45);
+use tollgate_api::contract::{SILENCE, STREAM_PATH};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where the policy comes from, and how the sidecar proves which pod it is.
@@ -110,7 +109,7 @@ impl ControlPlane {
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let path = match self.url.path() {
-            "" | "/" => "/v1/policy",
+            "" | "/" => STREAM_PATH,
             p => p,
         };
         let req = Request::get(path)
