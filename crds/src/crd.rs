@@ -1,6 +1,6 @@
 //! The CustomResourceDefinitions, rendered from the Rust types.
 //!
-//! `cargo run -p tollgate-api --bin crdgen` rewrites `crds/*.yaml` (and the chart's copies); a
+//! `cargo run -p tollgate-api --features kube --bin crdgen` rewrites `crds/*.yaml` (and the chart's copies); a
 //! test fails when the checked-in files differ from what the types generate.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -20,6 +20,6 @@ pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
 pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
     let body = serde_yaml::to_string(crd).expect("a CRD always serialises");
     format!(
-        "# Generated from crds/src/resources.rs by `cargo run -p tollgate-api --bin crdgen`. Do not edit.\n{body}"
+        "# Generated from crds/src/resources.rs by `cargo run -p tollgate-api --features kube --bin crdgen`. Do not edit.\n{body}"
     )
 }

@@ -14,7 +14,7 @@ fn checked_in_crds_match_the_types() {
     for (file, crd) in tollgate_api::crd::definitions() {
         assert!(
             checked_in(file) == tollgate_api::crd::to_yaml(&crd),
-            "crds/{file} is stale: run `cargo run -p tollgate-api --bin crdgen`"
+            "crds/{file} is stale: run `cargo run -p tollgate-api --features kube --bin crdgen`"
         );
     }
 }
