@@ -1,14 +1,21 @@
-//! Tollgate's policy language.
+//! Tollgate's policy language, and the contract between its two planes.
 //!
 //! ```text
 //! McpPolicy / McpClusterPolicy / policy.json / Intercept YAML
 //!     -> load          -> NamedPolicy { name, spec: PolicySpec }
 //!     -> validate      -> every Problem, with its field path and a fix
-//!     -> compile       -> PolicySet (regexes, globs and limits resolved once)
-//!     -> decide        -> Verdict { Decision, audit } + the counters to reserve
+//!     -> effective     -> EffectivePolicy (a pod's policies, as the operator streams them)
+//!     -> decide        -> compile: PolicySet (regexes, globs, counter names resolved once)
+//!                         evaluate: Verdict { Decision, audit } + the counters to reserve
 //! ```
 //!
-//! No I/O lives here: the sidecar, the operator and the `check` command wrap these functions.
+//! `resources` is what a user writes; `selector` reads label selectors; `contract` is what the
+//! operator and the sidecar agree on (environment, stream, token, annotations). No I/O lives
+//! here: the sidecar, the operator and the `check` command wrap these functions.
+//!
+//! The Kubernetes types (`McpPolicy`, `McpClusterPolicy`, `PolicyStatus`, the CRDs in
+//! `crd`) need the `kube` feature, which links kube, k8s-openapi and schemars; the operator
+//! and `crdgen` enable it, the data plane does not. Without it, files in CRD form still load.
 #![forbid(unsafe_code)]
 
 pub mod contract;

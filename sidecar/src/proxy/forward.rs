@@ -248,17 +248,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
         return;
     }
-    if let Some(named) = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let named: Vec<HeaderName> = named
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    // Every field the `Connection` lines name (read as the head reader reads them) is this
+    // hop's too.
+    let named: Vec<HeaderName> = crate::http::head::list(headers, header::CONNECTION)
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
     }
     for h in &HOP_BY_HOP {
         headers.remove(h);
@@ -328,6 +324,17 @@ mod tests {
         let mut h = untouched.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, untouched);
+
+        // Each `Connection` line names fields, not only the first.
+        let mut h = map(&[
+            ("connection", "x-a"),
+            ("connection", "x-b"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-c"]);
 
         // Only `Trailer`: still found by the pass over the names.
         let mut h = map(&[("accept", "b"), ("trailer", "x")]);
