@@ -215,17 +215,7 @@ pub(crate) fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A fixed-seed generator of numbers below a bound (xorshift): every run tries the same
-    /// cases.
-    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
-        move |below| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % below as u64) as usize
-        }
-    }
+    use crate::http::numbers;
 
     /// Decodes `wire` read `piece` bytes at a time: the body, and the bytes after it.
     fn decode(

@@ -416,17 +416,7 @@ fn decimal(digits: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::http::framing::Chunked;
-
-    /// A fixed-seed generator of numbers below a bound (xorshift): every run tries the same
-    /// cases.
-    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
-        move |below| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % below as u64) as usize
-        }
-    }
+    use crate::http::numbers;
 
     /// `content_length` as it was first written, on text: the oracle for the one on bytes.
     fn content_length_on_text(headers: &HeaderMap) -> Option<Result<u64, ()>> {

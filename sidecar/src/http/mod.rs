@@ -18,3 +18,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A body of any kind, boxed: what the proxy answers with and what the client streams out.
 pub type BoxBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
+/// A fixed-seed generator of numbers below a bound (xorshift), for tests that try many cases:
+/// every run tries the same ones.
+#[cfg(test)]
+pub(crate) fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+    move |below| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % below as u64) as usize
+    }
+}
