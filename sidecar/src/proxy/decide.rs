@@ -11,7 +11,8 @@ use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 use super::Proxy;
 use crate::mcp::jsonrpc::{self, Message};
 use crate::policy::counters::Reserved;
-use crate::proxy::inspect::{CallId, InFlight, Inspector};
+use crate::proxy::calls::CallId;
+use crate::proxy::inspect::{InFlight, Inspector};
 use crate::telemetry::audit::{Record, now_rfc3339};
 
 /// Every message of a request, decided.

@@ -22,7 +22,8 @@ use crate::http::media::ContentType;
 use crate::mcp::jsonrpc;
 use crate::mcp::sse::message_event;
 use crate::policy::Enforced;
-use crate::proxy::inspect::{Calls, Inspector};
+use crate::proxy::calls::Calls;
+use crate::proxy::inspect::Inspector;
 use crate::proxy::stream::SseBody;
 
 impl Proxy {

@@ -22,87 +22,19 @@
 //! twice, text that is not strictly JSON) is withheld, answered with an error, as filtering one
 //! reading would leave the other.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use foldhash::fast::RandomState;
 use memchr::memmem::Finder;
-use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use tollgate_api::Identity;
 
+use super::calls::{CallId, Calls};
 use crate::mcp::jsonrpc;
 use crate::mcp::tool_name::{has_unicode_escape, tool_name};
 use crate::policy::Enforced;
 use crate::policy::counters::{CounterStore, Reserved};
-
-/// A JSON-RPC id as servers compare them: a string by its text once unescaped, a number by its
-/// value (`1`, `1.0` and `1e0` are one id to Python's and JavaScript's servers alike).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CallId(Box<str>);
-
-impl CallId {
-    /// The id of a strictly read message (a string or a number); `None` for any other value.
-    pub fn of(raw: &RawValue) -> Option<CallId> {
-        let text = raw.get();
-        match text.as_bytes().first()? {
-            b'"' if !text.contains('\\') => {
-                Some(CallId(format!("s{}", &text[1..text.len() - 1]).into()))
-            }
-            b'"' => serde_json::from_str::<String>(text)
-                .ok()
-                .map(|s| CallId(format!("s{s}").into())),
-            b'1'..=b'9' if text.bytes().all(|b| b.is_ascii_digit()) => {
-                Some(CallId(format!("n{text}").into()))
-            }
-            b'-' | b'0'..=b'9' => {
-                let n: f64 = text.parse().ok().filter(|n: &f64| n.is_finite())?;
-                let n = if n == 0.0 { 0.0 } else { n }; // -0 is 0
-                Some(CallId(format!("n{n}").into()))
-            }
-            _ => None,
-        }
-    }
-}
-
-type CallsMap = Mutex<HashMap<CallId, Reserved, RandomState>>;
-
-/// The calls in flight in one session (or in one request, without a session), by id, with
-/// what each reserved. Shared by the session's requests and, for the legacy transport, by the
-/// stream its answers arrive on.
-#[derive(Clone, Default)]
-pub struct Calls(Arc<CallsMap>);
-
-impl Calls {
-    /// Whether no call is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.0.lock().is_empty()
-    }
-}
-
-/// The calls in flight of each session, so that an id is in flight once per session whichever
-/// request carries it. An entry goes with the last request or stream that holds it.
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<Box<str>, std::sync::Weak<CallsMap>, RandomState>>);
-
-impl Sessions {
-    /// The calls of `session`.
-    pub fn calls(&self, session: &str) -> Calls {
-        let mut map = self.0.lock();
-        if let Some(live) = map.get(session).and_then(std::sync::Weak::upgrade) {
-            return Calls(live);
-        }
-        // Sessions whose requests have all ended are dropped as the map doubles.
-        if map.len() >= 64 && map.len().is_power_of_two() {
-            map.retain(|_, calls| calls.strong_count() > 0);
-        }
-        let calls = Calls::default();
-        map.insert(session.into(), Arc::downgrade(&calls.0));
-        calls
-    }
-}
 
 /// Where the answers to the calls an inspector sees travel.
 enum Answers {
@@ -607,6 +539,7 @@ impl Drop for Inspector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::calls::Sessions;
     use serde_json::{Value, json};
     use tollgate_api::{DefaultAction, PolicySpec};
 

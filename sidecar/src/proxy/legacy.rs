@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::Proxy;
-use crate::proxy::inspect::Calls;
+use crate::proxy::calls::Calls;
 
 impl Proxy {
     pub(super) fn legacy_registry(&self) -> LegacyRegistry {

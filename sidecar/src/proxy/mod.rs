@@ -20,6 +20,7 @@
 
 mod admit;
 mod batch;
+pub mod calls;
 mod decide;
 mod forward;
 pub mod inspect;
@@ -50,7 +51,8 @@ use crate::policy::Enforced;
 use crate::policy::PolicyHandle;
 use crate::policy::counters::CounterStore;
 use crate::policy::identity::Verifier;
-use crate::proxy::inspect::{Calls, Inspector, Sessions};
+use crate::proxy::calls::{Calls, Sessions};
+use crate::proxy::inspect::Inspector;
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::Metrics;
 use decide::{Asked, Decided};

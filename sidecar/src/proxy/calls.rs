@@ -1,0 +1,78 @@
+//! Calls in flight: a JSON-RPC id read as servers compare ids, and the calls each session has
+//! in flight with what each reserved, so that an id is in flight once per session and an
+//! answer settles exactly the call it answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use foldhash::fast::RandomState;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+use crate::policy::counters::Reserved;
+
+/// A JSON-RPC id as servers compare them: a string by its text once unescaped, a number by its
+/// value (`1`, `1.0` and `1e0` are one id to Python's and JavaScript's servers alike).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CallId(Box<str>);
+
+impl CallId {
+    /// The id of a strictly read message (a string or a number); `None` for any other value.
+    pub fn of(raw: &RawValue) -> Option<CallId> {
+        let text = raw.get();
+        match text.as_bytes().first()? {
+            b'"' if !text.contains('\\') => {
+                Some(CallId(format!("s{}", &text[1..text.len() - 1]).into()))
+            }
+            b'"' => serde_json::from_str::<String>(text)
+                .ok()
+                .map(|s| CallId(format!("s{s}").into())),
+            b'1'..=b'9' if text.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(CallId(format!("n{text}").into()))
+            }
+            b'-' | b'0'..=b'9' => {
+                let n: f64 = text.parse().ok().filter(|n: &f64| n.is_finite())?;
+                let n = if n == 0.0 { 0.0 } else { n }; // -0 is 0
+                Some(CallId(format!("n{n}").into()))
+            }
+            _ => None,
+        }
+    }
+}
+
+type CallsMap = Mutex<HashMap<CallId, Reserved, RandomState>>;
+
+/// The calls in flight in one session (or in one request, without a session), by id, with
+/// what each reserved. Shared by the session's requests and, for the legacy transport, by the
+/// stream its answers arrive on.
+#[derive(Clone, Default)]
+pub struct Calls(pub(super) Arc<CallsMap>);
+
+impl Calls {
+    /// Whether no call is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
+}
+
+/// The calls in flight of each session, so that an id is in flight once per session whichever
+/// request carries it. An entry goes with the last request or stream that holds it.
+#[derive(Default)]
+pub struct Sessions(pub(super) Mutex<HashMap<Box<str>, std::sync::Weak<CallsMap>, RandomState>>);
+
+impl Sessions {
+    /// The calls of `session`.
+    pub fn calls(&self, session: &str) -> Calls {
+        let mut map = self.0.lock();
+        if let Some(live) = map.get(session).and_then(std::sync::Weak::upgrade) {
+            return Calls(live);
+        }
+        // Sessions whose requests have all ended are dropped as the map doubles.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, calls| calls.strong_count() > 0);
+        }
+        let calls = Calls::default();
+        map.insert(session.into(), Arc::downgrade(&calls.0));
+        calls
+    }
+}
