@@ -282,8 +282,10 @@ pub enum Action {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
-#[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("self.op == 'exists' || has(self.value)")
-    .message("value is required for every operator but exists")))]
+// No CEL rule can say "value is required but for exists": `value` has no type (it holds any
+// JSON), and the API server's CEL sees no field without one ("undefined field 'value'", which
+// it answers by refusing the whole CRD; found by installing the chart into a real API server).
+// The validating webhook and every loader check it instead (`validate::validate_spec`).
 pub struct Condition {
     #[cfg_attr(
         feature = "kube",

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Starts a throwaway Kubernetes control plane: etcd, kube-apiserver (RBAC, service-account
+# signing and issuer so TokenRequest and TokenReview work, admission webhooks on) and
+# kube-controller-manager (namespace, service-account, garbage-collector, root-CA, endpoint
+# slice mirroring controllers). No kubelet: pods stay Pending.
+#
+# It runs in a network namespace of its own, joined to this one by a veth pair:
+#   this namespace  tg-<name>-h  10.211.N.1  ── what runs outside the cluster (the operator)
+#   the namespace   tg-<name>-c  10.211.N.2  ── etcd (on its loopback), the API server :6443
+# so the API server can call webhooks at an address that is not loopback (Kubernetes refuses
+# loopback endpoints), as it calls a pod's.
+#
+#   tests/cluster/up.sh [DIR]    # DIR (default /tmp/tollgate-cluster) gets kubeconfig, pki, logs
+#   KUBECONFIG=DIR/kubeconfig kubectl get ns
+#   tests/cluster/down.sh [DIR]
+# Prints the directory's environment file (DIR/env) to source: KUBECONFIG, the addresses.
+set -euo pipefail
+here=$(dirname "$(realpath "$0")")
+dir=${1:-/tmp/tollgate-cluster}
+bin=$("$here/build.sh")
+export PATH=$bin:$PATH
+
+if [[ -f $dir/env ]]; then
+  "$here/down.sh" "$dir" >/dev/null 2>&1 || true
+fi
+mkdir -p "$dir"/{pki,logs,etcd}
+dir=$(realpath "$dir")
+
+# One subnet per directory, so two control planes can run side by side.
+n=$(( $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 200 + 20 ))
+name=$(printf '%s' "$dir" | cksum | cut -c1-6)
+ns=tg-$name
+host_if=tg-$name-h
+ns_if=tg-$name-c
+host_ip=10.211.$n.1
+api_ip=10.211.$n.2
+
+ip netns add "$ns"
+ip link add "$host_if" type veth peer name "$ns_if"
+ip link set "$ns_if" netns "$ns"
+ip addr add "$host_ip/24" dev "$host_if"
+ip link set "$host_if" up
+ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" ip addr add "$api_ip/24" dev "$ns_if"
+ip netns exec "$ns" ip link set "$ns_if" up
+
+cat > "$dir/env" <<EOF
+export KUBECONFIG=$dir/kubeconfig
+TOLLGATE_CLUSTER_DIR=$dir
+TOLLGATE_CLUSTER_NETNS=$ns
+TOLLGATE_CLUSTER_HOST_IF=$host_if
+TOLLGATE_CLUSTER_HOST_IP=$host_ip
+TOLLGATE_CLUSTER_API=https://$api_ip:6443
+TOLLGATE_CLUSTER_BIN=$bin
+EOF
+
+# PKI: a CA, the API server's serving certificate, an admin client certificate, and the
+# service-account signing key.
+pki=$dir/pki
+cert() { # NAME SUBJECT [SAN]: a key and a certificate signed by the CA
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/$1.key" -subj "$2" -out "$pki/$1.csr" 2>/dev/null
+  local ext=$pki/$1.ext
+  echo "basicConstraints=CA:FALSE" > "$ext"
+  [[ -n ${3:-} ]] && echo "subjectAltName=$3" >> "$ext"
+  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 2 -extfile "$ext" -out "$pki/$1.crt" 2>/dev/null
+}
+openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$pki/ca.key" -subj "/CN=tollgate-test-ca" \
+  -days 2 -out "$pki/ca.crt" 2>/dev/null
+cert apiserver "/CN=kube-apiserver" \
+  "IP:$api_ip,IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+cert admin "/O=system:masters/CN=admin"
+cert controller-manager "/CN=system:kube-controller-manager"
+openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+
+kubeconfig() { # FILE USER
+  cat > "$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: tollgate-test
+  cluster: { server: "https://$api_ip:6443", certificate-authority: "$pki/ca.crt" }
+users:
+- name: $2
+  user: { client-certificate: "$pki/$2.crt", client-key: "$pki/$2.key" }
+contexts:
+- name: tollgate-test
+  context: { cluster: tollgate-test, user: $2 }
+current-context: tollgate-test
+EOF
+}
+kubeconfig "$dir/kubeconfig" admin
+kubeconfig "$dir/controller-manager.kubeconfig" controller-manager
+
+start() { # NAME COMMAND...: runs in the namespace, logs to logs/NAME.log, pid in NAME.pid
+  local name=$1
+  shift
+  ip netns exec "$ns" setsid "$@" > "$dir/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$dir/$name.pid"
+}
+wait_for() { # WHAT COMMAND...: until the command succeeds, for 60 s
+  local what=$1
+  shift
+  for _ in $(seq 600); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "$what did not come up; its log:" >&2
+  tail -30 "$dir/logs/$what.log" >&2
+  exit 1
+}
+
+start etcd etcd --data-dir "$dir/etcd" --name tollgate-test \
+  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster tollgate-test=http://127.0.0.1:2380 --log-level warn
+wait_for etcd ip netns exec "$ns" curl -sf http://127.0.0.1:2379/health
+
+issuer=https://kubernetes.default.svc.cluster.local
+start kube-apiserver kube-apiserver \
+  --etcd-servers http://127.0.0.1:2379 \
+  --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port 6443 \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" \
+  --service-account-issuer "$issuer" --api-audiences "$issuer" \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --authorization-mode RBAC \
+  --enable-admission-plugins NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy \
+  --service-cluster-ip-range 10.0.0.0/24 \
+  --enable-aggregator-routing=true \
+  --allow-privileged=true \
+  --profiling=false
+wait_for kube-apiserver kubectl --kubeconfig "$dir/kubeconfig" get --raw /readyz
+
+start kube-controller-manager kube-controller-manager \
+  --kubeconfig "$dir/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port 10257 \
+  --controllers namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,endpointslice-controller,endpointslice-mirroring-controller \
+  --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+  --use-service-account-credentials=true \
+  --leader-elect=false
+wait_for kube-controller-manager ip netns exec "$ns" curl -sfk https://127.0.0.1:10257/healthz
+# The default service account exists once the service-account controller has run.
+wait_for kube-controller-manager kubectl --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
+
+echo "$dir/env"
