@@ -18,3 +18,14 @@ if [[ ! -f node_modules/.stamp || "$(cat node_modules/.stamp)" != "$(stamp packa
   npm install --no-audit --no-fund --loglevel=error
   stamp package.json > node_modules/.stamp
 fi
+# The cluster suites' control plane (tests/cluster): kube-apiserver, kube-controller-manager,
+# kubectl, etcd and helm built from their pinned Go modules, once per version (cached), and the
+# Debian tools that run it in a network namespace of its own.
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+if (( ${#need[@]} )); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cluster/build.sh >/dev/null
