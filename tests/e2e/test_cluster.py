@@ -146,6 +146,77 @@ def test_cluster_api_server_calls_the_mutating_webhook_which_injects_the_sidecar
     assert [p["name"] for p in server["ports"]] != ["mcp"]
 
 
+def policy(name: str, spec: dict, namespace: str = "default") -> dict:
+    return {"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+# What the CRDs' CEL rules refuse, as the API server itself evaluates them (before any webhook).
+CEL_CASES = [
+    ({"tools": {"t": {"rules": [{"name": "r", "rateLimit": "5/hour", "limit": {"counter": "c", "window": "day", "max": 1}}]}}},
+     "set rateLimit or limit, not both"),
+    ({"tools": {"t": {"rules": [{"name": "r", "action": "deny", "rateLimit": "5/hour"}]}}},
+     "deny and approve rules cannot carry a limit"),
+    ({"tools": {"t": {"rules": [{"name": "r", "approval": {"timeout": "1m"}}]}}},
+     "approval settings need action: approve"),
+    ({"tools": {"t": {"rules": [{"name": "r", "limit": {"counter": "c", "window": "day", "increment": 2, "incrementFrom": "args.a"}}]}}},
+     "set increment or incrementFrom, not both"),
+    ({"subjects": [{"serviceAccount": "a/b", "subject": "x"}]}, "set exactly one of serviceAccount, claim or subject"),
+    ({"hide": [""]}, "hide entries must not be empty"),
+    ({"tools": {"": {"rules": []}}}, "tool names must not be empty"),
+]
+
+
+@pytest.mark.parametrize("spec,message", CEL_CASES, ids=[m for _, m in CEL_CASES])
+def test_cluster_api_server_evaluates_the_crds_cel_rules(release, spec, message):
+    out = release.apply(policy("cel", spec), check=False)
+    assert out.returncode != 0, out.stdout
+    assert message in out.stderr, out.stderr
+
+
+def test_cluster_kubectl_prints_the_policy_columns_and_an_invalid_policy_is_refused_with_every_field_named(operator):
+    cluster, _ = operator
+    bad = policy("two-problems", {"tools": {"t": {"rules": [
+        {"name": "a", "conditions": [{"path": "args.a", "op": "eq"}]},
+        {"name": "b", "conditions": [{"path": "args.n", "op": "lte", "value": "many"}]},
+    ]}}})
+    out = cluster.apply(bad, check=False)
+    assert out.stderr.strip() == (
+        'The request is invalid: error when creating "STDIN": admission webhook "validate.tollgate.dev" '
+        "denied the request: McpPolicy default/two-problems is invalid (2 problems):\n"
+        "- spec.tools.t.rules[0].conditions[0].value: eq needs a value to compare with\n"
+        "- spec.tools.t.rules[1].conditions[0].value: lte needs a number, e.g. 50000"
+    ), out.stderr
+    cluster.apply(policy("columns", {"tools": {"search": {"rules": []}}}))
+    cluster.eventually("the policy is Ready", lambda: "True" in cluster.kubectl("get", "-n", "default", "mcppolicy", "columns").stdout)
+    table = cluster.kubectl("get", "-n", "default", "mcppolicy", "columns").stdout.splitlines()
+    assert table[0].split() == ["NAME", "DEFAULT", "MODE", "TOOLS", "PODS", "READY", "AGE"]
+    assert table[1].split()[:6] == ["columns", "deny", "enforce", "1", "0", "True"]
+
+
+def test_cluster_a_pod_that_opts_out_is_stored_unchanged(operator):
+    cluster, _ = operator
+    cluster.kubectl("create", "namespace", "team-b")
+    cluster.kubectl("label", "namespace", "team-b", "tollgate.dev/injection=enabled")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "mcp", "namespace": "team-b", "annotations": {"tollgate.dev/inject": "false"}},
+        "spec": {"containers": [{"name": "server", "image": "example/mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]},
+    }
+    cluster.apply(pod)
+    stored = cluster.get("-n", "team-b", "pod", "mcp")
+    assert "initContainers" not in stored["spec"]
+    assert [c["name"] for c in stored["spec"]["containers"]] == ["server"]
+    assert stored["spec"]["containers"][0]["ports"][0]["name"] == "mcp"
+    assert "tollgate.dev/status" not in stored["metadata"].get("annotations", {})
+
+
+def test_cluster_the_charts_rbac_covers_everything_the_operator_did(operator):
+    _, log = operator
+    refused = [line for line in log.read_text().splitlines() if "forbidden" in line.lower()]
+    assert not refused, "\n".join(refused[:5])
+
+
 def test_cluster_helm_uninstall_keeps_the_crds_and_the_policies(operator):
     cluster, _ = operator
     kept = {
