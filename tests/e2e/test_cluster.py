@@ -17,6 +17,7 @@ import httpx
 import pytest
 from cluster import NAMESPACE, RELEASE, ControlPlane, CHART
 from conftest import free_port, wait_for_port
+from test_chart import SWITCHES
 
 OPERATOR_PORT = 8443
 
@@ -232,3 +233,30 @@ def test_cluster_helm_uninstall_keeps_the_crds_and_the_policies(operator):
     assert cluster.get("-n", "default", "mcppolicy", "kept")["metadata"]["name"] == "kept"
     gone = cluster.kubectl("get", "mutatingwebhookconfiguration", "tollgate-operator-inject", check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+# cert-manager's switches need its CRDs (Issuer, Certificate), which no real API server has
+# without cert-manager itself: test_chart.py renders and checks them.
+INSTALLABLE = {name: values for name, values in SWITCHES.items() if not name.startswith("cert-manager")}
+
+
+@pytest.mark.parametrize("switch", INSTALLABLE)
+def test_cluster_helm_installs_and_uninstalls_the_chart_with_each_documented_switch(cluster, switch, tmp_path):
+    # After the default release's uninstall its CRDs stayed, owned by that release name: a new
+    # release of the same name takes them over (another name is refused, as on any cluster).
+    chosen = INSTALLABLE[switch]
+    values = tmp_path / "values.yaml"
+    values.write_text(json.dumps(chosen))
+    cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--values", str(values))
+    try:
+        baseline = cluster.get("mcpclusterpolicy", f"{RELEASE}-baseline")
+        assert baseline["spec"]["default"] == chosen.get("defaultAction", "deny")
+        assert baseline["spec"].get("mode", "enforce") == chosen.get("mode", "enforce")
+        replicas = chosen.get("operator", {}).get("replicas", 2)
+        assert cluster.get("-n", NAMESPACE, "deployment", "tollgate-operator")["spec"]["replicas"] == replicas
+        webhook = cluster.get("validatingwebhookconfiguration", "tollgate-operator-validate")["webhooks"][0]
+        assert webhook["failurePolicy"] == chosen.get("webhook", {}).get("failurePolicy", "Fail")
+    finally:
+        cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
+    kept = cluster.kubectl("get", "crd", "mcppolicies.tollgate.dev", check=False).returncode == 0
+    assert kept == (chosen.get("crds", {}).get("keep", True) or not chosen.get("crds", {}).get("install", True))
