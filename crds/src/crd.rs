@@ -11,9 +11,38 @@ use crate::{McpClusterPolicy, McpPolicy};
 /// Every CRD Tollgate installs, with the file name it is kept under.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("mcppolicies.yaml", McpPolicy::crd()),
-        ("mcpclusterpolicies.yaml", McpClusterPolicy::crd()),
+        ("mcppolicies.yaml", kubernetes_formats(McpPolicy::crd())),
+        (
+            "mcpclusterpolicies.yaml",
+            kubernetes_formats(McpClusterPolicy::crd()),
+        ),
     ]
+}
+
+/// The CRD with the integer formats schemars writes for unsigned fields (`uint32`, `uint64`)
+/// named as Kubernetes knows them (`int32`, `int64`; the `minimum` beside them keeps them
+/// unsigned). The API server warns "unrecognized format" on every apply of a CRD that keeps
+/// them (found by installing the chart into a real one).
+fn kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(f)) = map.get_mut("format") {
+                    match f.as_str() {
+                        "uint32" => *f = "int32".into(),
+                        "uint64" => *f = "int64".into(),
+                        _ => {}
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd).expect("a CRD always serialises");
+    walk(&mut value);
+    serde_json::from_value(value).expect("only formats were renamed")
 }
 
 /// A CRD as the YAML file checked in under `crds/`.

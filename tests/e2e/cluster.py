@@ -35,6 +35,7 @@ def read_env(path: Path) -> dict[str, str]:
 class ControlPlane:
     dir: Path
     env: dict[str, str]
+    install_output: str = ""
 
     @classmethod
     def start(cls, dir: Path) -> "ControlPlane":

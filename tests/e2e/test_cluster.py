@@ -32,7 +32,8 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def release(cluster):
     """The chart installed with its default values."""
-    cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace")
+    installed = cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace")
+    cluster.install_output = installed.stderr + installed.stdout
     return cluster
 
 
@@ -90,6 +91,8 @@ def test_cluster_helm_lints_and_installs_the_chart_with_crds_established_and_the
         release.kubectl("wait", "--for", "condition=Established", f"crd/{crd}", "--timeout", "30s")
     baseline = release.get("mcpclusterpolicy", f"{RELEASE}-baseline")
     assert baseline["spec"]["default"] == "deny"
+    # The API server warned of nothing (it warned "unrecognized format uint64" once).
+    assert "warning" not in release.install_output.lower(), release.install_output
     assert release.get("-n", NAMESPACE, "deployment", "tollgate-operator")["spec"]["replicas"] == 2
 
 
