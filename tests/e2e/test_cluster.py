@@ -8,9 +8,11 @@ One control plane serves the module, and one release of the chart; each test say
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import ssl
 import subprocess
 
 import httpx
@@ -18,6 +20,7 @@ import pytest
 from cluster import NAMESPACE, RELEASE, ControlPlane, CHART
 from conftest import free_port, wait_for_port
 from test_chart import SWITCHES
+from test_operator import eventually, operator_bin, sidecar  # noqa: F401 (fixtures)
 
 OPERATOR_PORT = 8443
 
@@ -52,6 +55,8 @@ def operator(release, debug_bins, tmp_path_factory):
         "POD_NAMESPACE": NAMESPACE,
         "POD_NAME": "tollgate-operator-tests",
         "TOLLGATE_LISTEN": f"{release.host_ip}:{OPERATOR_PORT}",
+        # Sidecars here reach the stream by this address, not the Service's DNS name.
+        "TOLLGATE_EXTRA_SANS": release.host_ip,
         "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
     }
     log = tmp / "operator.log"
@@ -219,6 +224,58 @@ def test_cluster_the_charts_rbac_covers_everything_the_operator_did(operator):
     _, log = operator
     refused = [line for line in log.read_text().splitlines() if "forbidden" in line.lower()]
     assert not refused, "\n".join(refused[:5])
+
+
+def test_cluster_a_sidecar_with_a_token_bound_to_its_pod_follows_the_pods_policy_until_the_pod_is_gone(operator, sidecar):
+    cluster, _ = operator
+    ns = "team-c"
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("label", "namespace", ns, "tollgate.dev/injection=enabled")
+    cluster.kubectl("-n", ns, "create", "serviceaccount", "github-mcp")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "github-mcp", "namespace": ns, "labels": {"app": "github"}},
+        "spec": {"serviceAccountName": "github-mcp",
+                 "containers": [{"name": "server", "image": "github-mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]},
+    }
+    cluster.apply(pod)
+    uid = cluster.get("-n", ns, "pod", "github-mcp")["metadata"]["uid"]
+    cluster.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}},
+                                    "tools": {"read_file": {"rules": []},
+                                              "create_issue": {"rules": [{"name": "no", "action": "deny"}]}}}, ns))
+    # The token a kubelet would project into the sidecar: bound to this pod, audience tollgate.
+    token = cluster.kubectl("-n", ns, "create", "token", "github-mcp", "--audience", "tollgate",
+                            "--bound-object-kind", "Pod", "--bound-object-name", "github-mcp",
+                            "--bound-object-uid", uid).stdout.strip()
+    secret = cluster.get("-n", NAMESPACE, "secret", "tollgate-operator-tls")
+    ca = base64.b64decode(secret["data"]["ca.crt"]).decode()
+    side = sidecar(f"https://{cluster.host_ip}:{OPERATOR_PORT}", ca, token)
+    eventually(lambda: not side.allows("create_issue"), what="the pod's policy reached the sidecar")
+    assert side.allows("read_file")
+    assert not side.allows("delete_repository"), "the baseline's default: deny"
+
+    # A change reaches it over the same stream.
+    cluster.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}},
+                                    "tools": {"create_issue": {"rules": []},
+                                              "read_file": {"rules": [{"name": "no", "action": "deny"}]}}}, ns))
+    eventually(lambda: side.allows("create_issue") and not side.allows("read_file"),
+               what="the changed policy reached the sidecar")
+
+    # The pod is deleted: its token no longer authenticates, and the stream refuses it.
+    cluster.kubectl("-n", ns, "delete", "pod", "github-mcp", "--grace-period", "0", "--force")
+    with httpx.Client(verify=ssl.create_default_context(cadata=ca), timeout=5) as c:
+        def refusal():
+            with c.stream("GET", f"https://{cluster.host_ip}:{OPERATOR_PORT}/v1/policy",
+                          headers={"authorization": f"Bearer {token}"}) as r:
+                assert r.status_code != 200, "still streaming"
+                r.read()
+                return r
+        refused = eventually(refusal, timeout=30, what="the stream refuses the deleted pod's token")
+    # The API server itself says why: the pod the token was bound to is gone.
+    assert refused.status_code == 403 and "invalidated" in refused.text, (refused.status_code, refused.text)
+    # The sidecar keeps the last policy it had: a lost stream never turns a deny into an allow.
+    assert not side.allows("read_file") and side.allows("create_issue")
 
 
 def test_cluster_helm_uninstall_keeps_the_crds_and_the_policies(operator):
