@@ -40,36 +40,54 @@ def release(cluster):
     return cluster
 
 
-@pytest.fixture(scope="module")
-def operator(release, debug_bins, tmp_path_factory):
+def start_operator(cluster: ControlPlane, bins, tmp, name: str, port: int, **env: str):
     """The operator as the chart deploys it, but as a process here: the Deployment's own
-    environment, a token the API server issued to the chart's ServiceAccount, and the chart's
-    Service routed to this process."""
-    tmp = tmp_path_factory.mktemp("operator")
-    kubeconfig = release.token_kubeconfig(NAMESPACE, "tollgate-operator", tmp / "kubeconfig")
-    release.route_service_to_host(NAMESPACE, "tollgate-operator", "https", OPERATOR_PORT)
+    environment, a token the API server issued to the chart's ServiceAccount, and `name` as
+    its pod name (its identity in the Lease)."""
+    kubeconfig = cluster.token_kubeconfig(NAMESPACE, "tollgate-operator", tmp / f"{name}.kubeconfig")
     admin = free_port()
     env = {
-        **release.deployment_env(NAMESPACE, "tollgate-operator"),
+        **cluster.deployment_env(NAMESPACE, "tollgate-operator"),
         "KUBECONFIG": str(kubeconfig),
         "POD_NAMESPACE": NAMESPACE,
-        "POD_NAME": "tollgate-operator-tests",
-        "TOLLGATE_LISTEN": f"{release.host_ip}:{OPERATOR_PORT}",
-        # Sidecars here reach the stream by this address, not the Service's DNS name.
-        "TOLLGATE_EXTRA_SANS": release.host_ip,
+        "POD_NAME": name,
+        "TOLLGATE_LISTEN": f"{cluster.host_ip}:{port}",
         "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        # Sidecars here reach the stream by this address, not the Service's DNS name.
+        "TOLLGATE_EXTRA_SANS": cluster.host_ip,
+        **env,
     }
-    log = tmp / "operator.log"
-    proc = subprocess.Popen([str(debug_bins / "tollgate-operator")], env={**os.environ, **env},
+    log = tmp / f"{name}.log"
+    proc = subprocess.Popen([str(bins / "tollgate-operator")], env={**os.environ, **env},
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     wait_for_port(admin, proc, log)
-    release.eventually("the operator is ready", lambda: httpx.get(f"http://127.0.0.1:{admin}/readyz").status_code == 200)
-    yield release, log
-    proc.send_signal(signal.SIGTERM)
+    cluster.eventually(f"{name} is ready", lambda: httpx.get(f"http://127.0.0.1:{admin}/readyz").status_code == 200)
+    return proc, log
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    proc.send_signal(sig)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+# Every operator process the module started, stopped at its end.
+RUNNING: list[subprocess.Popen] = []
+
+
+@pytest.fixture(scope="module")
+def operator(release, debug_bins, tmp_path_factory):
+    """One operator, the chart's Service routed to it."""
+    release.route_service_to_host(NAMESPACE, "tollgate-operator", "https", OPERATOR_PORT)
+    proc, log = start_operator(release, debug_bins, tmp_path_factory.mktemp("operator"), "tollgate-operator-tests", OPERATOR_PORT)
+    RUNNING.append(proc)
+    yield release, log
+    for p in RUNNING:
+        if p.poll() is None:
+            stop(p)
 
 
 def test_cluster_control_plane_reports_the_version_it_was_built_as(cluster):
@@ -278,6 +296,31 @@ def test_cluster_a_sidecar_with_a_token_bound_to_its_pod_follows_the_pods_policy
     assert not side.allows("read_file") and side.allows("create_issue")
 
 
+def test_cluster_a_second_operator_follows_the_leader_through_the_lease_and_takes_over_when_it_dies(operator, debug_bins, tmp_path):
+    cluster, log = operator
+    first = RUNNING[0]
+
+    def lease():
+        return cluster.get("-n", NAMESPACE, "lease", "tollgate-operator")["spec"]
+
+    assert lease()["holderIdentity"] == "tollgate-operator-tests"
+    transitions = lease().get("leaseTransitions", 0)
+    second, second_log = start_operator(cluster, debug_bins, tmp_path, "tollgate-operator-second", OPERATOR_PORT + 1)
+    RUNNING.append(second)
+    assert lease()["holderIdentity"] == "tollgate-operator-tests", "a follower does not take a held lease"
+
+    first.send_signal(signal.SIGKILL)  # no goodbye: the lease must expire
+    first.wait()
+    # The chart's Service now reaches the survivor, as the endpoint-slice controller would.
+    cluster.route_service_to_host(NAMESPACE, "tollgate-operator", "https", OPERATOR_PORT + 1)
+    cluster.eventually("the survivor holds the lease", lambda: lease()["holderIdentity"] == "tollgate-operator-second", timeout=45)
+    assert lease()["leaseTransitions"] == transitions + 1
+    # It leads: it runs the controllers and writes status.
+    cluster.apply(policy("after-handover", {"tools": {"a": {"rules": []}, "b": {"rules": []}}}))
+    cluster.eventually("the new leader writes status",
+                       lambda: cluster.get("-n", "default", "mcppolicy", "after-handover").get("status", {}).get("tools") == 2)
+
+
 def test_cluster_helm_uninstall_keeps_the_crds_and_the_policies(operator):
     cluster, _ = operator
     kept = {
@@ -305,6 +348,7 @@ def test_cluster_helm_installs_and_uninstalls_the_chart_with_each_documented_swi
     # After the default release's uninstall its CRDs stayed, owned by that release name: a new
     # release of the same name takes them over (another name is refused, as on any cluster).
     chosen = INSTALLABLE[switch]
+    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--ignore-not-found")
     values = tmp_path / "values.yaml"
     values.write_text(json.dumps(chosen))
     cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--values", str(values))
