@@ -362,5 +362,10 @@ def test_cluster_helm_installs_and_uninstalls_the_chart_with_each_documented_swi
         assert webhook["failurePolicy"] == chosen.get("webhook", {}).get("failurePolicy", "Fail")
     finally:
         cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
-    kept = cluster.kubectl("get", "crd", "mcppolicies.tollgate.dev", check=False).returncode == 0
-    assert kept == (chosen.get("crds", {}).get("keep", True) or not chosen.get("crds", {}).get("install", True))
+    crds = chosen.get("crds", {})
+    if crds.get("keep", True) or not crds.get("install", True):
+        crd = cluster.get("crd", "mcppolicies.tollgate.dev")
+        assert "deletionTimestamp" not in crd["metadata"], "the CRD is kept"
+    else:
+        # Not kept: deleted (a CRD goes once the API server has removed its objects).
+        cluster.kubectl("wait", "--for=delete", "crd/mcppolicies.tollgate.dev", "--timeout=60s")
