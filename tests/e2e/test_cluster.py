@@ -90,6 +90,10 @@ def operator(release, debug_bins, tmp_path_factory):
             stop(p)
 
 
+def policy(name: str, spec: dict, namespace: str = "default") -> dict:
+    return {"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
 def test_cluster_control_plane_reports_the_version_it_was_built_as(cluster):
     v = json.loads(cluster.kubectl("version", "-o", "json").stdout)
     assert v["serverVersion"]["gitVersion"] == v["clientVersion"]["gitVersion"]
@@ -121,12 +125,7 @@ def test_cluster_helm_lints_and_installs_the_chart_with_crds_established_and_the
 
 def test_cluster_api_server_calls_the_validating_webhook_which_refuses_a_bad_policy_naming_the_field(operator):
     cluster, _ = operator
-    bad = {
-        "apiVersion": "tollgate.dev/v1alpha1",
-        "kind": "McpPolicy",
-        "metadata": {"name": "bad", "namespace": "default"},
-        "spec": {"tools": {"t": {"rules": [{"name": "r", "conditions": [{"path": "args.a", "op": "eq"}]}]}}},
-    }
+    bad = policy("bad", {"tools": {"t": {"rules": [{"name": "r", "conditions": [{"path": "args.a", "op": "eq"}]}]}}})
     out = cluster.apply(bad, check=False)
     assert out.returncode != 0
     assert 'admission webhook "validate.tollgate.dev" denied the request' in out.stderr
@@ -135,12 +134,7 @@ def test_cluster_api_server_calls_the_validating_webhook_which_refuses_a_bad_pol
 
 def test_cluster_a_good_policy_is_accepted_and_its_status_written_by_the_operator(operator):
     cluster, _ = operator
-    good = {
-        "apiVersion": "tollgate.dev/v1alpha1",
-        "kind": "McpPolicy",
-        "metadata": {"name": "good", "namespace": "default"},
-        "spec": {"tools": {"search": {"rules": []}, "charge": {"rules": [{"name": "cap", "conditions": [{"path": "args.amount", "op": "lte", "value": 100}]}]}}},
-    }
+    good = policy("good", {"tools": {"search": {"rules": []}, "charge": {"rules": [{"name": "cap", "conditions": [{"path": "args.amount", "op": "lte", "value": 100}]}]}}})
     cluster.apply(good)
 
     def ready():
@@ -151,17 +145,29 @@ def test_cluster_a_good_policy_is_accepted_and_its_status_written_by_the_operato
     cluster.eventually("the policy's status says Ready with 2 tools", ready)
 
 
-def test_cluster_api_server_calls_the_mutating_webhook_which_injects_the_sidecar(operator):
-    cluster, _ = operator
-    cluster.kubectl("create", "namespace", "team-a")
-    cluster.kubectl("label", "namespace", "team-a", "tollgate.dev/injection=enabled")
-    pod = {
+def injection_namespace(cluster: ControlPlane, ns: str) -> None:
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("label", "namespace", ns, "tollgate.dev/injection=enabled")
+
+
+def mcp_pod(name: str, ns: str, labels: dict | None = None, annotations: dict | None = None,
+            service_account: str | None = None) -> dict:
+    """A pod serving MCP on a container port named `mcp`."""
+    spec: dict = {"containers": [{"name": "server", "image": "example/mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]}
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "mcp", "namespace": "team-a", "labels": {"app": "mcp"}},
-        "spec": {"containers": [{"name": "server", "image": "example/mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]},
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": spec,
     }
-    cluster.apply(pod)
+
+
+def test_cluster_api_server_calls_the_mutating_webhook_which_injects_the_sidecar(operator):
+    cluster, _ = operator
+    injection_namespace(cluster, "team-a")
+    cluster.apply(mcp_pod("mcp", "team-a", labels={"app": "mcp"}))
     created = cluster.get("-n", "team-a", "pod", "mcp")
     sidecars = [c for c in created["spec"].get("initContainers", []) if c["name"] == "tollgate-proxy"]
     assert sidecars and sidecars[0]["restartPolicy"] == "Always", created["spec"]
@@ -171,10 +177,6 @@ def test_cluster_api_server_calls_the_mutating_webhook_which_injects_the_sidecar
     # sidecar's name, so a Service targeting `mcp` by name reaches the proxy.
     server = next(c for c in created["spec"]["containers"] if c["name"] == "server")
     assert [p["name"] for p in server["ports"]] != ["mcp"]
-
-
-def policy(name: str, spec: dict, namespace: str = "default") -> dict:
-    return {"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
 # What the CRDs' CEL rules refuse, as the API server itself evaluates them (before any webhook).
@@ -222,15 +224,8 @@ def test_cluster_kubectl_prints_the_policy_columns_and_an_invalid_policy_is_refu
 
 def test_cluster_a_pod_that_opts_out_is_stored_unchanged(operator):
     cluster, _ = operator
-    cluster.kubectl("create", "namespace", "team-b")
-    cluster.kubectl("label", "namespace", "team-b", "tollgate.dev/injection=enabled")
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "mcp", "namespace": "team-b", "annotations": {"tollgate.dev/inject": "false"}},
-        "spec": {"containers": [{"name": "server", "image": "example/mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]},
-    }
-    cluster.apply(pod)
+    injection_namespace(cluster, "team-b")
+    cluster.apply(mcp_pod("mcp", "team-b", annotations={"tollgate.dev/inject": "false"}))
     stored = cluster.get("-n", "team-b", "pod", "mcp")
     assert "initContainers" not in stored["spec"]
     assert [c["name"] for c in stored["spec"]["containers"]] == ["server"]
@@ -247,17 +242,9 @@ def test_cluster_the_charts_rbac_covers_everything_the_operator_did(operator):
 def test_cluster_a_sidecar_with_a_token_bound_to_its_pod_follows_the_pods_policy_until_the_pod_is_gone(operator, sidecar):
     cluster, _ = operator
     ns = "team-c"
-    cluster.kubectl("create", "namespace", ns)
-    cluster.kubectl("label", "namespace", ns, "tollgate.dev/injection=enabled")
+    injection_namespace(cluster, ns)
     cluster.kubectl("-n", ns, "create", "serviceaccount", "github-mcp")
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "github-mcp", "namespace": ns, "labels": {"app": "github"}},
-        "spec": {"serviceAccountName": "github-mcp",
-                 "containers": [{"name": "server", "image": "github-mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]},
-    }
-    cluster.apply(pod)
+    cluster.apply(mcp_pod("github-mcp", ns, labels={"app": "github"}, service_account="github-mcp"))
     uid = cluster.get("-n", ns, "pod", "github-mcp")["metadata"]["uid"]
     cluster.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}},
                                     "tools": {"read_file": {"rules": []},
@@ -323,12 +310,7 @@ def test_cluster_a_second_operator_follows_the_leader_through_the_lease_and_take
 
 def test_cluster_helm_uninstall_keeps_the_crds_and_the_policies(operator):
     cluster, _ = operator
-    kept = {
-        "apiVersion": "tollgate.dev/v1alpha1",
-        "kind": "McpPolicy",
-        "metadata": {"name": "kept", "namespace": "default"},
-        "spec": {"tools": {"search": {"rules": []}}},
-    }
+    kept = policy("kept", {"tools": {"search": {"rules": []}}})
     cluster.apply(kept)
     cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
     assert cluster.get("crd", "mcppolicies.tollgate.dev")
