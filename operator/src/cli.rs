@@ -189,14 +189,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin = crate::server::bind(args.admin_listen, "--admin-listen").await?;
     tokio::spawn(crate::server::serve_admin(admin, ready.clone()));
 
+    // SIGTERM first stops leading (and releases the lease), then drains the servers.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
-    tokio::spawn(crate::lease::elect(
+    let election = tokio::spawn(crate::lease::elect(
         client.clone(),
         args.namespace.clone(),
         args.lease_name.clone(),
         args.pod_name.clone(),
         args.lease_duration,
         leading_tx,
+        stopping.clone(),
     ));
     {
         let client = client.clone();
@@ -281,7 +288,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         serving,
     });
     tracing::info!(listen = %args.listen, admin = %args.admin_listen, "tollgate operator serving");
-    crate::server::serve_https(listener, shared, shutdown_signal()).await
+    let mut stopped = stopping.clone();
+    let served = crate::server::serve_https(listener, shared, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })
+    .await;
+    // The release is one GET and one PATCH; a slow API server only delays the successor.
+    let _ = tokio::time::timeout(Duration::from_secs(3), election).await;
+    served
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,8 @@
 //!             held by another, not expired     ─                         ─> follower
 //!             held by another, expired  ─ take over (transitions+1) ─> leader
 //! every write carries the resourceVersion read, so two candidates never both win
+//! on shutdown, the holder stops leading and releases the lease (client-go's ReleaseOnCancel),
+//! so a successor leads at once instead of after the lease expires
 //! ```
 
 use std::time::Duration;
@@ -55,7 +57,8 @@ pub fn next_step(lease: Option<&Lease>, me: &str, now: Timestamp) -> Step {
     }
 }
 
-/// Runs the election forever, publishing whether this replica leads.
+/// Runs the election until `stopping` turns true, publishing whether this replica leads; then
+/// publishes that it no longer leads and releases the lease if it holds it.
 pub async fn elect(
     client: Client,
     namespace: String,
@@ -63,9 +66,10 @@ pub async fn elect(
     me: String,
     duration: Duration,
     leading: watch::Sender<bool>,
+    mut stopping: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
-    loop {
+    while !*stopping.borrow_and_update() {
         let won = match try_once(&api, &name, &me, duration).await {
             Ok(won) => won,
             Err(e) => {
@@ -81,8 +85,43 @@ pub async fn elect(
             *l = won;
             changed
         });
-        tokio::time::sleep(duration / RETRY_FRACTION).await;
+        tokio::select! {
+            () = tokio::time::sleep(duration / RETRY_FRACTION) => {}
+            _ = stopping.changed() => {}
+        }
     }
+    let was_leading = leading.send_replace(false);
+    if was_leading {
+        match release(&api, &name, &me).await {
+            Ok(true) => tracing::info!(lease = %name, identity = %me, "released the lease"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(lease = %name, error = %e, "cannot release the lease; it expires on its own")
+            }
+        }
+    }
+}
+
+/// Empties the lease's holder if it is still `me` (the resourceVersion read guards the write),
+/// which [`next_step`] reads as free to take over.
+async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::Error> {
+    let Some(lease) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref());
+    if holder != Some(me) {
+        return Ok(false);
+    }
+    let patch = json!({
+        "metadata": { "resourceVersion": lease.metadata.resource_version },
+        "spec": { "holderIdentity": "", "leaseDurationSeconds": 1 },
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(true)
 }
 
 async fn try_once(

@@ -7,20 +7,45 @@ chart's Service and an EndpointSlice to the host end of the namespace's veth pai
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import signal
+import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import ROOT
+import httpx
+import pytest
+from conftest import ROOT, SAMPLE, free_port, wait_for_port
+from rpc import HEADERS, call, messages
 
 UP = ROOT / "tests" / "cluster" / "up.sh"
 DOWN = ROOT / "tests" / "cluster" / "down.sh"
 CHART = ROOT / "charts" / "tollgate"
 NAMESPACE = "tollgate-system"
 RELEASE = "tollgate"
+# The port the chart's Service is routed to (on this side of the veth pair).
+OPERATOR_PORT = 8443
+
+
+def eventually(probe, what: str = "condition", timeout: float = 30.0):
+    """Polls until probe() returns something truthy (a correctness wait, not a timing
+    assertion); a probe that raises has not held yet."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+            if last:
+                return last
+        except (AssertionError, RuntimeError, KeyError, TypeError, IndexError, httpx.HTTPError) as e:
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -81,18 +106,32 @@ class ControlPlane:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         return self.kubectl("apply", "-f", "-", input=text, check=check)
 
-    def eventually(self, what: str, probe, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = probe()
-                if last:
-                    return last
-            except (RuntimeError, KeyError, IndexError) as e:
-                last = e
-            time.sleep(0.2)
-        raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+    def install(self, *args: str) -> str:
+        """`helm install` of the chart, its output returned."""
+        out = self.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", *args)
+        return out.stderr + out.stdout
+
+    def namespace(self, name: str, **labels: str) -> None:
+        """A namespace whose `default` ServiceAccount exists (a pod cannot be created before)."""
+        self.kubectl("create", "namespace", name)
+        if labels:
+            self.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in labels.items()))
+        eventually(lambda: self.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
+                   what=f"the service-account controller made {name}/default")
+
+    def ca(self) -> str:
+        """The CA the operator's serving certificate chains to (its Secret's ca.crt)."""
+        secret = self.get("-n", NAMESPACE, "secret", "tollgate-operator-tls")
+        return base64.b64decode(secret["data"]["ca.crt"]).decode()
+
+    def pod_token(self, namespace: str, pod: str) -> str:
+        """The token a kubelet projects into the sidecar: bound to the pod, audience tollgate."""
+        stored = self.get("-n", namespace, "pod", pod)
+        return self.kubectl(
+            "-n", namespace, "create", "token", stored["spec"].get("serviceAccountName", "default"),
+            "--audience", "tollgate", "--bound-object-kind", "Pod", "--bound-object-name", pod,
+            "--bound-object-uid", stored["metadata"]["uid"],
+        ).stdout.strip()
 
     def token_kubeconfig(self, namespace: str, service_account: str, path: Path) -> Path:
         """A kubeconfig holding a token the API server issues to a ServiceAccount: a process
@@ -146,3 +185,135 @@ class ControlPlane:
         deploy = self.get("-n", namespace, "deployment", name)
         container = deploy["spec"]["template"]["spec"]["containers"][0]
         return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def policy(name: str, spec: dict, namespace: str = "default") -> dict:
+    return {"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def mcp_pod(name: str, ns: str, labels: dict | None = None, annotations: dict | None = None,
+            service_account: str | None = None) -> dict:
+    """A pod serving MCP on a container port named `mcp`."""
+    spec: dict = {"containers": [{"name": "server", "image": "example/mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]}
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator, run here as the chart runs it in the cluster
+
+
+@dataclass
+class Operator:
+    name: str
+    port: int
+    host: str
+    admin: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def client(self, ca: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cadata=ca), timeout=10)
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.admin}/readyz").status_code == 200
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait()
+
+
+def start_operator(cluster: ControlPlane, bins: Path, tmp: Path, name: str, port: int = OPERATOR_PORT,
+                   *args: str, **env: str) -> Operator:
+    """The operator as the chart deploys it, but as a process here: the Deployment's own
+    environment, a token the API server issued to the chart's ServiceAccount (so the chart's
+    RBAC is all it may do), and `name` as its pod name (its identity in the Lease)."""
+    kubeconfig = cluster.token_kubeconfig(NAMESPACE, "tollgate-operator", tmp / f"{name}.kubeconfig")
+    admin = free_port()
+    env = {
+        **cluster.deployment_env(NAMESPACE, "tollgate-operator"),
+        "KUBECONFIG": str(kubeconfig),
+        "POD_NAMESPACE": NAMESPACE,
+        "POD_NAME": name,
+        "TOLLGATE_LISTEN": f"{cluster.host_ip}:{port}",
+        "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        # Sidecars here reach the stream by this address, not the Service's DNS name.
+        "TOLLGATE_EXTRA_SANS": cluster.host_ip,
+        **env,
+    }
+    log = tmp / f"{name}.log"
+    proc = subprocess.Popen([str(bins / "tollgate-operator"), *args], env={**os.environ, **env},
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    op = Operator(name, port, cluster.host_ip, f"http://127.0.0.1:{admin}", proc, log)
+    try:
+        wait_for_port(admin, proc, log)
+        eventually(lambda: op.ready() or proc.poll() is not None, what=f"{name} is ready")
+        assert proc.poll() is None, log.read_text()[-4000:]
+    except BaseException:
+        op.stop(signal.SIGKILL)
+        raise
+    return op
+
+
+# ---------------------------------------------------------------------------------------------
+# A sidecar, run here as injection runs it in the pod
+
+
+@dataclass
+class Sidecar:
+    url: str
+    admin: str
+    proc: subprocess.Popen
+    log: Path
+
+    def call(self, tool: str, args: dict | None = None, token: str | None = None) -> dict:
+        h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
+        if token:
+            h["authorization"] = f"Bearer {token}"
+        return messages(httpx.post(f"{self.url}/mcp", headers=h, json=call(1, tool, args or {"title": "t", "path": "README.md", "name": "x"})))[0]
+
+    def allows(self, tool: str, **kw) -> bool:
+        return "result" in self.call(tool, **kw)
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.admin}/readyz").status_code == 200
+
+
+@pytest.fixture
+def sidecar(procs, debug_bins, tmp_path):
+    """A real sample MCP server behind a real sidecar that follows the operator's stream."""
+
+    def start(op_url: str, ca: str, token: str, wait_ready: bool = True) -> Sidecar:
+        server_port = free_port()
+        procs.start(f"server-{server_port}", [sys.executable, str(SAMPLE), "--port", str(server_port), "--stateless", "--json"], server_port)
+        port, admin = free_port(), free_port()
+        (tmp_path / "ca.pem").write_text(ca)
+        token_file = tmp_path / f"token-{port}"
+        token_file.write_text(token)
+        p = procs.start(f"sidecar-{port}", [
+            str(debug_bins / "tollgate"), "proxy", "--upstream", f"http://127.0.0.1:{server_port}",
+            "--control-plane", op_url, "--control-plane-ca", str(tmp_path / "ca.pem"), "--token-file", str(token_file),
+            "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{admin}",
+        ], port, env={"TOLLGATE_LOG": "info"})
+        wait_for_port(admin, p.proc, p.log)
+        s = Sidecar(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", p.proc, p.log)
+        if wait_ready:
+            eventually(s.ready, what=f"sidecar ready\n{p.log.read_text()[-3000:]}")
+        return s
+
+    return start

@@ -8,21 +8,13 @@ One control plane serves the module, and one release of the chart; each test say
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import signal
-import ssl
-import subprocess
 
-import httpx
 import pytest
-from cluster import NAMESPACE, RELEASE, ControlPlane, CHART
-from conftest import free_port, wait_for_port
+from cluster import (CHART, NAMESPACE, OPERATOR_PORT, RELEASE, ControlPlane, Operator, eventually, mcp_pod, policy,
+                     sidecar, start_operator)  # noqa: F401 (sidecar is a fixture)
 from test_chart import SWITCHES
-from test_operator import eventually, operator_bin, sidecar  # noqa: F401 (fixtures)
-
-OPERATOR_PORT = 8443
 
 
 @pytest.fixture(scope="module")
@@ -35,63 +27,23 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def release(cluster):
     """The chart installed with its default values."""
-    installed = cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace")
-    cluster.install_output = installed.stderr + installed.stdout
+    cluster.install_output = cluster.install()
     return cluster
 
 
-def start_operator(cluster: ControlPlane, bins, tmp, name: str, port: int, **env: str):
-    """The operator as the chart deploys it, but as a process here: the Deployment's own
-    environment, a token the API server issued to the chart's ServiceAccount, and `name` as
-    its pod name (its identity in the Lease)."""
-    kubeconfig = cluster.token_kubeconfig(NAMESPACE, "tollgate-operator", tmp / f"{name}.kubeconfig")
-    admin = free_port()
-    env = {
-        **cluster.deployment_env(NAMESPACE, "tollgate-operator"),
-        "KUBECONFIG": str(kubeconfig),
-        "POD_NAMESPACE": NAMESPACE,
-        "POD_NAME": name,
-        "TOLLGATE_LISTEN": f"{cluster.host_ip}:{port}",
-        "TOLLGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-        # Sidecars here reach the stream by this address, not the Service's DNS name.
-        "TOLLGATE_EXTRA_SANS": cluster.host_ip,
-        **env,
-    }
-    log = tmp / f"{name}.log"
-    proc = subprocess.Popen([str(bins / "tollgate-operator")], env={**os.environ, **env},
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    wait_for_port(admin, proc, log)
-    cluster.eventually(f"{name} is ready", lambda: httpx.get(f"http://127.0.0.1:{admin}/readyz").status_code == 200)
-    return proc, log
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    proc.send_signal(sig)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # Every operator process the module started, stopped at its end.
-RUNNING: list[subprocess.Popen] = []
+RUNNING: list[Operator] = []
 
 
 @pytest.fixture(scope="module")
 def operator(release, debug_bins, tmp_path_factory):
     """One operator, the chart's Service routed to it."""
     release.route_service_to_host(NAMESPACE, "tollgate-operator", "https", OPERATOR_PORT)
-    proc, log = start_operator(release, debug_bins, tmp_path_factory.mktemp("operator"), "tollgate-operator-tests", OPERATOR_PORT)
-    RUNNING.append(proc)
-    yield release, log
-    for p in RUNNING:
-        if p.poll() is None:
-            stop(p)
-
-
-def policy(name: str, spec: dict, namespace: str = "default") -> dict:
-    return {"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    op = start_operator(release, debug_bins, tmp_path_factory.mktemp("operator"), "tollgate-operator-tests")
+    RUNNING.append(op)
+    yield release, op.log
+    for o in RUNNING:
+        o.stop()
 
 
 def test_cluster_control_plane_reports_the_version_it_was_built_as(cluster):
@@ -142,31 +94,12 @@ def test_cluster_a_good_policy_is_accepted_and_its_status_written_by_the_operato
         conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
         return status.get("tools") == 2 and conditions.get("Ready") == "True" and status
 
-    cluster.eventually("the policy's status says Ready with 2 tools", ready)
-
-
-def injection_namespace(cluster: ControlPlane, ns: str) -> None:
-    cluster.kubectl("create", "namespace", ns)
-    cluster.kubectl("label", "namespace", ns, "tollgate.dev/injection=enabled")
-
-
-def mcp_pod(name: str, ns: str, labels: dict | None = None, annotations: dict | None = None,
-            service_account: str | None = None) -> dict:
-    """A pod serving MCP on a container port named `mcp`."""
-    spec: dict = {"containers": [{"name": "server", "image": "example/mcp:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]}
-    if service_account:
-        spec["serviceAccountName"] = service_account
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels or {}, "annotations": annotations or {}},
-        "spec": spec,
-    }
+    eventually(what="the policy's status says Ready with 2 tools", probe=ready)
 
 
 def test_cluster_api_server_calls_the_mutating_webhook_which_injects_the_sidecar(operator):
     cluster, _ = operator
-    injection_namespace(cluster, "team-a")
+    cluster.namespace("team-a", **{"tollgate.dev/injection": "enabled"})
     cluster.apply(mcp_pod("mcp", "team-a", labels={"app": "mcp"}))
     created = cluster.get("-n", "team-a", "pod", "mcp")
     sidecars = [c for c in created["spec"].get("initContainers", []) if c["name"] == "tollgate-proxy"]
@@ -216,7 +149,7 @@ def test_cluster_kubectl_prints_the_policy_columns_and_an_invalid_policy_is_refu
         "- spec.tools.t.rules[1].conditions[0].value: lte needs a number, e.g. 50000"
     ), out.stderr
     cluster.apply(policy("columns", {"tools": {"search": {"rules": []}}}))
-    cluster.eventually("the policy is Ready", lambda: "True" in cluster.kubectl("get", "-n", "default", "mcppolicy", "columns").stdout)
+    eventually(what="the policy is Ready", probe=lambda: "True" in cluster.kubectl("get", "-n", "default", "mcppolicy", "columns").stdout)
     table = cluster.kubectl("get", "-n", "default", "mcppolicy", "columns").stdout.splitlines()
     assert table[0].split() == ["NAME", "DEFAULT", "MODE", "TOOLS", "PODS", "READY", "AGE"]
     assert table[1].split()[:6] == ["columns", "deny", "enforce", "1", "0", "True"]
@@ -224,7 +157,7 @@ def test_cluster_kubectl_prints_the_policy_columns_and_an_invalid_policy_is_refu
 
 def test_cluster_a_pod_that_opts_out_is_stored_unchanged(operator):
     cluster, _ = operator
-    injection_namespace(cluster, "team-b")
+    cluster.namespace("team-b", **{"tollgate.dev/injection": "enabled"})
     cluster.apply(mcp_pod("mcp", "team-b", annotations={"tollgate.dev/inject": "false"}))
     stored = cluster.get("-n", "team-b", "pod", "mcp")
     assert "initContainers" not in stored["spec"]
@@ -242,19 +175,13 @@ def test_cluster_the_charts_rbac_covers_everything_the_operator_did(operator):
 def test_cluster_a_sidecar_with_a_token_bound_to_its_pod_follows_the_pods_policy_until_the_pod_is_gone(operator, sidecar):
     cluster, _ = operator
     ns = "team-c"
-    injection_namespace(cluster, ns)
+    cluster.namespace(ns, **{"tollgate.dev/injection": "enabled"})
     cluster.kubectl("-n", ns, "create", "serviceaccount", "github-mcp")
     cluster.apply(mcp_pod("github-mcp", ns, labels={"app": "github"}, service_account="github-mcp"))
-    uid = cluster.get("-n", ns, "pod", "github-mcp")["metadata"]["uid"]
     cluster.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}},
                                     "tools": {"read_file": {"rules": []},
                                               "create_issue": {"rules": [{"name": "no", "action": "deny"}]}}}, ns))
-    # The token a kubelet would project into the sidecar: bound to this pod, audience tollgate.
-    token = cluster.kubectl("-n", ns, "create", "token", "github-mcp", "--audience", "tollgate",
-                            "--bound-object-kind", "Pod", "--bound-object-name", "github-mcp",
-                            "--bound-object-uid", uid).stdout.strip()
-    secret = cluster.get("-n", NAMESPACE, "secret", "tollgate-operator-tls")
-    ca = base64.b64decode(secret["data"]["ca.crt"]).decode()
+    token, ca = cluster.pod_token(ns, "github-mcp"), cluster.ca()
     side = sidecar(f"https://{cluster.host_ip}:{OPERATOR_PORT}", ca, token)
     eventually(lambda: not side.allows("create_issue"), what="the pod's policy reached the sidecar")
     assert side.allows("read_file")
@@ -269,10 +196,9 @@ def test_cluster_a_sidecar_with_a_token_bound_to_its_pod_follows_the_pods_policy
 
     # The pod is deleted: its token no longer authenticates, and the stream refuses it.
     cluster.kubectl("-n", ns, "delete", "pod", "github-mcp", "--grace-period", "0", "--force")
-    with httpx.Client(verify=ssl.create_default_context(cadata=ca), timeout=5) as c:
+    with RUNNING[0].client(ca) as c:
         def refusal():
-            with c.stream("GET", f"https://{cluster.host_ip}:{OPERATOR_PORT}/v1/policy",
-                          headers={"authorization": f"Bearer {token}"}) as r:
+            with c.stream("GET", "/v1/policy", headers={"authorization": f"Bearer {token}"}) as r:
                 assert r.status_code != 200, "still streaming"
                 r.read()
                 return r
@@ -283,29 +209,40 @@ def test_cluster_a_sidecar_with_a_token_bound_to_its_pod_follows_the_pods_policy
     assert not side.allows("read_file") and side.allows("create_issue")
 
 
-def test_cluster_a_second_operator_follows_the_leader_through_the_lease_and_takes_over_when_it_dies(operator, debug_bins, tmp_path):
-    cluster, log = operator
+def test_cluster_a_second_operator_follows_the_leader_through_the_lease_and_takes_over_when_it_dies_or_leaves(operator, debug_bins, tmp_path):
+    cluster, _ = operator
     first = RUNNING[0]
 
     def lease():
         return cluster.get("-n", NAMESPACE, "lease", "tollgate-operator")["spec"]
 
-    assert lease()["holderIdentity"] == "tollgate-operator-tests"
+    assert lease()["holderIdentity"] == first.name
     transitions = lease().get("leaseTransitions", 0)
-    second, second_log = start_operator(cluster, debug_bins, tmp_path, "tollgate-operator-second", OPERATOR_PORT + 1)
+    second = start_operator(cluster, debug_bins, tmp_path, "tollgate-operator-second", OPERATOR_PORT + 1)
     RUNNING.append(second)
-    assert lease()["holderIdentity"] == "tollgate-operator-tests", "a follower does not take a held lease"
+    assert lease()["holderIdentity"] == first.name, "a follower does not take a held lease"
+    with second.client(cluster.ca()) as c:
+        assert c.post("/validate", content=b"x").status_code == 400, "a follower serves the webhooks too"
 
-    first.send_signal(signal.SIGKILL)  # no goodbye: the lease must expire
-    first.wait()
+    first.stop(signal.SIGKILL)  # no goodbye: the lease must expire
     # The chart's Service now reaches the survivor, as the endpoint-slice controller would.
-    cluster.route_service_to_host(NAMESPACE, "tollgate-operator", "https", OPERATOR_PORT + 1)
-    cluster.eventually("the survivor holds the lease", lambda: lease()["holderIdentity"] == "tollgate-operator-second", timeout=45)
+    cluster.route_service_to_host(NAMESPACE, "tollgate-operator", "https", second.port)
+    eventually(lambda: lease()["holderIdentity"] == second.name, what="the survivor holds the lease", timeout=45)
     assert lease()["leaseTransitions"] == transitions + 1
     # It leads: it runs the controllers and writes status.
     cluster.apply(policy("after-handover", {"tools": {"a": {"rules": []}, "b": {"rules": []}}}))
-    cluster.eventually("the new leader writes status",
-                       lambda: cluster.get("-n", "default", "mcppolicy", "after-handover").get("status", {}).get("tools") == 2)
+    eventually(lambda: cluster.get("-n", "default", "mcppolicy", "after-handover").get("status", {}).get("tools") == 2,
+               what="the new leader writes status")
+
+    # A leader told to stop (a rolling update) gives the lease up before it exits, so its
+    # successor need not wait for the lease to expire.
+    third = start_operator(cluster, debug_bins, tmp_path, "tollgate-operator-third", OPERATOR_PORT + 2)
+    RUNNING.append(third)
+    second.stop(signal.SIGTERM)
+    assert lease()["holderIdentity"] in ("", third.name), lease()
+    assert "released the lease" in second.log.read_text()
+    eventually(lambda: lease()["holderIdentity"] == third.name, what="the successor holds the released lease")
+    cluster.route_service_to_host(NAMESPACE, "tollgate-operator", "https", third.port)
 
 
 def test_cluster_helm_uninstall_keeps_the_crds_and_the_policies(operator):
