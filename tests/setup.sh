@@ -20,9 +20,12 @@ if [[ ! -f node_modules/.stamp || "$(cat node_modules/.stamp)" != "$(stamp packa
 fi
 # The cluster suites' control plane (tests/cluster): kube-apiserver, kube-controller-manager,
 # kubectl, etcd and helm built from their pinned Go modules, once per version (cached), and the
-# Debian tools that run it in a network namespace of its own.
+# Debian tools that run it in a network namespace of its own; iptables for the pod-boundary
+# suite (both back ends, both families).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
+command -v iptables-legacy >/dev/null && command -v ip6tables-nft >/dev/null || need+=(iptables)
+command -v setpriv >/dev/null || need+=(util-linux)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 if (( ${#need[@]} )); then

@@ -1,4 +1,4 @@
-//! The `tollgate` command: `proxy`, `check` and `import`.
+//! The `tollgate` command: `proxy`, `check`, `import` and `init-redirect`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +38,46 @@ enum Command {
     Check(CheckArgs),
     /// Print the McpPolicy equivalent of a PolicyLayer policy.json or Intercept YAML file.
     Import(ImportArgs),
+    /// Redirect inbound TCP for the app's MCP ports to the proxy, in this network namespace
+    /// (what the injected init container runs; needs NET_ADMIN and NET_RAW).
+    InitRedirect(InitRedirectArgs),
+}
+
+#[derive(clap::Args)]
+struct InitRedirectArgs {
+    /// The app's MCP port(s): inbound TCP to them goes to the proxy. Repeat, or comma-separate.
+    #[arg(long = "port", required = true, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
+    /// The proxy's listening port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    proxy_port: u16,
+    /// The proxy's UID: its own connections to the app are not redirected.
+    #[arg(long)]
+    proxy_uid: u32,
+    /// The iptables back end: auto (the one holding rules here, else nft if it works), nft, legacy.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendFlag,
+    /// Which IP families: auto (IPv4, and IPv6 when it is on here), ipv4, ipv6, both.
+    #[arg(long, value_enum, default_value = "auto")]
+    families: FamiliesFlag,
+    /// Print the rules and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendFlag {
+    Auto,
+    Nft,
+    Legacy,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FamiliesFlag {
+    Auto,
+    Ipv4,
+    Ipv6,
+    Both,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -220,6 +260,13 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::InitRedirect(args) => match init_redirect(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Proxy(args) => {
             // Thread per core, as nginx's workers: each thread runs its own event loop with its
             // own listener (SO_REUSEPORT) and upstream connections, so a call never waits for
@@ -238,6 +285,46 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn init_redirect(args: InitRedirectArgs) -> anyhow::Result<()> {
+    use crate::redirect::{self, Backend, Family, Plan};
+    if args.ports.contains(&args.proxy_port) {
+        anyhow::bail!(
+            "--proxy-port {} is also a --port: the proxy's own port cannot be redirected to itself",
+            args.proxy_port
+        );
+    }
+    let backend = match args.backend {
+        BackendFlag::Nft => Backend::Nft,
+        BackendFlag::Legacy => Backend::Legacy,
+        BackendFlag::Auto => redirect::detect_backend(),
+    };
+    let families: &[Family] = match args.families {
+        FamiliesFlag::Ipv4 => &[Family::V4],
+        FamiliesFlag::Ipv6 => &[Family::V6],
+        FamiliesFlag::Both => &[Family::V4, Family::V6],
+        FamiliesFlag::Auto if redirect::ipv6_enabled() => &[Family::V4, Family::V6],
+        FamiliesFlag::Auto => &[Family::V4],
+    };
+    let steps = redirect::steps(&Plan {
+        ports: args.ports,
+        proxy_port: args.proxy_port,
+        proxy_uid: args.proxy_uid,
+    });
+    for &family in families {
+        let binary = backend.binary(family);
+        if args.dry_run {
+            for step in &steps {
+                println!("{binary} {step}");
+            }
+            continue;
+        }
+        for line in redirect::install(binary, &steps)? {
+            println!("installed: {line}");
+        }
+    }
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> ExitCode {

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cli ─┬─ check / import ─────────────────────────────> tollgate_api (load, validate, decide)
+//!      ├─ init-redirect ─> redirect (the pod's iptables rules, then exit)
 //!      └─ proxy ─> serve (listeners, admin port, shutdown)
 //!
 //! http/       HTTP/1.1 server and client, their RFC 9112 framing, media types, deadlines
@@ -26,6 +27,7 @@ pub mod http;
 pub mod mcp;
 pub mod policy;
 pub mod proxy;
+pub mod redirect;
 pub mod serve;
 pub mod telemetry;
 

@@ -1,7 +1,7 @@
 """An MCP server (Python SDK 2.x) that writes down every tool run, with the arguments the tool
 actually ran with (after the SDK parsed and validated them), one JSON line each:
 
-    python tests/e2e/recording_server.py --port 8000 --record runs.jsonl [--transport sse] [--json]
+    python tests/e2e/recording_server.py --port 8000 --record runs.jsonl [--transport sse] [--json] [--stateless] [--host ::]
 
 The bypass suite reads the record to see what a server really ran, whatever the proxy said.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import socket
 import time
 
 import anyio
@@ -72,17 +73,29 @@ def main() -> None:
     global RECORD
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
+    # `::` serves every address of both families, as a server in a pod does (and turns off the
+    # SDK's DNS-rebinding check, which only guards loopback servers).
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--record", required=True)
     p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--stateless", action="store_true", help="no sessions: a lone tools/call runs")
     a = p.parse_args()
     RECORD = a.record
     open(RECORD, "a").close()
     if a.transport == "sse":
-        app = mcp.sse_app(host="127.0.0.1")
+        app = mcp.sse_app(host=a.host)
     else:
-        app = mcp.streamable_http_app(json_response=a.json, host="127.0.0.1")
-    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
+        app = mcp.streamable_http_app(json_response=a.json, stateless_http=a.stateless, host=a.host)
+    if a.host != "::":
+        uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+        return
+    # One dual-stack socket, as most servers in pods bind (asyncio would make it IPv6-only).
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", a.port))
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 if __name__ == "__main__":
