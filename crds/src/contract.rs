@@ -31,6 +31,42 @@ pub mod env {
     pub const POD_NAME: &str = "POD_NAME";
     /// The pod's namespace, from the downward API.
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// The app's probes the sidecar runs for the kubelet: a JSON [`AppProbes`](super::AppProbes).
+    pub const APP_PROBES: &str = "TOLLGATE_APP_PROBES";
+}
+
+/// The sidecar's UID (and GID). In redirect mode its own connections to the app are the only
+/// ones not sent through it, so no app container may run as it.
+pub const PROXY_UID: u32 = 65532;
+
+/// Where on the admin port the sidecar answers for one of the app's probes:
+/// `/app-health/<container>/<liveness|readiness|startup>`.
+pub const APP_HEALTH_PREFIX: &str = "/app-health/";
+
+/// The app's probes, keyed by the tail of their [`APP_HEALTH_PREFIX`] path (`server/readiness`).
+///
+/// In redirect mode the kubelet's probes to the app's MCP port would reach the sidecar, not the
+/// app, so injection points them at the sidecar's admin port and hands the originals over here;
+/// the sidecar runs each against the app on loopback, as Istio's agent does.
+pub type AppProbes = std::collections::BTreeMap<String, AppProbe>;
+
+/// One probe as the kubelet would have run it against the app (the parts that reach the app;
+/// periods and thresholds stay on the rewritten probe).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum AppProbe {
+    /// GET `path` on the app's `port`; healthy when the status is 200 to 399.
+    #[serde(rename_all = "camelCase")]
+    HttpGet {
+        port: u16,
+        path: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<(String, String)>,
+        timeout_seconds: u32,
+    },
+    /// A TCP connection to the app's `port`; healthy when it is accepted.
+    #[serde(rename_all = "camelCase")]
+    TcpSocket { port: u16, timeout_seconds: u32 },
 }
 
 /// The path of the operator's policy stream.
@@ -68,6 +104,10 @@ pub mod annotations {
     pub const PROXY_IMAGE: &str = "tollgate.dev/proxy-image";
     /// Per-pod sidecar log filter.
     pub const LOG_LEVEL: &str = "tollgate.dev/log-level";
+    /// How the pod's boundary is kept: `redirect` (an init container's iptables rules send
+    /// inbound TCP for the MCP port to the sidecar; needs NET_ADMIN) or `port-handoff` (no
+    /// privilege: only clients that use the port's name reach the sidecar).
+    pub const BOUNDARY: &str = "tollgate.dev/boundary";
     /// Per-pod sidecar resources, each a Kubernetes quantity: (annotation, requests or
     /// limits, resource).
     pub const RESOURCES: [(&str, &str, &str); 4] = [

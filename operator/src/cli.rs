@@ -16,7 +16,7 @@ use kube::runtime::events::Reporter;
 use tollgate_api::DefaultAction;
 
 use crate::index::Index;
-use crate::inject::InjectConfig;
+use crate::inject::{Boundary, InjectConfig};
 use crate::server::Shared;
 use crate::tls::CertSource;
 
@@ -69,6 +69,10 @@ struct Args {
     sidecar_cpu_limit: String,
     #[arg(long, env = "TOLLGATE_SIDECAR_MEMORY_LIMIT", default_value = "256Mi")]
     sidecar_memory_limit: String,
+    /// How injected pods keep their boundary unless annotated tollgate.dev/boundary: redirect
+    /// (an init container's iptables rules; needs NET_ADMIN) or port-handoff (no privilege).
+    #[arg(long, env = "TOLLGATE_BOUNDARY", default_value = "redirect", value_parser = parse_boundary)]
+    boundary: Boundary,
     /// The sidecar's port for agents.
     #[arg(long, env = "TOLLGATE_SIDECAR_PORT", default_value_t = 15080)]
     sidecar_port: u16,
@@ -284,6 +288,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             control_plane_ca: String::new(),
             proxy_port: args.sidecar_port,
             admin_port: args.sidecar_admin_port,
+            boundary: args.boundary,
         },
         serving,
     });
@@ -296,6 +301,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The release is one GET and one PATCH; a slow API server only delays the successor.
     let _ = tokio::time::timeout(Duration::from_secs(3), election).await;
     served
+}
+
+fn parse_boundary(s: &str) -> Result<Boundary, String> {
+    Boundary::parse(s).ok_or_else(|| format!("{s:?} is neither redirect nor port-handoff"))
 }
 
 async fn shutdown_signal() {

@@ -4,8 +4,14 @@
 //! Pod ─ wants_injection (pod annotation, namespace label) ─ no ──> Skip { reason }
 //!  │                                                       ─ already injected ─> Unchanged
 //!  └─ find the MCP port (tollgate.dev/port | container port `mcp`)
-//!       ─> boundary: hand the port's name to the sidecar (the app's port is renamed, probes
-//!          follow it); the iptables redirect will be the other boundary mode
+//!       ─> boundary (tollgate.dev/boundary, else the operator's --boundary):
+//!            redirect      add the init container `tollgate init-redirect` (NET_ADMIN, NET_RAW):
+//!                          inbound TCP to the port goes to the sidecar, however it is dialled;
+//!                          the app's probes on the port move to the sidecar's admin port,
+//!                          which runs them against the app (TOLLGATE_APP_PROBES)
+//!            port-handoff  no privilege: only what dials the port by name reaches the sidecar
+//!          both hand the port's name to the sidecar (the app's port is renamed, probes that
+//!          stay follow it), so a Service targeting it by name reaches the sidecar directly
 //!       ─> add the native sidecar (init container, restartPolicy: Always) + its token volume
 //!       ─> record what was done (annotation tollgate.dev/status, label tollgate.dev/injected)
 //!  ─> json_patch::diff(before, after)
@@ -17,8 +23,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -27,16 +34,22 @@ use serde_json::json;
 use tollgate_api::DefaultAction;
 
 pub use tollgate_api::contract::annotations::{
-    DEFAULT_ACTION as DEFAULT_ACTION_ANNOTATION, INJECT as INJECT_ANNOTATION, INJECTED_LABEL,
-    LOG_LEVEL as LOG_LEVEL_ANNOTATION, NAMESPACE_LABEL, PORT as PORT_ANNOTATION,
-    PROXY_IMAGE as IMAGE_ANNOTATION, RESOURCES as RESOURCE_ANNOTATIONS,
-    STATUS as STATUS_ANNOTATION,
+    BOUNDARY as BOUNDARY_ANNOTATION, DEFAULT_ACTION as DEFAULT_ACTION_ANNOTATION,
+    INJECT as INJECT_ANNOTATION, INJECTED_LABEL, LOG_LEVEL as LOG_LEVEL_ANNOTATION,
+    NAMESPACE_LABEL, PORT as PORT_ANNOTATION, PROXY_IMAGE as IMAGE_ANNOTATION,
+    RESOURCES as RESOURCE_ANNOTATIONS, STATUS as STATUS_ANNOTATION,
+};
+use tollgate_api::contract::{
+    APP_HEALTH_PREFIX, AppProbe, AppProbes, PROXY_UID, TOKEN_FILE, env as sidecar_env,
 };
 pub use tollgate_api::contract::{TOKEN_AUDIENCE, TOKEN_DIR};
-use tollgate_api::contract::{TOKEN_FILE, env as sidecar_env};
 
 /// The sidecar's container name.
 pub const SIDECAR_NAME: &str = "tollgate-proxy";
+/// The init container that installs the redirect (redirect mode).
+pub const INIT_NAME: &str = "tollgate-init";
+/// The namespace label by which Pod Security admission enforces a level.
+const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// The projected token volume, mounted into the sidecar only.
 pub const TOKEN_VOLUME: &str = "tollgate-token";
 /// The app's MCP port is renamed to this when its name is handed to the sidecar.
@@ -57,6 +70,28 @@ pub struct InjectConfig {
     pub proxy_port: u16,
     /// Where the sidecar serves /healthz, /readyz and /metrics.
     pub admin_port: u16,
+    /// The boundary of pods that do not choose one (tollgate.dev/boundary).
+    pub boundary: Boundary,
+}
+
+/// How nothing reaches the app around the sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundary {
+    /// An init container's iptables rules send inbound TCP for the MCP port to the sidecar.
+    Redirect,
+    /// No privilege: the MCP port's name moves to the sidecar, so a Service that targets it by
+    /// name reaches the sidecar; a client that dials the app's port number does not.
+    PortHandoff,
+}
+
+impl Boundary {
+    pub fn parse(s: &str) -> Option<Boundary> {
+        match s {
+            "redirect" => Some(Boundary::Redirect),
+            "port-handoff" => Some(Boundary::PortHandoff),
+            _ => None,
+        }
+    }
 }
 
 /// What the webhook does with a pod.
@@ -136,14 +171,25 @@ pub fn inject_sidecar(
         return Ok(skip(reason, true));
     };
 
+    let boundary = boundary(&annotations, namespace_labels, config)?;
+    if boundary == Boundary::Redirect {
+        redirect_holds(&spec)?;
+    }
+
     let before = serde_json::to_value(pod).expect("a Pod serialises");
     let mut after = pod.clone();
+    let probes = match boundary {
+        Boundary::Redirect => move_probes(&mut after, &target, config.admin_port),
+        Boundary::PortHandoff => AppProbes::new(),
+    };
     let sidecar_port_name = hand_off_port(&mut after, &target);
-    let sidecar = sidecar_container(&annotations, config, &target, &sidecar_port_name)?;
+    let sidecar = sidecar_container(&annotations, config, &target, &sidecar_port_name, &probes)?;
     let spec = after.spec.get_or_insert_with(Default::default);
-    spec.init_containers
-        .get_or_insert_with(Vec::new)
-        .insert(0, sidecar);
+    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    init.insert(0, sidecar);
+    if boundary == Boundary::Redirect {
+        init.insert(0, init_container(&annotations, config, &target));
+    }
     spec.volumes
         .get_or_insert_with(Vec::new)
         .push(token_volume());
@@ -152,9 +198,14 @@ pub fn inject_sidecar(
         "sidecar": SIDECAR_NAME,
         "upstreamPort": target.number,
         "proxyPort": config.proxy_port,
-        "boundary": match &sidecar_port_name {
-            Some(name) => format!("port {name:?} handed to the sidecar"),
-            None => format!("none: clients must connect to port {}", config.proxy_port),
+        "boundary": match (boundary, &sidecar_port_name) {
+            (Boundary::Redirect, _) => format!(
+                "redirect: inbound TCP to port {} goes to the sidecar ({INIT_NAME})", target.number
+            ),
+            (Boundary::PortHandoff, Some(name)) => format!("port {name:?} handed to the sidecar"),
+            (Boundary::PortHandoff, None) => {
+                format!("none: clients must connect to port {}", config.proxy_port)
+            }
         },
     });
     after
@@ -169,6 +220,209 @@ pub fn inject_sidecar(
         .insert(INJECTED_LABEL.into(), "true".into());
     let after = serde_json::to_value(&after).expect("a Pod serialises");
     Ok(Injection::Patch(json_patch::diff(&before, &after)))
+}
+
+/// The pod's boundary: its annotation, else the operator's default. Redirect mode needs an init
+/// container with NET_ADMIN, which Pod Security's baseline and restricted levels refuse: such a
+/// namespace gets a refusal that says so, never a pod that silently went without its boundary.
+fn boundary(
+    annotations: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, String>,
+    config: &InjectConfig,
+) -> Result<Boundary, BadAnnotation> {
+    let chosen = match annotations.get(BOUNDARY_ANNOTATION) {
+        None => config.boundary,
+        Some(value) => Boundary::parse(value).ok_or_else(|| BadAnnotation {
+            annotation: BOUNDARY_ANNOTATION,
+            message: format!("{value:?} is neither \"redirect\" nor \"port-handoff\""),
+        })?,
+    };
+    let level = namespace_labels
+        .get(POD_SECURITY_ENFORCE)
+        .map(String::as_str);
+    if chosen == Boundary::Redirect && matches!(level, Some("baseline" | "restricted")) {
+        return Err(BadAnnotation {
+            annotation: BOUNDARY_ANNOTATION,
+            message: format!(
+                "the namespace enforces Pod Security {:?} ({POD_SECURITY_ENFORCE}), which refuses the \
+                 NET_ADMIN init container the redirect needs; annotate the pod {BOUNDARY_ANNOTATION}: \
+                 port-handoff, or let the namespace enforce \"privileged\"",
+                level.unwrap_or_default()
+            ),
+        });
+    }
+    Ok(chosen)
+}
+
+/// In redirect mode the sidecar's UID is the one the rules let through, and a container that
+/// can change the pod's network rules could remove them: a pod with either is refused.
+fn redirect_holds(spec: &PodSpec) -> Result<(), BadAnnotation> {
+    let refuse = |message: String| BadAnnotation {
+        annotation: BOUNDARY_ANNOTATION,
+        message,
+    };
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let kinds = [
+        ("containers", spec.containers.as_slice()),
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+    ];
+    for (kind, containers) in kinds {
+        for (i, c) in containers.iter().enumerate() {
+            let sc = c.security_context.as_ref();
+            if sc.and_then(|s| s.run_as_user).or(pod_uid) == Some(PROXY_UID.into()) {
+                return Err(refuse(format!(
+                    "spec.{kind}[{i}] ({}) runs as UID {PROXY_UID}, the sidecar's: the redirect lets that UID \
+                     reach the app directly; run it as another UID",
+                    c.name
+                )));
+            }
+            if sc.and_then(|s| s.privileged) == Some(true) {
+                return Err(refuse(format!(
+                    "spec.{kind}[{i}] ({}) is privileged, so it could remove the redirect; \
+                     use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
+                    c.name
+                )));
+            }
+            let added = sc
+                .and_then(|s| s.capabilities.as_ref())
+                .and_then(|c| c.add.as_ref());
+            if let Some(cap) = added.into_iter().flatten().find(|c| {
+                let c = c.trim_start_matches("CAP_");
+                c == "NET_ADMIN" || c == "ALL"
+            }) {
+                return Err(refuse(format!(
+                    "spec.{kind}[{i}] ({}) adds the capability {cap}, so it could remove the redirect; \
+                     use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
+                    c.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Redirect mode: every probe the kubelet would send to the MCP port (by number, or by a name
+/// its container gives that port) would now reach the sidecar, so it is pointed at the
+/// sidecar's admin port instead, and the original is returned for the sidecar to run. Periods,
+/// thresholds and timeouts stay on the probe. gRPC and exec probes are left as they are: exec
+/// runs in the container, and a gRPC probe on the MCP port cannot be one.
+fn move_probes(pod: &mut Pod, target: &McpPort, admin_port: u16) -> AppProbes {
+    let mut moved = AppProbes::new();
+    let Some(spec) = pod.spec.as_mut() else {
+        return moved;
+    };
+    for c in &mut spec.containers {
+        let ports: Vec<(String, i32)> = c
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+            .collect();
+        let is_mcp = |port: &IntOrString| match port {
+            IntOrString::Int(n) => *n == target.number,
+            IntOrString::String(name) => ports
+                .iter()
+                .any(|(n, num)| n == name && *num == target.number),
+        };
+        for (kind, probe) in [
+            ("liveness", &mut c.liveness_probe),
+            ("readiness", &mut c.readiness_probe),
+            ("startup", &mut c.startup_probe),
+        ] {
+            let Some(probe) = probe.as_mut() else {
+                continue;
+            };
+            let timeout_seconds = probe.timeout_seconds.unwrap_or(1).max(1) as u32;
+            let original = match (&probe.http_get, &probe.tcp_socket) {
+                (Some(get), _) if is_mcp(&get.port) && get.scheme.as_deref() != Some("HTTPS") => {
+                    AppProbe::HttpGet {
+                        port: target.number as u16,
+                        path: get.path.clone().unwrap_or_else(|| "/".into()),
+                        headers: get
+                            .http_headers
+                            .iter()
+                            .flatten()
+                            .map(|h| (h.name.clone(), h.value.clone()))
+                            .collect(),
+                        timeout_seconds,
+                    }
+                }
+                (_, Some(tcp)) if is_mcp(&tcp.port) => AppProbe::TcpSocket {
+                    port: target.number as u16,
+                    timeout_seconds,
+                },
+                _ => continue,
+            };
+            let key = format!("{}/{kind}", c.name);
+            probe.http_get = Some(HTTPGetAction {
+                path: Some(format!("{APP_HEALTH_PREFIX}{key}")),
+                port: IntOrString::Int(admin_port.into()),
+                scheme: Some("HTTP".into()),
+                ..HTTPGetAction::default()
+            });
+            probe.tcp_socket = None;
+            moved.insert(key, original);
+        }
+    }
+    moved
+}
+
+/// `tollgate init-redirect`, run before the sidecar: root with NET_ADMIN and NET_RAW, nothing
+/// else, and done before any container of the app starts.
+fn init_container(
+    annotations: &BTreeMap<String, String>,
+    config: &InjectConfig,
+    target: &McpPort,
+) -> Container {
+    Container {
+        name: INIT_NAME.into(),
+        image: Some(
+            annotations
+                .get(IMAGE_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| config.image.clone()),
+        ),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec![
+            "init-redirect".into(),
+            "--port".into(),
+            target.number.to_string(),
+            "--proxy-port".into(),
+            config.proxy_port.to_string(),
+            "--proxy-uid".into(),
+            PROXY_UID.to_string(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            // iptables-legacy takes a lock file under /run; the container exits in a second.
+            read_only_root_filesystem: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
 }
 
 /// The pod's own default for tools no policy lists, if it sets one.
@@ -236,12 +490,9 @@ fn find_mcp_port(
         }))
 }
 
-/// The boundary step. With the port handoff, the app's port gives its name to the sidecar, so
-/// a Service that targets the port by name reaches the sidecar; the app's probes follow the
-/// renamed port. Returns the name the sidecar's port takes.
-///
-/// The iptables redirect (a later boundary mode) belongs here too: it will add its init step
-/// and leave the app's ports alone.
+/// The port handoff: the app's port gives its name to the sidecar, so a Service that targets the
+/// port by name reaches the sidecar; the app's probes that still name the port follow it.
+/// Returns the name the sidecar's port takes.
 fn hand_off_port(pod: &mut Pod, target: &McpPort) -> Option<String> {
     let (Some(index), Some(name)) = (target.container, target.name.clone()) else {
         return None;
@@ -281,6 +532,7 @@ fn sidecar_container(
     config: &InjectConfig,
     target: &McpPort,
     port_name: &Option<String>,
+    probes: &AppProbes,
 ) -> Result<Container, BadAnnotation> {
     let env = |name: &str, value: String| EnvVar {
         name: name.into(),
@@ -319,35 +571,45 @@ fn sidecar_container(
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(vec!["proxy".into()]),
         restart_policy: Some("Always".into()),
-        env: Some(vec![
-            env(
-                sidecar_env::UPSTREAM,
-                format!("http://127.0.0.1:{}", target.number),
-            ),
-            env(
-                sidecar_env::LISTEN,
-                format!("0.0.0.0:{}", config.proxy_port),
-            ),
-            env(
-                sidecar_env::METRICS_LISTEN,
-                format!("0.0.0.0:{}", config.admin_port),
-            ),
-            env(sidecar_env::CONTROL_PLANE, config.control_plane_url.clone()),
-            env(
-                sidecar_env::CONTROL_PLANE_CA,
-                config.control_plane_ca.clone(),
-            ),
-            env(sidecar_env::TOKEN_FILE, TOKEN_FILE.into()),
-            env(
-                sidecar_env::LOG,
-                annotations
-                    .get(LOG_LEVEL_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_else(|| config.log_level.clone()),
-            ),
-            field(sidecar_env::POD_NAME, "metadata.name"),
-            field(sidecar_env::POD_NAMESPACE, "metadata.namespace"),
-        ]),
+        env: Some(
+            vec![
+                env(
+                    sidecar_env::UPSTREAM,
+                    format!("http://127.0.0.1:{}", target.number),
+                ),
+                env(
+                    sidecar_env::LISTEN,
+                    format!("0.0.0.0:{}", config.proxy_port),
+                ),
+                env(
+                    sidecar_env::METRICS_LISTEN,
+                    format!("0.0.0.0:{}", config.admin_port),
+                ),
+                env(sidecar_env::CONTROL_PLANE, config.control_plane_url.clone()),
+                env(
+                    sidecar_env::CONTROL_PLANE_CA,
+                    config.control_plane_ca.clone(),
+                ),
+                env(sidecar_env::TOKEN_FILE, TOKEN_FILE.into()),
+                env(
+                    sidecar_env::LOG,
+                    annotations
+                        .get(LOG_LEVEL_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_else(|| config.log_level.clone()),
+                ),
+                field(sidecar_env::POD_NAME, "metadata.name"),
+                field(sidecar_env::POD_NAMESPACE, "metadata.namespace"),
+            ]
+            .into_iter()
+            .chain((!probes.is_empty()).then(|| {
+                env(
+                    sidecar_env::APP_PROBES,
+                    serde_json::to_string(probes).expect("probes serialise"),
+                )
+            }))
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some(port_name.clone().unwrap_or_else(|| SIDECAR_NAME.into())),
@@ -370,8 +632,8 @@ fn sidecar_container(
         resources: Some(resources(annotations, &config.resources)?),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            run_as_group: Some(65532),
+            run_as_user: Some(PROXY_UID.into()),
+            run_as_group: Some(PROXY_UID.into()),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use serde_json::{Value, json};
-use tollgate_operator::inject::{InjectConfig, Injection, inject_sidecar};
+use tollgate_api::contract::{AppProbe, AppProbes};
+use tollgate_operator::inject::{Boundary, InjectConfig, Injection, inject_sidecar};
 
 fn config() -> InjectConfig {
     InjectConfig {
@@ -15,6 +16,7 @@ fn config() -> InjectConfig {
         control_plane_ca: "-----BEGIN CERTIFICATE-----\n...".into(),
         proxy_port: 15080,
         admin_port: 15090,
+        boundary: Boundary::Redirect,
     }
 }
 
@@ -70,10 +72,36 @@ fn injected(pod: &Value, ns: &BTreeMap<String, String>) -> Pod {
     serde_json::from_value(doc).unwrap()
 }
 
+fn init_containers(pod: &Pod) -> &[Container] {
+    pod.spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_deref()
+        .unwrap()
+}
+
 fn sidecar(pod: &Pod) -> &Container {
-    let init = pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
-    assert_eq!(init[0].name, "tollgate-proxy", "the sidecar starts first");
-    &init[0]
+    let init = init_containers(pod);
+    let at = init
+        .iter()
+        .position(|c| c.name == "tollgate-proxy")
+        .expect("the sidecar");
+    assert!(
+        init[..at].iter().all(|c| c.name == "tollgate-init"),
+        "the sidecar starts before every init container of the app"
+    );
+    &init[at]
+}
+
+fn handoff(pod: Value) -> Value {
+    let mut annotations = pod["metadata"]["annotations"].clone();
+    annotations["tollgate.dev/boundary"] = json!("port-handoff");
+    annotated(pod, annotations)
+}
+
+fn http_get(probe: &Option<Probe>) -> Value {
+    serde_json::to_value(probe.as_ref().unwrap().http_get.as_ref().unwrap()).unwrap()
 }
 
 /// A container's ports as (name, number).
@@ -152,8 +180,13 @@ fn the_sidecar_is_a_native_sidecar_that_gates_the_app_on_its_readiness() {
 }
 
 #[test]
-fn the_mcp_port_name_moves_to_the_sidecar_and_the_apps_probes_follow_it() {
-    let pod = injected(&opted_in(), &no_labels());
+fn with_the_port_handoff_the_mcp_port_name_moves_to_the_sidecar_and_the_apps_probes_follow_it() {
+    let pod = injected(&handoff(opted_in()), &no_labels());
+    assert_eq!(
+        init_containers(&pod).len(),
+        1,
+        "no init container: no privilege"
+    );
     let app = &pod.spec.as_ref().unwrap().containers[0];
     assert_eq!(
         ports(app),
@@ -324,4 +357,195 @@ fn bad_annotations_refuse_the_pod_naming_the_annotation() {
             inject_sidecar(&pod, &no_labels(), &config()).expect_err(&annotations.to_string());
         assert_eq!(err.annotation, named);
     }
+}
+
+#[test]
+fn redirect_mode_runs_init_redirect_first_as_root_with_net_admin_and_net_raw_only() {
+    let pod = injected(&opted_in(), &no_labels());
+    let init = &init_containers(&pod)[0];
+    assert_eq!(init.name, "tollgate-init");
+    assert_eq!(
+        init.image.as_deref(),
+        Some("ghcr.io/tollgate-dev/tollgate:test"),
+        "the sidecar's image"
+    );
+    assert_eq!(
+        init.args.as_deref().unwrap(),
+        [
+            "init-redirect",
+            "--port",
+            "8000",
+            "--proxy-port",
+            "15080",
+            "--proxy-uid",
+            "65532"
+        ]
+    );
+    assert_eq!(
+        init.restart_policy, None,
+        "it runs to completion before the sidecar starts"
+    );
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+    assert_eq!(
+        sidecar(&pod).security_context.as_ref().unwrap().run_as_user,
+        Some(65532)
+    );
+    let status: Value =
+        serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()["tollgate.dev/status"])
+            .unwrap();
+    assert!(
+        status["boundary"].as_str().unwrap().starts_with("redirect"),
+        "{status}"
+    );
+}
+
+#[test]
+fn redirect_mode_moves_the_apps_probes_on_the_mcp_port_to_the_sidecar_which_runs_them() {
+    let pod = with(
+        opted_in(),
+        "/spec/containers/0/startupProbe",
+        json!({ "httpGet": { "path": "/metrics", "port": 9000 }, "periodSeconds": 2 }),
+    );
+    let pod = with(
+        pod,
+        "/spec/containers/0/readinessProbe",
+        json!({ "httpGet": { "path": "/health", "port": "mcp", "httpHeaders": [{"name": "X-Probe", "value": "1"}] },
+                "timeoutSeconds": 3, "periodSeconds": 7 }),
+    );
+    let pod = injected(&pod, &no_labels());
+    let app = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        http_get(&app.readiness_probe),
+        json!({ "path": "/app-health/server/readiness", "port": 15090, "scheme": "HTTP" })
+    );
+    let readiness = app.readiness_probe.as_ref().unwrap();
+    assert_eq!(
+        (readiness.period_seconds, readiness.timeout_seconds),
+        (Some(7), Some(3)),
+        "timing stays"
+    );
+    assert_eq!(
+        http_get(&app.liveness_probe),
+        json!({ "path": "/app-health/server/liveness", "port": 15090, "scheme": "HTTP" }),
+        "a TCP probe on the port becomes the sidecar's check of it"
+    );
+    assert!(app.liveness_probe.as_ref().unwrap().tcp_socket.is_none());
+    assert_eq!(
+        http_get(&app.startup_probe),
+        json!({ "path": "/metrics", "port": 9000 }),
+        "a probe on another port is not redirected, so it stays"
+    );
+    let handed: AppProbes =
+        serde_json::from_str(env(sidecar(&pod), "TOLLGATE_APP_PROBES").unwrap()).unwrap();
+    assert_eq!(
+        handed,
+        AppProbes::from([
+            (
+                "server/liveness".into(),
+                AppProbe::TcpSocket {
+                    port: 8000,
+                    timeout_seconds: 1
+                }
+            ),
+            (
+                "server/readiness".into(),
+                AppProbe::HttpGet {
+                    port: 8000,
+                    path: "/health".into(),
+                    headers: vec![("X-Probe".into(), "1".into())],
+                    timeout_seconds: 3
+                }
+            ),
+        ])
+    );
+}
+
+#[test]
+fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out() {
+    let psa = BTreeMap::from([(
+        "pod-security.kubernetes.io/enforce".into(),
+        "baseline".into(),
+    )]);
+    let cases = [
+        (
+            "a namespace enforcing Pod Security baseline",
+            opted_in(),
+            psa.clone(),
+            "Pod Security \"baseline\"",
+        ),
+        (
+            "an app container running as the sidecar's UID",
+            with(
+                opted_in(),
+                "/spec/containers/0/securityContext",
+                json!({ "runAsUser": 65532 }),
+            ),
+            no_labels(),
+            "spec.containers[0] (server) runs as UID 65532",
+        ),
+        (
+            "a pod whose default UID is the sidecar's",
+            with(
+                opted_in(),
+                "/spec/securityContext",
+                json!({ "runAsUser": 65532 }),
+            ),
+            no_labels(),
+            "runs as UID 65532",
+        ),
+        (
+            "a container that could remove the rules",
+            with(
+                opted_in(),
+                "/spec/containers/0/securityContext",
+                json!({ "capabilities": { "add": ["NET_ADMIN"] } }),
+            ),
+            no_labels(),
+            "adds the capability NET_ADMIN",
+        ),
+        (
+            "a privileged container",
+            with(
+                opted_in(),
+                "/spec/containers/0/securityContext",
+                json!({ "privileged": true }),
+            ),
+            no_labels(),
+            "is privileged",
+        ),
+    ];
+    for (what, pod, ns, says) in cases {
+        let parsed: Pod = serde_json::from_value(pod.clone()).unwrap();
+        let err = inject_sidecar(&parsed, &ns, &config()).expect_err(what);
+        assert_eq!(err.annotation, "tollgate.dev/boundary", "{what}");
+        assert!(err.message.contains(says), "{what}: {}", err.message);
+        if what.starts_with("a namespace") || what.contains("remove") || what.contains("privileged")
+        {
+            assert!(
+                err.message.contains("port-handoff"),
+                "{what}: says the way out"
+            );
+            assert!(
+                matches!(run(&handoff(pod), &ns), Injection::Patch(_)),
+                "{what}: the port handoff needs no privilege"
+            );
+        }
+    }
+    let bad = annotated(
+        mk_pod(),
+        json!({"tollgate.dev/inject": "true", "tollgate.dev/boundary": "iptables"}),
+    );
+    let err = inject_sidecar(
+        &serde_json::from_value(bad).unwrap(),
+        &no_labels(),
+        &config(),
+    )
+    .unwrap_err();
+    assert_eq!(err.annotation, "tollgate.dev/boundary");
 }

@@ -129,6 +129,10 @@ struct ProxyArgs {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = contract::env::METRICS_LISTEN, default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
+    /// The app's probes to run for the kubelet under /app-health/ on the admin port, as JSON
+    /// (injection sets it in redirect mode).
+    #[arg(long, env = contract::env::APP_PROBES, value_parser = crate::app_probes::parse)]
+    app_probes: Option<contract::AppProbes>,
     /// The decision for tools no policy lists and callers no policy governs. The policy file's
     /// own default applies first.
     #[arg(
@@ -542,7 +546,12 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let mut listeners = crate::serve::bind_shared(args.listen, workers, "--listen")?.into_iter();
     let admin = crate::serve::bind(args.metrics_listen, "--metrics-listen").await?;
     tracing::info!(listen = %args.listen, upstream = %args.upstream, metrics = %args.metrics_listen, workers, "tollgate proxy started");
-    tokio::spawn(crate::serve::serve_admin(admin, handle, metrics));
+    tokio::spawn(crate::serve::serve_admin(
+        admin,
+        handle,
+        metrics,
+        Arc::new(args.app_probes.unwrap_or_default()),
+    ));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
     let first = listeners.next().expect("at least one listener");

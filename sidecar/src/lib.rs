@@ -22,6 +22,7 @@
 //! ─> `http::server` writes the answer.
 #![forbid(unsafe_code)]
 
+pub mod app_probes;
 pub mod cli;
 pub mod http;
 pub mod mcp;

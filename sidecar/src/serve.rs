@@ -1,4 +1,5 @@
-//! Listeners: the proxy port, and the admin port (`/healthz`, `/readyz`, `/metrics`).
+//! Listeners: the proxy port, and the admin port (`/healthz`, `/readyz`, `/metrics`, and the
+//! app's probes under `/app-health/`, see [`crate::app_probes`]).
 //!
 //! SIGTERM (or Ctrl-C) stops accepting, lets in-flight requests finish for up to the drain
 //! time, then exits.
@@ -15,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tollgate_api::contract::{APP_HEALTH_PREFIX, AppProbe, AppProbes};
 
 use crate::http::BoxBody;
 use crate::policy::PolicyHandle;
@@ -82,8 +84,13 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics`.
-pub async fn serve_admin(listener: TcpListener, policy: PolicyHandle, metrics: Metrics) {
+/// Serves `/healthz`, `/readyz`, `/metrics`, and the app's probes under `/app-health/`.
+pub async fn serve_admin(
+    listener: TcpListener,
+    policy: PolicyHandle,
+    metrics: Metrics,
+    probes: Arc<AppProbes>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -91,9 +98,19 @@ pub async fn serve_admin(listener: TcpListener, policy: PolicyHandle, metrics: M
         };
         let policy = policy.clone();
         let metrics = metrics.clone();
+        let probes = probes.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let resp = admin(req.uri().path(), &policy, &metrics);
-            async move { Ok::<_, std::convert::Infallible>(resp) }
+            let path = req.uri().path().to_owned();
+            let resp = match path.strip_prefix(APP_HEALTH_PREFIX) {
+                Some(name) => Err(probes.get(name).cloned()),
+                None => Ok(admin(&path, &policy, &metrics)),
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(match resp {
+                    Ok(resp) => resp,
+                    Err(probe) => app_health(&path, probe).await,
+                })
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -102,20 +119,39 @@ pub async fn serve_admin(listener: TcpListener, policy: PolicyHandle, metrics: M
     }
 }
 
-fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<BoxBody> {
-    let text = |status: StatusCode, body: String, ctype: &'static str| {
-        let mut r = Response::new(
-            http_body_util::Full::new(body.into())
-                .map_err(|never| match never {})
-                .boxed(),
+fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<BoxBody> {
+    let mut r = Response::new(
+        http_body_util::Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+/// One of the app's probes, run now (a probe injection did not hand over is a 404).
+async fn app_health(path: &str, probe: Option<AppProbe>) -> Response<BoxBody> {
+    let Some(probe) = probe else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no app probe is configured at {path}\n"),
+            "text/plain",
         );
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(ctype),
-        );
-        r
     };
+    let found = crate::app_probes::run(&probe).await;
+    let status = if found.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, format!("{}\n", found.said), "text/plain")
+}
+
+fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<BoxBody> {
     match path {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {

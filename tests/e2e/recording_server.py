@@ -17,6 +17,8 @@ import time
 import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
 
 mcp = MCPServer("recording")
 RECORD: str = ""
@@ -29,6 +31,12 @@ def record(tool: str, **args) -> None:
 
     with open(RECORD, "a") as f:
         f.write(json.dumps({"tool": tool, "args": {k: plain(v) for k, v in args.items()}, "t": time.time()}) + "\n")
+
+
+@mcp.custom_route("/health", methods=["GET"])
+async def health(request: Request) -> PlainTextResponse:
+    """What a kubelet probes (never a tool run, so never recorded)."""
+    return PlainTextResponse("ok")
 
 
 @mcp.tool()

@@ -31,6 +31,7 @@ SWITCHES = {
     "CRDs not kept": {"crds": {"keep": False}},
     "one replica": {"operator": {"replicas": 1}},
     "injected namespaces": {"injection": {"namespaces": ["agents", "payments"]}},
+    "no-privilege boundary": {"injection": {"boundary": "port-handoff"}},
     "webhooks fail open": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}},
     "cert-manager": {"certManager": {"enabled": True}},
     "cert-manager with an issuer": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},

@@ -86,30 +86,61 @@ def review(obj: dict, ns: str) -> dict:
 # Admission
 
 
-def test_operator_a_pod_created_in_an_enabled_namespace_is_stored_with_a_sidecar_that_trusts_the_operators_ca(kube, operator):
-    kube.namespace("admit-on", **INJECT)
-    op = operator()
-    pod = mcp_pod("ignored", "admit-on", labels={"app": "github"})
-    # As a Deployment's ReplicaSet creates it: a generated name, a probe on the named port.
+def generated_pod(ns: str, **annotations: str) -> dict:
+    """A pod as a Deployment's ReplicaSet creates it: a generated name, a probe on the named port."""
+    pod = mcp_pod("ignored", ns, labels={"app": "github"}, annotations=annotations)
     del pod["metadata"]["name"]
     pod["metadata"]["generateName"] = "github-mcp-7d9f-"
     pod["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/health", "port": "mcp"}}
-    stored = create(kube, pod)
+    return pod
 
-    sidecar = stored["spec"]["initContainers"][0]
-    assert sidecar["name"] == "tollgate-proxy" and sidecar["restartPolicy"] == "Always"
+
+def named(containers: list[dict], name: str) -> dict:
+    return next(c for c in containers if c["name"] == name)
+
+
+def test_operator_a_pod_created_in_an_enabled_namespace_is_stored_with_the_redirect_and_a_sidecar_that_trusts_the_operators_ca(kube, operator):
+    kube.namespace("admit-on", **INJECT)
+    op = operator()
+    stored = create(kube, generated_pod("admit-on"))
+
+    init = stored["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["tollgate-init", "tollgate-proxy"], "the redirect is in place before the sidecar starts"
+    assert init[0]["args"] == ["init-redirect", "--port", "8000", "--proxy-port", "15080", "--proxy-uid", "65532"]
+    assert init[0]["securityContext"]["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
+    sidecar = init[1]
+    assert sidecar["restartPolicy"] == "Always"
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["TOLLGATE_CONTROL_PLANE_CA"] == kube.ca(), "sidecars trust the operator's CA"
-    assert [p["name"] for p in sidecar["ports"]][0] == "mcp", "a Service targeting `mcp` by name reaches the sidecar"
+    assert json.loads(env["TOLLGATE_APP_PROBES"]) == {
+        "server/readiness": {"httpGet": {"port": 8000, "path": "/health", "timeoutSeconds": 1}}}
     app = stored["spec"]["containers"][0]
-    assert app["ports"][0]["name"] == "tollgate-app"
-    assert app["readinessProbe"]["httpGet"]["port"] == "tollgate-app", "the app's probe follows its renamed port"
+    assert app["readinessProbe"]["httpGet"] == {"path": "/app-health/server/readiness", "port": 15090, "scheme": "HTTP"}, \
+        "the kubelet's probe would be redirected to the sidecar, so the sidecar runs it"
     assert stored["metadata"]["labels"]["tollgate.dev/injected"] == "true"
 
     # The API server re-invokes the webhook when a later one changed the pod: nothing changes.
     with op.client(kube.ca()) as c:
         again = c.post("/mutate", json=review(stored, "admit-on")).json()["response"]
     assert again["allowed"] and "patch" not in again, again
+
+
+def test_operator_where_pod_security_forbids_net_admin_a_pod_is_refused_saying_so_and_the_port_handoff_is_admitted(kube, operator):
+    kube.namespace("baseline", **INJECT, **{"pod-security.kubernetes.io/enforce": "baseline"})
+    operator()
+    refused = kube.kubectl("create", "-f", "-", input=json.dumps(generated_pod("baseline")), check=False)
+    assert refused.returncode != 0
+    assert 'denied the request: Tollgate cannot inject this pod: tollgate.dev/boundary: the namespace enforces Pod Security "baseline"' in refused.stderr, refused.stderr
+    assert "annotate the pod tollgate.dev/boundary: port-handoff" in refused.stderr
+
+    # No privilege: the API server's own Pod Security admission accepts what injection made.
+    stored = create(kube, generated_pod("baseline", **{"tollgate.dev/boundary": "port-handoff"}))
+    assert [c["name"] for c in stored["spec"]["initContainers"]] == ["tollgate-proxy"]
+    assert named(stored["spec"]["initContainers"], "tollgate-proxy")["ports"][0]["name"] == "mcp", \
+        "a Service targeting `mcp` by name reaches the sidecar"
+    app = stored["spec"]["containers"][0]
+    assert app["ports"][0]["name"] == "tollgate-app"
+    assert app["readinessProbe"]["httpGet"]["port"] == "tollgate-app", "the app's probe follows its renamed port"
 
 
 def test_operator_pods_that_opt_out_or_cannot_be_injected_are_stored_as_they_came_and_a_bad_annotation_is_refused(kube, operator):

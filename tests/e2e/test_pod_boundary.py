@@ -41,6 +41,11 @@ spec:
       rules:
         - { name: never, action: deny, onDeny: Repository deletion is not permitted }
 """
+# The app's probes as injection hands them to the sidecar (redirect mode moves them).
+APP_PROBES = {
+    "server/readiness": {"httpGet": {"port": APP_PORT, "path": "/health", "timeoutSeconds": 1}},
+    "server/liveness": {"tcpSocket": {"port": APP_PORT, "timeoutSeconds": 1}},
+}
 DENIED = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "delete_repository", "arguments": {"name": "prod"}}}
 
 
@@ -107,7 +112,8 @@ class Pod:
         policy.chmod(0o644)
         sidecar = self.start("sidecar", "setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID), "--clear-groups", "--",
                              str(self.tollgate), "proxy", "--upstream", f"http://127.0.0.1:{APP_PORT}", "--policy", str(policy),
-                             "--listen", f"[::]:{PROXY_PORT}", "--metrics-listen", f"0.0.0.0:{ADMIN_PORT}")
+                             "--listen", f"[::]:{PROXY_PORT}", "--metrics-listen", f"0.0.0.0:{ADMIN_PORT}",
+                             "--app-probes", json.dumps(APP_PROBES))
         self.wait_for(ADMIN_PORT, sidecar, "sidecar")
         deadline = time.monotonic() + 30
         while sh("ip", "netns", "exec", self.ns, "curl", "-sf", f"http://127.0.0.1:{ADMIN_PORT}/readyz", check=False).returncode:
@@ -242,3 +248,21 @@ def test_boundary_init_redirect_without_net_admin_fails_naming_the_capability(po
     assert out.returncode != 0
     assert "needs the NET_ADMIN and NET_RAW capabilities" in out.stderr, out.stderr
     assert not any("9000" in r for r in pod.rules("4")), "nothing was half-installed"
+
+
+def test_boundary_the_kubelets_probes_reach_the_app_through_the_sidecars_admin_port(pod):
+    def probe(kind: str) -> tuple[int, str]:
+        out = sh("ip", "netns", "exec", pod.client, "curl", "-s", "-m", "3", "-w", "\n%{http_code}",
+                 f"http://{pod.v4}:{ADMIN_PORT}/app-health/server/{kind}", check=False)
+        text, _, code = out.stdout.rpartition("\n")
+        return int(code or 0), text.strip()
+
+    assert probe("readiness") == (200, "the app answered GET /health with HTTP 200"), "the sidecar's own UID reaches the app"
+    assert probe("liveness")[0] == 200
+    assert probe("startup")[0] == 404, "a probe injection did not hand over is not a pass"
+    server = pod.procs[0]
+    server.terminate()
+    server.wait(10)
+    status, text = probe("readiness")
+    assert status == 503 and "cannot connect to the app on port 8000" in text, (status, text)
+    assert probe("liveness")[0] == 503
