@@ -370,6 +370,14 @@ fn move_probes(pod: &mut Pod, target: &McpPort, admin_port: u16) -> AppProbes {
     moved
 }
 
+/// The sidecar's image, which also holds `tollgate init-redirect`: the pod's own, or the operator's.
+fn image(annotations: &BTreeMap<String, String>, config: &InjectConfig) -> String {
+    annotations
+        .get(IMAGE_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| config.image.clone())
+}
+
 /// `tollgate init-redirect`, run before the sidecar: root with NET_ADMIN and NET_RAW, nothing
 /// else, and done before any container of the app starts.
 fn init_container(
@@ -379,12 +387,7 @@ fn init_container(
 ) -> Container {
     Container {
         name: INIT_NAME.into(),
-        image: Some(
-            annotations
-                .get(IMAGE_ANNOTATION)
-                .cloned()
-                .unwrap_or_else(|| config.image.clone()),
-        ),
+        image: Some(image(annotations, config)),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(vec![
             "init-redirect".into(),
@@ -562,12 +565,7 @@ fn sidecar_container(
     };
     Ok(Container {
         name: SIDECAR_NAME.into(),
-        image: Some(
-            annotations
-                .get(IMAGE_ANNOTATION)
-                .cloned()
-                .unwrap_or_else(|| config.image.clone()),
-        ),
+        image: Some(image(annotations, config)),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(vec!["proxy".into()]),
         restart_policy: Some("Always".into()),
