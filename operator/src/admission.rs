@@ -45,10 +45,20 @@ pub fn mutate(
         Err(e) => return refuse(resp, format!("the pod cannot be read: {e}")),
     };
     match inject_sidecar(&pod, namespace_labels, config) {
-        Ok(Injection::Patch(patch)) => {
+        Ok(Injection::Patch { patch, warnings }) => {
             tracing::info!(namespace = ?req.namespace, pod = pod_name(&pod), "sidecar injected");
             match resp.with_patch(patch) {
-                Ok(resp) => resp,
+                Ok(mut resp) => {
+                    if !warnings.is_empty() {
+                        resp.warnings = Some(
+                            warnings
+                                .into_iter()
+                                .map(|w| format!("Tollgate: {w}"))
+                                .collect(),
+                        );
+                    }
+                    resp
+                }
                 Err(e) => AdmissionResponse::invalid(e),
             }
         }

@@ -54,6 +54,8 @@ const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 pub const TOKEN_VOLUME: &str = "tollgate-token";
 /// The app's MCP port is renamed to this when its name is handed to the sidecar.
 pub const APP_PORT_NAME: &str = "tollgate-app";
+/// The sidecar's admin port (probes, metrics).
+pub const ADMIN_PORT_NAME: &str = "tollgate-admin";
 const DEFAULT_PORT_NAME: &str = "mcp";
 
 /// How the operator is configured to inject.
@@ -97,8 +99,11 @@ impl Boundary {
 /// What the webhook does with a pod.
 #[derive(Debug, PartialEq)]
 pub enum Injection {
-    /// Inject: apply this patch.
-    Patch(json_patch::Patch),
+    /// Inject: apply this patch, and tell the person who applied the pod `warnings`.
+    Patch {
+        patch: json_patch::Patch,
+        warnings: Vec<String>,
+    },
     /// Already injected (the webhook was re-invoked): nothing to change.
     Unchanged,
     /// Not injected. `warn` is set when the pod asked for injection, so the reason reaches the
@@ -106,11 +111,13 @@ pub enum Injection {
     Skip { reason: String, warn: bool },
 }
 
-/// A pod that asked for something impossible: the admission is refused with this message.
+/// A pod that asked for something impossible, or that injection could not keep valid and
+/// behind the sidecar: the admission is refused with this message. `at` names what to change:
+/// an annotation, or a field of the pod.
 #[derive(Debug, PartialEq, thiserror::Error)]
-#[error("{annotation}: {message}")]
-pub struct BadAnnotation {
-    pub annotation: &'static str,
+#[error("{at}: {message}")]
+pub struct Refused {
+    pub at: String,
     pub message: String,
 }
 
@@ -119,7 +126,7 @@ pub fn inject_sidecar(
     pod: &Pod,
     namespace_labels: &BTreeMap<String, String>,
     config: &InjectConfig,
-) -> Result<Injection, BadAnnotation> {
+) -> Result<Injection, Refused> {
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let asked = match annotations.get(INJECT_ANNOTATION).map(String::as_str) {
@@ -131,8 +138,8 @@ pub fn inject_sidecar(
         }
         Some("true") => true,
         Some(other) => {
-            return Err(BadAnnotation {
-                annotation: INJECT_ANNOTATION,
+            return Err(Refused {
+                at: INJECT_ANNOTATION.into(),
                 message: format!("{other:?} is neither \"true\" nor \"false\""),
             });
         }
@@ -171,12 +178,19 @@ pub fn inject_sidecar(
         return Ok(skip(reason, true));
     };
 
+    fits(&spec, config, &target)?;
     let boundary = boundary(&annotations, namespace_labels, config)?;
-    if boundary == Boundary::Redirect {
-        redirect_holds(&spec)?;
+    let mut warnings = Vec::new();
+    match boundary {
+        Boundary::Redirect => redirect_holds(&spec)?,
+        Boundary::PortHandoff => warnings.extend(host_ports(&spec, &target).map(|at| {
+            format!(
+                "{at} publishes the MCP port on the node: with {BOUNDARY_ANNOTATION}: port-handoff its \
+                 clients reach the app around the sidecar (redirect mode sends them through it)"
+            )
+        })),
     }
 
-    let before = serde_json::to_value(pod).expect("a Pod serialises");
     let mut after = pod.clone();
     let probes = match boundary {
         Boundary::Redirect => move_probes(&mut after, &target, config.admin_port),
@@ -184,15 +198,11 @@ pub fn inject_sidecar(
     };
     let sidecar_port_name = hand_off_port(&mut after, &target);
     let sidecar = sidecar_container(&annotations, config, &target, &sidecar_port_name, &probes)?;
-    let spec = after.spec.get_or_insert_with(Default::default);
-    let init = spec.init_containers.get_or_insert_with(Vec::new);
-    init.insert(0, sidecar);
+    let mut added = Vec::new();
     if boundary == Boundary::Redirect {
-        init.insert(0, init_container(&annotations, config, &target));
+        added.push(init_container(&annotations, config, &target));
     }
-    spec.volumes
-        .get_or_insert_with(Vec::new)
-        .push(token_volume());
+    added.push(sidecar);
     let status = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "sidecar": SIDECAR_NAME,
@@ -208,18 +218,156 @@ pub fn inject_sidecar(
             }
         },
     });
-    after
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(STATUS_ANNOTATION.into(), status.to_string());
-    after
-        .metadata
-        .labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert(INJECTED_LABEL.into(), "true".into());
-    let after = serde_json::to_value(&after).expect("a Pod serialises");
-    Ok(Injection::Patch(json_patch::diff(&before, &after)))
+    let changed = after.spec.map(|s| s.containers).unwrap_or_default();
+    Ok(Injection::Patch {
+        patch: patch(pod, &changed, &added, &token_volume(), &status.to_string()),
+        warnings,
+    })
+}
+
+/// The containers of a pod, with the name of their list for messages.
+fn all_containers(spec: &PodSpec) -> impl Iterator<Item = (String, &Container)> {
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    spec.containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("spec.containers[{i}]"), c))
+        .chain(
+            init.iter()
+                .enumerate()
+                .map(|(i, c)| (format!("spec.initContainers[{i}]"), c)),
+        )
+}
+
+/// What injection adds must fit beside what the pod has: the API server refuses two containers,
+/// two volumes or two ports of a container with one name, and the sidecar cannot listen on a
+/// port a container of the pod already serves (they share its network namespace).
+fn fits(spec: &PodSpec, config: &InjectConfig, target: &McpPort) -> Result<(), Refused> {
+    let refuse = |at: String, message: String| Err(Refused { at, message });
+    let ours = [config.proxy_port, config.admin_port];
+    if ours.iter().any(|p| i32::from(*p) == target.number) {
+        return refuse(
+            PORT_ANNOTATION.into(),
+            format!(
+                "the MCP port {} is one the sidecar listens on; the app must serve another",
+                target.number
+            ),
+        );
+    }
+    for (at, c) in all_containers(spec) {
+        if c.name == SIDECAR_NAME || c.name == INIT_NAME {
+            return refuse(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is the name of a container Tollgate adds; rename this one",
+                    c.name
+                ),
+            );
+        }
+        for (j, port) in c.ports.iter().flatten().enumerate() {
+            if ours.iter().any(|p| i32::from(*p) == port.container_port) {
+                return refuse(
+                    format!("{at}.ports[{j}].containerPort"),
+                    format!(
+                        "{} is a port the sidecar listens on (the operator's --sidecar-port and --sidecar-admin-port); \
+                         the container must serve another",
+                        port.container_port
+                    ),
+                );
+            }
+            if let Some(name) = port.name.as_deref()
+                && [APP_PORT_NAME, SIDECAR_NAME, ADMIN_PORT_NAME].contains(&name)
+            {
+                return refuse(
+                    format!("{at}.ports[{j}].name"),
+                    format!("{name:?} is a port name Tollgate gives; rename this one"),
+                );
+            }
+        }
+    }
+    if let Some(k) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .position(|v| v.name == TOKEN_VOLUME)
+    {
+        return refuse(
+            format!("spec.volumes[{k}].name"),
+            format!("{TOKEN_VOLUME:?} is the name of the volume Tollgate adds; rename this one"),
+        );
+    }
+    Ok(())
+}
+
+/// Where the pod publishes the MCP port on its node (`hostPort`).
+fn host_ports<'a>(spec: &'a PodSpec, target: &'a McpPort) -> impl Iterator<Item = String> + 'a {
+    all_containers(spec).flat_map(move |(at, c)| {
+        c.ports
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, p)| p.container_port == target.number && p.host_port.is_some())
+            .map(move |(j, _)| format!("{at}.ports[{j}].hostPort"))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// The patch: only what injection adds or changes. Everything else stays exactly as the API
+/// server sent it, fields newer than this operator's Kubernetes types included: the init
+/// containers and the volume are inserted (the arrays are not rewritten), each app container is
+/// compared with its changed self alone, and the annotation and label are added by key.
+fn patch(
+    pod: &Pod,
+    containers: &[Container],
+    init: &[Container],
+    volume: &Volume,
+    status: &str,
+) -> json_patch::Patch {
+    fn value(v: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(v).expect("serialises")
+    }
+    let spec = pod.spec.as_ref();
+    let mut ops = Vec::new();
+    match spec.and_then(|s| s.init_containers.as_ref()) {
+        Some(existing) if !existing.is_empty() => {
+            for c in init.iter().rev() {
+                ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": value(c)}));
+            }
+        }
+        _ => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": value(&init)})),
+    }
+    match spec.and_then(|s| s.volumes.as_ref()) {
+        Some(_) => {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": value(volume)}))
+        }
+        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [value(volume)]})),
+    }
+    let before = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    for (i, (was, now)) in before.iter().zip(containers).enumerate() {
+        let diff =
+            serde_json::to_value(json_patch::diff(&value(was), &value(now))).expect("serialises");
+        for mut op in diff.as_array().cloned().unwrap_or_default() {
+            let path = op["path"].as_str().unwrap_or_default().to_owned();
+            op["path"] = json!(format!("/spec/containers/{i}{path}"));
+            ops.push(op);
+        }
+    }
+    for (map, key, v) in [
+        ("annotations", STATUS_ANNOTATION, status),
+        ("labels", INJECTED_LABEL, "true"),
+    ] {
+        let present = match map {
+            "annotations" => pod.metadata.annotations.is_some(),
+            _ => pod.metadata.labels.is_some(),
+        };
+        if present {
+            let key = key.replace('~', "~0").replace('/', "~1");
+            ops.push(json!({"op": "add", "path": format!("/metadata/{map}/{key}"), "value": v}));
+        } else {
+            ops.push(json!({"op": "add", "path": format!("/metadata/{map}"), "value": {key: v}}));
+        }
+    }
+    serde_json::from_value(serde_json::Value::Array(ops)).expect("a JSON patch")
 }
 
 /// The pod's boundary: its annotation, else the operator's default. Redirect mode needs an init
@@ -229,11 +377,11 @@ fn boundary(
     annotations: &BTreeMap<String, String>,
     namespace_labels: &BTreeMap<String, String>,
     config: &InjectConfig,
-) -> Result<Boundary, BadAnnotation> {
+) -> Result<Boundary, Refused> {
     let chosen = match annotations.get(BOUNDARY_ANNOTATION) {
         None => config.boundary,
-        Some(value) => Boundary::parse(value).ok_or_else(|| BadAnnotation {
-            annotation: BOUNDARY_ANNOTATION,
+        Some(value) => Boundary::parse(value).ok_or_else(|| Refused {
+            at: BOUNDARY_ANNOTATION.into(),
             message: format!("{value:?} is neither \"redirect\" nor \"port-handoff\""),
         })?,
     };
@@ -241,8 +389,8 @@ fn boundary(
         .get(POD_SECURITY_ENFORCE)
         .map(String::as_str);
     if chosen == Boundary::Redirect && matches!(level, Some("baseline" | "restricted")) {
-        return Err(BadAnnotation {
-            annotation: BOUNDARY_ANNOTATION,
+        return Err(Refused {
+            at: BOUNDARY_ANNOTATION.into(),
             message: format!(
                 "the namespace enforces Pod Security {:?} ({POD_SECURITY_ENFORCE}), which refuses the \
                  NET_ADMIN init container the redirect needs; annotate the pod {BOUNDARY_ANNOTATION}: \
@@ -256,63 +404,77 @@ fn boundary(
 
 /// In redirect mode the sidecar's UID is the one the rules let through, and a container that
 /// can change the pod's network rules could remove them: a pod with either is refused.
-fn redirect_holds(spec: &PodSpec) -> Result<(), BadAnnotation> {
-    let refuse = |message: String| BadAnnotation {
-        annotation: BOUNDARY_ANNOTATION,
+fn redirect_holds(spec: &PodSpec) -> Result<(), Refused> {
+    let refuse = |message: String| Refused {
+        at: BOUNDARY_ANNOTATION.into(),
         message,
     };
     let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
-    let kinds = [
-        ("containers", spec.containers.as_slice()),
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-    ];
-    for (kind, containers) in kinds {
-        for (i, c) in containers.iter().enumerate() {
-            let sc = c.security_context.as_ref();
-            if sc.and_then(|s| s.run_as_user).or(pod_uid) == Some(PROXY_UID.into()) {
-                return Err(refuse(format!(
-                    "spec.{kind}[{i}] ({}) runs as UID {PROXY_UID}, the sidecar's: the redirect lets that UID \
-                     reach the app directly; run it as another UID",
-                    c.name
-                )));
-            }
-            if sc.and_then(|s| s.privileged) == Some(true) {
-                return Err(refuse(format!(
-                    "spec.{kind}[{i}] ({}) is privileged, so it could remove the redirect; \
-                     use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
-                    c.name
-                )));
-            }
-            let added = sc
-                .and_then(|s| s.capabilities.as_ref())
-                .and_then(|c| c.add.as_ref());
-            if let Some(cap) = added.into_iter().flatten().find(|c| {
-                let c = c.trim_start_matches("CAP_");
-                c == "NET_ADMIN" || c == "ALL"
-            }) {
-                return Err(refuse(format!(
-                    "spec.{kind}[{i}] ({}) adds the capability {cap}, so it could remove the redirect; \
-                     use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
-                    c.name
-                )));
-            }
+    for (at, c) in all_containers(spec) {
+        let sc = c.security_context.as_ref();
+        if sc.and_then(|s| s.run_as_user).or(pod_uid) == Some(PROXY_UID.into()) {
+            return Err(refuse(format!(
+                "{at} ({}) runs as UID {PROXY_UID}, the sidecar's: the redirect lets that UID \
+                 reach the app directly; run it as another UID",
+                c.name
+            )));
+        }
+        if sc.and_then(|s| s.privileged) == Some(true) {
+            return Err(refuse(format!(
+                "{at} ({}) is privileged, so it could remove the redirect; \
+                 use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
+                c.name
+            )));
+        }
+        let added = sc
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.add.as_ref());
+        if let Some(cap) = added.into_iter().flatten().find(|c| {
+            let c = c.trim_start_matches("CAP_");
+            c == "NET_ADMIN" || c == "ALL"
+        }) {
+            return Err(refuse(format!(
+                "{at} ({}) adds the capability {cap}, so it could remove the redirect; \
+                 use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
+                c.name
+            )));
         }
     }
     Ok(())
 }
 
-/// Redirect mode: every probe the kubelet would send to the MCP port (by number, or by a name
-/// its container gives that port) would now reach the sidecar, so it is pointed at the
-/// sidecar's admin port instead, and the original is returned for the sidecar to run. Periods,
-/// thresholds and timeouts stay on the probe. gRPC and exec probes are left as they are: exec
-/// runs in the container, and a gRPC probe on the MCP port cannot be one.
+/// How long the sidecar gives the app to answer a lifecycle hook it runs for the kubelet (a hook
+/// has no timeout of its own; a preStop hook is bounded by the pod's grace period anyway).
+const HOOK_TIMEOUT_SECONDS: u32 = 30;
+
+/// Redirect mode: every probe and lifecycle hook the kubelet would send to the MCP port (by
+/// number, or by a name its container gives that port) would now reach the sidecar, so it is
+/// pointed at the sidecar's admin port instead, and the original is returned for the sidecar to
+/// run. Periods, thresholds and timeouts stay on the probe. gRPC, exec and sleep actions are left
+/// as they are (they do not dial the port), and so are HTTPS probes (the proxy speaks HTTP to the
+/// app, so such an app cannot be behind it anyway).
 fn move_probes(pod: &mut Pod, target: &McpPort, admin_port: u16) -> AppProbes {
     let mut moved = AppProbes::new();
     let Some(spec) = pod.spec.as_mut() else {
         return moved;
+    };
+    let number = target.number as u16;
+    let to_admin = |key: &str| HTTPGetAction {
+        path: Some(format!("{APP_HEALTH_PREFIX}{key}")),
+        port: IntOrString::Int(admin_port.into()),
+        scheme: Some("HTTP".into()),
+        ..HTTPGetAction::default()
+    };
+    let original = |get: &HTTPGetAction, timeout_seconds: u32| AppProbe::HttpGet {
+        port: number,
+        path: get.path.clone().unwrap_or_else(|| "/".into()),
+        headers: get
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect(),
+        timeout_seconds,
     };
     for c in &mut spec.containers {
         let ports: Vec<(String, i32)> = c
@@ -327,6 +489,8 @@ fn move_probes(pod: &mut Pod, target: &McpPort, admin_port: u16) -> AppProbes {
                 .iter()
                 .any(|(n, num)| n == name && *num == target.number),
         };
+        let dials =
+            |get: &HTTPGetAction| is_mcp(&get.port) && get.scheme.as_deref() != Some("HTTPS");
         for (kind, probe) in [
             ("liveness", &mut c.liveness_probe),
             ("readiness", &mut c.readiness_probe),
@@ -336,35 +500,33 @@ fn move_probes(pod: &mut Pod, target: &McpPort, admin_port: u16) -> AppProbes {
                 continue;
             };
             let timeout_seconds = probe.timeout_seconds.unwrap_or(1).max(1) as u32;
-            let original = match (&probe.http_get, &probe.tcp_socket) {
-                (Some(get), _) if is_mcp(&get.port) && get.scheme.as_deref() != Some("HTTPS") => {
-                    AppProbe::HttpGet {
-                        port: target.number as u16,
-                        path: get.path.clone().unwrap_or_else(|| "/".into()),
-                        headers: get
-                            .http_headers
-                            .iter()
-                            .flatten()
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect(),
-                        timeout_seconds,
-                    }
-                }
+            let run = match (&probe.http_get, &probe.tcp_socket) {
+                (Some(get), _) if dials(get) => original(get, timeout_seconds),
                 (_, Some(tcp)) if is_mcp(&tcp.port) => AppProbe::TcpSocket {
-                    port: target.number as u16,
+                    port: number,
                     timeout_seconds,
                 },
                 _ => continue,
             };
             let key = format!("{}/{kind}", c.name);
-            probe.http_get = Some(HTTPGetAction {
-                path: Some(format!("{APP_HEALTH_PREFIX}{key}")),
-                port: IntOrString::Int(admin_port.into()),
-                scheme: Some("HTTP".into()),
-                ..HTTPGetAction::default()
-            });
+            probe.http_get = Some(to_admin(&key));
             probe.tcp_socket = None;
-            moved.insert(key, original);
+            moved.insert(key, run);
+        }
+        let Some(lifecycle) = c.lifecycle.as_mut() else {
+            continue;
+        };
+        for (kind, hook) in [
+            ("postStart", &mut lifecycle.post_start),
+            ("preStop", &mut lifecycle.pre_stop),
+        ] {
+            let Some(hook) = hook.as_mut() else { continue };
+            let Some(get) = hook.http_get.as_ref().filter(|g| dials(g)) else {
+                continue;
+            };
+            let key = format!("{}/{kind}", c.name);
+            moved.insert(key.clone(), original(get, HOOK_TIMEOUT_SECONDS));
+            hook.http_get = Some(to_admin(&key));
         }
     }
     moved
@@ -429,7 +591,7 @@ fn init_container(
 }
 
 /// The pod's own default for tools no policy lists, if it sets one.
-pub fn default_action_override(meta: &ObjectMeta) -> Result<Option<DefaultAction>, BadAnnotation> {
+pub fn default_action_override(meta: &ObjectMeta) -> Result<Option<DefaultAction>, Refused> {
     let value = meta
         .annotations
         .as_ref()
@@ -438,8 +600,8 @@ pub fn default_action_override(meta: &ObjectMeta) -> Result<Option<DefaultAction
         None => Ok(None),
         Some("allow") => Ok(Some(DefaultAction::Allow)),
         Some("deny") => Ok(Some(DefaultAction::Deny)),
-        Some(other) => Err(BadAnnotation {
-            annotation: DEFAULT_ACTION_ANNOTATION,
+        Some(other) => Err(Refused {
+            at: DEFAULT_ACTION_ANNOTATION.into(),
             message: format!("{other:?} is neither \"allow\" nor \"deny\""),
         }),
     }
@@ -460,7 +622,7 @@ struct McpPort {
 fn find_mcp_port(
     containers: &[Container],
     annotation: Option<&String>,
-) -> Result<Option<McpPort>, BadAnnotation> {
+) -> Result<Option<McpPort>, Refused> {
     let declared = || {
         containers.iter().enumerate().flat_map(|(i, c)| {
             c.ports
@@ -472,8 +634,8 @@ fn find_mcp_port(
     let wanted = annotation.map_or(DEFAULT_PORT_NAME, String::as_str);
     if let Ok(number) = wanted.parse::<i32>() {
         if !(1..=65535).contains(&number) {
-            return Err(BadAnnotation {
-                annotation: PORT_ANNOTATION,
+            return Err(Refused {
+                at: PORT_ANNOTATION.into(),
                 message: format!("{number} is not a port number"),
             });
         }
@@ -494,7 +656,8 @@ fn find_mcp_port(
 }
 
 /// The port handoff: the app's port gives its name to the sidecar, so a Service that targets the
-/// port by name reaches the sidecar; the app's probes that still name the port follow it.
+/// port by name reaches the sidecar; the app's probes and hooks that still name the port follow
+/// it (they must still reach the app).
 /// Returns the name the sidecar's port takes.
 fn hand_off_port(pod: &mut Pod, target: &McpPort) -> Option<String> {
     let (Some(index), Some(name)) = (target.container, target.name.clone()) else {
@@ -527,6 +690,17 @@ fn hand_off_port(pod: &mut Pod, target: &McpPort) -> Option<String> {
             tcp.port = renamed.clone();
         }
     }
+    let hooks = container.lifecycle.as_mut().into_iter();
+    for hook in hooks
+        .flat_map(|l| [&mut l.post_start, &mut l.pre_stop])
+        .flatten()
+    {
+        if let Some(get) = hook.http_get.as_mut()
+            && get.port == old
+        {
+            get.port = renamed.clone();
+        }
+    }
     Some(name)
 }
 
@@ -536,7 +710,7 @@ fn sidecar_container(
     target: &McpPort,
     port_name: &Option<String>,
     probes: &AppProbes,
-) -> Result<Container, BadAnnotation> {
+) -> Result<Container, Refused> {
     let env = |name: &str, value: String| EnvVar {
         name: name.into(),
         value: Some(value),
@@ -616,7 +790,7 @@ fn sidecar_container(
                 ..ContainerPort::default()
             },
             ContainerPort {
-                name: Some("tollgate-admin".into()),
+                name: Some(ADMIN_PORT_NAME.into()),
                 container_port: config.admin_port.into(),
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
@@ -657,15 +831,15 @@ fn sidecar_container(
 fn resources(
     annotations: &BTreeMap<String, String>,
     defaults: &ResourceRequirements,
-) -> Result<ResourceRequirements, BadAnnotation> {
+) -> Result<ResourceRequirements, Refused> {
     let mut out = defaults.clone();
     for (annotation, kind, resource) in RESOURCE_ANNOTATIONS {
         let Some(value) = annotations.get(annotation) else {
             continue;
         };
         if !is_quantity(value) {
-            return Err(BadAnnotation {
-                annotation,
+            return Err(Refused {
+                at: annotation.into(),
                 message: format!("{value:?} is not a quantity; write e.g. 100m or 64Mi"),
             });
         }

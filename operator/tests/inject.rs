@@ -37,7 +37,10 @@ fn mk_pod() -> Value {
 fn with(mut pod: Value, pointer: &str, value: Value) -> Value {
     let (parent, key) = pointer.rsplit_once('/').unwrap();
     let target = pod.pointer_mut(parent).unwrap();
-    target[key] = value;
+    match target {
+        Value::Array(items) => items[key.parse::<usize>().unwrap()] = value,
+        _ => target[key] = value,
+    }
     pod
 }
 
@@ -64,7 +67,7 @@ fn run(pod: &Value, ns: &BTreeMap<String, String>) -> Injection {
 
 /// Injects and returns the patched pod.
 fn injected(pod: &Value, ns: &BTreeMap<String, String>) -> Pod {
-    let Injection::Patch(patch) = run(pod, ns) else {
+    let Injection::Patch { patch, .. } = run(pod, ns) else {
         panic!("expected a patch, got {:?}", run(pod, ns))
     };
     let mut doc = pod.clone();
@@ -142,7 +145,7 @@ fn opt_in_and_opt_out_follow_the_pod_annotation_then_the_namespace_label() {
     ];
     for (what, pod, ns, inject) in cases {
         match run(&pod, &ns) {
-            Injection::Patch(_) => assert!(inject, "{what}: injected but should not be"),
+            Injection::Patch { .. } => assert!(inject, "{what}: injected but should not be"),
             Injection::Skip { warn, reason } => {
                 assert!(!inject, "{what}: skipped ({reason}) but should be injected");
                 assert!(!warn, "{what}: a pod that did not ask gets no warning");
@@ -355,7 +358,7 @@ fn bad_annotations_refuse_the_pod_naming_the_annotation() {
         let pod: Pod = serde_json::from_value(annotated(mk_pod(), annotations.clone())).unwrap();
         let err =
             inject_sidecar(&pod, &no_labels(), &config()).expect_err(&annotations.to_string());
-        assert_eq!(err.annotation, named);
+        assert_eq!(err.at, named);
     }
 }
 
@@ -523,7 +526,7 @@ fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out()
     for (what, pod, ns, says) in cases {
         let parsed: Pod = serde_json::from_value(pod.clone()).unwrap();
         let err = inject_sidecar(&parsed, &ns, &config()).expect_err(what);
-        assert_eq!(err.annotation, "tollgate.dev/boundary", "{what}");
+        assert_eq!(err.at, "tollgate.dev/boundary", "{what}");
         assert!(err.message.contains(says), "{what}: {}", err.message);
         if what.starts_with("a namespace") || what.contains("remove") || what.contains("privileged")
         {
@@ -532,7 +535,7 @@ fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out()
                 "{what}: says the way out"
             );
             assert!(
-                matches!(run(&handoff(pod), &ns), Injection::Patch(_)),
+                matches!(run(&handoff(pod), &ns), Injection::Patch { .. }),
                 "{what}: the port handoff needs no privilege"
             );
         }
@@ -547,5 +550,193 @@ fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out()
         &config(),
     )
     .unwrap_err();
-    assert_eq!(err.annotation, "tollgate.dev/boundary");
+    assert_eq!(err.at, "tollgate.dev/boundary");
+}
+
+/// Applies the patch to the pod as the API server holds it (raw JSON, fields the operator's
+/// types do not know included) and returns the result with the patch's paths.
+fn patched_raw(pod: &Value) -> (Value, Vec<String>) {
+    let Injection::Patch { patch, .. } = run(pod, &no_labels()) else {
+        panic!("expected a patch")
+    };
+    let paths = serde_json::to_value(&patch)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["path"].as_str().unwrap().to_string())
+        .collect();
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    (doc, paths)
+}
+
+#[test]
+fn the_patch_touches_only_what_injection_adds_or_changes_and_keeps_fields_it_does_not_know() {
+    // Another mesh's init container, a volume, and fields newer than the operator's types.
+    let pod = with(
+        opted_in(),
+        "/spec/initContainers",
+        json!([{ "name": "istio-init", "image": "istio/proxyv2", "futureField": { "x": 1 } }]),
+    );
+    let pod = with(
+        pod,
+        "/spec/volumes",
+        json!([{ "name": "data", "emptyDir": {} }]),
+    );
+    let pod = with(pod, "/spec/containers/0/futureField", json!("kept"));
+    let pod = with(pod, "/spec/futurePodField", json!(true));
+    let (doc, paths) = patched_raw(&pod);
+
+    let init: Vec<&str> = doc["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["tollgate-init", "tollgate-proxy", "istio-init"]);
+    assert_eq!(
+        doc["spec"]["initContainers"][2], pod["spec"]["initContainers"][0],
+        "an existing init container is not rewritten"
+    );
+    assert_eq!(doc["spec"]["containers"][0]["futureField"], "kept");
+    assert_eq!(doc["spec"]["futurePodField"], true);
+    let volumes: Vec<&str> = doc["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(volumes, ["data", "tollgate-token"]);
+    for path in &paths {
+        let ours = path == "/spec/initContainers/0"
+            || path == "/spec/volumes/-"
+            || path.starts_with("/spec/containers/0/ports/0/name")
+            || path.starts_with("/spec/containers/0/readinessProbe/")
+            || path.starts_with("/spec/containers/0/livenessProbe/")
+            || path == "/metadata/annotations/tollgate.dev~1status"
+            || path == "/metadata/labels/tollgate.dev~1injected";
+        assert!(
+            ours,
+            "the patch touches {path}, which injection neither adds nor changes"
+        );
+    }
+}
+
+#[test]
+fn lifecycle_hooks_on_the_mcp_port_still_reach_the_app_in_either_mode() {
+    let pod = with(
+        opted_in(),
+        "/spec/containers/0/lifecycle",
+        json!({ "preStop": { "httpGet": { "path": "/drain", "port": "mcp" } },
+                "postStart": { "exec": { "command": ["true"] } } }),
+    );
+    let redirected = injected(&pod, &no_labels());
+    let app = &redirected.spec.as_ref().unwrap().containers[0];
+    let lifecycle = serde_json::to_value(app.lifecycle.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        lifecycle["preStop"]["httpGet"],
+        json!({ "path": "/app-health/server/preStop", "port": 15090, "scheme": "HTTP" }),
+        "redirected, the hook would reach the sidecar: the sidecar runs it against the app"
+    );
+    assert_eq!(
+        lifecycle["postStart"],
+        json!({ "exec": { "command": ["true"] } }),
+        "exec hooks stay"
+    );
+    let handed: AppProbes =
+        serde_json::from_str(env(sidecar(&redirected), "TOLLGATE_APP_PROBES").unwrap()).unwrap();
+    assert!(
+        matches!(&handed["server/preStop"], AppProbe::HttpGet { port: 8000, path, .. } if path == "/drain")
+    );
+
+    let handed_off = injected(&handoff(pod), &no_labels());
+    let app = &handed_off.spec.as_ref().unwrap().containers[0];
+    let lifecycle = serde_json::to_value(app.lifecycle.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        lifecycle["preStop"]["httpGet"]["port"], "tollgate-app",
+        "the hook follows the renamed port"
+    );
+}
+
+#[test]
+fn a_pod_whose_names_or_ports_collide_with_what_injection_adds_is_refused_naming_the_field() {
+    let cases = [
+        (
+            with(
+                opted_in(),
+                "/spec/containers/0/name",
+                json!("tollgate-proxy"),
+            ),
+            "spec.containers[0].name",
+        ),
+        (
+            with(
+                opted_in(),
+                "/spec/initContainers",
+                json!([{ "name": "tollgate-init", "image": "x" }]),
+            ),
+            "spec.initContainers[0].name",
+        ),
+        (
+            with(
+                opted_in(),
+                "/spec/containers/0/ports/1",
+                json!({ "name": "metrics", "containerPort": 15090 }),
+            ),
+            "spec.containers[0].ports[1].containerPort",
+        ),
+        (
+            with(
+                opted_in(),
+                "/spec/containers/0/ports/1",
+                json!({ "name": "tollgate-app", "containerPort": 9000 }),
+            ),
+            "spec.containers[0].ports[1].name",
+        ),
+        (
+            with(
+                opted_in(),
+                "/spec/volumes",
+                json!([{ "name": "tollgate-token", "emptyDir": {} }]),
+            ),
+            "spec.volumes[0].name",
+        ),
+        (
+            annotated(
+                mk_pod(),
+                json!({ "tollgate.dev/inject": "true", "tollgate.dev/port": "15080" }),
+            ),
+            "tollgate.dev/port",
+        ),
+    ];
+    for (pod, at) in cases {
+        let parsed: Pod = serde_json::from_value(pod).unwrap();
+        let err = inject_sidecar(&parsed, &no_labels(), &config()).expect_err(at);
+        assert_eq!(err.at, at, "{}", err.message);
+    }
+}
+
+#[test]
+fn a_host_port_on_the_mcp_port_is_kept_behind_the_redirect_and_warned_of_with_the_port_handoff() {
+    let pod = with(
+        opted_in(),
+        "/spec/containers/0/ports/0",
+        json!({ "name": "mcp", "containerPort": 8000, "hostPort": 8000 }),
+    );
+    let Injection::Patch { warnings, .. } = run(&pod, &no_labels()) else {
+        panic!()
+    };
+    assert!(
+        warnings.is_empty(),
+        "redirected in the pod's namespace: {warnings:?}"
+    );
+    let Injection::Patch { warnings, .. } = run(&handoff(pod), &no_labels()) else {
+        panic!()
+    };
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].starts_with("spec.containers[0].ports[0].hostPort publishes the MCP port"),
+        "{warnings:?}"
+    );
 }

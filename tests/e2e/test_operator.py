@@ -143,6 +143,74 @@ def test_operator_where_pod_security_forbids_net_admin_a_pod_is_refused_saying_s
     assert app["readinessProbe"]["httpGet"]["port"] == "tollgate-app", "the app's probe follows its renamed port"
 
 
+def shaped(name: str, **spec) -> dict:
+    """An MCP pod with more of what real pods bring."""
+    pod = mcp_pod(name, "shapes")
+    pod["metadata"]["annotations"] = spec.pop("annotations", {})
+    pod["spec"].update(spec.pop("pod", {}))
+    pod["spec"]["containers"][0].update(spec)
+    return pod
+
+
+MESH = {"initContainers": [
+    {"name": "istio-init", "image": "istio/proxyv2", "args": ["istio-iptables"]},
+    {"name": "istio-proxy", "image": "istio/proxyv2", "restartPolicy": "Always"},
+], "volumes": [{"name": "data", "emptyDir": {}}]}
+HOOKED = {"lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": "mcp"}}},
+          "startupProbe": {"tcpSocket": {"port": 8000}}, "livenessProbe": {"httpGet": {"path": "/live", "port": 8000}}}
+SHAPES = {
+    "another mesh's init container and native sidecar": (shaped("mesh", pod=MESH), ["tollgate-init", "tollgate-proxy", "istio-init", "istio-proxy"]),
+    "hooks and probes on the port, by name and number": (shaped("hooked", **HOOKED), ["tollgate-init", "tollgate-proxy"]),
+    "a hostPort": (shaped("host-port", ports=[{"name": "mcp", "containerPort": 8000, "hostPort": 18000}]), ["tollgate-init", "tollgate-proxy"]),
+    "a shared process namespace and a non-root app": (
+        shaped("shared-pid", pod={"shareProcessNamespace": True, "securityContext": {"runAsUser": 1000, "runAsNonRoot": True}}),
+        ["tollgate-init", "tollgate-proxy"]),
+    "an unnamed port chosen by number": (
+        shaped("by-number", annotations={"tollgate.dev/port": "8000"}, ports=[{"containerPort": 8000}]), ["tollgate-init", "tollgate-proxy"]),
+    "hooks and probes with the port handoff": (
+        shaped("handoff-hooked", annotations={"tollgate.dev/boundary": "port-handoff"}, **HOOKED), ["tollgate-proxy"]),
+}
+
+
+@pytest.fixture(scope="module")
+def shapes(kube):
+    kube.namespace("shapes", **INJECT)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_operator_the_api_server_stores_injected_pods_of_the_shapes_real_pods_bring(kube, shapes, operator, shape):
+    operator()
+    pod, init = SHAPES[shape]
+    stored = create(kube, pod)
+    assert [c["name"] for c in stored["spec"]["initContainers"]] == init
+    for theirs in pod["spec"].get("initContainers", []):
+        kept = named(stored["spec"]["initContainers"], theirs["name"])
+        assert {k: kept[k] for k in theirs} == theirs, "their init containers are kept as they were"
+    app = stored["spec"]["containers"][0]
+    redirect = init[0] == "tollgate-init"
+    for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if kind in pod["spec"]["containers"][0]:
+            get = app[kind].get("httpGet", {})
+            # Redirected, the kubelet would reach the sidecar: it asks the sidecar, which asks the app.
+            assert (get.get("port") == 15090) == redirect, (kind, app[kind])
+    if "lifecycle" in app:
+        port = app["lifecycle"]["preStop"]["httpGet"]["port"]
+        assert port == (15090 if redirect else "tollgate-app"), app["lifecycle"]
+
+
+def test_operator_a_pod_that_would_collide_with_the_sidecar_is_refused_by_the_api_server_naming_the_field(kube, shapes, operator):
+    operator()
+    cases = [
+        (shaped("on-proxy-port", ports=[{"name": "mcp", "containerPort": 8000}, {"name": "other", "containerPort": 15080}]),
+         "spec.containers[0].ports[1].containerPort: 15080 is a port the sidecar listens on"),
+        (shaped("as-proxy-uid", securityContext={"runAsUser": 65532}),
+         "tollgate.dev/boundary: spec.containers[0] (server) runs as UID 65532, the sidecar's"),
+    ]
+    for pod, says in cases:
+        out = kube.kubectl("create", "-f", "-", input=json.dumps(pod), check=False)
+        assert out.returncode != 0 and f"Tollgate cannot inject this pod: {says}" in out.stderr, out.stderr
+
+
 def test_operator_pods_that_opt_out_or_cannot_be_injected_are_stored_as_they_came_and_a_bad_annotation_is_refused(kube, operator):
     kube.namespace("admit-off")
     kube.namespace("admit-opt", **INJECT)
