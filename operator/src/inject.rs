@@ -167,6 +167,17 @@ pub fn inject_sidecar(
             true,
         ));
     }
+    let os = spec.os.as_ref().map(|o| o.name.as_str());
+    let node_os = spec
+        .node_selector
+        .as_ref()
+        .and_then(|n| n.get("kubernetes.io/os"));
+    if os == Some("windows") || node_os.map(String::as_str) == Some("windows") {
+        return Ok(skip(
+            "the pod runs on Windows nodes, and the sidecar's image is Linux only".into(),
+            true,
+        ));
+    }
     default_action_override(&pod.metadata)?;
     let Some(target) = find_mcp_port(&spec.containers, annotations.get(PORT_ANNOTATION))? else {
         let reason = match annotations.get(PORT_ANNOTATION) {
@@ -179,6 +190,7 @@ pub fn inject_sidecar(
     };
 
     fits(&spec, config, &target)?;
+    token_stays_private(&spec)?;
     let boundary = boundary(&annotations, namespace_labels, config)?;
     let mut warnings = Vec::new();
     match boundary {
@@ -295,6 +307,44 @@ fn fits(spec: &PodSpec, config: &InjectConfig, target: &McpPort) -> Result<(), R
             format!("spec.volumes[{k}].name"),
             format!("{TOKEN_VOLUME:?} is the name of the volume Tollgate adds; rename this one"),
         );
+    }
+    Ok(())
+}
+
+/// With a shared process namespace a container can read another's files through
+/// `/proc/PID/root` if it may trace it: as the same UID, or with CAP_SYS_PTRACE (or privileged).
+/// The sidecar's token proves its pod to the operator, so such a container is refused.
+fn token_stays_private(spec: &PodSpec) -> Result<(), Refused> {
+    if spec.share_process_namespace != Some(true) {
+        return Ok(());
+    }
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    for (at, c) in all_containers(spec) {
+        let sc = c.security_context.as_ref();
+        let caps = sc
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.add.as_ref());
+        let traces = caps.into_iter().flatten().any(|c| {
+            let c = c.trim_start_matches("CAP_");
+            c == "SYS_PTRACE" || c == "ALL"
+        });
+        let why = if sc.and_then(|s| s.run_as_user).or(pod_uid) == Some(PROXY_UID.into()) {
+            format!("runs as UID {PROXY_UID}, the sidecar's")
+        } else if sc.and_then(|s| s.privileged) == Some(true) {
+            "is privileged".into()
+        } else if traces {
+            "adds the capability SYS_PTRACE".into()
+        } else {
+            continue;
+        };
+        return Err(Refused {
+            at: format!("{at}.securityContext"),
+            message: format!(
+                "the pod shares its process namespace and {} ({}) {why}, so it could read the sidecar's token; \
+                 drop that, or stop sharing the process namespace",
+                at, c.name
+            ),
+        });
     }
     Ok(())
 }
@@ -849,7 +899,59 @@ fn resources(
         };
         map.insert(resource.into(), Quantity(value.clone()));
     }
+    // A request above its limit: the API server would refuse the pod, with less to go on.
+    for resource in ["cpu", "memory"] {
+        let get = |m: &Option<BTreeMap<String, Quantity>>| {
+            m.as_ref()?.get(resource).and_then(|q| quantity(&q.0))
+        };
+        if let (Some(request), Some(limit)) = (get(&out.requests), get(&out.limits))
+            && request > limit
+        {
+            // Name the limit when the pod set it, else the request it set.
+            let named = RESOURCE_ANNOTATIONS
+                .iter()
+                .rev()
+                .filter(|(_, _, r)| *r == resource)
+                .map(|(a, _, _)| *a)
+                .find(|a| annotations.contains_key(*a))
+                .unwrap_or("tollgate.dev/proxy-memory-limit");
+            return Err(Refused {
+                at: named.into(),
+                message: format!(
+                    "the sidecar's {resource} request is above its limit; the request must not exceed the limit"
+                ),
+            });
+        }
+    }
     Ok(out)
+}
+
+/// A quantity's value in its base unit (cores, bytes), for comparing two of one resource.
+fn quantity(s: &str) -> Option<f64> {
+    if !is_quantity(s) {
+        return None;
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        binary => 1024f64.powi(
+            ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+                .iter()
+                .position(|b| *b == binary)? as i32
+                + 1,
+        ),
+    };
+    Some(number.parse::<f64>().ok()? * scale)
 }
 
 /// A Kubernetes quantity: a decimal number with an optional SI or binary suffix.

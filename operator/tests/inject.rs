@@ -740,3 +740,90 @@ fn a_host_port_on_the_mcp_port_is_kept_behind_the_redirect_and_warned_of_with_th
         "{warnings:?}"
     );
 }
+
+#[test]
+fn windows_pods_are_skipped_with_a_warning_and_contradicting_resources_are_refused() {
+    for pod in [
+        with(
+            opted_in(),
+            "/spec/nodeSelector",
+            json!({ "kubernetes.io/os": "windows" }),
+        ),
+        with(opted_in(), "/spec/os", json!({ "name": "windows" })),
+    ] {
+        let Injection::Skip { reason, warn } = run(&pod, &no_labels()) else {
+            panic!()
+        };
+        assert!(warn && reason.contains("Windows"), "{reason}");
+    }
+    let pod = annotated(
+        mk_pod(),
+        json!({ "tollgate.dev/inject": "true", "tollgate.dev/proxy-memory-request": "64Mi", "tollgate.dev/proxy-memory-limit": "16Mi" }),
+    );
+    let err = inject_sidecar(
+        &serde_json::from_value(pod).unwrap(),
+        &no_labels(),
+        &config(),
+    )
+    .unwrap_err();
+    assert_eq!(err.at, "tollgate.dev/proxy-memory-limit");
+    assert!(
+        err.message.contains("memory request is above its limit"),
+        "{}",
+        err.message
+    );
+    let pod = annotated(
+        mk_pod(),
+        json!({ "tollgate.dev/inject": "true", "tollgate.dev/proxy-cpu-request": "1", "tollgate.dev/proxy-cpu-limit": "500m" }),
+    );
+    let err = inject_sidecar(
+        &serde_json::from_value(pod).unwrap(),
+        &no_labels(),
+        &config(),
+    )
+    .unwrap_err();
+    assert_eq!(err.at, "tollgate.dev/proxy-cpu-limit");
+    let fine = annotated(
+        mk_pod(),
+        json!({ "tollgate.dev/inject": "true", "tollgate.dev/proxy-memory-limit": "1Gi" }),
+    );
+    assert!(matches!(run(&fine, &no_labels()), Injection::Patch { .. }));
+}
+
+#[test]
+fn with_a_shared_process_namespace_a_container_that_could_read_the_sidecars_token_is_refused() {
+    let shared = with(
+        handoff(opted_in()),
+        "/spec/shareProcessNamespace",
+        json!(true),
+    );
+    assert!(
+        matches!(run(&shared, &no_labels()), Injection::Patch { .. }),
+        "sharing alone is fine"
+    );
+    for (context, why) in [
+        (
+            json!({ "capabilities": { "add": ["SYS_PTRACE"] } }),
+            "SYS_PTRACE",
+        ),
+        (json!({ "runAsUser": 65532 }), "UID 65532"),
+    ] {
+        let pod = with(
+            shared.clone(),
+            "/spec/containers/0/securityContext",
+            context,
+        );
+        let err = inject_sidecar(
+            &serde_json::from_value(pod).unwrap(),
+            &no_labels(),
+            &config(),
+        )
+        .unwrap_err();
+        assert_eq!(err.at, "spec.containers[0].securityContext");
+        assert!(
+            err.message.contains(why) && err.message.contains("sidecar's token"),
+            "{}",
+            err.message
+        );
+    }
+}
