@@ -797,7 +797,9 @@ fn sidecar_container(
             vec![
                 env(
                     sidecar_env::UPSTREAM,
-                    format!("http://127.0.0.1:{}", target.number),
+                    // Both loopbacks: an app bound to `::` alone (IPv6 only, as Python's asyncio
+                    // binds it) is reached on ::1, one bound to 0.0.0.0 on 127.0.0.1.
+                    format!("http://localhost:{}", target.number),
                 ),
                 env(
                     sidecar_env::LISTEN,

@@ -166,7 +166,7 @@ fn the_sidecar_is_a_native_sidecar_that_gates_the_app_on_its_readiness() {
     );
     let startup = c.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
     assert_eq!(startup.path.as_deref(), Some("/readyz"));
-    assert_eq!(env(c, "TOLLGATE_UPSTREAM"), Some("http://127.0.0.1:8000"));
+    assert_eq!(env(c, "TOLLGATE_UPSTREAM"), Some("http://localhost:8000"));
     assert_eq!(
         env(c, "TOLLGATE_CONTROL_PLANE"),
         Some("https://tollgate-operator.tollgate-system.svc:8443")
@@ -295,9 +295,9 @@ fn host_network_pods_and_pods_without_an_mcp_port_are_skipped_with_a_warning() {
 fn the_port_annotation_picks_the_upstream_by_number_or_by_name() {
     // (annotation, upstream the sidecar forwards to, name of the sidecar's port)
     let cases = [
-        ("9000", "http://127.0.0.1:9000", "metrics"),
-        ("7777", "http://127.0.0.1:7777", "tollgate-proxy"),
-        ("metrics", "http://127.0.0.1:9000", "metrics"),
+        ("9000", "http://localhost:9000", "metrics"),
+        ("7777", "http://localhost:7777", "tollgate-proxy"),
+        ("metrics", "http://localhost:9000", "metrics"),
     ];
     for (port, upstream, port_name) in cases {
         let pod = annotated(

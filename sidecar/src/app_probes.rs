@@ -1,7 +1,7 @@
 //! The app's probes, run for the kubelet on the admin port (redirect mode).
 //!
 //! ```text
-//! kubelet ─ GET :ADMIN/app-health/server/readiness ─> sidecar ─ GET 127.0.0.1:8000/health ─> app
+//! kubelet ─ GET :ADMIN/app-health/server/readiness ─> sidecar ─ GET localhost:8000/health ─> app
 //!         <─ 200 if the app answered 200..399, 503 with why otherwise ─┘   (the sidecar's own
 //!                                                                          connections are not
 //!                                                                          redirected)
@@ -49,7 +49,8 @@ pub async fn run(probe: &AppProbe) -> Outcome {
         } => (*port, Duration::from_secs((*timeout_seconds).max(1).into())),
     };
     let attempt = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
+        // Both loopbacks, as the proxy's upstream: the app may be bound to either family.
+        let mut stream = crate::http::client::connect(&format!("localhost:{port}"))
             .await
             .map_err(|e| format!("cannot connect to the app on port {port}: {e}"))?;
         let AppProbe::HttpGet { path, headers, .. } = probe else {
@@ -83,7 +84,7 @@ fn request(port: u16, path: &str, headers: &[(String, String)]) -> Vec<u8> {
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     let mut out = format!("GET {path} HTTP/1.1\r\n");
     if !has("host") {
-        out.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+        out.push_str(&format!("Host: localhost:{port}\r\n"));
     }
     if !has("user-agent") {
         out.push_str("User-Agent: kube-probe/tollgate\r\n");

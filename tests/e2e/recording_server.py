@@ -84,6 +84,7 @@ def main() -> None:
     # `::` serves every address of both families, as a server in a pod does (and turns off the
     # SDK's DNS-rebinding check, which only guards loopback servers).
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--ipv6-only", action="store_true", help="with --host ::, IPv6 alone (as asyncio binds it)")
     p.add_argument("--record", required=True)
     p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     p.add_argument("--json", action="store_true")
@@ -95,7 +96,7 @@ def main() -> None:
         app = mcp.sse_app(host=a.host)
     else:
         app = mcp.streamable_http_app(json_response=a.json, stateless_http=a.stateless, host=a.host)
-    if a.host != "::":
+    if a.host != "::" or a.ipv6_only:
         uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
         return
     # One dual-stack socket, as most servers in pods bind (asyncio would make it IPv6-only).

@@ -59,11 +59,12 @@ def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
 class Pod:
     """A pod's network namespace, a client's, and the veth pair between them."""
 
-    def __init__(self, backend: str, tollgate: Path):
+    def __init__(self, backend: str, tollgate: Path, ipv6_only: bool = False):
         n = random.randrange(1, 250)
         while Path(f"/run/netns/tgpod-{n}").exists():
             n = random.randrange(1, 250)
         self.ns, self.client, self.backend, self.tollgate = f"tgpod-{n}", f"tgcli-{n}", backend, tollgate
+        self.ipv6_only = ipv6_only
         self.v4, self.v6 = f"10.213.{n}.2", f"fd00:213:{n}::2"
         # Readable by the sidecar's UID (pytest's own temporary directories are not).
         self.dir = Path(tempfile.mkdtemp(prefix="tollgate-pod-"))
@@ -105,13 +106,14 @@ class Pod:
     def up(self) -> None:
         """The server, then the sidecar (as its own UID), then the rules: a pod's start order."""
         server = self.start("server", str(PYTHON), str(TESTS / "e2e" / "recording_server.py"), "--port", str(APP_PORT),
-                            "--host", "::", "--json", "--stateless", "--record", str(self.record))
+                            "--host", "::", "--json", "--stateless", "--record", str(self.record),
+                            *(["--ipv6-only"] if self.ipv6_only else []))
         self.wait_for(APP_PORT, server, "server")
         policy = self.dir / "policy.yaml"
         policy.write_text(POLICY)
         policy.chmod(0o644)
         sidecar = self.start("sidecar", "setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID), "--clear-groups", "--",
-                             str(self.tollgate), "proxy", "--upstream", f"http://127.0.0.1:{APP_PORT}", "--policy", str(policy),
+                             str(self.tollgate), "proxy", "--upstream", f"http://localhost:{APP_PORT}", "--policy", str(policy),
                              "--listen", f"[::]:{PROXY_PORT}", "--metrics-listen", f"0.0.0.0:{ADMIN_PORT}",
                              "--app-probes", json.dumps(APP_PROBES))
         self.wait_for(ADMIN_PORT, sidecar, "sidecar")
@@ -172,6 +174,17 @@ class Pod:
 @pytest.fixture(params=["nft", "legacy"])
 def pod(request, tollgate_bin):
     p = Pod(request.param, tollgate_bin)
+    try:
+        p.up()
+        yield p
+    finally:
+        p.down()
+
+
+@pytest.fixture
+def ipv6_only_pod(tollgate_bin):
+    """The app bound to `::` for IPv6 alone, as Python's asyncio binds it."""
+    p = Pod("nft", tollgate_bin, ipv6_only=True)
     try:
         p.up()
         yield p
@@ -266,3 +279,14 @@ def test_boundary_the_kubelets_probes_reach_the_app_through_the_sidecars_admin_p
     status, text = probe("readiness")
     assert status == 503 and "cannot connect to the app on port 8000" in text, (status, text)
     assert probe("liveness")[0] == 503
+
+
+def test_boundary_an_app_bound_for_ipv6_alone_is_reached_through_the_sidecar_from_either_family(ipv6_only_pod):
+    pod = ipv6_only_pod
+    allowed = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_file", "arguments": {"path": "a"}}}
+    for host in (pod.v4, pod.v6):
+        status, text = pod.post(host, APP_PORT, allowed)
+        assert status == 200 and "contents of a" in text, (host, status, text)
+        status, text = pod.post(host, APP_PORT, DENIED)
+        assert "Repository deletion is not permitted" in text, (host, status, text)
+    assert len(pod.ran("read_file")) == 2 and pod.ran("delete_repository") == []

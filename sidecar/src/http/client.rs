@@ -92,6 +92,25 @@ impl Outgoing {
     }
 }
 
+/// Connects to `host:port`. `localhost` is both loopbacks, 127.0.0.1 then ::1, whatever the
+/// resolver says (RFC 6761 lets applications treat the name as special; curl does): an app in a
+/// pod may be bound to either family, and not every /etc/hosts names ::1.
+pub async fn connect(authority: &str) -> std::io::Result<TcpStream> {
+    let local = authority
+        .rsplit_once(':')
+        .filter(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    let Some(port) = local else {
+        return TcpStream::connect(authority).await;
+    };
+    match TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await {
+        Ok(io) => Ok(io),
+        Err(v4) => TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port))
+            .await
+            .map_err(|_| v4),
+    }
+}
+
 /// The connections to one server, for one worker thread.
 pub struct Upstream {
     /// `host:port`, for connecting and for a request that names no `Host`.
@@ -246,9 +265,7 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Conn, Error> {
-        let io = TcpStream::connect(&*self.authority)
-            .await
-            .map_err(Error::Connect)?;
+        let io = connect(&self.authority).await.map_err(Error::Connect)?;
         io.set_nodelay(true)?;
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive)?;
@@ -601,5 +618,30 @@ impl Body for UpstreamBody {
             }) => SizeHint::with_exact(*n),
             Some(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn localhost_reaches_an_app_bound_to_either_loopback() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = TcpListener::bind(addr).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let io = connect(&format!("localhost:{port}")).await.unwrap();
+            assert_eq!(io.peer_addr().unwrap(), listener.local_addr().unwrap());
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let refused = connect(&format!("localhost:{port}")).await.unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "the IPv4 error is the one told"
+        );
     }
 }
