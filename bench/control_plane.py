@@ -37,14 +37,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 import httpx  # noqa: E402
-from cluster import NAMESPACE, OPERATOR_PORT, ControlPlane, mcp_pod, policy, start_operator  # noqa: E402
+from cluster import NAMESPACE, OPERATOR_PORT, ControlPlane, admission_review, mcp_pod, policy, start_operator  # noqa: E402
 from conftest import free_port  # noqa: E402
 
 RELEASE = ROOT / "target" / "release"
@@ -215,16 +214,9 @@ class Sidecars:
                 proc.kill()
 
 
-def review(kind: str, resource: str, group: str, version: str, obj: dict) -> dict:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": str(uuid.uuid4()), "kind": {"group": group, "version": version, "kind": kind},
-        "resource": {"group": group, "version": version, "resource": resource},
-        "namespace": NS, "operation": "CREATE", "userInfo": {"username": "admin"}, "object": obj, "dryRun": False}}
-
-
 def webhooks(op, ca: str, reviews: int) -> dict[str, list[float]]:
-    pod = review("Pod", "pods", "", "v1", mcp_pod("bench-admission", NS))
-    good = review("McpPolicy", "mcppolicies", "tollgate.dev", "v1alpha1", policy("p", {"tools": {"run_query": {"rules": [
+    pod = admission_review(mcp_pod("bench-admission", NS))
+    good = admission_review(kind="McpPolicy", resource="mcppolicies", group="tollgate.dev", version="v1alpha1", obj=policy("p", {"tools": {"run_query": {"rules": [
         {"name": "select only", "conditions": [{"path": "args.sql", "op": "regex", "value": "^SELECT"}]},
         {"name": "rate", "rateLimit": "100/minute"}]}}}, NS))
     out: dict[str, list[float]] = {"mutate (inject a pod)": [], "validate (a policy)": [], "floor (404 route)": []}

@@ -311,6 +311,36 @@ fn fits(spec: &PodSpec, config: &InjectConfig, target: &McpPort) -> Result<(), R
     Ok(())
 }
 
+/// The UID a container runs as: its own, else the pod's.
+fn uid(c: &Container, spec: &PodSpec) -> Option<i64> {
+    let pod = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+        .or(pod)
+}
+
+fn privileged(c: &Container) -> bool {
+    c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)
+}
+
+/// The capability `cap` (or ALL) among those the container adds.
+fn adds(c: &Container, cap: &str) -> Option<String> {
+    let added = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.as_ref());
+    added
+        .into_iter()
+        .flatten()
+        .find(|a| {
+            let a = a.trim_start_matches("CAP_");
+            a == cap || a == "ALL"
+        })
+        .cloned()
+}
+
 /// With a shared process namespace a container can read another's files through
 /// `/proc/PID/root` if it may trace it: as the same UID, or with CAP_SYS_PTRACE (or privileged).
 /// The sidecar's token proves its pod to the operator, so such a container is refused.
@@ -402,14 +432,16 @@ fn patch(
             ops.push(op);
         }
     }
-    for (map, key, v) in [
-        ("annotations", STATUS_ANNOTATION, status),
-        ("labels", INJECTED_LABEL, "true"),
+    let meta = &pod.metadata;
+    for (map, present, key, v) in [
+        (
+            "annotations",
+            meta.annotations.is_some(),
+            STATUS_ANNOTATION,
+            status,
+        ),
+        ("labels", meta.labels.is_some(), INJECTED_LABEL, "true"),
     ] {
-        let present = match map {
-            "annotations" => pod.metadata.annotations.is_some(),
-            _ => pod.metadata.labels.is_some(),
-        };
         if present {
             let key = key.replace('~', "~0").replace('/', "~1");
             ops.push(json!({"op": "add", "path": format!("/metadata/{map}/{key}"), "value": v}));
@@ -459,30 +491,22 @@ fn redirect_holds(spec: &PodSpec) -> Result<(), Refused> {
         at: BOUNDARY_ANNOTATION.into(),
         message,
     };
-    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
     for (at, c) in all_containers(spec) {
-        let sc = c.security_context.as_ref();
-        if sc.and_then(|s| s.run_as_user).or(pod_uid) == Some(PROXY_UID.into()) {
+        if uid(c, spec) == Some(PROXY_UID.into()) {
             return Err(refuse(format!(
                 "{at} ({}) runs as UID {PROXY_UID}, the sidecar's: the redirect lets that UID \
                  reach the app directly; run it as another UID",
                 c.name
             )));
         }
-        if sc.and_then(|s| s.privileged) == Some(true) {
+        if privileged(c) {
             return Err(refuse(format!(
                 "{at} ({}) is privileged, so it could remove the redirect; \
                  use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
                 c.name
             )));
         }
-        let added = sc
-            .and_then(|s| s.capabilities.as_ref())
-            .and_then(|c| c.add.as_ref());
-        if let Some(cap) = added.into_iter().flatten().find(|c| {
-            let c = c.trim_start_matches("CAP_");
-            c == "NET_ADMIN" || c == "ALL"
-        }) {
+        if let Some(cap) = adds(c, "NET_ADMIN") {
             return Err(refuse(format!(
                 "{at} ({}) adds the capability {cap}, so it could remove the redirect; \
                  use {BOUNDARY_ANNOTATION}: port-handoff for this pod",

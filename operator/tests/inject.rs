@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use serde_json::{Value, json};
 use tollgate_api::contract::{AppProbe, AppProbes};
-use tollgate_operator::inject::{Boundary, InjectConfig, Injection, inject_sidecar};
+use tollgate_operator::inject::{Boundary, InjectConfig, Injection, Refused, inject_sidecar};
 
 fn config() -> InjectConfig {
     InjectConfig {
@@ -63,6 +63,12 @@ fn enabled_namespace() -> BTreeMap<String, String> {
 fn run(pod: &Value, ns: &BTreeMap<String, String>) -> Injection {
     let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
     inject_sidecar(&pod, ns, &config()).expect("no bad annotation")
+}
+
+/// The refusal of `pod` in a namespace with `ns`'s labels (`what` says which case failed).
+fn refused(pod: &Value, ns: &BTreeMap<String, String>, what: &str) -> Refused {
+    let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+    inject_sidecar(&pod, ns, &config()).expect_err(what)
 }
 
 /// Injects and returns the patched pod.
@@ -355,9 +361,11 @@ fn bad_annotations_refuse_the_pod_naming_the_annotation() {
         ),
     ];
     for (annotations, named) in cases {
-        let pod: Pod = serde_json::from_value(annotated(mk_pod(), annotations.clone())).unwrap();
-        let err =
-            inject_sidecar(&pod, &no_labels(), &config()).expect_err(&annotations.to_string());
+        let err = refused(
+            &annotated(mk_pod(), annotations.clone()),
+            &no_labels(),
+            &annotations.to_string(),
+        );
         assert_eq!(err.at, named);
     }
 }
@@ -524,8 +532,7 @@ fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out()
         ),
     ];
     for (what, pod, ns, says) in cases {
-        let parsed: Pod = serde_json::from_value(pod.clone()).unwrap();
-        let err = inject_sidecar(&parsed, &ns, &config()).expect_err(what);
+        let err = refused(&pod, &ns, what);
         assert_eq!(err.at, "tollgate.dev/boundary", "{what}");
         assert!(err.message.contains(says), "{what}: {}", err.message);
         if what.starts_with("a namespace") || what.contains("remove") || what.contains("privileged")
@@ -544,12 +551,7 @@ fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out()
         mk_pod(),
         json!({"tollgate.dev/inject": "true", "tollgate.dev/boundary": "iptables"}),
     );
-    let err = inject_sidecar(
-        &serde_json::from_value(bad).unwrap(),
-        &no_labels(),
-        &config(),
-    )
-    .unwrap_err();
+    let err = refused(&bad, &no_labels(), "refused");
     assert_eq!(err.at, "tollgate.dev/boundary");
 }
 
@@ -711,8 +713,7 @@ fn a_pod_whose_names_or_ports_collide_with_what_injection_adds_is_refused_naming
         ),
     ];
     for (pod, at) in cases {
-        let parsed: Pod = serde_json::from_value(pod).unwrap();
-        let err = inject_sidecar(&parsed, &no_labels(), &config()).expect_err(at);
+        let err = refused(&pod, &no_labels(), at);
         assert_eq!(err.at, at, "{}", err.message);
     }
 }
@@ -760,12 +761,7 @@ fn windows_pods_are_skipped_with_a_warning_and_contradicting_resources_are_refus
         mk_pod(),
         json!({ "tollgate.dev/inject": "true", "tollgate.dev/proxy-memory-request": "64Mi", "tollgate.dev/proxy-memory-limit": "16Mi" }),
     );
-    let err = inject_sidecar(
-        &serde_json::from_value(pod).unwrap(),
-        &no_labels(),
-        &config(),
-    )
-    .unwrap_err();
+    let err = refused(&pod, &no_labels(), "refused");
     assert_eq!(err.at, "tollgate.dev/proxy-memory-limit");
     assert!(
         err.message.contains("memory request is above its limit"),
@@ -776,12 +772,7 @@ fn windows_pods_are_skipped_with_a_warning_and_contradicting_resources_are_refus
         mk_pod(),
         json!({ "tollgate.dev/inject": "true", "tollgate.dev/proxy-cpu-request": "1", "tollgate.dev/proxy-cpu-limit": "500m" }),
     );
-    let err = inject_sidecar(
-        &serde_json::from_value(pod).unwrap(),
-        &no_labels(),
-        &config(),
-    )
-    .unwrap_err();
+    let err = refused(&pod, &no_labels(), "refused");
     assert_eq!(err.at, "tollgate.dev/proxy-cpu-limit");
     let fine = annotated(
         mk_pod(),
@@ -813,12 +804,7 @@ fn with_a_shared_process_namespace_a_container_that_could_read_the_sidecars_toke
             "/spec/containers/0/securityContext",
             context,
         );
-        let err = inject_sidecar(
-            &serde_json::from_value(pod).unwrap(),
-            &no_labels(),
-            &config(),
-        )
-        .unwrap_err();
+        let err = refused(&pod, &no_labels(), "refused");
         assert_eq!(err.at, "spec.containers[0].securityContext");
         assert!(
             err.message.contains(why) && err.message.contains("sidecar's token"),

@@ -100,16 +100,14 @@ pub async fn serve_admin(
         let metrics = metrics.clone();
         let probes = probes.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let path = req.uri().path().to_owned();
-            let resp = match path.strip_prefix(APP_HEALTH_PREFIX) {
-                Some(name) => Err(probes.get(name).cloned()),
-                None => Ok(admin(&path, &policy, &metrics)),
-            };
+            let (policy, metrics, probes) = (policy.clone(), metrics.clone(), probes.clone());
             async move {
-                Ok::<_, std::convert::Infallible>(match resp {
-                    Ok(resp) => resp,
-                    Err(probe) => app_health(&path, probe).await,
-                })
+                let path = req.uri().path();
+                let resp = match path.strip_prefix(APP_HEALTH_PREFIX) {
+                    Some(name) => app_health(path, probes.get(name)).await,
+                    None => admin(path, &policy, &metrics),
+                };
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
         let conn = builder
@@ -134,7 +132,7 @@ fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<BoxBo
 }
 
 /// One of the app's probes, run now (a probe injection did not hand over is a 404).
-async fn app_health(path: &str, probe: Option<AppProbe>) -> Response<BoxBody> {
+async fn app_health(path: &str, probe: Option<&AppProbe>) -> Response<BoxBody> {
     let Some(probe) = probe else {
         return text(
             StatusCode::NOT_FOUND,
@@ -142,7 +140,7 @@ async fn app_health(path: &str, probe: Option<AppProbe>) -> Response<BoxBody> {
             "text/plain",
         );
     };
-    let found = crate::app_probes::run(&probe).await;
+    let found = crate::app_probes::run(probe).await;
     let status = if found.healthy {
         StatusCode::OK
     } else {

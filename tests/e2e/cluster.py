@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,17 @@ class ControlPlane:
 
 def policy(name: str, spec: dict, namespace: str = "default") -> dict:
     return {"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def admission_review(obj: dict, resource: str = "pods", kind: str = "Pod", group: str = "", version: str = "v1") -> dict:
+    """An AdmissionReview of a CREATE of `obj`, as the API server sends it."""
+    gvk, gvr = {"group": group, "version": version, "kind": kind}, {"group": group, "version": version, "resource": resource}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": str(uuid.uuid4()), "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+        "namespace": obj["metadata"]["namespace"], "operation": "CREATE", "userInfo": {"username": "kubernetes-admin"},
+        "object": obj, "oldObject": None, "dryRun": False,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+    }}
 
 
 def mcp_pod(name: str, ns: str, labels: dict | None = None, annotations: dict | None = None,

@@ -18,13 +18,12 @@ import socket
 import ssl
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from cluster import (NAMESPACE, OPERATOR_PORT, ControlPlane, Operator, eventually, mcp_pod, policy, sidecar,  # noqa: F401
+from cluster import (NAMESPACE, OPERATOR_PORT, ControlPlane, Operator, admission_review, eventually, mcp_pod, policy, sidecar,  # noqa: F401
                      start_operator)
 from conftest import free_port
 from cryptography import x509
@@ -71,17 +70,6 @@ def create(kube: ControlPlane, manifest: dict) -> dict:
     return json.loads(kube.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(manifest)).stdout)
 
 
-def review(obj: dict, ns: str) -> dict:
-    """An AdmissionReview of a pod CREATE, as the API server sends it."""
-    kind, resource = {"group": "", "version": "v1", "kind": "Pod"}, {"group": "", "version": "v1", "resource": "pods"}
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": str(uuid.uuid4()), "kind": kind, "resource": resource, "requestKind": kind, "requestResource": resource,
-        "namespace": ns, "operation": "CREATE", "userInfo": {"username": "kubernetes-admin"},
-        "object": obj, "oldObject": None, "dryRun": False,
-        "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-    }}
-
-
 # ---------------------------------------------------------------------------------------------
 # Admission
 
@@ -121,7 +109,7 @@ def test_operator_a_pod_created_in_an_enabled_namespace_is_stored_with_the_redir
 
     # The API server re-invokes the webhook when a later one changed the pod: nothing changes.
     with op.client(kube.ca()) as c:
-        again = c.post("/mutate", json=review(stored, "admit-on")).json()["response"]
+        again = c.post("/mutate", json=admission_review(stored)).json()["response"]
     assert again["allowed"] and "patch" not in again, again
 
 
