@@ -32,3 +32,4 @@ if (( ${#need[@]} )); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cluster/build.sh >/dev/null
+cluster/crds.sh >/dev/null

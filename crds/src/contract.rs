@@ -105,9 +105,12 @@ pub mod annotations {
     /// Per-pod sidecar log filter.
     pub const LOG_LEVEL: &str = "tollgate.dev/log-level";
     /// How the pod's boundary is kept: `redirect` (an init container's iptables rules send
-    /// inbound TCP for the MCP port to the sidecar; needs NET_ADMIN) or `port-handoff` (no
-    /// privilege: only clients that use the port's name reach the sidecar).
+    /// inbound TCP for the MCP port to the sidecar; needs NET_ADMIN) or `network-policy` (no
+    /// privilege: a NetworkPolicy the operator keeps admits every port of the pod but the app's).
     pub const BOUNDARY: &str = "tollgate.dev/boundary";
+    /// A label injection sets on pods with the `network-policy` boundary: the app's MCP port
+    /// number, which the operator's NetworkPolicy for that port selects.
+    pub const APP_PORT_LABEL: &str = "tollgate.dev/app-port";
     /// Per-pod sidecar resources, each a Kubernetes quantity: (annotation, requests or
     /// limits, resource).
     pub const RESOURCES: [(&str, &str, &str); 4] = [

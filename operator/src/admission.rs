@@ -27,27 +27,42 @@ pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Stri
         .map_err(|_| "the AdmissionReview carries no request".to_string())
 }
 
+/// What the mutating webhook answers, and what must exist before it may.
+pub struct Mutation {
+    pub response: AdmissionResponse,
+    /// The pod is injected with the `network-policy` boundary: the NetworkPolicy for this port
+    /// in its namespace, for a pod with these labels, must exist before the answer is sent.
+    pub network_policy: Option<(i32, BTreeMap<String, String>)>,
+}
+
 /// The mutating webhook: injects the sidecar into pods that ask for it.
 pub fn mutate(
     req: &AdmissionRequest<DynamicObject>,
     namespace_labels: &BTreeMap<String, String>,
     config: &InjectConfig,
-) -> AdmissionResponse {
+) -> Mutation {
     let resp = AdmissionResponse::from(req);
     if req.kind.kind != "Pod" || req.operation != Operation::Create {
-        return resp;
+        return resp.into();
     }
     let Some(object) = &req.object else {
-        return resp;
+        return resp.into();
     };
     let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
         Ok(pod) => pod,
-        Err(e) => return refuse(resp, format!("the pod cannot be read: {e}")),
+        Err(e) => return refuse(resp, format!("the pod cannot be read: {e}")).into(),
     };
-    match inject_sidecar(&pod, namespace_labels, config) {
-        Ok(Injection::Patch { patch, warnings }) => {
+    let network_policy =
+        |port: Option<i32>| port.map(|p| (p, pod.metadata.labels.clone().unwrap_or_default()));
+    let response = match inject_sidecar(&pod, namespace_labels, config) {
+        Ok(Injection::Patch {
+            patch,
+            warnings,
+            network_policy: port,
+        }) => {
+            let needs = network_policy(port);
             tracing::info!(namespace = ?req.namespace, pod = pod_name(&pod), "sidecar injected");
-            match resp.with_patch(patch) {
+            let response = match resp.with_patch(patch) {
                 Ok(mut resp) => {
                     if !warnings.is_empty() {
                         resp.warnings = Some(
@@ -59,8 +74,12 @@ pub fn mutate(
                     }
                     resp
                 }
-                Err(e) => AdmissionResponse::invalid(e),
-            }
+                Err(e) => return AdmissionResponse::invalid(e).into(),
+            };
+            return Mutation {
+                response,
+                network_policy: needs,
+            };
         }
         Ok(Injection::Unchanged) => resp,
         Ok(Injection::Skip { reason, warn }) => {
@@ -76,7 +95,34 @@ pub fn mutate(
             }
         }
         Err(bad) => refuse(resp, format!("Tollgate cannot inject this pod: {bad}")),
+    };
+    response.into()
+}
+
+impl From<AdmissionResponse> for Mutation {
+    fn from(response: AdmissionResponse) -> Mutation {
+        Mutation {
+            response,
+            network_policy: None,
+        }
     }
+}
+
+/// The pod cannot be admitted because the NetworkPolicy that keeps its port closed cannot be
+/// made: it would start with its MCP port open.
+pub fn refuse_without_network_policy(
+    resp: AdmissionResponse,
+    port: i32,
+    error: &crate::boundary::EnsureError,
+) -> AdmissionResponse {
+    refuse(
+        resp,
+        format!(
+            "Tollgate cannot create NetworkPolicy {} for this pod's MCP port {port} ({error}), and \
+             without it the port would be open around the sidecar",
+            crate::boundary::network_policy_name(port)
+        ),
+    )
 }
 
 /// The validating webhook: refuses a policy with every problem, field by field, from the same

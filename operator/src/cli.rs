@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, env = "TOLLGATE_SIDECAR_MEMORY_LIMIT", default_value = "256Mi")]
     sidecar_memory_limit: String,
     /// How injected pods keep their boundary unless annotated tollgate.dev/boundary: redirect
-    /// (an init container's iptables rules; needs NET_ADMIN) or port-handoff (no privilege).
+    /// (an init container's iptables rules; needs NET_ADMIN) or network-policy (no privilege).
     #[arg(long, env = "TOLLGATE_BOUNDARY", default_value = "redirect", value_parser = parse_boundary)]
     boundary: Boundary,
     /// The sidecar's port for agents.
@@ -121,6 +121,10 @@ struct Args {
     /// How long the leader's lease lasts without renewal (a follower takes over after it).
     #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
+    /// How long a NetworkPolicy of the network-policy boundary is kept once no pod needs it
+    /// (a pod being admitted may not be listed yet).
+    #[arg(long, env = "TOLLGATE_NETWORK_POLICY_GRACE", default_value = "60s", value_parser = parse_duration)]
+    network_policy_grace: Duration,
     /// Namespaces the operator labels tollgate.dev/injection=enabled (comma-separated).
     #[arg(long, env = "TOLLGATE_INJECT_NAMESPACES", value_delimiter = ',')]
     inject_namespaces: Vec<String>,
@@ -216,6 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             controller: "tollgate-operator".into(),
             instance: Some(args.pod_name.clone()),
         };
+        let grace = args.network_policy_grace;
         let label: Vec<String> = args
             .inject_namespaces
             .iter()
@@ -234,7 +239,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         let label = label.clone();
                         controllers = Some(tokio::spawn(async move {
                             tokio::join!(
-                                crate::controller::run(client.clone(), index.clone(), reporter),
+                                crate::controller::run(
+                                    client.clone(),
+                                    index.clone(),
+                                    reporter.clone()
+                                ),
+                                crate::boundary::run(
+                                    client.clone(),
+                                    index.clone(),
+                                    reporter,
+                                    grace
+                                ),
                                 crate::controller::label_namespaces(client, index, label),
                             );
                         }))
@@ -304,7 +319,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn parse_boundary(s: &str) -> Result<Boundary, String> {
-    Boundary::parse(s).ok_or_else(|| format!("{s:?} is neither redirect nor port-handoff"))
+    Boundary::parse(s).ok_or_else(|| format!("{s:?} is neither redirect nor network-policy"))
 }
 
 async fn shutdown_signal() {

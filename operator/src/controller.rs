@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! McpPolicy | McpClusterPolicy ─ validate_spec ─┐
-//! Index (injected pods, namespace labels) ──────┴─> desired_status ─ differs? ─> patch status
+//! Index (injected pods, namespace labels) ──────┤
+//! the boundary's findings (crate::boundary) ────┴─> desired_status ─ differs? ─> patch status
 //!                                                                   └─ Accepted flipped? ─> Event
 //! ```
 //!
 //! Triggered by the policies' own watch and by every change in the index (a pod or namespace
 //! label changes what a policy selects), debounced.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +43,7 @@ pub fn desired_status(
     problems: &[Problem],
     selected_pods: u32,
     tools: u32,
+    around: &[String],
     now: Timestamp,
 ) -> PolicyStatus {
     let accepted = problems.is_empty();
@@ -91,16 +94,36 @@ pub fn desired_status(
             last_transition_time,
         }
     };
+    let (closed, boundary_reason, boundary_message) = match around {
+        [] => (
+            true,
+            "Closed",
+            "Nothing reaches the selected pods' MCP servers around their sidecars".to_string(),
+        ),
+        list => {
+            let mut message = format!(
+                "{} way(s) around the sidecar: {}",
+                list.len(),
+                list.join("; ")
+            );
+            message.truncate(MAX_MESSAGE);
+            (false, "Open", message)
+        }
+    };
     PolicyStatus {
         observed_generation: generation,
         conditions: vec![
             condition("Accepted", accepted, accepted_reason, accepted_message),
             condition("Ready", accepted, ready_reason, ready_message),
+            condition("Boundary", closed, boundary_reason, boundary_message),
         ],
         selected_pods,
         tools,
     }
 }
+
+/// The longest condition message written (the API server allows 32 KiB).
+const MAX_MESSAGE: usize = 4096;
 
 struct Context {
     client: Client,
@@ -162,6 +185,7 @@ pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
     )
     .with_config(config.clone())
     .reconcile_all_on(index_changes(&index))
+    .reconcile_all_on(ticks(index.subscribe_findings()))
     .run(reconcile_policy, on_error, ctx.clone())
     .for_each(|r| async move {
         if let Err(e) = r {
@@ -174,6 +198,7 @@ pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
     )
     .with_config(config)
     .reconcile_all_on(index_changes(&index))
+    .reconcile_all_on(ticks(index.subscribe_findings()))
     .run(reconcile_cluster_policy, on_error, ctx)
     .for_each(|r| async move {
         if let Err(e) = r {
@@ -184,7 +209,13 @@ pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
 }
 
 fn index_changes(index: &Index) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(index.subscribe(), |mut rx| async move {
+    ticks(index.subscribe())
+}
+
+fn ticks(
+    rx: tokio::sync::watch::Receiver<u64>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
     })
@@ -195,9 +226,9 @@ async fn reconcile_policy(
     ctx: Arc<Context>,
 ) -> Result<Action, StatusError> {
     let ns = policy.namespace().unwrap_or_default();
-    let selected = ctx.index.count_selected(|pod_ns, _, labels| {
+    let selects_pod = |pod_ns: &str, _: &_, labels: &_| {
         pod_ns == ns && selects(policy.spec.selector.as_ref(), labels)
-    });
+    };
     let api: Api<McpPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let problems = tollgate_api::validate::validate_spec(&policy.spec);
     write_status(
@@ -206,7 +237,7 @@ async fn reconcile_policy(
         &policy.spec,
         policy.status.as_ref(),
         problems,
-        selected,
+        selects_pod,
         &ctx,
     )
     .await
@@ -216,10 +247,10 @@ async fn reconcile_cluster_policy(
     policy: Arc<McpClusterPolicy>,
     ctx: Arc<Context>,
 ) -> Result<Action, StatusError> {
-    let selected = ctx.index.count_selected(|_, ns_labels, labels| {
+    let selects_pod = |_: &str, ns_labels: &_, labels: &_| {
         selects(policy.spec.namespace_selector.as_ref(), ns_labels)
             && selects(policy.spec.policy.selector.as_ref(), labels)
-    });
+    };
     let api: Api<McpClusterPolicy> = Api::all(ctx.client.clone());
     let mut problems = Vec::new();
     if let Some(sel) = &policy.spec.namespace_selector {
@@ -232,7 +263,7 @@ async fn reconcile_cluster_policy(
         &policy.spec.policy,
         policy.status.as_ref(),
         problems,
-        selected,
+        selects_pod,
         &ctx,
     )
     .await
@@ -244,18 +275,21 @@ async fn write_status<K>(
     spec: &PolicySpec,
     old: Option<&PolicyStatus>,
     problems: Vec<Problem>,
-    selected: u32,
+    selects_pod: impl Fn(&str, &BTreeMap<String, String>, &BTreeMap<String, String>) -> bool + Copy,
     ctx: &Context,
 ) -> Result<Action, StatusError>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    let selected = ctx.index.count_selected(selects_pod);
+    let around = ctx.index.around_selected(selects_pod);
     let status = desired_status(
         old,
         object.meta().generation,
         &problems,
         selected,
         spec.tools.len() as u32,
+        &around,
         Timestamp::now(),
     );
     if old == Some(&status) {
@@ -330,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_valid_policy_is_accepted_and_ready_with_its_pod_count() {
-        let s = desired_status(None, Some(3), &[], 2, 5, t(100));
+        let s = desired_status(None, Some(3), &[], 2, 5, &[], t(100));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!((s.selected_pods, s.tools), (2, 5));
         assert_eq!(condition(&s, "Accepted").status, "True");
@@ -347,7 +381,7 @@ mod tests {
             Problem::new("spec.tools.a.rules[0].rateLimit", "bad"),
             Problem::new("spec.hide[0]", "empty"),
         ];
-        let s = desired_status(None, Some(1), &problems, 1, 1, t(100));
+        let s = desired_status(None, Some(1), &problems, 1, 1, &[], t(100));
         let accepted = condition(&s, "Accepted");
         assert_eq!(
             (accepted.status.as_str(), accepted.reason.as_str()),
@@ -363,16 +397,40 @@ mod tests {
     }
 
     #[test]
+    fn ways_around_the_sidecar_open_the_boundary_condition_naming_each() {
+        let closed = desired_status(None, Some(1), &[], 1, 1, &[], t(100));
+        assert_eq!(condition(&closed, "Boundary").status, "True");
+        let around = ["team/a: Service s targets port 8080 by number".to_string()];
+        let open = desired_status(Some(&closed), Some(1), &[], 1, 1, &around, t(200));
+        let boundary = condition(&open, "Boundary");
+        assert_eq!(
+            (boundary.status.as_str(), boundary.reason.as_str()),
+            ("False", "Open")
+        );
+        assert!(
+            boundary
+                .message
+                .contains("team/a: Service s targets port 8080 by number")
+        );
+        assert_eq!(boundary.last_transition_time, Time(t(200)));
+        assert_eq!(
+            condition(&open, "Ready").status,
+            "True",
+            "the policy is still in force"
+        );
+    }
+
+    #[test]
     fn an_unchanged_policy_yields_an_identical_status_so_nothing_is_written() {
-        let first = desired_status(None, Some(1), &[], 1, 1, t(100));
-        let again = desired_status(Some(&first), Some(1), &[], 1, 1, t(500));
+        let first = desired_status(None, Some(1), &[], 1, 1, &[], t(100));
+        let again = desired_status(Some(&first), Some(1), &[], 1, 1, &[], t(500));
         assert_eq!(first, again);
     }
 
     #[test]
     fn a_condition_keeps_its_transition_time_until_its_status_flips() {
-        let first = desired_status(None, Some(1), &[], 0, 1, t(100));
-        let more_pods = desired_status(Some(&first), Some(2), &[], 3, 1, t(200));
+        let first = desired_status(None, Some(1), &[], 0, 1, &[], t(100));
+        let more_pods = desired_status(Some(&first), Some(2), &[], 3, 1, &[], t(200));
         assert_eq!(
             condition(&more_pods, "Ready").last_transition_time,
             Time(t(100))
@@ -383,6 +441,7 @@ mod tests {
             &[Problem::new("spec", "x")],
             3,
             1,
+            &[],
             t(300),
         );
         assert_eq!(

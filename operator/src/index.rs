@@ -5,6 +5,7 @@
 //! watch Pods (label tollgate.dev/injected=true, metadata only) ─┐
 //! watch Namespaces (metadata only)                              ├─> Index ─ changed (watch) ─> streams, controllers
 //! watch McpPolicies, McpClusterPolicies                         ┘     └─ effective_for(pod) -> EffectivePolicy
+//! watch NetworkPolicies, Services ─> boundary_changed (watch) ─> the network-policy boundary
 //! GET /.well-known/openid-configuration, /openid/v1/jwks ─ every 5 min ─> service-account keys
 //! ```
 
@@ -12,9 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -34,8 +36,16 @@ pub struct Index {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub policies: Store<McpPolicy>,
     pub cluster_policies: Store<McpClusterPolicy>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub services: Store<Service>,
     keys: ArcSwapOption<ServiceAccountKeys>,
     changed: watch::Sender<u64>,
+    /// Ticks on changes that bear on the boundary only (pods too), so a Service or
+    /// NetworkPolicy does not make every stream recompute its pod's policy.
+    boundary_changed: watch::Sender<u64>,
+    /// What goes around the sidecar, per (namespace, pod), as the boundary loop last found.
+    boundary_findings: ArcSwap<BTreeMap<(String, String), Vec<String>>>,
+    findings_changed: watch::Sender<u64>,
     default_action: DefaultAction,
 }
 
@@ -49,14 +59,23 @@ impl Index {
         let (namespaces, namespaces_w) = reflector::store();
         let (policies, policies_w) = reflector::store();
         let (cluster_policies, cluster_policies_w) = reflector::store();
+        let (network_policies, network_policies_w) = reflector::store();
+        let (services, services_w) = reflector::store();
         let (changed, _) = watch::channel(0);
+        let (boundary_changed, _) = watch::channel(0);
+        let (findings_changed, _) = watch::channel(0);
         let index = Arc::new(Index {
             pods,
             namespaces,
             policies,
             cluster_policies,
+            network_policies,
+            services,
             keys: ArcSwapOption::empty(),
             changed,
+            boundary_changed,
+            boundary_findings: ArcSwap::default(),
+            findings_changed,
             default_action,
         });
         let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
@@ -81,21 +100,25 @@ impl Index {
                 .reflect(cluster_policies_w),
             ),
         ]);
-        let driver = {
-            let index = index.clone();
-            async move {
-                let mut streams = streams;
-                while let Some(what) = streams.next().await {
-                    match what {
-                        Ok(()) => index.changed.send_modify(|n| *n += 1),
-                        Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
-                    }
-                }
-            }
-        };
+        let boundary = futures::stream::select_all([
+            touched(
+                watcher(
+                    Api::<NetworkPolicy>::all(client.clone()),
+                    Default::default(),
+                )
+                .reflect(network_policies_w),
+            ),
+            touched(
+                watcher(Api::<Service>::all(client.clone()), Default::default())
+                    .reflect(services_w),
+            ),
+        ]);
+        // Policy inputs tick both channels; the boundary's own inputs only its channel.
+        let driver = drive(streams, index.clone(), true);
+        let boundary_driver = drive(boundary, index.clone(), false);
         let keys = refresh_keys(index.clone(), client);
         (index, async move {
-            tokio::join!(driver, keys);
+            tokio::join!(driver, boundary_driver, keys);
         })
     }
 
@@ -106,12 +129,36 @@ impl Index {
             self.namespaces.wait_until_ready(),
             self.policies.wait_until_ready(),
             self.cluster_policies.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
+            self.services.wait_until_ready(),
         );
     }
 
     /// Ticks on every change to anything the index holds.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Ticks on every change that bears on the network-policy boundary.
+    pub fn subscribe_boundary(&self) -> watch::Receiver<u64> {
+        self.boundary_changed.subscribe()
+    }
+
+    /// Records what goes around the sidecar; the policy controllers report it.
+    pub fn set_boundary_findings(&self, findings: BTreeMap<(String, String), Vec<String>>) {
+        if **self.boundary_findings.load() != findings {
+            self.boundary_findings.store(Arc::new(findings));
+            self.findings_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    pub fn boundary_findings(&self) -> Arc<BTreeMap<(String, String), Vec<String>>> {
+        self.boundary_findings.load_full()
+    }
+
+    /// Ticks when the boundary's findings change.
+    pub fn subscribe_findings(&self) -> watch::Receiver<u64> {
+        self.findings_changed.subscribe()
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
@@ -151,6 +198,23 @@ impl Index {
         )
     }
 
+    /// What goes around the sidecar of the injected pods a policy selects, each as
+    /// `namespace/pod: finding`.
+    pub fn around_selected(
+        &self,
+        selects: impl Fn(&str, &BTreeMap<String, String>, &BTreeMap<String, String>) -> bool,
+    ) -> Vec<String> {
+        let findings = self.boundary_findings();
+        findings
+            .iter()
+            .filter(|((ns, name), _)| {
+                self.pod(ns, name)
+                    .is_some_and(|pod| selects(ns, &self.namespace_labels(ns), pod.labels()))
+            })
+            .flat_map(|((ns, name), found)| found.iter().map(move |f| format!("{ns}/{name}: {f}")))
+            .collect()
+    }
+
     /// How many injected pods a policy selects.
     pub fn count_selected(
         &self,
@@ -172,9 +236,27 @@ impl Index {
     }
 }
 
-fn touched<K, S>(
-    stream: S,
-) -> std::pin::Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>
+type Touches = std::pin::Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>;
+
+async fn drive(
+    mut streams: futures::stream::SelectAll<Touches>,
+    index: Arc<Index>,
+    policy_input: bool,
+) {
+    while let Some(what) = streams.next().await {
+        match what {
+            Ok(()) => {
+                if policy_input {
+                    index.changed.send_modify(|n| *n += 1);
+                }
+                index.boundary_changed.send_modify(|n| *n += 1);
+            }
+            Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+fn touched<K, S>(stream: S) -> Touches
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,

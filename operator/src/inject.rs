@@ -5,11 +5,13 @@
 //!  │                                                       ─ already injected ─> Unchanged
 //!  └─ find the MCP port (tollgate.dev/port | container port `mcp`)
 //!       ─> boundary (tollgate.dev/boundary, else the operator's --boundary):
-//!            redirect      add the init container `tollgate init-redirect` (NET_ADMIN, NET_RAW):
-//!                          inbound TCP to the port goes to the sidecar, however it is dialled;
-//!                          the app's probes on the port move to the sidecar's admin port,
-//!                          which runs them against the app (TOLLGATE_APP_PROBES)
-//!            port-handoff  no privilege: only what dials the port by name reaches the sidecar
+//!            redirect        add the init container `tollgate init-redirect` (NET_ADMIN, NET_RAW):
+//!                            inbound TCP to the port goes to the sidecar, however it is dialled;
+//!                            the app's probes on the port move to the sidecar's admin port,
+//!                            which runs them against the app (TOLLGATE_APP_PROBES)
+//!            network-policy  no privilege: label the pod tollgate.dev/app-port; the operator's
+//!                            NetworkPolicy for that label admits every port but the app's
+//!                            (crate::boundary)
 //!          both hand the port's name to the sidecar (the app's port is renamed, probes that
 //!          stay follow it), so a Service targeting it by name reaches the sidecar directly
 //!       ─> add the native sidecar (init container, restartPolicy: Always) + its token volume
@@ -34,7 +36,7 @@ use serde_json::json;
 use tollgate_api::DefaultAction;
 
 pub use tollgate_api::contract::annotations::{
-    BOUNDARY as BOUNDARY_ANNOTATION, DEFAULT_ACTION as DEFAULT_ACTION_ANNOTATION,
+    APP_PORT_LABEL, BOUNDARY as BOUNDARY_ANNOTATION, DEFAULT_ACTION as DEFAULT_ACTION_ANNOTATION,
     INJECT as INJECT_ANNOTATION, INJECTED_LABEL, LOG_LEVEL as LOG_LEVEL_ANNOTATION,
     NAMESPACE_LABEL, PORT as PORT_ANNOTATION, PROXY_IMAGE as IMAGE_ANNOTATION,
     RESOURCES as RESOURCE_ANNOTATIONS, STATUS as STATUS_ANNOTATION,
@@ -82,15 +84,16 @@ pub enum Boundary {
     /// An init container's iptables rules send inbound TCP for the MCP port to the sidecar.
     Redirect,
     /// No privilege: the MCP port's name moves to the sidecar, so a Service that targets it by
-    /// name reaches the sidecar; a client that dials the app's port number does not.
-    PortHandoff,
+    /// name reaches the sidecar, and a NetworkPolicy the operator keeps (see
+    /// [`crate::boundary`]) admits every port of the pod but the app's.
+    NetworkPolicy,
 }
 
 impl Boundary {
     pub fn parse(s: &str) -> Option<Boundary> {
         match s {
             "redirect" => Some(Boundary::Redirect),
-            "port-handoff" => Some(Boundary::PortHandoff),
+            "network-policy" => Some(Boundary::NetworkPolicy),
             _ => None,
         }
     }
@@ -99,10 +102,13 @@ impl Boundary {
 /// What the webhook does with a pod.
 #[derive(Debug, PartialEq)]
 pub enum Injection {
-    /// Inject: apply this patch, and tell the person who applied the pod `warnings`.
+    /// Inject: apply this patch, and tell the person who applied the pod `warnings`. With the
+    /// `network-policy` boundary, `network_policy` is the app's port: the NetworkPolicy for it
+    /// must exist before the pod is stored.
     Patch {
         patch: json_patch::Patch,
         warnings: Vec<String>,
+        network_policy: Option<i32>,
     },
     /// Already injected (the webhook was re-invoked): nothing to change.
     Unchanged,
@@ -193,12 +199,14 @@ pub fn inject_sidecar(
     token_stays_private(&spec)?;
     let boundary = boundary(&annotations, namespace_labels, config)?;
     let mut warnings = Vec::new();
+    let host_ports: Vec<String> = host_ports(&spec, &target).collect();
     match boundary {
         Boundary::Redirect => redirect_holds(&spec)?,
-        Boundary::PortHandoff => warnings.extend(host_ports(&spec, &target).map(|at| {
+        Boundary::NetworkPolicy => warnings.extend(host_ports.iter().map(|at| {
             format!(
-                "{at} publishes the MCP port on the node: with {BOUNDARY_ANNOTATION}: port-handoff its \
-                 clients reach the app around the sidecar (redirect mode sends them through it)"
+                "{at} publishes the MCP port on the node: with {BOUNDARY_ANNOTATION}: network-policy its \
+                 clients are kept from the app only where the network enforces NetworkPolicies on \
+                 node ports (redirect mode sends them through the sidecar)"
             )
         })),
     }
@@ -206,7 +214,7 @@ pub fn inject_sidecar(
     let mut after = pod.clone();
     let probes = match boundary {
         Boundary::Redirect => move_probes(&mut after, &target, config.admin_port),
-        Boundary::PortHandoff => AppProbes::new(),
+        Boundary::NetworkPolicy => AppProbes::new(),
     };
     let sidecar_port_name = hand_off_port(&mut after, &target);
     let sidecar = sidecar_container(&annotations, config, &target, &sidecar_port_name, &probes)?;
@@ -215,7 +223,7 @@ pub fn inject_sidecar(
         added.push(init_container(&annotations, config, &target));
     }
     added.push(sidecar);
-    let status = json!({
+    let mut status = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "sidecar": SIDECAR_NAME,
         "upstreamPort": target.number,
@@ -224,16 +232,38 @@ pub fn inject_sidecar(
             (Boundary::Redirect, _) => format!(
                 "redirect: inbound TCP to port {} goes to the sidecar ({INIT_NAME})", target.number
             ),
-            (Boundary::PortHandoff, Some(name)) => format!("port {name:?} handed to the sidecar"),
-            (Boundary::PortHandoff, None) => {
-                format!("none: clients must connect to port {}", config.proxy_port)
-            }
+            (Boundary::NetworkPolicy, name) => format!(
+                "network-policy: NetworkPolicy {} admits every port but {}; {}",
+                crate::boundary::network_policy_name(target.number),
+                target.number,
+                match name {
+                    Some(name) => format!("port {name:?} handed to the sidecar"),
+                    None => format!("clients connect to port {}", config.proxy_port),
+                }
+            ),
         },
     });
+    if boundary == Boundary::NetworkPolicy && !host_ports.is_empty() {
+        // The operator reads this back to report the way around (it watches metadata only).
+        status["hostPorts"] = json!(host_ports);
+    }
     let changed = after.spec.map(|s| s.containers).unwrap_or_default();
+    let app_port = target.number.to_string();
+    let mut labels = vec![(INJECTED_LABEL, "true")];
+    if boundary == Boundary::NetworkPolicy {
+        labels.push((APP_PORT_LABEL, &app_port));
+    }
     Ok(Injection::Patch {
-        patch: patch(pod, &changed, &added, &token_volume(), &status.to_string()),
+        patch: patch(
+            pod,
+            &changed,
+            &added,
+            &token_volume(),
+            &status.to_string(),
+            &labels,
+        ),
         warnings,
+        network_policy: (boundary == Boundary::NetworkPolicy).then_some(target.number),
     })
 }
 
@@ -402,6 +432,7 @@ fn patch(
     init: &[Container],
     volume: &Volume,
     status: &str,
+    labels: &[(&str, &str)],
 ) -> json_patch::Patch {
     fn value(v: &impl serde::Serialize) -> serde_json::Value {
         serde_json::to_value(v).expect("serialises")
@@ -433,22 +464,28 @@ fn patch(
         }
     }
     let meta = &pod.metadata;
-    for (map, present, key, v) in [
-        (
-            "annotations",
-            meta.annotations.is_some(),
-            STATUS_ANNOTATION,
-            status,
-        ),
-        ("labels", meta.labels.is_some(), INJECTED_LABEL, "true"),
-    ] {
+    let mut add = |map: &str, present: bool, pairs: &[(&str, &str)]| {
         if present {
-            let key = key.replace('~', "~0").replace('/', "~1");
-            ops.push(json!({"op": "add", "path": format!("/metadata/{map}/{key}"), "value": v}));
+            for (key, v) in pairs {
+                let key = key.replace('~', "~0").replace('/', "~1");
+                ops.push(
+                    json!({"op": "add", "path": format!("/metadata/{map}/{key}"), "value": v}),
+                );
+            }
         } else {
-            ops.push(json!({"op": "add", "path": format!("/metadata/{map}"), "value": {key: v}}));
+            let all: serde_json::Map<_, _> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            ops.push(json!({"op": "add", "path": format!("/metadata/{map}"), "value": all}));
         }
-    }
+    };
+    add(
+        "annotations",
+        meta.annotations.is_some(),
+        &[(STATUS_ANNOTATION, status)],
+    );
+    add("labels", meta.labels.is_some(), labels);
     serde_json::from_value(serde_json::Value::Array(ops)).expect("a JSON patch")
 }
 
@@ -464,7 +501,7 @@ fn boundary(
         None => config.boundary,
         Some(value) => Boundary::parse(value).ok_or_else(|| Refused {
             at: BOUNDARY_ANNOTATION.into(),
-            message: format!("{value:?} is neither \"redirect\" nor \"port-handoff\""),
+            message: format!("{value:?} is neither \"redirect\" nor \"network-policy\""),
         })?,
     };
     let level = namespace_labels
@@ -476,7 +513,7 @@ fn boundary(
             message: format!(
                 "the namespace enforces Pod Security {:?} ({POD_SECURITY_ENFORCE}), which refuses the \
                  NET_ADMIN init container the redirect needs; annotate the pod {BOUNDARY_ANNOTATION}: \
-                 port-handoff, or let the namespace enforce \"privileged\"",
+                 network-policy, or let the namespace enforce \"privileged\"",
                 level.unwrap_or_default()
             ),
         });
@@ -502,14 +539,14 @@ fn redirect_holds(spec: &PodSpec) -> Result<(), Refused> {
         if privileged(c) {
             return Err(refuse(format!(
                 "{at} ({}) is privileged, so it could remove the redirect; \
-                 use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
+                 use {BOUNDARY_ANNOTATION}: network-policy for this pod",
                 c.name
             )));
         }
         if let Some(cap) = adds(c, "NET_ADMIN") {
             return Err(refuse(format!(
                 "{at} ({}) adds the capability {cap}, so it could remove the redirect; \
-                 use {BOUNDARY_ANNOTATION}: port-handoff for this pod",
+                 use {BOUNDARY_ANNOTATION}: network-policy for this pod",
                 c.name
             )));
         }

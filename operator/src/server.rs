@@ -119,15 +119,41 @@ pub async fn serve_https(
 async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/mutate") => {
-            review(req, |r| {
-                let ns = r.namespace.clone().unwrap_or_default();
-                let mut config = shared.inject.clone();
-                config.control_plane_ca = shared.serving.ca_pem().to_string();
-                admission::mutate(r, &shared.index.namespace_labels(&ns), &config)
-            })
-            .await
+            let request = match read_review(req).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            let ns = request.namespace.clone().unwrap_or_default();
+            let mut config = shared.inject.clone();
+            config.control_plane_ca = shared.serving.ca_pem().to_string();
+            let mutation =
+                admission::mutate(&request, &shared.index.namespace_labels(&ns), &config);
+            let mut response = mutation.response;
+            // A dry run must have no side effects (the webhook says sideEffects: NoneOnDryRun).
+            if let (Some((port, labels)), false) = (mutation.network_policy, request.dry_run) {
+                let made = crate::boundary::ensure_for_admission(
+                    &shared.client,
+                    &shared.index,
+                    &ns,
+                    port,
+                    &labels,
+                )
+                .await;
+                if let Err(e) = made {
+                    tracing::warn!(namespace = %ns, port, error = %e, "cannot create the NetworkPolicy; the pod is refused");
+                    response = admission::refuse_without_network_policy(
+                        kube::core::admission::AdmissionResponse::from(&request),
+                        port,
+                        &e,
+                    );
+                }
+            }
+            answer(response)
         }
-        (&Method::POST, "/validate") => review(req, admission::validate).await,
+        (&Method::POST, "/validate") => match read_review(req).await {
+            Ok(request) => answer(admission::validate(&request)),
+            Err(resp) => resp,
+        },
         (&Method::GET, tollgate_api::contract::STREAM_PATH) => {
             let auth = req
                 .headers()
@@ -139,29 +165,26 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     }
 }
 
-async fn review(
+async fn read_review(
     req: Request<Incoming>,
-    decide: impl FnOnce(
-        &kube::core::admission::AdmissionRequest<kube::core::DynamicObject>,
-    ) -> kube::core::admission::AdmissionResponse,
-) -> Response<Body> {
+) -> Result<kube::core::admission::AdmissionRequest<kube::core::DynamicObject>, Response<Body>> {
     let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return text(
+            return Err(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("cannot read the AdmissionReview: {e}"),
-            );
+            ));
         }
     };
-    let request = match admission::parse_review(&body) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, &e),
-    };
-    let mut resp = Response::new(full(admission::respond(decide(&request))));
+    admission::parse_review(&body).map_err(|e| text(StatusCode::BAD_REQUEST, &e))
+}
+
+fn answer(response: kube::core::admission::AdmissionResponse) -> Response<Body> {
+    let mut resp = Response::new(full(admission::respond(response)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

@@ -103,9 +103,9 @@ fn sidecar(pod: &Pod) -> &Container {
     &init[at]
 }
 
-fn handoff(pod: Value) -> Value {
+fn network_policy_boundary(pod: Value) -> Value {
     let mut annotations = pod["metadata"]["annotations"].clone();
-    annotations["tollgate.dev/boundary"] = json!("port-handoff");
+    annotations["tollgate.dev/boundary"] = json!("network-policy");
     annotated(pod, annotations)
 }
 
@@ -190,7 +190,7 @@ fn the_sidecar_is_a_native_sidecar_that_gates_the_app_on_its_readiness() {
 
 #[test]
 fn with_the_port_handoff_the_mcp_port_name_moves_to_the_sidecar_and_the_apps_probes_follow_it() {
-    let pod = injected(&handoff(opted_in()), &no_labels());
+    let pod = injected(&network_policy_boundary(opted_in()), &no_labels());
     assert_eq!(
         init_containers(&pod).len(),
         1,
@@ -538,11 +538,14 @@ fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out()
         if what.starts_with("a namespace") || what.contains("remove") || what.contains("privileged")
         {
             assert!(
-                err.message.contains("port-handoff"),
+                err.message.contains("network-policy"),
                 "{what}: says the way out"
             );
             assert!(
-                matches!(run(&handoff(pod), &ns), Injection::Patch { .. }),
+                matches!(
+                    run(&network_policy_boundary(pod), &ns),
+                    Injection::Patch { .. }
+                ),
                 "{what}: the port handoff needs no privilege"
             );
         }
@@ -652,7 +655,7 @@ fn lifecycle_hooks_on_the_mcp_port_still_reach_the_app_in_either_mode() {
         matches!(&handed["server/preStop"], AppProbe::HttpGet { port: 8000, path, .. } if path == "/drain")
     );
 
-    let handed_off = injected(&handoff(pod), &no_labels());
+    let handed_off = injected(&network_policy_boundary(pod), &no_labels());
     let app = &handed_off.spec.as_ref().unwrap().containers[0];
     let lifecycle = serde_json::to_value(app.lifecycle.as_ref().unwrap()).unwrap();
     assert_eq!(
@@ -719,7 +722,8 @@ fn a_pod_whose_names_or_ports_collide_with_what_injection_adds_is_refused_naming
 }
 
 #[test]
-fn a_host_port_on_the_mcp_port_is_kept_behind_the_redirect_and_warned_of_with_the_port_handoff() {
+fn a_host_port_on_the_mcp_port_is_kept_behind_the_redirect_and_warned_of_with_the_port_network_policy_boundary()
+ {
     let pod = with(
         opted_in(),
         "/spec/containers/0/ports/0",
@@ -732,13 +736,64 @@ fn a_host_port_on_the_mcp_port_is_kept_behind_the_redirect_and_warned_of_with_th
         warnings.is_empty(),
         "redirected in the pod's namespace: {warnings:?}"
     );
-    let Injection::Patch { warnings, .. } = run(&handoff(pod), &no_labels()) else {
+    let Injection::Patch { warnings, .. } =
+        run(&network_policy_boundary(pod.clone()), &no_labels())
+    else {
         panic!()
     };
     assert_eq!(warnings.len(), 1);
     assert!(
         warnings[0].starts_with("spec.containers[0].ports[0].hostPort publishes the MCP port"),
         "{warnings:?}"
+    );
+    let pod = injected(&network_policy_boundary(pod), &no_labels());
+    let status: Value =
+        serde_json::from_str(&pod.metadata.annotations.unwrap()["tollgate.dev/status"]).unwrap();
+    assert_eq!(
+        status["hostPorts"],
+        json!(["spec.containers[0].ports[0].hostPort"]),
+        "for the operator to report, as it watches metadata only"
+    );
+}
+
+#[test]
+fn the_network_policy_boundary_labels_the_pod_with_its_app_port_and_asks_for_the_policy_first() {
+    let pod = network_policy_boundary(opted_in());
+    let Injection::Patch { network_policy, .. } = run(&pod, &no_labels()) else {
+        panic!()
+    };
+    assert_eq!(network_policy, Some(8000));
+    let patched = injected(&pod, &no_labels());
+    let labels = patched.metadata.labels.clone().unwrap();
+    assert_eq!(labels["tollgate.dev/app-port"], "8000");
+    assert_eq!(labels["tollgate.dev/injected"], "true");
+    assert!(
+        !init_containers(&patched)
+            .iter()
+            .any(|c| c.name == "tollgate-init"),
+        "no privileged init container"
+    );
+    let status: Value =
+        serde_json::from_str(&patched.metadata.annotations.unwrap()["tollgate.dev/status"])
+            .unwrap();
+    assert!(
+        status["boundary"].as_str().unwrap().starts_with(
+            "network-policy: NetworkPolicy tollgate-boundary-8000 admits every port but 8000"
+        ),
+        "{status}"
+    );
+
+    let Injection::Patch { network_policy, .. } = run(&opted_in(), &no_labels()) else {
+        panic!()
+    };
+    assert_eq!(network_policy, None, "the redirect needs no NetworkPolicy");
+    let redirected = injected(&opted_in(), &no_labels());
+    assert!(
+        !redirected
+            .metadata
+            .labels
+            .unwrap()
+            .contains_key("tollgate.dev/app-port")
     );
 }
 
@@ -784,7 +839,7 @@ fn windows_pods_are_skipped_with_a_warning_and_contradicting_resources_are_refus
 #[test]
 fn with_a_shared_process_namespace_a_container_that_could_read_the_sidecars_token_is_refused() {
     let shared = with(
-        handoff(opted_in()),
+        network_policy_boundary(opted_in()),
         "/spec/shareProcessNamespace",
         json!(true),
     );

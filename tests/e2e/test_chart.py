@@ -31,7 +31,7 @@ SWITCHES = {
     "CRDs not kept": {"crds": {"keep": False}},
     "one replica": {"operator": {"replicas": 1}},
     "injected namespaces": {"injection": {"namespaces": ["agents", "payments"]}},
-    "no-privilege boundary": {"injection": {"boundary": "port-handoff"}},
+    "no-privilege boundary": {"injection": {"boundary": "network-policy"}},
     "webhooks fail open": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}},
     "cert-manager": {"certManager": {"enabled": True}},
     "cert-manager with an issuer": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
@@ -124,7 +124,7 @@ def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods
     mutating = one(objects, "MutatingWebhookConfiguration")["webhooks"]
     validating = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
     for hook in mutating + validating:
-        assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None" and hook["timeoutSeconds"] == 5
+        assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 5
         assert hook["admissionReviewVersions"] == ["v1"]
         [excluded] = hook["namespaceSelector"]["matchExpressions"]
         assert excluded["key"] == "kubernetes.io/metadata.name" and excluded["operator"] == "NotIn"
@@ -132,6 +132,8 @@ def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods
         assert hook["objectSelector"]["matchExpressions"] == [{"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["tollgate"]}]
         assert hook["clientConfig"]["service"]["namespace"] == NAMESPACE
     assert mutating[0]["clientConfig"]["service"]["path"] == "/mutate"
+    # Injection with the network-policy boundary creates its NetworkPolicy first, never on a dry run.
+    assert mutating[0]["sideEffects"] == "NoneOnDryRun" and validating[0]["sideEffects"] == "None"
     assert mutating[0]["reinvocationPolicy"] == "IfNeeded"
     assert mutating[0]["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}]
     assert validating[0]["clientConfig"]["service"]["path"] == "/validate"
@@ -157,6 +159,10 @@ NEEDED = {
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {"get", "patch"},
     ("coordination.k8s.io", "leases"): {"create", "get", "patch"},
     ("", "secrets"): {"create", "get", "patch"},
+    # The network-policy boundary: what it keeps, and what could go around it.
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"list", "watch"},
+    ("policy.networking.k8s.io", "clusternetworkpolicies"): {"list", "create", "patch", "delete"},
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from cluster import (NAMESPACE, OPERATOR_PORT, ControlPlane, Operator, admission_review, eventually, mcp_pod, policy, sidecar,  # noqa: F401
+from cluster import (NAMESPACE, OPERATOR_PORT, ROOT, ControlPlane, Operator, admission_review, eventually, mcp_pod, policy, sidecar,  # noqa: F401
                      start_operator)
 from conftest import free_port
 from cryptography import x509
@@ -113,22 +113,25 @@ def test_operator_a_pod_created_in_an_enabled_namespace_is_stored_with_the_redir
     assert again["allowed"] and "patch" not in again, again
 
 
-def test_operator_where_pod_security_forbids_net_admin_a_pod_is_refused_saying_so_and_the_port_handoff_is_admitted(kube, operator):
+def test_operator_where_pod_security_forbids_net_admin_a_pod_is_refused_saying_so_and_the_network_policy_boundary_is_admitted(kube, operator):
     kube.namespace("baseline", **INJECT, **{"pod-security.kubernetes.io/enforce": "baseline"})
     operator()
     refused = kube.kubectl("create", "-f", "-", input=json.dumps(generated_pod("baseline")), check=False)
     assert refused.returncode != 0
     assert 'denied the request: Tollgate cannot inject this pod: tollgate.dev/boundary: the namespace enforces Pod Security "baseline"' in refused.stderr, refused.stderr
-    assert "annotate the pod tollgate.dev/boundary: port-handoff" in refused.stderr
+    assert "annotate the pod tollgate.dev/boundary: network-policy" in refused.stderr
 
     # No privilege: the API server's own Pod Security admission accepts what injection made.
-    stored = create(kube, generated_pod("baseline", **{"tollgate.dev/boundary": "port-handoff"}))
+    stored = create(kube, generated_pod("baseline", **{"tollgate.dev/boundary": "network-policy"}))
     assert [c["name"] for c in stored["spec"]["initContainers"]] == ["tollgate-proxy"]
     assert named(stored["spec"]["initContainers"], "tollgate-proxy")["ports"][0]["name"] == "mcp", \
         "a Service targeting `mcp` by name reaches the sidecar"
     app = stored["spec"]["containers"][0]
     assert app["ports"][0]["name"] == "tollgate-app"
     assert app["readinessProbe"]["httpGet"]["port"] == "tollgate-app", "the app's probe follows its renamed port"
+    assert stored["metadata"]["labels"]["tollgate.dev/app-port"] == "8000"
+    assert kube.get("-n", "baseline", "networkpolicy", "tollgate-boundary-8000")["spec"]["podSelector"] == {
+        "matchLabels": {"tollgate.dev/app-port": "8000"}}
 
 
 def shaped(name: str, **spec) -> dict:
@@ -156,7 +159,7 @@ SHAPES = {
     "an unnamed port chosen by number": (
         shaped("by-number", annotations={"tollgate.dev/port": "8000"}, ports=[{"containerPort": 8000}]), ["tollgate-init", "tollgate-proxy"]),
     "hooks and probes with the port handoff": (
-        shaped("handoff-hooked", annotations={"tollgate.dev/boundary": "port-handoff"}, **HOOKED), ["tollgate-proxy"]),
+        shaped("handoff-hooked", annotations={"tollgate.dev/boundary": "network-policy"}, **HOOKED), ["tollgate-proxy"]),
 }
 
 
@@ -507,3 +510,135 @@ def test_operator_labels_the_namespaces_the_chart_names_for_injection_and_no_oth
     kube.namespace(LABELLED[1])
     eventually(lambda: injection(LABELLED[1]) == "enabled", what="a named namespace created later is labelled too")
     assert injection("not-named") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The network-policy boundary (no privilege): NetworkPolicies, and ClusterNetworkPolicies where
+# the cluster serves them, made through the API server. No network enforces them here (no
+# kubelet, no CNI): the namespace suite proves the redirect's enforcement, this one what the
+# operator asks the network for and what it reports.
+
+NP = {"tollgate.dev/boundary": "network-policy"}
+ALL_BUT_8000 = [{"protocol": "TCP", "port": 1, "endPort": 7999}, {"protocol": "TCP", "port": 8001, "endPort": 65535},
+                {"protocol": "UDP", "port": 1, "endPort": 65535}, {"protocol": "SCTP", "port": 1, "endPort": 65535}]
+
+
+def np_pod(name: str, ns: str, port: int = 8000, host_port: bool = False) -> dict:
+    pod = mcp_pod(name, ns, labels={"app": "github"}, annotations=NP)
+    [p] = pod["spec"]["containers"][0]["ports"]
+    p["containerPort"] = port
+    if host_port:
+        p["hostPort"] = port
+    return pod
+
+
+def events(kube: ControlPlane, ns: str, reason: str, regarding: str) -> list[dict]:
+    return [e for e in kube.get("-n", ns, "events.events.k8s.io")["items"]
+            if e.get("reason") == reason and e["regarding"]["name"] == regarding]
+
+
+def test_operator_the_network_policy_boundary_exists_before_its_pod_is_stored_never_on_a_dry_run_and_goes_with_the_last_pod(kube, operator):
+    kube.namespace("np-dry", **INJECT)
+    kube.namespace("np-made", **INJECT)
+    operator("operator", "--network-policy-grace=2s")
+
+    dry = json.loads(kube.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
+                                  input=json.dumps(np_pod("dry", "np-dry"))).stdout)
+    assert dry["metadata"]["labels"]["tollgate.dev/app-port"] == "8000", "the dry run was injected"
+    assert kube.get("-n", "np-dry", "networkpolicies")["items"] == [], "and had no side effect"
+
+    stored = create(kube, np_pod("github-0", "np-made"))
+    # No waiting: the webhook made it before it let the pod be stored.
+    np = kube.get("-n", "np-made", "networkpolicy", "tollgate-boundary-8000")
+    assert np["metadata"]["creationTimestamp"] <= stored["metadata"]["creationTimestamp"]
+    assert np["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "tollgate-operator", "tollgate.dev/app-port": "8000"}
+    assert np["spec"] == {"podSelector": {"matchLabels": {"tollgate.dev/app-port": "8000"}}, "policyTypes": ["Ingress"],
+                          "ingress": [{"ports": ALL_BUT_8000}]}, "every port of every protocol from anywhere, but the app's"
+    create(kube, np_pod("github-1", "np-made"))
+    assert len(kube.get("-n", "np-made", "networkpolicies")["items"]) == 1, "pods with the same port share it"
+
+    kube.kubectl("-n", "np-made", "delete", "pod", "github-0")
+    time.sleep(3)  # past the grace: one pod still needs it
+    kube.get("-n", "np-made", "networkpolicy", "tollgate-boundary-8000")
+    kube.kubectl("-n", "np-made", "delete", "pod", "github-1")
+    eventually(lambda: kube.get("-n", "np-made", "networkpolicies")["items"] == [], what="collected once no pod needs it")
+
+    # Someone deletes it while a pod needs it: the leader puts it back.
+    create(kube, np_pod("github-2", "np-made"))
+    kube.kubectl("-n", "np-made", "delete", "networkpolicy", "tollgate-boundary-8000")
+    eventually(lambda: kube.get("-n", "np-made", "networkpolicy", "tollgate-boundary-8000")["spec"]["ingress"],
+               what="the NetworkPolicy was made again")
+
+    # Someone else's policy by that name is never overwritten: the pod is refused, saying why.
+    kube.namespace("np-taken", **INJECT)
+    kube.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "tollgate-boundary-8000", "namespace": "np-taken"}, "spec": {"podSelector": {}}})
+    refused = kube.kubectl("create", "-f", "-", input=json.dumps(np_pod("github-0", "np-taken")), check=False)
+    assert refused.returncode != 0
+    assert "NetworkPolicy tollgate-boundary-8000 exists and is not Tollgate's" in refused.stderr, refused.stderr
+    assert kube.get("-n", "np-taken", "networkpolicy", "tollgate-boundary-8000")["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+def test_operator_ways_around_the_network_policy_boundary_are_reported_in_pod_events_and_the_policy_status(kube, operator):
+    ns = "np-open"
+    kube.namespace(ns, **INJECT)
+    operator("operator", "--network-policy-grace=2s")
+    kube.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}}, "tools": {}}, ns))
+    create(kube, np_pod("github-0", ns))
+    create(kube, np_pod("github-host", ns, host_port=True))
+    kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "by-number", "namespace": ns},
+                "spec": {"selector": {"app": "github"}, "ports": [{"port": 80, "targetPort": 8000}]}})
+    kube.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "allow-all", "namespace": ns},
+                "spec": {"podSelector": {}, "ingress": [{}]}})
+
+    def boundary() -> dict:
+        return condition(kube.get("-n", ns, "mcppolicy", "github"), "Boundary")
+
+    open_ = eventually(lambda: (b := boundary())["status"] == "False" and "allow-all" in b["message"] and b,
+                       what="the policy's Boundary condition names the ways around")
+    assert open_["reason"] == "Open"
+    for finding in [
+        f"{ns}/github-0: NetworkPolicy allow-all (spec.ingress[0]) admits port 8000 from anywhere",
+        f"{ns}/github-0: Service by-number (spec.ports[0]) targets port 8000 by number",
+        f"{ns}/github-host: spec.containers[0].ports[0].hostPort publishes port 8000 on the node",
+    ]:
+        assert finding in open_["message"], open_["message"]
+    [warning] = eventually(lambda: [e for e in events(kube, ns, "BoundaryOpen", "github-0") if "allow-all" in e["note"]],
+                           what="a Warning Event on the pod")
+    assert warning["type"] == "Warning" and "Service by-number" in warning["note"]
+    ours = kube.get("-n", ns, "networkpolicy", "tollgate-boundary-8000")
+    assert not ours["spec"].get("ingress"), \
+        "allow-all already isolates these pods, so Tollgate's admits nothing: admitting ports would widen it"
+
+    kube.kubectl("-n", ns, "delete", "service", "by-number")
+    kube.kubectl("-n", ns, "delete", "networkpolicy", "allow-all")
+    eventually(lambda: events(kube, ns, "BoundaryClosed", "github-0"), what="a Normal Event once github-0 is closed")
+    left = eventually(lambda: "allow-all" not in (b := boundary())["message"] and b, what="the condition follows")
+    assert left["status"] == "False" and "github-host" in left["message"] and "github-0" not in left["message"]
+    eventually(lambda: kube.get("-n", ns, "networkpolicy", "tollgate-boundary-8000")["spec"].get("ingress") == [{"ports": ALL_BUT_8000}],
+               what="alone again, Tollgate's policy admits every other port")
+
+
+def test_operator_where_the_cluster_serves_cluster_network_policies_an_admin_tier_one_denies_the_apps_port(kube, operator):
+    crd = subprocess.run([str(ROOT / "tests" / "cluster" / "crds.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    kube.kubectl("create", "-f", crd)
+    try:
+        kube.kubectl("wait", "--for=condition=Established", "crd/clusternetworkpolicies.policy.networking.k8s.io")
+        eventually(lambda: "clusternetworkpolicies" in kube.kubectl("api-resources", "--api-group=policy.networking.k8s.io").stdout,
+                   what="the API is served")
+        kube.namespace("np-cluster", **INJECT)
+        operator("operator", "--network-policy-grace=2s")
+        create(kube, np_pod("github-0", "np-cluster", port=9100))
+        # The API server checked it against the network-policy API's own schema and rules.
+        cnp = eventually(lambda: kube.get("clusternetworkpolicy", "tollgate-boundary-9100"), what="the ClusterNetworkPolicy")
+        assert cnp["spec"] == {
+            "tier": "Admin", "priority": 0,
+            "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"tollgate.dev/app-port": "9100"}}}},
+            "ingress": [{"name": "around-the-tollgate-sidecar", "action": "Deny", "from": [{"namespaces": {}}],
+                         "protocols": [{"tcp": {"destinationPort": {"number": 9100}}}]}],
+        }, "decided before any namespace's NetworkPolicy, so none can admit the port"
+        kube.kubectl("-n", "np-cluster", "delete", "pod", "github-0")
+        eventually(lambda: kube.kubectl("get", "clusternetworkpolicy", "tollgate-boundary-9100", check=False).returncode != 0,
+                   what="collected with the last pod on that port")
+    finally:
+        kube.kubectl("delete", "-f", crd, check=False)
