@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(http_framing jsonrpc sse tool_name policy_load decide)
+[ ${#targets[@]} -gt 0 ] || targets=(http_framing jsonrpc sse tool_name policy_load decide approval_key)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 mkdir -p corpus

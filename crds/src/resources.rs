@@ -404,15 +404,26 @@ pub enum Scope {
     Session,
 }
 
-/// How long a call waits for a person.
+/// How a call waits for a person, and what the person is shown.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Approval {
-    /// How long the sidecar holds the call, e.g. `30s`, `10m` (default `5m`).
+    /// How long the sidecar holds the call waiting for a decision, e.g. `20s`, `2m` (default
+    /// `30s`, under the 60 s most MCP clients wait for an answer). Undecided by then, the agent
+    /// is told to retry the same call once it is approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "kube", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
     pub timeout: Option<String>,
+    /// How long an approval lasts: undecided, it expires this long after the call; approved,
+    /// the retry must come this long after the decision (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$")))]
+    pub valid_for: Option<String>,
+    /// The argument paths a person deciding is shown (e.g. `args.bucket`); none by default, as
+    /// arguments may hold secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub show: Vec<String>,
 }
 
 /// What the operator reports about a policy.

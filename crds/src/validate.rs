@@ -228,6 +228,24 @@ fn validate_rule(at: &str, rule: &Rule, out: &mut Vec<Problem>) {
             format!("{timeout:?} is not a duration; write e.g. 30s, 10m or 1h"),
         ));
     }
+    if let Some(valid_for) = rule.approval.as_ref().and_then(|a| a.valid_for.as_deref())
+        && parse_duration(valid_for).is_none_or(|d| d.is_zero())
+    {
+        out.push(Problem::new(
+            format!("{at}.approval.validFor"),
+            format!("{valid_for:?} is not a duration; write e.g. 10m, 1h or 24h"),
+        ));
+    }
+    for (j, path) in rule.approval.iter().flat_map(|a| &a.show).enumerate() {
+        if !is_path_under(path, "args") {
+            out.push(Problem::new(
+                format!("{at}.approval.show[{j}]"),
+                format!(
+                    "a shown path must start with args. and have no empty segment, got {path:?}"
+                ),
+            ));
+        }
+    }
     if let Some(rl) = &rule.rate_limit
         && let Err(e) = parse_rate_limit(rl)
     {

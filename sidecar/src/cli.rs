@@ -1,4 +1,4 @@
-//! The `tollgate` command: `proxy`, `check`, `import` and `init-redirect`.
+//! The `tollgate` command: `proxy`, `approvals`, `check`, `import` and `init-redirect`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,9 +38,55 @@ enum Command {
     Check(CheckArgs),
     /// Print the McpPolicy equivalent of a PolicyLayer policy.json or Intercept YAML file.
     Import(ImportArgs),
+    /// List and decide the calls a proxy holds for a person (its --approvals-listen).
+    Approvals(ApprovalsArgs),
     /// Redirect inbound TCP for the app's MCP ports to the proxy, in this network namespace
     /// (what the injected init container runs; needs NET_ADMIN and NET_RAW).
     InitRedirect(InitRedirectArgs),
+}
+
+#[derive(clap::Args)]
+struct ApprovalsArgs {
+    #[command(subcommand)]
+    action: ApprovalsAction,
+    /// The proxy's approvals listener.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_APPROVALS_URL",
+        default_value = "http://127.0.0.1:9091"
+    )]
+    url: String,
+    /// The file holding the proxy's approvals token (its --approvals-token-file).
+    #[arg(long, global = true, env = "TOLLGATE_APPROVALS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum ApprovalsAction {
+    /// The approvals the proxy holds: pending, decided, used and expired.
+    List,
+    /// Approve: the call (or its retry) goes to the server, once.
+    Approve {
+        name: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who decides, for the audit log (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Deny: the agent is told why.
+    Deny {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        /// Who decides, for the audit log (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -197,6 +243,29 @@ struct ProxyArgs {
     /// cgroup's CPU quota).
     #[arg(long, env = "TOLLGATE_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// Hold the calls `approve` rules apply to for a person, who decides them on
+    /// --approvals-listen with the bearer token in this file (made, readable by its owner
+    /// only, if it does not exist). Without it such calls are denied.
+    #[arg(long, env = "TOLLGATE_APPROVALS_TOKEN_FILE")]
+    approvals_token_file: Option<PathBuf>,
+    /// Where people decide approvals (`tollgate approvals`).
+    #[arg(
+        long,
+        env = "TOLLGATE_APPROVALS_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    approvals_listen: SocketAddr,
+    /// A URL that gets a JSON POST when an approval is pending and at each step after
+    /// (`{"event": "pending"|"approved"|"denied"|"expired"|"used", "approval": {...}}`).
+    #[arg(
+        long,
+        env = "TOLLGATE_APPROVAL_WEBHOOK",
+        requires = "approvals_token_file"
+    )]
+    approval_webhook: Option<http::Uri>,
+    /// How long decided, used and expired approvals stay listed.
+    #[arg(long, env = "TOLLGATE_APPROVAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    approval_retention: Duration,
     /// Log level for diagnostics on stderr (audit lines always go to stdout).
     #[arg(long, env = contract::env::LOG, default_value = "info")]
     log: String,
@@ -264,6 +333,19 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Approvals(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("starting the runtime");
+            match runtime.block_on(approvals(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::InitRedirect(args) => match init_redirect(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -289,6 +371,30 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn approvals(args: ApprovalsArgs) -> anyhow::Result<()> {
+    use crate::approvals::client::{Action, run};
+    let token_file = args
+        .token_file
+        .context("give --token-file, the proxy's --approvals-token-file")?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let action = match &args.action {
+        ApprovalsAction::List => Action::List,
+        ApprovalsAction::Approve { name, reason, by } => Action::Decide {
+            name,
+            approve: true,
+            reason: reason.as_deref(),
+            by: by.as_deref().unwrap_or(&user),
+        },
+        ApprovalsAction::Deny { name, reason, by } => Action::Decide {
+            name,
+            approve: false,
+            reason: Some(reason),
+            by: by.as_deref().unwrap_or(&user),
+        },
+    };
+    run(&args.url, &token_file, action, args.json).await
 }
 
 fn init_redirect(args: InitRedirectArgs) -> anyhow::Result<()> {
@@ -531,6 +637,40 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         audit.clone(),
         metrics.clone(),
     )?);
+    let proxy = match &args.approvals_token_file {
+        None => proxy,
+        Some(file) => {
+            let token = crate::approvals::admin::token(file)?;
+            let workload = args
+                .pod
+                .clone()
+                .unwrap_or_else(|| args.upstream.to_string());
+            let notifier = args
+                .approval_webhook
+                .clone()
+                .map(crate::approvals::notify::Notifier::start)
+                .transpose()?;
+            let store = crate::approvals::Approvals::new(
+                audit.clone(),
+                notifier,
+                workload,
+                args.approval_retention,
+            );
+            store.sweep_every_second();
+            let listener = crate::serve::bind(args.approvals_listen, "--approvals-listen").await?;
+            tracing::info!(listen = %args.approvals_listen, token = %file.display(), "approvals served");
+            tokio::spawn(crate::approvals::admin::serve(
+                listener,
+                store.clone(),
+                token,
+            ));
+            Arc::new(
+                Arc::into_inner(proxy)
+                    .expect("not shared yet")
+                    .with_approvals(store),
+            )
+        }
+    };
     let counters = proxy.counters.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(60));

@@ -6,6 +6,7 @@
 //! ```text
 //! cli ─┬─ check / import ─────────────────────────────> tollgate_api (load, validate, decide)
 //!      ├─ init-redirect ─> redirect (the pod's iptables rules, then exit)
+//!      ├─ approvals list | approve | deny ─> a proxy's approvals listener
 //!      └─ proxy ─> serve (listeners, admin port, shutdown)
 //!
 //! http/       HTTP/1.1 server and client, their RFC 9112 framing, media types, deadlines
@@ -14,6 +15,8 @@
 //! proxy/      the pipeline: admit ─> decide ─> forward ─> inspect the answers
 //! policy/     the policy in force and its sources (file, operator stream), counters, callers
 //! telemetry/  the audit log and metrics
+//! approvals/  calls held for a person, their decisions, and the listener people decide on
+//!             (no HTTP of the proxy's, no policy)
 //! ```
 //!
 //! A call: `http::server` reads the request ─> `proxy::admit` (origin, caller, body, headers)
@@ -23,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app_probes;
+pub mod approvals;
 pub mod cli;
 pub mod http;
 pub mod mcp;

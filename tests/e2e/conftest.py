@@ -191,3 +191,17 @@ def proxy(procs, tollgate_bin, tmp_path):
 
 
 SAMPLE_POLICY = (ROOT / "examples" / "policy.yaml").read_text()
+RECORDER = ROOT / "tests" / "e2e" / "recording_server.py"
+
+
+@pytest.fixture
+def recorder(procs, tmp_path):
+    """Starts recording_server.py: (its URL, the file it writes each tool run to)."""
+
+    def start(*flags: str) -> tuple[str, Path]:
+        port = free_port()
+        record = tmp_path / f"runs-{port}.jsonl"
+        procs.start(f"recorder-{port}", [sys.executable, str(RECORDER), "--port", str(port), "--record", str(record), *flags], port)
+        return f"http://127.0.0.1:{port}", record
+
+    return start

@@ -19,7 +19,6 @@ import queue
 import random
 import re
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -28,9 +27,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port
+from conftest import free_port
 
-RECORDER = ROOT / "tests" / "e2e" / "recording_server.py"
 
 POLICY = r"""
 apiVersion: tollgate.dev/v1alpha1
@@ -243,17 +241,6 @@ def stateless(raw: bytes) -> tuple[bytes, dict]:
 def init_body(id) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "attacker", "version": "1"}}})
-
-
-@pytest.fixture
-def recorder(procs, tmp_path):
-    def start(*flags: str) -> tuple[str, Path]:
-        port = free_port()
-        record = tmp_path / f"runs-{port}.jsonl"
-        procs.start(f"recorder-{port}", [sys.executable, str(RECORDER), "--port", str(port), "--record", str(record), *flags], port)
-        return f"http://127.0.0.1:{port}", record
-
-    return start
 
 
 def server_flags(transport: str) -> list[str]:

@@ -10,7 +10,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::glob::{Glob, path_matches};
-use super::types::{CounterName, DEFAULT_APPROVAL_TIMEOUT, Denial};
+use super::types::{CounterName, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_APPROVAL_VALID_FOR, Denial};
 use crate::problem::{Problem, Problems};
 use crate::resources::{Action, DefaultAction, DenyAs, Mode, Op, PolicySpec, Scope};
 use crate::validate::{self, counter_scope, parse_rate_limit, rate_limit_counter};
@@ -128,6 +128,8 @@ pub(super) struct CompiledRule {
     pub(super) limit: Option<(String, CompiledLimit)>,
     pub(super) on_deny: Option<String>,
     pub(super) approval_timeout: Duration,
+    pub(super) approval_valid_for: Duration,
+    pub(super) approval_show: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -299,6 +301,17 @@ fn compile_rule(
             .and_then(|a| a.timeout.as_deref())
             .and_then(validate::parse_duration)
             .unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
+        approval_valid_for: rule
+            .approval
+            .as_ref()
+            .and_then(|a| a.valid_for.as_deref())
+            .and_then(validate::parse_duration)
+            .unwrap_or(DEFAULT_APPROVAL_VALID_FOR),
+        approval_show: rule
+            .approval
+            .as_ref()
+            .map(|a| a.show.clone())
+            .unwrap_or_default(),
     }
 }
 

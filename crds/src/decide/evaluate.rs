@@ -100,6 +100,8 @@ impl PolicySet {
                 policy: p.name.to_string(),
                 rule: rule.name.clone(),
                 timeout: rule.approval_timeout,
+                valid_for: rule.approval_valid_for,
+                show: rule.approval_show.clone(),
                 reservations,
             };
         }

@@ -8,8 +8,11 @@ use serde_json::Value;
 
 use crate::resources::{DenyAs, Scope, Window};
 
-/// How long an `approve` rule holds a call when the policy does not say.
-pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an `approve` rule holds a call when the policy does not say: under the 60 s most MCP
+/// clients wait for an answer, so the agent hears the approval's name rather than a timeout.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an approval lasts when the policy does not say.
+pub const DEFAULT_APPROVAL_VALID_FOR: Duration = Duration::from_secs(3600);
 
 /// Who is calling, as the sidecar established it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -172,8 +175,14 @@ pub enum Decision {
     Approve {
         policy: String,
         rule: String,
+        /// How long the call is held.
         #[serde(with = "duration_secs")]
         timeout: Duration,
+        /// How long the approval lasts (undecided: from the call; approved: from the decision).
+        #[serde(with = "duration_secs")]
+        valid_for: Duration,
+        /// The argument paths the person deciding is shown.
+        show: Vec<String>,
         reservations: Vec<Reservation>,
     },
 }

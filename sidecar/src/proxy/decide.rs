@@ -2,13 +2,20 @@
 //! where a policy names them) is decided by the policy in force, and an allowed one has its
 //! counters reserved and is put in flight in its session; a denied one is answered here and
 //! written to the audit log at once. Allowed decisions are logged once the server answers.
+//!
+//! A call an `approve` rule applies to is admitted by an approval of exactly that call, or held
+//! ([`Held`]): the request waits for a person ([`Proxy::settle_held`]) before anything of it is
+//! forwarded, then the call goes on (its counters reserved then), or is answered with the
+//! person's denial, or with the pending approval to retry on.
 
-use std::time::Instant;
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
+use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet, Reservation};
 
 use super::Proxy;
+use crate::approvals::{self, Ticket, Waited};
 use crate::mcp::jsonrpc::{self, Message};
 use crate::policy::counters::Reserved;
 use crate::proxy::calls::CallId;
@@ -17,12 +24,60 @@ use crate::telemetry::audit::{Record, now_rfc3339};
 
 /// Every message of a request, decided.
 pub(super) struct Decided<'b> {
-    /// The raw text of each message that goes on to the server, in the request's order.
-    pub kept: Vec<&'b str>,
+    /// Each message that goes on to the server, by its place in the request, in order.
+    pub kept: Vec<(usize, Cow<'b, str>)>,
     /// The proxy's own answers to the messages it refused (none for a notification).
     pub answers: Vec<Value>,
     /// What is logged of the allowed calls once the server answers.
     pub audits: Vec<PendingAudit>,
+    /// Calls waiting for a person.
+    pub held: Vec<Held<'b>>,
+}
+
+/// A call held on an approval, with what it needs once decided.
+pub(super) struct Held<'b> {
+    /// Its place in the request, and its text.
+    at: usize,
+    raw: Cow<'b, str>,
+    id: Value,
+    call_id: Option<CallId>,
+    hold: Option<approvals::Hold>,
+    timeout: Duration,
+    reservations: Vec<Reservation>,
+    audit: PendingAudit,
+    /// `params._meta.progressToken`: the client asked for progress.
+    pub progress_token: Option<Value>,
+}
+
+/// What becomes of one message.
+enum Admitted<'b> {
+    Forward,
+    Answer(Option<Value>),
+    Hold(Box<Held<'b>>),
+}
+
+impl Decided<'_> {
+    /// The same, owning its text, to outlive the request's body.
+    pub fn into_owned(self) -> Decided<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Decided {
+            kept: self
+                .kept
+                .into_iter()
+                .map(|(at, raw)| (at, own(raw)))
+                .collect(),
+            answers: self.answers,
+            audits: self.audits,
+            held: self
+                .held
+                .into_iter()
+                .map(|h| Held {
+                    raw: own(h.raw),
+                    ..h
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Proxy {
@@ -37,25 +92,160 @@ impl Proxy {
             kept: Vec::with_capacity(messages.len()),
             answers: Vec::new(),
             audits: Vec::new(),
+            held: Vec::new(),
         };
-        for m in messages {
+        for (at, m) in messages.iter().enumerate() {
             match self.admit_message(m, asked, inspector, &mut decided.audits) {
-                None => decided.kept.push(m.raw),
-                Some(answer) => decided.answers.extend(answer),
+                Admitted::Forward => decided.kept.push((at, Cow::Borrowed(m.raw))),
+                Admitted::Answer(answer) => decided.answers.extend(answer),
+                Admitted::Hold(mut held) => {
+                    held.at = at;
+                    decided.held.push(*held);
+                }
             }
         }
         decided
     }
+
+    /// Waits for the person deciding each held call (all at once, each for its hold time),
+    /// then puts it with the messages that go on, or answers it. `progress` is called while
+    /// they wait, with the notifications for the calls that asked for progress.
+    pub(super) async fn settle_held<'b>(
+        &self,
+        held: Vec<Held<'b>>,
+        asked: &Asked<'_>,
+        inspector: &mut Inspector,
+        decided: &mut Decided<'b>,
+        progress: impl Fn(Value),
+    ) {
+        let Some(store) = &self.approvals else {
+            return;
+        };
+        // Who asked to hear how long they have been waiting, and on which approval.
+        let asking: Vec<(Value, String, Duration)> = held
+            .iter()
+            .filter_map(|h| {
+                let token = h.progress_token.clone()?;
+                Some((token, h.hold.as_ref()?.name.clone(), h.timeout))
+            })
+            .collect();
+        let waits = futures_util::future::join_all(held.into_iter().map(|mut h| {
+            let hold = h.hold.take().expect("a held call has its hold");
+            async move { (store.wait(hold, h.timeout).await, h) }
+        }));
+        let mut waits = std::pin::pin!(waits);
+        let started = tokio::time::Instant::now();
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let outcomes = loop {
+            tokio::select! {
+                done = &mut waits => break done,
+                _ = ticks.tick(), if !asking.is_empty() => {
+                    let waited = started.elapsed().as_secs();
+                    for (token, name, timeout) in &asking {
+                        progress(json!({
+                            "jsonrpc": "2.0",
+                            "method": "notifications/progress",
+                            "params": {
+                                "progressToken": token,
+                                "progress": waited,
+                                "total": timeout.as_secs(),
+                                "message": format!("Waiting for a person to decide approval {name} ({waited}s of {}s)", timeout.as_secs()),
+                            },
+                        }));
+                    }
+                }
+            }
+        };
+        for (waited, h) in outcomes {
+            self.settle_one(waited, h, asked, inspector, decided);
+        }
+        decided.kept.sort_by_key(|(at, _)| *at);
+    }
+
+    fn settle_one<'b>(
+        &self,
+        waited: Waited,
+        h: Held<'b>,
+        asked: &Asked<'_>,
+        inspector: &mut Inspector,
+        decided: &mut Decided<'b>,
+    ) {
+        let mut audit = h.audit;
+        let refused = |audit: &mut PendingAudit, denial: &Denial, name: String| {
+            audit.decision = "deny";
+            audit.rule = Some(denial.rule.clone());
+            audit.policy = Some(denial.policy.clone());
+            audit.reason = Some(denial.reason.clone());
+            audit.approval = Some(name);
+            denial_message(h.id.clone(), denial, asked.modern)
+        };
+        let answer = match waited {
+            Waited::Approved(a) => match self.counters.reserve_all(&h.reservations) {
+                Ok(reserved) => {
+                    let begun = match h.call_id {
+                        Some(id) => inspector
+                            .begin(id, reserved)
+                            .map_err(|InFlight(r)| self.counters.rollback(r)),
+                        None => Ok(()),
+                    };
+                    if begun.is_ok() {
+                        audit.decision = "allow";
+                        let by = a.decided_by.as_deref().unwrap_or("?");
+                        audit.reason = Some(format!("approved by {by}"));
+                        audit.approval = Some(a.name);
+                        decided.kept.push((h.at, h.raw));
+                        decided.audits.push(audit);
+                        return;
+                    }
+                    in_flight_value(h.id)
+                }
+                // Approved, but a limit filled while it waited: the limit decides.
+                Err(full) => refused(&mut audit, &full, a.name),
+            },
+            Waited::Denied(a) => {
+                let denial = Denial {
+                    reason: format!(
+                        "{} denied approval {}: {}",
+                        a.decided_by.as_deref().unwrap_or("a person"),
+                        a.name,
+                        a.reason.as_deref().unwrap_or("no reason given")
+                    ),
+                    policy: a.policy.clone(),
+                    rule: a.rule.clone(),
+                    deny_as: DenyAs::Error,
+                };
+                refused(&mut audit, &denial, a.name)
+            }
+            Waited::Undecided(a) => {
+                audit.reason = Some(format!(
+                    "undecided in the hold time; approval {} is {:?}",
+                    a.name, a.phase
+                ));
+                audit.approval = Some(a.name.clone());
+                approvals::pending_error(h.id, &a)
+            }
+        };
+        let Asked {
+            who,
+            session,
+            set,
+            start,
+            ..
+        } = *asked;
+        self.write_audit(&audit, who, session, set.revision, None, start);
+        decided.answers.push(answer);
+    }
+
     /// Decides one message of a request and, when it goes on to the server, puts it in flight
     /// in its session: `None` to forward it, or what the client gets instead (nothing, for a
     /// notification).
-    fn admit_message(
+    fn admit_message<'b>(
         &self,
-        m: &Message<'_>,
+        m: &Message<'b>,
         asked: &Asked<'_>,
         inspector: &mut Inspector,
         audits: &mut Vec<PendingAudit>,
-    ) -> Option<Option<Value>> {
+    ) -> Admitted<'b> {
         if let Some(cancelled) = m.cancelled_request().and_then(CallId::of) {
             inspector.keep(&cancelled);
         }
@@ -66,33 +256,38 @@ impl Proxy {
             .as_ref()
             .is_some_and(|id| inspector.is_in_flight(id))
         {
-            return Some(Some(in_flight(m)));
+            return Admitted::Answer(Some(in_flight(m)));
         }
         match self.decide(m, asked, audits) {
-            Outcome::Refuse(answer) => Some(answer),
+            Outcome::Refuse(answer) => Admitted::Answer(answer),
+            Outcome::Hold(mut held) => {
+                held.raw = Cow::Borrowed(m.raw);
+                held.call_id = call_id;
+                Admitted::Hold(held)
+            }
             Outcome::Forward(reserved) => match call_id {
                 // A notification or a response has no id to put in flight.
-                None => None,
+                None => Admitted::Forward,
                 // Checked above, but another request of the session may have taken the id
                 // since.
-                Some(id) => inspector
-                    .begin(id, reserved)
-                    .err()
-                    .map(|InFlight(reserved)| {
+                Some(id) => match inspector.begin(id, reserved) {
+                    Ok(()) => Admitted::Forward,
+                    Err(InFlight(reserved)) => {
                         self.counters.rollback(reserved);
-                        Some(in_flight(m))
-                    }),
+                        Admitted::Answer(Some(in_flight(m)))
+                    }
+                },
             },
         }
     }
 
     /// Decides one message; an allowed call has its counters reserved.
-    fn decide(
+    fn decide<'b>(
         &self,
-        m: &Message<'_>,
+        m: &Message<'b>,
         asked: &Asked<'_>,
         audits: &mut Vec<PendingAudit>,
-    ) -> Outcome {
+    ) -> Outcome<'b> {
         let Asked {
             set,
             who,
@@ -137,18 +332,113 @@ impl Proxy {
                 .reserve_all(&reservations)
                 .map_err(|full| ("deny", full)),
             Decision::Deny(d) => Err(("deny", d)),
-            Decision::Approve { policy, rule, .. } => Err((
-                "approve",
-                Denial {
-                    reason: format!(
-                        "Tool {:?} needs a person's approval (rule {rule:?}), and approvals are not enabled on this proxy",
-                        call.name
-                    ),
-                    policy,
-                    rule,
-                    deny_as: DenyAs::Error,
-                },
-            )),
+            Decision::Approve {
+                policy,
+                rule,
+                timeout,
+                valid_for,
+                show,
+                reservations,
+            } => match &self.approvals {
+                None => Err((
+                    "approve",
+                    Denial {
+                        reason: format!(
+                            "Tool {:?} needs a person's approval (rule {rule:?}), and approvals are not enabled on this proxy",
+                            call.name
+                        ),
+                        policy,
+                        rule,
+                        deny_as: DenyAs::Error,
+                    },
+                )),
+                // A notification cannot be answered, so it cannot wait for a person.
+                Some(_) if m.id.is_none() => Err((
+                    "approve",
+                    Denial {
+                        reason: format!(
+                            "Tool {:?} needs a person's approval, and a notification cannot wait for one",
+                            call.name
+                        ),
+                        policy,
+                        rule,
+                        deny_as: DenyAs::Error,
+                    },
+                )),
+                Some(store) => {
+                    let ticket = store.request(&approvals::Asked {
+                        tool: &call.name,
+                        args,
+                        identity: who.key(),
+                        session,
+                        policy: &policy,
+                        rule: &rule,
+                        valid_for,
+                        show: &show,
+                    });
+                    let audit = PendingAudit {
+                        method,
+                        tool: call.name.clone(),
+                        decision: "approve",
+                        rule: Some(rule.clone()),
+                        policy: Some(policy.clone()),
+                        reason: None,
+                        approval: None,
+                    };
+                    match ticket {
+                        Ticket::Admit(a) => {
+                            self.metrics
+                                .decision(&call.name, "allow", t0.elapsed().as_secs_f64());
+                            return match self.counters.reserve_all(&reservations) {
+                                Ok(reserved) => {
+                                    audits.push(PendingAudit {
+                                        decision: "allow",
+                                        reason: Some(format!(
+                                            "approved by {}",
+                                            a.decided_by.as_deref().unwrap_or("?")
+                                        )),
+                                        approval: Some(a.name),
+                                        ..audit
+                                    });
+                                    Outcome::Forward(reserved)
+                                }
+                                Err(full) => {
+                                    let a = PendingAudit {
+                                        decision: "deny",
+                                        rule: Some(full.rule.clone()),
+                                        policy: Some(full.policy.clone()),
+                                        reason: Some(full.reason.clone()),
+                                        approval: Some(a.name),
+                                        ..audit
+                                    };
+                                    self.write_audit(&a, who, session, set.revision, None, start);
+                                    Outcome::Refuse(
+                                        m.id.map(|_| denial_message(m.id_value(), &full, modern)),
+                                    )
+                                }
+                            };
+                        }
+                        Ticket::Hold(hold) => {
+                            self.metrics.decision(
+                                &call.name,
+                                "approve",
+                                t0.elapsed().as_secs_f64(),
+                            );
+                            return Outcome::Hold(Box::new(Held {
+                                at: 0,
+                                raw: Cow::Borrowed(""),
+                                id: m.id_value(),
+                                call_id: None,
+                                hold: Some(hold),
+                                timeout,
+                                reservations,
+                                audit,
+                                progress_token: progress_token(m),
+                            }));
+                        }
+                    }
+                }
+            },
         };
         let seconds = t0.elapsed().as_secs_f64();
         match outcome {
@@ -170,6 +460,7 @@ impl Proxy {
                     rule: audit.as_ref().map(|d| d.rule.clone()),
                     policy: audit.as_ref().map(|d| d.policy.clone()),
                     reason: audit.map(|d| d.reason),
+                    approval: None,
                 });
                 Outcome::Forward(reserved)
             }
@@ -182,6 +473,7 @@ impl Proxy {
                     rule: Some(denial.rule.clone()),
                     policy: Some(denial.policy.clone()),
                     reason: Some(denial.reason.clone()),
+                    approval: None,
                 };
                 self.write_audit(&a, who, session, set.revision, None, start);
                 Outcome::Refuse(m.id.map(|_| denial_message(m.id_value(), &denial, modern)))
@@ -215,6 +507,8 @@ impl Proxy {
             upstream_status: status,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
             arguments: None,
+            approval: a.approval.as_deref(),
+            decided_by: None,
             dropped_before: None,
         });
     }
@@ -233,11 +527,22 @@ pub(super) struct Asked<'a> {
 }
 
 /// What becomes of one message of a request.
-enum Outcome {
+enum Outcome<'b> {
     /// Sent on to the server, with what it reserved.
     Forward(Reserved),
     /// Refused here, with the answer for the client (none for a notification).
     Refuse(Option<Value>),
+    /// Held for a person.
+    Hold(Box<Held<'b>>),
+}
+
+/// How often a held call that asked for progress is told it is still waiting.
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// `params._meta.progressToken` of a request, if it gave one.
+fn progress_token(m: &Message<'_>) -> Option<Value> {
+    let params: Value = serde_json::from_str(m.params?.get()).ok()?;
+    params.get("_meta")?.get("progressToken").cloned()
 }
 
 /// What is logged once the upstream answers.
@@ -248,12 +553,17 @@ pub(super) struct PendingAudit {
     rule: Option<String>,
     policy: Option<String>,
     reason: Option<String>,
+    approval: Option<String>,
 }
 
 /// The answer to a request whose id is in flight in its session already.
 fn in_flight(m: &Message<'_>) -> Value {
+    in_flight_value(m.id_value())
+}
+
+fn in_flight_value(id: Value) -> Value {
     jsonrpc::error_response(
-        m.id_value(),
+        id,
         jsonrpc::INVALID_REQUEST,
         "Invalid Request: a request with this id is already in flight in this session; give each request its own id",
         None,

@@ -23,6 +23,7 @@ mod batch;
 pub mod calls;
 mod decide;
 mod forward;
+mod held;
 pub mod inspect;
 mod legacy;
 pub mod stream;
@@ -42,6 +43,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tollgate_api::{Identity, PolicySet};
 
+use crate::approvals::Approvals;
 use crate::http::client::{Outgoing, Upstream};
 use crate::http::deadline::Timeouts;
 use crate::http::server::RequestBody;
@@ -127,6 +129,8 @@ pub struct Proxy {
     legacy: Arc<Mutex<HashMap<String, LegacySession>>>,
     /// The calls in flight of each streamable HTTP session.
     sessions: Arc<Sessions>,
+    /// Calls held for a person; `None`: an `approve` rule denies, saying approvals are off.
+    approvals: Option<Arc<Approvals>>,
 }
 
 type Resp = Response<ProxyBody>;
@@ -197,7 +201,14 @@ impl Proxy {
             metrics,
             legacy: Arc::default(),
             sessions: Arc::default(),
+            approvals: None,
         })
+    }
+
+    /// Holds the calls `approve` rules apply to on `approvals`.
+    pub fn with_approvals(mut self, approvals: Arc<Approvals>) -> Self {
+        self.approvals = Some(approvals);
+        self
     }
 
     /// The same proxy for another worker thread: everything shared (policy, counters, sessions,
@@ -214,6 +225,7 @@ impl Proxy {
             metrics: self.metrics.clone(),
             legacy: self.legacy.clone(),
             sessions: self.sessions.clone(),
+            approvals: self.approvals.clone(),
         }
     }
 
@@ -299,13 +311,52 @@ impl Proxy {
                 .is_some_and(|v| v >= "2026-07-28"),
             start,
         };
-        let decided = self.decide_all(&rpc.messages, &asked, &mut route.inspector);
+        let mut decided = self.decide_all(&rpc.messages, &asked, &mut route.inspector);
+        let (batch, total) = (rpc.batch, rpc.messages.len());
+        if !decided.held.is_empty() {
+            let legacy = route.legacy.is_some();
+            let progress = decided.held.iter().any(|h| h.progress_token.is_some());
+            if legacy || (progress && held::accepts_sse(&parts.headers)) {
+                // The legacy transport answers on the session's stream, so the POST is taken
+                // at once; a client asking for progress hears it on a stream begun now.
+                let decided = decided.into_owned();
+                let modern = asked.modern;
+                return self.held_in_background(
+                    parts, bytes, batch, total, decided, route, set, who, peer, modern, start,
+                );
+            }
+            let held = std::mem::take(&mut decided.held);
+            self.settle_held(held, &asked, &mut route.inspector, &mut decided, |_| {})
+                .await;
+        }
+        self.finish(
+            parts, &bytes, batch, total, decided, route, &set, &who, peer, start,
+        )
+        .await
+    }
+
+    /// The decided request, on: the proxy's answers merged in, what was allowed forwarded, the
+    /// allowed calls logged once the server answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        parts: http::request::Parts,
+        bytes: &Bytes,
+        batch: bool,
+        total: usize,
+        decided: Decided<'_>,
+        route: Route,
+        set: &Enforced,
+        who: &Identity,
+        peer: SocketAddr,
+        start: Instant,
+    ) -> Resp {
         let Decided {
             kept,
             answers,
             audits,
+            ..
         } = decided;
-
         let answers = match &route.legacy {
             // Legacy transport: answers travel on the session's stream; the POST gets 202.
             Some(legacy) => {
@@ -316,12 +367,13 @@ impl Proxy {
             }
             None => answers,
         };
-        let body = match batch::forwarded(&bytes, &kept, rpc.messages.len()) {
+        let kept: Vec<&str> = kept.iter().map(|(_, raw)| raw.as_ref()).collect();
+        let body = match batch::forwarded(bytes, &kept, total) {
             Some(body) => body,
             None => {
                 self.metrics
                     .request("denied", start.elapsed().as_secs_f64());
-                return batch::all_refused(rpc.batch, answers);
+                return batch::all_refused(batch, answers);
             }
         };
         let resp = self
@@ -338,7 +390,7 @@ impl Proxy {
         let status = resp.status().as_u16();
         for a in audits {
             let session = route.session.as_deref();
-            self.write_audit(&a, &who, session, set.revision, Some(status), start);
+            self.write_audit(&a, who, session, set.revision, Some(status), start);
         }
         resp
     }

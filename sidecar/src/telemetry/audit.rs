@@ -1,4 +1,4 @@
-//! One JSON line per decision on stdout.
+//! One JSON line per decision on stdout (and per step of an approval).
 //!
 //! The request path serialises a record straight into a shared buffer; a writer thread, woken
 //! only when the buffer goes from empty to non-empty, waits a few milliseconds so lines
@@ -47,6 +47,12 @@ pub struct Record<'a> {
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<&'a Value>,
+    /// The approval a call was held on, admitted by, or that this line is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<&'a str>,
+    /// Who decided that approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped_before: Option<u64>,
 }
@@ -170,7 +176,8 @@ pub fn now_rfc3339() -> String {
     })
 }
 
-fn format_second(secs: u64) -> String {
+/// `secs` since the Unix epoch as RFC 3339, to the second (`2026-12-02T08:00:00`, no zone).
+pub fn format_second(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, dd) = civil_from_days(days as i64);
     format!(

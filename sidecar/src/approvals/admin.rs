@@ -1,0 +1,204 @@
+//! The approvals listener of a standalone proxy: loopback by default, every request with the
+//! bearer token from `--approvals-token-file`.
+//!
+//! ```text
+//! GET  /v1/approvals                     {"items": [Approval…]}
+//! GET  /v1/approvals/NAME                Approval
+//! POST /v1/approvals/NAME/approve        {"reason"?: "...", "by"?: "..."}  -> Approval
+//! POST /v1/approvals/NAME/deny           {"reason": "...", "by"?: "..."}   -> Approval
+//! ```
+//!
+//! Whoever holds the token may decide; `by` is recorded as they give it (the cluster path
+//! stamps the API server's own record of the user instead).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::{Approvals, DecideError};
+use crate::http::BoxBody;
+
+/// The path every route is under.
+pub const PREFIX: &str = "/v1/approvals";
+
+/// The token in `path`, made (random, readable by its owner only) if the file does not exist.
+pub fn token(path: &Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            anyhow::ensure!(
+                token.len() >= 16,
+                "{} holds {} characters; an approvals token needs at least 16",
+                path.display(),
+                token.len()
+            );
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 32];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+                &mut raw,
+            )
+            .context("reading /dev/urandom")?;
+            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+            tracing::info!(file = %path.display(), "approvals token created");
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Serves the approvals API until the task is dropped.
+pub async fn serve(listener: TcpListener, approvals: Arc<Approvals>, token: String) {
+    let token: Arc<str> = token.into();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (approvals, token) = (approvals.clone(), token.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let (approvals, token) = (approvals.clone(), token.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle(req, &approvals, &token).await) }
+        });
+        tokio::spawn(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+async fn handle(req: Request<Incoming>, approvals: &Approvals, token: &str) -> Response<BoxBody> {
+    if !authorized(req.headers(), token) {
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            &json!({ "error": "this needs the approvals token: Authorization: Bearer <token from --approvals-token-file>" }),
+        );
+    }
+    let path = req.uri().path().to_string();
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no route for {path}") }),
+        );
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, []) => answer(StatusCode::OK, &json!({ "items": approvals.list() })),
+        (Method::GET, [name]) => match approvals.get(name) {
+            Some(a) => answer(StatusCode::OK, &json!(a)),
+            None => not_found(name),
+        },
+        (Method::POST, [name, verb @ ("approve" | "deny")]) => {
+            let (name, approve) = (name.to_string(), *verb == "approve");
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return answer(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": format!("cannot read the body: {e}") }),
+                    );
+                }
+            };
+            let body: DecideBody = if body.is_empty() {
+                DecideBody::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return answer(
+                            StatusCode::BAD_REQUEST,
+                            &json!({ "error": format!("the body must be {{\"reason\": ..., \"by\": ...}}: {e}") }),
+                        );
+                    }
+                }
+            };
+            let by = body
+                .by
+                .as_deref()
+                .unwrap_or("holder of the approvals token");
+            match approvals.decide(&name, approve, by, body.reason.as_deref()) {
+                Ok(a) => answer(StatusCode::OK, &json!(a)),
+                Err(DecideError::NotFound(_)) => not_found(&name),
+                Err(e @ DecideError::Decided { .. }) => {
+                    answer(StatusCode::CONFLICT, &json!({ "error": e.to_string() }))
+                }
+                Err(e @ DecideError::NoReason) => {
+                    answer(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() }))
+                }
+            }
+        }
+        _ => answer(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no route for {} {path}", req.method()) }),
+        ),
+    }
+}
+
+/// The bearer token, compared in time that does not depend on where it differs.
+fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn not_found(name: &str) -> Response<BoxBody> {
+    answer(
+        StatusCode::NOT_FOUND,
+        &json!({ "error": format!("no approval is named {name:?}") }),
+    )
+}
+
+fn answer(status: StatusCode, body: &Value) -> Response<BoxBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
