@@ -6,7 +6,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{McpClusterPolicy, McpPolicy};
+use crate::{McpApproval, McpClusterPolicy, McpPolicy};
 
 /// Every CRD Tollgate installs, with the file name it is kept under.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -16,6 +16,7 @@ pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
             "mcpclusterpolicies.yaml",
             kubernetes_formats(McpClusterPolicy::crd()),
         ),
+        ("mcpapprovals.yaml", kubernetes_formats(McpApproval::crd())),
     ]
 }
 

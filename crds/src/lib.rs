@@ -18,6 +18,7 @@
 //! and `crdgen` enable it, the data plane does not. Without it, files in CRD form still load.
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;
@@ -29,6 +30,7 @@ pub mod resources;
 pub mod selector;
 pub mod validate;
 
+pub use approval::*;
 pub use decide::{
     Call, CounterKey, Counters, Decision, Denial, Identity, NoCounters, PolicySet, Reservation,
     Verdict,

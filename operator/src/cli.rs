@@ -125,6 +125,9 @@ struct Args {
     /// (a pod being admitted may not be listed yet).
     #[arg(long, env = "TOLLGATE_NETWORK_POLICY_GRACE", default_value = "60s", value_parser = parse_duration)]
     network_policy_grace: Duration,
+    /// How long a decided, used or expired McpApproval is kept past its lifetime.
+    #[arg(long, env = "TOLLGATE_APPROVAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    approval_retention: Duration,
     /// Namespaces the operator labels tollgate.dev/injection=enabled (comma-separated).
     #[arg(long, env = "TOLLGATE_INJECT_NAMESPACES", value_delimiter = ',')]
     inject_namespaces: Vec<String>,
@@ -221,6 +224,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instance: Some(args.pod_name.clone()),
         };
         let grace = args.network_policy_grace;
+        let retention = args.approval_retention;
         let label: Vec<String> = args
             .inject_namespaces
             .iter()
@@ -247,9 +251,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                                 crate::boundary::run(
                                     client.clone(),
                                     index.clone(),
-                                    reporter,
+                                    reporter.clone(),
                                     grace
                                 ),
+                                crate::approvals::run(client.clone(), reporter, retention),
                                 crate::controller::label_namespaces(client, index, label),
                             );
                         }))

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod approvals;
 pub mod boundary;
 pub mod cli;
 pub mod controller;

@@ -3,6 +3,7 @@
 //! ```text
 //! HTTPS :8443  POST /mutate     mutating webhook (AdmissionReview v1)
 //!              POST /validate   validating webhook
+//!              POST /approvals  McpApproval decisions (who may, who did)
 //!              GET  /v1/policy  policy stream (one per sidecar)
 //! HTTP  :9090  GET  /healthz, /readyz
 //! ```
@@ -150,6 +151,10 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             }
             answer(response)
         }
+        (&Method::POST, "/approvals") => match read_review(req).await {
+            Ok(request) => answer(crate::approvals::admit(&shared.client, &request).await),
+            Err(resp) => resp,
+        },
         (&Method::POST, "/validate") => match read_review(req).await {
             Ok(request) => answer(admission::validate(&request)),
             Err(resp) => resp,

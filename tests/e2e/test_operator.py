@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import os
 import json
 import signal
 import socket
@@ -642,3 +643,88 @@ def test_operator_where_the_cluster_serves_cluster_network_policies_an_admin_tie
                    what="collected with the last pod on that port")
     finally:
         kube.kubectl("delete", "-f", crd, check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Approvals in a cluster: who decides, and who is recorded (the API server's own user)
+
+
+def approval(name: str, ns: str, **spec) -> dict:
+    """An McpApproval as the operator makes one for a held call."""
+    return {"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpApproval", "metadata": {"name": name, "namespace": ns},
+            "spec": {"tool": "create_bucket", "identity": "system:serviceaccount:agents:bot", "pod": "mcp-0",
+                     "workload": "deployment/mcp", "policy": f"mcppolicy/{ns}/buckets", "rule": "a person decides",
+                     "call": "sha256:0f1e", "arguments": {"args.bucket": '"logs"'}, "validForSeconds": 3600, **spec}}
+
+
+def test_operator_only_a_user_with_the_approve_verb_decides_an_approval_and_the_api_servers_user_is_recorded(kube, operator, debug_bins, tmp_path):
+    ns = "decide"
+    kube.namespace(ns)
+    operator()
+    for who in ("alice", "mallory"):
+        kube.kubectl("-n", ns, "create", "serviceaccount", who)
+    # alice approves (the chart's ClusterRole); mallory may edit approvals but not decide them.
+    kube.kubectl("-n", ns, "create", "rolebinding", "alice-approves", "--clusterrole=tollgate-approver", f"--serviceaccount={ns}:alice")
+    kube.kubectl("-n", ns, "create", "role", "editor", "--verb=get,list,patch,update", "--resource=mcpapprovals.tollgate.dev")
+    kube.kubectl("-n", ns, "create", "rolebinding", "mallory-edits", "--role=editor", f"--serviceaccount={ns}:mallory")
+    configs = {who: kube.token_kubeconfig(ns, who, tmp_path / f"{who}.kubeconfig") for who in ("alice", "mallory")}
+
+    def plugin(who: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(debug_bins / "kubectl-tollgate"), *args, "-n", ns], capture_output=True, text=True,
+                              env={**os.environ, "KUBECONFIG": str(configs[who])})
+
+    def as_user(who: str, *args: str) -> subprocess.CompletedProcess:
+        return kube.kubectl("--kubeconfig", str(configs[who]), "-n", ns, *args, check=False)
+
+    def stored(name: str) -> dict:
+        return kube.get("-n", ns, "mcpapproval", name)
+
+    refused = kube.kubectl("create", "-f", "-", check=False, input=json.dumps(
+        approval("pre-decided", ns, decision={"verdict": "Approve"})))
+    assert refused.returncode != 0 and "an McpApproval is made undecided" in refused.stderr, refused.stderr
+
+    create(kube, approval("create-bucket-1", ns))
+    pending = eventually(lambda: (a := stored("create-bucket-1")).get("status", {}).get("phase") == "Pending" and a,
+                         what="the operator reports it Pending, with its expiry")
+    assert pending["status"]["expires"].endswith("Z")
+    listed = plugin("alice", "list")
+    assert listed.returncode == 0 and "create-bucket-1" in listed.stdout and "Pending" in listed.stdout, listed.stderr
+
+    no_verb = plugin("mallory", "approve", "create-bucket-1")
+    assert no_verb.returncode != 0
+    assert f'system:serviceaccount:{ns}:mallory may not decide McpApprovals: that takes the RBAC verb "approve"' in no_verb.stderr, no_verb.stderr
+    assert "decision" not in stored("create-bucket-1")["spec"]
+
+    # alice writes someone else's name: the webhook writes hers, from the API server's record.
+    forged = as_user("alice", "patch", "mcpapproval", "create-bucket-1", "--type=merge", "-p", json.dumps(
+        {"spec": {"decision": {"verdict": "Approve", "reason": "release day", "decidedBy": "the-ceo"}}}))
+    assert forged.returncode == 0, forged.stderr
+    decision = stored("create-bucket-1")["spec"]["decision"]
+    assert decision["decidedBy"] == f"system:serviceaccount:{ns}:alice" and decision["reason"] == "release day"
+    assert decision["decidedAt"].endswith("Z")
+
+    again = plugin("alice", "deny", "create-bucket-1", "--reason", "changed my mind")
+    assert again.returncode != 0 and "McpApproval create-bucket-1 is decided already" in again.stderr, again.stderr
+    moved = as_user("alice", "patch", "mcpapproval", "create-bucket-1", "--type=merge", "-p", '{"spec":{"tool":"delete_bucket"}}')
+    assert moved.returncode != 0 and "the call an McpApproval is for cannot change" in moved.stderr
+
+    approved = eventually(lambda: (a := stored("create-bucket-1"))["status"]["phase"] == "Approved" and a, what="Approved")
+    assert approved["status"]["expires"] >= decision["decidedAt"][:19]
+    columns = kube.kubectl("-n", ns, "get", "mcpapprovals").stdout.splitlines()
+    assert columns[0].split() == ["NAME", "TOOL", "IDENTITY", "POD", "PHASE", "AGE", "EXPIRES"], columns
+    assert columns[1].split()[:5] == ["create-bucket-1", "create_bucket", "system:serviceaccount:agents:bot", "mcp-0", "Approved"]
+    [event] = eventually(lambda: [e for e in kube.get("-n", ns, "events.events.k8s.io")["items"]
+                                  if e.get("reason") == "Approved" and e["regarding"]["name"] == "create-bucket-1"], what="an Event")
+    assert f"system:serviceaccount:{ns}:alice approved create_bucket" in event["note"]
+
+    create(kube, approval("create-bucket-2", ns))
+    silent = as_user("alice", "patch", "mcpapproval", "create-bucket-2", "--type=merge", "-p", '{"spec":{"decision":{"verdict":"Deny"}}}')
+    assert silent.returncode != 0 and "a denial needs spec.decision.reason" in silent.stderr
+    denied = plugin("alice", "deny", "create-bucket-2", "--reason", "not during the freeze")
+    assert denied.returncode == 0 and denied.stdout.strip() == f"mcpapproval.tollgate.dev/create-bucket-2 denied by system:serviceaccount:{ns}:alice"
+    eventually(lambda: stored("create-bucket-2")["status"]["phase"] == "Denied", what="Denied")
+
+    create(kube, approval("short-lived", ns, validForSeconds=1))
+    eventually(lambda: stored("short-lived").get("status", {}).get("phase") == "Expired", what="expired undecided")
+    late = plugin("alice", "approve", "short-lived")
+    assert late.returncode != 0 and "McpApproval short-lived is Expired: only a Pending one can be decided" in late.stderr

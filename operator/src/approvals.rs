@@ -1,0 +1,475 @@
+//! `McpApproval`s: who may decide one, who did, and what phase it is in.
+//!
+//! ```text
+//! POST /approvals (mutating webhook, McpApproval CREATE | UPDATE)
+//!   CREATE with a decision                        ─> refused: decide it after it is made
+//!   UPDATE changing the call (spec but decision)  ─> refused: the call is fixed
+//!   UPDATE changing a decision already made       ─> refused: decided once
+//!   UPDATE adding a decision ─ SubjectAccessReview (verb approve, mcpapprovals/NAME, the
+//!     request's user) ─ no ─> refused naming the verb
+//!                       yes ─> decidedBy, decidedAt stamped from the API server's userInfo
+//! controller (leader): a decision ─> status.phase Approved | Denied (+ Event);
+//!   past its lifetime undecided (or approved, unused) ─> Expired (+ Event);
+//!   ended longer than the retention ─> deleted
+//! ```
+//!
+//! As for CertificateSigningRequests, the `approve` verb is checked by the webhook, so RBAC
+//! says who decides: `update` alone lets nobody approve.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tollgate_api::{
+    ApprovalDecision, ApprovalPhase, ApprovalSpec, ApprovalStatus, ApprovalVerdict, McpApproval,
+};
+
+/// What the webhook makes of a change to an McpApproval, before asking who may decide.
+#[derive(Debug, PartialEq)]
+pub enum Review {
+    /// Nothing a person decides changed.
+    Allow,
+    Refuse(String),
+    /// A decision is being made: allowed if the user may `approve`, then stamped.
+    Decide(ApprovalVerdict),
+}
+
+/// The pure part of the webhook.
+pub fn review(req: &AdmissionRequest<DynamicObject>) -> Review {
+    let spec = |o: &Option<DynamicObject>| -> Result<ApprovalSpec, String> {
+        let value = o
+            .as_ref()
+            .and_then(|o| o.data.get("spec"))
+            .cloned()
+            .unwrap_or_default();
+        serde_json::from_value(value).map_err(|e| format!("spec is not an McpApproval's: {e}"))
+    };
+    let new = match spec(&req.object) {
+        Ok(s) => s,
+        Err(e) => return Review::Refuse(e),
+    };
+    match req.operation {
+        Operation::Create if new.decision.is_some() => Review::Refuse(
+            "an McpApproval is made undecided; decide it after it exists (kubectl tollgate approve)"
+                .into(),
+        ),
+        Operation::Update => {
+            let old = match spec(&req.old_object) {
+                Ok(s) => s,
+                Err(e) => return Review::Refuse(e),
+            };
+            let call = |s: &ApprovalSpec| ApprovalSpec {
+                decision: None,
+                ..s.clone()
+            };
+            if call(&old) != call(&new) {
+                return Review::Refuse(
+                    "the call an McpApproval is for cannot change; only spec.decision may be set"
+                        .into(),
+                );
+            }
+            match (&old.decision, &new.decision) {
+                (None, None) => Review::Allow,
+                (None, Some(d)) => {
+                    let phase = req
+                        .old_object
+                        .as_ref()
+                        .and_then(|o| o.data.get("status"))
+                        .and_then(|s| serde_json::from_value::<ApprovalStatus>(s.clone()).ok())
+                        .map(|s| s.phase)
+                        .unwrap_or_default();
+                    if phase != ApprovalPhase::Pending {
+                        return Review::Refuse(format!(
+                            "McpApproval {} is {phase:?}: only a Pending one can be decided",
+                            req.name
+                        ));
+                    }
+                    if d.verdict == ApprovalVerdict::Deny
+                        && d.reason.as_deref().is_none_or(|r| r.trim().is_empty())
+                    {
+                        return Review::Refuse(
+                            "a denial needs spec.decision.reason, for the agent and the audit log"
+                                .into(),
+                        );
+                    }
+                    Review::Decide(d.verdict)
+                }
+                (Some(a), Some(b)) if a == b => Review::Allow,
+                (Some(_), _) => Review::Refuse(format!(
+                    "McpApproval {} is decided already; a decision is made once",
+                    req.name
+                )),
+            }
+        }
+        _ => Review::Allow,
+    }
+}
+
+/// The webhook: [`review`], then the SubjectAccessReview and the stamp.
+pub async fn admit(client: &Client, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let resp = AdmissionResponse::from(req);
+    let verdict = match review(req) {
+        Review::Allow => return resp,
+        Review::Refuse(message) => return resp.deny(message),
+        Review::Decide(v) => v,
+    };
+    let user = &req.user_info;
+    let username = user.username.clone().unwrap_or_default();
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username.clone(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone(),
+            extra: user.extra.clone(),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(tollgate_api::GROUP.into()),
+                resource: Some("mcpapprovals".into()),
+                verb: Some("approve".into()),
+                namespace: req.namespace.clone(),
+                name: Some(req.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let allowed = match api.create(&PostParams::default(), &sar).await {
+        Ok(answer) => answer.status.is_some_and(|s| s.allowed),
+        Err(e) => {
+            // Fail closed: no decision is taken that nobody could check.
+            return resp.deny(format!(
+                "Tollgate cannot check whether {username} may approve McpApprovals: {e}"
+            ));
+        }
+    };
+    if !allowed {
+        return resp.deny(format!(
+            "{username} may not decide McpApprovals: that takes the RBAC verb \"approve\" on \
+             mcpapprovals.tollgate.dev in namespace {} (the chart's ClusterRole tollgate-approver)",
+            req.namespace.as_deref().unwrap_or_default()
+        ));
+    }
+    let stamp = json!([
+        { "op": "add", "path": "/spec/decision/decidedBy", "value": username },
+        { "op": "add", "path": "/spec/decision/decidedAt", "value": Timestamp::now().to_string() },
+    ]);
+    tracing::info!(namespace = ?req.namespace, approval = %req.name, user = %username, ?verdict, "approval decided");
+    match resp.with_patch(serde_json::from_value(stamp).expect("a JSON patch")) {
+        Ok(r) => r,
+        Err(e) => AdmissionResponse::invalid(e),
+    }
+}
+
+/// The status an approval should have now, or `None` when it is right.
+pub fn desired_status(a: &McpApproval, now: Timestamp) -> Option<ApprovalStatus> {
+    let old = a.status.clone().unwrap_or_default();
+    let lifetime =
+        k8s_openapi::jiff::SignedDuration::from_secs(i64::from(a.spec.valid_for_seconds));
+    let created = a
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    let decided_at = a
+        .spec
+        .decision
+        .as_ref()
+        .and_then(|d| d.decided_at.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let mut new = old.clone();
+    match (old.phase, &a.spec.decision) {
+        (ApprovalPhase::Pending, Some(ApprovalDecision { verdict, .. })) => {
+            new.phase = match verdict {
+                ApprovalVerdict::Approve => ApprovalPhase::Approved,
+                ApprovalVerdict::Deny => ApprovalPhase::Denied,
+            };
+            new.expires = Some(
+                (decided_at.unwrap_or(now) + lifetime)
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .unwrap_or(now)
+                    .to_string(),
+            );
+        }
+        (ApprovalPhase::Pending, None) => {
+            let expires = created + lifetime;
+            new.expires = Some(expires.to_string());
+            if expires <= now {
+                new.phase = ApprovalPhase::Expired;
+            }
+        }
+        (ApprovalPhase::Approved, _) => {
+            let expires = new
+                .expires
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .unwrap_or(now);
+            if expires <= now {
+                new.phase = ApprovalPhase::Expired;
+            }
+        }
+        _ => {}
+    }
+    (new != old).then_some(new)
+}
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    retention: Duration,
+}
+
+/// Keeps every McpApproval's status, and deletes ended ones after `retention`.
+pub async fn run(client: Client, reporter: Reporter, retention: Duration) {
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        retention,
+    });
+    Controller::new(Api::<McpApproval>::all(client), watcher::Config::default())
+        .run(
+            reconcile,
+            |_, e, _| {
+                tracing::warn!(error = %e, "approval status write failed; retrying");
+                Action::requeue(Duration::from_secs(5))
+            },
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(a: Arc<McpApproval>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+    let ns = a.namespace().unwrap_or_default();
+    let api: Api<McpApproval> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Timestamp::now();
+    let phase = a.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if matches!(
+        phase,
+        ApprovalPhase::Denied | ApprovalPhase::Expired | ApprovalPhase::Used
+    ) {
+        let since = a
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(now);
+        let age = now.duration_since(since).unsigned_abs();
+        let lifetime = Duration::from_secs(u64::from(a.spec.valid_for_seconds));
+        if age >= lifetime + ctx.retention {
+            api.delete(&a.name_any(), &DeleteParams::default()).await?;
+            return Ok(Action::await_change());
+        }
+        return Ok(Action::requeue(
+            lifetime + ctx.retention - age.min(lifetime + ctx.retention),
+        ));
+    }
+    if let Some(status) = desired_status(&a, now) {
+        api.patch_status(
+            &a.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+        let decision = a.spec.decision.as_ref();
+        let by = decision
+            .and_then(|d| d.decided_by.as_deref())
+            .unwrap_or("?");
+        let reason = decision
+            .and_then(|d| d.reason.as_deref())
+            .unwrap_or("no reason given");
+        let (type_, why, note) = match status.phase {
+            ApprovalPhase::Approved => (
+                EventType::Normal,
+                "Approved",
+                format!(
+                    "{by} approved {} for {}: {reason}",
+                    a.spec.tool, a.spec.identity
+                ),
+            ),
+            ApprovalPhase::Denied => (
+                EventType::Normal,
+                "Denied",
+                format!(
+                    "{by} denied {} for {}: {reason}",
+                    a.spec.tool, a.spec.identity
+                ),
+            ),
+            ApprovalPhase::Expired => (
+                EventType::Warning,
+                "Expired",
+                format!(
+                    "{} for {} expired undecided or unused",
+                    a.spec.tool, a.spec.identity
+                ),
+            ),
+            _ => (
+                EventType::Normal,
+                "Pending",
+                format!(
+                    "{} called by {} on pod {} waits for a person (kubectl tollgate approve {})",
+                    a.spec.tool,
+                    a.spec.identity,
+                    a.spec.pod,
+                    a.name_any()
+                ),
+            ),
+        };
+        let event = Event {
+            type_,
+            reason: why.into(),
+            note: Some(note),
+            action: "Decide".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &a.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
+    }
+    // Come back when it may expire.
+    Ok(Action::requeue(Duration::from_secs(
+        u64::from(a.spec.valid_for_seconds).clamp(1, 60),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(decision: serde_json::Value) -> serde_json::Value {
+        let mut s = json!({"tool": "t", "identity": "i", "pod": "p", "workload": "w", "policy": "pol",
+                           "rule": "r", "call": "c", "validForSeconds": 60});
+        if !decision.is_null() {
+            s["decision"] = decision;
+        }
+        s
+    }
+
+    fn request(
+        op: &str,
+        old: Option<serde_json::Value>,
+        new: serde_json::Value,
+    ) -> AdmissionRequest<DynamicObject> {
+        let object = |spec: serde_json::Value, phase: &str| {
+            json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpApproval",
+            "metadata": {"name": "a", "namespace": "n"}, "spec": spec, "status": {"phase": phase}})
+        };
+        let mut req = json!({
+            "uid": "1", "kind": {"group": "tollgate.dev", "version": "v1alpha1", "kind": "McpApproval"},
+            "resource": {"group": "tollgate.dev", "version": "v1alpha1", "resource": "mcpapprovals"},
+            "name": "a", "namespace": "n", "operation": op, "userInfo": {"username": "alice"},
+            "object": object(new, "Pending"),
+        });
+        if let Some(old) = old {
+            req["oldObject"] = object(old, "Pending");
+        }
+        let review =
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req});
+        crate::admission::parse_review(review.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_decision_is_added_once_to_a_call_that_does_not_change() {
+        let approve = json!({"verdict": "Approve"});
+        assert_eq!(
+            review(&request("CREATE", None, spec(json!(null)))),
+            Review::Allow
+        );
+        assert!(matches!(
+            review(&request("CREATE", None, spec(approve.clone()))),
+            Review::Refuse(_)
+        ));
+        assert_eq!(
+            review(&request(
+                "UPDATE",
+                Some(spec(json!(null))),
+                spec(approve.clone())
+            )),
+            Review::Decide(ApprovalVerdict::Approve)
+        );
+        assert_eq!(
+            review(&request(
+                "UPDATE",
+                Some(spec(approve.clone())),
+                spec(approve.clone())
+            )),
+            Review::Allow
+        );
+        let changed = review(&request(
+            "UPDATE",
+            Some(spec(approve.clone())),
+            spec(json!({"verdict": "Deny", "reason": "x"})),
+        ));
+        assert!(matches!(changed, Review::Refuse(m) if m.contains("decided already")));
+        let mut other_tool = spec(json!(null));
+        other_tool["tool"] = json!("u");
+        let moved = review(&request("UPDATE", Some(spec(json!(null))), other_tool));
+        assert!(matches!(moved, Review::Refuse(m) if m.contains("cannot change")));
+        let silent = review(&request(
+            "UPDATE",
+            Some(spec(json!(null))),
+            spec(json!({"verdict": "Deny"})),
+        ));
+        assert!(matches!(silent, Review::Refuse(m) if m.contains("needs spec.decision.reason")));
+    }
+
+    #[test]
+    fn the_phase_follows_the_decision_and_the_clock() {
+        let mut a: McpApproval = serde_json::from_value(json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpApproval",
+            "metadata": {"name": "a", "namespace": "n", "creationTimestamp": "2026-12-02T09:00:00Z"},
+            "spec": spec(json!(null)),
+        }))
+        .unwrap();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let pending = desired_status(&a, at("2026-12-02T09:00:30Z")).unwrap();
+        assert_eq!(
+            (pending.phase, pending.expires.as_deref()),
+            (ApprovalPhase::Pending, Some("2026-12-02T09:01:00Z"))
+        );
+        a.status = Some(pending);
+        assert_eq!(
+            desired_status(&a, at("2026-12-02T09:00:31Z")),
+            None,
+            "nothing to write"
+        );
+        assert_eq!(
+            desired_status(&a, at("2026-12-02T09:01:00Z"))
+                .unwrap()
+                .phase,
+            ApprovalPhase::Expired
+        );
+        a.spec.decision = Some(ApprovalDecision {
+            verdict: ApprovalVerdict::Approve,
+            decided_at: Some("2026-12-02T09:00:40Z".into()),
+            ..Default::default()
+        });
+        let approved = desired_status(&a, at("2026-12-02T09:00:41Z")).unwrap();
+        assert_eq!(
+            (approved.phase, approved.expires.as_deref()),
+            (ApprovalPhase::Approved, Some("2026-12-02T09:01:40Z"))
+        );
+        a.status = Some(approved);
+        assert_eq!(
+            desired_status(&a, at("2026-12-02T09:01:40Z"))
+                .unwrap()
+                .phase,
+            ApprovalPhase::Expired,
+            "unused in its lifetime"
+        );
+    }
+}
