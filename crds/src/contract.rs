@@ -6,6 +6,8 @@
 //! operator ── injects env (env::*) and a projected token (TOKEN_FILE, TOKEN_AUDIENCE) ──> sidecar
 //! sidecar ── GET STREAM_PATH, Bearer token ──> operator ── STREAM_MEDIA_TYPE: one policy per
 //!            line, a heartbeat every HEARTBEAT ──> sidecar (reconnects after SILENCE)
+//! sidecar ── POST APPROVALS_PATH ApprovalAsk, GET …/NAME?wait=, POST …/NAME/use, Bearer
+//!            token ──> operator ── ApprovalAnswer (the McpApproval it keeps for the call)
 //! ```
 
 use std::time::Duration;
@@ -73,6 +75,47 @@ pub enum AppProbe {
 pub const STREAM_PATH: &str = "/v1/policy";
 /// The stream's media type: one JSON `PolicyUpdate` per line.
 pub const STREAM_MEDIA_TYPE: &str = "application/x-ndjson";
+
+/// Where a sidecar asks the operator for a person's decision, with its pod token:
+/// `POST APPROVALS_PATH` an [`ApprovalAsk`], `GET APPROVALS_PATH/NAME?wait=SECONDS`, and
+/// `POST APPROVALS_PATH/NAME/use`, each answered with an [`ApprovalAnswer`].
+pub const APPROVALS_PATH: &str = "/v1/approvals";
+/// The label an McpApproval carries with (the start of) its call's fingerprint.
+pub const CALL_LABEL: &str = "tollgate.dev/call";
+
+/// A held call, as the sidecar describes it. The operator adds the pod and its workload from
+/// the token, never from the sidecar's word.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalAsk {
+    pub tool: String,
+    pub identity: String,
+    /// The hex SHA-256 of the tool, the identity and the canonical arguments.
+    pub call: String,
+    /// The arguments the rule shows, each as JSON text.
+    #[serde(default)]
+    pub arguments: std::collections::BTreeMap<String, String>,
+    pub policy: String,
+    pub rule: String,
+    pub valid_for_seconds: u32,
+}
+
+/// Where an approval stands, for the sidecar holding its call.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalAnswer {
+    pub name: String,
+    pub phase: crate::ApprovalPhase,
+    /// This call used the approval: it goes to the server.
+    #[serde(default)]
+    pub admitted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
 /// How often the operator writes to an idle stream (an empty line).
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// A stream silent for this long (three heartbeats) is presumed dead, and the sidecar

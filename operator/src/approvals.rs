@@ -32,6 +32,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tollgate_api::contract::{ApprovalAnswer, ApprovalAsk, CALL_LABEL};
 use tollgate_api::{
     ApprovalDecision, ApprovalPhase, ApprovalSpec, ApprovalStatus, ApprovalVerdict, McpApproval,
 };
@@ -343,6 +344,220 @@ async fn reconcile(a: Arc<McpApproval>, ctx: Arc<Context>) -> Result<Action, kub
     Ok(Action::requeue(Duration::from_secs(
         u64::from(a.spec.valid_for_seconds).clamp(1, 60),
     )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sidecars' side: a held call becomes an McpApproval, made by the operator on the pod's
+// behalf (no sidecar has API permissions), bound to the pod's workload as its token proves it.
+
+/// The workload a pod belongs to: its controller owner (`ReplicaSet/web-7d9f`), else the pod.
+pub fn workload_of(pod: &crate::index::PodMeta) -> String {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| format!("{}/{}", o.kind, o.name))
+        .unwrap_or_else(|| format!("Pod/{}", pod.name_any()))
+}
+
+/// When an approval expires: undecided, its creation plus its lifetime; approved, the decision
+/// plus its lifetime.
+fn expires_at(a: &McpApproval) -> Option<Timestamp> {
+    let lifetime =
+        k8s_openapi::jiff::SignedDuration::from_secs(i64::from(a.spec.valid_for_seconds));
+    let from = match &a.spec.decision {
+        Some(d) => d.decided_at.as_deref()?.parse::<Timestamp>().ok()?,
+        None => a.metadata.creation_timestamp.as_ref()?.0,
+    };
+    Some(from + lifetime)
+}
+
+/// The phase a sidecar should act on: the decision counts as soon as it is written (the
+/// leader's status follows), and the clock as soon as it has passed.
+fn effective_phase(a: &McpApproval, now: Timestamp) -> ApprovalPhase {
+    let phase = a.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if matches!(
+        phase,
+        ApprovalPhase::Used | ApprovalPhase::Expired | ApprovalPhase::Denied
+    ) {
+        return phase;
+    }
+    if expires_at(a).is_some_and(|t| t <= now) {
+        return ApprovalPhase::Expired;
+    }
+    match a.spec.decision.as_ref().map(|d| d.verdict) {
+        Some(ApprovalVerdict::Approve) => ApprovalPhase::Approved,
+        Some(ApprovalVerdict::Deny) => ApprovalPhase::Denied,
+        None => ApprovalPhase::Pending,
+    }
+}
+
+fn answer_of(a: &McpApproval, admitted: bool, now: Timestamp) -> ApprovalAnswer {
+    let decision = a.spec.decision.as_ref();
+    ApprovalAnswer {
+        name: a.name_any(),
+        phase: if admitted {
+            ApprovalPhase::Used
+        } else {
+            effective_phase(a, now)
+        },
+        admitted,
+        expires: expires_at(a).map(|t| t.to_string()),
+        decided_by: decision.and_then(|d| d.decided_by.clone()),
+        reason: decision.and_then(|d| d.reason.clone()),
+    }
+}
+
+/// A name people can type: the tool's name made DNS-safe, and a random suffix.
+fn name_for(tool: &str) -> String {
+    use std::hash::BuildHasher;
+    let mut name: String = tool
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name.truncate(40);
+    let name = name.trim_matches('-');
+    let suffix = std::collections::hash_map::RandomState::new()
+        .hash_one(Timestamp::now().as_nanosecond()) as u32;
+    match name {
+        "" => format!("call-{suffix:08x}"),
+        name => format!("{name}-{suffix:08x}"),
+    }
+}
+
+/// Who is asking, as the token and the index say.
+pub struct Asker {
+    pub namespace: String,
+    pub pod: String,
+    pub workload: String,
+}
+
+/// `POST /v1/approvals`: the approval waiting for exactly this call, used at once if it was
+/// approved; else the one pending for it; else a new one.
+pub async fn ask(
+    client: &Client,
+    index: &crate::index::Index,
+    who: &Asker,
+    ask: &ApprovalAsk,
+) -> Result<ApprovalAnswer, kube::Error> {
+    let now = Timestamp::now();
+    let label = &ask.call[..ask.call.len().min(63)];
+    let same_call = |a: &McpApproval| {
+        a.namespace().as_deref() == Some(&who.namespace)
+            && a.spec.call == ask.call
+            && a.spec.tool == ask.tool
+            && a.spec.identity == ask.identity
+            && a.spec.workload == who.workload
+    };
+    let mut found: Vec<Arc<McpApproval>> = index
+        .approvals
+        .state()
+        .into_iter()
+        .filter(|a| same_call(a))
+        .collect();
+    found.sort_by_key(|a| a.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    for a in &found {
+        match effective_phase(a, now) {
+            ApprovalPhase::Approved => {
+                if let Some(used) = use_approval(client, who, &a.name_any()).await? {
+                    return Ok(used);
+                }
+            }
+            ApprovalPhase::Pending => return Ok(answer_of(a, false, now)),
+            _ => {}
+        }
+    }
+    let approval = McpApproval {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name_for(&ask.tool)),
+            namespace: Some(who.namespace.clone()),
+            labels: Some([(CALL_LABEL.to_string(), label.to_string())].into()),
+            ..Default::default()
+        },
+        spec: ApprovalSpec {
+            tool: ask.tool.clone(),
+            identity: ask.identity.clone(),
+            pod: who.pod.clone(),
+            workload: who.workload.clone(),
+            policy: ask.policy.clone(),
+            rule: ask.rule.clone(),
+            call: ask.call.clone(),
+            arguments: ask.arguments.clone(),
+            valid_for_seconds: ask.valid_for_seconds,
+            decision: None,
+        },
+        status: None,
+    };
+    let api: Api<McpApproval> = Api::namespaced(client.clone(), &who.namespace);
+    let made = api.create(&PostParams::default(), &approval).await?;
+    tracing::info!(namespace = %who.namespace, approval = %made.name_any(), tool = %ask.tool, pod = %who.pod, "approval requested");
+    Ok(answer_of(&made, false, now))
+}
+
+/// `GET /v1/approvals/NAME?wait=S`: where the approval stands, once it is decided or ended, or
+/// after `wait` undecided. Only the workload that asked may read it.
+pub async fn wait(
+    index: &crate::index::Index,
+    who: &Asker,
+    name: &str,
+    wait: Duration,
+) -> Option<ApprovalAnswer> {
+    let mut changed = index.subscribe_approvals();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(&who.namespace);
+        let a = index
+            .approvals
+            .get(&key)
+            .filter(|a| a.spec.workload == who.workload)?;
+        let now = Timestamp::now();
+        if effective_phase(&a, now) != ApprovalPhase::Pending
+            || tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+        {
+            return Some(answer_of(&a, false, now));
+        }
+    }
+}
+
+/// `POST /v1/approvals/NAME/use`: marks an approved approval Used, exactly once however many
+/// replicas ask at once (a status write conditional on the version read). `None`: it cannot be
+/// used (not approved, expired, or used already).
+pub async fn use_approval(
+    client: &Client,
+    who: &Asker,
+    name: &str,
+) -> Result<Option<ApprovalAnswer>, kube::Error> {
+    let api: Api<McpApproval> = Api::namespaced(client.clone(), &who.namespace);
+    for _ in 0..5 {
+        let a = api.get(name).await?;
+        let now = Timestamp::now();
+        if a.spec.workload != who.workload || effective_phase(&a, now) != ApprovalPhase::Approved {
+            return Ok(None);
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": a.resource_version() },
+            "status": { "phase": ApprovalPhase::Used, "usedBy": who.pod,
+                        "expires": expires_at(&a).map(|t| t.to_string()) },
+        });
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(used) => {
+                tracing::info!(namespace = %who.namespace, approval = %name, pod = %who.pod, "approval used");
+                return Ok(Some(answer_of(&used, true, now)));
+            }
+            // Someone wrote it since it was read (the leader's status, another replica's use):
+            // read it again and decide again.
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

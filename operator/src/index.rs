@@ -6,6 +6,7 @@
 //! watch Namespaces (metadata only)                              ├─> Index ─ changed (watch) ─> streams, controllers
 //! watch McpPolicies, McpClusterPolicies                         ┘     └─ effective_for(pod) -> EffectivePolicy
 //! watch NetworkPolicies, Services ─> boundary_changed (watch) ─> the network-policy boundary
+//! watch McpApprovals ─> approvals_changed (watch) ─> held calls waiting for a decision
 //! GET /.well-known/openid-configuration, /openid/v1/jwks ─ every 5 min ─> service-account keys
 //! ```
 
@@ -23,7 +24,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tollgate_api::{
-    DefaultAction, EffectivePolicy, McpClusterPolicy, McpPolicy, ServiceAccountKeys, Workload,
+    DefaultAction, EffectivePolicy, McpApproval, McpClusterPolicy, McpPolicy, ServiceAccountKeys,
+    Workload,
 };
 
 use crate::inject::{INJECTED_LABEL, TOKEN_AUDIENCE, default_action_override};
@@ -38,6 +40,9 @@ pub struct Index {
     pub cluster_policies: Store<McpClusterPolicy>,
     pub network_policies: Store<NetworkPolicy>,
     pub services: Store<Service>,
+    pub approvals: Store<McpApproval>,
+    /// Ticks on every change to an McpApproval (held calls wait on it).
+    approvals_changed: watch::Sender<u64>,
     keys: ArcSwapOption<ServiceAccountKeys>,
     changed: watch::Sender<u64>,
     /// Ticks on changes that bear on the boundary only (pods too), so a Service or
@@ -61,6 +66,8 @@ impl Index {
         let (cluster_policies, cluster_policies_w) = reflector::store();
         let (network_policies, network_policies_w) = reflector::store();
         let (services, services_w) = reflector::store();
+        let (approvals, approvals_w) = reflector::store();
+        let (approvals_changed, _) = watch::channel(0);
         let (changed, _) = watch::channel(0);
         let (boundary_changed, _) = watch::channel(0);
         let (findings_changed, _) = watch::channel(0);
@@ -71,6 +78,8 @@ impl Index {
             cluster_policies,
             network_policies,
             services,
+            approvals,
+            approvals_changed,
             keys: ArcSwapOption::empty(),
             changed,
             boundary_changed,
@@ -113,12 +122,28 @@ impl Index {
                     .reflect(services_w),
             ),
         ]);
+        let approvals = touched(
+            watcher(Api::<McpApproval>::all(client.clone()), Default::default())
+                .reflect(approvals_w),
+        );
+        let approvals_driver = {
+            let index = index.clone();
+            async move {
+                let mut approvals = approvals;
+                while let Some(what) = approvals.next().await {
+                    match what {
+                        Ok(()) => index.approvals_changed.send_modify(|n| *n += 1),
+                        Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+                    }
+                }
+            }
+        };
         // Policy inputs tick both channels; the boundary's own inputs only its channel.
         let driver = drive(streams, index.clone(), true);
         let boundary_driver = drive(boundary, index.clone(), false);
         let keys = refresh_keys(index.clone(), client);
         (index, async move {
-            tokio::join!(driver, boundary_driver, keys);
+            tokio::join!(driver, boundary_driver, approvals_driver, keys);
         })
     }
 
@@ -131,12 +156,18 @@ impl Index {
             self.cluster_policies.wait_until_ready(),
             self.network_policies.wait_until_ready(),
             self.services.wait_until_ready(),
+            self.approvals.wait_until_ready(),
         );
     }
 
     /// Ticks on every change to anything the index holds.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Ticks on every change to an McpApproval.
+    pub fn subscribe_approvals(&self) -> watch::Receiver<u64> {
+        self.approvals_changed.subscribe()
     }
 
     /// Ticks on every change that bears on the network-policy boundary.

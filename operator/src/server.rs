@@ -5,6 +5,7 @@
 //!              POST /validate   validating webhook
 //!              POST /approvals  McpApproval decisions (who may, who did)
 //!              GET  /v1/policy  policy stream (one per sidecar)
+//!              /v1/approvals    held calls: ask, wait, use (crate::approvals)
 //! HTTP  :9090  GET  /healthz, /readyz
 //! ```
 //!
@@ -166,7 +167,114 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
                 .and_then(|v| v.to_str().ok());
             crate::stream::serve(auth, shared.client.clone(), shared.index.clone()).await
         }
+        (_, path) if path.starts_with(tollgate_api::contract::APPROVALS_PATH) => {
+            held_call(req, &shared).await
+        }
         (_, path) => text(StatusCode::NOT_FOUND, &format!("no route for {path}")),
+    }
+}
+
+/// A sidecar's held call: `POST /v1/approvals`, `GET /v1/approvals/NAME?wait=S`,
+/// `POST /v1/approvals/NAME/use`, each with the pod's token.
+async fn held_call(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    use crate::approvals::{Asker, ask, use_approval, wait, workload_of};
+    let auth = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let who = match crate::stream::authenticate(auth.as_deref(), shared.client.clone()).await {
+        Ok(w) => w,
+        Err(resp) => return resp,
+    };
+    let Some(pod) = crate::stream::wait_for_pod(&shared.index, &who).await else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "pod {}/{} is not an injected pod this operator knows",
+                who.namespace, who.name
+            ),
+        );
+    };
+    let asker = Asker {
+        namespace: who.namespace.clone(),
+        pod: who.name.clone(),
+        workload: workload_of(&pod),
+    };
+    let json = |value: &tollgate_api::contract::ApprovalAnswer| {
+        let mut resp = Response::new(full(
+            serde_json::to_vec(value).expect("an answer serialises"),
+        ));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    };
+    let path = req.uri().path().to_string();
+    let rest = path
+        .strip_prefix(tollgate_api::contract::APPROVALS_PATH)
+        .unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let failed = |e: kube::Error| {
+        text(
+            StatusCode::BAD_GATEWAY,
+            &format!("the API server refused: {e}"),
+        )
+    };
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::POST, []) => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("cannot read the body: {e}"),
+                    );
+                }
+            };
+            let asked: tollgate_api::contract::ApprovalAsk = match serde_json::from_slice(&body) {
+                Ok(a) => a,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the body is not an ApprovalAsk: {e}"),
+                    );
+                }
+            };
+            match ask(&shared.client, &shared.index, &asker, &asked).await {
+                Ok(answer) => json(&answer),
+                Err(e) => failed(e),
+            }
+        }
+        (Method::GET, [name]) => {
+            let seconds = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                .min(60);
+            match wait(&shared.index, &asker, name, Duration::from_secs(seconds)).await {
+                Some(answer) => json(&answer),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    &format!("no approval {name} of this workload"),
+                ),
+            }
+        }
+        (Method::POST, [name, "use"]) => match use_approval(&shared.client, &asker, name).await {
+            Ok(Some(answer)) => json(&answer),
+            Ok(None) => text(
+                StatusCode::CONFLICT,
+                &format!("approval {name} cannot be used: not approved, expired, or used already"),
+            ),
+            Err(e) => failed(e),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {} {path}", req.method()),
+        ),
     }
 }
 

@@ -91,17 +91,17 @@ fn next_revision() -> u64 {
     }
 }
 
-/// Serves one sidecar's stream.
-pub async fn serve(
+/// The pod a sidecar's `Authorization` header proves it is (a TokenReview), or the answer
+/// that says why not.
+pub async fn authenticate(
     authorization: Option<&str>,
     client: Client,
-    index: Arc<Index>,
-) -> Response<Body> {
+) -> Result<PodIdentity, Response<Body>> {
     let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
-        return text(
+        return Err(text(
             StatusCode::UNAUTHORIZED,
             "send the pod's projected service-account token (audience tollgate) as a Bearer token",
-        );
+        ));
     };
     let review = TokenReview {
         spec: TokenReviewSpec {
@@ -113,19 +113,27 @@ pub async fn serve(
     let reviewed = Api::<TokenReview>::all(client)
         .create(&PostParams::default(), &review)
         .await;
-    let who = match reviewed.map_err(|e| e.to_string()) {
-        Ok(r) => pod_of(&r),
+    match reviewed {
+        Ok(r) => pod_of(&r).map_err(|e| text(StatusCode::FORBIDDEN, &e)),
         Err(e) => {
             tracing::error!(error = %e, "TokenReview failed");
-            return text(
+            Err(text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("cannot review the token: {e}"),
-            );
+            ))
         }
-    };
-    let who = match who {
+    }
+}
+
+/// Serves one sidecar's stream.
+pub async fn serve(
+    authorization: Option<&str>,
+    client: Client,
+    index: Arc<Index>,
+) -> Response<Body> {
+    let who = match authenticate(authorization, client).await {
         Ok(w) => w,
-        Err(e) => return text(StatusCode::FORBIDDEN, &e),
+        Err(resp) => return resp,
     };
     let Some(pod) = wait_for_pod(&index, &who).await else {
         return text(
@@ -154,7 +162,7 @@ pub async fn serve(
 
 /// A pod connects as soon as its sidecar starts, possibly before this replica's watch has
 /// seen it: wait a little.
-async fn wait_for_pod(index: &Index, who: &PodIdentity) -> Option<Arc<PodMeta>> {
+pub async fn wait_for_pod(index: &Index, who: &PodIdentity) -> Option<Arc<PodMeta>> {
     let mut changed = index.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

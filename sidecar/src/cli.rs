@@ -579,6 +579,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new();
     let handle = PolicyHandle::new(metrics.clone());
+    let mut cluster = None;
     match (&args.policy, &args.control_plane) {
         (Some(path), _) => {
             let source = FileSource {
@@ -611,6 +612,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 ca_pem,
                 token_file: args.token_file.clone(),
             };
+            cluster = Some(control.clone());
             tokio::spawn(control.follow(handle.clone()));
         }
         (None, None) => anyhow::bail!("give --policy FILE or --control-plane URL"),
@@ -637,9 +639,19 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         audit.clone(),
         metrics.clone(),
     )?);
-    let proxy = match &args.approvals_token_file {
-        None => proxy,
-        Some(file) => {
+    let proxy = match (&args.approvals_token_file, cluster) {
+        // In a cluster the operator keeps approvals, as McpApprovals people decide with
+        // kubectl tollgate.
+        (_, Some(plane)) => {
+            let backend = crate::approvals::cluster::Cluster::new(plane)?;
+            Arc::new(
+                Arc::into_inner(proxy)
+                    .expect("not shared yet")
+                    .with_approvals(crate::approvals::Backend::Cluster(Arc::new(backend))),
+            )
+        }
+        (None, None) => proxy,
+        (Some(file), None) => {
             let token = crate::approvals::admin::token(file)?;
             let workload = args
                 .pod
@@ -667,7 +679,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             Arc::new(
                 Arc::into_inner(proxy)
                     .expect("not shared yet")
-                    .with_approvals(store),
+                    .with_approvals(crate::approvals::Backend::Local(store)),
             )
         }
     };

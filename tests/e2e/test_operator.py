@@ -728,3 +728,60 @@ def test_operator_only_a_user_with_the_approve_verb_decides_an_approval_and_the_
     eventually(lambda: stored("short-lived").get("status", {}).get("phase") == "Expired", what="expired undecided")
     late = plugin("alice", "approve", "short-lived")
     assert late.returncode != 0 and "McpApproval short-lived is Expired: only a Pending one can be decided" in late.stderr
+
+
+def test_operator_a_held_call_becomes_an_mcp_approval_kubectl_tollgate_decides_and_one_replica_uses(kube, operator, sidecar, debug_bins, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ns = "held"
+    kube.namespace(ns, **INJECT)
+    op = operator()
+    kube.apply(policy("issues", {"tools": {"create_issue": {"rules": [{
+        "name": "a person decides", "action": "approve",
+        "approval": {"timeout": "1s", "validFor": "10m", "show": ["args.title"]}}]}}}, ns))
+    # Two replicas of one workload: pods a ReplicaSet owns (made here, as its controller would,
+    # which this control plane does not run), injected on the way in.
+    template = mcp_pod("ignored", ns, labels={"app": "mcp"})
+    rs = create(kube, {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "mcp", "namespace": ns},
+                       "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "mcp"}},
+                                "template": {"metadata": {"labels": {"app": "mcp"}}, "spec": template["spec"]}}})
+    names = ["mcp-a1", "mcp-b2"]
+    for n in names:
+        pod = mcp_pod(n, ns, labels={"app": "mcp"})
+        pod["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "mcp",
+                                               "uid": rs["metadata"]["uid"], "controller": True}]
+        create(kube, pod)
+    a, b = (sidecar(op.url, kube.ca(), kube.pod_token(ns, n)) for n in names)
+    eventually(lambda: "error" in a.call("create_issue", {"title": "warm"}) and "error" in b.call("create_issue", {"title": "warm"}),
+               what="both sidecars hold the policy")
+    kube.kubectl("-n", ns, "create", "serviceaccount", "alice")
+    kube.kubectl("-n", ns, "create", "rolebinding", "alice-approves", "--clusterrole=tollgate-approver", f"--serviceaccount={ns}:alice")
+    alice = kube.token_kubeconfig(ns, "alice", tmp_path / "alice.kubeconfig")
+
+    held = a.call("create_issue", {"title": "launch"})
+    assert held["error"]["code"] == -32003, held
+    name = held["error"]["data"]["approval"]
+    stored = kube.get("-n", ns, "mcpapproval", name)
+    spec = stored["spec"]
+    assert (spec["tool"], spec["identity"], spec["pod"], spec["workload"]) == ("create_issue", "anonymous", names[0], "ReplicaSet/mcp")
+    assert spec["arguments"] == {"args.title": '"launch"'} and len(spec["call"]) == 64 and "decision" not in spec
+    assert stored["metadata"]["labels"]["tollgate.dev/call"] == spec["call"][:63]
+    # The other replica's identical call waits on the same approval.
+    assert b.call("create_issue", {"title": "launch"})["error"]["data"]["approval"] == name
+
+    decided = subprocess.run([str(debug_bins / "kubectl-tollgate"), "approve", name, "-n", ns, "--reason", "release day"],
+                             capture_output=True, text=True, env={**os.environ, "KUBECONFIG": str(alice)})
+    assert decided.returncode == 0, decided.stderr
+    assert kube.get("-n", ns, "mcpapproval", name)["spec"]["decision"]["decidedBy"] == f"system:serviceaccount:{ns}:alice"
+
+    # Both replicas retry at once: the approval admits exactly one.
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda s: s.call("create_issue", {"title": "launch"}), [a, b]))
+    assert sorted("result" in m for m in answers) == [False, True], answers
+    [refused] = [m for m in answers if "error" in m]
+    assert refused["error"]["code"] == -32003
+    used = eventually(lambda: (o := kube.get("-n", ns, "mcpapproval", name))["status"]["phase"] == "Used" and o, what="Used")
+    assert used["status"]["usedBy"] in names
+    # Other arguments are never admitted by it.
+    other = a.call("create_issue", {"title": "something else"})
+    assert other["error"]["code"] == -32003 and other["error"]["data"]["approval"] != name

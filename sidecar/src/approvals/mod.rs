@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod cluster;
 pub mod notify;
 
 use std::collections::HashMap;
@@ -38,7 +39,7 @@ use tokio::sync::watch;
 use crate::telemetry::audit::{AuditLog, Record, format_second, now_rfc3339};
 
 /// Where an approval is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Phase {
     Pending,
     Approved,
@@ -106,7 +107,34 @@ pub enum Ticket {
 /// A call held on an approval.
 pub struct Hold {
     pub name: String,
-    phase: watch::Receiver<Phase>,
+    on: HoldOn,
+}
+
+enum HoldOn {
+    /// This proxy's own store tells the holder when the phase changes.
+    Local(watch::Receiver<Phase>),
+    /// The operator keeps it: the approval as last heard of.
+    Cluster(Box<Approval>),
+}
+
+/// Where approvals are kept: in this proxy (standalone), or as McpApprovals the operator keeps
+/// for the pod.
+#[derive(Clone)]
+pub enum Backend {
+    Local(Arc<Approvals>),
+    Cluster(Arc<cluster::Cluster>),
+}
+
+/// A call an `approve` rule applies to, owned, for a backend that answers later.
+#[derive(Clone, Debug)]
+pub struct OwnedAsk {
+    pub tool: String,
+    pub args: Value,
+    pub identity: String,
+    pub policy: String,
+    pub rule: String,
+    pub valid_for: Duration,
+    pub show: Vec<String>,
 }
 
 /// What a held call ends as.
@@ -119,6 +147,8 @@ pub enum Waited {
     /// Nobody decided in the hold time (or the approval expired): the agent is told to retry
     /// the same call once this approval is approved.
     Undecided(Approval),
+    /// Nobody could be asked (the control plane did not answer): nothing admits the call.
+    Failed(String),
 }
 
 /// Why a person's decision was not taken.
@@ -222,7 +252,7 @@ impl Approvals {
                 self.record(&entry.view, "held", asked.session);
                 return Ticket::Hold(Hold {
                     name,
-                    phase: entry.phase.subscribe(),
+                    on: HoldOn::Local(entry.phase.subscribe()),
                 });
             }
         }
@@ -256,17 +286,20 @@ impl Approvals {
                 phase,
             },
         );
-        Ticket::Hold(Hold { name, phase: rx })
+        Ticket::Hold(Hold {
+            name,
+            on: HoldOn::Local(rx),
+        })
     }
 
     /// Holds a call until its approval is decided or `hold` has passed. Approved, the call
     /// uses the approval (only one call can: a sibling held on it is told to retry).
-    pub async fn wait(&self, mut hold: Hold, timeout: Duration) -> Waited {
-        let _ = tokio::time::timeout(
-            timeout,
-            hold.phase.wait_for(|phase| *phase != Phase::Pending),
-        )
-        .await;
+    pub async fn wait(&self, hold: Hold, timeout: Duration) -> Waited {
+        let HoldOn::Local(mut phase) = hold.on else {
+            return Waited::Failed("a cluster approval held on the local store".into());
+        };
+        let _ =
+            tokio::time::timeout(timeout, phase.wait_for(|phase| *phase != Phase::Pending)).await;
         let now = Instant::now();
         let mut state = self.state.lock();
         let Some(entry) = state.by_name.get_mut(&hold.name) else {
@@ -438,7 +471,7 @@ impl Approvals {
 }
 
 /// RFC 3339 for `now + d`, to the second.
-fn rfc3339_in(d: Duration) -> String {
+pub(crate) fn rfc3339_in(d: Duration) -> String {
     let at = SystemTime::now() + d;
     let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     format!("{}Z", format_second(secs))
@@ -446,7 +479,7 @@ fn rfc3339_in(d: Duration) -> String {
 
 /// What binds an approval to one call: every part written out whole, so no two calls that
 /// differ in anything share it.
-fn fingerprint(asked: &Asked<'_>, workload: &str) -> String {
+pub(crate) fn fingerprint(asked: &Asked<'_>, workload: &str) -> String {
     let mut key = String::new();
     for part in [asked.tool, asked.identity, workload] {
         let _ = writeln!(key, "{}:{part}", part.len());
@@ -501,7 +534,7 @@ pub fn canonical(v: &Value, out: &mut String) {
 }
 
 /// The arguments a person is shown: only the paths the rule names (`args.a.b`).
-fn shown(args: &Value, paths: &[String]) -> Option<Value> {
+pub(crate) fn shown(args: &Value, paths: &[String]) -> Option<Value> {
     if paths.is_empty() {
         return None;
     }
@@ -569,6 +602,46 @@ pub fn pending_error(id: Value, a: &Approval) -> Value {
 
 /// Intercept's code for a call that needs an approval.
 pub const APPROVAL_PENDING: i64 = -32003;
+
+impl Backend {
+    /// A call an `approve` rule applies to: admitted by an approval waiting for it, or held.
+    pub async fn request(&self, ask: &OwnedAsk, session: Option<&str>) -> Result<Ticket, String> {
+        match self {
+            Backend::Local(store) => Ok(store.request(&Asked {
+                tool: &ask.tool,
+                args: &ask.args,
+                identity: &ask.identity,
+                session,
+                policy: &ask.policy,
+                rule: &ask.rule,
+                valid_for: ask.valid_for,
+                show: &ask.show,
+            })),
+            Backend::Cluster(c) => c.request(ask).await,
+        }
+    }
+
+    /// Holds a call until its approval is decided or `timeout` has passed.
+    pub async fn wait(&self, hold: Hold, timeout: Duration) -> Waited {
+        match self {
+            Backend::Local(store) => store.wait(hold, timeout).await,
+            Backend::Cluster(c) => match hold.on {
+                HoldOn::Cluster(view) => c.wait(*view, timeout).await,
+                HoldOn::Local(_) => Waited::Failed("a local approval held on the cluster".into()),
+            },
+        }
+    }
+}
+
+impl Hold {
+    /// A hold on an approval the operator keeps.
+    pub(crate) fn cluster(view: Approval) -> Hold {
+        Hold {
+            name: view.name.clone(),
+            on: HoldOn::Cluster(Box::new(view)),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@ use tollgate_api::contract::{SILENCE, STREAM_PATH};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where the policy comes from, and how the sidecar proves which pod it is.
+#[derive(Clone)]
 pub struct ControlPlane {
     pub url: Uri,
     /// The CA (PEM) that signed the operator's certificate.
@@ -68,7 +69,7 @@ impl ControlPlane {
         }
     }
 
-    fn tls(&self) -> anyhow::Result<TlsConnector> {
+    pub(crate) fn tls(&self) -> anyhow::Result<TlsConnector> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots
@@ -86,6 +87,57 @@ impl ControlPlane {
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// One request on a connection of its own, with the pod's token: (status, body). For the
+    /// rare calls beside the stream (a held call's approval).
+    pub(crate) async fn request(
+        &self,
+        tls: &TlsConnector,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("cannot read the token {}", self.token_file.display()))?;
+        let host = self
+            .url
+            .host()
+            .context("the control-plane URL has no host")?
+            .to_string();
+        let port = self.url.port_u16().unwrap_or(443);
+        let exchange = async {
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot connect to {host}:{port}"))?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .context("the control-plane host is not a valid server name")?;
+            let stream = tls.connect(name, tcp).await.context("TLS handshake")?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(method)
+                .uri(path_and_query)
+                .header(http::header::HOST, host.as_str())
+                .header(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", token.trim()),
+                )
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.unwrap_or_default(),
+                )))?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .context("the control plane did not answer in time")?
     }
 
     /// One connection; returns whether any policy arrived on it.

@@ -41,7 +41,7 @@ pub(super) struct Held<'b> {
     raw: Cow<'b, str>,
     id: Value,
     call_id: Option<CallId>,
-    hold: Option<approvals::Hold>,
+    ask: approvals::OwnedAsk,
     timeout: Duration,
     reservations: Vec<Reservation>,
     audit: PendingAudit,
@@ -118,21 +118,32 @@ impl Proxy {
         decided: &mut Decided<'b>,
         progress: impl Fn(Value),
     ) {
-        let Some(store) = &self.approvals else {
+        let Some(backend) = &self.approvals else {
             return;
         };
-        // Who asked to hear how long they have been waiting, and on which approval.
-        let asking: Vec<(Value, String, Duration)> = held
+        // Who asked to hear how long they have been waiting, and on which approval (named once
+        // the backend has answered).
+        let names: Vec<parking_lot::Mutex<Option<String>>> =
+            held.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+        let asking: Vec<(usize, Value, Duration)> = held
             .iter()
-            .filter_map(|h| {
-                let token = h.progress_token.clone()?;
-                Some((token, h.hold.as_ref()?.name.clone(), h.timeout))
-            })
+            .enumerate()
+            .filter_map(|(i, h)| Some((i, h.progress_token.clone()?, h.timeout)))
             .collect();
-        let waits = futures_util::future::join_all(held.into_iter().map(|mut h| {
-            let hold = h.hold.take().expect("a held call has its hold");
-            async move { (store.wait(hold, h.timeout).await, h) }
-        }));
+        let session = asked.session;
+        let names_ref = &names;
+        let waits =
+            futures_util::future::join_all(held.into_iter().enumerate().map(|(i, h)| async move {
+                let waited = match backend.request(&h.ask, session).await {
+                    Ok(Ticket::Admit(a)) => Waited::Approved(*a),
+                    Ok(Ticket::Hold(hold)) => {
+                        *names_ref[i].lock() = Some(hold.name.clone());
+                        backend.wait(hold, h.timeout).await
+                    }
+                    Err(e) => Waited::Failed(e),
+                };
+                (waited, h)
+            }));
         let mut waits = std::pin::pin!(waits);
         let started = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(PROGRESS_EVERY);
@@ -141,7 +152,11 @@ impl Proxy {
                 done = &mut waits => break done,
                 _ = ticks.tick(), if !asking.is_empty() => {
                     let waited = started.elapsed().as_secs();
-                    for (token, name, timeout) in &asking {
+                    for (i, token, timeout) in &asking {
+                        let on = match names[*i].lock().as_deref() {
+                            Some(name) => format!("approval {name}"),
+                            None => "an approval".into(),
+                        };
                         progress(json!({
                             "jsonrpc": "2.0",
                             "method": "notifications/progress",
@@ -149,7 +164,7 @@ impl Proxy {
                                 "progressToken": token,
                                 "progress": waited,
                                 "total": timeout.as_secs(),
-                                "message": format!("Waiting for a person to decide approval {name} ({waited}s of {}s)", timeout.as_secs()),
+                                "message": format!("Waiting for a person to decide {on} ({waited}s of {}s)", timeout.as_secs()),
                             },
                         }));
                     }
@@ -215,6 +230,15 @@ impl Proxy {
                     deny_as: DenyAs::Error,
                 };
                 refused(&mut audit, &denial, a.name)
+            }
+            Waited::Failed(why) => {
+                let denial = Denial {
+                    reason: format!("Nobody could be asked to approve this call: {why}"),
+                    policy: audit.policy.clone().unwrap_or_default(),
+                    rule: audit.rule.clone().unwrap_or_default(),
+                    deny_as: DenyAs::Error,
+                };
+                refused(&mut audit, &denial, String::new())
             }
             Waited::Undecided(a) => {
                 audit.reason = Some(format!(
@@ -365,78 +389,38 @@ impl Proxy {
                         deny_as: DenyAs::Error,
                     },
                 )),
-                Some(store) => {
-                    let ticket = store.request(&approvals::Asked {
-                        tool: &call.name,
-                        args,
-                        identity: who.key(),
-                        session,
-                        policy: &policy,
-                        rule: &rule,
-                        valid_for,
-                        show: &show,
-                    });
-                    let audit = PendingAudit {
-                        method,
-                        tool: call.name.clone(),
-                        decision: "approve",
-                        rule: Some(rule.clone()),
-                        policy: Some(policy.clone()),
-                        reason: None,
-                        approval: None,
-                    };
-                    match ticket {
-                        Ticket::Admit(a) => {
-                            self.metrics
-                                .decision(&call.name, "allow", t0.elapsed().as_secs_f64());
-                            return match self.counters.reserve_all(&reservations) {
-                                Ok(reserved) => {
-                                    audits.push(PendingAudit {
-                                        decision: "allow",
-                                        reason: Some(format!(
-                                            "approved by {}",
-                                            a.decided_by.as_deref().unwrap_or("?")
-                                        )),
-                                        approval: Some(a.name),
-                                        ..audit
-                                    });
-                                    Outcome::Forward(reserved)
-                                }
-                                Err(full) => {
-                                    let a = PendingAudit {
-                                        decision: "deny",
-                                        rule: Some(full.rule.clone()),
-                                        policy: Some(full.policy.clone()),
-                                        reason: Some(full.reason.clone()),
-                                        approval: Some(a.name),
-                                        ..audit
-                                    };
-                                    self.write_audit(&a, who, session, set.revision, None, start);
-                                    Outcome::Refuse(
-                                        m.id.map(|_| denial_message(m.id_value(), &full, modern)),
-                                    )
-                                }
-                            };
-                        }
-                        Ticket::Hold(hold) => {
-                            self.metrics.decision(
-                                &call.name,
-                                "approve",
-                                t0.elapsed().as_secs_f64(),
-                            );
-                            return Outcome::Hold(Box::new(Held {
-                                at: 0,
-                                raw: Cow::Borrowed(""),
-                                id: m.id_value(),
-                                call_id: None,
-                                hold: Some(hold),
-                                timeout,
-                                reservations,
-                                audit,
-                                progress_token: progress_token(m),
-                            }));
-                        }
-                    }
+                // Held: the backend is asked (and may admit it at once) once the request's
+                // messages are all decided, as a backend may have to ask the operator.
+                Some(_) => {
+                    self.metrics
+                        .decision(&call.name, "approve", t0.elapsed().as_secs_f64());
+                    return Outcome::Hold(Box::new(Held {
+                        at: 0,
+                        raw: Cow::Borrowed(""),
+                        id: m.id_value(),
+                        call_id: None,
+                        ask: approvals::OwnedAsk {
+                            tool: call.name.clone(),
+                            args: args.clone(),
+                            identity: who.key().to_string(),
+                            policy: policy.clone(),
+                            rule: rule.clone(),
+                            valid_for,
+                            show,
+                        },
+                        timeout,
+                        reservations,
+                        audit: PendingAudit {
+                            method,
+                            tool: call.name.clone(),
+                            decision: "approve",
+                            rule: Some(rule),
+                            policy: Some(policy),
+                            reason: None,
+                            approval: None,
+                        },
+                        progress_token: progress_token(m),
+                    }));
                 }
             },
         };

@@ -43,7 +43,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tollgate_api::{Identity, PolicySet};
 
-use crate::approvals::Approvals;
+use crate::approvals::Backend;
 use crate::http::client::{Outgoing, Upstream};
 use crate::http::deadline::Timeouts;
 use crate::http::server::RequestBody;
@@ -130,7 +130,7 @@ pub struct Proxy {
     /// The calls in flight of each streamable HTTP session.
     sessions: Arc<Sessions>,
     /// Calls held for a person; `None`: an `approve` rule denies, saying approvals are off.
-    approvals: Option<Arc<Approvals>>,
+    approvals: Option<Backend>,
 }
 
 type Resp = Response<ProxyBody>;
@@ -206,7 +206,7 @@ impl Proxy {
     }
 
     /// Holds the calls `approve` rules apply to on `approvals`.
-    pub fn with_approvals(mut self, approvals: Arc<Approvals>) -> Self {
+    pub fn with_approvals(mut self, approvals: Backend) -> Self {
         self.approvals = Some(approvals);
         self
     }
