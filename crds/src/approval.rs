@@ -119,3 +119,18 @@ pub enum ApprovalPhase {
     Expired,
     Used,
 }
+
+/// A name people can type for an approval of `tool`: the tool's name made DNS-safe (at most 40
+/// characters), and `suffix` (random) in hex.
+pub fn approval_name(tool: &str, suffix: u32) -> String {
+    let mut name: String = tool
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name.truncate(40);
+    match name.trim_matches('-') {
+        "" => format!("call-{suffix:08x}"),
+        name => format!("{name}-{suffix:08x}"),
+    }
+}

@@ -409,22 +409,14 @@ fn answer_of(a: &McpApproval, admitted: bool, now: Timestamp) -> ApprovalAnswer 
     }
 }
 
-/// A name people can type: the tool's name made DNS-safe, and a random suffix.
+/// A name people can type: the tool's, and a random suffix.
 fn name_for(tool: &str) -> String {
     use std::hash::BuildHasher;
-    let mut name: String = tool
-        .chars()
-        .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    name.truncate(40);
-    let name = name.trim_matches('-');
-    let suffix = std::collections::hash_map::RandomState::new()
-        .hash_one(Timestamp::now().as_nanosecond()) as u32;
-    match name {
-        "" => format!("call-{suffix:08x}"),
-        name => format!("{name}-{suffix:08x}"),
-    }
+    let random = std::collections::hash_map::RandomState::new();
+    tollgate_api::approval_name(
+        tool,
+        random.hash_one(Timestamp::now().as_nanosecond()) as u32,
+    )
 }
 
 /// Who is asking, as the token and the index say.

@@ -736,9 +736,11 @@ def test_operator_a_held_call_becomes_an_mcp_approval_kubectl_tollgate_decides_a
     ns = "held"
     kube.namespace(ns, **INJECT)
     op = operator()
-    kube.apply(policy("issues", {"tools": {"create_issue": {"rules": [{
-        "name": "a person decides", "action": "approve",
-        "approval": {"timeout": "1s", "validFor": "10m", "show": ["args.title"]}}]}}}, ns))
+    kube.apply(policy("issues", {"tools": {
+        "create_issue": {"rules": [{"name": "a person decides", "action": "approve",
+                                    "approval": {"timeout": "1s", "validFor": "10m", "show": ["args.title"]}}]},
+        "create_charge": {"rules": [{"name": "charges wait for a person", "action": "approve",
+                                     "approval": {"timeout": "30s"}}]}}}, ns))
     # Two replicas of one workload: pods a ReplicaSet owns (made here, as its controller would,
     # which this control plane does not run), injected on the way in.
     template = mcp_pod("ignored", ns, labels={"app": "mcp"})
@@ -785,3 +787,12 @@ def test_operator_a_held_call_becomes_an_mcp_approval_kubectl_tollgate_decides_a
     # Other arguments are never admitted by it.
     other = a.call("create_issue", {"title": "something else"})
     assert other["error"]["code"] == -32003 and other["error"]["data"]["approval"] != name
+
+    # Approved while the call is held: it goes on, and the agent gets its result.
+    with ThreadPoolExecutor(1) as pool:
+        charge = pool.submit(b.call, "create_charge", {"amount": 5, "currency": "eur"})
+        waiting = eventually(lambda: [o for o in kube.get("-n", ns, "mcpapprovals")["items"] if o["spec"]["tool"] == "create_charge"],
+                             what="the held charge's McpApproval")
+        subprocess.run([str(debug_bins / "kubectl-tollgate"), "approve", waiting[0]["metadata"]["name"], "-n", ns],
+                       check=True, capture_output=True, env={**os.environ, "KUBECONFIG": str(alice)})
+        assert charge.result(timeout=30)["result"]["content"][0]["text"] == "charged 5 eur"

@@ -420,25 +420,14 @@ impl Approvals {
         }
     }
 
-    /// A name people can type: the tool's name made DNS-safe, and a random suffix.
+    /// A name people can type: the tool's, and a random suffix.
     fn name_for(&self, tool: &str) -> String {
-        let mut name: String = tool
-            .chars()
-            .map(|c| c.to_ascii_lowercase())
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        name.truncate(40);
-        let name = name.trim_matches('-');
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let suffix = self.seed.hash_one((serial, nanos)) as u32;
-        match name {
-            "" => format!("call-{suffix:08x}"),
-            name => format!("{name}-{suffix:08x}"),
-        }
+        tollgate_api::approval_name(tool, self.seed.hash_one((serial, nanos)) as u32)
     }
 
     fn record(&self, a: &Approval, step: &'static str, session: Option<&str>) {

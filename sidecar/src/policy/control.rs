@@ -89,6 +89,41 @@ impl ControlPlane {
         Ok(TlsConnector::from(Arc::new(config)))
     }
 
+    /// A connection to the control plane, HTTP/1 over TLS, and the token to present on it
+    /// (re-read each time: kubelet rotates it).
+    async fn connect<B>(
+        &self,
+        tls: &TlsConnector,
+    ) -> anyhow::Result<(hyper::client::conn::http1::SendRequest<B>, String, String)>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("cannot read the token {}", self.token_file.display()))?;
+        let host = self
+            .url
+            .host()
+            .context("the control-plane URL has no host")?
+            .to_string();
+        let port = self.url.port_u16().unwrap_or(443);
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(5),
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("cannot connect to {host}:{port}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+            .context("the control-plane host is not a valid server name")?;
+        let stream = tls.connect(name, tcp).await.context("TLS handshake")?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok((sender, host, format!("Bearer {}", token.trim())))
+    }
+
     /// One request on a connection of its own, with the pod's token: (status, body). For the
     /// rare calls beside the stream (a held call's approval).
     pub(crate) async fn request(
@@ -99,33 +134,13 @@ impl ControlPlane {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
-        let token = std::fs::read_to_string(&self.token_file)
-            .with_context(|| format!("cannot read the token {}", self.token_file.display()))?;
-        let host = self
-            .url
-            .host()
-            .context("the control-plane URL has no host")?
-            .to_string();
-        let port = self.url.port_u16().unwrap_or(443);
         let exchange = async {
-            let tcp = TcpStream::connect((host.as_str(), port))
-                .await
-                .with_context(|| format!("cannot connect to {host}:{port}"))?;
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-                .context("the control-plane host is not a valid server name")?;
-            let stream = tls.connect(name, tcp).await.context("TLS handshake")?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+            let (mut sender, host, bearer) = self.connect(tls).await?;
             let req = Request::builder()
                 .method(method)
                 .uri(path_and_query)
-                .header(http::header::HOST, host.as_str())
-                .header(
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", token.trim()),
-                )
+                .header(http::header::HOST, host)
+                .header(http::header::AUTHORIZATION, bearer)
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(http_body_util::Full::new(bytes::Bytes::from(
                     body.unwrap_or_default(),
@@ -142,34 +157,14 @@ impl ControlPlane {
 
     /// One connection; returns whether any policy arrived on it.
     async fn once(&self, tls: &TlsConnector, handle: &PolicyHandle) -> anyhow::Result<bool> {
-        let token = std::fs::read_to_string(&self.token_file)
-            .with_context(|| format!("cannot read the token {}", self.token_file.display()))?;
-        let host = self
-            .url
-            .host()
-            .context("the control-plane URL has no host")?;
-        let port = self.url.port_u16().unwrap_or(443);
-        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port)))
-            .await
-            .context("connecting timed out")?
-            .with_context(|| format!("cannot connect to {host}:{port}"))?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .context("the control-plane host is not a valid server name")?;
-        let stream = tls.connect(name, tcp).await.context("TLS handshake")?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let (mut sender, host, bearer) = self.connect(tls).await?;
         let path = match self.url.path() {
             "" | "/" => STREAM_PATH,
             p => p,
         };
         let req = Request::get(path)
             .header(http::header::HOST, host)
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", token.trim()),
-            )
+            .header(http::header::AUTHORIZATION, bearer)
             .body(Empty::<bytes::Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         let status = resp.status();
