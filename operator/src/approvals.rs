@@ -231,14 +231,28 @@ struct Context {
     client: Client,
     recorder: Recorder,
     retention: Duration,
+    notifier: Option<tollgate_api::notify::Notifier>,
+    /// The approvals whose use this leader announced (a use is written by whichever replica
+    /// served it; the leader announces it once).
+    announced_use: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Keeps every McpApproval's status, and deletes ended ones after `retention`.
-pub async fn run(client: Client, reporter: Reporter, retention: Duration) {
+///
+/// Each step is announced: an Event on the approval, and a JSON POST to `notifier`'s webhook
+/// (`{"event": "pending"|"approved"|"denied"|"expired"|"used", "approval": {...}}`).
+pub async fn run(
+    client: Client,
+    reporter: Reporter,
+    retention: Duration,
+    notifier: Option<tollgate_api::notify::Notifier>,
+) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         retention,
+        notifier,
+        announced_use: Default::default(),
     });
     Controller::new(Api::<McpApproval>::all(client), watcher::Config::default())
         .run(
@@ -253,6 +267,72 @@ pub async fn run(client: Client, reporter: Reporter, retention: Duration) {
         .await;
 }
 
+/// An Event on the approval, and the webhook's POST, for a step it took.
+async fn announce(ctx: &Context, a: &McpApproval, phase: ApprovalPhase) {
+    let decision = a.spec.decision.as_ref();
+    let by = decision
+        .and_then(|d| d.decided_by.as_deref())
+        .unwrap_or("?");
+    let reason = decision
+        .and_then(|d| d.reason.as_deref())
+        .unwrap_or("no reason given");
+    let (tool, identity) = (&a.spec.tool, &a.spec.identity);
+    let (type_, why, note) = match phase {
+        ApprovalPhase::Approved => (
+            EventType::Normal,
+            "Approved",
+            format!("{by} approved {tool} for {identity}: {reason}"),
+        ),
+        ApprovalPhase::Denied => (
+            EventType::Normal,
+            "Denied",
+            format!("{by} denied {tool} for {identity}: {reason}"),
+        ),
+        ApprovalPhase::Expired => (
+            EventType::Warning,
+            "Expired",
+            format!("{tool} for {identity} expired undecided or unused"),
+        ),
+        ApprovalPhase::Used => (
+            EventType::Normal,
+            "Used",
+            format!(
+                "{tool} for {identity} ran on pod {}",
+                a.status
+                    .as_ref()
+                    .and_then(|s| s.used_by.as_deref())
+                    .unwrap_or("?")
+            ),
+        ),
+        ApprovalPhase::Pending => (
+            EventType::Normal,
+            "Pending",
+            format!(
+                "{tool} called by {identity} on pod {} waits for a person (kubectl tollgate approve {})",
+                a.spec.pod,
+                a.name_any()
+            ),
+        ),
+    };
+    let event = Event {
+        type_,
+        reason: why.into(),
+        note: Some(note),
+        action: "Decide".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &a.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish an event");
+    }
+    if let Some(n) = &ctx.notifier {
+        let mut approval = serde_json::to_value(&a.spec).unwrap_or_default();
+        approval["name"] = json!(a.name_any());
+        approval["namespace"] = json!(a.namespace());
+        approval["phase"] = json!(phase);
+        n.send(json!({ "event": why.to_lowercase(), "approval": approval }));
+    }
+}
+
 async fn reconcile(a: Arc<McpApproval>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
     let ns = a.namespace().unwrap_or_default();
     let api: Api<McpApproval> = Api::namespaced(ctx.client.clone(), &ns);
@@ -262,6 +342,20 @@ async fn reconcile(a: Arc<McpApproval>, ctx: Arc<Context>) -> Result<Action, kub
         phase,
         ApprovalPhase::Denied | ApprovalPhase::Expired | ApprovalPhase::Used
     ) {
+        let used_at = a.status.as_ref().and_then(|s| s.used_at.as_deref());
+        let recent = used_at
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .is_some_and(|t| now.duration_since(t).unsigned_abs() < Duration::from_secs(60));
+        if phase == ApprovalPhase::Used
+            && recent
+            && ctx
+                .announced_use
+                .lock()
+                .map(|mut set| set.insert(a.uid().unwrap_or_default()))
+                .unwrap_or(false)
+        {
+            announce(&ctx, &a, ApprovalPhase::Used).await;
+        }
         let since = a
             .metadata
             .creation_timestamp
@@ -285,60 +379,7 @@ async fn reconcile(a: Arc<McpApproval>, ctx: Arc<Context>) -> Result<Action, kub
             &Patch::Merge(json!({ "status": status })),
         )
         .await?;
-        let decision = a.spec.decision.as_ref();
-        let by = decision
-            .and_then(|d| d.decided_by.as_deref())
-            .unwrap_or("?");
-        let reason = decision
-            .and_then(|d| d.reason.as_deref())
-            .unwrap_or("no reason given");
-        let (type_, why, note) = match status.phase {
-            ApprovalPhase::Approved => (
-                EventType::Normal,
-                "Approved",
-                format!(
-                    "{by} approved {} for {}: {reason}",
-                    a.spec.tool, a.spec.identity
-                ),
-            ),
-            ApprovalPhase::Denied => (
-                EventType::Normal,
-                "Denied",
-                format!(
-                    "{by} denied {} for {}: {reason}",
-                    a.spec.tool, a.spec.identity
-                ),
-            ),
-            ApprovalPhase::Expired => (
-                EventType::Warning,
-                "Expired",
-                format!(
-                    "{} for {} expired undecided or unused",
-                    a.spec.tool, a.spec.identity
-                ),
-            ),
-            _ => (
-                EventType::Normal,
-                "Pending",
-                format!(
-                    "{} called by {} on pod {} waits for a person (kubectl tollgate approve {})",
-                    a.spec.tool,
-                    a.spec.identity,
-                    a.spec.pod,
-                    a.name_any()
-                ),
-            ),
-        };
-        let event = Event {
-            type_,
-            reason: why.into(),
-            note: Some(note),
-            action: "Decide".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &a.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot publish an event");
-        }
+        announce(&ctx, &a, status.phase).await;
     }
     // Come back when it may expire.
     Ok(Action::requeue(Duration::from_secs(
@@ -532,7 +573,7 @@ pub async fn use_approval(
         }
         let patch = json!({
             "metadata": { "resourceVersion": a.resource_version() },
-            "status": { "phase": ApprovalPhase::Used, "usedBy": who.pod,
+            "status": { "phase": ApprovalPhase::Used, "usedBy": who.pod, "usedAt": now.to_string(),
                         "expires": expires_at(&a).map(|t| t.to_string()) },
         });
         match api

@@ -125,6 +125,10 @@ struct Args {
     /// (a pod being admitted may not be listed yet).
     #[arg(long, env = "TOLLGATE_NETWORK_POLICY_GRACE", default_value = "60s", value_parser = parse_duration)]
     network_policy_grace: Duration,
+    /// A URL that gets a JSON POST at each step of an McpApproval (pending, approved, denied,
+    /// expired, used), for a chat bridge.
+    #[arg(long, env = "TOLLGATE_APPROVAL_WEBHOOK")]
+    approval_webhook: Option<http::Uri>,
     /// How long a decided, used or expired McpApproval is kept past its lifetime.
     #[arg(long, env = "TOLLGATE_APPROVAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
     approval_retention: Duration,
@@ -225,6 +229,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         let grace = args.network_policy_grace;
         let retention = args.approval_retention;
+        let notifier = args
+            .approval_webhook
+            .clone()
+            .map(tollgate_api::notify::Notifier::start)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--approval-webhook: {e}"))?;
         let label: Vec<String> = args
             .inject_namespaces
             .iter()
@@ -241,6 +251,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         let index = index.clone();
                         let reporter = reporter.clone();
                         let label = label.clone();
+                        let notifier = notifier.clone();
                         controllers = Some(tokio::spawn(async move {
                             tokio::join!(
                                 crate::controller::run(
@@ -254,7 +265,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                                     reporter.clone(),
                                     grace
                                 ),
-                                crate::approvals::run(client.clone(), reporter, retention),
+                                crate::approvals::run(
+                                    client.clone(),
+                                    reporter,
+                                    retention,
+                                    notifier,
+                                ),
                                 crate::controller::label_namespaces(client, index, label),
                             );
                         }))

@@ -263,6 +263,10 @@ struct ProxyArgs {
         requires = "approvals_token_file"
     )]
     approval_webhook: Option<http::Uri>,
+    /// The most calls held for a person at once (each keeps its request and connection); past
+    /// it, calls an approve rule applies to are denied until some are decided.
+    #[arg(long, env = "TOLLGATE_MAX_HELD_CALLS", default_value_t = 10_000)]
+    max_held_calls: usize,
     /// How long decided, used and expired approvals stay listed.
     #[arg(long, env = "TOLLGATE_APPROVAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
     approval_retention: Duration,
@@ -634,6 +638,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 upstream_head: args.upstream_head_timeout,
                 upstream_body: args.upstream_body_timeout,
             },
+            max_held_calls: args.max_held_calls,
         },
         handle.clone(),
         audit.clone(),

@@ -205,3 +205,29 @@ def recorder(procs, tmp_path):
         return f"http://127.0.0.1:{port}", record
 
     return start
+
+
+@pytest.fixture
+def json_sink():
+    """An HTTP server here that keeps every JSON body POSTed to it (a webhook's receiver):
+    yields (its URL, the list of bodies)."""
+    import http.server
+    import threading
+
+    got: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", got
+    finally:
+        server.shutdown()

@@ -254,38 +254,20 @@ def test_approvals_the_listener_needs_the_token_and_without_approvals_the_rule_d
     assert ran(record) == []
 
 
-def test_approvals_the_webhook_hears_each_step_in_order(approving):
-    import http.server
-    import threading
+def test_approvals_the_webhook_hears_each_step_in_order(approving, json_sink):
+    url, got = json_sink
+    _, px, approver = approving("--approval-webhook", url, timeout="20s")
 
-    got: list[dict] = []
+    def decide():
+        approver.run("approve", first_pending(approver)["name"], "--by", "carol")
 
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        _, px, approver = approving("--approval-webhook", f"http://127.0.0.1:{server.server_port}/hook", timeout="20s")
-
-        def decide():
-            approver.run("approve", first_pending(approver)["name"], "--by", "carol")
-
-        assert held_call(f"{px.url}/mcp", "legacy", {"title": "hooked"}, decide)[0] == "ok"
-        deadline = time.monotonic() + 10
-        while len(got) < 3:
-            assert time.monotonic() < deadline, got
-            time.sleep(0.05)
-        assert [e["event"] for e in got] == ["pending", "approved", "used"]
-        assert got[1]["approval"]["decidedBy"] == "carol" and got[0]["approval"]["arguments"] == {"args.title": "hooked"}
-    finally:
-        server.shutdown()
+    assert held_call(f"{px.url}/mcp", "legacy", {"title": "hooked"}, decide)[0] == "ok"
+    deadline = time.monotonic() + 10
+    while len(got) < 3:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+    assert [e["event"] for e in got] == ["pending", "approved", "used"]
+    assert got[1]["approval"]["decidedBy"] == "carol" and got[0]["approval"]["arguments"] == {"args.title": "hooked"}
 
 
 def answer_to(ch: Channel, resp: httpx.Response, id: int) -> dict:
@@ -328,3 +310,29 @@ def test_approvals_on_every_transport_a_held_call_reaches_the_server_only_once_a
         assert [r["args"] for r in ran(record) if r["tool"] == "create_issue"] == [{"title": "t"}]
     finally:
         ch.close()
+
+
+def test_approvals_held_calls_are_bounded_and_past_the_bound_a_call_is_denied_saying_so(approving):
+    record, px, approver = approving("--max-held-calls", "1", timeout="20s")
+    url = f"{px.url}/mcp"
+
+    def decide():
+        a = first_pending(approver)
+        code, message, _ = anyio.run(call, url, "legacy", "create_issue", {"title": "second"})
+        assert code == -32001 and "calls wait for one already; retry later" in message, message
+        approver.run("approve", a["name"])
+
+    assert held_call(url, "legacy", {"title": "first"}, decide) == ("ok", "created first")
+
+    def approve_next():
+        approver.run("approve", next(a for a in approver.pending() if a["arguments"] == {"args.title": "third"})["name"])
+
+    def when_pending():
+        for _ in range(200):
+            if any(a["arguments"] == {"args.title": "third"} for a in approver.pending()):
+                return approve_next()
+            time.sleep(0.05)
+        raise AssertionError("the third call was not held")
+
+    assert held_call(url, "legacy", {"title": "third"}, when_pending) == ("ok", "created third"), "settled, its place is free again"
+    assert [r["args"] for r in ran(record)] == [{"title": "first"}, {"title": "third"}]

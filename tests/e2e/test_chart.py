@@ -33,6 +33,7 @@ SWITCHES = {
     "injected namespaces": {"injection": {"namespaces": ["agents", "payments"]}},
     "no-privilege boundary": {"injection": {"boundary": "network-policy"}},
     "webhooks fail open": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}},
+    "approvals webhook": {"approvals": {"webhook": "https://chat.example.com/hooks/tollgate", "retention": "24h"}},
     "cert-manager": {"certManager": {"enabled": True}},
     "cert-manager with an issuer": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
 }
@@ -224,6 +225,15 @@ def test_chart_posture_becomes_the_baseline_policy_and_the_operators_default(act
 def test_chart_injection_namespaces_are_labelled_by_the_operator():
     env = {e["name"]: e.get("value") for e in one(render({"injection": {"namespaces": ["agents", "payments"]}}), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TOLLGATE_INJECT_NAMESPACES"] == "agents,payments"
+
+
+def test_chart_approvals_settings_reach_the_operator_and_a_webhook_must_be_a_url():
+    env = {e["name"]: e.get("value") for e in one(render(SWITCHES["approvals webhook"]), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["TOLLGATE_APPROVAL_WEBHOOK"], env["TOLLGATE_APPROVAL_RETENTION"]) == ("https://chat.example.com/hooks/tollgate", "24h")
+    default = {e["name"]: e.get("value") for e in one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "TOLLGATE_APPROVAL_WEBHOOK" not in default and default["TOLLGATE_APPROVAL_RETENTION"] == "1h"
+    with pytest.raises(HelmError, match="approvals"):
+        render({"approvals": {"webhook": "chat.example.com"}})
 
 
 def test_chart_cert_manager_switch_uses_its_certificate_and_ca_injection():

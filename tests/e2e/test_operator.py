@@ -657,10 +657,11 @@ def approval(name: str, ns: str, **spec) -> dict:
                      "call": "sha256:0f1e", "arguments": {"args.bucket": '"logs"'}, "validForSeconds": 3600, **spec}}
 
 
-def test_operator_only_a_user_with_the_approve_verb_decides_an_approval_and_the_api_servers_user_is_recorded(kube, operator, debug_bins, tmp_path):
+def test_operator_only_a_user_with_the_approve_verb_decides_an_approval_and_the_api_servers_user_is_recorded(kube, operator, debug_bins, tmp_path, json_sink):
     ns = "decide"
     kube.namespace(ns)
-    operator()
+    hook, heard = json_sink
+    operator("operator", "--approval-webhook", hook)
     for who in ("alice", "mallory"):
         kube.kubectl("-n", ns, "create", "serviceaccount", who)
     # alice approves (the chart's ClusterRole); mallory may edit approvals but not decide them.
@@ -729,13 +730,24 @@ def test_operator_only_a_user_with_the_approve_verb_decides_an_approval_and_the_
     late = plugin("alice", "approve", "short-lived")
     assert late.returncode != 0 and "McpApproval short-lived is Expired: only a Pending one can be decided" in late.stderr
 
+    # The webhook heard each step, in order, for each approval.
+    def steps(name: str) -> list[str]:
+        return [e["event"] for e in heard if e["approval"]["name"] == name]
 
-def test_operator_a_held_call_becomes_an_mcp_approval_kubectl_tollgate_decides_and_one_replica_uses(kube, operator, sidecar, debug_bins, tmp_path):
+    eventually(lambda: steps("short-lived") == ["pending", "expired"], what="the webhook heard the expiry")
+    assert steps("create-bucket-1") == ["pending", "approved"] and steps("create-bucket-2") == ["pending", "denied"]
+    approved = next(e for e in heard if e["approval"]["name"] == "create-bucket-1" and e["event"] == "approved")
+    assert approved["approval"]["decision"]["decidedBy"] == f"system:serviceaccount:{ns}:alice"
+    assert approved["approval"]["namespace"] == ns and approved["approval"]["arguments"] == {"args.bucket": '"logs"'}
+
+
+def test_operator_a_held_call_becomes_an_mcp_approval_kubectl_tollgate_decides_and_one_replica_uses(kube, operator, sidecar, debug_bins, tmp_path, json_sink):
     from concurrent.futures import ThreadPoolExecutor
 
     ns = "held"
     kube.namespace(ns, **INJECT)
-    op = operator()
+    hook, heard = json_sink
+    op = operator("operator", "--approval-webhook", hook)
     kube.apply(policy("issues", {"tools": {
         "create_issue": {"rules": [{"name": "a person decides", "action": "approve",
                                     "approval": {"timeout": "1s", "validFor": "10m", "show": ["args.title"]}}]},
@@ -784,6 +796,8 @@ def test_operator_a_held_call_becomes_an_mcp_approval_kubectl_tollgate_decides_a
     assert refused["error"]["code"] == -32003
     used = eventually(lambda: (o := kube.get("-n", ns, "mcpapproval", name))["status"]["phase"] == "Used" and o, what="Used")
     assert used["status"]["usedBy"] in names
+    eventually(lambda: [e["event"] for e in heard if e["approval"]["name"] == name] == ["pending", "approved", "used"],
+               what="the webhook heard the use, once")
     # Other arguments are never admitted by it.
     other = a.call("create_issue", {"title": "something else"})
     assert other["error"]["code"] == -32003 and other["error"]["data"]["approval"] != name

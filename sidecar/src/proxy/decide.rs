@@ -47,6 +47,32 @@ pub(super) struct Held<'b> {
     audit: PendingAudit,
     /// `params._meta.progressToken`: the client asked for progress.
     pub progress_token: Option<Value>,
+    /// Its place among the calls held at once (given back when it is settled or dropped).
+    _slot: HeldSlot,
+}
+
+/// One of the `--max-held-calls` places; held calls are bounded, as each keeps its request.
+pub(super) struct HeldSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl HeldSlot {
+    fn take(
+        count: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        max: usize,
+    ) -> Option<HeldSlot> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HeldSlot(count.clone()))
+    }
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// What becomes of one message.
@@ -391,37 +417,52 @@ impl Proxy {
                 )),
                 // Held: the backend is asked (and may admit it at once) once the request's
                 // messages are all decided, as a backend may have to ask the operator.
-                Some(_) => {
-                    self.metrics
-                        .decision(&call.name, "approve", t0.elapsed().as_secs_f64());
-                    return Outcome::Hold(Box::new(Held {
-                        at: 0,
-                        raw: Cow::Borrowed(""),
-                        id: m.id_value(),
-                        call_id: None,
-                        ask: approvals::OwnedAsk {
-                            tool: call.name.clone(),
-                            args: args.clone(),
-                            identity: who.key().to_string(),
-                            policy: policy.clone(),
-                            rule: rule.clone(),
-                            valid_for,
-                            show,
+                Some(_) => match HeldSlot::take(&self.held_now, self.cfg.max_held_calls) {
+                    None => Err((
+                        "approve",
+                        Denial {
+                            reason: format!(
+                                "Tool {:?} needs a person's approval, and {} calls wait for one already; retry later",
+                                call.name, self.cfg.max_held_calls
+                            ),
+                            policy,
+                            rule,
+                            deny_as: DenyAs::Error,
                         },
-                        timeout,
-                        reservations,
-                        audit: PendingAudit {
-                            method,
-                            tool: call.name.clone(),
-                            decision: "approve",
-                            rule: Some(rule),
-                            policy: Some(policy),
-                            reason: None,
-                            approval: None,
-                        },
-                        progress_token: progress_token(m),
-                    }));
-                }
+                    )),
+                    Some(slot) => {
+                        self.metrics
+                            .decision(&call.name, "approve", t0.elapsed().as_secs_f64());
+                        return Outcome::Hold(Box::new(Held {
+                            _slot: slot,
+                            at: 0,
+                            raw: Cow::Borrowed(""),
+                            id: m.id_value(),
+                            call_id: None,
+                            ask: approvals::OwnedAsk {
+                                tool: call.name.clone(),
+                                args: args.clone(),
+                                identity: who.key().to_string(),
+                                policy: policy.clone(),
+                                rule: rule.clone(),
+                                valid_for,
+                                show,
+                            },
+                            timeout,
+                            reservations,
+                            audit: PendingAudit {
+                                method,
+                                tool: call.name.clone(),
+                                decision: "approve",
+                                rule: Some(rule),
+                                policy: Some(policy),
+                                reason: None,
+                                approval: None,
+                            },
+                            progress_token: progress_token(m),
+                        }));
+                    }
+                },
             },
         };
         let seconds = t0.elapsed().as_secs_f64();

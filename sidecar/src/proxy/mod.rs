@@ -104,6 +104,9 @@ pub struct ProxyConfig {
     pub passthrough_paths: Vec<String>,
     /// How long each wait may take, on both sides.
     pub timeouts: Timeouts,
+    /// The most calls held for a person at once (each keeps its request); past it, such calls
+    /// are denied until some are settled.
+    pub max_held_calls: usize,
 }
 
 impl ProxyConfig {
@@ -131,6 +134,8 @@ pub struct Proxy {
     sessions: Arc<Sessions>,
     /// Calls held for a person; `None`: an `approve` rule denies, saying approvals are off.
     approvals: Option<Backend>,
+    /// How many calls are held now, across every worker.
+    held_now: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type Resp = Response<ProxyBody>;
@@ -202,6 +207,7 @@ impl Proxy {
             legacy: Arc::default(),
             sessions: Arc::default(),
             approvals: None,
+            held_now: Arc::default(),
         })
     }
 
@@ -226,6 +232,7 @@ impl Proxy {
             legacy: self.legacy.clone(),
             sessions: self.sessions.clone(),
             approvals: self.approvals.clone(),
+            held_now: self.held_now.clone(),
         }
     }
 
