@@ -539,19 +539,23 @@ pub async fn wait(
 ) -> Option<ApprovalAnswer> {
     let mut changed = index.subscribe_approvals();
     let deadline = tokio::time::Instant::now() + wait;
+    let key = kube::runtime::reflector::ObjectRef::new(name).within(&who.namespace);
     loop {
-        let key = kube::runtime::reflector::ObjectRef::new(name).within(&who.namespace);
-        let a = index
+        // Just made by `ask`, it may not have reached this replica's watch yet: wait for it.
+        let found = index
             .approvals
             .get(&key)
-            .filter(|a| a.spec.workload == who.workload)?;
+            .filter(|a| a.spec.workload == who.workload);
         let now = Timestamp::now();
-        if effective_phase(&a, now) != ApprovalPhase::Pending
+        let settled = found
+            .as_ref()
+            .is_some_and(|a| effective_phase(a, now) != ApprovalPhase::Pending);
+        if settled
             || tokio::time::timeout_at(deadline, changed.changed())
                 .await
                 .is_err()
         {
-            return Some(answer_of(&a, false, now));
+            return found.map(|a| answer_of(&a, false, now));
         }
     }
 }
