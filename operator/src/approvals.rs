@@ -1,6 +1,12 @@
-//! `McpApproval`s: who may decide one, who did, and what phase it is in.
+//! `McpApproval`s: made for the sidecars' held calls, who may decide one, who did, and what
+//! phase it is in.
 //!
 //! ```text
+//! sidecar (pod token) ─ POST /v1/approvals ─> ask: the one for this call and workload,
+//!   used at once if approved; else the pending one; else a new one
+//!                     ─ GET /v1/approvals/NAME?wait=S ─> wait: until decided or S passed
+//!                     ─ POST /v1/approvals/NAME/use ─> use_approval: Used exactly once (a
+//!                       status write conditional on the resourceVersion read)
 //! POST /approvals (mutating webhook, McpApproval CREATE | UPDATE)
 //!   CREATE with a decision                        ─> refused: decide it after it is made
 //!   UPDATE changing the call (spec but decision)  ─> refused: the call is fixed
@@ -8,9 +14,10 @@
 //!   UPDATE adding a decision ─ SubjectAccessReview (verb approve, mcpapprovals/NAME, the
 //!     request's user) ─ no ─> refused naming the verb
 //!                       yes ─> decidedBy, decidedAt stamped from the API server's userInfo
-//! controller (leader): a decision ─> status.phase Approved | Denied (+ Event);
-//!   past its lifetime undecided (or approved, unused) ─> Expired (+ Event);
-//!   ended longer than the retention ─> deleted
+//! controller (leader): a decision ─> status.phase Approved | Denied;
+//!   past its lifetime undecided (or approved, unused) ─> Expired;
+//!   each step announced (an Event, and the webhook's POST); ended longer than the retention
+//!   ─> deleted
 //! ```
 //!
 //! As for CertificateSigningRequests, the `approve` verb is checked by the webhook, so RBAC
