@@ -377,17 +377,19 @@ pub fn desired(index: &Index) -> Desired {
             }
         }
     }
-    let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
+    // Only the namespaces with network-policy pods are looked into.
+    let mut namespaces: BTreeMap<String, Namespace> = groups
+        .keys()
+        .map(|(ns, _)| (ns.clone(), Namespace::default()))
+        .collect();
     for np in policies.iter() {
-        let ns = np.namespace().unwrap_or_default();
-        if groups.keys().any(|(n, _)| *n == ns) {
-            namespaces.entry(ns).or_default().network_policies.push(np);
+        if let Some(n) = namespaces.get_mut(np.namespace().as_deref().unwrap_or_default()) {
+            n.network_policies.push(np);
         }
     }
     for svc in services.iter() {
-        let ns = svc.namespace().unwrap_or_default();
-        if groups.keys().any(|(n, _)| *n == ns) {
-            namespaces.entry(ns).or_default().services.push(svc);
+        if let Some(n) = namespaces.get_mut(svc.namespace().as_deref().unwrap_or_default()) {
+            n.services.push(svc);
         }
     }
     let empty = Namespace::default();

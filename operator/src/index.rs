@@ -122,25 +122,25 @@ impl Index {
                     .reflect(services_w),
             ),
         ]);
-        let approvals = touched(
+        let approvals = futures::stream::select_all([touched(
             watcher(Api::<McpApproval>::all(client.clone()), Default::default())
                 .reflect(approvals_w),
-        );
-        let approvals_driver = {
-            let index = index.clone();
-            async move {
-                let mut approvals = approvals;
-                while let Some(what) = approvals.next().await {
-                    match what {
-                        Ok(()) => index.approvals_changed.send_modify(|n| *n += 1),
-                        Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
-                    }
-                }
-            }
-        };
-        // Policy inputs tick both channels; the boundary's own inputs only its channel.
-        let driver = drive(streams, index.clone(), true);
-        let boundary_driver = drive(boundary, index.clone(), false);
+        )]);
+        // Policy inputs tick every channel but the approvals'; the boundary's own inputs only
+        // its channel; approvals only theirs.
+        let i = index.clone();
+        let driver = drive(streams, move || {
+            i.changed.send_modify(|n| *n += 1);
+            i.boundary_changed.send_modify(|n| *n += 1);
+        });
+        let i = index.clone();
+        let boundary_driver = drive(boundary, move || {
+            i.boundary_changed.send_modify(|n| *n += 1)
+        });
+        let i = index.clone();
+        let approvals_driver = drive(approvals, move || {
+            i.approvals_changed.send_modify(|n| *n += 1)
+        });
         let keys = refresh_keys(index.clone(), client);
         (index, async move {
             tokio::join!(driver, boundary_driver, approvals_driver, keys);
@@ -269,19 +269,11 @@ impl Index {
 
 type Touches = std::pin::Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>;
 
-async fn drive(
-    mut streams: futures::stream::SelectAll<Touches>,
-    index: Arc<Index>,
-    policy_input: bool,
-) {
+/// Drives watches into their stores, calling `tick` on every change they bring.
+async fn drive(mut streams: futures::stream::SelectAll<Touches>, tick: impl Fn()) {
     while let Some(what) = streams.next().await {
         match what {
-            Ok(()) => {
-                if policy_input {
-                    index.changed.send_modify(|n| *n += 1);
-                }
-                index.boundary_changed.send_modify(|n| *n += 1);
-            }
+            Ok(()) => tick(),
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
         }
     }

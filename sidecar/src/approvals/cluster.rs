@@ -19,7 +19,7 @@ use http::{Method, StatusCode};
 use tokio_rustls::TlsConnector;
 use tollgate_api::contract::{APPROVALS_PATH, ApprovalAnswer, ApprovalAsk};
 
-use super::{Approval, Hold, OwnedAsk, Phase, Ticket, Waited, canonical, rfc3339_in, shown};
+use super::{Approval, Hold, OwnedAsk, Phase, Ticket, Waited, call_key, rfc3339_in, shown};
 use crate::policy::control::ControlPlane;
 
 /// The longest a single wait asks the operator to hold its answer.
@@ -60,11 +60,8 @@ impl Cluster {
     }
 
     pub async fn request(&self, ask: &OwnedAsk) -> Result<Ticket, String> {
-        let mut text = String::new();
-        for part in [&ask.tool, &ask.identity] {
-            text.push_str(&format!("{}:{part}\n", part.len()));
-        }
-        canonical(&ask.args, &mut text);
+        // The workload is the operator's to add, from the pod's token.
+        let text = call_key(&[&ask.tool, &ask.identity], &ask.args);
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         let call: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let arguments = shown(&ask.args, &ask.show)

@@ -468,12 +468,18 @@ pub(crate) fn rfc3339_in(d: Duration) -> String {
 
 /// What binds an approval to one call: every part written out whole, so no two calls that
 /// differ in anything share it.
-pub(crate) fn fingerprint(asked: &Asked<'_>, workload: &str) -> String {
+fn fingerprint(asked: &Asked<'_>, workload: &str) -> String {
+    call_key(&[asked.tool, asked.identity, workload], asked.args)
+}
+
+/// The parts of a call, each with its length so none can run into the next, then its arguments
+/// written canonically.
+pub(crate) fn call_key(parts: &[&str], args: &Value) -> String {
     let mut key = String::new();
-    for part in [asked.tool, asked.identity, workload] {
+    for part in parts {
         let _ = writeln!(key, "{}:{part}", part.len());
     }
-    canonical(asked.args, &mut key);
+    canonical(args, &mut key);
     key
 }
 

@@ -11,11 +11,18 @@ use super::{Resp, accepted, json_response};
 /// What of a request's body goes on to the server, given the raw text of the messages `kept`
 /// out of `total`: the body as it came when nothing was refused, a batch of the kept messages
 /// (in their order, byte for byte) when some were, nothing when all were.
-pub(super) fn forwarded(body: &Bytes, kept: &[&str], total: usize) -> Option<Bytes> {
+pub(super) fn forwarded<'a>(
+    body: &Bytes,
+    kept: impl ExactSizeIterator<Item = &'a str>,
+    total: usize,
+) -> Option<Bytes> {
     match kept.len() {
         0 => None,
         n if n == total => Some(body.clone()),
-        _ => Some(Bytes::from(format!("[{}]", kept.join(",")))),
+        _ => Some(Bytes::from(format!(
+            "[{}]",
+            kept.collect::<Vec<_>>().join(",")
+        ))),
     }
 }
 
@@ -60,20 +67,23 @@ mod tests {
         let body = Bytes::from_static(br#"[{"a":1} , {"b" : 2},{"c":3}]"#);
         let (a, c) = (r#"{"a":1}"#, r#"{"c":3}"#);
         assert_eq!(
-            forwarded(&body, &[a, c], 3).unwrap(),
+            forwarded(&body, [a, c].into_iter(), 3).unwrap(),
             r#"[{"a":1},{"c":3}]"#
         );
         // One kept message of a batch stays a batch: the server answers it with an array.
-        assert_eq!(forwarded(&body, &[c], 3).unwrap(), r#"[{"c":3}]"#);
+        assert_eq!(
+            forwarded(&body, [c].into_iter(), 3).unwrap(),
+            r#"[{"c":3}]"#
+        );
     }
 
     #[test]
     fn a_request_nothing_was_refused_of_goes_on_as_it_came_and_one_all_refused_goes_nowhere() {
         let body = Bytes::from_static(b" {\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1} ");
         let raw = r#"{"jsonrpc":"2.0","method":"ping","id":1}"#;
-        assert_eq!(forwarded(&body, &[raw], 1).unwrap(), body);
-        assert!(forwarded(&body, &[], 1).is_none());
-        assert!(forwarded(&body, &[], 2).is_none());
+        assert_eq!(forwarded(&body, [raw].into_iter(), 1).unwrap(), body);
+        assert!(forwarded(&body, std::iter::empty(), 1).is_none());
+        assert!(forwarded(&body, std::iter::empty(), 2).is_none());
     }
 
     #[test]

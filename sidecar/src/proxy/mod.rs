@@ -374,8 +374,7 @@ impl Proxy {
             }
             None => answers,
         };
-        let kept: Vec<&str> = kept.iter().map(|(_, raw)| raw.as_ref()).collect();
-        let body = match batch::forwarded(bytes, &kept, total) {
+        let body = match batch::forwarded(bytes, kept.iter().map(|(_, raw)| raw.as_ref()), total) {
             Some(body) => body,
             None => {
                 self.metrics
