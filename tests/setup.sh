@@ -21,13 +21,15 @@ fi
 # The cluster suites' control plane (tests/cluster): kube-apiserver, kube-controller-manager,
 # kubectl, etcd and helm built from their pinned Go modules, once per version (cached), and the
 # Debian tools that run it in a network namespace of its own; iptables for the pod-boundary
-# suite (both back ends, both families).
+# suite (both back ends, both families); Redis for the shared-counters suite.
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables-legacy >/dev/null && command -v ip6tables-nft >/dev/null || need+=(iptables)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+# The shared-counters suite's Redis (a server, and a Redis Cluster it makes with redis-cli).
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || need+=(redis-server redis-tools)
 if (( ${#need[@]} )); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -58,6 +58,10 @@ struct Args {
     /// The nginx binary (skipped if absent).
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
+    /// A Redis (redis://HOST:PORT) to add a target whose counters are kept there
+    /// ("tollgate+redis"), measured beside the one counting in its own memory.
+    #[arg(long)]
+    redis: Option<String>,
     /// Write the benchmark's policy to this file and exit (for `bench/instructions.sh`).
     #[arg(long)]
     write_policy: Option<PathBuf>,
@@ -431,6 +435,8 @@ async fn main() -> anyhow::Result<()> {
     let upstream_pids = vec![_u1.0.id(), _u2.0.id()];
 
     let mut procs: Vec<Proc> = Vec::new();
+    // The Redis-backed proxies' admin ports, to count the calls they decided.
+    let mut redis_admins: Vec<u16> = Vec::new();
     let mut targets: BTreeMap<&'static str, Vec<Target>> = BTreeMap::new(); // upstream kind -> targets
     for (kind, up) in [("json", up_json), ("sse", up_sse)] {
         let mut ts = vec![Target::local(
@@ -491,6 +497,40 @@ async fn main() -> anyhow::Result<()> {
         )?;
         ts.push(Target::local("tollgate", port, "/mcp", "", vec![p.0.id()]));
         procs.push(p);
+        if let Some(redis) = &args.redis {
+            let port = free_port();
+            let admin = free_port();
+            let p = spawn(
+                Command::new(release.join("tollgate")).args([
+                    "proxy",
+                    "--upstream",
+                    &format!("http://127.0.0.1:{up}"),
+                    "--policy",
+                    &policy_path.display().to_string(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--metrics-listen",
+                    &format!("127.0.0.1:{admin}"),
+                    "--counters",
+                    redis,
+                    "--counters-group",
+                    &format!("bench-{kind}"),
+                    "--log",
+                    "warn",
+                ]),
+                port,
+                "tollgate --counters",
+            )?;
+            ts.push(Target::local(
+                "tollgate+redis",
+                port,
+                "/mcp",
+                "",
+                vec![p.0.id()],
+            ));
+            redis_admins.push(admin);
+            procs.push(p);
+        }
         // Measuring sticks, each `BINARY --listen ADDR --upstream URL`:
         // - passthrough: Tollgate's HTTP stack forwarding without deciding, so the rest of
         //   Tollgate's cost is the policy's;
@@ -554,6 +594,9 @@ async fn main() -> anyhow::Result<()> {
     plan.push(("tools/list 500 tools c=1".into(), "json", Work::List, 1));
     plan.push(("tools/list 500 tools c=32".into(), "json", Work::List, 32));
 
+    if let Some(redis) = &args.redis {
+        redis_cli(redis, &["config", "resetstat"])?;
+    }
     let mut results: Vec<(String, Vec<Cell>)> = Vec::new();
     let mut peaks: Vec<(usize, &'static str, u64)> = Vec::new(); // concurrency, target, KiB
     if args.memory_only {
@@ -655,7 +698,11 @@ async fn main() -> anyhow::Result<()> {
         idle_rows.push((t.name, before, rss, opened));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let report = render(
+    let redis_per_call = match &args.redis {
+        Some(redis) => Some(redis_commands_per_call(redis, &redis_admins).await?),
+        None => None,
+    };
+    let mut report = render(
         &args,
         &results,
         &memory,
@@ -663,6 +710,13 @@ async fn main() -> anyhow::Result<()> {
         &idle_rows,
         (before, pooled_rss, pooled),
     );
+    if let Some((commands, decided)) = redis_per_call {
+        let _ = writeln!(
+            report,
+            "\nRedis (tollgate+redis): {commands} script calls for {decided} decided calls, {:.3} per call (INFO commandstats: evalsha + eval; every other command is the script's own)",
+            commands as f64 / decided.max(1) as f64
+        );
+    }
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("latest.md"), &report)?;
     std::fs::write(args.out.join("latency.svg"), svg(&results))?;
@@ -675,6 +729,55 @@ async fn main() -> anyhow::Result<()> {
     drop(procs);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+fn redis_cli(url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-u", url])
+        .args(args)
+        .output()
+        .context("running redis-cli")?;
+    anyhow::ensure!(out.status.success(), "redis-cli {args:?} failed");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The scripts Redis ran (from `INFO commandstats`) and the calls the Redis-backed proxies
+/// decided (from their metrics), since the statistics were reset.
+async fn redis_commands_per_call(url: &str, admins: &[u16]) -> anyhow::Result<(u64, u64)> {
+    let stats = redis_cli(url, &["info", "commandstats"])?;
+    let calls = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut decided = 0u64;
+    for &port in admins {
+        let mut s = connect(([127, 0, 0, 1], port).into()).await?;
+        s.ready().await?;
+        let req = Request::get("/metrics")
+            .header("host", format!("127.0.0.1:{port}"))
+            .body(Full::new(Bytes::new()))?;
+        let body = s
+            .send_request(req)
+            .await?
+            .into_body()
+            .collect()
+            .await?
+            .to_bytes();
+        for line in String::from_utf8_lossy(&body).lines() {
+            if line.starts_with("tollgate_decisions_total{") {
+                decided += line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0) as u64;
+            }
+        }
+    }
+    Ok((calls("evalsha") + calls("eval"), decided))
 }
 
 fn machine() -> String {

@@ -35,6 +35,18 @@ pub mod env {
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     /// The app's probes the sidecar runs for the kubelet: a JSON [`AppProbes`](super::AppProbes).
     pub const APP_PROBES: &str = "TOLLGATE_APP_PROBES";
+    /// Redis for shared counters: one URL, or a cluster's seed nodes (comma-separated).
+    pub const COUNTERS: &str = "TOLLGATE_COUNTERS";
+    /// `true`: [`COUNTERS`] names a Redis Cluster.
+    pub const COUNTERS_CLUSTER: &str = "TOLLGATE_COUNTERS_CLUSTER";
+    /// A file holding Redis' password (injection mounts it from a Secret).
+    pub const COUNTERS_PASSWORD_FILE: &str = "TOLLGATE_COUNTERS_PASSWORD_FILE";
+    /// The CA a `rediss://` server's certificate must chain to.
+    pub const COUNTERS_CA_FILE: &str = "TOLLGATE_COUNTERS_CA_FILE";
+    /// How long a call waits for Redis.
+    pub const COUNTERS_TIMEOUT: &str = "TOLLGATE_COUNTERS_TIMEOUT";
+    /// Whose counters: the replicas of one workload share them (`<namespace>/<Kind>/<name>`).
+    pub const COUNTERS_GROUP: &str = "TOLLGATE_COUNTERS_GROUP";
 }
 
 /// The sidecar's UID (and GID). In redirect mode its own connections to the app are the only

@@ -34,8 +34,8 @@ pub mod validate;
 
 pub use approval::*;
 pub use decide::{
-    Call, CounterKey, Counters, Decision, Denial, Identity, NoCounters, PolicySet, Reservation,
-    Verdict,
+    Call, CounterKey, CounterName, Counters, Decision, Denial, Identity, NoCounters, PolicySet,
+    Reservation, Verdict,
 };
 pub use effective::{EffectivePolicy, PolicyUpdate, ServiceAccountKeys, Workload};
 pub use load::{Format, Loaded, NamedPolicy, load_file};

@@ -99,6 +99,13 @@ pub struct PolicySpec {
     #[cfg_attr(feature = "kube", x_kube(validation = kube::core::cel::Rule::new("self.all(p, p.startsWith('/'))").message("passthroughPaths entries must start with /")))]
     #[cfg_attr(feature = "kube", schemars(length(max = 64)))]
     pub passthrough_paths: Vec<String>,
+
+    /// What a call that needs this policy's counters gets while the shared counter store
+    /// (Redis) cannot answer in time: `deny` (the default) refuses it; `local` counts it in the
+    /// pod, as without a shared store, until the store is back. Without a shared store it
+    /// changes nothing.
+    #[serde(default)]
+    pub counters_unavailable: CountersUnavailable,
 }
 
 /// A cluster-wide policy: the same language as [`McpPolicy`], plus which namespaces it reaches.
@@ -153,6 +160,18 @@ pub enum Mode {
     #[default]
     Enforce,
     Audit,
+}
+
+/// What a policy's calls get while the shared counter store cannot answer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum CountersUnavailable {
+    /// Calls that need a counter are denied, saying why (fail closed).
+    #[default]
+    Deny,
+    /// Counted in the pod until the store is back; the pod's counts are not merged back.
+    Local,
 }
 
 /// How a denied `tools/call` is answered.

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use tollgate_api::{
-    Call, CounterKey, Counters, Decision, DefaultAction, EffectivePolicy, Format, Identity,
-    NoCounters, PolicySet, Window, load_file,
+    Call, CounterKey, CounterName, Counters, Decision, DefaultAction, EffectivePolicy, Format,
+    Identity, NoCounters, PolicySet, Window, load_file,
 };
 
 fn compat_dir() -> PathBuf {
@@ -99,7 +99,7 @@ fn intercept_github_example_hides_limits_and_denies() {
 
 struct At(&'static str, u64);
 impl Counters for At {
-    fn current(&self, key: &CounterKey, _: Window) -> u64 {
+    fn current(&self, key: &CounterKey, _: &CounterName) -> u64 {
         if key.0.contains(self.0) { self.1 } else { 0 }
     }
 }

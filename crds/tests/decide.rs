@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 use tollgate_api::{
-    Call, CounterKey, Counters, Decision, DefaultAction, Identity, NoCounters, PolicySet,
-    PolicySpec, Verdict, Window,
+    Call, CounterKey, CounterName, Counters, Decision, DefaultAction, Identity, NoCounters,
+    PolicySet, PolicySpec, Verdict, Window,
 };
 
 /// A set of policies from YAML specs, named p0, p1, …, with a cluster default.
@@ -48,7 +48,7 @@ fn outcome(v: &Verdict) -> String {
 
 struct Fixed(HashMap<String, u64>);
 impl Counters for Fixed {
-    fn current(&self, key: &CounterKey, _: Window) -> u64 {
+    fn current(&self, key: &CounterKey, _: &CounterName) -> u64 {
         self.0
             .iter()
             .find(|(k, _)| key.0.contains(k.as_str()))

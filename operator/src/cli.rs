@@ -73,6 +73,29 @@ struct Args {
     /// (an init container's iptables rules; needs NET_ADMIN) or network-policy (no privilege).
     #[arg(long, env = "TOLLGATE_BOUNDARY", default_value = "redirect", value_parser = parse_boundary)]
     boundary: Boundary,
+    /// Redis for rate-limit counters shared by each workload's replicas, passed to injected
+    /// sidecars: a redis:// or rediss:// URL, or a Redis Cluster's seed nodes (comma-separated)
+    /// with --sidecar-counters-cluster. Empty: each pod counts alone.
+    #[arg(long, env = "TOLLGATE_SIDECAR_COUNTERS", default_value = "")]
+    sidecar_counters: String,
+    #[arg(long, env = "TOLLGATE_SIDECAR_COUNTERS_CLUSTER")]
+    sidecar_counters_cluster: bool,
+    /// How long a sidecar's call waits for Redis before its policies' countersUnavailable
+    /// decides.
+    #[arg(
+        long,
+        env = "TOLLGATE_SIDECAR_COUNTERS_TIMEOUT",
+        default_value = "50ms"
+    )]
+    sidecar_counters_timeout: String,
+    /// A Secret holding Redis' password, mounted in every injected sidecar: it must exist in
+    /// each namespace with injected pods (NAME, or NAME/KEY; the key defaults to password).
+    #[arg(
+        long,
+        env = "TOLLGATE_SIDECAR_COUNTERS_PASSWORD_SECRET",
+        default_value = ""
+    )]
+    sidecar_counters_password_secret: String,
     /// The sidecar's port for agents.
     #[arg(long, env = "TOLLGATE_SIDECAR_PORT", default_value_t = 15080)]
     sidecar_port: u16,
@@ -325,6 +348,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             proxy_port: args.sidecar_port,
             admin_port: args.sidecar_admin_port,
             boundary: args.boundary,
+            counters: shared_counters(&args)?,
         },
         serving,
     });
@@ -337,6 +361,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The release is one GET and one PATCH; a slow API server only delays the successor.
     let _ = tokio::time::timeout(Duration::from_secs(3), election).await;
     served
+}
+
+/// The sidecars' shared counters, checked here so a typo fails the operator's start rather
+/// than every injected pod's.
+fn shared_counters(args: &Args) -> anyhow::Result<Option<crate::inject::SharedCounters>> {
+    if args.sidecar_counters.is_empty() {
+        return Ok(None);
+    }
+    let nodes: Vec<&str> = args.sidecar_counters.split(',').collect();
+    for n in &nodes {
+        anyhow::ensure!(
+            n.starts_with("redis://") || n.starts_with("rediss://"),
+            "--sidecar-counters: {n:?} is not a redis:// or rediss:// URL"
+        );
+    }
+    anyhow::ensure!(
+        args.sidecar_counters_cluster || nodes.len() == 1,
+        "--sidecar-counters names {} servers; give one, or a Redis Cluster's seed nodes with --sidecar-counters-cluster",
+        nodes.len()
+    );
+    anyhow::ensure!(
+        tollgate_api::validate::parse_duration(&args.sidecar_counters_timeout).is_some(),
+        "--sidecar-counters-timeout {:?} is not a duration; write e.g. 50ms",
+        args.sidecar_counters_timeout
+    );
+    let password_secret = match args.sidecar_counters_password_secret.as_str() {
+        "" => None,
+        s => {
+            let (name, key) = s.split_once('/').unwrap_or((s, "password"));
+            anyhow::ensure!(
+                !name.is_empty() && !key.is_empty(),
+                "--sidecar-counters-password-secret {s:?}: write NAME or NAME/KEY"
+            );
+            Some((name.to_string(), key.to_string()))
+        }
+    };
+    Ok(Some(crate::inject::SharedCounters {
+        nodes: args.sidecar_counters.clone(),
+        cluster: args.sidecar_counters_cluster,
+        timeout: args.sidecar_counters_timeout.clone(),
+        password_secret,
+    }))
 }
 
 fn parse_boundary(s: &str) -> Result<Boundary, String> {

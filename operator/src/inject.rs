@@ -24,10 +24,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -76,7 +76,29 @@ pub struct InjectConfig {
     pub admin_port: u16,
     /// The boundary of pods that do not choose one (tollgate.dev/boundary).
     pub boundary: Boundary,
+    /// Redis for counters every replica of a workload shares; `None`: each pod counts alone.
+    pub counters: Option<SharedCounters>,
 }
+
+/// Where injected sidecars keep counters shared by a workload's replicas.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedCounters {
+    /// One `redis://` or `rediss://` URL, or a Redis Cluster's seed nodes, comma-separated.
+    pub nodes: String,
+    pub cluster: bool,
+    /// How long a call waits for Redis, as the sidecar's `--counters-timeout`.
+    pub timeout: String,
+    /// A Secret in the pod's namespace and its key holding Redis' password, mounted in the
+    /// sidecar (a pod cannot mount a Secret of another namespace).
+    pub password_secret: Option<(String, String)>,
+}
+
+/// The annotation that names whose counters a pod's calls count in (default: its namespace
+/// and workload), to share them between workloads.
+pub const COUNTERS_GROUP_ANNOTATION: &str = "tollgate.dev/counters-group";
+/// The volume with Redis' password, and where the sidecar reads it.
+pub const COUNTERS_PASSWORD_VOLUME: &str = "tollgate-counters-password";
+const COUNTERS_PASSWORD_DIR: &str = "/var/run/tollgate/counters";
 
 /// How nothing reaches the app around the sidecar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +239,15 @@ pub fn inject_sidecar(
         Boundary::NetworkPolicy => AppProbes::new(),
     };
     let sidecar_port_name = hand_off_port(&mut after, &target);
-    let sidecar = sidecar_container(&annotations, config, &target, &sidecar_port_name, &probes)?;
+    let group = counters_group(pod, &annotations)?;
+    let sidecar = sidecar_container(
+        &annotations,
+        config,
+        &target,
+        &sidecar_port_name,
+        &probes,
+        &group,
+    )?;
     let mut added = Vec::new();
     if boundary == Boundary::Redirect {
         added.push(init_container(&annotations, config, &target));
@@ -253,12 +283,20 @@ pub fn inject_sidecar(
     if boundary == Boundary::NetworkPolicy {
         labels.push((APP_PORT_LABEL, &app_port));
     }
+    let mut volumes = vec![token_volume()];
+    if let Some((secret, key)) = config
+        .counters
+        .as_ref()
+        .and_then(|c| c.password_secret.as_ref())
+    {
+        volumes.push(counters_password_volume(secret, key));
+    }
     Ok(Injection::Patch {
         patch: patch(
             pod,
             &changed,
             &added,
-            &token_volume(),
+            &volumes,
             &status.to_string(),
             &labels,
         ),
@@ -331,11 +369,14 @@ fn fits(spec: &PodSpec, config: &InjectConfig, target: &McpPort) -> Result<(), R
         .volumes
         .iter()
         .flatten()
-        .position(|v| v.name == TOKEN_VOLUME)
+        .position(|v| v.name == TOKEN_VOLUME || v.name == COUNTERS_PASSWORD_VOLUME)
     {
         return refuse(
             format!("spec.volumes[{k}].name"),
-            format!("{TOKEN_VOLUME:?} is the name of the volume Tollgate adds; rename this one"),
+            format!(
+                "{:?} is the name of a volume Tollgate adds; rename this one",
+                spec.volumes.as_ref().expect("found")[k].name
+            ),
         );
     }
     Ok(())
@@ -430,7 +471,7 @@ fn patch(
     pod: &Pod,
     containers: &[Container],
     init: &[Container],
-    volume: &Volume,
+    volumes: &[Volume],
     status: &str,
     labels: &[(&str, &str)],
 ) -> json_patch::Patch {
@@ -449,9 +490,11 @@ fn patch(
     }
     match spec.and_then(|s| s.volumes.as_ref()) {
         Some(_) => {
-            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": value(volume)}))
+            for v in volumes {
+                ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": value(v)}));
+            }
         }
-        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [value(volume)]})),
+        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": value(&volumes)})),
     }
     let before = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     for (i, (was, now)) in before.iter().zip(containers).enumerate() {
@@ -821,6 +864,7 @@ fn sidecar_container(
     target: &McpPort,
     port_name: &Option<String>,
     probes: &AppProbes,
+    counters_group: &str,
 ) -> Result<Container, Refused> {
     let env = |name: &str, value: String| EnvVar {
         name: name.into(),
@@ -893,6 +937,23 @@ fn sidecar_container(
                     serde_json::to_string(probes).expect("probes serialise"),
                 )
             }))
+            .chain(config.counters.iter().flat_map(|c| {
+                [
+                    Some(env(sidecar_env::COUNTERS, c.nodes.clone())),
+                    c.cluster
+                        .then(|| env(sidecar_env::COUNTERS_CLUSTER, "true".into())),
+                    Some(env(sidecar_env::COUNTERS_TIMEOUT, c.timeout.clone())),
+                    Some(env(sidecar_env::COUNTERS_GROUP, counters_group.to_string())),
+                    c.password_secret.as_ref().map(|_| {
+                        env(
+                            sidecar_env::COUNTERS_PASSWORD_FILE,
+                            format!("{COUNTERS_PASSWORD_DIR}/password"),
+                        )
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+            }))
             .collect(),
         ),
         ports: Some(vec![
@@ -931,12 +992,27 @@ fn sidecar_container(
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TOKEN_VOLUME.into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: TOKEN_VOLUME.into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            })
+            .chain(
+                config
+                    .counters
+                    .as_ref()
+                    .and_then(|c| c.password_secret.as_ref())
+                    .map(|_| VolumeMount {
+                        name: COUNTERS_PASSWORD_VOLUME.into(),
+                        mount_path: COUNTERS_PASSWORD_DIR.into(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    }),
+            )
+            .collect(),
+        ),
         ..Container::default()
     })
 }
@@ -1027,6 +1103,73 @@ fn is_quantity(s: &str) -> bool {
         .unwrap_or(s.len());
     let (number, suffix) = s.split_at(number_end);
     !number.is_empty() && number.parse::<f64>().is_ok() && suffixes.contains(&suffix)
+}
+
+/// Whose counters a pod's calls count in: `<namespace>/<Kind>/<name>` of its workload (a
+/// ReplicaSet's pods count as its Deployment's, so a rollout keeps the counts), or the
+/// `tollgate.dev/counters-group` annotation's value.
+pub fn counters_group(
+    pod: &Pod,
+    annotations: &BTreeMap<String, String>,
+) -> Result<String, Refused> {
+    if let Some(group) = annotations.get(COUNTERS_GROUP_ANNOTATION) {
+        if group.is_empty() || group.contains(['{', '}']) {
+            return Err(Refused {
+                at: COUNTERS_GROUP_ANNOTATION.into(),
+                message: format!("{group:?}: give a non-empty name without braces"),
+            });
+        }
+        return Ok(group.clone());
+    }
+    let meta = &pod.metadata;
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let (kind, name) = match owner {
+        Some(o) => {
+            let hash = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                Some(deployment) if o.kind == "ReplicaSet" => {
+                    ("Deployment", deployment.to_string())
+                }
+                _ => (o.kind.as_str(), o.name.clone()),
+            }
+        }
+        None => (
+            "Pod",
+            meta.name
+                .clone()
+                .or_else(|| meta.generate_name.clone())
+                .unwrap_or_default(),
+        ),
+    };
+    Ok(format!("{namespace}/{kind}/{name}"))
+}
+
+fn counters_password_volume(secret: &str, key: &str) -> Volume {
+    Volume {
+        name: COUNTERS_PASSWORD_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: "password".into(),
+                ..KeyToPath::default()
+            }]),
+            // The pod does not start without it: counting without the password would deny.
+            optional: Some(false),
+            // The sidecar runs as its own UID, without the pod's fsGroup; only it mounts the volume.
+            default_mode: Some(0o444),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
 }
 
 fn token_volume() -> Volume {

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use serde_json::{Value, json};
 use tollgate_api::contract::{AppProbe, AppProbes};
-use tollgate_operator::inject::{Boundary, InjectConfig, Injection, Refused, inject_sidecar};
+use tollgate_operator::inject::{
+    Boundary, InjectConfig, Injection, Refused, SharedCounters, inject_sidecar,
+};
 
 fn config() -> InjectConfig {
     InjectConfig {
@@ -17,6 +19,7 @@ fn config() -> InjectConfig {
         proxy_port: 15080,
         admin_port: 15090,
         boundary: Boundary::Redirect,
+        counters: None,
     }
 }
 
@@ -867,4 +870,99 @@ fn with_a_shared_process_namespace_a_container_that_could_read_the_sidecars_toke
             err.message
         );
     }
+}
+
+#[test]
+fn shared_counters_reach_the_sidecar_grouped_by_workload_with_the_password_mounted() {
+    let mut cfg = config();
+    cfg.counters = Some(SharedCounters {
+        nodes: "redis://redis-0:6379,redis://redis-1:6379".into(),
+        cluster: true,
+        timeout: "50ms".into(),
+        password_secret: Some(("redis".into(), "secret".into())),
+    });
+    // A Deployment's pod names its ReplicaSet: its replicas, across rollouts, share counters.
+    let pod = with(
+        with(
+            opted_in(),
+            "/metadata/ownerReferences",
+            json!([{ "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "github-7d9f8c", "uid": "u", "controller": true }]),
+        ),
+        "/metadata/labels",
+        json!({ "app": "github", "pod-template-hash": "7d9f8c" }),
+    );
+    let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let Injection::Patch { patch, .. } = inject_sidecar(&typed, &no_labels(), &cfg).unwrap() else {
+        panic!("expected a patch")
+    };
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    let after: Pod = serde_json::from_value(doc).unwrap();
+    let c = sidecar(&after);
+    assert_eq!(
+        env(c, "TOLLGATE_COUNTERS"),
+        Some("redis://redis-0:6379,redis://redis-1:6379")
+    );
+    assert_eq!(env(c, "TOLLGATE_COUNTERS_CLUSTER"), Some("true"));
+    assert_eq!(env(c, "TOLLGATE_COUNTERS_TIMEOUT"), Some("50ms"));
+    assert_eq!(
+        env(c, "TOLLGATE_COUNTERS_GROUP"),
+        Some("agents/Deployment/github")
+    );
+    let file = env(c, "TOLLGATE_COUNTERS_PASSWORD_FILE").unwrap();
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| file.starts_with(&m.mount_path))
+        .expect("the password file is mounted");
+    let volume = after
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("redis"));
+    assert_eq!(secret.items.as_ref().unwrap()[0].key, "secret");
+    assert_eq!(secret.optional, Some(false), "no password, no start");
+    // Only the sidecar mounts it.
+    let app = &after.spec.as_ref().unwrap().containers[0];
+    assert!(
+        app.volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != mount.name)
+    );
+
+    // The annotation shares counters between workloads; a brace would move the hash tag.
+    let shared = annotated(
+        pod.clone(),
+        json!({ "tollgate.dev/inject": "true", "tollgate.dev/counters-group": "team-a" }),
+    );
+    let typed: Pod = serde_json::from_value(shared).unwrap();
+    let Injection::Patch { patch, .. } = inject_sidecar(&typed, &no_labels(), &cfg).unwrap() else {
+        panic!("expected a patch")
+    };
+    assert!(
+        serde_json::to_string(&patch)
+            .unwrap()
+            .contains("\"team-a\"")
+    );
+    let bad = annotated(
+        pod,
+        json!({ "tollgate.dev/inject": "true", "tollgate.dev/counters-group": "a{b}" }),
+    );
+    let typed: Pod = serde_json::from_value(bad).unwrap();
+    let err = inject_sidecar(&typed, &no_labels(), &cfg).unwrap_err();
+    assert_eq!(err.at, "tollgate.dev/counters-group");
+}
+
+#[test]
+fn without_shared_counters_the_sidecar_counts_alone() {
+    let after = injected(&opted_in(), &no_labels());
+    assert_eq!(env(sidecar(&after), "TOLLGATE_COUNTERS"), None);
 }

@@ -270,6 +270,28 @@ struct ProxyArgs {
     /// How long decided, used and expired approvals stay listed.
     #[arg(long, env = "TOLLGATE_APPROVAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
     approval_retention: Duration,
+    /// Keep rate-limit counters in Redis, shared by every proxy that gives the same
+    /// --counters-group: a redis:// or rediss:// URL, or with --counters-cluster a Redis
+    /// Cluster's seed nodes (comma-separated). Without it counters are kept in this process.
+    #[arg(long, env = contract::env::COUNTERS, value_delimiter = ',')]
+    counters: Vec<String>,
+    /// --counters names a Redis Cluster's seed nodes.
+    #[arg(long, env = contract::env::COUNTERS_CLUSTER, requires = "counters")]
+    counters_cluster: bool,
+    /// A file holding Redis' password (it overrides one in the URL).
+    #[arg(long, env = contract::env::COUNTERS_PASSWORD_FILE, requires = "counters")]
+    counters_password_file: Option<PathBuf>,
+    /// The CA (PEM file) a rediss:// server's certificate must chain to, instead of the
+    /// system's roots.
+    #[arg(long, env = contract::env::COUNTERS_CA_FILE, requires = "counters")]
+    counters_ca_file: Option<PathBuf>,
+    /// How long a call waits for Redis; past it, each policy's countersUnavailable decides.
+    #[arg(long, env = contract::env::COUNTERS_TIMEOUT, default_value = "50ms", value_parser = parse_duration)]
+    counters_timeout: Duration,
+    /// Whose counters these are: every replica of a workload gives the same group (injection
+    /// sets it to the pod's namespace and workload).
+    #[arg(long, env = contract::env::COUNTERS_GROUP, default_value = "default")]
+    counters_group: String,
     /// Log level for diagnostics on stderr (audit lines always go to stdout).
     #[arg(long, env = contract::env::LOG, default_value = "info")]
     log: String,
@@ -621,29 +643,33 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --policy FILE or --control-plane URL"),
     }
+    let counters = Arc::new(counter_store(&args, &metrics).await?);
     let audit = AuditLog::stdout(args.pod.clone());
-    let proxy = Arc::new(Proxy::new(
-        ProxyConfig {
-            upstream: args.upstream.clone(),
-            max_body: args.max_body_bytes,
-            allowed_origins: args.allowed_origins.clone(),
-            verifier,
-            passthrough_paths: passthrough_paths(&args.passthrough_paths)?,
-            timeouts: crate::http::deadline::Timeouts {
-                first_byte: args.first_byte_timeout,
-                head: args.head_timeout,
-                body: args.body_timeout,
-                idle: args.idle_timeout,
-                write: args.write_timeout,
-                upstream_head: args.upstream_head_timeout,
-                upstream_body: args.upstream_body_timeout,
+    let proxy = Arc::new(
+        Proxy::new(
+            ProxyConfig {
+                upstream: args.upstream.clone(),
+                max_body: args.max_body_bytes,
+                allowed_origins: args.allowed_origins.clone(),
+                verifier,
+                passthrough_paths: passthrough_paths(&args.passthrough_paths)?,
+                timeouts: crate::http::deadline::Timeouts {
+                    first_byte: args.first_byte_timeout,
+                    head: args.head_timeout,
+                    body: args.body_timeout,
+                    idle: args.idle_timeout,
+                    write: args.write_timeout,
+                    upstream_head: args.upstream_head_timeout,
+                    upstream_body: args.upstream_body_timeout,
+                },
+                max_held_calls: args.max_held_calls,
             },
-            max_held_calls: args.max_held_calls,
-        },
-        handle.clone(),
-        audit.clone(),
-        metrics.clone(),
-    )?);
+            handle.clone(),
+            audit.clone(),
+            metrics.clone(),
+        )?
+        .with_counters(counters.clone()),
+    );
     let proxy = match (&args.approvals_token_file, cluster) {
         // In a cluster the operator keeps approvals, as McpApprovals people decide with
         // kubectl tollgate.
@@ -688,12 +714,12 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let counters = proxy.counters.clone();
+    let swept = counters.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(60));
         loop {
             t.tick().await;
-            counters.sweep();
+            swept.sweep();
         }
     });
     let workers = match args.workers {
@@ -706,6 +732,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::serve::serve_admin(
         admin,
         handle,
+        counters,
         metrics,
         Arc::new(args.app_probes.unwrap_or_default()),
     ));
@@ -747,6 +774,46 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     audit.flush();
     served
+}
+
+/// The counter store `--counters` names, or this process' own.
+async fn counter_store(
+    args: &ProxyArgs,
+    metrics: &Metrics,
+) -> anyhow::Result<crate::policy::counters::CounterStore> {
+    use crate::policy::counters::{CounterStore, shared};
+    if args.counters.is_empty() {
+        return Ok(CounterStore::default());
+    }
+    let password = match &args.counters_password_file {
+        None => None,
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| {
+                    format!("cannot read --counters-password-file {}", file.display())
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        ),
+    };
+    let ca_pem = match &args.counters_ca_file {
+        None => None,
+        Some(file) => Some(
+            std::fs::read(file)
+                .with_context(|| format!("cannot read --counters-ca-file {}", file.display()))?,
+        ),
+    };
+    let cfg = shared::SharedConfig {
+        nodes: args.counters.clone(),
+        cluster: args.counters_cluster,
+        password,
+        ca_pem,
+        timeout: args.counters_timeout,
+        group: args.counters_group.clone(),
+    };
+    Ok(CounterStore::shared(
+        shared::Shared::start(cfg, metrics.clone()).await?,
+    ))
 }
 
 async fn fetch_jwks(src: &str) -> anyhow::Result<String> {

@@ -20,6 +20,7 @@ use tollgate_api::contract::{APP_HEALTH_PREFIX, AppProbe, AppProbes};
 
 use crate::http::BoxBody;
 use crate::policy::PolicyHandle;
+use crate::policy::counters::CounterStore;
 use crate::proxy::Proxy;
 use crate::telemetry::metrics::Metrics;
 
@@ -88,6 +89,7 @@ pub async fn shutdown_signal() {
 pub async fn serve_admin(
     listener: TcpListener,
     policy: PolicyHandle,
+    counters: Arc<CounterStore>,
     metrics: Metrics,
     probes: Arc<AppProbes>,
 ) {
@@ -97,15 +99,21 @@ pub async fn serve_admin(
             continue;
         };
         let policy = policy.clone();
+        let counters = counters.clone();
         let metrics = metrics.clone();
         let probes = probes.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let (policy, metrics, probes) = (policy.clone(), metrics.clone(), probes.clone());
+            let (policy, counters, metrics, probes) = (
+                policy.clone(),
+                counters.clone(),
+                metrics.clone(),
+                probes.clone(),
+            );
             async move {
                 let path = req.uri().path();
                 let resp = match path.strip_prefix(APP_HEALTH_PREFIX) {
                     Some(name) => app_health(path, probes.get(name)).await,
-                    None => admin(path, &policy, &metrics),
+                    None => admin(path, &policy, &counters, &metrics),
                 };
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -149,7 +157,12 @@ async fn app_health(path: &str, probe: Option<&AppProbe>) -> Response<BoxBody> {
     text(status, format!("{}\n", found.said), "text/plain")
 }
 
-fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<BoxBody> {
+fn admin(
+    path: &str,
+    policy: &PolicyHandle,
+    counters: &CounterStore,
+    metrics: &Metrics,
+) -> Response<BoxBody> {
     match path {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
@@ -157,14 +170,18 @@ fn admin(path: &str, policy: &PolicyHandle, metrics: &Metrics) -> Response<BoxBo
             if state.ready {
                 text(
                     StatusCode::OK,
-                    format!("ready: policy revision {}\n", state.set.revision),
+                    format!(
+                        "ready: policy revision {}\n{}\n",
+                        state.set.revision,
+                        counters.status()
+                    ),
                     "text/plain",
                 )
             } else {
                 let why = state.last_error.clone().unwrap_or_default();
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
+                    format!("not ready: {why}\n{}\n", counters.status()),
                     "text/plain",
                 )
             }

@@ -34,6 +34,8 @@ SWITCHES = {
     "no-privilege boundary": {"injection": {"boundary": "network-policy"}},
     "webhooks fail open": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}},
     "approvals webhook": {"approvals": {"webhook": "https://chat.example.com/hooks/tollgate", "retention": "24h"}},
+    "counters in a Redis Cluster": {"counters": {"redis": {"url": "rediss://redis-0:6380,rediss://redis-1:6380", "cluster": True,
+                                                            "timeout": "20ms", "passwordSecret": "redis/secret"}}},
     "cert-manager": {"certManager": {"enabled": True}},
     "cert-manager with an issuer": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
 }
@@ -234,6 +236,16 @@ def test_chart_approvals_settings_reach_the_operator_and_a_webhook_must_be_a_url
     assert "TOLLGATE_APPROVAL_WEBHOOK" not in default and default["TOLLGATE_APPROVAL_RETENTION"] == "1h"
     with pytest.raises(HelmError, match="approvals"):
         render({"approvals": {"webhook": "chat.example.com"}})
+
+
+def test_chart_counters_settings_reach_the_operator_only_when_redis_is_named():
+    env = {e["name"]: e.get("value") for e in one(render(SWITCHES["counters in a Redis Cluster"]), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["TOLLGATE_SIDECAR_COUNTERS"], env["TOLLGATE_SIDECAR_COUNTERS_CLUSTER"], env["TOLLGATE_SIDECAR_COUNTERS_TIMEOUT"],
+            env["TOLLGATE_SIDECAR_COUNTERS_PASSWORD_SECRET"]) == ("rediss://redis-0:6380,rediss://redis-1:6380", "true", "20ms", "redis/secret")
+    default = {e["name"]: e.get("value") for e in one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not any(k.startswith("TOLLGATE_SIDECAR_COUNTERS") for k in default)
+    with pytest.raises(HelmError, match="url"):
+        render({"counters": {"redis": {"url": "redis-0:6379"}}})
 
 
 def test_chart_cert_manager_switch_uses_its_certificate_and_ca_injection():

@@ -177,8 +177,7 @@ impl CompiledPolicy {
             let scope = counter_scope(key).to_string();
             let mut rules = Vec::with_capacity(tool.rules.len());
             for (i, rule) in tool.rules.iter().enumerate() {
-                let compiled =
-                    compile_rule(name, spec.deny_as.unwrap_or_default(), &scope, i, rule);
+                let compiled = compile_rule(name, spec, &scope, i, rule);
                 if let Some((counter, l)) = &compiled.limit {
                     counters.insert((scope.clone(), counter.clone()), l.name.clone());
                 }
@@ -226,11 +225,12 @@ impl CompiledPolicy {
 
 fn compile_rule(
     policy: &str,
-    deny_as: DenyAs,
+    spec: &PolicySpec,
     scope: &str,
     i: usize,
     rule: &crate::resources::Rule,
 ) -> CompiledRule {
+    let deny_as = spec.deny_as.unwrap_or_default();
     let name = if rule.name.is_empty() {
         format!("rules[{i}]")
     } else {
@@ -282,7 +282,14 @@ fn compile_rule(
             deny_as,
         });
         let limit = CompiledLimit {
-            name: CounterName::new(policy, scope, &counter, how, window),
+            name: CounterName::new(
+                policy,
+                scope,
+                &counter,
+                how,
+                window,
+                spec.counters_unavailable,
+            ),
             on_full,
             max,
             amount,

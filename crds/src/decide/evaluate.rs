@@ -267,11 +267,10 @@ impl CompiledRule {
                     }
                 };
                 let key = limit.name.key(call, who);
-                if let Some(max) = limit.max {
-                    let now = counters.current(&key, limit.name.window);
-                    if now.saturating_add(amount) > max {
-                        return RuleOutcome::Deny((*limit.on_full).clone());
-                    }
+                if let Some(max) = limit.max
+                    && !counters.fits(&key, &limit.name, amount, max)
+                {
+                    return RuleOutcome::Deny((*limit.on_full).clone());
                 }
                 RuleOutcome::Reserve(Reservation {
                     key,
@@ -279,6 +278,7 @@ impl CompiledRule {
                     amount,
                     max: limit.max,
                     on_full: limit.on_full.clone(),
+                    unavailable: limit.name.unavailable,
                 })
             }
         }
@@ -309,9 +309,7 @@ impl CompiledCondition {
             },
             Source::State { scope, counter } => {
                 let name = policy.counters.get(&(scope.clone(), counter.clone()))?;
-                Some(Value::from(
-                    counters.current(&name.key(call, who), name.window),
-                ))
+                Some(Value::from(counters.current(&name.key(call, who), name)))
             }
         }
     }

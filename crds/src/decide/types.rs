@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::resources::{DenyAs, Scope, Window};
+use crate::resources::{CountersUnavailable, DenyAs, Scope, Window};
 
 /// How long an `approve` rule holds a call when the policy does not say: under the 60 s most MCP
 /// clients wait for an answer, so the agent hears the approval's name rather than a timeout.
@@ -69,18 +69,27 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Reads counters' current values; the sidecar's store implements it, the `check` command
+/// Reads counters' current values; the sidecar's stores implement it, the `check` command
 /// uses [`NoCounters`].
+///
+/// Deciding asks in two ways, so that a store which only has a recent copy of its values (a
+/// shared one, read in the same round trip that reserves) can check afterwards what each
+/// answer was used for: a `state.` condition's value, or whether a limit has room.
 pub trait Counters {
-    /// The value of `key` in the current `window`.
-    fn current(&self, key: &CounterKey, window: Window) -> u64;
+    /// The value of `counter`'s `key` in its current window (a `state.` condition).
+    fn current(&self, key: &CounterKey, counter: &CounterName) -> u64;
+
+    /// Whether `amount` more keeps `key` within `max` (a limit, before it reserves).
+    fn fits(&self, key: &CounterKey, counter: &CounterName, amount: u64, max: u64) -> bool {
+        self.current(key, counter).saturating_add(amount) <= max
+    }
 }
 
 /// Every counter at zero.
 pub struct NoCounters;
 
 impl Counters for NoCounters {
-    fn current(&self, _: &CounterKey, _: Window) -> u64 {
+    fn current(&self, _: &CounterKey, _: &CounterName) -> u64 {
         0
     }
 }
@@ -108,16 +117,28 @@ pub struct CounterName {
     global: CounterKey,
     pub scope: Scope,
     pub window: Window,
+    /// The policy it belongs to, and what its calls get while a shared store cannot answer.
+    pub policy: Arc<str>,
+    pub unavailable: CountersUnavailable,
 }
 
 impl CounterName {
-    pub fn new(policy: &str, entry: &str, counter: &str, scope: Scope, window: Window) -> Self {
+    pub fn new(
+        policy: &str,
+        entry: &str,
+        counter: &str,
+        scope: Scope,
+        window: Window,
+        unavailable: CountersUnavailable,
+    ) -> Self {
         let prefix = format!("{policy}|{entry}|{counter}|");
         CounterName {
             global: CounterKey(format!("{prefix}g").into()),
             prefix: prefix.into(),
             scope,
             window,
+            policy: policy.into(),
+            unavailable,
         }
     }
 
@@ -147,6 +168,9 @@ pub struct Reservation {
     pub max: Option<u64>,
     /// The denial to give if the counter turns out full when reserving (built once, at compile).
     pub on_full: Arc<Denial>,
+    /// What the call gets while a shared store cannot answer (its policy's choice).
+    #[serde(skip)]
+    pub unavailable: CountersUnavailable,
 }
 
 /// Why a call is refused.

@@ -10,7 +10,7 @@
 //! Fail closed: until a policy loads the state denies everything and is not ready; a policy
 //! that fails to load leaves the last good one in force.
 //!
-//! Beside it: [`control`] (the operator's stream), [`counters`] (the local counter store),
+//! Beside it: [`control`] (the operator's stream), [`counters`] (in the pod, or shared in Redis),
 //! [`identity`] (who is calling, from a bearer token). This layer knows policies, counters and
 //! callers, and no HTTP or JSON-RPC: the proxy asks it, it never asks the proxy.
 

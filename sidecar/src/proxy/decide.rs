@@ -108,7 +108,7 @@ impl Decided<'_> {
 
 impl Proxy {
     /// Decides the messages of one request in order.
-    pub(super) fn decide_all<'b>(
+    pub(super) async fn decide_all<'b>(
         &self,
         messages: &[Message<'b>],
         asked: &Asked<'_>,
@@ -121,7 +121,10 @@ impl Proxy {
             held: Vec::new(),
         };
         for (at, m) in messages.iter().enumerate() {
-            match self.admit_message(m, asked, inspector, &mut decided.audits) {
+            match self
+                .admit_message(m, asked, inspector, &mut decided.audits)
+                .await
+            {
                 Admitted::Forward => decided.kept.push((at, Cow::Borrowed(m.raw))),
                 Admitted::Answer(answer) => decided.answers.extend(answer),
                 Admitted::Hold(mut held) => {
@@ -198,12 +201,12 @@ impl Proxy {
             }
         };
         for (waited, h) in outcomes {
-            self.settle_one(waited, h, asked, inspector, decided);
+            self.settle_one(waited, h, asked, inspector, decided).await;
         }
         decided.kept.sort_by_key(|(at, _)| *at);
     }
 
-    fn settle_one<'b>(
+    async fn settle_one<'b>(
         &self,
         waited: Waited,
         h: Held<'b>,
@@ -221,7 +224,7 @@ impl Proxy {
             denial_message(h.id.clone(), denial, asked.modern)
         };
         let answer = match waited {
-            Waited::Approved(a) => match self.counters.reserve_all(&h.reservations) {
+            Waited::Approved(a) => match self.counters.reserve_all(&h.reservations).await {
                 Ok(reserved) => {
                     let begun = match h.call_id {
                         Some(id) => inspector
@@ -289,7 +292,7 @@ impl Proxy {
     /// Decides one message of a request and, when it goes on to the server, puts it in flight
     /// in its session: `None` to forward it, or what the client gets instead (nothing, for a
     /// notification).
-    fn admit_message<'b>(
+    async fn admit_message<'b>(
         &self,
         m: &Message<'b>,
         asked: &Asked<'_>,
@@ -308,7 +311,7 @@ impl Proxy {
         {
             return Admitted::Answer(Some(in_flight(m)));
         }
-        match self.decide(m, asked, audits) {
+        match self.decide(m, asked, audits).await {
             Outcome::Refuse(answer) => Admitted::Answer(answer),
             Outcome::Hold(mut held) => {
                 held.raw = Cow::Borrowed(m.raw);
@@ -332,7 +335,7 @@ impl Proxy {
     }
 
     /// Decides one message; an allowed call has its counters reserved.
-    fn decide<'b>(
+    async fn decide<'b>(
         &self,
         m: &Message<'b>,
         asked: &Asked<'_>,
@@ -367,20 +370,21 @@ impl Proxy {
         let empty = Value::Object(Default::default());
         let args = call.arguments.as_ref().unwrap_or(&empty);
         let t0 = Instant::now();
-        let verdict = set.decide(
-            &Call {
-                tool: &call.name,
-                args: Some(args),
-                session,
-            },
-            who,
-            &*self.counters,
-        );
+        let counted = self
+            .counters
+            .decide(
+                set,
+                &Call {
+                    tool: &call.name,
+                    args: Some(args),
+                    session,
+                },
+                who,
+            )
+            .await;
+        let verdict = counted.verdict;
         let outcome = match verdict.decision {
-            Decision::Allow { reservations } => self
-                .counters
-                .reserve_all(&reservations)
-                .map_err(|full| ("deny", full)),
+            Decision::Allow { .. } => counted.reserved.map_err(|full| ("deny", full)),
             Decision::Deny(d) => Err(("deny", d)),
             Decision::Approve {
                 policy,

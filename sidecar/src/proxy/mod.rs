@@ -211,6 +211,12 @@ impl Proxy {
         })
     }
 
+    /// Keeps counters in `counters` (shared in Redis, say) instead of its own.
+    pub fn with_counters(mut self, counters: Arc<CounterStore>) -> Self {
+        self.counters = counters;
+        self
+    }
+
     /// Holds the calls `approve` rules apply to on `approvals`.
     pub fn with_approvals(mut self, approvals: Backend) -> Self {
         self.approvals = Some(approvals);
@@ -318,7 +324,9 @@ impl Proxy {
                 .is_some_and(|v| v >= "2026-07-28"),
             start,
         };
-        let mut decided = self.decide_all(&rpc.messages, &asked, &mut route.inspector);
+        let mut decided = self
+            .decide_all(&rpc.messages, &asked, &mut route.inspector)
+            .await;
         let (batch, total) = (rpc.batch, rpc.messages.len());
         if !decided.held.is_empty() {
             let legacy = route.legacy.is_some();

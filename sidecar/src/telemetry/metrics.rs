@@ -7,6 +7,11 @@
 //! tollgate_upstream_errors_total{reason}
 //! tollgate_policy_reloads_total{result}           success | failure
 //! tollgate_policy_revision, tollgate_policy_ready
+//! tollgate_counter_store_up                       1 while the shared counters answer
+//! tollgate_counter_store_errors_total{reason}     timeout | connection | server | answer | connect
+//! tollgate_counter_store_fallback_total{action}   deny | local: calls decided without them
+//! tollgate_counter_store_stale_total              decisions taken again on fresher values
+//! tollgate_counter_store_rollbacks_lost_total
 //! ```
 
 use std::sync::Arc;
@@ -36,6 +41,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -60,6 +70,11 @@ struct Inner {
     reloads: Family<ResultLabels, Counter>,
     revision: Gauge<u64, AtomicU64>,
     ready: Gauge,
+    store_up: Gauge,
+    store_errors: Family<ReasonLabels, Counter>,
+    store_fallbacks: Family<ActionLabels, Counter>,
+    store_stale: Counter,
+    store_rollbacks_lost: Counter,
 }
 
 /// Cheap to clone; every clone records into the same registry.
@@ -111,6 +126,37 @@ impl Metrics {
         );
         let ready = Gauge::default();
         registry.register("policy_ready", "1 once a policy is in force", ready.clone());
+        let store_up = Gauge::default();
+        store_up.set(1);
+        registry.register(
+            "counter_store_up",
+            "1 while the counter store answers (always 1 for counters in the pod)",
+            store_up.clone(),
+        );
+        let store_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "counter_store_errors",
+            "Calls to the shared counter store that failed, by reason",
+            store_errors.clone(),
+        );
+        let store_fallbacks = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "counter_store_fallback",
+            "Calls that needed the shared counters while they were unavailable: denied, or counted in the pod",
+            store_fallbacks.clone(),
+        );
+        let store_stale = Counter::default();
+        registry.register(
+            "counter_store_stale",
+            "Decisions taken again because a counter they read changed before the store saw them",
+            store_stale.clone(),
+        );
+        let store_rollbacks_lost = Counter::default();
+        registry.register(
+            "counter_store_rollbacks_lost",
+            "Rollbacks the shared store could not be told of (the call stays counted)",
+            store_rollbacks_lost.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             decisions,
@@ -121,6 +167,11 @@ impl Metrics {
             reloads,
             revision,
             ready,
+            store_up,
+            store_errors,
+            store_fallbacks,
+            store_stale,
+            store_rollbacks_lost,
         }))
     }
 
@@ -188,6 +239,32 @@ impl Metrics {
             .reloads
             .get_or_create(&ResultLabels { result: "failure" })
             .inc();
+    }
+
+    pub fn counter_store_up(&self, up: bool) {
+        self.0.store_up.set(i64::from(up));
+    }
+
+    pub fn counter_store_error(&self, reason: &'static str) {
+        self.0
+            .store_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn counter_store_fallback(&self, action: &'static str) {
+        self.0
+            .store_fallbacks
+            .get_or_create(&ActionLabels { action })
+            .inc();
+    }
+
+    pub fn counter_store_stale(&self) {
+        self.0.store_stale.inc();
+    }
+
+    pub fn counter_store_rollback_lost(&self) {
+        self.0.store_rollbacks_lost.inc();
     }
 
     /// The registry in Prometheus' text format.

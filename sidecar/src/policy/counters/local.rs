@@ -1,23 +1,18 @@
-//! Rate-limit counters local to this pod: calendar-aligned UTC windows, reserved when a call is
-//! allowed and rolled back when the server answers with an error.
-//!
-//! ```text
-//! Decision::Allow { reservations } ── reserve_all ──> Ok(Reserved) ── server failed? ── rollback
-//!                                                 └─> Err(Denial)  (a counter filled meanwhile)
-//! ```
+//! Counters in this pod's memory: the default store, and the fallback of a shared one for
+//! policies that choose to count locally while it is away.
 //!
 //! The lock is held only for the arithmetic, never across an await.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
-use tollgate_api::{CounterKey, Counters, Denial, Reservation, Window};
+use tollgate_api::{CounterKey, CounterName, Counters, Denial, Reservation, Window};
 
-/// Counters for this workload.
+use super::{Taken, now_secs, window_start};
+
 #[derive(Default)]
-pub struct CounterStore {
+pub struct LocalCounters {
     /// Keys can carry a caller's session id, so the hasher is seeded per process (foldhash's
     /// `RandomState`: a fraction of SipHash's cost on short keys, and not predictable).
     counters: Mutex<HashMap<CounterKey, Slot, RandomState>>,
@@ -29,36 +24,20 @@ struct Slot {
     value: u64,
 }
 
-/// What was reserved for one call, to roll back if the call fails.
-#[derive(Debug, Default)]
-pub struct Reserved(Vec<(CounterKey, u64, u64)>);
-
-impl Reserved {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn window_start(window: Window, now: u64) -> u64 {
-    now - now % window.seconds()
-}
-
-impl CounterStore {
+impl LocalCounters {
     /// Reserves every counter or none: if one would pass its max, the ones before it are
     /// released and that counter's denial is returned.
-    pub fn reserve_all(&self, reservations: &[Reservation]) -> Result<Reserved, Denial> {
+    pub fn reserve_all(&self, reservations: &[Reservation]) -> Result<Vec<Taken>, Denial> {
         self.reserve_all_at(reservations, now_secs())
     }
 
-    fn reserve_all_at(&self, reservations: &[Reservation], now: u64) -> Result<Reserved, Denial> {
+    pub(super) fn reserve_all_at(
+        &self,
+        reservations: &[Reservation],
+        now: u64,
+    ) -> Result<Vec<Taken>, Denial> {
         if reservations.is_empty() {
-            return Ok(Reserved::default());
+            return Ok(Vec::new());
         }
         let mut map = self.counters.lock();
         let mut done = Vec::with_capacity(reservations.len());
@@ -75,25 +54,30 @@ impl CounterStore {
             }
             let next = slot.value.saturating_add(r.amount);
             if r.max.is_some_and(|max| next > max) {
-                for (key, start, amount) in done {
-                    release(&mut map, &key, start, amount);
+                for t in &done {
+                    release(&mut map, t);
                 }
                 return Err((*r.on_full).clone());
             }
             slot.value = next;
-            done.push((r.key.clone(), start, r.amount));
+            done.push(Taken {
+                key: r.key.clone(),
+                window: r.window,
+                start,
+                amount: r.amount,
+            });
         }
-        Ok(Reserved(done))
+        Ok(done)
     }
 
     /// Gives back what a failed call reserved (only within the same window).
-    pub fn rollback(&self, reserved: Reserved) {
-        if reserved.0.is_empty() {
+    pub fn rollback(&self, taken: &[Taken]) {
+        if taken.is_empty() {
             return;
         }
         let mut map = self.counters.lock();
-        for (key, start, amount) in reserved.0 {
-            release(&mut map, &key, start, amount);
+        for t in taken {
+            release(&mut map, t);
         }
     }
 
@@ -108,22 +92,17 @@ impl CounterStore {
     }
 }
 
-fn release(
-    map: &mut HashMap<CounterKey, Slot, RandomState>,
-    key: &CounterKey,
-    start: u64,
-    amount: u64,
-) {
-    if let Some(slot) = map.get_mut(key)
-        && slot.window_start == start
+fn release(map: &mut HashMap<CounterKey, Slot, RandomState>, t: &Taken) {
+    if let Some(slot) = map.get_mut(&t.key)
+        && slot.window_start == t.start
     {
-        slot.value = slot.value.saturating_sub(amount);
+        slot.value = slot.value.saturating_sub(t.amount);
     }
 }
 
-impl Counters for CounterStore {
-    fn current(&self, key: &CounterKey, window: Window) -> u64 {
-        let start = window_start(window, now_secs());
+impl Counters for LocalCounters {
+    fn current(&self, key: &CounterKey, counter: &CounterName) -> u64 {
+        let start = window_start(counter.window, now_secs());
         self.counters
             .lock()
             .get(key)
@@ -134,27 +113,12 @@ impl Counters for CounterStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::res;
     use super::*;
-    use tollgate_api::DenyAs;
-
-    fn res(key: &str, amount: u64, max: u64, window: Window) -> Reservation {
-        Reservation {
-            key: CounterKey(key.into()),
-            window,
-            amount,
-            max: Some(max),
-            on_full: std::sync::Arc::new(Denial {
-                policy: "p".into(),
-                rule: key.into(),
-                reason: format!("{key} full"),
-                deny_as: DenyAs::Error,
-            }),
-        }
-    }
 
     #[test]
     fn reservations_stop_at_max_and_name_the_full_counter() {
-        let store = CounterStore::default();
+        let store = LocalCounters::default();
         let r = [res("a", 1, 2, Window::Minute)];
         assert!(store.reserve_all_at(&r, 60).is_ok());
         assert!(store.reserve_all_at(&r, 61).is_ok());
@@ -164,7 +128,7 @@ mod tests {
 
     #[test]
     fn a_full_counter_releases_the_others_it_reserved_with() {
-        let store = CounterStore::default();
+        let store = LocalCounters::default();
         let both = [res("a", 1, 10, Window::Hour), res("b", 5, 4, Window::Hour)];
         assert!(store.reserve_all_at(&both, 0).is_err());
         let a = [res("a", 10, 10, Window::Hour)];
@@ -173,16 +137,16 @@ mod tests {
 
     #[test]
     fn rollback_returns_quota_within_the_window() {
-        let store = CounterStore::default();
+        let store = LocalCounters::default();
         let r = [res("a", 3, 3, Window::Minute)];
-        let reserved = store.reserve_all_at(&r, 120).unwrap();
-        store.rollback(reserved);
+        let taken = store.reserve_all_at(&r, 120).unwrap();
+        store.rollback(&taken);
         assert!(store.reserve_all_at(&r, 121).is_ok());
     }
 
     #[test]
     fn windows_are_calendar_aligned() {
-        let store = CounterStore::default();
+        let store = LocalCounters::default();
         let r = [res("a", 1, 1, Window::Minute)];
         assert!(store.reserve_all_at(&r, 119).is_ok());
         assert!(store.reserve_all_at(&r, 119).is_err());

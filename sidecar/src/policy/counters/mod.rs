@@ -1,0 +1,367 @@
+//! Rate-limit counters: calendar-aligned UTC windows, reserved when a call is allowed and
+//! rolled back when the server answers that it did not run it. In this pod's memory
+//! ([`local`], the default), or shared by every replica in Redis ([`shared`]) with the same
+//! semantics.
+//!
+//! ```text
+//! CounterStore::decide(set, call, who)
+//!   local:  set.decide(.., &local) ── Allow ── local.reserve_all ── Ok(Reserved) | Err(full)
+//!   shared: set.decide(.., &Recorder) ─ what it read, what it allows ─> one script in Redis:
+//!             the values read still hold? ── no ──> decide again on the values it sent back
+//!             └─ yes: reserve all or none ── Ok(Reserved) | Err(full)
+//!           Redis away or too slow: each policy's `countersUnavailable`: deny | local
+//! ```
+//!
+//! A decision reads counters in two ways (see [`Counters`]): a `state.` condition's value,
+//! and whether a limit has room. The shared store answers both from the values its last
+//! replies carried, then has Redis check, in the round trip that reserves, that each answer
+//! still holds; a limit that had room and is reserved in the same step needs no check, as the
+//! reservation itself refuses a full counter. So a call costs one round trip, and a second only
+//! when a value it read changed meanwhile.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tollgate_api::{
+    Call, CounterKey, CounterName, Counters, CountersUnavailable, Decision, Denial, DenyAs,
+    Identity, PolicySet, Reservation, Verdict, Window,
+};
+
+pub mod local;
+pub mod shared;
+
+use local::LocalCounters;
+use shared::{Check, Read, Reply, Shared};
+
+/// Counters for this workload.
+#[derive(Default)]
+pub struct CounterStore {
+    local: LocalCounters,
+    shared: Option<Arc<Shared>>,
+}
+
+/// One counter a call took from, to give back if the call fails.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub key: CounterKey,
+    pub window: Window,
+    /// The window it was taken in (seconds since the epoch, by the store's clock).
+    pub start: u64,
+    pub amount: u64,
+}
+
+/// What was reserved for one call, to roll back if the call fails.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    taken: Vec<Taken>,
+    /// In the shared store (else in this pod's).
+    shared: bool,
+}
+
+impl Reserved {
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+    }
+}
+
+/// A call decided, and what its decision reserved.
+pub struct Counted {
+    pub verdict: Verdict,
+    /// For an allowed call: what it reserved, or the denial of the counter that was full.
+    /// Empty for any other decision.
+    pub reserved: Result<Reserved, Denial>,
+}
+
+/// How many times a call is decided again when the values it read changed before Redis saw
+/// them; past it, the call is denied (a counter changing that fast is not read with certainty).
+const ATTEMPTS: usize = 5;
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) fn window_start(window: Window, now: u64) -> u64 {
+    now - now % window.seconds()
+}
+
+impl CounterStore {
+    /// Counters shared in Redis (see [`Shared`]); the pod's own store is kept for the policies
+    /// that count locally while Redis is away.
+    pub fn shared(shared: Arc<Shared>) -> Self {
+        CounterStore {
+            local: LocalCounters::default(),
+            shared: Some(shared),
+        }
+    }
+
+    /// The shared store, if counters are shared.
+    pub fn shared_store(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
+    }
+
+    /// Decides `call` and reserves what the decision allows.
+    pub async fn decide(&self, set: &PolicySet, call: &Call<'_>, who: &Identity) -> Counted {
+        let Some(shared) = &self.shared else {
+            return self.decide_locally(set, call, who);
+        };
+        let mut fresh: Vec<(CounterKey, u64)> = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let recorder = Recorder {
+                shared,
+                fresh: &fresh,
+                reads: RefCell::new(Vec::new()),
+            };
+            let verdict = set.decide(call, who, &recorder);
+            let mut reads = recorder.reads.into_inner();
+            let reservations: &[Reservation] = match &verdict.decision {
+                Decision::Allow { reservations } => reservations,
+                _ => &[],
+            };
+            // A limit that had room needs no check when it is reserved now: the reservation
+            // refuses a full counter itself (and brings its new value back).
+            reads.retain(|read| {
+                !(matches!(read.check, Check::Fits { .. })
+                    && reservations.iter().any(|r| r.key == read.key))
+            });
+            if reads.is_empty() && reservations.is_empty() {
+                return Counted {
+                    verdict,
+                    reserved: Ok(Reserved::default()),
+                };
+            }
+            match shared.run(&reads, reservations).await {
+                Ok(Reply::Reserved(taken)) => {
+                    return Counted {
+                        verdict,
+                        reserved: Ok(Reserved {
+                            taken,
+                            shared: true,
+                        }),
+                    };
+                }
+                Ok(Reply::Full(at)) => {
+                    let full = (*reservations[at].on_full).clone();
+                    return Counted {
+                        verdict,
+                        reserved: Err(full),
+                    };
+                }
+                Ok(Reply::Stale(values)) => {
+                    fresh = reads.into_iter().map(|r| r.key).zip(values).collect();
+                }
+                Err(why) => return self.unavailable(set, call, who, &reads, reservations, &why),
+            }
+        }
+        shared.metrics().counter_store_fallback("deny");
+        Counted {
+            verdict: denied(Denial {
+                policy: String::new(),
+                rule: "(counters)".into(),
+                reason: format!(
+                    "The counters this call reads changed {ATTEMPTS} times while it was decided; retry"
+                ),
+                deny_as: DenyAs::Error,
+            }),
+            reserved: Ok(Reserved::default()),
+        }
+    }
+
+    fn decide_locally(&self, set: &PolicySet, call: &Call<'_>, who: &Identity) -> Counted {
+        let verdict = set.decide(call, who, &self.local);
+        let reserved = match &verdict.decision {
+            Decision::Allow { reservations } => {
+                self.local.reserve_all(reservations).map(|taken| Reserved {
+                    taken,
+                    shared: false,
+                })
+            }
+            _ => Ok(Reserved::default()),
+        };
+        Counted { verdict, reserved }
+    }
+
+    /// Redis could not answer: a call that needs a counter of a policy choosing `deny` is
+    /// denied; one whose policies all choose `local` is decided on this pod's counters.
+    fn unavailable(
+        &self,
+        set: &PolicySet,
+        call: &Call<'_>,
+        who: &Identity,
+        reads: &[Read],
+        reservations: &[Reservation],
+        why: &str,
+    ) -> Counted {
+        let shared = self
+            .shared
+            .as_ref()
+            .expect("only a shared store is unavailable");
+        let denying = reads
+            .iter()
+            .map(|r| (r.unavailable, r.policy.as_ref()))
+            .chain(
+                reservations
+                    .iter()
+                    .map(|r| (r.unavailable, r.on_full.policy.as_str())),
+            )
+            .find(|(u, _)| *u == CountersUnavailable::Deny);
+        match denying {
+            Some((_, policy)) => {
+                shared.metrics().counter_store_fallback("deny");
+                Counted {
+                    verdict: denied(shared.unavailable_denial(policy, why)),
+                    reserved: Ok(Reserved::default()),
+                }
+            }
+            None => {
+                shared.metrics().counter_store_fallback("local");
+                self.decide_locally(set, call, who)
+            }
+        }
+    }
+
+    /// Reserves `reservations` (a held call, once approved): all or none.
+    pub async fn reserve_all(&self, reservations: &[Reservation]) -> Result<Reserved, Denial> {
+        if reservations.is_empty() {
+            return Ok(Reserved::default());
+        }
+        let local = || {
+            self.local.reserve_all(reservations).map(|taken| Reserved {
+                taken,
+                shared: false,
+            })
+        };
+        let Some(shared) = &self.shared else {
+            return local();
+        };
+        match shared.run(&[], reservations).await {
+            Ok(Reply::Reserved(taken)) => Ok(Reserved {
+                taken,
+                shared: true,
+            }),
+            Ok(Reply::Full(at)) => Err((*reservations[at].on_full).clone()),
+            Ok(Reply::Stale(_)) => unreachable!("nothing was read"),
+            Err(why) => match reservations
+                .iter()
+                .find(|r| r.unavailable == CountersUnavailable::Deny)
+            {
+                Some(r) => {
+                    shared.metrics().counter_store_fallback("deny");
+                    Err(shared.unavailable_denial(&r.on_full.policy, &why))
+                }
+                None => {
+                    shared.metrics().counter_store_fallback("local");
+                    local()
+                }
+            },
+        }
+    }
+
+    /// Gives back what a failed call reserved (only within the window it was taken in). A
+    /// shared store is told in the background; if it cannot be, the call stays counted.
+    pub fn rollback(&self, reserved: Reserved) {
+        if reserved.taken.is_empty() {
+            return;
+        }
+        match (&self.shared, reserved.shared) {
+            (Some(shared), true) => shared.rollback(reserved.taken),
+            _ => self.local.rollback(&reserved.taken),
+        }
+    }
+
+    /// Drops what has expired; called periodically so memory stays bounded by the live
+    /// windows.
+    pub fn sweep(&self) {
+        self.local.sweep();
+        if let Some(shared) = &self.shared {
+            shared.sweep();
+        }
+    }
+
+    /// One line for `/readyz`: where counters are kept, and whether that store answers.
+    pub fn status(&self) -> String {
+        match &self.shared {
+            None => "counters: in this pod".into(),
+            Some(shared) => shared.status(),
+        }
+    }
+}
+
+fn denied(d: Denial) -> Verdict {
+    Verdict {
+        decision: Decision::Deny(d),
+        audit: None,
+    }
+}
+
+/// Reads counters for one decision from the values Redis sent last, and notes each read and
+/// what it was used for, for Redis to check.
+struct Recorder<'a> {
+    shared: &'a Shared,
+    /// The values the last reply carried, for a decision taken again.
+    fresh: &'a [(CounterKey, u64)],
+    reads: RefCell<Vec<Read>>,
+}
+
+impl Recorder<'_> {
+    fn value(&self, key: &CounterKey, counter: &CounterName) -> u64 {
+        self.fresh
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+            .or_else(|| self.shared.cached(key, counter.window))
+            .unwrap_or(0)
+    }
+
+    fn note(&self, key: &CounterKey, counter: &CounterName, check: Check) {
+        self.reads.borrow_mut().push(Read {
+            key: key.clone(),
+            window: counter.window,
+            check,
+            unavailable: counter.unavailable,
+            policy: counter.policy.clone(),
+        });
+    }
+}
+
+impl Counters for Recorder<'_> {
+    fn current(&self, key: &CounterKey, counter: &CounterName) -> u64 {
+        let value = self.value(key, counter);
+        self.note(key, counter, Check::Value(value));
+        value
+    }
+
+    fn fits(&self, key: &CounterKey, counter: &CounterName, amount: u64, max: u64) -> bool {
+        let fits = self.value(key, counter).saturating_add(amount) <= max;
+        let check = if fits {
+            Check::Fits { amount, max }
+        } else {
+            Check::Full { amount, max }
+        };
+        self.note(key, counter, check);
+        fits
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn res(key: &str, amount: u64, max: u64, window: Window) -> Reservation {
+        Reservation {
+            key: CounterKey(key.into()),
+            window,
+            amount,
+            max: Some(max),
+            on_full: std::sync::Arc::new(Denial {
+                policy: "p".into(),
+                rule: key.into(),
+                reason: format!("{key} full"),
+                deny_as: DenyAs::Error,
+            }),
+            unavailable: CountersUnavailable::Deny,
+        }
+    }
+}
