@@ -476,9 +476,10 @@ async fn main() -> anyhow::Result<()> {
         let port = free_port();
         let policy_path = tmp.join("policy.yaml");
         std::fs::write(&policy_path, policy())?;
-        let audit = std::fs::File::create(tmp.join(format!("audit-{kind}.log")))?;
-        let p = spawn_to(
-            Command::new(release.join("tollgate")).args([
+        // `tollgate proxy` in front of this upstream, on `port`, with its admin on `admin`.
+        let tollgate = |port: u16, admin: u16| {
+            let mut cmd = Command::new(release.join("tollgate"));
+            cmd.args([
                 "proxy",
                 "--upstream",
                 &format!("http://127.0.0.1:{up}"),
@@ -487,10 +488,15 @@ async fn main() -> anyhow::Result<()> {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--metrics-listen",
-                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{admin}"),
                 "--log",
                 "warn",
-            ]),
+            ]);
+            cmd
+        };
+        let audit = std::fs::File::create(tmp.join(format!("audit-{kind}.log")))?;
+        let p = spawn_to(
+            &mut tollgate(port, free_port()),
             port,
             "tollgate",
             audit.into(),
@@ -501,22 +507,11 @@ async fn main() -> anyhow::Result<()> {
             let port = free_port();
             let admin = free_port();
             let p = spawn(
-                Command::new(release.join("tollgate")).args([
-                    "proxy",
-                    "--upstream",
-                    &format!("http://127.0.0.1:{up}"),
-                    "--policy",
-                    &policy_path.display().to_string(),
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--metrics-listen",
-                    &format!("127.0.0.1:{admin}"),
+                tollgate(port, admin).args([
                     "--counters",
                     redis,
                     "--counters-group",
                     &format!("bench-{kind}"),
-                    "--log",
-                    "warn",
                 ]),
                 port,
                 "tollgate --counters",
