@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tollgate_api::{
-    Call, CounterKey, CounterName, Counters, CountersUnavailable, Decision, Denial, DenyAs,
-    Identity, PolicySet, Reservation, Verdict, Window,
+    Call, CounterKey, CounterName, Counters, Decision, Denial, DenyAs, Identity, PolicySet,
+    Reservation, Verdict, Window,
 };
 
 pub mod local;
@@ -97,16 +97,23 @@ impl CounterStore {
         }
     }
 
-    /// The shared store, if counters are shared.
-    pub fn shared_store(&self) -> Option<&Arc<Shared>> {
-        self.shared.as_ref()
-    }
-
     /// Decides `call` and reserves what the decision allows.
     pub async fn decide(&self, set: &PolicySet, call: &Call<'_>, who: &Identity) -> Counted {
-        let Some(shared) = &self.shared else {
-            return self.decide_locally(set, call, who);
-        };
+        match &self.shared {
+            None => self.decide_locally(set, call, who),
+            // Boxed: the Redis round trip's state stays out of every request's future when
+            // counters are in the pod.
+            Some(shared) => Box::pin(self.decide_shared(shared, set, call, who)).await,
+        }
+    }
+
+    async fn decide_shared(
+        &self,
+        shared: &Arc<Shared>,
+        set: &PolicySet,
+        call: &Call<'_>,
+        who: &Identity,
+    ) -> Counted {
         let mut fresh: Vec<(CounterKey, u64)> = Vec::new();
         for _ in 0..ATTEMPTS {
             let recorder = Recorder {
@@ -152,10 +159,25 @@ impl CounterStore {
                 Ok(Reply::Stale(values)) => {
                     fresh = reads.into_iter().map(|r| r.key).zip(values).collect();
                 }
-                Err(why) => return self.unavailable(set, call, who, &reads, reservations, &why),
+                Err(why) => {
+                    let policies = reads
+                        .iter()
+                        .map(|r| (r.unavailable, r.policy.as_ref()))
+                        .chain(
+                            reservations
+                                .iter()
+                                .map(|r| (r.unavailable, r.on_full.policy.as_str())),
+                        );
+                    return match shared.without_store(policies, &why) {
+                        Some(denial) => Counted {
+                            verdict: denied(denial),
+                            reserved: Ok(Reserved::default()),
+                        },
+                        None => self.decide_locally(set, call, who),
+                    };
+                }
             }
         }
-        shared.metrics().counter_store_fallback("deny");
         Counted {
             verdict: denied(Denial {
                 policy: String::new(),
@@ -183,45 +205,6 @@ impl CounterStore {
         Counted { verdict, reserved }
     }
 
-    /// Redis could not answer: a call that needs a counter of a policy choosing `deny` is
-    /// denied; one whose policies all choose `local` is decided on this pod's counters.
-    fn unavailable(
-        &self,
-        set: &PolicySet,
-        call: &Call<'_>,
-        who: &Identity,
-        reads: &[Read],
-        reservations: &[Reservation],
-        why: &str,
-    ) -> Counted {
-        let shared = self
-            .shared
-            .as_ref()
-            .expect("only a shared store is unavailable");
-        let denying = reads
-            .iter()
-            .map(|r| (r.unavailable, r.policy.as_ref()))
-            .chain(
-                reservations
-                    .iter()
-                    .map(|r| (r.unavailable, r.on_full.policy.as_str())),
-            )
-            .find(|(u, _)| *u == CountersUnavailable::Deny);
-        match denying {
-            Some((_, policy)) => {
-                shared.metrics().counter_store_fallback("deny");
-                Counted {
-                    verdict: denied(shared.unavailable_denial(policy, why)),
-                    reserved: Ok(Reserved::default()),
-                }
-            }
-            None => {
-                shared.metrics().counter_store_fallback("local");
-                self.decide_locally(set, call, who)
-            }
-        }
-    }
-
     /// Reserves `reservations` (a held call, once approved): all or none.
     pub async fn reserve_all(&self, reservations: &[Reservation]) -> Result<Reserved, Denial> {
         if reservations.is_empty() {
@@ -236,26 +219,24 @@ impl CounterStore {
         let Some(shared) = &self.shared else {
             return local();
         };
-        match shared.run(&[], reservations).await {
-            Ok(Reply::Reserved(taken)) => Ok(Reserved {
-                taken,
-                shared: true,
-            }),
-            Ok(Reply::Full(at)) => Err((*reservations[at].on_full).clone()),
-            Ok(Reply::Stale(_)) => unreachable!("nothing was read"),
-            Err(why) => match reservations
-                .iter()
-                .find(|r| r.unavailable == CountersUnavailable::Deny)
-            {
-                Some(r) => {
-                    shared.metrics().counter_store_fallback("deny");
-                    Err(shared.unavailable_denial(&r.on_full.policy, &why))
-                }
-                None => {
-                    shared.metrics().counter_store_fallback("local");
-                    local()
-                }
-            },
+        let why = match Box::pin(shared.run(&[], reservations)).await {
+            Ok(Reply::Reserved(taken)) => {
+                return Ok(Reserved {
+                    taken,
+                    shared: true,
+                });
+            }
+            Ok(Reply::Full(at)) => return Err((*reservations[at].on_full).clone()),
+            // Nothing was read, so nothing can be stale: an answer that says so is not read.
+            Ok(Reply::Stale(_)) => "an answer that does not fit the question".to_string(),
+            Err(why) => why,
+        };
+        let policies = reservations
+            .iter()
+            .map(|r| (r.unavailable, r.on_full.policy.as_str()));
+        match shared.without_store(policies, &why) {
+            Some(denial) => Err(denial),
+            None => local(),
         }
     }
 
@@ -348,6 +329,7 @@ impl Counters for Recorder<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use tollgate_api::CountersUnavailable;
 
     pub(crate) fn res(key: &str, amount: u64, max: u64, window: Window) -> Reservation {
         Reservation {

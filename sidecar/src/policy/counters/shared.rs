@@ -216,14 +216,6 @@ impl Shared {
         Ok(shared)
     }
 
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// The Redis key of a counter.
     fn key(&self, key: &CounterKey) -> String {
         let mut k = String::with_capacity(self.prefix.len() + key.as_str().len());
@@ -242,9 +234,20 @@ impl Shared {
             .map(|(_, v)| *v)
     }
 
-    /// The denial of a call whose policy denies while the store is away.
-    pub fn unavailable_denial(&self, policy: &str, why: &str) -> Denial {
-        Denial {
+    /// What a call gets while the store cannot answer, from the policies whose counters it
+    /// needs: the denial of the first choosing `deny`, or `None` to count it in the pod (all
+    /// choose `local`).
+    pub fn without_store<'p>(
+        &self,
+        mut policies: impl Iterator<Item = (CountersUnavailable, &'p str)>,
+        why: &str,
+    ) -> Option<Denial> {
+        let Some((_, policy)) = policies.find(|(u, _)| *u == CountersUnavailable::Deny) else {
+            self.metrics.counter_store_fallback("local");
+            return None;
+        };
+        self.metrics.counter_store_fallback("deny");
+        Some(Denial {
             reason: format!(
                 "The shared rate-limit counters ({}) are unavailable: {why}. Policy {policy} denies the calls that need them until they are back",
                 self.target
@@ -252,7 +255,7 @@ impl Shared {
             policy: policy.to_string(),
             rule: "(counters unavailable)".into(),
             deny_as: DenyAs::Error,
-        }
+        })
     }
 
     /// Checks `reads` and reserves `reservations` in one script. `Err` says why Redis could
@@ -349,7 +352,8 @@ impl Shared {
                 }
                 Some(Reply::Reserved(taken))
             }
-            1 if rest.len() == reads.len() => {
+            // Stale only says something of what was read.
+            1 if !reads.is_empty() && rest.len() == reads.len() => {
                 self.metrics.counter_store_stale();
                 let mut values = Vec::with_capacity(reads.len());
                 for (r, v) in reads.iter().zip(rest) {
