@@ -302,18 +302,7 @@ impl Shared {
         for k in &keys {
             call.key(self.key(k));
         }
-        let reply =
-            match tokio::time::timeout(self.cfg.timeout, call.invoke_async::<Vec<i64>>(&mut conn))
-                .await
-            {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => return Err(self.failed(e)),
-                Err(_) => {
-                    let why = format!("no answer within {:?}", self.cfg.timeout);
-                    self.fail("timeout", why.clone());
-                    return Err(why);
-                }
-            };
+        let reply: Vec<i64> = self.ask(&call, &mut conn).await?;
         self.read_reply(&reply, reads, reservations).ok_or_else(|| {
             let why = format!("an answer this proxy cannot read: {reply:?}");
             self.fail("answer", why.clone());
@@ -398,15 +387,8 @@ impl Shared {
                     .arg(t.start)
                     .arg(t.amount);
             }
-            match tokio::time::timeout(this.cfg.timeout, call.invoke_async::<i64>(&mut conn)).await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => lost(&this.failed(e)),
-                Err(_) => {
-                    let why = format!("no answer within {:?}", this.cfg.timeout);
-                    this.fail("timeout", why.clone());
-                    lost(&why)
-                }
+            if let Err(why) = this.ask::<i64>(&call, &mut conn).await {
+                lost(&why);
             }
         });
     }
@@ -445,12 +427,26 @@ impl Shared {
         THREAD_CONN.set(Some((Arc::as_ptr(self) as usize, generation, conn)));
     }
 
-    fn failed(self: &Arc<Self>, e: redis::RedisError) -> String {
-        if e.is_timeout() {
-            let why = format!("no answer within {:?}", self.cfg.timeout);
-            self.fail("timeout", why.clone());
-            return why;
+    /// Runs a script within the timeout; `Err` (the store is then marked unavailable) says
+    /// why it did not answer.
+    async fn ask<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        call: &redis::ScriptInvocation<'_>,
+        conn: &mut Conn,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(self.cfg.timeout, call.invoke_async::<T>(conn)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) if !e.is_timeout() => Err(self.failed(e)),
+            // The client's own response timeout is the same one.
+            Ok(Err(_)) | Err(_) => {
+                let why = format!("no answer within {:?}", self.cfg.timeout);
+                self.fail("timeout", why.clone());
+                Err(why)
+            }
         }
+    }
+
+    fn failed(self: &Arc<Self>, e: redis::RedisError) -> String {
         let reason = if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
             "connection"
         } else {
