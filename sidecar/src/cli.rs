@@ -16,7 +16,7 @@ use crate::policy::{FileSource, PolicyHandle};
 use crate::proxy::{Proxy, ProxyConfig};
 use tollgate_api::contract;
 
-use crate::telemetry::audit::AuditLog;
+use crate::telemetry::audit::{AuditLog, Overflow};
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Parser)]
@@ -124,6 +124,12 @@ enum FamiliesFlag {
     Ipv4,
     Ipv6,
     Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OverflowFlag {
+    Deny,
+    Drop,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -236,6 +242,23 @@ struct ProxyArgs {
     /// How long SIGTERM waits for in-flight requests.
     #[arg(long, env = "TOLLGATE_DRAIN", default_value = "30s", value_parser = parse_duration)]
     drain: Duration,
+    /// How long, after SIGTERM, the proxy still accepts new connections while /readyz already
+    /// answers 503 (for load balancers that take a while to notice).
+    #[arg(long, env = "TOLLGATE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
+    /// How many bytes of audit lines may wait for stdout before `--audit-overflow` applies.
+    #[arg(long, env = "TOLLGATE_AUDIT_BUFFER", default_value_t = crate::telemetry::audit::DEFAULT_BUFFER)]
+    audit_buffer: usize,
+    /// What happens when stdout stops taking audit lines and the buffer is full: `deny`
+    /// refuses decided calls (and /readyz is 503) until it drains; `drop` lets them go on and
+    /// counts the lines dropped.
+    #[arg(
+        long,
+        env = "TOLLGATE_AUDIT_OVERFLOW",
+        value_enum,
+        default_value = "deny"
+    )]
+    audit_overflow: OverflowFlag,
     /// The pod name, for audit lines.
     #[arg(long, env = contract::env::POD_NAME)]
     pod: Option<String>,
@@ -644,7 +667,15 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --policy FILE or --control-plane URL"),
     }
     let counters = Arc::new(counter_store(&args, &metrics).await?);
-    let audit = AuditLog::stdout(args.pod.clone());
+    let audit = AuditLog::stdout(
+        args.pod.clone(),
+        args.audit_buffer,
+        match args.audit_overflow {
+            OverflowFlag::Deny => Overflow::Deny,
+            OverflowFlag::Drop => Overflow::Drop,
+        },
+        metrics.audit(),
+    );
     let proxy = Arc::new(
         Proxy::new(
             ProxyConfig {
@@ -729,10 +760,15 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let mut listeners = crate::serve::bind_shared(args.listen, workers, "--listen")?.into_iter();
     let admin = crate::serve::bind(args.metrics_listen, "--metrics-listen").await?;
     tracing::info!(listen = %args.listen, upstream = %args.upstream, metrics = %args.metrics_listen, workers, "tollgate proxy started");
+    let health = crate::serve::Health {
+        policy: handle,
+        counters,
+        audit: audit.clone(),
+        stopping: Arc::default(),
+    };
     tokio::spawn(crate::serve::serve_admin(
         admin,
-        handle,
-        counters,
+        health.clone(),
         metrics,
         Arc::new(args.app_probes.unwrap_or_default()),
     ));
@@ -760,8 +796,15 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         threads.push(thread);
     }
     let listener = tokio::net::TcpListener::from_std(first)?;
+    let delay = args.shutdown_delay;
     let stop_all = async move {
         crate::serve::shutdown_signal().await;
+        // Not ready first, so endpoints stop sending here; then no new connection.
+        health
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(?delay, "shutting down: /readyz answers 503");
+        tokio::time::sleep(delay).await;
         let _ = stop.send(true);
     };
     let served = crate::serve::serve(proxy, listener, args.drain, stop_all).await;

@@ -1,11 +1,12 @@
 //! Listeners: the proxy port, and the admin port (`/healthz`, `/readyz`, `/metrics`, and the
 //! app's probes under `/app-health/`, see [`crate::app_probes`]).
 //!
-//! SIGTERM (or Ctrl-C) stops accepting, lets in-flight requests finish for up to the drain
-//! time, then exits.
+//! SIGTERM (or Ctrl-C) turns `/readyz` to 503 at once, stops accepting after
+//! `--shutdown-delay`, lets in-flight requests finish for up to the drain time, then exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -22,6 +23,7 @@ use crate::http::BoxBody;
 use crate::policy::PolicyHandle;
 use crate::policy::counters::CounterStore;
 use crate::proxy::Proxy;
+use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::Metrics;
 
 /// Serves the proxy until `shutdown` resolves, then drains.
@@ -85,11 +87,64 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// What `/readyz` answers from.
+#[derive(Clone)]
+pub struct Health {
+    pub policy: PolicyHandle,
+    pub counters: Arc<CounterStore>,
+    pub audit: AuditLog,
+    /// Set at SIGTERM.
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// `/readyz`: ready when a policy is in force, the audit log takes lines, and the proxy is
+    /// not shutting down; the body says why not, and how each part is.
+    fn readyz(&self) -> (StatusCode, String) {
+        let state = self.policy.current();
+        let first = if self.stopping.load(Ordering::Relaxed) {
+            Err("shutting down: in-flight calls finish, new ones go elsewhere".to_string())
+        } else if !state.ready {
+            Err(state.last_error.clone().unwrap_or_default())
+        } else if let Err(why) = self.audit.admits() {
+            Err(why)
+        } else {
+            Ok(format!("ready: policy revision {}", state.set.revision))
+        };
+        let mut body = match &first {
+            Ok(line) => line.clone(),
+            Err(why) => format!("not ready: {why}"),
+        };
+        let refused = state
+            .ready
+            .then(|| state.last_error.as_ref())
+            .flatten()
+            .map(|e| format!("last policy update refused: {}", e.replace('\n', " ")));
+        for line in [
+            refused,
+            self.policy.source_status(),
+            Some(self.counters.status()),
+            Some(self.audit.status()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            body.push('\n');
+            body.push_str(&line);
+        }
+        body.push('\n');
+        let status = match first {
+            Ok(_) => StatusCode::OK,
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, body)
+    }
+}
+
 /// Serves `/healthz`, `/readyz`, `/metrics`, and the app's probes under `/app-health/`.
 pub async fn serve_admin(
     listener: TcpListener,
-    policy: PolicyHandle,
-    counters: Arc<CounterStore>,
+    health: Health,
     metrics: Metrics,
     probes: Arc<AppProbes>,
 ) {
@@ -98,22 +153,16 @@ pub async fn serve_admin(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let policy = policy.clone();
-        let counters = counters.clone();
+        let health = health.clone();
         let metrics = metrics.clone();
         let probes = probes.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let (policy, counters, metrics, probes) = (
-                policy.clone(),
-                counters.clone(),
-                metrics.clone(),
-                probes.clone(),
-            );
+            let (health, metrics, probes) = (health.clone(), metrics.clone(), probes.clone());
             async move {
                 let path = req.uri().path();
                 let resp = match path.strip_prefix(APP_HEALTH_PREFIX) {
                     Some(name) => app_health(path, probes.get(name)).await,
-                    None => admin(path, &policy, &counters, &metrics),
+                    None => admin(path, &health, &metrics),
                 };
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -157,34 +206,12 @@ async fn app_health(path: &str, probe: Option<&AppProbe>) -> Response<BoxBody> {
     text(status, format!("{}\n", found.said), "text/plain")
 }
 
-fn admin(
-    path: &str,
-    policy: &PolicyHandle,
-    counters: &CounterStore,
-    metrics: &Metrics,
-) -> Response<BoxBody> {
+fn admin(path: &str, health: &Health, metrics: &Metrics) -> Response<BoxBody> {
     match path {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
-            let state = policy.current();
-            if state.ready {
-                text(
-                    StatusCode::OK,
-                    format!(
-                        "ready: policy revision {}\n{}\n",
-                        state.set.revision,
-                        counters.status()
-                    ),
-                    "text/plain",
-                )
-            } else {
-                let why = state.last_error.clone().unwrap_or_default();
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n{}\n", counters.status()),
-                    "text/plain",
-                )
-            }
+            let (status, body) = health.readyz();
+            text(status, body, "text/plain")
         }
         "/metrics" => text(
             StatusCode::OK,

@@ -22,6 +22,11 @@ impl EventSplitter {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes of an event not complete yet.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next complete event, raw, including its terminating blank line.
     pub fn next_event(&mut self) -> Option<Bytes> {
         let b = &self.buf;

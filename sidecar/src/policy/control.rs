@@ -8,7 +8,11 @@
 //! ```
 //!
 //! The last policy received stays in force across disconnects; until the first arrives the
-//! handle denies everything and /readyz says so.
+//! handle denies everything and /readyz says so. A line that cannot be read, a policy that
+//! does not compile, and a revision no newer than one the same stream sent already are
+//! ignored: the last good policy stays, and `tollgate_policy_updates_ignored_total{reason}`
+//! counts them. (A new stream may start lower: it may be another operator replica, whose
+//! clock stamps its revisions.)
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,18 +56,37 @@ impl ControlPlane {
             }
         };
         let mut backoff = Duration::from_millis(250);
+        handle.set_source_status(format!("control plane: connecting to {}", self.url));
         loop {
-            match self.once(&tls, &handle).await {
+            let ended = self.once(&tls, &handle).await;
+            handle.metrics().control_plane_connected(false);
+            let why = match ended {
                 Ok(received) => {
                     tracing::warn!(url = %self.url, "policy stream ended; reconnecting");
                     if received {
                         backoff = Duration::from_millis(250);
                     }
+                    "the stream ended".to_string()
                 }
                 Err(e) => {
-                    tracing::warn!(url = %self.url, error = %format!("{e:#}"), retry_in = ?backoff, "policy stream failed");
+                    let e = format!("{e:#}");
+                    tracing::warn!(url = %self.url, error = %e, retry_in = ?backoff, "policy stream failed");
+                    e
                 }
-            }
+            };
+            let kept = match handle.current() {
+                s if s.ready => format!("policy revision {} stays in force", s.set.revision),
+                _ => "no policy yet, so every call is denied".into(),
+            };
+            handle.set_source_status(format!(
+                "control plane: disconnected from {} since {}Z ({why}); {kept}; retrying in {backoff:?}",
+                self.url,
+                crate::telemetry::audit::format_second(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ),
+            ));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -180,8 +203,12 @@ impl ControlPlane {
                 String::from_utf8_lossy(&text).trim()
             );
         }
+        handle.metrics().control_plane_connected(true);
+        handle.set_source_status(format!("control plane: connected to {}", self.url));
         let mut buf = BytesMut::new();
         let mut received = false;
+        // The newest revision this stream has sent.
+        let mut newest: Option<u64> = None;
         loop {
             let frame = match tokio::time::timeout(SILENCE, body.frame()).await {
                 Err(_) => anyhow::bail!("no word from the control plane for {SILENCE:?}"),
@@ -199,11 +226,20 @@ impl ControlPlane {
                     continue;
                 }
                 match serde_json::from_slice::<PolicyUpdate>(line) {
+                    Ok(update) if newest.is_some_and(|n| update.policy.revision <= n) => {
+                        handle.metrics().policy_update_ignored("stale");
+                        tracing::warn!(
+                            revision = update.policy.revision,
+                            newest,
+                            "the control plane sent an older revision; ignored"
+                        );
+                    }
                     Ok(update) => {
                         let revision = update.policy.revision;
                         match handle.publish_update(&update) {
                             Ok(()) => {
                                 received = true;
+                                newest = Some(revision);
                                 tracing::info!(
                                     revision,
                                     policies = update.policy.policies.len(),
@@ -211,11 +247,13 @@ impl ControlPlane {
                                 );
                             }
                             Err(e) => {
+                                handle.metrics().policy_update_ignored("invalid");
                                 tracing::error!(revision, error = %e, "policy from the control plane refused")
                             }
                         }
                     }
                     Err(e) => {
+                        handle.metrics().policy_update_ignored("unreadable");
                         let e = handle
                             .refuse(format!("the control plane sent an unreadable policy: {e}"));
                         tracing::error!(error = %e, "policy refused");

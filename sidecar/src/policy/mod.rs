@@ -46,6 +46,8 @@ pub struct PolicyState {
 #[derive(Clone)]
 pub struct PolicyHandle {
     state: Arc<ArcSwap<PolicyState>>,
+    /// How the policy's source is, for `/readyz` (the control plane's stream).
+    source: Arc<parking_lot::Mutex<Option<String>>>,
     metrics: Metrics,
 }
 
@@ -60,8 +62,22 @@ impl PolicyHandle {
                 last_error: Some(reason.into()),
                 cluster_keys: None,
             })),
+            source: Arc::default(),
             metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// One line for `/readyz` on the policy's source.
+    pub fn source_status(&self) -> Option<String> {
+        self.source.lock().clone()
+    }
+
+    pub fn set_source_status(&self, line: String) {
+        *self.source.lock() = Some(line);
     }
 
     pub fn current(&self) -> Arc<PolicyState> {

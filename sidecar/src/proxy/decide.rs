@@ -367,6 +367,27 @@ impl Proxy {
                 return Outcome::Refuse(answer);
             }
         };
+        if let Err(reason) = self.audit.admits() {
+            // A call whose decision cannot be logged is not made.
+            let denial = Denial {
+                reason,
+                policy: String::new(),
+                rule: "(audit log)".into(),
+                deny_as: DenyAs::Error,
+            };
+            self.metrics.decision(&call.name, "deny", 0.0);
+            let a = PendingAudit {
+                method,
+                tool: call.name.clone(),
+                decision: "deny",
+                rule: Some(denial.rule.clone()),
+                policy: None,
+                reason: Some(denial.reason.clone()),
+                approval: None,
+            };
+            self.write_audit(&a, who, session, set.revision, None, start);
+            return Outcome::Refuse(m.id.map(|_| denial_message(m.id_value(), &denial, modern)));
+        }
         let empty = Value::Object(Default::default());
         let args = call.arguments.as_ref().unwrap_or(&empty);
         let t0 = Instant::now();

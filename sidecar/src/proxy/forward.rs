@@ -212,8 +212,9 @@ impl Proxy {
     }
 }
 
-/// Largest answer the proxy reads into memory to inspect (a tool list, a batch's answers).
-const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// Largest answer the proxy reads into memory to inspect (a tool list, a batch's answers), and
+/// largest event of a stream.
+pub(super) const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 /// An answer whose body the proxy rewrote.
 fn json_text_response(mut parts: http::response::Parts, body: String) -> Resp {

@@ -22,6 +22,7 @@ use crate::http::client::UpstreamBody;
 use crate::mcp::sse::{
     EventSplitter, event_fields, message_event, only_known_fields, parse_event, rewrite_event,
 };
+use crate::proxy::forward::MAX_ANSWER;
 use crate::proxy::inspect::Inspector;
 
 /// What a legacy HTTP+SSE stream announces: the endpoint its session posts to.
@@ -139,6 +140,17 @@ impl Body for SseBody {
                         this.splitter.push(&data);
                         while let Some(ev) = this.splitter.next_event() {
                             this.process(ev);
+                        }
+                        if this.splitter.pending() > MAX_ANSWER {
+                            // An event the proxy cannot hold cannot be read, so it is not
+                            // passed on: the stream breaks (its calls keep their counts).
+                            this.done = true;
+                            this.pending.clear();
+                            return Poll::Ready(Some(Err(format!(
+                                "an event of the MCP server's stream is over {} MiB",
+                                MAX_ANSWER >> 20
+                            )
+                            .into())));
                         }
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),

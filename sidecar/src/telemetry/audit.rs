@@ -3,22 +3,45 @@
 //! The request path serialises a record straight into a shared buffer; a writer thread, woken
 //! only when the buffer goes from empty to non-empty, waits a few milliseconds so lines
 //! coalesce, then writes them in one call. No call waits on stdout, idle costs no wake-ups, and
-//! `flush` writes what is left at shutdown. If stdout stops draining and the buffer passes
-//! `MAX_BUFFERED` bytes, lines are dropped and counted in the next line (`droppedBefore`),
-//! never silently.
+//! `flush` writes what is left at shutdown.
+//!
+//! When stdout stops taking lines (a blocked pipe, a log agent that fell behind) the buffer
+//! grows to `--audit-buffer`, and then [`Overflow`] decides:
+//!
+//! ```text
+//! deny (default)  decided calls are refused, saying why, and /readyz is 503 until it drains;
+//!                 lines of calls already let through are still kept (to twice the buffer)
+//! drop            calls go on; lines past the buffer are dropped
+//! ```
+//!
+//! Either way no line is lost silently: a dropped line, or one stdout refused, counts in
+//! `tollgate_audit_lines_dropped_total{reason}` and in the next line written
+//! (`droppedBefore`), and `/readyz` says so.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 
-const MAX_BUFFERED: usize = 8 << 20;
+use crate::telemetry::metrics::AuditMetrics;
+
+/// The default bound of lines waiting for stdout.
+pub const DEFAULT_BUFFER: usize = 8 << 20;
 /// How long the writer lets lines gather before writing them.
 const COALESCE: Duration = Duration::from_millis(5);
+
+/// What happens to calls once stdout has stopped taking lines and the buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refuse decided calls until the log drains: no call goes unlogged.
+    Deny,
+    /// Let calls go on and drop their lines, counting them.
+    Drop,
+}
 
 /// One audited decision.
 #[derive(Serialize)]
@@ -60,7 +83,20 @@ pub struct Record<'a> {
 struct Shared {
     buf: Mutex<Vec<u8>>,
     ready: Condvar,
+    /// Lines lost since the last line written (that line's `droppedBefore`).
     dropped: AtomicU64,
+    /// Whether the last write to stdout failed.
+    failing: AtomicBool,
+    limit: usize,
+    overflow: Overflow,
+    metrics: AuditMetrics,
+}
+
+impl Shared {
+    fn lost(&self, lines: u64, counter: &prometheus_client::metrics::counter::Counter) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        counter.inc_by(lines);
+    }
 }
 
 /// Writes audit lines to stdout without holding up calls.
@@ -72,11 +108,31 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Writes to stdout.
-    pub fn stdout(pod: Option<String>) -> Self {
+    pub fn stdout(
+        pod: Option<String>,
+        limit: usize,
+        overflow: Overflow,
+        metrics: AuditMetrics,
+    ) -> Self {
+        Self::to(std::io::stdout, pod, limit, overflow, metrics)
+    }
+
+    /// Writes to what `out` opens (stdout; a test's pipe).
+    fn to<W: Write>(
+        out: impl Fn() -> W + Send + 'static,
+        pod: Option<String>,
+        limit: usize,
+        overflow: Overflow,
+        metrics: AuditMetrics,
+    ) -> Self {
         let shared = Arc::new(Shared {
             buf: Mutex::new(Vec::with_capacity(64 << 10)),
             ready: Condvar::new(),
             dropped: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            limit,
+            overflow,
+            metrics,
         });
         let writer = shared.clone();
         std::thread::Builder::new()
@@ -92,10 +148,10 @@ impl AuditLog {
                     }
                     std::thread::sleep(COALESCE);
                     std::mem::swap(&mut *writer.buf.lock(), &mut spare);
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&spare);
-                    let _ = out.flush();
+                    writer.write_out(&mut out(), &spare);
                     spare.clear();
+                    // Only once it is written does a batch stop counting against the bound.
+                    writer.metrics.buffered.set(writer.buf.lock().len() as i64);
                 }
             })
             .expect("spawning the audit thread");
@@ -117,11 +173,74 @@ impl AuditLog {
         self.pod.as_deref()
     }
 
+    /// `Err(why)` when the log cannot take the line of one more decided call and the policy
+    /// is to refuse such calls ([`Overflow::Deny`]).
+    pub fn admits(&self) -> Result<(), String> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if shared.overflow == Overflow::Drop {
+            return Ok(());
+        }
+        match self.trouble() {
+            None => Ok(()),
+            Some(why) => Err(format!(
+                "Tollgate cannot write its audit log ({why}), so calls are refused until it can"
+            )),
+        }
+    }
+
+    /// What is wrong with the log now, if anything.
+    fn trouble(&self) -> Option<String> {
+        let shared = self.shared.as_ref()?;
+        if shared.failing.load(Ordering::Relaxed) {
+            return Some("stdout refuses writes".into());
+        }
+        let waiting = shared.buf.lock().len();
+        (waiting >= shared.limit).then(|| {
+            format!(
+                "stdout is not draining: {} KiB of lines wait, the bound is {} KiB",
+                waiting >> 10,
+                shared.limit >> 10
+            )
+        })
+    }
+
+    /// Whether the proxy can serve decided calls as far as the log goes (for readiness).
+    pub fn ready(&self) -> bool {
+        self.admits().is_ok()
+    }
+
+    /// One line for `/readyz`.
+    pub fn status(&self) -> String {
+        let Some(shared) = &self.shared else {
+            return "audit: off".into();
+        };
+        let dropped = shared.metrics.dropped_full.get() + shared.metrics.dropped_write_error.get();
+        match (self.trouble(), shared.overflow) {
+            (None, _) if dropped == 0 => "audit: stdout".into(),
+            (None, _) => format!("audit: stdout ({dropped} lines dropped since start)"),
+            (Some(why), Overflow::Deny) => {
+                format!("audit: {why}; decided calls are refused until it drains")
+            }
+            (Some(why), Overflow::Drop) => {
+                format!("audit: {why}; lines are dropped ({dropped} so far)")
+            }
+        }
+    }
+
     pub fn write(&self, mut record: Record<'_>) {
         let Some(shared) = &self.shared else { return };
         let mut buf = shared.buf.lock();
-        if buf.len() > MAX_BUFFERED {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        // Refusing calls stops new lines at the bound; lines of calls already let through are
+        // kept past it, up to a second bound.
+        let hard = match shared.overflow {
+            Overflow::Drop => shared.limit,
+            Overflow::Deny => shared.limit.saturating_mul(2),
+        };
+        if buf.len() >= hard {
+            drop(buf);
+            shared.lost(1, &shared.metrics.dropped_full);
             return;
         }
         let dropped = shared.dropped.swap(0, Ordering::Relaxed);
@@ -132,6 +251,7 @@ impl AuditLog {
         if serde_json::to_writer(&mut *buf, &record).is_ok() {
             buf.push(b'\n');
         }
+        shared.metrics.buffered.set(buf.len() as i64);
         drop(buf);
         if was_empty {
             shared.ready.notify_one();
@@ -142,9 +262,32 @@ impl AuditLog {
     pub fn flush(&self) {
         let Some(shared) = &self.shared else { return };
         let batch = std::mem::take(&mut *shared.buf.lock());
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&batch);
-        let _ = out.flush();
+        shared.write_out(&mut std::io::stdout(), &batch);
+    }
+}
+
+impl Shared {
+    /// Writes a batch of lines; lines stdout refuses are counted as lost.
+    fn write_out(&self, out: &mut impl Write, batch: &[u8]) {
+        if batch.is_empty() {
+            return;
+        }
+        let lines = memchr::memchr_iter(b'\n', batch).count() as u64;
+        match out.write_all(batch).and_then(|()| out.flush()) {
+            Ok(()) => {
+                self.metrics.lines.inc_by(lines);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("stdout takes audit lines again");
+                }
+            }
+            Err(e) => {
+                // How much of it was written cannot be known: it all counts as lost.
+                self.lost(lines, &self.metrics.dropped_write_error);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, lines, "cannot write audit lines to stdout");
+                }
+            }
+        }
     }
 }
 
@@ -204,6 +347,160 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A stdout the test opens and closes: writes block while it is shut, fail while broken.
+    #[derive(Clone, Default)]
+    struct Pipe(Arc<(Mutex<PipeState>, Condvar)>);
+
+    #[derive(Default)]
+    struct PipeState {
+        shut: bool,
+        broken: bool,
+        taken: Vec<u8>,
+    }
+
+    impl Pipe {
+        fn set(&self, f: impl FnOnce(&mut PipeState)) {
+            f(&mut self.0.0.lock());
+            self.0.1.notify_all();
+        }
+        fn lines(&self) -> Vec<Value> {
+            let taken = self.0.0.lock().taken.clone();
+            String::from_utf8(taken)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let mut st = self.0.0.lock();
+            while st.shut {
+                self.0.1.wait(&mut st);
+            }
+            if st.broken {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            st.taken.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record() -> Record<'static> {
+        Record {
+            time: now_rfc3339(),
+            kind: "decision",
+            pod: None,
+            session: None,
+            identity: "anonymous",
+            method: "tools/call",
+            tool: Some("echo"),
+            decision: "allow",
+            rule: None,
+            policy: None,
+            reason: None,
+            revision: 1,
+            upstream_status: None,
+            latency_ms: 0.1,
+            arguments: None,
+            approval: None,
+            decided_by: None,
+            dropped_before: None,
+        }
+    }
+
+    fn log(pipe: &Pipe, overflow: Overflow) -> (AuditLog, AuditMetrics) {
+        let metrics = crate::telemetry::metrics::Metrics::new().audit();
+        let p = pipe.clone();
+        let log = AuditLog::to(move || p.clone(), None, 4096, overflow, metrics.clone());
+        (log, metrics)
+    }
+
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_blocked_stdout_refuses_calls_once_full_and_loses_no_line_of_a_call_let_through() {
+        let pipe = Pipe::default();
+        pipe.set(|p| p.shut = true);
+        let (log, metrics) = log(&pipe, Overflow::Deny);
+        let mut written = 0;
+        while log.admits().is_ok() {
+            log.write(record());
+            written += 1;
+            assert!(written < 1000, "the log never filled");
+        }
+        assert!(!log.ready());
+        assert!(log.status().contains("not draining"), "{}", log.status());
+        // Calls admitted before the bound was seen still get their lines.
+        for _ in 0..5 {
+            log.write(record());
+        }
+        pipe.set(|p| p.shut = false);
+        eventually("the log drains", || log.ready());
+        eventually("every line is written", || {
+            metrics.lines.get() == written + 5
+        });
+        assert_eq!(pipe.lines().len() as u64, written + 5);
+        assert_eq!(metrics.dropped_full.get(), 0);
+    }
+
+    #[test]
+    fn with_overflow_drop_calls_go_on_and_each_dropped_line_is_counted_and_reported_in_the_next() {
+        let pipe = Pipe::default();
+        pipe.set(|p| p.shut = true);
+        let (log, metrics) = log(&pipe, Overflow::Drop);
+        for _ in 0..200 {
+            assert!(log.admits().is_ok());
+            log.write(record());
+        }
+        assert!(log.ready());
+        let dropped = metrics.dropped_full.get();
+        assert!(dropped > 0, "nothing was dropped");
+        assert!(
+            log.status().contains("lines are dropped"),
+            "{}",
+            log.status()
+        );
+        pipe.set(|p| p.shut = false);
+        eventually("the log drains", || metrics.buffered.get() == 0);
+        log.write(record());
+        eventually("the last line is written", || {
+            metrics.lines.get() + dropped == 201
+        });
+        let lines = pipe.lines();
+        assert_eq!(lines.last().unwrap()["droppedBefore"], dropped);
+    }
+
+    #[test]
+    fn lines_stdout_refuses_are_counted_as_lost_and_calls_are_refused_until_it_takes_them() {
+        let pipe = Pipe::default();
+        pipe.set(|p| p.broken = true);
+        let (log, metrics) = log(&pipe, Overflow::Deny);
+        log.write(record());
+        log.write(record());
+        eventually("both lines are counted lost", || {
+            metrics.dropped_write_error.get() == 2
+        });
+        assert!(log.admits().is_err());
+        assert!(log.status().contains("refuses writes"), "{}", log.status());
+        pipe.set(|p| p.broken = false);
+        log.write(record());
+        eventually("stdout takes lines again", || log.admits().is_ok());
+        assert_eq!(pipe.lines()[0]["droppedBefore"], 2);
+    }
+
     #[test]
     fn timestamps_are_rfc3339_with_milliseconds() {
         let t = super::now_rfc3339();

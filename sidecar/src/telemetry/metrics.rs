@@ -12,6 +12,11 @@
 //! tollgate_counter_store_fallback_total{action}   deny | local: calls decided without them
 //! tollgate_counter_store_stale_total              decisions taken again on fresher values
 //! tollgate_counter_store_rollbacks_lost_total
+//! tollgate_audit_lines_total                      audit lines written to stdout
+//! tollgate_audit_lines_dropped_total{reason}      full | write_error: lines not written
+//! tollgate_audit_buffered_bytes                   lines waiting for stdout to take them
+//! tollgate_policy_updates_ignored_total{reason}   unreadable | invalid | stale: stream lines not applied
+//! tollgate_control_plane_connected                1 while the operator's stream is open
 //! ```
 
 use std::sync::Arc;
@@ -75,6 +80,18 @@ struct Inner {
     store_fallbacks: Family<ActionLabels, Counter>,
     store_stale: Counter,
     store_rollbacks_lost: Counter,
+    audit: AuditMetrics,
+    updates_ignored: Family<ReasonLabels, Counter>,
+    control_plane_connected: Gauge,
+}
+
+/// The audit log's own counters, handed to its writer.
+#[derive(Clone, Default)]
+pub struct AuditMetrics {
+    pub lines: Counter,
+    pub dropped_full: Counter,
+    pub dropped_write_error: Counter,
+    pub buffered: Gauge,
 }
 
 /// Cheap to clone; every clone records into the same registry.
@@ -157,6 +174,49 @@ impl Metrics {
             "Rollbacks the shared store could not be told of (the call stays counted)",
             store_rollbacks_lost.clone(),
         );
+        let audit_dropped = Family::<ReasonLabels, Counter>::default();
+        // One statement each: a family's handle holds its lock until the statement ends.
+        let dropped_full = audit_dropped
+            .get_or_create(&ReasonLabels { reason: "full" })
+            .clone();
+        let dropped_write_error = audit_dropped
+            .get_or_create(&ReasonLabels {
+                reason: "write_error",
+            })
+            .clone();
+        let audit = AuditMetrics {
+            lines: Counter::default(),
+            dropped_full,
+            dropped_write_error,
+            buffered: Gauge::default(),
+        };
+        registry.register(
+            "audit_lines",
+            "Audit lines written to stdout",
+            audit.lines.clone(),
+        );
+        registry.register(
+            "audit_lines_dropped",
+            "Audit lines not written: the buffer was full (stdout not draining), or stdout refused the write",
+            audit_dropped,
+        );
+        registry.register(
+            "audit_buffered_bytes",
+            "Audit bytes waiting for stdout to take them",
+            audit.buffered.clone(),
+        );
+        let updates_ignored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "policy_updates_ignored",
+            "Policy updates from the control plane not applied, by reason: unreadable, invalid, stale (an older revision)",
+            updates_ignored.clone(),
+        );
+        let control_plane_connected = Gauge::default();
+        registry.register(
+            "control_plane_connected",
+            "1 while the operator's policy stream is open",
+            control_plane_connected.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             decisions,
@@ -172,6 +232,9 @@ impl Metrics {
             store_fallbacks,
             store_stale,
             store_rollbacks_lost,
+            audit,
+            updates_ignored,
+            control_plane_connected,
         }))
     }
 
@@ -239,6 +302,23 @@ impl Metrics {
             .reloads
             .get_or_create(&ResultLabels { result: "failure" })
             .inc();
+    }
+
+    /// The audit log's counters.
+    pub fn audit(&self) -> AuditMetrics {
+        self.0.audit.clone()
+    }
+
+    /// A policy update from the control plane that was not applied.
+    pub fn policy_update_ignored(&self, reason: &'static str) {
+        self.0
+            .updates_ignored
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn control_plane_connected(&self, connected: bool) {
+        self.0.control_plane_connected.set(i64::from(connected));
     }
 
     pub fn counter_store_up(&self, up: bool) {
