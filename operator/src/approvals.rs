@@ -36,7 +36,6 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tollgate_api::contract::{ApprovalAnswer, ApprovalAsk, CALL_LABEL};
@@ -250,6 +249,7 @@ struct Context {
 /// (`{"event": "pending"|"approved"|"denied"|"expired"|"used", "approval": {...}}`).
 pub async fn run(
     client: Client,
+    index: Arc<crate::index::Index>,
     reporter: Reporter,
     retention: Duration,
     notifier: Option<tollgate_api::notify::Notifier>,
@@ -261,7 +261,8 @@ pub async fn run(
         notifier,
         announced_use: Default::default(),
     });
-    Controller::new(Api::<McpApproval>::all(client), watcher::Config::default())
+    Controller::for_shared_stream(index.approval_events(), index.approvals.clone())
+        .reconcile_all_on(index.resyncs())
         .run(
             reconcile,
             |_, e, _| {

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +14,7 @@ use kube::Client;
 use kube::runtime::events::Reporter;
 use tollgate_api::DefaultAction;
 
+use crate::health::{Health, Supervisor};
 use crate::index::Index;
 use crate::inject::{Boundary, InjectConfig};
 use crate::server::Shared;
@@ -161,6 +161,10 @@ struct Args {
     /// Log level.
     #[arg(long, env = "TOLLGATE_LOG", default_value = "info")]
     log: String,
+    /// How long a part may keep failing (a watch, the certificate's rotation, the lease) before
+    /// /readyz answers 503 naming it.
+    #[arg(long, env = "TOLLGATE_FAILURE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    failure_grace: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -214,34 +218,50 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .load()
         .await
         .context("cannot load the serving certificate")?;
-    tokio::spawn(certs.rotate(serving.clone(), args.cert_check));
+    // Every long-running part is supervised: one that ends takes the process down (and
+    // Kubernetes restarts it); one that keeps failing turns /readyz to 503, naming it.
+    let health = Arc::new(Health::with_grace(args.failure_grace));
+    let mut supervisor = Supervisor::default();
+    supervisor.spawn(
+        "the serving certificate's rotation",
+        certs.rotate(serving.clone(), args.cert_check, health.clone()),
+    );
 
     let default_action = match args.default_action {
         DefaultFlag::Allow => DefaultAction::Allow,
         DefaultFlag::Deny => DefaultAction::Deny,
     };
-    let (index, driver) = Index::start(client.clone(), default_action);
-    tokio::spawn(driver);
+    let (index, driver) = Index::start(client.clone(), default_action, health.clone());
+    supervisor.spawn("the index's watches", driver);
 
-    let ready = Arc::new(AtomicBool::new(false));
     let admin = crate::server::bind(args.admin_listen, "--admin-listen").await?;
-    tokio::spawn(crate::server::serve_admin(admin, ready.clone()));
+    supervisor.spawn(
+        "the admin server",
+        crate::server::serve_admin(admin, health.clone()),
+    );
 
     // SIGTERM first stops leading (and releases the lease), then drains the servers.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stopping_tx.send(true);
-    });
-    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            health.stopping();
+            let _ = stopping_tx.send(true);
+        });
+    }
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(crate::lease::elect(
-        client.clone(),
-        args.namespace.clone(),
-        args.lease_name.clone(),
-        args.pod_name.clone(),
-        args.lease_duration,
+        crate::lease::Candidate {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            name: args.lease_name.clone(),
+            me: args.pod_name.clone(),
+            duration: args.lease_duration,
+        },
         leading_tx,
         stopping.clone(),
+        health.clone(),
     ));
     {
         let client = client.clone();
@@ -264,57 +284,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .filter(|n| !n.is_empty())
             .cloned()
             .collect();
-        tokio::spawn(async move {
-            let mut controllers: Option<tokio::task::JoinHandle<()>> = None;
-            loop {
-                let lead = *leading.borrow_and_update();
-                match (lead, controllers.is_some()) {
-                    (true, false) => {
-                        let client = client.clone();
-                        let index = index.clone();
-                        let reporter = reporter.clone();
-                        let label = label.clone();
-                        let notifier = notifier.clone();
-                        controllers = Some(tokio::spawn(async move {
-                            tokio::join!(
-                                crate::controller::run(
-                                    client.clone(),
-                                    index.clone(),
-                                    reporter.clone()
-                                ),
-                                crate::boundary::run(
-                                    client.clone(),
-                                    index.clone(),
-                                    reporter.clone(),
-                                    grace
-                                ),
-                                crate::approvals::run(
-                                    client.clone(),
-                                    reporter,
-                                    retention,
-                                    notifier,
-                                ),
-                                crate::controller::label_namespaces(client, index, label),
-                            );
-                        }))
-                    }
-                    (false, true) => {
-                        if let Some(c) = controllers.take() {
-                            c.abort();
-                        }
-                    }
-                    _ => {}
-                }
-                if leading.changed().await.is_err() {
-                    return;
-                }
+        let lead = move || {
+            let (client, index, reporter) = (client.clone(), index.clone(), reporter.clone());
+            let (label, notifier) = (label.clone(), notifier.clone());
+            async move {
+                // Statuses count pods: not before the index has listed them.
+                index.ready().await;
+                tokio::join!(
+                    crate::controller::run(client.clone(), index.clone(), reporter.clone()),
+                    crate::boundary::run(client.clone(), index.clone(), reporter.clone(), grace),
+                    crate::approvals::run(
+                        client.clone(),
+                        index.clone(),
+                        reporter,
+                        retention,
+                        notifier
+                    ),
+                    crate::controller::label_namespaces(client, index, label),
+                );
             }
-        });
+        };
+        supervisor.spawn(
+            "the leader's controllers",
+            lead_while_elected(leading, lead),
+        );
     }
 
     let listener = crate::server::bind(args.listen, "--listen").await?;
-    index.ready().await;
-    ready.store(true, Ordering::Relaxed);
+    tokio::select! {
+        () = index.ready() => health.listed(),
+        e = supervisor.stopped() => return Err(e),
+    }
     let control_plane_url = args
         .control_plane_url
         .clone()
@@ -356,8 +356,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut stopped = stopping.clone();
     let served = crate::server::serve_https(listener, shared, async move {
         let _ = stopped.wait_for(|s| *s).await;
-    })
-    .await;
+    });
+    let served = tokio::select! {
+        served = served => served,
+        e = supervisor.stopped() => {
+            tracing::error!(error = %e, "exiting so that Kubernetes restarts the operator");
+            Err(e)
+        }
+    };
     // The release is one GET and one PATCH; a slow API server only delays the successor.
     let _ = tokio::time::timeout(Duration::from_secs(3), election).await;
     served
@@ -403,6 +409,47 @@ fn shared_counters(args: &Args) -> anyhow::Result<Option<crate::inject::SharedCo
         timeout: args.sidecar_counters_timeout.clone(),
         password_secret,
     }))
+}
+
+/// Runs the controllers while this replica leads; a controller that ends while leading is a
+/// failure (this returns, and the supervisor takes the process down).
+async fn lead_while_elected<F, Fut>(mut leading: tokio::sync::watch::Receiver<bool>, lead: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut controllers: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let lead_now = *leading.borrow_and_update();
+        match (lead_now, controllers.is_some()) {
+            (true, false) => controllers = Some(tokio::spawn(lead())),
+            (false, true) => {
+                if let Some(c) = controllers.take() {
+                    c.abort();
+                }
+            }
+            _ => {}
+        }
+        let ended = async {
+            match controllers.as_mut() {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() {
+                // The election ended (SIGTERM): nothing more to lead.
+                std::future::pending::<()>().await;
+            },
+            result = ended => {
+                match result {
+                    Err(e) if e.is_panic() => tracing::error!(error = %e, "a controller panicked"),
+                    _ => tracing::error!("the controllers stopped while this replica leads"),
+                }
+                return;
+            }
+        }
+    }
 }
 
 fn parse_boundary(s: &str) -> Result<Boundary, String> {

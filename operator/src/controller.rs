@@ -7,8 +7,9 @@
 //!                                                                   └─ Accepted flipped? ─> Event
 //! ```
 //!
-//! Triggered by the policies' own watch and by every change in the index (a pod or namespace
-//! label changes what a policy selects), debounced.
+//! Triggered by the policies' own watch (the index's, shared), by pod and namespace events for
+//! exactly the policies whose selection they change, and by the boundary's findings;
+//! debounced.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tollgate_api::{McpClusterPolicy, McpPolicy, PolicySpec, PolicyStatus, Problem, selects};
 
@@ -179,25 +179,26 @@ pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
         recorder: Recorder::new(client.clone(), reporter),
     });
     let config = controller::Config::default().debounce(Duration::from_millis(200));
-    let policies = Controller::new(
-        Api::<McpPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(config.clone())
-    .reconcile_all_on(index_changes(&index))
-    .reconcile_all_on(ticks(index.subscribe_findings()))
-    .run(reconcile_policy, on_error, ctx.clone())
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "McpPolicy reconcile");
-        }
-    });
-    let cluster = Controller::new(
-        Api::<McpClusterPolicy>::all(client.clone()),
-        watcher::Config::default(),
+    // Fed by the index's watches; a pod or namespace event reconciles only the policies whose
+    // selection it changed, the boundary's findings (rare) every policy.
+    let policies = Controller::for_shared_stream(index.policy_events(), index.policies.clone())
+        .with_config(config.clone())
+        .reconcile_on(index.affected_policies())
+        .reconcile_all_on(index.resyncs())
+        .reconcile_all_on(ticks(index.subscribe_findings()))
+        .run(reconcile_policy, on_error, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "McpPolicy reconcile");
+            }
+        });
+    let cluster = Controller::for_shared_stream(
+        index.cluster_policy_events(),
+        index.cluster_policies.clone(),
     )
     .with_config(config)
-    .reconcile_all_on(index_changes(&index))
+    .reconcile_on(index.affected_cluster_policies())
+    .reconcile_all_on(index.resyncs())
     .reconcile_all_on(ticks(index.subscribe_findings()))
     .run(reconcile_cluster_policy, on_error, ctx)
     .for_each(|r| async move {
@@ -206,10 +207,6 @@ pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
         }
     });
     tokio::join!(policies, cluster);
-}
-
-fn index_changes(index: &Index) -> impl futures::Stream<Item = ()> + Send + 'static {
-    ticks(index.subscribe())
 }
 
 fn ticks(

@@ -9,8 +9,15 @@
 //! watch McpApprovals ─> approvals_changed (watch) ─> held calls waiting for a decision
 //! GET /.well-known/openid-configuration, /openid/v1/jwks ─ every 5 min ─> service-account keys
 //! ```
+//!
+//! Each kind is watched once, here. The leader's controllers are fed from these watches
+//! ([`Index::policy_events`] and the like), not from watches of their own; and a pod or
+//! namespace event names only the policies whose selection it changed
+//! ([`Index::affected_policies`]): those that selected the object before the event and not
+//! after, or after and not before. A relist, or a controller that fell behind, reconciles
+//! everything ([`Index::resyncs`]). A watch that keeps failing shows in [`Health`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +29,13 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tollgate_api::{
     DefaultAction, EffectivePolicy, McpApproval, McpClusterPolicy, McpPolicy, ServiceAccountKeys,
     Workload,
 };
 
+use crate::health::Health;
 use crate::inject::{INJECTED_LABEL, TOKEN_AUDIENCE, default_action_override};
 
 pub type PodMeta = PartialObjectMeta<Pod>;
@@ -52,13 +60,37 @@ pub struct Index {
     boundary_findings: ArcSwap<BTreeMap<(String, String), Vec<String>>>,
     findings_changed: watch::Sender<u64>,
     default_action: DefaultAction,
+    /// Each policy, cluster policy and approval as its watch applies it (for the controllers).
+    policy_events: broadcast::Sender<Arc<McpPolicy>>,
+    cluster_policy_events: broadcast::Sender<Arc<McpClusterPolicy>>,
+    approval_events: broadcast::Sender<Arc<McpApproval>>,
+    /// The policies whose selection a pod or namespace event changed.
+    affected_policies: broadcast::Sender<ObjectRef<McpPolicy>>,
+    affected_cluster_policies: broadcast::Sender<ObjectRef<McpClusterPolicy>>,
+    /// Ticks when every policy should be reconciled (a relist).
+    resync: watch::Sender<u64>,
+    /// True once every store has listed. (A store's own readiness wakes one waiter only, so
+    /// the index waits on them once and everyone else on this.)
+    listed: watch::Sender<bool>,
 }
 
+/// The policies that select one pod.
+#[derive(Default)]
+struct Selecting {
+    policies: HashSet<ObjectRef<McpPolicy>>,
+    cluster: HashSet<ObjectRef<McpClusterPolicy>>,
+}
+
+/// How many events a controller may fall behind before it reconciles everything instead.
+const EVENTS_BUFFERED: usize = 1024;
+
 impl Index {
-    /// Starts the reflectors; the returned future drives them and never ends.
+    /// Starts the reflectors; the returned future drives them and never ends. Watches that
+    /// keep failing are reported to `health`.
     pub fn start(
         client: Client,
         default_action: DefaultAction,
+        health: Arc<Health>,
     ) -> (Arc<Index>, impl Future<Output = ()> + Send) {
         let (pods, pods_w) = reflector::store();
         let (namespaces, namespaces_w) = reflector::store();
@@ -67,10 +99,6 @@ impl Index {
         let (network_policies, network_policies_w) = reflector::store();
         let (services, services_w) = reflector::store();
         let (approvals, approvals_w) = reflector::store();
-        let (approvals_changed, _) = watch::channel(0);
-        let (changed, _) = watch::channel(0);
-        let (boundary_changed, _) = watch::channel(0);
-        let (findings_changed, _) = watch::channel(0);
         let index = Arc::new(Index {
             pods,
             namespaces,
@@ -79,85 +107,239 @@ impl Index {
             network_policies,
             services,
             approvals,
-            approvals_changed,
+            approvals_changed: watch::channel(0).0,
             keys: ArcSwapOption::empty(),
-            changed,
-            boundary_changed,
+            changed: watch::channel(0).0,
+            boundary_changed: watch::channel(0).0,
             boundary_findings: ArcSwap::default(),
-            findings_changed,
+            findings_changed: watch::channel(0).0,
             default_action,
+            policy_events: broadcast::channel(EVENTS_BUFFERED).0,
+            cluster_policy_events: broadcast::channel(EVENTS_BUFFERED).0,
+            approval_events: broadcast::channel(EVENTS_BUFFERED).0,
+            affected_policies: broadcast::channel(EVENTS_BUFFERED).0,
+            affected_cluster_policies: broadcast::channel(EVENTS_BUFFERED).0,
+            resync: watch::channel(0).0,
+            listed: watch::channel(false).0,
         });
         let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
-        let streams = futures::stream::select_all([
-            touched(watcher(Api::<PodMeta>::all(client.clone()), injected).reflect(pods_w)),
-            touched(
-                watcher(
-                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                    Default::default(),
-                )
-                .reflect(namespaces_w),
+        let (i, j) = (index.clone(), index.clone());
+        let pods = watched(
+            "the watch of injected Pods",
+            watcher(Api::<PodMeta>::all(client.clone()), injected),
+            pods_w,
+            move |e| i.before_pod(e),
+            move |e| j.after_selection_change(e),
+        );
+        let (i, j) = (index.clone(), index.clone());
+        let namespaces = watched(
+            "the watch of Namespaces",
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                Default::default(),
             ),
-            touched(
-                watcher(Api::<McpPolicy>::all(client.clone()), Default::default())
-                    .reflect(policies_w),
+            namespaces_w,
+            move |e| i.before_namespace(e),
+            move |e| j.after_selection_change(e),
+        );
+        let i = index.clone();
+        let policies = watched(
+            "the watch of McpPolicies",
+            watcher(Api::<McpPolicy>::all(client.clone()), Default::default()),
+            policies_w,
+            |_| {},
+            move |e| applied(e, &i.policy_events),
+        );
+        let i = index.clone();
+        let cluster_policies = watched(
+            "the watch of McpClusterPolicies",
+            watcher(
+                Api::<McpClusterPolicy>::all(client.clone()),
+                Default::default(),
             ),
-            touched(
-                watcher(
-                    Api::<McpClusterPolicy>::all(client.clone()),
-                    Default::default(),
-                )
-                .reflect(cluster_policies_w),
-            ),
-        ]);
+            cluster_policies_w,
+            |_| {},
+            move |e| applied(e, &i.cluster_policy_events),
+        );
+        let streams = futures::stream::select_all([pods, namespaces, policies, cluster_policies]);
         let boundary = futures::stream::select_all([
-            touched(
+            watched(
+                "the watch of NetworkPolicies",
                 watcher(
                     Api::<NetworkPolicy>::all(client.clone()),
                     Default::default(),
-                )
-                .reflect(network_policies_w),
+                ),
+                network_policies_w,
+                |_| {},
+                |_| {},
             ),
-            touched(
-                watcher(Api::<Service>::all(client.clone()), Default::default())
-                    .reflect(services_w),
+            watched(
+                "the watch of Services",
+                watcher(Api::<Service>::all(client.clone()), Default::default()),
+                services_w,
+                |_| {},
+                |_| {},
             ),
         ]);
-        let approvals = futures::stream::select_all([touched(
-            watcher(Api::<McpApproval>::all(client.clone()), Default::default())
-                .reflect(approvals_w),
+        let i = index.clone();
+        let approvals = futures::stream::select_all([watched(
+            "the watch of McpApprovals",
+            watcher(Api::<McpApproval>::all(client.clone()), Default::default()),
+            approvals_w,
+            |_| {},
+            move |e| applied(e, &i.approval_events),
         )]);
         // Policy inputs tick every channel but the approvals'; the boundary's own inputs only
         // its channel; approvals only theirs.
         let i = index.clone();
-        let driver = drive(streams, move || {
+        let driver = drive(streams, health.clone(), move || {
             i.changed.send_modify(|n| *n += 1);
             i.boundary_changed.send_modify(|n| *n += 1);
         });
         let i = index.clone();
-        let boundary_driver = drive(boundary, move || {
+        let boundary_driver = drive(boundary, health.clone(), move || {
             i.boundary_changed.send_modify(|n| *n += 1)
         });
         let i = index.clone();
-        let approvals_driver = drive(approvals, move || {
+        let approvals_driver = drive(approvals, health, move || {
             i.approvals_changed.send_modify(|n| *n += 1)
         });
         let keys = refresh_keys(index.clone(), client);
+        let i = index.clone();
+        let listed = async move {
+            let _ = tokio::join!(
+                i.pods.wait_until_ready(),
+                i.namespaces.wait_until_ready(),
+                i.policies.wait_until_ready(),
+                i.cluster_policies.wait_until_ready(),
+                i.network_policies.wait_until_ready(),
+                i.services.wait_until_ready(),
+                i.approvals.wait_until_ready(),
+            );
+            i.listed.send_replace(true);
+        };
         (index, async move {
-            tokio::join!(driver, boundary_driver, approvals_driver, keys);
+            tokio::join!(driver, boundary_driver, approvals_driver, keys, listed);
         })
     }
 
-    /// Resolves once every reflector has listed its resource.
+    /// Before the store takes a pod event: the policies whose selection it changes, from the
+    /// pod as stored and the pod as it comes.
+    fn before_pod(&self, event: &watcher::Event<PodMeta>) {
+        let (watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) = event else {
+            return;
+        };
+        let ns = pod.namespace().unwrap_or_default();
+        let ns_labels = self.namespace_labels(&ns);
+        let (policies, cluster) = (self.policies.state(), self.cluster_policies.state());
+        let select = |p: Option<&PodMeta>| {
+            p.map(|p| selection(&policies, &cluster, &ns, &ns_labels, p.labels()))
+                .unwrap_or_default()
+        };
+        let old = select(self.pods.get(&ObjectRef::from_obj(pod)).as_deref());
+        let new = select(matches!(event, watcher::Event::Apply(_)).then_some(pod));
+        let (policies, cluster) = changed(&old, &new);
+        for r in policies {
+            let _ = self.affected_policies.send(r);
+        }
+        for r in cluster {
+            let _ = self.affected_cluster_policies.send(r);
+        }
+    }
+
+    /// Before the store takes a namespace event: the cluster policies whose namespace selector
+    /// it changes (namespaced policies select by pod labels alone).
+    fn before_namespace(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) {
+        let (watcher::Event::Apply(ns) | watcher::Event::Delete(ns)) = event else {
+            return;
+        };
+        let empty = BTreeMap::new();
+        let old = self.namespace_labels(&ns.name_any());
+        let new = match event {
+            watcher::Event::Apply(ns) => ns.labels(),
+            _ => &empty,
+        };
+        for r in namespace_changed(&self.cluster_policies.state(), &old, new) {
+            let _ = self.affected_cluster_policies.send(r);
+        }
+    }
+
+    /// After a pod or namespace relist, every policy is reconciled: what was deleted while the
+    /// watch was down is only seen as the store's contents changing.
+    fn after_selection_change<K>(&self, event: &watcher::Event<K>) {
+        if matches!(event, watcher::Event::InitDone) {
+            self.resync.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Every McpPolicy as its watch applies it, then as it changes. A subscriber that falls
+    /// behind is resynced ([`Index::resyncs`]) and goes on from the newest.
+    pub fn policy_events(self: &Arc<Self>) -> impl Stream<Item = Arc<McpPolicy>> + Send + 'static {
+        self.follow(self.policy_events.subscribe())
+    }
+
+    pub fn cluster_policy_events(
+        self: &Arc<Self>,
+    ) -> impl Stream<Item = Arc<McpClusterPolicy>> + Send + 'static {
+        self.follow(self.cluster_policy_events.subscribe())
+    }
+
+    pub fn approval_events(
+        self: &Arc<Self>,
+    ) -> impl Stream<Item = Arc<McpApproval>> + Send + 'static {
+        self.follow(self.approval_events.subscribe())
+    }
+
+    /// The McpPolicies whose selection of pods a pod or namespace event changed.
+    pub fn affected_policies(
+        self: &Arc<Self>,
+    ) -> impl Stream<Item = ObjectRef<McpPolicy>> + Send + 'static {
+        self.follow(self.affected_policies.subscribe())
+    }
+
+    pub fn affected_cluster_policies(
+        self: &Arc<Self>,
+    ) -> impl Stream<Item = ObjectRef<McpClusterPolicy>> + Send + 'static {
+        self.follow(self.affected_cluster_policies.subscribe())
+    }
+
+    /// Ticks once at once, then whenever everything should be reconciled.
+    pub fn resyncs(&self) -> impl Stream<Item = ()> + Send + 'static {
+        let rx = self.resync.subscribe();
+        futures::stream::once(async {}).chain(futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        }))
+    }
+
+    fn follow<T: Clone + Send + 'static>(
+        self: &Arc<Self>,
+        rx: broadcast::Receiver<T>,
+    ) -> impl Stream<Item = T> + Send + 'static {
+        let index = self.clone();
+        futures::stream::unfold(rx, move |mut rx| {
+            let index = index.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(item) => return Some((item, rx)),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(
+                                missed,
+                                "a controller fell behind the watches; reconciling everything"
+                            );
+                            index.resync.send_modify(|n| *n += 1);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        })
+    }
+
+    /// Resolves once every reflector has listed its resource (any number may wait).
     pub async fn ready(&self) {
-        let _ = tokio::join!(
-            self.pods.wait_until_ready(),
-            self.namespaces.wait_until_ready(),
-            self.policies.wait_until_ready(),
-            self.cluster_policies.wait_until_ready(),
-            self.network_policies.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.approvals.wait_until_ready(),
-        );
+        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
     }
 
     /// Ticks on every change to anything the index holds.
@@ -267,24 +449,123 @@ impl Index {
     }
 }
 
-type Touches = std::pin::Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>;
+/// The policies among these that select a pod of `namespace` with these labels.
+fn selection(
+    policies: &[Arc<McpPolicy>],
+    cluster: &[Arc<McpClusterPolicy>],
+    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> Selecting {
+    Selecting {
+        policies: policies
+            .iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(namespace)
+                    && tollgate_api::selects(p.spec.selector.as_ref(), labels)
+            })
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect(),
+        cluster: cluster
+            .iter()
+            .filter(|p| {
+                tollgate_api::selects(p.spec.namespace_selector.as_ref(), namespace_labels)
+                    && tollgate_api::selects(p.spec.policy.selector.as_ref(), labels)
+            })
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect(),
+    }
+}
 
-/// Drives watches into their stores, calling `tick` on every change they bring.
-async fn drive(mut streams: futures::stream::SelectAll<Touches>, tick: impl Fn()) {
-    while let Some(what) = streams.next().await {
+/// The policies in one selection and not the other: those whose count of pods changed.
+fn changed(
+    old: &Selecting,
+    new: &Selecting,
+) -> (Vec<ObjectRef<McpPolicy>>, Vec<ObjectRef<McpClusterPolicy>>) {
+    (
+        old.policies
+            .symmetric_difference(&new.policies)
+            .cloned()
+            .collect(),
+        old.cluster
+            .symmetric_difference(&new.cluster)
+            .cloned()
+            .collect(),
+    )
+}
+
+/// The cluster policies whose namespace selector reads two label sets differently.
+fn namespace_changed(
+    cluster: &[Arc<McpClusterPolicy>],
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<ObjectRef<McpClusterPolicy>> {
+    cluster
+        .iter()
+        .filter(|p| {
+            let sel = p.spec.namespace_selector.as_ref();
+            tollgate_api::selects(sel, old) != tollgate_api::selects(sel, new)
+        })
+        .map(|p| ObjectRef::from_obj(&**p))
+        .collect()
+}
+
+type Touches =
+    std::pin::Pin<Box<dyn Stream<Item = (&'static str, Result<(), watcher::Error>)> + Send>>;
+
+/// Drives watches into their stores, calling `tick` on every change they bring; a watch that
+/// fails (and retries with backoff) is reported until it works again.
+async fn drive(
+    mut streams: futures::stream::SelectAll<Touches>,
+    health: Arc<Health>,
+    tick: impl Fn(),
+) {
+    while let Some((name, what)) = streams.next().await {
         match what {
-            Ok(()) => tick(),
-            Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+            Ok(()) => {
+                health.ok(name);
+                tick();
+            }
+            Err(e) => {
+                tracing::warn!(watch = name, error = %e, "watch failed; retrying with backoff");
+                health.fail(name, &e);
+            }
         }
     }
 }
 
-fn touched<K, S>(stream: S) -> Touches
+/// A watch into its store: `before` sees each event while the store still holds the old
+/// object, `after` once the store has it.
+fn watched<K, S>(
+    name: &'static str,
+    stream: S,
+    mut writer: reflector::store::Writer<K>,
+    mut before: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    mut after: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> Touches
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    K: Send + 'static,
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
 {
-    Box::pin(stream.default_backoff().map(|e| e.map(drop)))
+    Box::pin(stream.default_backoff().map(move |event| {
+        let event = event.map(|e| {
+            before(&e);
+            writer.apply_watcher_event(&e);
+            after(&e);
+        });
+        (name, event)
+    }))
+}
+
+/// Sends each object a watch event applies.
+fn applied<K>(event: &watcher::Event<K>, to: &broadcast::Sender<Arc<K>>)
+where
+    K: Clone,
+{
+    if let watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) = event {
+        let _ = to.send(Arc::new(obj.clone()));
+    }
 }
 
 /// Keeps the cluster's service-account token keys current. Without them (e.g. the operator may
@@ -334,4 +615,90 @@ async fn fetch_keys(client: &Client) -> anyhow::Result<ServiceAccountKeys> {
         audience: TOKEN_AUDIENCE.into(),
         jwks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn policy(ns: &str, name: &str, app: Option<&str>) -> Arc<McpPolicy> {
+        let selector = app.map(|a| json!({ "matchLabels": { "app": a } }));
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy",
+                "metadata": { "name": name, "namespace": ns },
+                "spec": { "selector": selector, "tools": {} },
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn cluster_policy(name: &str, team: Option<&str>) -> Arc<McpClusterPolicy> {
+        let ns_selector = team.map(|t| json!({ "matchLabels": { "team": t } }));
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpClusterPolicy",
+                "metadata": { "name": name },
+                "spec": { "namespaceSelector": ns_selector, "policy": { "tools": {} } },
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn names<K: kube::Resource>(refs: Vec<ObjectRef<K>>) -> Vec<String>
+    where
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn a_pod_whose_labels_change_affects_only_the_policies_that_selected_it_before_or_after() {
+        let policies = [
+            policy("shop", "for-a", Some("a")),
+            policy("shop", "for-b", Some("b")),
+            policy("shop", "for-all", None),
+            policy("other", "elsewhere", Some("a")),
+        ];
+        let cluster = [cluster_policy("everywhere", None)];
+        let ns = labels(&[]);
+        let old = selection(&policies, &cluster, "shop", &ns, &labels(&[("app", "a")]));
+        let new = selection(&policies, &cluster, "shop", &ns, &labels(&[("app", "b")]));
+        let (p, c) = changed(&old, &new);
+        assert_eq!(names(p), ["for-a", "for-b"]);
+        assert!(
+            c.is_empty(),
+            "a policy that selects it either way counts it either way"
+        );
+        // A new pod, or one deleted: every policy that selects it.
+        let (p, c) = changed(&Selecting::default(), &new);
+        assert_eq!(names(p), ["for-all", "for-b"]);
+        assert_eq!(names(c), ["everywhere"]);
+    }
+
+    #[test]
+    fn a_namespace_relabelled_affects_only_the_cluster_policies_whose_namespace_selector_changes() {
+        let cluster = [
+            cluster_policy("payments", Some("payments")),
+            cluster_policy("search", Some("search")),
+            cluster_policy("everywhere", None),
+        ];
+        let old = labels(&[("team", "payments")]);
+        let new = labels(&[("team", "search")]);
+        assert_eq!(
+            names(namespace_changed(&cluster, &old, &new)),
+            ["payments", "search"]
+        );
+        assert!(namespace_changed(&cluster, &old, &old).is_empty());
+    }
 }

@@ -10,6 +10,7 @@
 //! so a successor leads at once instead of after the lease expires
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -18,6 +19,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::watch;
+
+use crate::health::Health;
 
 /// How often the holder renews and candidates retry, as a fraction of the lease's duration.
 const RETRY_FRACTION: u32 = 5;
@@ -59,21 +62,39 @@ pub fn next_step(lease: Option<&Lease>, me: &str, now: Timestamp) -> Step {
 
 /// Runs the election until `stopping` turns true, publishing whether this replica leads; then
 /// publishes that it no longer leads and releases the lease if it holds it.
+/// Which lease a replica runs for, as whom.
+pub struct Candidate {
+    pub client: Client,
+    pub namespace: String,
+    pub name: String,
+    pub me: String,
+    pub duration: Duration,
+}
+
 pub async fn elect(
-    client: Client,
-    namespace: String,
-    name: String,
-    me: String,
-    duration: Duration,
+    candidate: Candidate,
     leading: watch::Sender<bool>,
     mut stopping: watch::Receiver<bool>,
+    health: Arc<Health>,
 ) {
+    let Candidate {
+        client,
+        namespace,
+        name,
+        me,
+        duration,
+    } = candidate;
+    const PART: &str = "the leader election";
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     while !*stopping.borrow_and_update() {
         let won = match try_once(&api, &name, &me, duration).await {
-            Ok(won) => won,
+            Ok(won) => {
+                health.ok(PART);
+                won
+            }
             Err(e) => {
                 tracing::warn!(lease = %name, error = %e, "leader election step failed");
+                health.fail(PART, format!("lease {namespace}/{name}: {e}"));
                 false
             }
         };

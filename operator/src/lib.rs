@@ -6,6 +6,7 @@
 //! Index (pods, namespaces, policies) ─> stream ─> sidecar┘
 //!   └─> controller (status, events), leader only (lease)
 //! tls: CA + serving certificate, rotated; caBundle of the webhooks
+//! health: every part supervised; /readyz says which is failing
 //! ```
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod approvals;
 pub mod boundary;
 pub mod cli;
 pub mod controller;
+pub mod health;
 pub mod index;
 pub mod inject;
 pub mod lease;

@@ -14,7 +14,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission;
+use crate::health::Health;
 use crate::index::Index;
 use crate::inject::InjectConfig;
 use crate::tls::ServingCert;
@@ -305,24 +305,24 @@ fn answer(response: kube::core::admission::AdmissionResponse) -> Response<Body> 
     resp
 }
 
-/// `/healthz` answers while the process runs; `/readyz` once the index has listed everything.
-pub async fn serve_admin(listener: TcpListener, ready: Arc<AtomicBool>) {
+/// `/healthz` answers while the process runs; `/readyz` once the index has listed everything,
+/// while no part has failed past its grace ([`Health`]).
+pub async fn serve_admin(listener: TcpListener, health: Arc<Health>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
-        let ready = ready.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let ready = ready.load(Ordering::Relaxed);
+                let health = health.clone();
                 async move {
                     Ok::<_, Infallible>(match req.uri().path() {
                         "/healthz" => text(StatusCode::OK, "ok"),
-                        "/readyz" if ready => text(StatusCode::OK, "ready"),
-                        "/readyz" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the operator has not listed pods, namespaces and policies yet",
-                        ),
+                        "/readyz" => match health.readyz() {
+                            (true, body) => text(StatusCode::OK, &body),
+                            (false, body) => text(StatusCode::SERVICE_UNAVAILABLE, &body),
+                        },
                         path => text(StatusCode::NOT_FOUND, &format!("no route for {path}")),
                     })
                 }

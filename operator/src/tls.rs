@@ -37,6 +37,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
+use crate::health::Health;
+
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const SANS_ANNOTATION: &str = "tollgate.dev/sans";
 
@@ -279,10 +281,14 @@ impl CertSource {
 
     /// Re-reads (and, when managed, renews) every `every`, swapping the served certificate
     /// when it changed.
-    pub async fn rotate(self, serving: Arc<ServingCert>, every: Duration) {
+    pub async fn rotate(self, serving: Arc<ServingCert>, every: Duration, health: Arc<Health>) {
+        const PART: &str = "the serving certificate's rotation";
         let mut last = None;
+        let mut wait = every;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(wait).await;
+            // A failure is tried again soon, not a whole period later.
+            wait = every.min(Duration::from_secs(10));
             match self.current().await {
                 Ok(bundle) if last.as_ref() != Some(&bundle) => {
                     match serving.update(&bundle.cert, &bundle.key, &bundle.ca_cert) {
@@ -291,15 +297,22 @@ impl CertSource {
                                 tracing::info!("serving certificate rotated");
                             }
                             last = Some(bundle);
+                            health.ok(PART);
+                            wait = every;
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "new serving certificate is unusable; keeping the old one")
+                            tracing::error!(error = %e, "new serving certificate is unusable; keeping the old one");
+                            health.fail(PART, format!("the new certificate is unusable: {e}"));
                         }
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    health.ok(PART);
+                    wait = every;
+                }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot refresh the serving certificate; keeping the old one")
+                    tracing::error!(error = %format!("{e:#}"), "cannot refresh the serving certificate; keeping the old one");
+                    health.fail(PART, format!("{e:#}"));
                 }
             }
         }

@@ -810,3 +810,49 @@ def test_operator_a_held_call_becomes_an_mcp_approval_kubectl_tollgate_decides_a
         subprocess.run([str(debug_bins / "kubectl-tollgate"), "approve", waiting[0]["metadata"]["name"], "-n", ns],
                        check=True, capture_output=True, env={**os.environ, "KUBECONFIG": str(alice)})
         assert charge.result(timeout=30)["result"]["content"][0]["text"] == "charged 5 eur"
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervision
+
+
+def watches(kube: ControlPlane, kinds: tuple[str, ...]) -> dict[str, float]:
+    """Open WATCH requests per resource, as the API server's own metrics count them."""
+    out = dict.fromkeys(kinds, 0.0)
+    for line in kube.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:
+            for k in kinds:
+                if f'resource="{k}"' in line:
+                    out[k] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_operator_watches_each_kind_once_and_a_watch_that_keeps_failing_turns_readiness_off_naming_it(kube, operator):
+    kinds = ("mcppolicies", "mcpclusterpolicies", "mcpapprovals")
+
+    def settled():
+        first = watches(kube, kinds)
+        time.sleep(1)
+        return first if watches(kube, kinds) == first else None
+
+    before = eventually(settled, what="watches from earlier tests are gone")
+    kube.namespace("supervised")
+    op = operator("operator", "--failure-grace", "2s")
+    kube.apply(policy("watched", {"tools": {"read_file": {"rules": []}}}, "supervised"))
+    eventually(lambda: "status" in json.loads(kube.kubectl("-n", "supervised", "get", "mcppolicy", "watched", "-o", "json").stdout),
+               what="the leader's controller writes the status")
+    # The leader's controllers run on the index's watches: one more watch of each kind, not two.
+    eventually(lambda: {k: v - before[k] for k, v in watches(kube, kinds).items()} == dict.fromkeys(kinds, 1.0),
+               what="one watch per kind")
+    # The McpApproval resource goes away: its watch fails, retries, and past the grace /readyz
+    # says which part fails and why; when it is back, the operator is ready again.
+    crd = (ROOT / "crds" / "mcpapprovals.yaml").read_text()
+    kube.kubectl("delete", "crd", "mcpapprovals.tollgate.dev")
+    try:
+        r = eventually(lambda: (r := httpx.get(f"{op.admin}/readyz")).status_code == 503 and r, what="not ready")
+        assert "the watch of McpApprovals failing for" in r.text, r.text
+        assert op.proc.poll() is None, "a failing watch is retried, not fatal"
+    finally:
+        kube.apply(crd)
+        kube.kubectl("wait", "--for=condition=Established", "crd/mcpapprovals.tollgate.dev", "--timeout=30s")
+    eventually(op.ready, what="ready again once the watch works", timeout=60)
