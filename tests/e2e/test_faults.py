@@ -7,7 +7,6 @@ server's own record, the audit lines, /readyz and /metrics say."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import socket
@@ -21,7 +20,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import RECORDER, free_port, wait_for_port
+from conftest import SAMPLE, free_port, wait_for_port
 from rpc import HEADERS, call, messages, open_session, rpc
 
 LIMITED = """
@@ -52,6 +51,19 @@ def wait_until(what: str, f, timeout: float = 10.0):
         time.sleep(0.05)
 
 
+def in_flight(url: str, headers: dict, body: dict) -> tuple[threading.Thread, dict]:
+    """Sends one request on a thread of its own; its response lands in the dict, under "r"."""
+    got: dict = {}
+    t = threading.Thread(target=lambda: got.setdefault("r", httpx.post(url, headers=headers, json=body, timeout=10)))
+    t.start()
+    return t, got
+
+
+def restart(procs, srv, *flags: str) -> None:
+    """The sample server again, on the port it had."""
+    procs.start("sample-again", [sys.executable, str(SAMPLE), "--port", str(srv.port), *flags], srv.port)
+
+
 # --- the server dies mid-answer ------------------------------------------------------------
 
 
@@ -75,8 +87,7 @@ def test_faults_a_server_killed_mid_stream_breaks_the_agents_stream_keeps_the_ca
     assert httpx.get(f"{px.admin}/readyz").status_code == 200
     # The server back on its port: the killed call counted (it may have run), the unreachable
     # one did not, so one more runs and the next is over the limit.
-    procs.start("sample-again", [sys.executable, str(Path(__file__).parents[2] / "examples" / "sample_server.py"),
-                                 "--port", str(srv.port)], srv.port)
+    restart(procs, srv)
     h = open_session(f"{px.url}/mcp")
     answers = [messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(i, "slow", {"seconds": 0})))[0]
                for i in (3, 4)]
@@ -88,17 +99,13 @@ def test_faults_a_json_server_killed_mid_call_gets_the_agent_a_502_and_the_call_
     srv = sample_server("--json")
     px = proxy(srv.url, LIMITED)
     h = open_session(f"{px.url}/mcp")
-    got = {}
-    t = threading.Thread(target=lambda: got.setdefault("r", httpx.post(
-        f"{px.url}/mcp", headers=h, json=call(1, "slow", {"seconds": 30}), timeout=10)))
-    t.start()
+    t, got = in_flight(f"{px.url}/mcp", h, call(1, "slow", {"seconds": 30}))
     time.sleep(0.5)
     srv.proc.proc.kill()
     t.join(10)
     r = got["r"]
     assert r.status_code == 502 and r.json()["error"]["code"] == -32603, r.text
-    procs.start("sample-again", [sys.executable, str(Path(__file__).parents[2] / "examples" / "sample_server.py"),
-                                 "--port", str(srv.port), "--json"], srv.port)
+    restart(procs, srv, "--json")
     h = open_session(f"{px.url}/mcp")
     answers = [messages(httpx.post(f"{px.url}/mcp", headers=h, json=call(i, "slow", {"seconds": 0})))[0] for i in (2, 3)]
     assert "result" in answers[0] and answers[1]["error"]["data"]["rule"] == "two a minute", answers
@@ -284,10 +291,7 @@ def test_faults_sigterm_turns_readiness_off_first_then_refuses_new_connections_w
     srv = sample_server("--json")
     px = proxy(srv.url, "version: '1'\ndefault: allow\ntools: {}\n", "--shutdown-delay", "1500ms")
     h = open_session(f"{px.url}/mcp")
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("r", httpx.post(
-        f"{px.url}/mcp", headers=h, json=call(9, "slow", {"seconds": 3.0}), timeout=10)))
-    t.start()
+    t, result = in_flight(f"{px.url}/mcp", h, call(9, "slow", {"seconds": 3.0}))
     time.sleep(0.3)
     px.proc.proc.send_signal(signal.SIGTERM)
     ready = wait_until("readiness off", lambda: (r := httpx.get(f"{px.admin}/readyz")).status_code == 503 and r, 1.0)

@@ -87,6 +87,9 @@ struct Shared {
     dropped: AtomicU64,
     /// Whether the last write to stdout failed.
     failing: AtomicBool,
+    /// Whether the lines waiting have reached `limit` (kept where the buffer changes, so a
+    /// call asks two atomics, not the buffer's lock).
+    full: AtomicBool,
     limit: usize,
     overflow: Overflow,
     metrics: AuditMetrics,
@@ -130,6 +133,7 @@ impl AuditLog {
             ready: Condvar::new(),
             dropped: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             limit,
             overflow,
             metrics,
@@ -147,7 +151,11 @@ impl AuditLog {
                         }
                     }
                     std::thread::sleep(COALESCE);
-                    std::mem::swap(&mut *writer.buf.lock(), &mut spare);
+                    {
+                        let mut buf = writer.buf.lock();
+                        std::mem::swap(&mut *buf, &mut spare);
+                        writer.full.store(false, Ordering::Relaxed);
+                    }
                     writer.write_out(&mut out(), &spare);
                     spare.clear();
                     // Only once it is written does a batch stop counting against the bound.
@@ -196,14 +204,15 @@ impl AuditLog {
         if shared.failing.load(Ordering::Relaxed) {
             return Some("stdout refuses writes".into());
         }
+        if !shared.full.load(Ordering::Relaxed) {
+            return None;
+        }
         let waiting = shared.buf.lock().len();
-        (waiting >= shared.limit).then(|| {
-            format!(
-                "stdout is not draining: {} KiB of lines wait, the bound is {} KiB",
-                waiting >> 10,
-                shared.limit >> 10
-            )
-        })
+        Some(format!(
+            "stdout is not draining: {} KiB of lines wait, the bound is {} KiB",
+            waiting >> 10,
+            shared.limit >> 10
+        ))
     }
 
     /// Whether the proxy can serve decided calls as far as the log goes (for readiness).
@@ -252,6 +261,9 @@ impl AuditLog {
             buf.push(b'\n');
         }
         shared.metrics.buffered.set(buf.len() as i64);
+        if buf.len() >= shared.limit {
+            shared.full.store(true, Ordering::Relaxed);
+        }
         drop(buf);
         if was_empty {
             shared.ready.notify_one();
@@ -262,6 +274,7 @@ impl AuditLog {
     pub fn flush(&self) {
         let Some(shared) = &self.shared else { return };
         let batch = std::mem::take(&mut *shared.buf.lock());
+        shared.full.store(false, Ordering::Relaxed);
         shared.write_out(&mut std::io::stdout(), &batch);
     }
 }
