@@ -24,7 +24,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use tollgate_api::{McpClusterPolicy, McpPolicy, PolicySpec, PolicyStatus, Problem, selects};
 
-use crate::index::Index;
+use crate::index::{Index, ticks};
 
 /// A status write the API server refused.
 #[derive(Debug, thiserror::Error)]
@@ -207,15 +207,6 @@ pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
         }
     });
     tokio::join!(policies, cluster);
-}
-
-fn ticks(
-    rx: tokio::sync::watch::Receiver<u64>,
-) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    })
 }
 
 async fn reconcile_policy(

@@ -305,11 +305,7 @@ impl Index {
 
     /// Ticks once at once, then whenever everything should be reconciled.
     pub fn resyncs(&self) -> impl Stream<Item = ()> + Send + 'static {
-        let rx = self.resync.subscribe();
-        futures::stream::once(async {}).chain(futures::stream::unfold(rx, |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
-        }))
+        futures::stream::once(async {}).chain(ticks(self.resync.subscribe()))
     }
 
     fn follow<T: Clone + Send + 'static>(
@@ -508,6 +504,14 @@ fn namespace_changed(
         })
         .map(|p| ObjectRef::from_obj(&**p))
         .collect()
+}
+
+/// A tick for every change a watch channel sees.
+pub fn ticks(rx: watch::Receiver<u64>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
 }
 
 type Touches =

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import socket
 import ssl
@@ -59,6 +60,13 @@ def in_flight(url: str, headers: dict, body: dict) -> tuple[threading.Thread, di
     return t, got
 
 
+def received(port: int) -> int:
+    """Bytes the kernel has taken in on the server's side of every connection to `port`."""
+    out = subprocess.run(["ss", "-Htni", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(n) for n in re.findall(r"bytes_received:(\d+)", out))
+
+
 def restart(procs, srv, *flags: str) -> None:
     """The sample server again, on the port it had."""
     procs.start("sample-again", [sys.executable, str(SAMPLE), "--port", str(srv.port), *flags], srv.port)
@@ -99,8 +107,10 @@ def test_faults_a_json_server_killed_mid_call_gets_the_agent_a_502_and_the_call_
     srv = sample_server("--json")
     px = proxy(srv.url, LIMITED)
     h = open_session(f"{px.url}/mcp")
+    before = received(srv.port)
     t, got = in_flight(f"{px.url}/mcp", h, call(1, "slow", {"seconds": 30}))
-    time.sleep(0.5)
+    # Killed once the call has reached the server, not before the proxy sent it.
+    wait_until("the call reaches the server", lambda: received(srv.port) > before)
     srv.proc.proc.kill()
     t.join(10)
     r = got["r"]

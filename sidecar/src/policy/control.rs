@@ -79,13 +79,9 @@ impl ControlPlane {
                 _ => "no policy yet, so every call is denied".into(),
             };
             handle.set_source_status(format!(
-                "control plane: disconnected from {} since {}Z ({why}); {kept}; retrying in {backoff:?}",
+                "control plane: disconnected from {} since {} ({why}); {kept}; retrying in {backoff:?}",
                 self.url,
-                crate::telemetry::audit::format_second(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ),
+                crate::telemetry::audit::now_rfc3339(),
             ));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -17,7 +17,7 @@ use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet, Reservat
 use super::Proxy;
 use crate::approvals::{self, Ticket, Waited};
 use crate::mcp::jsonrpc::{self, Message};
-use crate::policy::counters::Reserved;
+use crate::policy::counters::{Counted, Reserved};
 use crate::proxy::calls::CallId;
 use crate::proxy::inspect::{InFlight, Inspector};
 use crate::telemetry::audit::{Record, now_rfc3339};
@@ -367,42 +367,26 @@ impl Proxy {
                 return Outcome::Refuse(answer);
             }
         };
-        if let Err(reason) = self.audit.admits() {
+        let empty = Value::Object(Default::default());
+        let args = call.arguments.as_ref().unwrap_or(&empty);
+        let t0 = Instant::now();
+        let counted = match self.audit.admits() {
             // A call whose decision cannot be logged is not made.
-            let denial = Denial {
+            Err(reason) => Counted::denied(Denial {
                 reason,
                 policy: String::new(),
                 rule: "(audit log)".into(),
                 deny_as: DenyAs::Error,
-            };
-            self.metrics.decision(&call.name, "deny", 0.0);
-            let a = PendingAudit {
-                method,
-                tool: call.name.clone(),
-                decision: "deny",
-                rule: Some(denial.rule.clone()),
-                policy: None,
-                reason: Some(denial.reason.clone()),
-                approval: None,
-            };
-            self.write_audit(&a, who, session, set.revision, None, start);
-            return Outcome::Refuse(m.id.map(|_| denial_message(m.id_value(), &denial, modern)));
-        }
-        let empty = Value::Object(Default::default());
-        let args = call.arguments.as_ref().unwrap_or(&empty);
-        let t0 = Instant::now();
-        let counted = self
-            .counters
-            .decide(
-                set,
-                &Call {
+            }),
+            Ok(()) => {
+                let call = Call {
                     tool: &call.name,
                     args: Some(args),
                     session,
-                },
-                who,
-            )
-            .await;
+                };
+                self.counters.decide(set, &call, who).await
+            }
+        };
         let verdict = counted.verdict;
         let outcome = match verdict.decision {
             Decision::Allow { .. } => counted.reserved.map_err(|full| ("deny", full)),

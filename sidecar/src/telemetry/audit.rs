@@ -95,13 +95,6 @@ struct Shared {
     metrics: AuditMetrics,
 }
 
-impl Shared {
-    fn lost(&self, lines: u64, counter: &prometheus_client::metrics::counter::Counter) {
-        self.dropped.fetch_add(lines, Ordering::Relaxed);
-        counter.inc_by(lines);
-    }
-}
-
 /// Writes audit lines to stdout without holding up calls.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -215,11 +208,6 @@ impl AuditLog {
         ))
     }
 
-    /// Whether the proxy can serve decided calls as far as the log goes (for readiness).
-    pub fn ready(&self) -> bool {
-        self.admits().is_ok()
-    }
-
     /// One line for `/readyz`.
     pub fn status(&self) -> String {
         let Some(shared) = &self.shared else {
@@ -280,6 +268,12 @@ impl AuditLog {
 }
 
 impl Shared {
+    /// Counts `lines` as lost: in `counter`, and in the next line written.
+    fn lost(&self, lines: u64, counter: &prometheus_client::metrics::counter::Counter) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        counter.inc_by(lines);
+    }
+
     /// Writes a batch of lines; lines stdout refuses are counted as lost.
     fn write_out(&self, out: &mut impl Write, batch: &[u8]) {
         if batch.is_empty() {
@@ -454,14 +448,14 @@ mod tests {
             written += 1;
             assert!(written < 1000, "the log never filled");
         }
-        assert!(!log.ready());
+        assert!(log.admits().is_err());
         assert!(log.status().contains("not draining"), "{}", log.status());
         // Calls admitted before the bound was seen still get their lines.
         for _ in 0..5 {
             log.write(record());
         }
         pipe.set(|p| p.shut = false);
-        eventually("the log drains", || log.ready());
+        eventually("the log drains", || log.admits().is_ok());
         eventually("every line is written", || {
             metrics.lines.get() == written + 5
         });
@@ -478,7 +472,7 @@ mod tests {
             assert!(log.admits().is_ok());
             log.write(record());
         }
-        assert!(log.ready());
+        assert!(log.admits().is_ok());
         let dropped = metrics.dropped_full.get();
         assert!(dropped > 0, "nothing was dropped");
         assert!(

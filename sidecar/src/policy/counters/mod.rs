@@ -73,6 +73,16 @@ pub struct Counted {
     pub reserved: Result<Reserved, Denial>,
 }
 
+impl Counted {
+    /// A call denied before any counter was asked.
+    pub fn denied(denial: Denial) -> Self {
+        Counted {
+            verdict: denied(denial),
+            reserved: Ok(Reserved::default()),
+        }
+    }
+}
+
 /// How many times a call is decided again when the values it read changed before Redis saw
 /// them; past it, the call is denied (a counter changing that fast is not read with certainty).
 const ATTEMPTS: usize = 5;
@@ -169,26 +179,20 @@ impl CounterStore {
                                 .map(|r| (r.unavailable, r.on_full.policy.as_str())),
                         );
                     return match shared.without_store(policies, &why) {
-                        Some(denial) => Counted {
-                            verdict: denied(denial),
-                            reserved: Ok(Reserved::default()),
-                        },
+                        Some(denial) => Counted::denied(denial),
                         None => self.decide_locally(set, call, who),
                     };
                 }
             }
         }
-        Counted {
-            verdict: denied(Denial {
-                policy: String::new(),
-                rule: "(counters)".into(),
-                reason: format!(
-                    "The counters this call reads changed {ATTEMPTS} times while it was decided; retry"
-                ),
-                deny_as: DenyAs::Error,
-            }),
-            reserved: Ok(Reserved::default()),
-        }
+        Counted::denied(Denial {
+            policy: String::new(),
+            rule: "(counters)".into(),
+            reason: format!(
+                "The counters this call reads changed {ATTEMPTS} times while it was decided; retry"
+            ),
+            deny_as: DenyAs::Error,
+        })
     }
 
     fn decide_locally(&self, set: &PolicySet, call: &Call<'_>, who: &Identity) -> Counted {
