@@ -30,6 +30,12 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 # The shared-counters suite's Redis (a server, and a Redis Cluster it makes with redis-cli).
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || need+=(redis-server redis-tools)
+command -v containerd >/dev/null && command -v ctr >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/portmap ]] || need+=(containernetworking-plugins)
+command -v nft >/dev/null || need+=(nftables)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if (( ${#need[@]} )); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

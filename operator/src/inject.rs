@@ -24,10 +24,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -54,6 +54,13 @@ pub const INIT_NAME: &str = "tollgate-init";
 const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// The projected token volume, mounted into the sidecar only.
 pub const TOKEN_VOLUME: &str = "tollgate-token";
+/// An empty volume mounted where the API server's ServiceAccount admission would mount the
+/// app's API token: it skips a container that already mounts that path, and after a mutating
+/// webhook it runs again, so without this every Tollgate container would hold the app's
+/// credentials.
+pub const NO_API_TOKEN_VOLUME: &str = "tollgate-no-api-token";
+/// Where the ServiceAccount admission plugin mounts a pod's API token.
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The app's MCP port is renamed to this when its name is handed to the sidecar.
 pub const APP_PORT_NAME: &str = "tollgate-app";
 /// The sidecar's admin port (probes, metrics).
@@ -283,7 +290,7 @@ pub fn inject_sidecar(
     if boundary == Boundary::NetworkPolicy {
         labels.push((APP_PORT_LABEL, &app_port));
     }
-    let mut volumes = vec![token_volume()];
+    let mut volumes = vec![token_volume(), no_api_token_volume()];
     if let Some((secret, key)) = config
         .counters
         .as_ref()
@@ -365,12 +372,9 @@ fn fits(spec: &PodSpec, config: &InjectConfig, target: &McpPort) -> Result<(), R
             }
         }
     }
-    if let Some(k) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .position(|v| v.name == TOKEN_VOLUME || v.name == COUNTERS_PASSWORD_VOLUME)
-    {
+    if let Some(k) = spec.volumes.iter().flatten().position(|v| {
+        [TOKEN_VOLUME, NO_API_TOKEN_VOLUME, COUNTERS_PASSWORD_VOLUME].contains(&v.name.as_str())
+    }) {
         return refuse(
             format!("spec.volumes[{k}].name"),
             format!(
@@ -740,6 +744,7 @@ fn init_container(
             }),
             ..SecurityContext::default()
         }),
+        volume_mounts: Some(vec![no_api_token_mount()]),
         ..Container::default()
     }
 }
@@ -908,11 +913,13 @@ fn sidecar_container(
                 ),
                 env(
                     sidecar_env::LISTEN,
-                    format!("0.0.0.0:{}", config.proxy_port),
+                    // Both families, whatever the pod has (the sidecar falls back to IPv4
+                    // where IPv6 is off): an IPv6-only pod's probes reach it too.
+                    format!("[::]:{}", config.proxy_port),
                 ),
                 env(
                     sidecar_env::METRICS_LISTEN,
-                    format!("0.0.0.0:{}", config.admin_port),
+                    format!("[::]:{}", config.admin_port),
                 ),
                 env(sidecar_env::CONTROL_PLANE, config.control_plane_url.clone()),
                 env(
@@ -993,12 +1000,16 @@ fn sidecar_container(
             ..SecurityContext::default()
         }),
         volume_mounts: Some(
-            std::iter::once(VolumeMount {
-                name: TOKEN_VOLUME.into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            })
+            [
+                VolumeMount {
+                    name: TOKEN_VOLUME.into(),
+                    mount_path: TOKEN_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                no_api_token_mount(),
+            ]
+            .into_iter()
             .chain(
                 config
                     .counters
@@ -1169,6 +1180,27 @@ fn counters_password_volume(secret: &str, key: &str) -> Volume {
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
+    }
+}
+
+fn no_api_token_volume() -> Volume {
+    Volume {
+        name: NO_API_TOKEN_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity("1Ki".into())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn no_api_token_mount() -> VolumeMount {
+    VolumeMount {
+        name: NO_API_TOKEN_VOLUME.into(),
+        mount_path: API_TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
     }
 }
 

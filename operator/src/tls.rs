@@ -447,44 +447,61 @@ async fn publish_ca_bundle(
     }
 }
 
+/// Writes the CA into every webhook of a configuration, conditional on the version read. Every
+/// replica does this at start: one whose write conflicts reads again, and finds the bundle
+/// already there (another replica wrote the same CA) or writes it on the newer version.
 async fn set_ca_bundle<K: WebhookConfig>(client: &Client, name: &str, bundle: &ByteString) {
+    const ATTEMPTS: usize = 5;
     let api: Api<K> = Api::all(client.clone());
-    let mut config = match api.get_opt(name).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            tracing::warn!(
-                webhook = name,
-                "webhook configuration not found; its caBundle is not managed"
-            );
+    for attempt in 1..=ATTEMPTS {
+        let mut config = match api.get_opt(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                tracing::warn!(
+                    webhook = name,
+                    "webhook configuration not found; its caBundle is not managed"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(webhook = name, error = %e, "cannot read the webhook configuration");
+                return;
+            }
+        };
+        let mut changed = false;
+        for slot in config.ca_bundles() {
+            if slot.as_ref() != Some(bundle) {
+                *slot = Some(bundle.clone());
+                changed = true;
+            }
+        }
+        if !changed {
             return;
         }
-        Err(e) => {
-            tracing::warn!(webhook = name, error = %e, "cannot read the webhook configuration");
-            return;
-        }
-    };
-    let mut changed = false;
-    for slot in config.ca_bundles() {
-        if slot.as_ref() != Some(bundle) {
-            *slot = Some(bundle.clone());
-            changed = true;
-        }
-    }
-    if !changed {
-        return;
-    }
-    let value = serde_json::to_value(&config).expect("a webhook configuration serialises");
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": config.meta().resource_version },
-        "webhooks": value.get("webhooks"),
-    });
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => tracing::info!(webhook = name, "caBundle updated"),
-        Err(e) => {
-            tracing::warn!(webhook = name, error = %e, "cannot update the caBundle; retrying at the next check")
+        let value = serde_json::to_value(&config).expect("a webhook configuration serialises");
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": config.meta().resource_version },
+            "webhooks": value.get("webhooks"),
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(webhook = name, "caBundle updated");
+                return;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {
+                tracing::debug!(
+                    webhook = name,
+                    attempt,
+                    "caBundle written meanwhile; reading it again"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(webhook = name, error = %e, "cannot update the caBundle; retrying at the next check");
+                return;
+            }
         }
     }
 }

@@ -267,6 +267,53 @@ fn the_projected_token_reaches_the_sidecar_only() {
 }
 
 #[test]
+fn no_tollgate_container_can_be_given_the_apps_api_token() {
+    // The API server's ServiceAccount admission runs again after the webhook and mounts the
+    // app's token into every container that has nothing at its path: both of ours do.
+    let pod = injected(&opted_in(), &no_labels());
+    let spec = pod.spec.as_ref().unwrap();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "tollgate-no-api-token")
+        .expect("the empty volume");
+    assert_eq!(
+        volume.empty_dir.as_ref().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+    for c in init_containers(&pod) {
+        let at = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount")
+            .unwrap_or_else(|| panic!("{} leaves the token path open", c.name));
+        assert_eq!(at.name, "tollgate-no-api-token");
+        assert_eq!(at.read_only, Some(true));
+    }
+    assert!(
+        spec.containers
+            .iter()
+            .flat_map(|c| c.volume_mounts.iter().flatten())
+            .all(|m| m.name != "tollgate-no-api-token"),
+        "the app keeps its own token"
+    );
+}
+
+#[test]
+fn the_sidecar_listens_on_both_families() {
+    let pod = injected(&opted_in(), &no_labels());
+    let c = sidecar(&pod);
+    assert!(env(c, "TOLLGATE_LISTEN").unwrap().starts_with("[::]:"));
+    assert!(
+        env(c, "TOLLGATE_METRICS_LISTEN")
+            .unwrap()
+            .starts_with("[::]:")
+    );
+}
+
+#[test]
 fn injection_is_recorded_and_a_reinvoked_webhook_changes_nothing() {
     let pod = injected(&opted_in(), &no_labels());
     let meta = &pod.metadata;
@@ -615,7 +662,7 @@ fn the_patch_touches_only_what_injection_adds_or_changes_and_keeps_fields_it_doe
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(volumes, ["data", "tollgate-token"]);
+    assert_eq!(volumes, ["data", "tollgate-token", "tollgate-no-api-token"]);
     for path in &paths {
         let ours = path == "/spec/initContainers/0"
             || path == "/spec/volumes/-"

@@ -228,9 +228,9 @@ fn admin(path: &str, health: &Health, metrics: &Metrics) -> Response<BoxBody> {
 
 /// Binds an address with a message that names the flag.
 pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))
+    let listener = listen(addr, false)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))?;
+    Ok(TcpListener::from_std(listener)?)
 }
 
 /// `n` listeners on one address (SO_REUSEPORT), one per worker thread: the kernel spreads new
@@ -241,17 +241,76 @@ pub fn bind_shared(
     n: usize,
     flag: &str,
 ) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    (0..n)
+        .map(|_| {
+            listen(addr, true).map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}"))
+        })
+        .collect()
+}
+
+/// A listening socket. `[::]` means both families, whatever the pod has: one dual-stack socket
+/// (IPv4 arrives mapped) where the kernel has IPv6, and `0.0.0.0` where it has none (a pod
+/// whose IPv6 is disabled), so one injected address serves IPv4-only, IPv6-only and
+/// dual-stack pods alike.
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let bind = || -> std::io::Result<std::net::TcpListener> {
+    let open = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
         socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(4096)?;
         Ok(socket.into())
     };
-    (0..n)
-        .map(|_| bind().map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}")))
-        .collect()
+    match open(addr) {
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::info!(%addr, fallback = %v4, error = %e, "no IPv6 here; listening on IPv4 alone");
+            open(v4)
+        }
+        other => other,
+    }
+}
+
+/// Whether an error says this host (or pod) has no IPv6 at all.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    /// Linux's EAFNOSUPPORT: the kernel was built without IPv6.
+    const NO_FAMILY: i32 = 97;
+    // Or EADDRNOTAVAIL: IPv6 is disabled in this network namespace.
+    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(NO_FAMILY)
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unspecified_ipv6_address_serves_both_families() {
+        let listener = bind("[::]:0".parse().unwrap(), "--listen").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for peer in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = peer.parse().unwrap();
+            let accept = listener.accept();
+            let connect = tokio::net::TcpStream::connect((ip, port));
+            let (accepted, connected) = tokio::join!(accept, connect);
+            assert!(
+                accepted.is_ok() && connected.is_ok(),
+                "{peer} was not served"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_listeners_on_both_families_take_one_port() {
+        let first = bind_shared("[::]:0".parse().unwrap(), 1, "--listen").unwrap();
+        let port = first[0].local_addr().unwrap().port();
+        let more = bind_shared(SocketAddr::from(([0u16; 8], port)), 2, "--listen").unwrap();
+        assert_eq!(more.len(), 2);
+    }
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the control plane the cluster suites run against, each from its own pinned Go module
-# (tests/cluster/go/*): kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes,
-# etcd from go.etcd.io/etcd/server/v3, helm from helm.sh/helm/v4. Each is cached by its version
-# and its module's files under $TOLLGATE_CACHE (default ~/.cache/tollgate): a second run costs
-# seconds. Prints the directory holding the binaries.
+# Builds the cluster the suites run against, each part from its own pinned Go module
+# (tests/cluster/go/*): kube-apiserver, kube-controller-manager, kubectl, and the node's kubelet,
+# kube-scheduler and kube-proxy from k8s.io/kubernetes; etcd from go.etcd.io/etcd/server/v3; helm
+# from helm.sh/helm/v4; the cluster DNS from github.com/coredns/coredns; and the pause binary
+# of the node's pod sandboxes from the kubernetes module's own C source (gcc -static). Each is
+# cached by its version and its module's files under $TOLLGATE_CACHE (default
+# ~/.cache/tollgate): a second run costs seconds. Prints the directory holding the binaries.
 #   tests/cluster/build.sh            # build what is missing, print the bin directory
 set -euo pipefail
 self=$(realpath "$0")
@@ -15,13 +17,13 @@ mkdir -p "$bin"
 export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 
 # NAME VERSION MODULE_DIR LDFLAGS BINARY=PACKAGE...: builds each package into
-# $cache/NAME-VERSION-KEY/BINARY (KEY: the module's go.mod and go.sum, and this script), then
+# $cache/NAME-VERSION-KEY/BINARY (KEY: the module's files, and this script), then
 # links it into $bin.
 build() {
   local name=$1 version=$2 dir=$3 ldflags=$4
   shift 4
   local key
-  key=$(cat "go/$dir/go.mod" "go/$dir/go.sum" "$self" | sha256sum | cut -c1-12)
+  key=$(cat "go/$dir"/* "$self" | sha256sum | cut -c1-12)
   local out=$cache/$name-$version-$key
   if [[ ! -f $out/.done ]]; then
     echo "building $name $version (once per version; minutes)" >&2
@@ -49,8 +51,22 @@ done
 build kubernetes "$k" kubernetes "$kube_ldflags" \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
-  kubectl=k8s.io/kubernetes/cmd/kubectl
+  kubectl=k8s.io/kubernetes/cmd/kubectl \
+  kubelet=k8s.io/kubernetes/cmd/kubelet \
+  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
 build etcd "$ETCD_VERSION" etcd "" etcd=go.etcd.io/etcd/server/v3
 build helm "$HELM_VERSION" helm "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
   helm=helm.sh/helm/v4/cmd/helm
+build coredns "$COREDNS_VERSION" coredns "" coredns=tollgate.dev/tests/cluster/coredns
+
+# The pod sandbox's pause process, from the source the kubernetes module ships.
+pause=$cache/pause-$k
+if [[ ! -f $pause/.done ]]; then
+  src=$(go -C go/kubernetes list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+  mkdir -p "$pause"
+  gcc -Os -static -Wall -Werror -DVERSION="$k" -o "$pause/pause" "$src"
+  touch "$pause/.done"
+fi
+ln -sfn "$pause/pause" "$bin/pause"
 echo "$bin"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Starts a throwaway Kubernetes control plane: etcd, kube-apiserver (RBAC, service-account
-# signing and issuer so TokenRequest and TokenReview work, admission webhooks on) and
-# kube-controller-manager (namespace, service-account, garbage-collector, root-CA, endpoint
-# slice mirroring controllers). No kubelet: pods stay Pending.
+# Starts a throwaway Kubernetes control plane: etcd, kube-apiserver (Node and RBAC
+# authorization, service-account signing and issuer so TokenRequest and TokenReview work,
+# admission webhooks on) and kube-controller-manager (namespace, service-account,
+# garbage-collector, root-CA, endpoint slice controllers). Without --node there is no kubelet
+# and pods stay Pending; with --node, tests/cluster/node.sh joins a real node (containerd,
+# kubelet, kube-proxy, kube-scheduler, CoreDNS), the controller manager also runs Deployments,
+# and the API server calls webhooks through their Service's cluster IP, as in a cluster.
 #
 # It runs in a network namespace of its own, joined to this one by a veth pair:
 #   this namespace  tg-<name>-h  10.211.N.1  ── what runs outside the cluster (the operator)
@@ -10,13 +13,20 @@
 # so the API server can call webhooks at an address that is not loopback (Kubernetes refuses
 # loopback endpoints), as it calls a pod's.
 #
-#   tests/cluster/up.sh [DIR]    # DIR (default /tmp/tollgate-cluster) gets kubeconfig, pki, logs
+#   tests/cluster/up.sh [DIR] [--node]   # DIR (default /tmp/tollgate-cluster): kubeconfig, pki, logs
 #   KUBECONFIG=DIR/kubeconfig kubectl get ns
 #   tests/cluster/down.sh [DIR]
 # Prints the directory's environment file (DIR/env) to source: KUBECONFIG, the addresses.
 set -euo pipefail
 here=$(dirname "$(realpath "$0")")
-dir=${1:-/tmp/tollgate-cluster}
+dir=/tmp/tollgate-cluster
+node=false
+for arg in "$@"; do
+  case $arg in
+    --node) node=true ;;
+    *) dir=$arg ;;
+  esac
+done
 bin=$("$here/build.sh")
 export PATH=$bin:$PATH
 
@@ -71,6 +81,8 @@ cert apiserver "/CN=kube-apiserver" \
   "IP:$api_ip,IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 cert admin "/O=system:masters/CN=admin"
 cert controller-manager "/CN=system:kube-controller-manager"
+# How the API server authenticates to kubelets (logs, exec, port-forward).
+cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
@@ -118,6 +130,14 @@ start etcd etcd --data-dir "$dir/etcd" --name tollgate-test \
 wait_for etcd ip netns exec "$ns" curl -sf http://127.0.0.1:2379/health
 
 issuer=https://kubernetes.default.svc.cluster.local
+# Without a node, webhooks are reached at their EndpointSlices' addresses (the suites point
+# them here); with one, through the Service's cluster IP and kube-proxy, as in a cluster.
+routing=true
+controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,endpointslice-controller,endpointslice-mirroring-controller
+if $node; then
+  routing=false
+  controllers+=,deployment-controller,replicaset-controller,disruption-controller,pod-garbage-collector-controller,node-lifecycle-controller
+fi
 start kube-apiserver kube-apiserver \
   --etcd-servers http://127.0.0.1:2379 \
   --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port 6443 \
@@ -125,10 +145,13 @@ start kube-apiserver kube-apiserver \
   --client-ca-file "$pki/ca.crt" \
   --service-account-issuer "$issuer" --api-audiences "$issuer" \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-  --authorization-mode RBAC \
-  --enable-admission-plugins NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy \
+  --authorization-mode Node,RBAC \
+  --enable-admission-plugins NamespaceLifecycle,ServiceAccount,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy \
+  --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+  --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types InternalIP \
   --service-cluster-ip-range 10.0.0.0/24 \
-  --enable-aggregator-routing=true \
+  --enable-aggregator-routing=$routing \
   --allow-privileged=true \
   --profiling=false
 wait_for kube-apiserver kubectl --kubeconfig "$dir/kubeconfig" get --raw /readyz
@@ -138,7 +161,7 @@ start kube-controller-manager kube-controller-manager \
   --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port 10257 \
-  --controllers namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,endpointslice-controller,endpointslice-mirroring-controller \
+  --controllers "$controllers" \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --use-service-account-credentials=true \
   --leader-elect=false
@@ -146,4 +169,7 @@ wait_for kube-controller-manager ip netns exec "$ns" curl -sfk https://127.0.0.1
 # The default service account exists once the service-account controller has run.
 wait_for kube-controller-manager kubectl --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
 
+if $node; then
+  "$here/node.sh" "$dir"
+fi
 echo "$dir/env"

@@ -231,3 +231,16 @@ def json_sink():
         yield f"http://127.0.0.1:{server.server_port}/hook", got
     finally:
         server.shutdown()
+
+
+# What suites say of themselves (how long a cluster took, what it started), printed at the end.
+REPORTS: list[tuple[str, str]] = []
+
+
+def report(suite: str, line: str) -> None:
+    REPORTS.append((suite, line))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for suite, line in REPORTS:
+        terminalreporter.write_line(f"{suite}: {line}")

@@ -1,0 +1,392 @@
+"""The user's journey on a real node (tests/cluster/up.sh --node): Tollgate's own images, the
+chart with its default values, an MCP server Deployment injected and running, an agent pod
+calling it through its Service, the boundary on real pod networking, probes, and the faults a
+cluster brings (a sidecar killed, the operator gone, an upgrade, an uninstall).
+
+One cluster serves the module; the tests run in order, each a step of the journey, and each
+asserts what the user sees. The module prints how long it took and what it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import threading
+import time
+
+import pytest
+from cluster import NAMESPACE, RELEASE, eventually, policy
+from conftest import ROOT, report
+from node import MCP_PORT, Agent, Node, host_container, host_post, host_tools_spec, install, python, records
+from rpc import call
+
+pytestmark = pytest.mark.timeout(900)
+
+NS = "shop"
+AGENTS = "agents"
+SERVER = "app=mcp"
+OPERATOR = "app.kubernetes.io/name=tollgate-operator"
+SERVICE = f"http://mcp.{NS}.svc.cluster.local"
+STARTED: dict[str, float] = {}
+
+
+def mcp_deployment(name: str = "mcp", replicas: int = 2, labels: dict | None = None, host_port: int | None = None,
+                   helper: bool = False) -> dict:
+    """The real Python SDK server (tests/e2e/recording_server.py), which writes down every tool
+    it runs; its readiness probe on the MCP port, as servers in pods have them."""
+    labels = labels or {"app": "mcp"}
+    port = {"name": "mcp", "containerPort": MCP_PORT, **({"hostPort": host_port} if host_port else {})}
+    server = host_container(
+        "server",
+        python("tests/e2e/recording_server.py", "--port", str(MCP_PORT), "--host", "::", "--record",
+               "/record/runs.jsonl", "--stateless", "--json"),
+        mounts=[{"name": "record", "mountPath": "/record"}],
+        ports=[port],
+        readinessProbe={"httpGet": {"path": "/health", "port": "mcp"}, "periodSeconds": 1, "failureThreshold": 2},
+    )
+    # Another container of the same pod, which tries the app's port on localhost.
+    more = [host_container("helper", ["/usr/bin/sleep", "infinity"])] if helper else []
+    spec = host_tools_spec(server, *more, volumes=[{"name": "record", "emptyDir": {}}])
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}
+
+
+POLICY = {
+    "default": "deny",
+    "hide": ["run_query"],
+    "tools": {
+        "read_file": {"rules": []},
+        "delete_repository": {"rules": [{"name": "never", "action": "deny", "onDeny": "Repository deletion is not permitted"}]},
+        "create_issue": {"rules": [{"name": "three an hour", "rateLimit": "3/hour", "onDeny": "Three issues an hour"}]},
+        "create_charge": {"rules": [{"name": "a person decides", "action": "approve", "approval": {"timeout": "60s"}}]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    t0 = time.monotonic()
+    n = Node.start(tmp_path_factory.mktemp("node"))
+    STARTED["node up"] = f"{time.monotonic() - t0:.0f} s"
+    try:
+        t0 = time.monotonic()
+        n.images = n.import_images()
+        STARTED["images built and imported"] = f"{time.monotonic() - t0:.0f} s"
+        yield n
+    finally:
+        t0 = time.monotonic()
+        n.stop()
+        STARTED["node down"] = f"{time.monotonic() - t0:.0f} s"
+        report("test_node", "a real node: " + ", ".join(f"{k} {v}" for k, v in STARTED.items())
+               + "; started etcd, kube-apiserver, kube-controller-manager, containerd, kubelet, kube-proxy, "
+                 "kube-scheduler, CoreDNS, and the pods: 2 operators, 2-3 MCP servers, an agent, Redis")
+
+
+@pytest.fixture(scope="module")
+def journey(node):
+    """The chart installed with its defaults, an injection namespace with a policy and the MCP
+    server Deployment, and an agent pod elsewhere."""
+    t0 = time.monotonic()
+    node.install_output = install(node)
+    STARTED["helm install to operators Ready"] = f"{time.monotonic() - t0:.0f} s"
+    node.namespace(NS, **{"tollgate.dev/injection": "enabled"})
+    node.namespace(AGENTS)
+    node.apply(policy("shop", POLICY, NS))
+    node.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mcp", "namespace": NS},
+                "spec": {"selector": {"app": "mcp"}, "ports": [
+                    {"name": "by-number", "port": 80, "targetPort": MCP_PORT},
+                    {"name": "by-name", "port": 81, "targetPort": "mcp"}]}})
+    t0 = time.monotonic()
+    node.apply(mcp_deployment())
+    node.kubectl("-n", NS, "rollout", "status", "deployment/mcp", "--timeout=180s")
+    STARTED["MCP Deployment applied to Ready"] = f"{time.monotonic() - t0:.0f} s"
+    node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent", "namespace": AGENTS},
+                "spec": host_tools_spec(host_container("main", ["/usr/bin/sleep", "infinity"]))})
+    node.wait(AGENTS, "pod/agent")
+    return node, Agent(node, AGENTS, "agent")
+
+
+def test_node_helm_install_with_defaults_runs_the_operator_from_its_image_and_one_replica_leads(journey):
+    node, _ = journey
+    pods = node.ready_pods(NAMESPACE, OPERATOR)
+    assert len(pods) == 2
+    assert all(p["spec"]["containers"][0]["image"] == node.images[1] for p in pods)
+    lease = node.get("-n", NAMESPACE, "lease", "tollgate-operator")
+    assert lease["spec"]["holderIdentity"] in {p["metadata"]["name"] for p in pods}
+    # The API server reaches the webhooks through the chart's Service, at the operators' pod IPs.
+    slices = node.get("-n", NAMESPACE, "endpointslices", "-l", "kubernetes.io/service-name=tollgate-operator")["items"]
+    addresses = {a for s in slices for e in s.get("endpoints", []) for a in e["addresses"]}
+    assert addresses == {p["status"]["podIP"] for p in pods}
+    assert all(a.startswith(node.env["TOLLGATE_CLUSTER_POD_CIDR"].rsplit(".", 1)[0]) for a in addresses)
+    assert "warning" not in node.install_output.lower(), node.install_output
+    # No replica logs a conflict over the webhooks' caBundle (they both write it at start).
+    for p in node.pods(NAMESPACE, OPERATOR):
+        log = node.kubectl("-n", NAMESPACE, "logs", p["metadata"]["name"]).stdout
+        assert "409" not in log and "Conflict" not in log, log[-3000:]
+
+
+def test_node_mcp_pods_run_injected_and_the_app_starts_only_once_the_sidecar_holds_its_policy(journey):
+    node, _ = journey
+    pods = node.ready_pods(NS, SERVER)
+    assert len(pods) == 2
+    for p in pods:
+        init = {c["name"]: c for c in p["spec"]["initContainers"]}
+        assert list(init) == ["tollgate-init", "tollgate-proxy"]
+        assert init["tollgate-proxy"]["restartPolicy"] == "Always"
+        assert init["tollgate-proxy"]["image"] == node.images[0]
+        statuses = {s["name"]: s for s in p["status"]["initContainerStatuses"]}
+        assert statuses["tollgate-init"]["state"]["terminated"]["exitCode"] == 0
+        assert statuses["tollgate-proxy"]["ready"] is True
+        # The kubelet started the app only after the sidecar's startup probe (its /readyz,
+        # true only once it holds a policy) passed: the sidecar says so before the app ran.
+        log = node.kubectl("-n", NS, "logs", p["metadata"]["name"], "-c", "tollgate-proxy").stdout
+        assert "policy received" in log, log[-2000:]
+        app = p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+        proxy = statuses["tollgate-proxy"]["state"]["running"]["startedAt"]
+        assert proxy <= app
+        # No Tollgate container holds the app's API token: the API server mounted it into the
+        # app alone (read from the pod it stored, and from inside the sidecar's filesystem).
+        for name, c in init.items():
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert mounts.get("/var/run/secrets/kubernetes.io/serviceaccount") == "tollgate-no-api-token", (name, mounts)
+        app_mounts = [m["name"] for m in p["spec"]["containers"][0]["volumeMounts"]]
+        assert any(n.startswith("kube-api-access-") for n in app_mounts)
+
+
+def test_node_an_agent_pod_through_the_service_is_allowed_denied_and_filtered_and_denials_never_run(journey):
+    node, agent = journey
+    seen = agent.session(f"{SERVICE}/mcp", [
+        ("read_file", {"path": "README.md"}),
+        ("delete_repository", {"name": "prod"}),
+        ("run_query", {"sql": "select 1"}),
+        ("slow_issue", {"title": "unlisted"}),
+    ])
+    # A tool whose every rule denies is filtered too: the agent may never call it.
+    assert seen["tools"] == ["create_charge", "create_issue", "read_file"]
+    calls = seen["calls"]
+    assert calls[0] == ["ok", "contents of README.md"]
+    assert calls[1][0] == "denied" and calls[1][2]["reason"] == "Repository deletion is not permitted"
+    assert calls[2][0] == "denied" and calls[3][0] == "denied"
+    ran = [r["tool"] for r in records(node, NS, SERVER)]
+    assert ran == ["read_file"], "the server's own record: denied calls never reached it"
+
+
+def test_node_a_call_held_for_approval_goes_on_once_kubectl_tollgate_approves_and_is_used_once(journey):
+    node, agent = journey
+    held: dict = {}
+    t = threading.Thread(target=lambda: held.update(agent.session(f"{SERVICE}/mcp", [("create_charge", {"amount": 5, "currency": "eur"})])))
+    t.start()
+    waiting = eventually(lambda: [o for o in node.get("-n", NS, "mcpapprovals")["items"] if o.get("status", {}).get("phase") == "Pending"],
+                         what="the held call's McpApproval", timeout=60)
+    name = waiting[0]["metadata"]["name"]
+    listed = node.plugin("list", "-n", NS).stdout
+    assert name in listed
+    node.plugin("approve", name, "-n", NS, "--reason", "journey")
+    t.join(90)
+    assert held["calls"] == [["ok", "charged 5.0 eur"]], held
+    used = eventually(lambda: (o := node.get("-n", NS, "mcpapproval", name))["status"]["phase"] == "Used" and o, what="Used")
+    assert used["spec"]["decision"]["decidedBy"] == "admin"
+    # Its retry is not admitted by the used approval: a new one waits for a person.
+    status, text = agent.raw(f"{SERVICE}/mcp", call(7, "create_charge", {"amount": 5, "currency": "eur"}), timeout=5)
+    assert status in (0, 200), text
+    assert [r["tool"] for r in records(node, NS, SERVER)].count("create_charge") == 1
+
+
+def pod_url(pod: dict, port: int = MCP_PORT) -> str:
+    return f"http://{pod['status']['podIP']}:{port}/mcp"
+
+
+def test_node_the_boundary_holds_on_pod_networking_by_pod_ip_service_number_and_name(journey):
+    node, agent = journey
+    before = len(records(node, NS, SERVER))
+    pods = node.ready_pods(NS, SERVER)
+    ways = {f"pod IP {pods[0]['status']['podIP']}:{MCP_PORT}": pod_url(pods[0]),
+            "Service by number": f"http://mcp.{NS}.svc:80/mcp",
+            "Service by port name": f"http://mcp.{NS}.svc:81/mcp"}
+    for way, url in ways.items():
+        status, text = agent.raw(url, call(1, "delete_repository", {"name": way}))
+        assert status == 200, (way, text)
+        answer = json.loads(text)
+        assert answer["error"]["data"]["rule"] == "never", (way, answer)
+    # From this machine (outside every pod), straight to the pod's IP.
+    assert host_post(pod_url(pods[1]), call(2, "delete_repository", {"name": "host"}))["error"]["data"]["rule"] == "never"
+    assert len(records(node, NS, SERVER)) == before, "no denied call reached a server"
+
+
+def test_node_the_boundary_holds_through_a_host_port_and_from_another_container_of_the_pod(journey):
+    node, _ = journey
+    node.apply(mcp_deployment("mcp-edge", 1, {"app": "mcp-edge"}, host_port=18000, helper=True))
+    node.kubectl("-n", NS, "rollout", "status", "deployment/mcp-edge", "--timeout=180s")
+    [pod] = node.ready_pods(NS, "app=mcp-edge")
+    answer = host_post(f"http://{node.node_ip}:18000/mcp", call(1, "delete_repository", {"name": "via hostPort"}))
+    assert answer and answer["error"]["data"]["rule"] == "never", answer
+    # The pod's other container dials the app's port on localhost: the sidecar answers.
+    out = node.exec(NS, pod["metadata"]["name"], "/usr/bin/curl", "-s", "-H", "content-type: application/json",
+                    "-H", "accept: application/json, text/event-stream", "--data",
+                    json.dumps(call(2, "delete_repository", {"name": "from inside"})),
+                    f"http://127.0.0.1:{MCP_PORT}/mcp", container="helper").stdout
+    assert json.loads(out)["error"]["data"]["rule"] == "never", out
+    assert records(node, NS, "app=mcp-edge") == []
+
+
+def test_node_injection_refuses_a_container_running_as_the_sidecars_uid(journey):
+    node, _ = journey
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "as-sidecar", "namespace": NS},
+           "spec": host_tools_spec(host_container("server", ["/usr/bin/sleep", "infinity"],
+                                                   ports=[{"name": "mcp", "containerPort": MCP_PORT}],
+                                                   securityContext={"runAsUser": 65532}))}
+    out = node.apply(pod, check=False)
+    assert out.returncode != 0 and "65532" in out.stderr, out.stderr
+
+
+def test_node_app_probes_are_answered_through_the_sidecar_and_the_pod_turns_not_ready_when_the_app_stops(journey):
+    node, _ = journey
+    pod = node.ready_pods(NS, SERVER)[0]
+    probe = pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+    assert probe["port"] == "tollgate-admin" or isinstance(probe["port"], int)
+    assert probe["path"].startswith("/app-health/"), probe
+    name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+    [app] = node.processes(uid, "python") or node.processes(uid, "python3.11")
+    os.kill(app, signal.SIGSTOP)
+    try:
+        eventually(lambda: not any(c["type"] == "Ready" and c["status"] == "True"
+                                   for c in node.get("-n", NS, "pod", name)["status"]["conditions"]),
+                   what="the pod turns NotReady", timeout=30)
+    finally:
+        os.kill(app, signal.SIGCONT)
+    node.wait(NS, f"pod/{name}", timeout=30)
+
+
+def test_node_a_policy_change_reaches_running_sidecars_and_the_time_it_takes_is_printed(journey):
+    node, _ = journey
+    pods = node.ready_pods(NS, SERVER)
+    times = []
+    for i in range(6):
+        allow = i % 2 == 1
+        tools = {**POLICY["tools"], "read_file": {"rules": [] if allow else [{"name": f"closed {i}", "action": "deny"}]}}
+        t0 = time.monotonic()
+        node.apply(policy("shop", {**POLICY, "tools": tools}, NS))
+        for p in pods:
+            eventually(lambda: ("result" in (host_post(pod_url(p), call(i, "read_file", {"path": "x"})) or {})) == allow,
+                       what=f"change {i} enforced in {p['metadata']['name']}", timeout=30)
+        times.append(time.monotonic() - t0)
+    times.sort()
+    STARTED["policy change from kubectl apply to enforced in both replicas"] = (
+        f"p50 {1000 * statistics.median(times):.0f} ms, p99 (the slowest of 6) {1000 * times[-1]:.0f} ms")
+
+
+def kill_sidecar(node: Node, pod: dict) -> None:
+    for pid in node.processes(pod["metadata"]["uid"], "tollgate"):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_node_a_killed_sidecar_is_restarted_and_meanwhile_calls_are_refused_never_reaching_the_app(journey):
+    node, _ = journey
+    pod = node.ready_pods(NS, SERVER)[0]
+    url = pod_url(pod)
+    before = len(records(node, NS, SERVER))
+    restarts = {s["name"]: s["restartCount"] for s in pod["status"]["initContainerStatuses"]}["tollgate-proxy"]
+    kill_sidecar(node, pod)
+    refused = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = host_post(url, call(1, "delete_repository", {"name": "while down"}), timeout=2)
+        if answer is None:
+            refused += 1
+        elif "error" in answer and refused:
+            break
+        time.sleep(0.05)
+    assert refused > 0, "calls while the sidecar was down were answered by something"
+    stored = node.get("-n", NS, "pod", pod["metadata"]["name"])
+    assert {s["name"]: s["restartCount"] for s in stored["status"]["initContainerStatuses"]}["tollgate-proxy"] == restarts + 1
+    assert len(records(node, NS, SERVER)) == before
+
+
+def decides(pod: dict, tool: str) -> bool | None:
+    answer = host_post(pod_url(pod), call(1, tool, {"path": "x"} if tool == "read_file" else {"name": "x"}))
+    return None if answer is None else "result" in answer
+
+
+@pytest.mark.parametrize("round", range(4))
+def test_node_sidecars_keep_their_policy_while_the_operator_is_gone_and_every_later_change_reaches_them(journey, round):
+    """Both operator pods deleted, or the Deployment scaled to zero and back (as the stale-policy
+    report did it); then a change applied a few seconds after the operator's return."""
+    node, _ = journey
+    pods = node.ready_pods(NS, SERVER)
+    if round % 2 == 0:
+        for p in node.pods(NAMESPACE, OPERATOR):
+            node.kubectl("-n", NAMESPACE, "delete", "pod", p["metadata"]["name"], "--wait=false")
+    else:
+        node.kubectl("-n", NAMESPACE, "scale", "deployment/tollgate-operator", "--replicas=0")
+        eventually(lambda: not node.pods(NAMESPACE, OPERATOR), what="no operator pod left", timeout=60)
+        # Meanwhile the sidecars decide by the policy they hold.
+        assert all(decides(p, "delete_repository") is False for p in pods)
+        time.sleep(3)
+        node.kubectl("-n", NAMESPACE, "scale", "deployment/tollgate-operator", "--replicas=2")
+    assert all(decides(p, "delete_repository") is False for p in pods)
+    eventually(lambda: len(node.ready_pods(NAMESPACE, OPERATOR)) == 2, what="the operator is back", timeout=120)
+    time.sleep(3)
+    allow = round % 2 == 0
+    tools = {**POLICY["tools"], "read_file": {"rules": [] if allow else [{"name": f"closed {round}", "action": "deny"}]}}
+    # The API server's calls to the validating webhook reach the new replicas once kube-proxy
+    # has their endpoints (until then a call may time out, as in any cluster): apply until it
+    # is admitted, as a person would.
+    eventually(lambda: node.apply(policy("shop", {**POLICY, "tools": tools}, NS), check=False).returncode == 0,
+               what="the policy change is admitted", timeout=60)
+    for p in pods:
+        # A sidecar that found no operator backs off (at most 30 s) before it tries again.
+        eventually(lambda: decides(p, "read_file") == allow,
+                   what=f"the change after the operator's return reached {p['metadata']['name']}", timeout=60)
+
+
+def test_node_counters_in_redis_make_a_limit_exact_across_replicas(journey):
+    node, _ = journey
+    node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "redis", "namespace": AGENTS, "labels": {"app": "redis"}},
+                "spec": host_tools_spec(host_container(
+                    "redis", ["/usr/bin/redis-server", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"],
+                    ports=[{"containerPort": 6379}]))})
+    node.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis", "namespace": AGENTS},
+                "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379}]}})
+    node.wait(AGENTS, "pod/redis")
+    node.helm("upgrade", RELEASE, str(ROOT / "charts" / "tollgate"), "-n", NAMESPACE, "--reuse-values", "--wait",
+              "--set", f"counters.redis.url=redis://redis.{AGENTS}.svc.cluster.local:6379")
+    node.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/tollgate-operator", "--timeout=180s")
+    node.kubectl("-n", NS, "rollout", "restart", "deployment/mcp")
+    node.kubectl("-n", NS, "rollout", "status", "deployment/mcp", "--timeout=180s")
+    pods = eventually(lambda: (r := node.ready_pods(NS, SERVER)) and len(r) == 2 and r, what="two new replicas")
+    answers = [host_post(pod_url(pods[i % 2]), call(i, "create_issue", {"title": f"t{i}"})) for i in range(6)]
+    assert ["result" in a for a in answers] == [True, True, True, False, False, False], answers
+    assert answers[3]["error"]["data"]["reason"] == "Three issues an hour"
+    assert len([r for r in records(node, NS, SERVER) if r["tool"] == "create_issue"]) == 3
+
+
+def test_node_helm_upgrade_to_a_new_sidecar_image_reaches_new_pods_and_running_ones_keep_working(journey):
+    node, _ = journey
+    running = node.ready_pods(NS, SERVER)
+    [new_image] = node.import_images("sidecar", tag="0.1.0-next")
+    node.helm("upgrade", RELEASE, str(ROOT / "charts" / "tollgate"), "-n", NAMESPACE, "--reuse-values", "--wait",
+              "--set", "sidecar.image.tag=0.1.0-next")
+    node.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/tollgate-operator", "--timeout=180s")
+    assert all(decides(p, "delete_repository") is False and decides(p, "read_file") is not None for p in running)
+    node.kubectl("-n", NS, "rollout", "restart", "deployment/mcp")
+    node.kubectl("-n", NS, "rollout", "status", "deployment/mcp", "--timeout=180s")
+    fresh = eventually(lambda: (r := node.ready_pods(NS, SERVER)) and len(r) == 2 and r, what="two new replicas")
+    for p in fresh:
+        proxy = next(c for c in p["spec"]["initContainers"] if c["name"] == "tollgate-proxy")
+        assert proxy["image"] == new_image
+        assert decides(p, "delete_repository") is False
+
+
+def test_node_helm_uninstall_leaves_running_pods_enforcing_their_last_policy(journey):
+    node, _ = journey
+    pods = node.ready_pods(NS, SERVER)
+    before = {p["metadata"]["name"]: decides(p, "read_file") for p in pods}
+    node.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+    eventually(lambda: not node.pods(NAMESPACE, OPERATOR), what="the operator is gone", timeout=60)
+    for p in pods:
+        assert decides(p, "delete_repository") is False
+        assert decides(p, "read_file") == before[p["metadata"]["name"]]
