@@ -49,6 +49,7 @@ if [[ -n ${TOLLGATE_CLUSTER_NODE:-} ]]; then
     [[ -d $h${root#/} ]] && find "$h${root#/}" -depth -type d -exec rmdir {} + 2>/dev/null
   done
   ip route del "$TOLLGATE_CLUSTER_POD_CIDR" 2>/dev/null
+  ip -6 route del "$TOLLGATE_CLUSTER_POD_CIDR6" 2>/dev/null
 fi
 
 for name in kube-controller-manager kube-apiserver etcd; do stop "$dir/$name.pid"; done

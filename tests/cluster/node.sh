@@ -11,7 +11,8 @@
 #                  cni0         10.212.N.1   the pods' bridge; pods get 10.212.N.0/24
 #                  Services     10.0.0.0/24  kube-proxy; DNS at 10.0.0.10 (a Service to CoreDNS)
 #   this namespace routes 10.212.N.0/24 to the node, so a test can reach a pod's IP as another
-#   pod would.
+#   pod would. Pods have IPv6 too (fd00:212:N::/64, routed the same way, via fd00:211:N::2);
+#   Services and the node's address stay IPv4.
 # Pod cgroups live under a cgroup root of this node's own (/tollgate-<name>); images come from
 # tests/cluster/images.sh, imported into this node's containerd with `ctr`.
 set -euo pipefail
@@ -29,6 +30,9 @@ n=${n%.*}
 node=node-$n
 pod_cidr=10.212.$n.0/24
 pod_gw=10.212.$n.1
+pod_cidr6=fd00:212:$n::/64
+pod_gw6=fd00:212:$n::1
+node_ip6=fd00:211:$n::2
 dns_ip=10.0.0.10
 cgroup_root=/tollgate-${ns#tg-}
 nd=$dir/node
@@ -39,6 +43,7 @@ in_ns() { nsenter --net="/run/netns/$ns" "$@"; }
 cat >> "$dir/env" <<EOF
 TOLLGATE_CLUSTER_NODE=$node
 TOLLGATE_CLUSTER_POD_CIDR=$pod_cidr
+TOLLGATE_CLUSTER_POD_CIDR6=$pod_cidr6
 TOLLGATE_CLUSTER_CONTAINERD=$nd/containerd/containerd.sock
 TOLLGATE_CLUSTER_CGROUP_ROOT=$cgroup_root
 EOF
@@ -95,13 +100,18 @@ for who in kubelet kube-scheduler kube-proxy coredns; do kubeconfig "$nd/$who.ku
 
 # The node's network: forwarding, bridged traffic through kube-proxy's rules, the pods' bridge
 # made up front so the Service range can be routed to it before the first pod.
-in_ns sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
-  net.bridge.bridge-nf-call-ip6tables=1 net.ipv4.conf.all.route_localnet=1
+in_ns sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+  net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 \
+  net.ipv4.conf.all.route_localnet=1
 in_ns ip link add cni0 type bridge
 in_ns ip addr add "$pod_gw/24" dev cni0
+in_ns ip -6 addr add "$pod_gw6/64" dev cni0 nodad
 in_ns ip link set cni0 up
 in_ns ip route add 10.0.0.0/24 dev cni0
 ip route replace "$pod_cidr" via "$node_ip"
+ip -6 addr add "fd00:211:$n::1/64" dev "$TOLLGATE_CLUSTER_HOST_IF" nodad
+in_ns ip -6 addr add "$node_ip6/64" dev "${TOLLGATE_CLUSTER_HOST_IF%-h}-c" nodad
+ip -6 route replace "$pod_cidr6" via "$node_ip6"
 cat > "$nd/cni/net.d/10-tollgate.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
@@ -111,8 +121,8 @@ cat > "$nd/cni/net.d/10-tollgate.conflist" <<EOF
       "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
       "ipam": {
         "type": "host-local", "dataDir": "$nd/cni/ipam",
-        "ranges": [[{ "subnet": "$pod_cidr", "gateway": "$pod_gw" }]],
-        "routes": [{ "dst": "0.0.0.0/0" }]
+        "ranges": [[{ "subnet": "$pod_cidr", "gateway": "$pod_gw" }], [{ "subnet": "$pod_cidr6", "gateway": "$pod_gw6" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }]
       }
     },
     { "type": "portmap", "capabilities": { "portMappings": true } }

@@ -200,7 +200,7 @@ def pod_url(pod: dict, port: int = MCP_PORT) -> str:
     return f"http://{pod['status']['podIP']}:{port}/mcp"
 
 
-def test_node_the_boundary_holds_on_pod_networking_by_pod_ip_service_number_and_name(journey):
+def test_node_the_boundary_holds_on_pod_networking_by_pod_ip_of_both_families_service_number_and_name(journey):
     node, agent = journey
     before = len(records(node, NS, SERVER))
     pods = node.ready_pods(NS, SERVER)
@@ -212,8 +212,14 @@ def test_node_the_boundary_holds_on_pod_networking_by_pod_ip_service_number_and_
         assert status == 200, (way, text)
         answer = json.loads(text)
         assert answer["error"]["data"]["rule"] == "never", (way, answer)
-    # From this machine (outside every pod), straight to the pod's IP.
+    # From this machine (outside every pod), straight to the pod's IP, IPv4 and IPv6 (the
+    # redirect covers both families, and the sidecar listens on both).
     assert host_post(pod_url(pods[1]), call(2, "delete_repository", {"name": "host"}))["error"]["data"]["rule"] == "never"
+    [v6] = [a["ip"] for a in pods[1]["status"]["podIPs"] if ":" in a["ip"]]
+    answer = host_post(f"http://[{v6}]:{MCP_PORT}/mcp", call(3, "delete_repository", {"name": "host v6"}))
+    assert answer["error"]["data"]["rule"] == "never", answer
+    assert "result" in host_post(f"http://[{v6}]:{MCP_PORT}/mcp", call(4, "read_file", {"path": "v6"}))
+    before += 1
     assert len(records(node, NS, SERVER)) == before, "no denied call reached a server"
 
 
