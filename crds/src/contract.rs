@@ -49,9 +49,20 @@ pub mod env {
     pub const COUNTERS_GROUP: &str = "TOLLGATE_COUNTERS_GROUP";
 }
 
-/// The sidecar's UID (and GID). In redirect mode its own connections to the app are the only
-/// ones not sent through it, so no app container may run as it.
-pub const PROXY_UID: u32 = 65532;
+/// The sidecar's default UID and GID. In redirect mode its own connections to the app are the
+/// only ones not sent through it (they must match both), so no app container may run as either.
+/// Chosen, as Istio (1337) and Linkerd (2102) choose theirs, for being no image's default: not
+/// distroless's `nonroot` (65532), `nobody`, or a distribution's first user. The operator's
+/// `--sidecar-uid`/`--sidecar-gid` and the annotations [`annotations::PROXY_UID`] and
+/// [`annotations::PROXY_GID`] choose others.
+pub const PROXY_UID: u32 = 2417;
+pub const PROXY_GID: u32 = 2417;
+
+/// The sidecar's default ports: where agents reach it, and its admin port (probes, metrics).
+/// Outside what meshes and agents take in a pod (Istio 15000-15090, Linkerd 4140-4191,
+/// OSM 15000-15904, Dapr 3500/50001, Consul 20000+, Envoy's admin 9901).
+pub const PROXY_PORT: u16 = 15480;
+pub const ADMIN_PORT: u16 = 15481;
 
 /// Where on the admin port the sidecar answers for one of the app's probes:
 /// `/app-health/<container>/<liveness|readiness|startup>`.
@@ -159,6 +170,13 @@ pub mod annotations {
     pub const PROXY_IMAGE: &str = "tollgate.dev/proxy-image";
     /// Per-pod sidecar log filter.
     pub const LOG_LEVEL: &str = "tollgate.dev/log-level";
+    /// Per-pod sidecar UID and GID (numbers): for a pod one of whose containers needs the
+    /// cluster's default.
+    pub const PROXY_UID: &str = "tollgate.dev/proxy-uid";
+    pub const PROXY_GID: &str = "tollgate.dev/proxy-gid";
+    /// Per-pod sidecar ports (numbers): for a pod one of whose containers serves the default.
+    pub const PROXY_PORT: &str = "tollgate.dev/proxy-port";
+    pub const ADMIN_PORT: &str = "tollgate.dev/admin-port";
     /// How the pod's boundary is kept: `redirect` (an init container's iptables rules send
     /// inbound TCP for the MCP port to the sidecar; needs NET_ADMIN) or `network-policy` (no
     /// privilege: a NetworkPolicy the operator keeps admits every port of the pod but the app's).

@@ -96,12 +96,20 @@ struct Args {
         default_value = ""
     )]
     sidecar_counters_password_secret: String,
-    /// The sidecar's port for agents.
-    #[arg(long, env = "TOLLGATE_SIDECAR_PORT", default_value_t = 15080)]
+    /// The sidecar's port for agents (a pod may choose another: tollgate.dev/proxy-port).
+    #[arg(long, env = "TOLLGATE_SIDECAR_PORT", default_value_t = tollgate_api::contract::PROXY_PORT)]
     sidecar_port: u16,
-    /// The sidecar's port for probes and metrics.
-    #[arg(long, env = "TOLLGATE_SIDECAR_ADMIN_PORT", default_value_t = 15090)]
+    /// The sidecar's port for probes and metrics (tollgate.dev/admin-port).
+    #[arg(long, env = "TOLLGATE_SIDECAR_ADMIN_PORT", default_value_t = tollgate_api::contract::ADMIN_PORT)]
     sidecar_admin_port: u16,
+    /// The sidecar's UID: no app container may run as it (tollgate.dev/proxy-uid).
+    #[arg(long, env = "TOLLGATE_SIDECAR_UID", default_value_t = tollgate_api::contract::PROXY_UID,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    sidecar_uid: u32,
+    /// The sidecar's GID: no app container may run as it (tollgate.dev/proxy-gid).
+    #[arg(long, env = "TOLLGATE_SIDECAR_GID", default_value_t = tollgate_api::contract::PROXY_GID,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    sidecar_gid: u32,
     /// The policy stream's URL as sidecars reach it (default: the Service's DNS name).
     #[arg(long, env = "TOLLGATE_CONTROL_PLANE_URL")]
     control_plane_url: Option<String>,
@@ -349,6 +357,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             control_plane_ca: String::new(),
             proxy_port: args.sidecar_port,
             admin_port: args.sidecar_admin_port,
+            proxy_uid: args.sidecar_uid,
+            proxy_gid: args.sidecar_gid,
             boundary: args.boundary,
             counters: shared_counters(&args)?,
         },

@@ -36,13 +36,15 @@ use serde_json::json;
 use tollgate_api::DefaultAction;
 
 pub use tollgate_api::contract::annotations::{
-    APP_PORT_LABEL, BOUNDARY as BOUNDARY_ANNOTATION, DEFAULT_ACTION as DEFAULT_ACTION_ANNOTATION,
-    INJECT as INJECT_ANNOTATION, INJECTED_LABEL, LOG_LEVEL as LOG_LEVEL_ANNOTATION,
-    NAMESPACE_LABEL, PORT as PORT_ANNOTATION, PROXY_IMAGE as IMAGE_ANNOTATION,
+    ADMIN_PORT as ADMIN_PORT_ANNOTATION, APP_PORT_LABEL, BOUNDARY as BOUNDARY_ANNOTATION,
+    DEFAULT_ACTION as DEFAULT_ACTION_ANNOTATION, INJECT as INJECT_ANNOTATION, INJECTED_LABEL,
+    LOG_LEVEL as LOG_LEVEL_ANNOTATION, NAMESPACE_LABEL, PORT as PORT_ANNOTATION,
+    PROXY_GID as PROXY_GID_ANNOTATION, PROXY_IMAGE as IMAGE_ANNOTATION,
+    PROXY_PORT as PROXY_PORT_ANNOTATION, PROXY_UID as PROXY_UID_ANNOTATION,
     RESOURCES as RESOURCE_ANNOTATIONS, STATUS as STATUS_ANNOTATION,
 };
 use tollgate_api::contract::{
-    APP_HEALTH_PREFIX, AppProbe, AppProbes, PROXY_UID, TOKEN_FILE, env as sidecar_env,
+    APP_HEALTH_PREFIX, AppProbe, AppProbes, TOKEN_FILE, env as sidecar_env,
 };
 pub use tollgate_api::contract::{TOKEN_AUDIENCE, TOKEN_DIR};
 
@@ -81,6 +83,9 @@ pub struct InjectConfig {
     pub proxy_port: u16,
     /// Where the sidecar serves /healthz, /readyz and /metrics.
     pub admin_port: u16,
+    /// The sidecar's UID and GID (the redirect lets its own connections through by both).
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
     /// The boundary of pods that do not choose one (tollgate.dev/boundary).
     pub boundary: Boundary,
     /// Redis for counters every replica of a workload shares; `None`: each pod counts alone.
@@ -196,11 +201,38 @@ pub fn inject_sidecar(
     if injected {
         return Ok(Injection::Unchanged);
     }
-    if spec.host_network == Some(true) {
+    let config = &for_pod(&annotations, config)?;
+    // A pod that asked for Tollgate and serves MCP is protected or refused, never admitted
+    // without its boundary. One that serves no MCP port has nothing to protect.
+    let way_out =
+        format!("or annotate the pod {INJECT_ANNOTATION}: \"false\" to run it without Tollgate");
+    default_action_override(&pod.metadata)?;
+    let Some(target) = find_mcp_port(&spec.containers, annotations.get(PORT_ANNOTATION))? else {
+        if let Some(name) = annotations.get(PORT_ANNOTATION) {
+            return Err(Refused {
+                at: PORT_ANNOTATION.into(),
+                message: format!(
+                    "no container has a port named {name:?}; give the MCP port's number or the name \
+                     of a container port, {way_out}"
+                ),
+            });
+        }
         return Ok(skip(
-            "the pod uses hostNetwork: a sidecar there would sit in front of the node's ports, so Tollgate leaves it alone".into(),
+            format!(
+                "no container port is named \"mcp\"; name the MCP server's port mcp or annotate the pod {PORT_ANNOTATION}"
+            ),
             true,
         ));
+    };
+    if spec.host_network == Some(true) {
+        return Err(Refused {
+            at: "spec.hostNetwork".into(),
+            message: format!(
+                "the pod uses the node's network, where a sidecar cannot stand in front of port {} \
+                 without standing in front of the node's; drop hostNetwork, {way_out}",
+                target.number
+            ),
+        });
     }
     let os = spec.os.as_ref().map(|o| o.name.as_str());
     let node_os = spec
@@ -208,46 +240,42 @@ pub fn inject_sidecar(
         .as_ref()
         .and_then(|n| n.get("kubernetes.io/os"));
     if os == Some("windows") || node_os.map(String::as_str) == Some("windows") {
-        return Ok(skip(
-            "the pod runs on Windows nodes, and the sidecar's image is Linux only".into(),
-            true,
-        ));
-    }
-    default_action_override(&pod.metadata)?;
-    let Some(target) = find_mcp_port(&spec.containers, annotations.get(PORT_ANNOTATION))? else {
-        let reason = match annotations.get(PORT_ANNOTATION) {
-            Some(name) => format!("no container has a port named {name:?} ({PORT_ANNOTATION})"),
-            None => format!(
-                "no container port is named \"mcp\"; name the MCP server's port mcp or annotate the pod {PORT_ANNOTATION}"
+        return Err(Refused {
+            at: if os.is_some() {
+                "spec.os.name"
+            } else {
+                "spec.nodeSelector"
+            }
+            .into(),
+            message: format!(
+                "the pod runs on Windows nodes, and the sidecar's image is Linux only; {}",
+                way_out.trim_start_matches("or ")
             ),
-        };
-        return Ok(skip(reason, true));
-    };
+        });
+    }
 
     fits(&spec, config, &target)?;
-    token_stays_private(&spec)?;
+    token_stays_private(&spec, config)?;
     let boundary = boundary(&annotations, namespace_labels, config)?;
-    let mut warnings = Vec::new();
-    let host_ports: Vec<String> = host_ports(&spec, &target).collect();
-    match boundary {
-        Boundary::Redirect => redirect_holds(&spec)?,
-        Boundary::NetworkPolicy => warnings.extend(host_ports.iter().map(|at| {
-            format!(
-                "{at} publishes the MCP port on the node: with {BOUNDARY_ANNOTATION}: network-policy its \
-                 clients are kept from the app only where the network enforces NetworkPolicies on \
-                 node ports (redirect mode sends them through the sidecar)"
-            )
-        })),
+    if boundary == Boundary::Redirect {
+        redirect_holds(&spec, config)?;
     }
 
     let mut after = pod.clone();
+    // With the redirect, a hostPort on the MCP port is redirected in the pod like any other
+    // inbound connection. With NetworkPolicies (which node ports may bypass), it moves to the
+    // sidecar's port: the node's clients then reach the sidecar, never the app.
+    let host_ports = match boundary {
+        Boundary::Redirect => Vec::new(),
+        Boundary::NetworkPolicy => move_host_ports(&mut after, &target),
+    };
     let probes = match boundary {
         Boundary::Redirect => move_probes(&mut after, &target, config.admin_port),
         Boundary::NetworkPolicy => AppProbes::new(),
     };
     let sidecar_port_name = hand_off_port(&mut after, &target);
     let group = counters_group(pod, &annotations)?;
-    let sidecar = sidecar_container(
+    let mut sidecar = sidecar_container(
         &annotations,
         config,
         &target,
@@ -255,6 +283,7 @@ pub fn inject_sidecar(
         &probes,
         &group,
     )?;
+    publish_on_node(&mut sidecar, &host_ports);
     let mut added = Vec::new();
     if boundary == Boundary::Redirect {
         added.push(init_container(&annotations, config, &target));
@@ -280,9 +309,9 @@ pub fn inject_sidecar(
             ),
         },
     });
-    if boundary == Boundary::NetworkPolicy && !host_ports.is_empty() {
-        // The operator reads this back to report the way around (it watches metadata only).
-        status["hostPorts"] = json!(host_ports);
+    if !host_ports.is_empty() {
+        status["hostPortsMoved"] =
+            json!(host_ports.iter().map(|p| p.host_port).collect::<Vec<_>>());
     }
     let changed = after.spec.map(|s| s.containers).unwrap_or_default();
     let app_port = target.number.to_string();
@@ -307,9 +336,54 @@ pub fn inject_sidecar(
             &status.to_string(),
             &labels,
         ),
-        warnings,
+        warnings: Vec::new(),
         network_policy: (boundary == Boundary::NetworkPolicy).then_some(target.number),
     })
+}
+
+/// The operator's configuration as it applies to one pod: the sidecar's UID, GID and ports
+/// from the pod's annotations where it sets them.
+fn for_pod(
+    annotations: &BTreeMap<String, String>,
+    config: &InjectConfig,
+) -> Result<InjectConfig, Refused> {
+    let mut out = config.clone();
+    let number =
+        |annotation: &str, min: u64, max: u64, what: &str| -> Result<Option<u64>, Refused> {
+            let Some(value) = annotations.get(annotation) else {
+                return Ok(None);
+            };
+            match value.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(Refused {
+                    at: annotation.into(),
+                    message: format!("{value:?} is not {what} ({min} to {max})"),
+                }),
+            }
+        };
+    let id = "a UID or GID other than root's";
+    if let Some(n) = number(PROXY_UID_ANNOTATION, 1, u32::MAX.into(), id)? {
+        out.proxy_uid = n as u32;
+    }
+    if let Some(n) = number(PROXY_GID_ANNOTATION, 1, u32::MAX.into(), id)? {
+        out.proxy_gid = n as u32;
+    }
+    if let Some(n) = number(PROXY_PORT_ANNOTATION, 1, 65535, "a port number")? {
+        out.proxy_port = n as u16;
+    }
+    if let Some(n) = number(ADMIN_PORT_ANNOTATION, 1, 65535, "a port number")? {
+        out.admin_port = n as u16;
+    }
+    if out.proxy_port == out.admin_port {
+        return Err(Refused {
+            at: ADMIN_PORT_ANNOTATION.into(),
+            message: format!(
+                "the sidecar's admin port and its proxy port are both {}; give them two ports",
+                out.admin_port
+            ),
+        });
+    }
+    Ok(out)
 }
 
 /// The containers of a pod, with the name of their list for messages.
@@ -395,6 +469,26 @@ fn uid(c: &Container, spec: &PodSpec) -> Option<i64> {
         .or(pod)
 }
 
+/// The GID a container runs as: its own, else the pod's.
+fn gid(c: &Container, spec: &PodSpec) -> Option<i64> {
+    let pod = spec.security_context.as_ref().and_then(|s| s.run_as_group);
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.run_as_group)
+        .or(pod)
+}
+
+/// Whether a container declares the sidecar's UID or GID, and which, in words.
+fn as_sidecar(c: &Container, spec: &PodSpec, config: &InjectConfig) -> Option<String> {
+    if uid(c, spec) == Some(config.proxy_uid.into()) {
+        Some(format!("runs as UID {}, the sidecar's", config.proxy_uid))
+    } else if gid(c, spec) == Some(config.proxy_gid.into()) {
+        Some(format!("runs as GID {}, the sidecar's", config.proxy_gid))
+    } else {
+        None
+    }
+}
+
 fn privileged(c: &Container) -> bool {
     c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)
 }
@@ -419,11 +513,10 @@ fn adds(c: &Container, cap: &str) -> Option<String> {
 /// With a shared process namespace a container can read another's files through
 /// `/proc/PID/root` if it may trace it: as the same UID, or with CAP_SYS_PTRACE (or privileged).
 /// The sidecar's token proves its pod to the operator, so such a container is refused.
-fn token_stays_private(spec: &PodSpec) -> Result<(), Refused> {
+fn token_stays_private(spec: &PodSpec, config: &InjectConfig) -> Result<(), Refused> {
     if spec.share_process_namespace != Some(true) {
         return Ok(());
     }
-    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
     for (at, c) in all_containers(spec) {
         let sc = c.security_context.as_ref();
         let caps = sc
@@ -433,8 +526,8 @@ fn token_stays_private(spec: &PodSpec) -> Result<(), Refused> {
             let c = c.trim_start_matches("CAP_");
             c == "SYS_PTRACE" || c == "ALL"
         });
-        let why = if sc.and_then(|s| s.run_as_user).or(pod_uid) == Some(PROXY_UID.into()) {
-            format!("runs as UID {PROXY_UID}, the sidecar's")
+        let why = if let Some(why) = as_sidecar(c, spec, config) {
+            why
         } else if sc.and_then(|s| s.privileged) == Some(true) {
             "is privileged".into()
         } else if traces {
@@ -454,17 +547,46 @@ fn token_stays_private(spec: &PodSpec) -> Result<(), Refused> {
     Ok(())
 }
 
-/// Where the pod publishes the MCP port on its node (`hostPort`).
-fn host_ports<'a>(spec: &'a PodSpec, target: &'a McpPort) -> impl Iterator<Item = String> + 'a {
-    all_containers(spec).flat_map(move |(at, c)| {
-        c.ports
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, p)| p.container_port == target.number && p.host_port.is_some())
-            .map(move |(j, _)| format!("{at}.ports[{j}].hostPort"))
-            .collect::<Vec<_>>()
-    })
+/// Network-policy mode: takes the MCP port's TCP `hostPort`s off the app's containers and
+/// returns them, for the sidecar's port to publish instead.
+fn move_host_ports(pod: &mut Pod, target: &McpPort) -> Vec<ContainerPort> {
+    let mut moved = Vec::new();
+    let Some(spec) = pod.spec.as_mut() else {
+        return moved;
+    };
+    let containers = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten());
+    for port in containers.flat_map(|c| c.ports.iter_mut().flatten()) {
+        let tcp = port.protocol.as_deref().unwrap_or("TCP") == "TCP";
+        if port.container_port == target.number && tcp && port.host_port.is_some() {
+            moved.push(ContainerPort {
+                host_port: port.host_port.take(),
+                host_ip: port.host_ip.take(),
+                ..ContainerPort::default()
+            });
+        }
+    }
+    moved
+}
+
+/// Publishes the sidecar's proxy port (its first) at each of `host_ports`.
+fn publish_on_node(sidecar: &mut Container, host_ports: &[ContainerPort]) {
+    let ports = sidecar.ports.get_or_insert_with(Vec::new);
+    let proxy = ports[0].clone();
+    for (i, moved) in host_ports.iter().enumerate() {
+        let with = ContainerPort {
+            host_port: moved.host_port,
+            host_ip: moved.host_ip.clone(),
+            ..proxy.clone()
+        };
+        if i == 0 {
+            ports[0] = with;
+        } else {
+            ports.push(ContainerPort { name: None, ..with });
+        }
+    }
 }
 
 /// The patch: only what injection adds or changes. Everything else stays exactly as the API
@@ -570,16 +692,17 @@ fn boundary(
 
 /// In redirect mode the sidecar's UID is the one the rules let through, and a container that
 /// can change the pod's network rules could remove them: a pod with either is refused.
-fn redirect_holds(spec: &PodSpec) -> Result<(), Refused> {
+fn redirect_holds(spec: &PodSpec, config: &InjectConfig) -> Result<(), Refused> {
     let refuse = |message: String| Refused {
         at: BOUNDARY_ANNOTATION.into(),
         message,
     };
     for (at, c) in all_containers(spec) {
-        if uid(c, spec) == Some(PROXY_UID.into()) {
+        if let Some(why) = as_sidecar(c, spec, config) {
             return Err(refuse(format!(
-                "{at} ({}) runs as UID {PROXY_UID}, the sidecar's: the redirect lets that UID \
-                 reach the app directly; run it as another UID",
+                "{at} ({}) {why}: the redirect lets the sidecar's own connections reach the app \
+                 directly; run it as another UID and GID, or give the sidecar others with \
+                 {PROXY_UID_ANNOTATION} and {PROXY_GID_ANNOTATION}",
                 c.name
             )));
         }
@@ -716,7 +839,9 @@ fn init_container(
             "--proxy-port".into(),
             config.proxy_port.to_string(),
             "--proxy-uid".into(),
-            PROXY_UID.to_string(),
+            config.proxy_uid.to_string(),
+            "--proxy-gid".into(),
+            config.proxy_gid.to_string(),
         ]),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
@@ -985,8 +1110,8 @@ fn sidecar_container(
         resources: Some(resources(annotations, &config.resources)?),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(PROXY_UID.into()),
-            run_as_group: Some(PROXY_UID.into()),
+            run_as_user: Some(config.proxy_uid.into()),
+            run_as_group: Some(config.proxy_gid.into()),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {

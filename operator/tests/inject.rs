@@ -16,8 +16,10 @@ fn config() -> InjectConfig {
         log_level: "info".into(),
         control_plane_url: "https://tollgate-operator.tollgate-system.svc:8443".into(),
         control_plane_ca: "-----BEGIN CERTIFICATE-----\n...".into(),
-        proxy_port: 15080,
-        admin_port: 15090,
+        proxy_port: 15480,
+        admin_port: 15481,
+        proxy_uid: 2417,
+        proxy_gid: 2417,
         boundary: Boundary::Redirect,
         counters: None,
     }
@@ -209,7 +211,7 @@ fn with_the_port_handoff_the_mcp_port_name_moves_to_the_sidecar_and_the_apps_pro
     );
     assert_eq!(
         ports(sidecar(&pod))[0],
-        ("mcp".to_string(), 15080),
+        ("mcp".to_string(), 15480),
         "a Service targeting port name mcp now reaches the sidecar"
     );
     let readiness = app
@@ -324,18 +326,42 @@ fn injection_is_recorded_and_a_reinvoked_webhook_changes_nothing() {
     let status: Value =
         serde_json::from_str(&meta.annotations.as_ref().unwrap()["tollgate.dev/status"]).unwrap();
     assert_eq!(status["upstreamPort"], 8000);
-    assert_eq!(status["proxyPort"], 15080);
+    assert_eq!(status["proxyPort"], 15480);
     let again = run(&serde_json::to_value(&pod).unwrap(), &no_labels());
     assert_eq!(again, Injection::Unchanged);
 }
 
 #[test]
-fn host_network_pods_and_pods_without_an_mcp_port_are_skipped_with_a_warning() {
+fn pods_that_asked_and_cannot_be_protected_are_refused_naming_the_way_out() {
+    let way_out = "tollgate.dev/inject: \"false\"";
     let host = with(opted_in(), "/spec/hostNetwork", json!(true));
-    let Injection::Skip { reason, warn } = run(&host, &no_labels()) else {
-        panic!()
-    };
-    assert!(warn && reason.contains("hostNetwork"), "{reason}");
+    let err = refused(&host, &no_labels(), "hostNetwork");
+    assert_eq!(err.at, "spec.hostNetwork");
+    assert!(err.message.contains(way_out), "{}", err.message);
+    // In an injection namespace too: a ReplicaSet's pod gets no warning anyone reads.
+    let host = with(mk_pod(), "/spec/hostNetwork", json!(true));
+    assert_eq!(
+        refused(&host, &enabled_namespace(), "hostNetwork").at,
+        "spec.hostNetwork"
+    );
+    // A port annotation that names no port (here, not even a number) protects nothing.
+    for value in ["8080/TCP", "http", "mcp-port"] {
+        let pod = annotated(
+            mk_pod(),
+            json!({ "tollgate.dev/inject": "true", "tollgate.dev/port": value }),
+        );
+        let err = refused(&pod, &no_labels(), value);
+        assert_eq!(err.at, "tollgate.dev/port");
+        assert!(
+            err.message.contains(&format!("{value:?}")) && err.message.contains(way_out),
+            "{}",
+            err.message
+        );
+    }
+}
+
+#[test]
+fn pods_without_an_mcp_port_have_nothing_to_protect_and_are_skipped_with_a_warning() {
     let unnamed = with(
         opted_in(),
         "/spec/containers/0/ports",
@@ -345,6 +371,11 @@ fn host_network_pods_and_pods_without_an_mcp_port_are_skipped_with_a_warning() {
         panic!()
     };
     assert!(warn && reason.contains("tollgate.dev/port"), "{reason}");
+    let host = with(unnamed, "/spec/hostNetwork", json!(true));
+    assert!(matches!(
+        run(&host, &enabled_namespace()),
+        Injection::Skip { .. }
+    ));
 }
 
 #[test]
@@ -437,9 +468,11 @@ fn redirect_mode_runs_init_redirect_first_as_root_with_net_admin_and_net_raw_onl
             "--port",
             "8000",
             "--proxy-port",
-            "15080",
+            "15480",
             "--proxy-uid",
-            "65532"
+            "2417",
+            "--proxy-gid",
+            "2417"
         ]
     );
     assert_eq!(
@@ -455,7 +488,7 @@ fn redirect_mode_runs_init_redirect_first_as_root_with_net_admin_and_net_raw_onl
     assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
     assert_eq!(
         sidecar(&pod).security_context.as_ref().unwrap().run_as_user,
-        Some(65532)
+        Some(2417)
     );
     let status: Value =
         serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()["tollgate.dev/status"])
@@ -483,7 +516,7 @@ fn redirect_mode_moves_the_apps_probes_on_the_mcp_port_to_the_sidecar_which_runs
     let app = &pod.spec.as_ref().unwrap().containers[0];
     assert_eq!(
         http_get(&app.readiness_probe),
-        json!({ "path": "/app-health/server/readiness", "port": 15090, "scheme": "HTTP" })
+        json!({ "path": "/app-health/server/readiness", "port": 15481, "scheme": "HTTP" })
     );
     let readiness = app.readiness_probe.as_ref().unwrap();
     assert_eq!(
@@ -493,7 +526,7 @@ fn redirect_mode_moves_the_apps_probes_on_the_mcp_port_to_the_sidecar_which_runs
     );
     assert_eq!(
         http_get(&app.liveness_probe),
-        json!({ "path": "/app-health/server/liveness", "port": 15090, "scheme": "HTTP" }),
+        json!({ "path": "/app-health/server/liveness", "port": 15481, "scheme": "HTTP" }),
         "a TCP probe on the port becomes the sidecar's check of it"
     );
     assert!(app.liveness_probe.as_ref().unwrap().tcp_socket.is_none());
@@ -545,20 +578,20 @@ fn redirect_mode_is_refused_where_it_could_not_hold_naming_why_and_the_way_out()
             with(
                 opted_in(),
                 "/spec/containers/0/securityContext",
-                json!({ "runAsUser": 65532 }),
+                json!({ "runAsUser": 2417 }),
             ),
             no_labels(),
-            "spec.containers[0] (server) runs as UID 65532",
+            "spec.containers[0] (server) runs as UID 2417",
         ),
         (
             "a pod whose default UID is the sidecar's",
             with(
                 opted_in(),
                 "/spec/securityContext",
-                json!({ "runAsUser": 65532 }),
+                json!({ "runAsUser": 2417 }),
             ),
             no_labels(),
-            "runs as UID 65532",
+            "runs as UID 2417",
         ),
         (
             "a container that could remove the rules",
@@ -691,7 +724,7 @@ fn lifecycle_hooks_on_the_mcp_port_still_reach_the_app_in_either_mode() {
     let lifecycle = serde_json::to_value(app.lifecycle.as_ref().unwrap()).unwrap();
     assert_eq!(
         lifecycle["preStop"]["httpGet"],
-        json!({ "path": "/app-health/server/preStop", "port": 15090, "scheme": "HTTP" }),
+        json!({ "path": "/app-health/server/preStop", "port": 15481, "scheme": "HTTP" }),
         "redirected, the hook would reach the sidecar: the sidecar runs it against the app"
     );
     assert_eq!(
@@ -737,7 +770,7 @@ fn a_pod_whose_names_or_ports_collide_with_what_injection_adds_is_refused_naming
             with(
                 opted_in(),
                 "/spec/containers/0/ports/1",
-                json!({ "name": "metrics", "containerPort": 15090 }),
+                json!({ "name": "metrics", "containerPort": 15481 }),
             ),
             "spec.containers[0].ports[1].containerPort",
         ),
@@ -760,7 +793,7 @@ fn a_pod_whose_names_or_ports_collide_with_what_injection_adds_is_refused_naming
         (
             annotated(
                 mk_pod(),
-                json!({ "tollgate.dev/inject": "true", "tollgate.dev/port": "15080" }),
+                json!({ "tollgate.dev/inject": "true", "tollgate.dev/port": "15480" }),
             ),
             "tollgate.dev/port",
         ),
@@ -772,12 +805,12 @@ fn a_pod_whose_names_or_ports_collide_with_what_injection_adds_is_refused_naming
 }
 
 #[test]
-fn a_host_port_on_the_mcp_port_is_kept_behind_the_redirect_and_warned_of_with_the_port_network_policy_boundary()
+fn a_host_port_on_the_mcp_port_stays_behind_the_redirect_and_moves_to_the_sidecar_with_the_network_policy_boundary()
  {
     let pod = with(
         opted_in(),
         "/spec/containers/0/ports/0",
-        json!({ "name": "mcp", "containerPort": 8000, "hostPort": 8000 }),
+        json!({ "name": "mcp", "containerPort": 8000, "hostPort": 18000, "hostIP": "10.0.0.5" }),
     );
     let Injection::Patch { warnings, .. } = run(&pod, &no_labels()) else {
         panic!()
@@ -786,24 +819,31 @@ fn a_host_port_on_the_mcp_port_is_kept_behind_the_redirect_and_warned_of_with_th
         warnings.is_empty(),
         "redirected in the pod's namespace: {warnings:?}"
     );
-    let Injection::Patch { warnings, .. } =
-        run(&network_policy_boundary(pod.clone()), &no_labels())
-    else {
-        panic!()
-    };
-    assert_eq!(warnings.len(), 1);
-    assert!(
-        warnings[0].starts_with("spec.containers[0].ports[0].hostPort publishes the MCP port"),
-        "{warnings:?}"
-    );
+    let redirected = injected(&pod, &no_labels());
+    let app = &redirected.spec.as_ref().unwrap().containers[0];
+    assert_eq!(app.ports.as_ref().unwrap()[0].host_port, Some(18000));
+
     let pod = injected(&network_policy_boundary(pod), &no_labels());
+    let app = &pod.spec.as_ref().unwrap().containers[0];
+    let app_port = &app.ports.as_ref().unwrap()[0];
+    assert_eq!(
+        (app_port.host_port, app_port.host_ip.as_deref()),
+        (None, None),
+        "the app publishes nothing on the node"
+    );
+    let published = &sidecar(&pod).ports.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            published.container_port,
+            published.host_port,
+            published.host_ip.as_deref()
+        ),
+        (15480, Some(18000), Some("10.0.0.5")),
+        "the node's port now reaches the sidecar"
+    );
     let status: Value =
         serde_json::from_str(&pod.metadata.annotations.unwrap()["tollgate.dev/status"]).unwrap();
-    assert_eq!(
-        status["hostPorts"],
-        json!(["spec.containers[0].ports[0].hostPort"]),
-        "for the operator to report, as it watches metadata only"
-    );
+    assert_eq!(status["hostPortsMoved"], json!([18000]));
 }
 
 #[test]
@@ -848,19 +888,24 @@ fn the_network_policy_boundary_labels_the_pod_with_its_app_port_and_asks_for_the
 }
 
 #[test]
-fn windows_pods_are_skipped_with_a_warning_and_contradicting_resources_are_refused() {
-    for pod in [
-        with(
-            opted_in(),
-            "/spec/nodeSelector",
-            json!({ "kubernetes.io/os": "windows" }),
+fn windows_pods_and_contradicting_resources_are_refused() {
+    for (pod, at) in [
+        (
+            with(
+                opted_in(),
+                "/spec/nodeSelector",
+                json!({ "kubernetes.io/os": "windows" }),
+            ),
+            "spec.nodeSelector",
         ),
-        with(opted_in(), "/spec/os", json!({ "name": "windows" })),
+        (
+            with(opted_in(), "/spec/os", json!({ "name": "windows" })),
+            "spec.os.name",
+        ),
     ] {
-        let Injection::Skip { reason, warn } = run(&pod, &no_labels()) else {
-            panic!()
-        };
-        assert!(warn && reason.contains("Windows"), "{reason}");
+        let err = refused(&pod, &no_labels(), "windows");
+        assert_eq!(err.at, at);
+        assert!(err.message.contains("Windows"), "{}", err.message);
     }
     let pod = annotated(
         mk_pod(),
@@ -902,7 +947,7 @@ fn with_a_shared_process_namespace_a_container_that_could_read_the_sidecars_toke
             json!({ "capabilities": { "add": ["SYS_PTRACE"] } }),
             "SYS_PTRACE",
         ),
-        (json!({ "runAsUser": 65532 }), "UID 65532"),
+        (json!({ "runAsUser": 2417 }), "UID 2417"),
     ] {
         let pod = with(
             shared.clone(),
@@ -1012,4 +1057,69 @@ fn shared_counters_reach_the_sidecar_grouped_by_workload_with_the_password_mount
 fn without_shared_counters_the_sidecar_counts_alone() {
     let after = injected(&opted_in(), &no_labels());
     assert_eq!(env(sidecar(&after), "TOLLGATE_COUNTERS"), None);
+}
+
+#[test]
+fn a_container_declaring_the_sidecars_uid_or_gid_is_refused_and_a_pod_may_choose_others() {
+    for (context, why) in [
+        (json!({ "runAsUser": 2417 }), "runs as UID 2417"),
+        (
+            json!({ "runAsUser": 1000, "runAsGroup": 2417 }),
+            "runs as GID 2417",
+        ),
+    ] {
+        let pod = with(opted_in(), "/spec/containers/0/securityContext", context);
+        let err = refused(&pod, &no_labels(), why);
+        assert!(
+            err.message.contains(why) && err.message.contains("tollgate.dev/proxy-uid"),
+            "{}",
+            err.message
+        );
+    }
+    // The pod chooses the sidecar's identity and ports: its container keeps 2417 and 15480.
+    let pod = annotated(
+        with(
+            mk_pod(),
+            "/spec/containers/0/securityContext",
+            json!({ "runAsUser": 2417, "runAsGroup": 2417 }),
+        ),
+        json!({ "tollgate.dev/inject": "true", "tollgate.dev/proxy-uid": "3001", "tollgate.dev/proxy-gid": "3002",
+                "tollgate.dev/proxy-port": "16000", "tollgate.dev/admin-port": "16001" }),
+    );
+    let pod = injected(&pod, &no_labels());
+    let init = &init_containers(&pod)[0];
+    let args = init.args.as_deref().unwrap();
+    assert_eq!(
+        &args[3..],
+        [
+            "--proxy-port",
+            "16000",
+            "--proxy-uid",
+            "3001",
+            "--proxy-gid",
+            "3002"
+        ]
+    );
+    let c = sidecar(&pod);
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_group), (Some(3001), Some(3002)));
+    assert_eq!(env(c, "TOLLGATE_LISTEN"), Some("[::]:16000"));
+    assert_eq!(env(c, "TOLLGATE_METRICS_LISTEN"), Some("[::]:16001"));
+}
+
+#[test]
+fn the_sidecars_identity_annotations_must_be_numbers_it_can_use() {
+    for (annotation, value) in [
+        ("tollgate.dev/proxy-uid", "0"),
+        ("tollgate.dev/proxy-uid", "nobody"),
+        ("tollgate.dev/proxy-gid", "-1"),
+        ("tollgate.dev/proxy-port", "70000"),
+        ("tollgate.dev/admin-port", "15480"),
+    ] {
+        let pod = annotated(
+            mk_pod(),
+            json!({ "tollgate.dev/inject": "true", annotation: value }),
+        );
+        assert_eq!(refused(&pod, &no_labels(), value).at, annotation);
+    }
 }

@@ -97,9 +97,12 @@ struct InitRedirectArgs {
     /// The proxy's listening port.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     proxy_port: u16,
-    /// The proxy's UID: its own connections to the app are not redirected.
+    /// The proxy's UID: its own connections to the app (UID and GID both) are not redirected.
     #[arg(long)]
     proxy_uid: u32,
+    /// The proxy's GID, matched too when given (an operator before 0.2 gives the UID alone).
+    #[arg(long)]
+    proxy_gid: Option<u32>,
     /// The iptables back end: auto (the one holding rules here, else nft if it works), nft, legacy.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendFlag,
@@ -470,6 +473,7 @@ fn init_redirect(args: InitRedirectArgs) -> anyhow::Result<()> {
         ports: args.ports,
         proxy_port: args.proxy_port,
         proxy_uid: args.proxy_uid,
+        proxy_gid: args.proxy_gid,
     });
     for &family in families {
         let binary = backend.binary(family);

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! nat    PREROUTING ─> TOLLGATE_INBOUND  tcp dport APP            ─> REDIRECT to PROXY  (from outside the pod)
-//! nat    OUTPUT     ─> TOLLGATE_LOCAL    owner uid PROXY_UID       ─> RETURN             (the sidecar reaches the app)
+//! nat    OUTPUT     ─> TOLLGATE_LOCAL    owner uid AND gid PROXY's ─> RETURN             (the sidecar reaches the app)
 //!                                        tcp dport APP, dst local  ─> REDIRECT to PROXY  (the pod's other containers)
-//! filter INPUT      ─> TOLLGATE_GUARD    tcp dport APP, not on lo  ─> DROP               (anything the nat table missed)
+//! filter INPUT      ─> TOLLGATE_GUARD    tcp, udp, sctp dport APP,
+//!                                        not on lo                 ─> DROP               (anything the nat table missed,
+//!                                                                                         and every other protocol)
 //! ```
 //!
 //! The guard is what keeps the boundary if a connection is not translated (conntrack marked it
@@ -34,8 +36,10 @@ pub struct Plan {
     pub ports: Vec<u16>,
     /// The sidecar's listening port.
     pub proxy_port: u16,
-    /// The sidecar's UID: its own connections to the app are not redirected.
+    /// The sidecar's UID and GID: its own connections to the app (both must match) are not
+    /// redirected.
     pub proxy_uid: u32,
+    pub proxy_gid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +79,13 @@ pub enum Step {
         chain: &'static str,
         rule: Vec<String>,
     },
+    /// `-A chain rule…` where the kernel can match it (SCTP is a module some kernels lack, and
+    /// then nothing can reach the port by it either); skipped, saying so, where it cannot.
+    RuleIfSupported {
+        table: &'static str,
+        chain: &'static str,
+        rule: Vec<String>,
+    },
     /// `-I parent 1 -j chain` unless `-C` finds it.
     Jump {
         table: &'static str,
@@ -87,7 +98,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::Chain { table, chain } => write!(f, "-t {table} -N {chain}"),
-            Step::Rule { table, chain, rule } => {
+            Step::Rule { table, chain, rule } | Step::RuleIfSupported { table, chain, rule } => {
                 write!(f, "-t {table} -A {chain} {}", rule.join(" "))
             }
             Step::Jump {
@@ -141,10 +152,13 @@ pub fn steps(plan: &Plan) -> Vec<Step> {
     out.push(Step::Rule {
         table: "nat",
         chain: LOCAL,
-        rule: words(&format!(
-            "-p tcp -m owner --uid-owner {} -j RETURN",
-            plan.proxy_uid
-        )),
+        rule: words(&match plan.proxy_gid {
+            Some(gid) => format!(
+                "-p tcp -m owner --uid-owner {} --gid-owner {gid} -j RETURN",
+                plan.proxy_uid
+            ),
+            None => format!("-p tcp -m owner --uid-owner {} -j RETURN", plan.proxy_uid),
+        }),
     });
     for m in &matches {
         out.push(Step::Rule {
@@ -155,11 +169,21 @@ pub fn steps(plan: &Plan) -> Vec<Step> {
             )),
         });
     }
+    // The redirect covers TCP; the guard keeps every other protocol off the app's port too.
+    for proto in ["tcp", "udp"] {
+        for m in &matches {
+            out.push(Step::Rule {
+                table: "filter",
+                chain: GUARD,
+                rule: words(&format!("-p {proto} {m} ! -i lo -j DROP")),
+            });
+        }
+    }
     for m in &matches {
-        out.push(Step::Rule {
+        out.push(Step::RuleIfSupported {
             table: "filter",
             chain: GUARD,
-            rule: words(&format!("-p tcp {m} ! -i lo -j DROP")),
+            rule: words(&format!("-p sctp {m} ! -i lo -j DROP")),
         });
     }
     out.extend([
@@ -176,7 +200,7 @@ pub fn steps(plan: &Plan) -> Vec<Step> {
         Step::Jump {
             table: "filter",
             parent: "INPUT",
-            rule: words(&format!("-p tcp -j {GUARD}")),
+            rule: words(&format!("-j {GUARD}")),
         },
     ]);
     out
@@ -266,6 +290,17 @@ pub fn install(binary: &'static str, steps: &[Step]) -> Result<Vec<String>, Erro
                 run(binary, &args)?;
                 said.push(format!("{binary} {step}"));
             }
+            Step::RuleIfSupported { table, chain, rule } => {
+                let mut args = strings(&["-t", table, "-A", chain]);
+                args.extend(rule.iter().cloned());
+                match run(binary, &args) {
+                    Ok(_) => said.push(format!("{binary} {step}")),
+                    Err(e @ Error::NotPermitted { .. }) => return Err(e),
+                    Err(e) => said.push(format!(
+                        "skipped (this kernel cannot match it): {binary} {step}: {e}"
+                    )),
+                }
+            }
             Step::Jump {
                 table,
                 parent,
@@ -322,8 +357,9 @@ mod tests {
     fn plan(ports: &[u16]) -> Plan {
         Plan {
             ports: ports.to_vec(),
-            proxy_port: 15080,
-            proxy_uid: 65532,
+            proxy_port: 15480,
+            proxy_uid: 2417,
+            proxy_gid: Some(2418),
         }
     }
 
@@ -332,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn one_port_is_redirected_from_outside_and_from_the_pods_other_containers_but_not_for_the_sidecar()
+    fn one_port_is_redirected_from_outside_and_from_the_pods_other_containers_but_not_for_the_sidecar_and_guarded_for_every_protocol()
      {
         assert_eq!(
             lines(&plan(&[8000])),
@@ -340,13 +376,15 @@ mod tests {
                 "-t nat -N TOLLGATE_INBOUND",
                 "-t nat -N TOLLGATE_LOCAL",
                 "-t filter -N TOLLGATE_GUARD",
-                "-t nat -A TOLLGATE_INBOUND -p tcp --dport 8000 -j REDIRECT --to-ports 15080",
-                "-t nat -A TOLLGATE_LOCAL -p tcp -m owner --uid-owner 65532 -j RETURN",
-                "-t nat -A TOLLGATE_LOCAL -p tcp --dport 8000 -m addrtype --dst-type LOCAL -j REDIRECT --to-ports 15080",
+                "-t nat -A TOLLGATE_INBOUND -p tcp --dport 8000 -j REDIRECT --to-ports 15480",
+                "-t nat -A TOLLGATE_LOCAL -p tcp -m owner --uid-owner 2417 --gid-owner 2418 -j RETURN",
+                "-t nat -A TOLLGATE_LOCAL -p tcp --dport 8000 -m addrtype --dst-type LOCAL -j REDIRECT --to-ports 15480",
                 "-t filter -A TOLLGATE_GUARD -p tcp --dport 8000 ! -i lo -j DROP",
+                "-t filter -A TOLLGATE_GUARD -p udp --dport 8000 ! -i lo -j DROP",
+                "-t filter -A TOLLGATE_GUARD -p sctp --dport 8000 ! -i lo -j DROP",
                 "-t nat -I PREROUTING 1 -p tcp -j TOLLGATE_INBOUND",
                 "-t nat -I OUTPUT 1 -p tcp -j TOLLGATE_LOCAL",
-                "-t filter -I INPUT 1 -p tcp -j TOLLGATE_GUARD",
+                "-t filter -I INPUT 1 -j TOLLGATE_GUARD",
             ]
         );
     }

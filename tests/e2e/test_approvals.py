@@ -336,3 +336,18 @@ def test_approvals_held_calls_are_bounded_and_past_the_bound_a_call_is_denied_sa
 
     assert held_call(url, "legacy", {"title": "third"}, when_pending) == ("ok", "created third"), "settled, its place is free again"
     assert [r["args"] for r in ran(record)] == [{"title": "first"}, {"title": "third"}]
+
+
+def test_approvals_a_token_file_other_users_may_read_stops_the_proxy_saying_so(recorder, tollgate_bin, tmp_path):
+    url, _ = recorder()
+    token = tmp_path / "shared-token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    token.chmod(0o644)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(approval_policy())
+    out = subprocess.run([str(tollgate_bin), "proxy", "--upstream", url, "--policy", str(policy),
+                          "--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", f"127.0.0.1:{free_port()}",
+                          "--approvals-token-file", str(token), "--approvals-listen", f"127.0.0.1:{free_port()}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert f"{token} is open to other users (mode 0644)" in out.stderr and "chmod 600" in out.stderr, out.stderr

@@ -236,17 +236,30 @@ def test_node_the_boundary_holds_through_a_host_port_and_from_another_container_
                     json.dumps(call(2, "delete_repository", {"name": "from inside"})),
                     f"http://127.0.0.1:{MCP_PORT}/mcp", container="helper").stdout
     assert json.loads(out)["error"]["data"]["rule"] == "never", out
+    # A root container that switches to the sidecar's UID (with another GID) is sent through
+    # the sidecar too: the UID alone is not the key to the app.
+    out = node.exec(NS, pod["metadata"]["name"], "/usr/bin/setpriv", "--reuid", "2417", "--regid", "1000",
+                    "--clear-groups", "--", "/usr/bin/curl", "-s", "-H", "content-type: application/json",
+                    "-H", "accept: application/json, text/event-stream", "--data",
+                    json.dumps(call(3, "delete_repository", {"name": "as the sidecar's UID"})),
+                    f"http://127.0.0.1:{MCP_PORT}/mcp", container="helper").stdout
+    assert json.loads(out)["error"]["data"]["rule"] == "never", out
     assert records(node, NS, "app=mcp-edge") == []
 
 
-def test_node_injection_refuses_a_container_running_as_the_sidecars_uid(journey):
+def test_node_injection_refuses_a_container_running_as_the_sidecars_uid_or_on_the_nodes_network(journey):
     node, _ = journey
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "as-sidecar", "namespace": NS},
            "spec": host_tools_spec(host_container("server", ["/usr/bin/sleep", "infinity"],
                                                    ports=[{"name": "mcp", "containerPort": MCP_PORT}],
-                                                   securityContext={"runAsUser": 65532}))}
+                                                   securityContext={"runAsUser": 2417}))}
     out = node.apply(pod, check=False)
-    assert out.returncode != 0 and "65532" in out.stderr, out.stderr
+    assert out.returncode != 0 and "runs as UID 2417, the sidecar's" in out.stderr, out.stderr
+    pod["metadata"]["name"] = "on-the-node"
+    pod["spec"]["containers"][0].pop("securityContext")
+    pod["spec"]["hostNetwork"] = True
+    out = node.apply(pod, check=False)
+    assert out.returncode != 0 and "spec.hostNetwork" in out.stderr and 'tollgate.dev/inject: "false"' in out.stderr, out.stderr
 
 
 def test_node_app_probes_are_answered_through_the_sidecar_and_the_pod_turns_not_ready_when_the_app_stops(journey):

@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cluster import eventually
 from conftest import ROOT, TESTS
 
-APP_PORT, PROXY_PORT, ADMIN_PORT = 8000, 15080, 15090
-PROXY_UID = 65532  # the sidecar's, as injection runs it
+APP_PORT, PROXY_PORT, ADMIN_PORT = 8000, 15480, 15481
+# The sidecar's UID and GID, as injection runs it (two numbers here, so a test shows both count).
+PROXY_UID, PROXY_GID = 2417, 2418
 APP_UID = 1000  # another container of the pod
 PYTHON = TESTS / ".venv" / "bin" / "python"
 POLICY = """\
@@ -112,7 +114,7 @@ class Pod:
         policy = self.dir / "policy.yaml"
         policy.write_text(POLICY)
         policy.chmod(0o644)
-        sidecar = self.start("sidecar", "setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID), "--clear-groups", "--",
+        sidecar = self.start("sidecar", "setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_GID), "--clear-groups", "--",
                              str(self.tollgate), "proxy", "--upstream", f"http://localhost:{APP_PORT}", "--policy", str(policy),
                              "--listen", f"[::]:{PROXY_PORT}", "--metrics-listen", f"0.0.0.0:{ADMIN_PORT}",
                              "--app-probes", json.dumps(APP_PROBES))
@@ -125,7 +127,8 @@ class Pod:
 
     def redirect(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", self.ns, str(self.tollgate), "init-redirect", "--port", str(APP_PORT),
-                  "--proxy-port", str(PROXY_PORT), "--proxy-uid", str(PROXY_UID), "--backend", self.backend, *argv, check=check)
+                  "--proxy-port", str(PROXY_PORT), "--proxy-uid", str(PROXY_UID), "--proxy-gid", str(PROXY_GID),
+                  "--backend", self.backend, *argv, check=check)
 
     def rules(self, family: str = "4") -> list[str]:
         save = f"ip{'' if family == '4' else '6'}tables-{self.backend}-save"
@@ -137,13 +140,14 @@ class Pod:
                 table = "filter" if chain == "TOLLGATE_GUARD" else "nat"
                 sh("ip", "netns", "exec", self.ns, binary, "-t", table, "-F", chain)
 
-    def post(self, host: str, port: int, body: dict, ns: str | None = None, uid: int | None = None) -> tuple[int, str]:
-        """A raw JSON-RPC POST with curl, from the client's namespace (or as `uid` inside the
-        pod); (0, why) when no connection was made."""
+    def post(self, host: str, port: int, body: dict, ns: str | None = None, uid: int | None = None,
+             gid: int | None = None) -> tuple[int, str]:
+        """A raw JSON-RPC POST with curl, from the client's namespace (or as `uid` and `gid`,
+        default the UID, inside the pod); (0, why) when no connection was made."""
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/mcp"
         argv = ["ip", "netns", "exec", ns or self.client]
         if uid is not None:
-            argv += ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--"]
+            argv += ["setpriv", "--reuid", str(uid), "--regid", str(uid if gid is None else gid), "--clear-groups", "--"]
         argv += ["curl", "-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url,
                  "-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream",
                  "-H", "mcp-protocol-version: 2025-06-18", "--data-binary", json.dumps(body)]
@@ -229,6 +233,52 @@ def test_boundary_no_port_of_the_pod_reaches_the_server_around_the_sidecar(pod):
     assert pod.ran("delete_repository") == [], "nothing reached the server around the sidecar"
 
 
+def test_boundary_the_sidecars_uid_alone_does_not_go_around_it_nor_its_gid_alone(pod):
+    # Only a process with both the sidecar's UID and GID reaches the app directly: a container
+    # whose image defaults to the UID (injection cannot see that) is still sent through it.
+    for uid, gid in [(PROXY_UID, APP_UID), (APP_UID, PROXY_GID)]:
+        for host in ("127.0.0.1", "::1", pod.v4):
+            status, text = pod.post(host, APP_PORT, DENIED, ns=pod.ns, uid=uid, gid=gid)
+            assert status == 200 and "Repository deletion is not permitted" in text, (uid, gid, host, status, text)
+    assert pod.ran("delete_repository") == []
+    # Both: the sidecar's own way to the app (what the exemption is for).
+    status, text = pod.post("127.0.0.1", APP_PORT, DENIED, ns=pod.ns, uid=PROXY_UID, gid=PROXY_GID)
+    assert "deleted prod" in text, (status, text)
+
+
+UDP_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+with open(sys.argv[2], "ab", buffering=0) as out:
+    while True:
+        out.write(s.recvfrom(65535)[0] + b"\\n")
+"""
+
+
+def test_boundary_udp_to_the_mcp_port_from_outside_is_dropped_by_the_guard(pod):
+    got = pod.dir / "udp.txt"
+    got.touch()
+    pod.procs.append(subprocess.Popen(["ip", "netns", "exec", pod.ns, str(PYTHON), "-c", UDP_SINK, str(APP_PORT), str(got)]))
+    eventually(lambda: sh("ip", "netns", "exec", pod.ns, "ss", "-Huln", f"sport = :{APP_PORT}").stdout.strip(),
+               what="the app's UDP socket is bound")
+
+    def send(host: str, what: str) -> None:
+        family = "socket.AF_INET6" if ":" in host else "socket.AF_INET"
+        sh("ip", "netns", "exec", pod.client, str(PYTHON), "-c",
+           f"import socket; socket.socket({family}, socket.SOCK_DGRAM).sendto(b{what!r}, ({host!r}, {APP_PORT}))")
+
+    for host in (pod.v4, pod.v6):
+        send(host, "around")
+    time.sleep(0.5)
+    assert got.read_text() == "", "no datagram reached the app's port from outside"
+    # Without the guard, the same datagram arrives: the test proves something.
+    pod.delete_rules(chains=("TOLLGATE_GUARD",))
+    send(pod.v4, "unguarded")
+    eventually(lambda: "unguarded" in got.read_text(), what="the unguarded datagram arrived")
+
+
 def test_boundary_without_the_rules_the_same_call_reaches_the_server_so_the_tests_prove_something(pod):
     pod.delete_rules()
     status, text = pod.post(pod.v4, APP_PORT, DENIED)
@@ -245,7 +295,12 @@ def test_boundary_without_the_rules_the_same_call_reaches_the_server_so_the_test
 
 def test_boundary_init_redirect_is_idempotent_and_prints_what_it_installed(pod):
     first = {"4": pod.rules("4"), "6": pod.rules("6")}
-    assert len([r for r in first["4"] if r.startswith("-A ")]) == 7, first["4"]
+    guard = [r for r in first["4"] if r.startswith("-A TOLLGATE_GUARD")]
+    assert ["-p tcp" in guard[0], "-p udp" in guard[1]] == [True, True], guard
+    # Three jumps, the inbound redirect, the sidecar's exemption and the local redirect, and the
+    # guard for TCP, UDP and (where this kernel matches it) SCTP.
+    sctp = any("-p sctp" in r for r in guard)
+    assert len([r for r in first["4"] if r.startswith("-A ")]) == 8 + sctp, first["4"]
     out = pod.redirect()
     assert f"-t nat -A TOLLGATE_INBOUND -p tcp --dport {APP_PORT} -j REDIRECT --to-ports {PROXY_PORT}" in out.stdout
     assert f"ip6tables-{pod.backend}" in out.stdout, "IPv6 is on in the pod, so its rules are installed too"
@@ -257,6 +312,7 @@ def test_boundary_init_redirect_is_idempotent_and_prints_what_it_installed(pod):
 def test_boundary_init_redirect_without_net_admin_fails_naming_the_capability(pod):
     out = sh("setpriv", "--bounding-set=-net_admin,-net_raw", "--", "ip", "netns", "exec", pod.ns, str(pod.tollgate),
              "init-redirect", "--port", "9000", "--proxy-port", str(PROXY_PORT), "--proxy-uid", str(PROXY_UID),
+             "--proxy-gid", str(PROXY_GID),
              "--backend", pod.backend, check=False)
     assert out.returncode != 0
     assert "needs the NET_ADMIN and NET_RAW capabilities" in out.stderr, out.stderr

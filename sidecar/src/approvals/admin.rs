@@ -36,6 +36,24 @@ pub fn token(path: &Path) -> anyhow::Result<String> {
     use anyhow::Context;
     match std::fs::read_to_string(path) {
         Ok(text) => {
+            // Whoever can read the file can approve; whoever can write it can choose the token.
+            // As ssh does with a private key: a file other users may read or write is refused.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .permissions()
+                    .mode();
+                anyhow::ensure!(
+                    mode & 0o077 == 0,
+                    "{} is open to other users (mode {:04o}): anyone who reads it may approve calls; \
+                     make it readable by its owner only (chmod 600 {})",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                );
+            }
             let token = text.trim().to_string();
             anyhow::ensure!(
                 token.len() >= 16,
@@ -201,4 +219,69 @@ fn answer(status: StatusCode, body: &Value) -> Response<BoxBody> {
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod token_file_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(mode: u32) -> (tempdir::Dir, std::path::PathBuf) {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("token");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "tollgate-token-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_file_other_users_may_read_or_write_is_refused_naming_its_mode() {
+        for mode in [0o644, 0o640, 0o604, 0o622, 0o660] {
+            let (_dir, path) = file(mode);
+            let e = token(&path).expect_err(&format!("{mode:o}")).to_string();
+            assert!(
+                e.contains(&format!("mode {mode:04o}")) && e.contains("chmod 600"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_file_only_its_owner_may_read_is_taken() {
+        for mode in [0o600, 0o400] {
+            let (_dir, path) = file(mode);
+            assert_eq!(token(&path).unwrap(), "0123456789abcdef0123");
+        }
+    }
+
+    #[test]
+    fn a_missing_token_file_is_made_readable_by_its_owner_only() {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("new-token");
+        let made = token(&path).unwrap();
+        assert_eq!(made.len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(token(&path).unwrap(), made, "read back as made");
+    }
 }
