@@ -30,17 +30,23 @@ pub struct EffectivePolicy {
     pub revision: u64,
     /// The cluster-wide default for tools no applicable policy lists.
     pub default_action: DefaultAction,
+    /// The decision for a caller no policy governs (every policy's `subjects` leave it out);
+    /// absent, `default_action`'s. The standalone proxy sets it (`--ungoverned-callers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ungoverned_action: Option<DefaultAction>,
     pub policies: Vec<NamedPolicy>,
 }
 
 impl EffectivePolicy {
     /// Compiles the wire form into the set the decision function reads.
     pub fn compile(&self) -> Result<PolicySet, Problems> {
-        PolicySet::compile(
+        let mut set = PolicySet::compile(
             self.revision,
             self.default_action,
             self.policies.iter().map(|p| (p.name.as_str(), &p.spec)),
-        )
+        )?;
+        set.ungoverned = self.ungoverned_action;
+        Ok(set)
     }
 }
 
@@ -115,6 +121,7 @@ impl EffectivePolicy {
             policies.push(checked(name, &p.spec));
         }
         EffectivePolicy {
+            ungoverned_action: None,
             revision: 0,
             default_action,
             policies,

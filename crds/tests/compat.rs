@@ -18,6 +18,7 @@ fn compile(text: &str, origin: &str) -> (Format, PolicySet) {
     let eff = EffectivePolicy {
         revision: 1,
         default_action: DefaultAction::Allow,
+        ungoverned_action: None,
         policies: loaded.into_iter().map(|l| l.policy).collect(),
     };
     (format, eff.compile().expect("compiles"))

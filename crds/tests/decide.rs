@@ -628,6 +628,41 @@ tools: { read: { rules: [] } }
 }
 
 #[test]
+fn a_caller_no_policy_governs_is_denied_where_the_set_says_so_whatever_the_tool() {
+    let mut s =
+        set(&["default: allow\nsubjects: [ { subject: alice } ]\ntools: { read: { rules: [] } }"]);
+    s.ungoverned = Some(DefaultAction::Deny);
+    let alice = Identity::subject("alice");
+    assert_eq!(
+        outcome(&decide_as(&s, &alice, "write", json!({}))),
+        "allow",
+        "governed: the policy's default"
+    );
+    for who in [Identity::anonymous(), Identity::subject("mallory")] {
+        for tool in ["read", "write"] {
+            let v = decide_as(&s, &who, tool, json!({}));
+            assert_eq!(outcome(&v), "deny:(ungoverned caller)", "{who:?} {tool}");
+            let Decision::Deny(d) = v.decision else {
+                unreachable!()
+            };
+            assert!(
+                d.reason.contains("No policy governs this caller"),
+                "{}",
+                d.reason
+            );
+        }
+        assert!(
+            !s.visible("read", &who),
+            "nothing is listed to an ungoverned caller"
+        );
+    }
+    // A set whose policies govern everyone has no ungoverned caller.
+    let mut s = set(&["default: allow\ntools: { read: { rules: [] } }"]);
+    s.ungoverned = Some(DefaultAction::Deny);
+    assert_eq!(outcome(&decide(&s, "write", json!({}))), "allow");
+}
+
+#[test]
 fn a_namespace_wide_service_account_subject_matches_every_account_there() {
     let s = set(&["default: deny\nsubjects: [ { serviceAccount: \"agents/*\" } ]\ntools: {}"]);
     let bot = Identity::subject("system:serviceaccount:agents:any");

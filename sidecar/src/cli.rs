@@ -188,8 +188,7 @@ struct ProxyArgs {
     /// (injection sets it in redirect mode).
     #[arg(long, env = contract::env::APP_PROBES, value_parser = crate::app_probes::parse)]
     app_probes: Option<contract::AppProbes>,
-    /// The decision for tools no policy lists and callers no policy governs. The policy file's
-    /// own default applies first.
+    /// The decision for tools no policy lists. The policy file's own default applies first.
     #[arg(
         long,
         env = "TOLLGATE_DEFAULT_ACTION",
@@ -197,6 +196,15 @@ struct ProxyArgs {
         default_value = "allow"
     )]
     default_action: DefaultFlag,
+    /// The decision for callers no policy governs (every policy names its `subjects`, and the
+    /// caller is none of them): denied unless this says allow.
+    #[arg(
+        long,
+        env = "TOLLGATE_UNGOVERNED_CALLERS",
+        value_enum,
+        default_value = "deny"
+    )]
+    ungoverned_callers: DefaultFlag,
     /// Largest request body accepted.
     #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -340,6 +348,9 @@ struct CheckArgs {
     /// The default for tools no policy lists.
     #[arg(long, value_enum, default_value = "allow")]
     default_action: DefaultFlag,
+    /// The decision for a caller no policy governs, as `tollgate proxy --ungoverned-callers`.
+    #[arg(long, value_enum, default_value = "deny")]
+    ungoverned_callers: DefaultFlag,
 }
 
 #[derive(clap::Args)]
@@ -516,6 +527,7 @@ fn check(args: CheckArgs) -> ExitCode {
     let effective = EffectivePolicy {
         revision: 1,
         default_action: args.default_action.into(),
+        ungoverned_action: Some(args.ungoverned_callers.into()),
         policies: loaded.into_iter().map(|l| l.policy).collect(),
     };
     let set = match effective.compile() {
@@ -638,6 +650,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             let source = FileSource {
                 path: path.clone(),
                 default_action: args.default_action.into(),
+                ungoverned: args.ungoverned_callers.into(),
                 interval: args.policy_poll,
             };
             let first = match source.load_once(&handle, 1) {

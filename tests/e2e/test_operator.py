@@ -150,7 +150,8 @@ ISTIO_INIT = {"name": "istio-init", "image": "istio/proxyv2", "args": ["istio-ip
               "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}}}
 ISTIO_PROXY = {"name": "istio-proxy", "image": "istio/proxyv2", "restartPolicy": "Always",
                "securityContext": {"runAsUser": 1337, "runAsGroup": 1337},
-               "ports": [{"name": "http-envoy-prom", "containerPort": 15090}, {"name": "health", "containerPort": 15021}]}
+               "ports": [{"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"},
+                         {"name": "health", "containerPort": 15021, "protocol": "TCP"}]}
 MESH = {"initContainers": [{"name": "other-init", "image": "busybox", "args": ["true"]}, ISTIO_PROXY],
         "volumes": [{"name": "data", "emptyDir": {}}]}
 HOOKED = {"lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": "mcp"}}},
@@ -212,7 +213,8 @@ def test_operator_a_pod_that_would_collide_with_the_sidecar_is_refused_by_the_ap
          "tollgate.dev/boundary: spec.containers[0] (server) runs as GID 2417, the sidecar's"),
         # Istio's init container could remove the redirect: the way out is named.
         (shaped("istio-redirect", pod={"initContainers": [ISTIO_INIT, ISTIO_PROXY]}),
-         "(istio-init) adds the capability NET_ADMIN, so it could remove the redirect; use tollgate.dev/boundary: network-policy"),
+         "tollgate.dev/boundary: spec.initContainers[0] (istio-init) adds the capability NET_ADMIN, so it could remove the "
+         "redirect; use tollgate.dev/boundary: network-policy"),
     ]
     for pod, says in cases:
         out = kube.kubectl("create", "-f", "-", input=json.dumps(pod), check=False)

@@ -233,7 +233,8 @@ spec:
 def test_e2e_verified_tokens_feed_subjects_and_per_identity_counters(sample_server, proxy, keys):
     jwks, token = keys
     srv = sample_server("--stateless", "--json")
-    px = proxy(srv.url, SUBJECT_POLICY, "--jwks", str(jwks), "--jwt-issuer", "https://issuer.test", "--jwt-audience", "tollgate", "--default-action", "allow")
+    px = proxy(srv.url, SUBJECT_POLICY, "--jwks", str(jwks), "--jwt-issuer", "https://issuer.test", "--jwt-audience", "tollgate",
+               "--ungoverned-callers", "allow")
     url = f"{px.url}/mcp"
 
     def as_(tok, msg):
@@ -245,7 +246,7 @@ def test_e2e_verified_tokens_feed_subjects_and_per_identity_counters(sample_serv
     alice = token("alice", groups=["admins"])
     bot = token("system:serviceaccount:agents:report-bot")
     assert "error" in as_(alice, call(1, "delete_repository", {"name": "x"})), "governed: default deny"
-    assert "result" in as_(None, call(1, "delete_repository", {"name": "x"})), "anonymous is not governed"
+    assert "result" in as_(None, call(1, "delete_repository", {"name": "x"})), "anonymous is not governed, and allowed here"
     assert "result" in as_(alice, call(2, "create_issue", {"title": "a"}))
     assert "error" in as_(alice, call(3, "create_issue", {"title": "b"})), "alice's hour is spent"
     assert "result" in as_(bot, call(4, "create_issue", {"title": "c"})), "the bot counts separately"
@@ -253,6 +254,54 @@ def test_e2e_verified_tokens_feed_subjects_and_per_identity_counters(sample_serv
     assert bad.status_code == 401 and bad.headers["www-authenticate"].startswith("Bearer error=\"invalid_token\"")
     wrong_aud = jwt.encode({"sub": "x", "aud": "other", "exp": int(time.time()) + 60}, "k" * 32, algorithm="HS256")
     assert httpx.post(url, headers={**HEADERS, "authorization": f"Bearer {wrong_aud}"}, json=rpc(1, "ping")).status_code == 401
+
+
+def test_e2e_callers_no_policy_governs_are_denied_unless_the_proxy_is_told_otherwise(sample_server, proxy, keys):
+    jwks, token = keys
+    srv = sample_server("--stateless", "--json")
+    # The file names whom it governs (default: deny for them) and nothing else: with no flag,
+    # every other caller, anonymous included, is denied and sees no tool.
+    px = proxy(srv.url, SUBJECT_POLICY, "--jwks", str(jwks), "--jwt-issuer", "https://issuer.test", "--jwt-audience", "tollgate")
+    url = f"{px.url}/mcp"
+
+    def as_(tok, msg):
+        h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
+        if tok:
+            h["authorization"] = f"Bearer {tok}"
+        return messages(httpx.post(url, headers=h, json=msg))[0]
+
+    for who in [None, token("mallory"), token("eve", groups=["staff"])]:
+        for tool in ["read_file", "delete_repository"]:
+            m = as_(who, call(1, tool, {"path": "x", "name": "x"}))
+            assert m["error"]["data"]["rule"] == "(ungoverned caller)", m
+            assert "No policy governs this caller" in m["error"]["data"]["reason"]
+        assert as_(who, rpc(2, "tools/list"))["result"]["tools"] == []
+    assert "result" in as_(token("alice", groups=["admins"]), call(3, "read_file", {"path": "x"})), "a governed caller is served"
+    assert px.audit()[-1]["decision"] == "allow"
+
+
+def test_e2e_tokens_that_name_no_one_or_are_not_yet_valid_are_refused_saying_why(sample_server, proxy, keys):
+    jwks, token = keys
+    srv = sample_server("--stateless", "--json")
+    px = proxy(srv.url, SUBJECT_POLICY, "--jwks", str(jwks), "--jwt-issuer", "https://issuer.test", "--jwt-audience", "tollgate",
+               "--ungoverned-callers", "allow")
+    hour = int(time.time()) + 3600
+    for tok, why in [
+        (token(None), "sub is not a string"),
+        (token(""), "sub is empty"),
+        (token(7), "sub is not a string (7)"),
+        (token("alice", nbf=hour), "Immature"),
+        (token("alice", iat=hour), "issued in the future"),
+    ]:
+        r = httpx.post(f"{px.url}/mcp", headers={**HEADERS, "mcp-protocol-version": "2025-06-18", "authorization": f"Bearer {tok}"},
+                       json=call(1, "read_file", {"path": "x"}))
+        assert r.status_code == 401, (why, r.status_code, r.text)
+        assert why in r.text + r.headers.get("www-authenticate", ""), (why, r.text, r.headers)
+    # Within the stated leeway (30 s) a clock that runs a little behind is forgiven.
+    ok = token("alice", nbf=int(time.time()) + 10, iat=int(time.time()) + 10)
+    r = httpx.post(f"{px.url}/mcp", headers={**HEADERS, "mcp-protocol-version": "2025-06-18", "authorization": f"Bearer {ok}"},
+                   json=call(1, "read_file", {"path": "x"}))
+    assert r.status_code == 200, r.text
 
 
 def test_e2e_a_missing_policy_denies_everything_and_is_not_ready(sample_server, proxy):

@@ -22,6 +22,9 @@ pub struct PolicySet {
     pub revision: u64,
     /// The cluster-wide (or standalone) default for tools nothing lists.
     pub default_action: DefaultAction,
+    /// The decision for a caller no policy of the set governs; `None`: the default's, as for
+    /// a tool no policy lists.
+    pub ungoverned: Option<DefaultAction>,
     pub policies: Vec<CompiledPolicy>,
 }
 
@@ -47,6 +50,7 @@ impl PolicySet {
             Ok(PolicySet {
                 revision,
                 default_action,
+                ungoverned: None,
                 policies,
             })
         } else {
@@ -74,6 +78,7 @@ impl PolicySet {
         PolicySet {
             revision: 0,
             default_action: DefaultAction::Deny,
+            ungoverned: None,
             policies: vec![p],
         }
     }

@@ -7,7 +7,7 @@ use super::compile::{
     Amount, CompiledCondition, CompiledEntry, CompiledPolicy, CompiledRule, PolicySet, Source,
 };
 use super::types::{Call, Counters, Decision, Denial, Identity, NoCounters, Reservation, Verdict};
-use crate::resources::{Action, DefaultAction, Mode, Op};
+use crate::resources::{Action, DefaultAction, DenyAs, Mode, Op};
 use crate::validate;
 
 impl PolicySet {
@@ -107,6 +107,20 @@ impl PolicySet {
         }
         if listed {
             return Decision::Allow { reservations };
+        }
+        match (first, self.ungoverned) {
+            (None, Some(DefaultAction::Allow)) => return Decision::Allow { reservations },
+            (None, Some(DefaultAction::Deny)) => {
+                return Decision::Deny(Denial {
+                    policy: "(no policy governs the caller)".into(),
+                    rule: "(ungoverned caller)".into(),
+                    reason: "No policy governs this caller: every policy names whom it governs \
+                         (subjects), and this caller is none of them"
+                        .into(),
+                    deny_as: DenyAs::default(),
+                });
+            }
+            _ => {}
         }
         let default_from = default_deny
             .map(|p| (p.name.to_string(), p.deny_as))

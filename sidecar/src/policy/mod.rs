@@ -158,6 +158,8 @@ impl PolicyHandle {
 pub struct FileSource {
     pub path: PathBuf,
     pub default_action: DefaultAction,
+    /// The decision for callers no policy of the file governs.
+    pub ungoverned: DefaultAction,
     pub interval: Duration,
 }
 
@@ -176,6 +178,7 @@ impl FileSource {
         let effective = EffectivePolicy {
             revision,
             default_action: self.default_action,
+            ungoverned_action: Some(self.ungoverned),
             policies: loaded.into_iter().map(|l| l.policy).collect(),
         };
         handle.publish(&effective)?;
