@@ -388,6 +388,16 @@ impl Window {
         }
     }
 
+    /// The window's name, as a policy writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Second => "second",
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+        }
+    }
+
     /// Parses `second|minute|hour|day`.
     pub fn parse(s: &str) -> Option<Window> {
         match s {

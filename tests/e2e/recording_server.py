@@ -17,6 +17,7 @@ import time
 import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
@@ -67,6 +68,14 @@ def run_query(sql: str) -> str:
 def create_issue(title: str) -> str:
     record("create_issue", title=title)
     return f"created {title}"
+
+
+@mcp.tool()
+def act_then_refuse(title: str) -> str:
+    """Acts, then raises "invalid params" (-32602): the SDK passes a tool's own MCPError through,
+    so the answer looks like a call refused before running."""
+    record("act_then_refuse", title=title)
+    raise MCPError(code=-32602, message=f"title {title!r} is not acceptable")
 
 
 @mcp.tool()

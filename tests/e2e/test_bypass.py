@@ -51,9 +51,10 @@ spec:
           conditions: [ { path: args.sql, op: regex, value: "^select\\b" } ]
     create_issue: { rules: [ { name: three an hour, rateLimit: 3/hour } ] }
     slow_issue: { rules: [ { name: three an hour, rateLimit: 3/hour } ] }
+    act_then_refuse: { rules: [ { name: two an hour, rateLimit: 2/hour } ] }
 """
 
-LIMITED = {"create_issue": 3, "slow_issue": 3}
+LIMITED = {"create_issue": 3, "slow_issue": 3, "act_then_refuse": 2}
 
 
 def allowed(run: dict) -> bool:
@@ -532,10 +533,9 @@ def test_bypass_an_id_in_flight_cannot_be_reused_to_settle_it(guarded, transport
         t = threading.Thread(target=slow, args=(round,))
         t.start()
         time.sleep(0.3)
-        # While it runs, the same id again: a call whose params the server refuses, and a
-        # method it does not have. Either error, taken for the first call's answer, would
-        # refund it.
-        for again in (issue(id, tool="slow_issue", args="bad"), f'{{"jsonrpc":"2.0","id":{id},"method":"no/such"}}'.encode()):
+        # While it runs, the same id again: another call, and a method the server does not
+        # have. Either answer, taken for the first call's, would settle it.
+        for again in (issue(id, tool="slow_issue", args={"title": "again"}), f'{{"jsonrpc":"2.0","id":{id},"method":"no/such"}}'.encode()):
             r = ch.post(again)
             if transport != "legacy" and round < 3:  # the fourth is denied, so not in flight
                 assert "already in flight" in r.text, r.text
@@ -560,12 +560,29 @@ def test_bypass_cancelling_a_call_after_it_ran_keeps_its_count(guarded, transpor
     assert sum(r["tool"] == "slow_issue" for r in ran) == 3, ran
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bypass_a_tool_that_acts_then_raises_invalid_params_keeps_its_count(guarded, transport):
+    # The SDK passes a tool's own error through: -32602 after the tool ran looks like a call
+    # refused before running. No JSON-RPC answer gives a count back.
+    ch = guarded(transport)
+    for i in range(6):
+        ch.post(issue(300 + i, tool="act_then_refuse", args={"title": f"t{i}"}))
+    ch.sync()
+    ran = assert_nothing_denied_ran(ch.record, transport)
+    assert sum(r["tool"] == "act_then_refuse" for r in ran) == 2, ran
+
+
 def test_bypass_a_call_the_server_refused_before_running_gives_its_quota_back(guarded):
-    # The other side of the rule: a refund when the proxy knows nothing ran.
+    # The other side of the rule: a refund when the proxy knows nothing ran, because the
+    # server's transport refused the request (a session it does not know: 404) before any tool.
     ch = guarded("json")
     for i in range(3):
-        r = ch.post(issue(i + 1, args="not an object"))
-        assert r.json()["error"]["code"] == -32602, r.text
+        r = ch.post(issue(i + 1), headers={**ch.headers, "mcp-session-id": f"no-such-session-{i}"})
+        assert r.status_code == 404, r.text
+    # What servers refuse before running, arguments that are not an object, the proxy refuses
+    # itself, uncounted.
+    r = ch.post(issue(9, args="not an object"))
+    assert r.json()["error"]["code"] == -32602 and "arguments must be an object" in r.text, r.text
     for i in range(3):
         ch.post(issue(10 + i, f"real{i}"))
     r = ch.post(issue(20, "one too many"))

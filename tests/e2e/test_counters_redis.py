@@ -88,7 +88,13 @@ class Redis:
         return 0
 
     def counters(self) -> dict[str, int]:
-        keys = [k for k in self.cli("--scan", "--pattern", "tollgate:*").splitlines() if k]
+        """The counters (every counter key holds a `|`; the workload's sequence and loss marker
+        do not)."""
+        keys = [k for k in self.cli("--scan", "--pattern", "tollgate:*").splitlines() if k and "|" in k]
+        return {k: int(self.cli("get", k) or 0) for k in keys}
+
+    def sequences(self) -> dict[str, int]:
+        keys = [k for k in self.cli("--scan", "--pattern", "tollgate:*seq").splitlines() if k]
         return {k: int(self.cli("get", k) or 0) for k in keys}
 
 
@@ -229,8 +235,10 @@ def test_a_call_the_server_refused_gives_its_quota_back_in_redis(redis, two_prox
     away_from_the_hour()
     r = redis()
     _, (cha, chb), record = two_proxies("json", ["--counters", r.url])
+    # A session the server does not know: its transport answers 404 before any tool runs, so
+    # the proxy gives the counts back.
     for i in range(3):
-        assert cha.post(issue(i, args="not an object")).json()["error"]["code"] == -32602
+        assert cha.post(issue(i), headers={**cha.headers, "mcp-session-id": f"no-such-{i}"}).status_code == 404
     # The rollback is sent once the answer is read; it is in Redis before the next call.
     deadline = time.monotonic() + 5
     while r.counters() and max(r.counters().values()) != 0:
@@ -264,6 +272,44 @@ def test_counters_expire_with_their_window_in_redis(redis, two_proxies, tmp_path
     time.sleep(1.1)
     assert r.cli("exists", key) == "0"
     assert "result" in chb.post(issue(30, "run_query", {"sql": "select 2"})).json()
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart without persistence"])
+def test_counts_the_store_loses_mid_window_refuse_that_window_until_it_ends(redis, two_proxies, loss):
+    away_from_the_hour()
+    r = redis()
+    _, (cha, chb), record = two_proxies("json", ["--counters", r.url])
+    for i in range(5):
+        assert "result" in (cha if i % 2 else chb).post(issue(i)).json()
+    assert list(r.sequences().values()) == [5], "every reservation bumps the workload's sequence"
+    if loss == "flushall":
+        r.cli("flushall")
+    else:
+        r.stop()
+        r.start()
+    # Counting again from zero would let 20 more run this hour: every call that counts in a
+    # window the store lost is refused, from either proxy, until the window ends.
+    def answer(ch, i: int) -> dict:
+        # A restarted Redis breaks the proxies' connections: until they reconnect (within a
+        # couple of seconds) a call is refused as "counters unavailable", which is not the point.
+        deadline = time.monotonic() + 10
+        while True:
+            m = ch.post(issue(i)).json()
+            if m.get("error", {}).get("data", {}).get("rule") != "(counters unavailable)" or time.monotonic() > deadline:
+                return m
+            time.sleep(0.2)
+
+    for i in range(6):
+        denied = answer(cha if i % 2 else chb, 10 + i)
+        assert denied["error"]["data"]["rule"] == "(counters lost)", denied
+        assert "lost counts of this hour" in denied["error"]["data"]["reason"]
+    assert calls(record, "create_issue") == 5
+    # A call that counts nothing is not affected, and a window that begins after the loss
+    # counts again: run_query's second has rolled over.
+    assert "result" in cha.post(issue(30, "read_file", {"path": "x"})).json()
+    time.sleep(1.1)
+    assert "result" in chb.post(issue(31, "run_query", {"sql": "select 1"})).json()
+    assert cha.proxy.metric("tollgate_counter_store_errors_total", reason="lost_window") >= 1
 
 
 def test_a_wrong_redis_password_denies_and_says_so(redis, proxy, recorder, tmp_path):

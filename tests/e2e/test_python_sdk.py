@@ -64,7 +64,8 @@ def test_e2e_a_call_the_server_refused_before_running_spends_no_quota(sample_ser
     srv = sample_server("--json")
     px = proxy(srv.url, SAMPLE_POLICY)
     h = open_session(f"{px.url}/mcp")
-    # The SDK refuses params that are not a tools/call's (-32602) before any tool runs.
+    # Params that are not a tools/call's (-32602): the proxy refuses them itself, uncounted (a
+    # server's own -32602 could come from a tool that ran, so it would count).
     bad = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fail", "arguments": "not an object"}}
     for i in range(4):
         [m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json={**bad, "id": i + 1}))

@@ -23,6 +23,18 @@ pub const POLICY_DENIED: i64 = -32001;
 /// Tollgate's code for a request body over the size limit.
 pub const TOO_LARGE: i64 = -32002;
 
+/// What kind of JSON value, in words.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// One client message, borrowing from the body.
 #[derive(Debug)]
 pub struct Message<'a> {
@@ -49,7 +61,17 @@ impl<'a> Message<'a> {
             "tools/call" => Some(match self.params {
                 None => Err("tools/call needs params with a name".into()),
                 Some(params) => serde_json::from_str::<ToolCall>(params.get())
-                    .map_err(|e| format!("tools/call params are not valid: {e}")),
+                    .map_err(|e| format!("tools/call params are not valid: {e}"))
+                    .and_then(|call| match &call.arguments {
+                        // MCP's CallToolRequest: arguments are an object, or absent. A server
+                        // refuses anything else, with an error a tool could also raise after
+                        // running: such a call is refused here, never counted.
+                        None | Some(Value::Object(_)) => Ok(call),
+                        Some(other) => Err(format!(
+                            "tools/call arguments must be an object, not {}",
+                            kind(other)
+                        )),
+                    }),
             }),
             "resources/read" => Some(self.named_params("uri").map(|(uri, params)| ToolCall {
                 name: format!("resource:{uri}"),
@@ -346,6 +368,36 @@ mod tests {
         let Body { messages, .. } =
             parse_body(body.as_bytes()).map_err(|e| format!("{} {}", e.code, e.message))?;
         messages[0].call().unwrap()
+    }
+
+    #[test]
+    fn a_tool_call_whose_arguments_are_not_an_object_is_refused_naming_what_they_are() {
+        for (args, what) in [
+            (r#""not an object""#, "a string"),
+            ("[1]", "an array"),
+            ("7", "a number"),
+            ("true", "a boolean"),
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#
+            );
+            let Ok(Body { messages, .. }) = parse_body(body.as_bytes()) else {
+                panic!("{body}")
+            };
+            let e = messages[0].call().unwrap().unwrap_err();
+            assert_eq!(
+                e,
+                format!("tools/call arguments must be an object, not {what}")
+            );
+        }
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#;
+        let Ok(Body { messages, .. }) = parse_body(body.as_bytes()) else {
+            panic!()
+        };
+        assert!(
+            messages[0].call().unwrap().is_ok(),
+            "absent arguments are none"
+        );
     }
 
     #[test]

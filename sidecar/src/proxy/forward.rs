@@ -84,12 +84,13 @@ impl Proxy {
         self.metrics.request(kind, start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if parts.status.is_client_error() {
-            // The server refused the request as a whole: nothing in it ran.
-            inspector.refund_all();
-        }
+        // A 4xx is the server refusing the request as a whole, before any tool ran, unless its
+        // body answers a call: the Python SDK answers a tool's own error in the 2026-07-28 era
+        // with a 400 carrying that error, after the tool ran. So a 4xx body is read, the calls
+        // it answers keep their counts, and only the others are given back.
+        let refused = parts.status.is_client_error();
         let content = ContentType::of(&parts.headers);
-        if content == ContentType::EventStream {
+        if content == ContentType::EventStream && !refused {
             parts.headers.remove(header::CONTENT_LENGTH);
             let first = extra
                 .iter()
@@ -104,6 +105,7 @@ impl Proxy {
         let must_read = inspector.may_filter() && parts.status.is_success();
         let needs_look = !extra.is_empty()
             || must_read
+            || (refused && inspector.is_tracking())
             || (content == ContentType::Json && inspector.is_tracking());
         if !needs_look {
             return Response::from_parts(parts, body.boxed());
@@ -136,6 +138,10 @@ impl Proxy {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+        }
+        if refused {
+            // Read whole: what it did not answer never ran.
+            inspector.refund_all();
         }
         inspector.finish();
         match out {

@@ -9,12 +9,15 @@
 //!                └> a tools/list result? ─> drop tools this caller may not call
 //! ```
 //!
-//! A counter goes back only when the proxy knows the tool did not run: the answer to that
-//! exact request is a JSON-RPC error the server gives before running anything (parse error,
-//! invalid request, unknown method, invalid params), the server answered the request with a
-//! 4xx status, or it could not be reached at all. A result (`isError` too), any other error, a
-//! 5xx, an answer that cannot be read, a stream that ends first and a client's cancellation all
-//! keep the count: the tool may have run.
+//! A counter goes back only when the proxy knows the tool did not run: the server answered the
+//! request with a 4xx status whose body answers no call of it (its transport refused it before
+//! any tool was dispatched; in the 2026-07-28 era the Python SDK answers a tool's own error
+//! with a 400 that carries it), or could not be reached at all. No JSON-RPC answer proves it: the Python and TypeScript SDKs pass a
+//! tool's own error through with whatever code the tool raised, so a tool that acted and then
+//! raised "invalid params" (-32602) looks exactly like a call refused before running. A result
+//! (`isError` too), any error, a 5xx, an answer that cannot be read, a stream that ends first
+//! and a client's cancellation all keep the count: the tool may have run. (What servers refuse
+//! before running, arguments that are not an object, the proxy refuses itself, uncounted.)
 //!
 //! Messages are read with borrowed, typed views (no `Value` tree), and a filtered list is
 //! written by splicing the kept tools' original bytes into the original message: what is not
@@ -72,22 +75,7 @@ struct View<'a> {
     #[serde(default)]
     method: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    error: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     result: Option<ResultView<'a>>,
-}
-
-/// The JSON-RPC error codes a server answers with before it runs anything: the request could
-/// not be parsed, was not a request, named no method it has, or had params it refused.
-const NOT_RUN: [i64; 4] = [-32700, -32600, -32601, -32602];
-
-/// Whether an error says the server did not run the call.
-fn refused_before_running(error: &RawValue) -> bool {
-    #[derive(Deserialize)]
-    struct Code {
-        code: i64,
-    }
-    serde_json::from_str::<Code>(error.get()).is_ok_and(|e| NOT_RUN.contains(&e.code))
 }
 
 /// The parts of a result the proxy reads. A result that is not an object, or fields of
@@ -341,8 +329,8 @@ impl Inspector {
         }
     }
 
-    /// The server refused the whole request before running it (a 4xx answer), or was never
-    /// reached: every call this request began gets its reservation back.
+    /// The server was never reached, or refused the whole request (a 4xx answer, read whole):
+    /// every call this request began that no answer settled gets its reservation back.
     pub fn refund_all(&mut self) {
         let Answers::Own(mine) = &mut self.answers else {
             return;
@@ -434,7 +422,7 @@ impl Inspector {
         }
         let result = view.result;
         if let Some(id) = view.id.and_then(CallId::of) {
-            self.settle(&id, view.error);
+            self.settle(&id);
         }
         let result = result?;
         if result.tools_twice {
@@ -443,9 +431,9 @@ impl Inspector {
         self.filter_tools_list(text, result)
     }
 
-    /// The answer to call `id` arrived: it is no longer in flight, and its reservation comes
-    /// back only when the server says it did not run it.
-    fn settle(&mut self, id: &CallId, error: Option<&RawValue>) {
+    /// The answer to call `id` arrived: it is no longer in flight, and its reservation stays
+    /// spent (no answer proves the tool did not run; see the module's doc).
+    fn settle(&mut self, id: &CallId) {
         match &mut self.answers {
             Answers::Own(mine) => match mine.iter().position(|m| m == id) {
                 Some(at) => {
@@ -456,12 +444,7 @@ impl Inspector {
             Answers::Session => {}
             Answers::Elsewhere => return,
         }
-        let reserved = self.calls.0.lock().remove(id);
-        if let Some(reserved) = reserved
-            && error.is_some_and(refused_before_running)
-        {
-            self.counters.rollback(reserved);
-        }
+        self.calls.0.lock().remove(id);
     }
 
     fn filter_tools_list(&self, text: &str, result: ResultView<'_>) -> Option<String> {
@@ -720,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_error_given_before_running_refunds_and_every_other_answer_counts() {
+    fn no_answer_gives_a_count_back_not_even_an_error_a_server_gives_before_running() {
         let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
         // Answers call "1" with `answer`; returns whether the quota came back.
         let refunded = |answer: &str| {
@@ -733,9 +716,11 @@ mod tests {
             drop(i);
             reserve_t(&s, &counters).is_some()
         };
-        for not_run in [-32700, -32600, -32601, -32602] {
-            let answer = format!(r#""error":{{"code":{not_run},"message":"no"}}"#);
-            assert!(refunded(&answer), "{answer}: the server did not run it");
+        // The SDKs pass a tool's own error through with the code it raised: a tool that acted
+        // and then raised any of these is indistinguishable from a refusal before running.
+        for code in [-32700, -32600, -32601, -32602] {
+            let answer = format!(r#""error":{{"code":{code},"message":"no"}}"#);
+            assert!(!refunded(&answer), "{answer}: a tool may have raised it");
         }
         for ran in [
             r#""result":{"content":[],"isError":true}"#,
@@ -789,13 +774,10 @@ mod tests {
             reserve_t(&s, &counters).is_none(),
             "the quota is still spent"
         );
-        // The answer on its own response does.
+        // The answer on its own response does settle it, and the count stays spent.
         first.inspect_text(r#"{"jsonrpc":"2.0","id":7.0,"error":{"code":-32602}}"#);
         assert!(!first.is_in_flight(&id("7")));
-        assert!(
-            reserve_t(&s, &counters).is_some(),
-            "refunded by its own answer"
-        );
+        assert!(reserve_t(&s, &counters).is_none(), "answered, so counted");
     }
 
     #[test]

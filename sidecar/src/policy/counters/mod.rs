@@ -169,6 +169,7 @@ impl CounterStore {
                 Ok(Reply::Stale(values)) => {
                     fresh = reads.into_iter().map(|r| r.key).zip(values).collect();
                 }
+                Ok(Reply::Lost(denial)) => return Counted::denied(denial),
                 Err(why) => {
                     let policies = reads
                         .iter()
@@ -231,6 +232,7 @@ impl CounterStore {
                 });
             }
             Ok(Reply::Full(at)) => return Err((*reservations[at].on_full).clone()),
+            Ok(Reply::Lost(denial)) => return Err(denial),
             // Nothing was read, so nothing can be stale: an answer that says so is not read.
             Ok(Reply::Stale(_)) => "an answer that does not fit the question".to_string(),
             Err(why) => why,

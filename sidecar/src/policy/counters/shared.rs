@@ -5,6 +5,12 @@
 //! call's keys share one hash tag (the store's prefix, `tollgate:{<workload>}:`), so they are
 //! in one Cluster slot, and each key expires when its window ends.
 //!
+//! Lost counts: a store that loses keys mid-window (FLUSHALL, a failover that dropped writes)
+//! would let the window's limits run again from zero. Every reservation bumps the workload's
+//! sequence (a key that never expires) and each proxy sends the highest it has seen: a lower
+//! one in the store means it lost writes, and every window that began by then is refused
+//! until it ends ([`Reply::Lost`]). Undetected only if every proxy restarts with the store.
+//!
 //! Availability: a call that gets no answer within the timeout (or an error) marks the store
 //! unavailable; until a background probe reconnects (backoff from 50 ms to 2 s), calls do not
 //! wait for it, and each policy's `countersUnavailable` decides them. A timed-out script may
@@ -141,6 +147,8 @@ pub enum Reply {
     Full(usize),
     /// What it read no longer holds: the values now, one per read, to decide again on.
     Stale(Vec<u64>),
+    /// The store lost counts of a window this call needs: it is refused until that window ends.
+    Lost(Denial),
 }
 
 thread_local! {
@@ -176,6 +184,8 @@ pub struct Shared {
     /// The values Redis sent last, with the window they are of, so a decision reads what the
     /// script will find (and is checked against).
     cache: Mutex<HashMap<CounterKey, (u64, u64), RandomState>>,
+    /// The highest sequence of the workload's counters this proxy has seen in the store.
+    seen: AtomicU64,
     metrics: Metrics,
 }
 
@@ -203,6 +213,7 @@ impl Shared {
             reserve: Script::new(include_str!("counters.lua")),
             give_back: Script::new(include_str!("rollback.lua")),
             cache: Mutex::default(),
+            seen: AtomicU64::new(0),
             metrics,
         });
         match shared.connect().await {
@@ -302,6 +313,10 @@ impl Shared {
         for k in &keys {
             call.key(self.key(k));
         }
+        // The sequence and the loss marker: no counter key is without a `|`.
+        call.key(format!("{}seq", self.prefix))
+            .key(format!("{}lost", self.prefix))
+            .arg(self.seen.load(Ordering::Relaxed));
         let reply: Vec<i64> = self.ask(&call, &mut conn).await?;
         self.read_reply(&reply, reads, reservations).ok_or_else(|| {
             let why = format!("an answer this proxy cannot read: {reply:?}");
@@ -319,6 +334,9 @@ impl Shared {
         let (&status, rest) = reply.split_first()?;
         let (&now, rest) = rest.split_first()?;
         let now = u64::try_from(now).ok()?;
+        let (&seq, rest) = rest.split_first()?;
+        self.seen
+            .fetch_max(u64::try_from(seq).ok()?, Ordering::Relaxed);
         let value = |v: &i64| u64::try_from(*v).ok();
         let mut cache = self.cache.lock();
         let mut remember = |key: &CounterKey, window: Window, v: u64| {
@@ -358,6 +376,31 @@ impl Shared {
                     remember(&r.key, r.window, value(v)?);
                 }
                 (at < reservations.len()).then_some(Reply::Full(at))
+            }
+            3 if rest.len() == 2 => {
+                let at = usize::try_from(rest[1]).ok()?;
+                let (window, policy) = match rest[0] {
+                    0 => reads.get(at).map(|r| (r.window, r.policy.to_string()))?,
+                    1 => reservations
+                        .get(at)
+                        .map(|r| (r.window, r.on_full.policy.clone()))?,
+                    _ => return None,
+                };
+                self.metrics.counter_store_error("lost_window");
+                let ends = window_start(window, now) + window.seconds();
+                Some(Reply::Lost(Denial {
+                    reason: format!(
+                        "The shared rate-limit counters ({}) lost counts of this {} (their sequence went back: a FLUSHALL, \
+                         or a failover that dropped writes), so what was counted cannot be known; policy {policy}'s \
+                         calls that count in it are refused until it ends, in {} s",
+                        self.target,
+                        window.name(),
+                        ends.saturating_sub(now)
+                    ),
+                    policy,
+                    rule: "(counters lost)".into(),
+                    deny_as: DenyAs::Error,
+                }))
             }
             _ => None,
         }
