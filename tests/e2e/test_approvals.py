@@ -351,3 +351,56 @@ def test_approvals_a_token_file_other_users_may_read_stops_the_proxy_saying_so(r
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert f"{token} is open to other users (mode 0644)" in out.stderr and "chmod 600" in out.stderr, out.stderr
+
+
+CAPPED_POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: McpPolicy
+metadata: { name: capped, namespace: default }
+spec:
+  default: deny
+  tools:
+    create_issue:
+      rules:
+        - name: twice at most
+          conditions: [ { path: state.create_issue.uses, op: lt, value: 2 } ]
+        - name: counted
+          limit: { counter: uses, window: hour }
+        - name: a person decides
+          action: approve
+          approval: { timeout: 20s }
+"""
+
+
+@pytest.mark.parametrize("store", ["pod", "redis"])
+def test_approvals_an_approved_call_is_decided_again_as_it_goes_on_so_a_state_cap_holds(recorder, proxy, tollgate_bin, tmp_path, procs, store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_counters_redis import REDIS_SERVER, away_from_the_hour
+
+    away_from_the_hour()
+    flags = []
+    if store == "redis":
+        port = free_port()
+        procs.start("redis", [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], port)
+        flags = ["--counters", f"redis://127.0.0.1:{port}"]
+    url, record = recorder()
+    token, api = tmp_path / "approvals-token", free_port()
+    px = proxy(url, CAPPED_POLICY, "--approvals-token-file", str(token), "--approvals-listen", f"127.0.0.1:{api}", *flags)
+    approver = Approver(tollgate_bin, f"http://127.0.0.1:{api}", token)
+    # Four different calls, each held while `uses` is 0: judged at hold time, all would pass.
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(lambda i=i: anyio.run(call, f"{px.url}/mcp", "legacy", "create_issue", {"title": f"t{i}"}))
+                   for i in range(4)]
+        deadline = time.monotonic() + 20
+        while len(approver.pending()) < 4:
+            assert time.monotonic() < deadline, approver.list()
+            time.sleep(0.05)
+        for a in approver.pending():
+            approver.run("approve", a["name"])
+        results = [f.result(timeout=30) for f in answers]
+    ok = [r for r in results if r[0] == "ok"]
+    denied = [r for r in results if r[0] != "ok"]
+    assert len(ok) == 2, results
+    assert all(r[2]["rule"] == "twice at most" for r in denied), denied
+    assert len([r for r in ran(record) if r["tool"] == "create_issue"]) == 2, "the server ran two, the cap"

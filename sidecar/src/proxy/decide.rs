@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet, Reservation};
+use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 
 use super::Proxy;
 use crate::approvals::{self, Ticket, Waited};
@@ -43,7 +43,6 @@ pub(super) struct Held<'b> {
     call_id: Option<CallId>,
     ask: approvals::OwnedAsk,
     timeout: Duration,
-    reservations: Vec<Reservation>,
     audit: PendingAudit,
     /// `params._meta.progressToken`: the client asked for progress.
     pub progress_token: Option<Value>,
@@ -206,6 +205,31 @@ impl Proxy {
         decided.kept.sort_by_key(|(at, _)| *at);
     }
 
+    /// An approved call, decided again as it goes on (see [`CounterStore::decide_approved`]):
+    /// what it reserves, or the denial of whatever decides it now.
+    ///
+    /// [`CounterStore::decide_approved`]: crate::policy::counters::CounterStore::decide_approved
+    async fn decide_again(
+        &self,
+        ask: &approvals::OwnedAsk,
+        asked: &Asked<'_>,
+    ) -> Result<Reserved, Denial> {
+        let state = self.policy.current();
+        let call = Call {
+            tool: &ask.tool,
+            args: Some(&ask.args),
+            session: asked.session,
+        };
+        let counted = self
+            .counters
+            .decide_approved(&state.set, &call, asked.who)
+            .await;
+        match counted.verdict.decision {
+            Decision::Deny(denial) => Err(denial),
+            Decision::Allow { .. } | Decision::Approve { .. } => counted.reserved,
+        }
+    }
+
     async fn settle_one<'b>(
         &self,
         waited: Waited,
@@ -224,7 +248,7 @@ impl Proxy {
             denial_message(h.id.clone(), denial, asked.modern)
         };
         let answer = match waited {
-            Waited::Approved(a) => match self.counters.reserve_all(&h.reservations).await {
+            Waited::Approved(a) => match self.decide_again(&h.ask, asked).await {
                 Ok(reserved) => {
                     let begun = match h.call_id {
                         Some(id) => inspector
@@ -243,8 +267,9 @@ impl Proxy {
                     }
                     in_flight_value(h.id)
                 }
-                // Approved, but a limit filled while it waited: the limit decides.
-                Err(full) => refused(&mut audit, &full, a.name),
+                // Approved, but what decides the call says no now (a limit filled, a `state.`
+                // condition no longer holds, the policy changed while it waited).
+                Err(denial) => refused(&mut audit, &denial, a.name),
             },
             Waited::Denied(a) => {
                 let denial = Denial {
@@ -397,7 +422,8 @@ impl Proxy {
                 timeout,
                 valid_for,
                 show,
-                reservations,
+                // Reserved when it goes on, decided again then.
+                reservations: _,
             } => match &self.approvals {
                 None => Err((
                     "approve",
@@ -458,7 +484,6 @@ impl Proxy {
                                 show,
                             },
                             timeout,
-                            reservations,
                             audit: PendingAudit {
                                 method,
                                 tool: call.name.clone(),

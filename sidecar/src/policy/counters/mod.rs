@@ -66,6 +66,24 @@ impl Reserved {
 }
 
 /// A call decided, and what its decision reserved.
+/// Whether a person approved the call being decided.
+#[derive(Clone, Copy, PartialEq)]
+enum Approved {
+    No,
+    Yes,
+}
+
+impl Approved {
+    /// What a decision reserves: an allowed call's counters, and an approved one's.
+    fn reserves(self, decision: &Decision) -> &[Reservation] {
+        match decision {
+            Decision::Allow { reservations } => reservations,
+            Decision::Approve { reservations, .. } if self == Approved::Yes => reservations,
+            _ => &[],
+        }
+    }
+}
+
 pub struct Counted {
     pub verdict: Verdict,
     /// For an allowed call: what it reserved, or the denial of the counter that was full.
@@ -109,11 +127,34 @@ impl CounterStore {
 
     /// Decides `call` and reserves what the decision allows.
     pub async fn decide(&self, set: &PolicySet, call: &Call<'_>, who: &Identity) -> Counted {
+        self.decide_as(set, call, who, Approved::No).await
+    }
+
+    /// Decides again a call a person approved, as it goes on: the policy in force now, the
+    /// conditions that read counters and the limits, checked and reserved at once (in Redis, in
+    /// one script), as for any call. An `approve` rule that still applies counts as allowed
+    /// (the person decided it); anything that denies now denies.
+    pub async fn decide_approved(
+        &self,
+        set: &PolicySet,
+        call: &Call<'_>,
+        who: &Identity,
+    ) -> Counted {
+        self.decide_as(set, call, who, Approved::Yes).await
+    }
+
+    async fn decide_as(
+        &self,
+        set: &PolicySet,
+        call: &Call<'_>,
+        who: &Identity,
+        approved: Approved,
+    ) -> Counted {
         match &self.shared {
-            None => self.decide_locally(set, call, who),
+            None => self.decide_locally(set, call, who, approved),
             // Boxed: the Redis round trip's state stays out of every request's future when
             // counters are in the pod.
-            Some(shared) => Box::pin(self.decide_shared(shared, set, call, who)).await,
+            Some(shared) => Box::pin(self.decide_shared(shared, set, call, who, approved)).await,
         }
     }
 
@@ -123,6 +164,7 @@ impl CounterStore {
         set: &PolicySet,
         call: &Call<'_>,
         who: &Identity,
+        approved: Approved,
     ) -> Counted {
         let mut fresh: Vec<(CounterKey, u64)> = Vec::new();
         for _ in 0..ATTEMPTS {
@@ -133,10 +175,7 @@ impl CounterStore {
             };
             let verdict = set.decide(call, who, &recorder);
             let mut reads = recorder.reads.into_inner();
-            let reservations: &[Reservation] = match &verdict.decision {
-                Decision::Allow { reservations } => reservations,
-                _ => &[],
-            };
+            let reservations = approved.reserves(&verdict.decision);
             // A limit that had room needs no check when it is reserved now: the reservation
             // refuses a full counter itself (and brings its new value back).
             reads.retain(|read| {
@@ -181,7 +220,7 @@ impl CounterStore {
                         );
                     return match shared.without_store(policies, &why) {
                         Some(denial) => Counted::denied(denial),
-                        None => self.decide_locally(set, call, who),
+                        None => self.decide_locally(set, call, who, approved),
                     };
                 }
             }
@@ -196,54 +235,22 @@ impl CounterStore {
         })
     }
 
-    fn decide_locally(&self, set: &PolicySet, call: &Call<'_>, who: &Identity) -> Counted {
+    fn decide_locally(
+        &self,
+        set: &PolicySet,
+        call: &Call<'_>,
+        who: &Identity,
+        approved: Approved,
+    ) -> Counted {
         let verdict = set.decide(call, who, &self.local);
-        let reserved = match &verdict.decision {
-            Decision::Allow { reservations } => {
-                self.local.reserve_all(reservations).map(|taken| Reserved {
-                    taken,
-                    shared: false,
-                })
-            }
-            _ => Ok(Reserved::default()),
-        };
-        Counted { verdict, reserved }
-    }
-
-    /// Reserves `reservations` (a held call, once approved): all or none.
-    pub async fn reserve_all(&self, reservations: &[Reservation]) -> Result<Reserved, Denial> {
-        if reservations.is_empty() {
-            return Ok(Reserved::default());
-        }
-        let local = || {
-            self.local.reserve_all(reservations).map(|taken| Reserved {
+        let reserved = match approved.reserves(&verdict.decision) {
+            [] => Ok(Reserved::default()),
+            reservations => self.local.reserve_all(reservations).map(|taken| Reserved {
                 taken,
                 shared: false,
-            })
+            }),
         };
-        let Some(shared) = &self.shared else {
-            return local();
-        };
-        let why = match Box::pin(shared.run(&[], reservations)).await {
-            Ok(Reply::Reserved(taken)) => {
-                return Ok(Reserved {
-                    taken,
-                    shared: true,
-                });
-            }
-            Ok(Reply::Full(at)) => return Err((*reservations[at].on_full).clone()),
-            Ok(Reply::Lost(denial)) => return Err(denial),
-            // Nothing was read, so nothing can be stale: an answer that says so is not read.
-            Ok(Reply::Stale(_)) => "an answer that does not fit the question".to_string(),
-            Err(why) => why,
-        };
-        let policies = reservations
-            .iter()
-            .map(|r| (r.unavailable, r.on_full.policy.as_str()));
-        match shared.without_store(policies, &why) {
-            Some(denial) => Err(denial),
-            None => local(),
-        }
+        Counted { verdict, reserved }
     }
 
     /// Gives back what a failed call reserved (only within the window it was taken in). A
