@@ -739,3 +739,31 @@ fn a_path_named_by_any_policy_passes_through_exactly_or_by_prefix() {
     }
     assert!(!set(&["tools: {}"]).passes_through("/oauth/token"));
 }
+
+#[test]
+fn a_session_scope_without_a_session_counts_per_caller_never_in_one_shared_bucket() {
+    use tollgate_api::{CountersUnavailable, Scope};
+    let name = CounterName::new(
+        "p",
+        "t",
+        "notes",
+        Scope::Session,
+        Window::Hour,
+        CountersUnavailable::Deny,
+    );
+    let args = json!({});
+    let alice = Identity::subject("alice");
+    let bob = Identity::subject("bob");
+    let mut in_session = Call::new("t", &args);
+    in_session.session = Some("s1");
+    assert_eq!(name.key(&in_session, &alice).as_str(), "p|t|notes|s:s1");
+    let alone = Call::new("t", &args);
+    let (a, b) = (name.key(&alone, &alice), name.key(&alone, &bob));
+    assert_ne!(a.as_str(), b.as_str(), "each caller its own");
+    assert!(a.as_str().starts_with("p|t|notes|si:"), "{}", a.as_str());
+    assert_ne!(
+        a.as_str(),
+        name.key(&in_session, &alice).as_str(),
+        "never a session's key"
+    );
+}

@@ -79,6 +79,13 @@ def act_then_refuse(title: str) -> str:
 
 
 @mcp.tool()
+def session_note(text: str) -> str:
+    """A tool a policy limits per session."""
+    record("session_note", text=text)
+    return f"noted {text}"
+
+
+@mcp.tool()
 async def slow_issue(title: str, seconds: float = 0.5) -> str:
     """Runs first, then takes its time: a cancellation comes after the work is done."""
     record("slow_issue", title=title)

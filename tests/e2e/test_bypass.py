@@ -52,6 +52,8 @@ spec:
     create_issue: { rules: [ { name: three an hour, rateLimit: 3/hour } ] }
     slow_issue: { rules: [ { name: three an hour, rateLimit: 3/hour } ] }
     act_then_refuse: { rules: [ { name: two an hour, rateLimit: 2/hour } ] }
+    session_note:
+      rules: [ { name: two a session, limit: { counter: notes, window: hour, max: 2, scope: session } } ]
 """
 
 LIMITED = {"create_issue": 3, "slow_issue": 3, "act_then_refuse": 2}
@@ -570,6 +572,30 @@ def test_bypass_a_tool_that_acts_then_raises_invalid_params_keeps_its_count(guar
     ch.sync()
     ran = assert_nothing_denied_ran(ch.record, transport)
     assert sum(r["tool"] == "act_then_refuse" for r in ran) == 2, ran
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bypass_a_session_scope_binds_only_to_sessions_the_server_issued(guarded, transport):
+    # Every call with a session id of the client's own making: on the legacy transport the
+    # session is its stream's; with a stateless server there is none (each counts per caller);
+    # a stateful server refuses made-up ids. Either way at most two run, and no made-up id
+    # becomes a counter of its own.
+    ch = guarded(transport)
+    for i in range(6):
+        ch.post(issue(400 + i, tool="session_note", args={"text": f"n{i}"}),
+                headers={**ch.headers, "mcp-session-id": f"made-up-{i}"})
+    # And without any.
+    for i in range(3):
+        ch.post(issue(500 + i, tool="session_note", args={"text": f"m{i}"}), headers={
+            k: v for k, v in ch.headers.items() if k != "mcp-session-id"})
+    ch.sync()
+    ran = [r for r in runs(ch.record) if r["tool"] == "session_note"]
+    assert len(ran) <= 2, (transport, ran)
+    # A stateless server has no session, yet its calls are limited (per caller); the legacy
+    # stream's session is one.
+    if transport in ("modern", "legacy"):
+        assert len(ran) == 2, (transport, ran)
+    assert not any("made-up" in str(a.get("session")) for a in ch.proxy.audit()), "no made-up id is a session"
 
 
 def test_bypass_a_call_the_server_refused_before_running_gives_its_quota_back(guarded):

@@ -147,7 +147,12 @@ impl CounterName {
         let (tag, whose) = match self.scope {
             Scope::Global => return self.global.clone(),
             Scope::Identity | Scope::Grant => ("i:", who.key()),
-            Scope::Session => ("s:", call.session.unwrap_or("")),
+            // A call in no session the server bound (a stateless server, the 2026-07-28 era,
+            // an id the server never issued) counts per caller: never looser than a session.
+            Scope::Session => match call.session {
+                Some(session) => ("s:", session),
+                None => ("si:", who.key()),
+            },
         };
         let mut key = String::with_capacity(self.prefix.len() + tag.len() + whose.len());
         key.push_str(&self.prefix);

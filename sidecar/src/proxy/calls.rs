@@ -76,3 +76,79 @@ impl Sessions {
         calls
     }
 }
+
+/// The streamable HTTP sessions the server itself issued (its `Mcp-Session-Id` answers), so a
+/// session scope binds only to those: an id a client makes up, or sends to a server that has
+/// no sessions (the 2026-07-28 era's stateless requests), is no session. At most `CAP` are
+/// remembered, the oldest forgotten first (its calls then count as sessionless: per caller),
+/// so no client can grow it: only the server's answers add to it.
+pub struct BoundSessions(Mutex<BoundInner>);
+
+#[derive(Default)]
+struct BoundInner {
+    ids: std::collections::HashSet<Box<str>, RandomState>,
+    order: std::collections::VecDeque<Box<str>>,
+}
+
+impl BoundSessions {
+    const CAP: usize = 65_536;
+
+    /// The server issued `id`.
+    pub fn bind(&self, id: &str) {
+        let mut inner = self.0.lock();
+        if inner.ids.contains(id) {
+            return;
+        }
+        if inner.order.len() >= Self::CAP
+            && let Some(oldest) = inner.order.pop_front()
+        {
+            inner.ids.remove(&oldest);
+        }
+        inner.ids.insert(id.into());
+        inner.order.push_back(id.into());
+    }
+
+    /// The server ended `id` (its answer to a DELETE).
+    pub fn end(&self, id: &str) {
+        let mut inner = self.0.lock();
+        if inner.ids.remove(id) {
+            inner.order.retain(|x| &**x != id);
+        }
+    }
+
+    pub fn is_bound(&self, id: &str) -> bool {
+        self.0.lock().ids.contains(id)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().order.len()
+    }
+}
+
+impl Default for BoundSessions {
+    fn default() -> Self {
+        BoundSessions(Mutex::new(BoundInner::default()))
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_server_issued_is_a_session_and_memory_stays_bounded() {
+        let bound = BoundSessions::default();
+        assert!(!bound.is_bound("made-up"));
+        bound.bind("s1");
+        assert!(bound.is_bound("s1"));
+        bound.end("s1");
+        assert!(!bound.is_bound("s1"));
+        for i in 0..BoundSessions::CAP + 10 {
+            bound.bind(&format!("s{i}"));
+        }
+        assert_eq!(bound.len(), BoundSessions::CAP);
+        assert!(!bound.is_bound("s0"), "the oldest are forgotten first");
+        assert!(bound.is_bound(&format!("s{}", BoundSessions::CAP + 9)));
+    }
+}

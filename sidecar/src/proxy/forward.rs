@@ -58,6 +58,16 @@ impl Proxy {
         parts
     }
 
+    /// A session the server issued (its answer's `Mcp-Session-Id`) is one `scope: session`
+    /// may count in.
+    fn note_session(&self, parts: &http::response::Parts) {
+        if parts.status.is_success()
+            && let Some(id) = super::header_str(&parts.headers, super::MCP_SESSION_ID)
+        {
+            self.bound.bind(id);
+        }
+    }
+
     /// Sends a request with its body read upstream and passes its answer back through the
     /// inspector.
     #[allow(clippy::too_many_arguments)]
@@ -84,6 +94,7 @@ impl Proxy {
         self.metrics.request(kind, start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        self.note_session(&parts);
         // A 4xx is the server refusing the request as a whole, before any tool ran, unless its
         // body answers a call: the Python SDK answers a tool's own error in the 2026-07-28 era
         // with a 400 carrying that error, after the tool ran. So a 4xx body is read, the calls
@@ -161,6 +172,9 @@ impl Proxy {
         start: Instant,
     ) -> Resp {
         let is_get = parts.method == Method::GET;
+        let ending = (parts.method == Method::DELETE)
+            .then(|| super::header_str(&parts.headers, super::MCP_SESSION_ID).map(str::to_string))
+            .flatten();
         let up = self.upstream_head(parts, peer);
         let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
@@ -170,6 +184,10 @@ impl Proxy {
             .request("passthrough", start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        self.note_session(&parts);
+        if let Some(id) = ending.filter(|_| parts.status.is_success()) {
+            self.bound.end(&id);
+        }
         if ContentType::of(&parts.headers) != ContentType::EventStream {
             return Response::from_parts(parts, body.boxed());
         }

@@ -53,7 +53,7 @@ use crate::policy::Enforced;
 use crate::policy::PolicyHandle;
 use crate::policy::counters::CounterStore;
 use crate::policy::identity::Verifier;
-use crate::proxy::calls::{Calls, Sessions};
+use crate::proxy::calls::{BoundSessions, Calls, Sessions};
 use crate::proxy::inspect::Inspector;
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::Metrics;
@@ -132,6 +132,8 @@ pub struct Proxy {
     legacy: Arc<Mutex<HashMap<String, LegacySession>>>,
     /// The calls in flight of each streamable HTTP session.
     sessions: Arc<Sessions>,
+    /// The streamable HTTP sessions the server issued: what `scope: session` binds to.
+    bound: Arc<BoundSessions>,
     /// Calls held for a person; `None`: an `approve` rule denies, saying approvals are off.
     approvals: Option<Backend>,
     /// How many calls are held now, across every worker.
@@ -158,7 +160,8 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
 
 /// What becomes of a request's answers (see [`Proxy::route`]).
 struct Route {
-    /// Its session: the `Mcp-Session-Id`, or the legacy session's endpoint.
+    /// Its session, as the server bound it: a `Mcp-Session-Id` the server issued, or the
+    /// legacy session's endpoint its stream announced. What counts `scope: session`.
     session: Option<String>,
     /// The legacy HTTP+SSE session it was posted to.
     legacy: Option<LegacyHandle>,
@@ -206,6 +209,7 @@ impl Proxy {
             metrics,
             legacy: Arc::default(),
             sessions: Arc::default(),
+            bound: Arc::default(),
             approvals: None,
             held_now: Arc::default(),
         })
@@ -237,6 +241,7 @@ impl Proxy {
             metrics: self.metrics.clone(),
             legacy: self.legacy.clone(),
             sessions: self.sessions.clone(),
+            bound: self.bound.clone(),
             approvals: self.approvals.clone(),
             held_now: self.held_now.clone(),
         }
@@ -419,19 +424,23 @@ impl Proxy {
         messages: &[Message<'_>],
     ) -> Route {
         let (set, who, counters) = (set.clone(), who.clone(), self.counters.clone());
-        let session = header_str(&parts.headers, MCP_SESSION_ID).map(str::to_string);
+        let header = header_str(&parts.headers, MCP_SESSION_ID);
         if let Some((key, legacy)) = self.legacy_session(&parts.uri) {
-            // Answers arrive on the session's stream, and are read there.
+            // Answers arrive on the session's stream, and are read there. The session is the
+            // stream's, whatever `Mcp-Session-Id` a client adds.
             let inspector = Inspector::for_legacy_post(set, who, counters, legacy.calls.clone());
             return Route {
-                session: session.or(Some(key)),
+                session: Some(key),
                 legacy: Some(legacy),
                 inspector,
             };
         }
-        let calls = session
-            .as_deref()
-            .map_or_else(Calls::default, |id| self.sessions.calls(id));
+        // Ids in flight are kept per session id sent (a made-up one gets a map of its own, gone
+        // with its request); counting binds only to a session the server issued.
+        let calls = header.map_or_else(Calls::default, |id| self.sessions.calls(id));
+        let session = header
+            .filter(|id| self.bound.is_bound(id))
+            .map(str::to_string);
         let mut inspector = Inspector::for_request(set, who, counters, calls);
         // The answer must be read when it holds a tool list.
         if messages
