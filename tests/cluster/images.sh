@@ -160,9 +160,15 @@ done
 for image in "${images[@]}"; do
   built=$(build "$image")
   if [[ -n $socket ]]; then
-    ctr --address "$socket" -n k8s.io images import "${built% *}" >/dev/null
-    ctr --address "$socket" -n k8s.io images ls -q | grep -qxF "${built#* }" || {
-      echo "importing ${built% *} did not make ${built#* }" >&2
+    listed() { ctr --address "$socket" -n k8s.io images ls -q | grep -qxF "${built#* }"; }
+    for attempt in 1 2 3; do
+      ctr --address "$socket" -n k8s.io images import "${built% *}" >&2
+      listed && break
+      sleep "$attempt"
+    done
+    listed || {
+      echo "importing ${built% *} did not make ${built#* }; the node holds:" >&2
+      ctr --address "$socket" -n k8s.io images ls >&2
       exit 1
     }
   fi
