@@ -17,6 +17,7 @@ import statistics
 import threading
 import time
 
+import httpx
 import pytest
 from cluster import NAMESPACE, RELEASE, eventually, policy
 from conftest import ROOT, report
@@ -126,7 +127,8 @@ def test_node_helm_install_with_defaults_runs_the_operator_from_its_image_and_on
     # No replica logs a conflict over the webhooks' caBundle (they both write it at start).
     for p in node.pods(NAMESPACE, OPERATOR):
         log = node.kubectl("-n", NAMESPACE, "logs", p["metadata"]["name"]).stdout
-        assert "409" not in log and "Conflict" not in log, log[-3000:]
+        assert not re.search(r"(?<![\d.])409(?!\d)|[Cc]onflict", log), log[-3000:]
+        assert "\x1b[" not in log, "no terminal colours in a pod's log"
 
 
 def test_node_mcp_pods_run_injected_and_the_app_starts_only_once_the_sidecar_holds_its_policy(journey):
@@ -220,6 +222,8 @@ def test_node_the_boundary_holds_on_pod_networking_by_pod_ip_of_both_families_se
     assert answer["error"]["data"]["rule"] == "never", answer
     assert "result" in host_post(f"http://[{v6}]:{MCP_PORT}/mcp", call(4, "read_file", {"path": "v6"}))
     before += 1
+    # What a kubelet asks of an IPv6-only pod's sidecar: its probe port answers on IPv6 too.
+    assert httpx.get(f"http://[{v6}]:15481/readyz", timeout=5).status_code == 200
     assert len(records(node, NS, SERVER)) == before, "no denied call reached a server"
 
 
