@@ -40,11 +40,11 @@ struct Args {
     /// The Service in front of the operator: its DNS names go into the serving certificate.
     #[arg(long, env = "TOLLGATE_SERVICE", default_value = "tollgate-operator")]
     service_name: String,
-    /// Where the webhooks and the policy stream are served (HTTPS).
-    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8443")]
+    /// Where the webhooks and the policy stream are served (HTTPS); `[::]` is both families.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "[::]:8443")]
     listen: SocketAddr,
-    /// Where /healthz and /readyz are served (HTTP).
-    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Where /healthz and /readyz are served (HTTP); `[::]` is both families.
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "[::]:9090")]
     admin_listen: SocketAddr,
     /// The cluster's default for tools no applicable policy lists.
     #[arg(

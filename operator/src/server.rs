@@ -61,10 +61,26 @@ pub struct Shared {
     pub serving: Arc<ServingCert>,
 }
 
+/// Binds `addr`. `[::]` serves both families (Linux's dual-stack default) where the pod has
+/// IPv6, and falls back to `0.0.0.0` where it has none, so one default serves IPv4-only,
+/// IPv6-only and dual-stack clusters, whose kubelets probe the pod's primary address.
 pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({flag})"))
+    let bound = match TcpListener::bind(addr).await {
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::info!(%addr, fallback = %v4, error = %e, "no IPv6 here; listening on IPv4 alone");
+            TcpListener::bind(v4).await
+        }
+        other => other,
+    };
+    bound.with_context(|| format!("cannot listen on {addr} ({flag})"))
+}
+
+/// Whether an error says this host (or pod) has no IPv6: EAFNOSUPPORT (the kernel has none) or
+/// EADDRNOTAVAIL (it is disabled in this network namespace).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    const NO_FAMILY: i32 = 97;
+    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(NO_FAMILY)
 }
 
 /// Serves the webhooks and the policy stream until `shutdown` resolves.
@@ -331,5 +347,27 @@ pub async fn serve_admin(listener: TcpListener, health: Arc<Health>) {
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_default_address_serves_both_families() {
+        let listener = bind("[::]:0".parse().unwrap(), "--listen").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for peer in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = peer.parse().unwrap();
+            let (accepted, connected) = tokio::join!(
+                listener.accept(),
+                tokio::net::TcpStream::connect((ip, port))
+            );
+            assert!(
+                accepted.is_ok() && connected.is_ok(),
+                "{peer} was not served"
+            );
+        }
     }
 }

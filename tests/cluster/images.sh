@@ -162,7 +162,7 @@ for image in "${images[@]}"; do
   if [[ -n $socket ]]; then
     listed() { ctr --address "$socket" -n k8s.io images ls -q | grep -qxF "${built#* }"; }
     for attempt in 1 2 3; do
-      ctr --address "$socket" -n k8s.io images import "${built% *}" >&2
+      ctr --address "$socket" -n k8s.io images import "${built% *}" >/dev/null
       listed && break
       sleep "$attempt"
     done

@@ -17,7 +17,10 @@
 # tests/cluster/images.sh, imported into this node's containerd with `ctr`.
 set -euo pipefail
 here=$(dirname "$(realpath "$0")")
-dir=$(realpath "${1:?usage: node.sh DIR}")
+dir=$(realpath "${1:?usage: node.sh DIR [4|6]}")
+# The node's primary family: 6 makes its first address, and so every pod's first address (the
+# one its kubelet probes), IPv6, as in an IPv6-first cluster; Services stay IPv4.
+primary=${2:-4}
 # shellcheck disable=SC1091
 source "$dir/env"
 source "$here/versions.env"
@@ -189,7 +192,7 @@ cgroupDriver: cgroupfs
 cgroupRoot: $cgroup_root
 cgroupsPerQOS: true
 containerRuntimeEndpoint: unix://$cd_dir/containerd.sock
-address: $node_ip
+address: "::"
 port: 10250
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
@@ -219,9 +222,15 @@ nodeStatusUpdateFrequency: 4s
 EOF
 # What pods with dnsPolicy Default resolve with: nothing outside is reachable.
 echo "nameserver $dns_ip" > "$nd/resolv.conf"
+node_ips=$node_ip
+proxy_cidrs=$pod_cidr
+if [[ $primary == 6 ]]; then
+  node_ips=$node_ip6,$node_ip
+  proxy_cidrs=$pod_cidr6,$pod_cidr
+fi
 start kubelet kubelet --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
   --root-dir "$nd/kubelet" --cert-dir "$nd/kubelet/pki" --hostname-override "$node" \
-  --node-ip "$node_ip" --v 1
+  --node-ip "$node_ips" --v 1
 export KUBECONFIG=$dir/kubeconfig
 wait_for kubelet kubectl wait --for=condition=Ready "node/$node" --timeout 1s
 
@@ -231,8 +240,7 @@ kind: KubeProxyConfiguration
 mode: nftables
 clientConnection: { kubeconfig: $nd/kube-proxy.kubeconfig }
 hostnameOverride: $node
-clusterCIDR: $pod_cidr
-bindAddress: $node_ip
+clusterCIDR: $proxy_cidrs
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 conntrack: { maxPerCore: 0 }

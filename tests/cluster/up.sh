@@ -14,6 +14,7 @@
 # loopback endpoints), as it calls a pod's.
 #
 #   tests/cluster/up.sh [DIR] [--node]   # DIR (default /tmp/tollgate-cluster): kubeconfig, pki, logs
+#   tests/cluster/up.sh DIR --ipv6-primary  # a node whose and whose pods' primary address is IPv6
 #   KUBECONFIG=DIR/kubeconfig kubectl get ns
 #   tests/cluster/down.sh [DIR]
 # Prints the directory's environment file (DIR/env) to source: KUBECONFIG, the addresses.
@@ -21,9 +22,11 @@ set -euo pipefail
 here=$(dirname "$(realpath "$0")")
 dir=/tmp/tollgate-cluster
 node=false
+primary=4
 for arg in "$@"; do
   case $arg in
     --node) node=true ;;
+    --ipv6-primary) node=true primary=6 ;;
     *) dir=$arg ;;
   esac
 done
@@ -170,6 +173,6 @@ wait_for kube-controller-manager ip netns exec "$ns" curl -sfk https://127.0.0.1
 wait_for kube-controller-manager kubectl --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
 
 if $node; then
-  "$here/node.sh" "$dir"
+  "$here/node.sh" "$dir" "$primary"
 fi
 echo "$dir/env"
