@@ -73,28 +73,9 @@ wait_for() { # WHAT COMMAND...
 
 # Certificates: the kubelet as system:node:NAME (Node authorizer, NodeRestriction); the
 # scheduler and kube-proxy as the users their default RBAC names.
-cert() { # NAME SUBJECT
-  openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/$1.key" -subj "$2" -out "$pki/$1.csr" 2>/dev/null
-  echo "basicConstraints=CA:FALSE" > "$pki/$1.ext"
-  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-    -days 2 -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
-}
-kubeconfig() { # FILE USER
-  cat > "$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: tollgate-test
-  cluster: { server: "$TOLLGATE_CLUSTER_API", certificate-authority: "$pki/ca.crt" }
-users:
-- name: $2
-  user: { client-certificate: "$pki/$2.crt", client-key: "$pki/$2.key" }
-contexts:
-- name: tollgate-test
-  context: { cluster: tollgate-test, user: $2 }
-current-context: tollgate-test
-EOF
-}
+server=$TOLLGATE_CLUSTER_API
+# shellcheck source=tests/cluster/pki.sh
+source "$here/pki.sh"
 cert kubelet "/O=system:nodes/CN=system:node:$node"
 cert kube-scheduler "/CN=system:kube-scheduler"
 cert kube-proxy "/CN=system:kube-proxy"

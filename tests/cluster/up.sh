@@ -70,14 +70,9 @@ EOF
 # PKI: a CA, the API server's serving certificate, an admin client certificate, and the
 # service-account signing key.
 pki=$dir/pki
-cert() { # NAME SUBJECT [SAN]: a key and a certificate signed by the CA
-  openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/$1.key" -subj "$2" -out "$pki/$1.csr" 2>/dev/null
-  local ext=$pki/$1.ext
-  echo "basicConstraints=CA:FALSE" > "$ext"
-  [[ -n ${3:-} ]] && echo "subjectAltName=$3" >> "$ext"
-  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-    -days 2 -extfile "$ext" -out "$pki/$1.crt" 2>/dev/null
-}
+server=https://$api_ip:6443
+# shellcheck source=tests/cluster/pki.sh
+source "$here/pki.sh"
 openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$pki/ca.key" -subj "/CN=tollgate-test-ca" \
   -days 2 -out "$pki/ca.crt" 2>/dev/null
 cert apiserver "/CN=kube-apiserver" \
@@ -89,22 +84,6 @@ cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-clien
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
-kubeconfig() { # FILE USER
-  cat > "$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: tollgate-test
-  cluster: { server: "https://$api_ip:6443", certificate-authority: "$pki/ca.crt" }
-users:
-- name: $2
-  user: { client-certificate: "$pki/$2.crt", client-key: "$pki/$2.key" }
-contexts:
-- name: tollgate-test
-  context: { cluster: tollgate-test, user: $2 }
-current-context: tollgate-test
-EOF
-}
 kubeconfig "$dir/kubeconfig" admin
 kubeconfig "$dir/controller-manager.kubeconfig" controller-manager
 
