@@ -217,6 +217,14 @@ def keys(tmp_path):
     return path, token
 
 
+def as_caller(url: str, token: str | None, msg: dict) -> dict:
+    """One JSON-RPC message as the caller a bearer token names (anonymous without one)."""
+    h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
+    if token:
+        h["authorization"] = f"Bearer {token}"
+    return messages(httpx.post(url, headers=h, json=msg))[0]
+
+
 SUBJECT_POLICY = """
 apiVersion: tollgate.dev/v1alpha1
 kind: McpPolicy
@@ -238,10 +246,7 @@ def test_e2e_verified_tokens_feed_subjects_and_per_identity_counters(sample_serv
     url = f"{px.url}/mcp"
 
     def as_(tok, msg):
-        h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
-        if tok:
-            h["authorization"] = f"Bearer {tok}"
-        return messages(httpx.post(url, headers=h, json=msg))[0]
+        return as_caller(url, tok, msg)
 
     alice = token("alice", groups=["admins"])
     bot = token("system:serviceaccount:agents:report-bot")
@@ -265,10 +270,7 @@ def test_e2e_callers_no_policy_governs_are_denied_unless_the_proxy_is_told_other
     url = f"{px.url}/mcp"
 
     def as_(tok, msg):
-        h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
-        if tok:
-            h["authorization"] = f"Bearer {tok}"
-        return messages(httpx.post(url, headers=h, json=msg))[0]
+        return as_caller(url, tok, msg)
 
     for who in [None, token("mallory"), token("eve", groups=["staff"])]:
         for tool in ["read_file", "delete_repository"]:

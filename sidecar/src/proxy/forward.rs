@@ -172,9 +172,12 @@ impl Proxy {
         start: Instant,
     ) -> Resp {
         let is_get = parts.method == Method::GET;
-        let ending = (parts.method == Method::DELETE)
-            .then(|| super::header_str(&parts.headers, super::MCP_SESSION_ID).map(str::to_string))
-            .flatten();
+        // A DELETE ends the session it names, once the server agrees.
+        let ending = match parts.method {
+            Method::DELETE => super::header_str(&parts.headers, super::MCP_SESSION_ID),
+            _ => None,
+        }
+        .map(str::to_string);
         let up = self.upstream_head(parts, peer);
         let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
