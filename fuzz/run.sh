@@ -11,7 +11,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(http_framing jsonrpc sse tool_name policy_load decide approval_key)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+[[ $(rustup toolchain list) == *nightly* ]] || rustup toolchain install nightly --profile minimal
 mkdir -p corpus
 printf '%-14s %14s %10s %s\n' target executions exec/s result
 for t in "${targets[@]}"; do

@@ -60,13 +60,16 @@ struct Args {
     /// The sidecar's log level.
     #[arg(long, env = "TOLLGATE_SIDECAR_LOG", default_value = "info")]
     sidecar_log_level: String,
+    /// The injected sidecar's CPU request. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_CPU_REQUEST", default_value = "10m")]
     sidecar_cpu_request: String,
+    /// The injected sidecar's memory request. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_MEMORY_REQUEST", default_value = "32Mi")]
     sidecar_memory_request: String,
-    /// Empty for no limit.
+    /// The injected sidecar's CPU limit. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_CPU_LIMIT", default_value = "")]
     sidecar_cpu_limit: String,
+    /// The injected sidecar's memory limit. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_MEMORY_LIMIT", default_value = "256Mi")]
     sidecar_memory_limit: String,
     /// How injected pods keep their boundary unless annotated tollgate.dev/boundary: redirect
@@ -78,6 +81,7 @@ struct Args {
     /// with --sidecar-counters-cluster. Empty: each pod counts alone.
     #[arg(long, env = "TOLLGATE_SIDECAR_COUNTERS", default_value = "")]
     sidecar_counters: String,
+    /// --sidecar-counters names a Redis Cluster's seed nodes.
     #[arg(long, env = "TOLLGATE_SIDECAR_COUNTERS_CLUSTER")]
     sidecar_counters_cluster: bool,
     /// How long a sidecar's call waits for Redis before its policies' countersUnavailable

@@ -205,7 +205,8 @@ struct ProxyArgs {
         default_value = "deny"
     )]
     ungoverned_callers: DefaultFlag,
-    /// Largest request body accepted.
+    /// Largest request body accepted, in bytes (4 MiB); a larger one gets 413 with a JSON-RPC
+    /// error.
     #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
     /// Paths whose request bodies are not MCP and are forwarded unread (comma-separated; an
@@ -213,10 +214,12 @@ struct ProxyArgs {
     /// must be one JSON-RPC message or batch, or it is refused.
     #[arg(long, env = "TOLLGATE_PASSTHROUGH_PATHS", value_delimiter = ',')]
     passthrough_paths: Vec<String>,
-    /// Origins browsers may call from (comma-separated); others get 403. Empty allows any.
+    /// Origins browsers may call from (comma-separated); others get 403, which protects a
+    /// server on localhost from DNS rebinding. Empty allows any.
     #[arg(long, env = "TOLLGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
-    /// A JWKS file (or http:// URL) to verify bearer tokens; without it callers are anonymous.
+    /// A JWKS file (or http:// URL) to verify bearer tokens: an invalid token gets 401 with
+    /// `WWW-Authenticate`. Without it callers are anonymous.
     #[arg(long, env = "TOLLGATE_JWKS")]
     jwks: Option<String>,
     /// The issuer tokens must name.
@@ -279,7 +282,8 @@ struct ProxyArgs {
     workers: usize,
     /// Hold the calls `approve` rules apply to for a person, who decides them on
     /// --approvals-listen with the bearer token in this file (made, readable by its owner
-    /// only, if it does not exist). Without it such calls are denied.
+    /// only, if it does not exist; one other users may read or write stops the proxy, naming
+    /// its mode, as ssh refuses such a key). Without it such calls are denied.
     #[arg(long, env = "TOLLGATE_APPROVALS_TOKEN_FILE")]
     approvals_token_file: Option<PathBuf>,
     /// Where people decide approvals (`tollgate approvals`).
@@ -297,7 +301,8 @@ struct ProxyArgs {
         requires = "approvals_token_file"
     )]
     approval_webhook: Option<http::Uri>,
-    /// The most calls held for a person at once (each keeps its request and connection); past
+    /// The most calls held for a person at once (each keeps its request, 12 KiB, and its
+    /// connection); past
     /// it, calls an approve rule applies to are denied until some are decided.
     #[arg(long, env = "TOLLGATE_MAX_HELD_CALLS", default_value_t = 10_000)]
     max_held_calls: usize,

@@ -160,7 +160,12 @@ done
 for image in "${images[@]}"; do
   built=$(build "$image")
   if [[ -n $socket ]]; then
-    listed() { ctr --address "$socket" -n k8s.io images ls -q | grep -qxF "${built#* }"; }
+    # The list is read whole before it is searched: `ctr … | grep -q` under pipefail fails
+    # whenever grep exits on its match before ctr has written the rest (SIGPIPE).
+    listed() {
+      local refs
+      refs=$(ctr --address "$socket" -n k8s.io images ls -q) && grep -qxF "${built#* }" <<<"$refs"
+    }
     for attempt in 1 2 3; do
       ctr --address "$socket" -n k8s.io images import "${built% *}" >/dev/null
       listed && break

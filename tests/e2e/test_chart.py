@@ -22,7 +22,7 @@ CHART = ROOT / "charts" / "tollgate"
 NAMESPACE = "tollgate-system"
 OLDEST, NEWEST = "1.29.0", kubernetes_validate.latest_version()
 
-# Every switch the README and values.yaml document, each rendered and validated on its own.
+# Every switch docs/install.md and values.yaml document, each rendered and validated on its own.
 SWITCHES = {
     "defaults": {},
     "allow by default": {"defaultAction": "allow"},

@@ -17,3 +17,16 @@ def test_e2e_quickstart_shows_allowed_denied_and_rate_limited_calls():
     assert "DENIED   delete_repository{'name': 'prod'}: Denied by policy: Repository deletion is not permitted" in out.stdout
     assert "DENIED   create_issue{'title': 'bug 4'}: Denied by policy: Hourly limit of 3 new issues reached" in out.stdout
     assert '"decision":"deny"' in out.stdout
+
+
+def test_quickstart_installs_only_the_python_sdk_at_the_suites_version():
+    """The demo needs no cluster: it must not run tests/setup.sh (which builds one), and its one
+    peer is the SDK version the suites test against."""
+    script = (ROOT / "examples" / "quickstart.sh").read_text()
+    assert "tests/setup.sh" not in script
+    pins = [
+        {line.split("==")[0]: line.split("==")[1] for line in (ROOT / path).read_text().splitlines() if "==" in line}
+        for path in ("examples/requirements.txt", "tests/requirements.txt")
+    ]
+    assert list(pins[0]) == ["mcp"], pins[0]
+    assert pins[0]["mcp"] == pins[1]["mcp"], pins
