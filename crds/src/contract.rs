@@ -192,6 +192,23 @@ pub mod annotations {
         ("tollgate.dev/proxy-cpu-limit", "limits", "cpu"),
         ("tollgate.dev/proxy-memory-limit", "limits", "memory"),
     ];
+
+    /// A pod's [`DEFAULT_ACTION`] annotation, read: `None` where it has none, an error naming
+    /// the value where it is neither `allow` nor `deny`.
+    pub fn default_action<'a>(
+        annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Result<Option<crate::DefaultAction>, String> {
+        let value = annotations
+            .into_iter()
+            .find(|(k, _)| k.as_str() == DEFAULT_ACTION)
+            .map(|(_, v)| v.as_str());
+        match value {
+            None => Ok(None),
+            Some("allow") => Ok(Some(crate::DefaultAction::Allow)),
+            Some("deny") => Ok(Some(crate::DefaultAction::Deny)),
+            Some(other) => Err(format!("{other:?} is neither \"allow\" nor \"deny\"")),
+        }
+    }
 }
 
 #[cfg(test)]

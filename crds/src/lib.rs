@@ -25,8 +25,6 @@ pub mod crd;
 pub mod decide;
 pub mod effective;
 pub mod load;
-#[cfg(feature = "notify")]
-pub mod notify;
 pub mod problem;
 pub mod resources;
 pub mod selector;

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tollgate_sidecar::approvals::canonical;
+use tollgate_api::canonical;
 
 /// The value as servers compare it: whole floats within i64 are those integers.
 fn normal(v: &Value) -> Value {

@@ -40,7 +40,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tollgate_api::contract::{ApprovalAnswer, ApprovalAsk, CALL_LABEL};
 use tollgate_api::{
-    ApprovalDecision, ApprovalPhase, ApprovalSpec, ApprovalStatus, ApprovalVerdict, McpApproval,
+    ApprovalDecision, ApprovalEvent, ApprovalPhase, ApprovalSpec, ApprovalStatus, ApprovalVerdict,
+    McpApproval,
 };
 
 /// What the webhook makes of a change to an McpApproval, before asking who may decide.
@@ -198,12 +199,13 @@ pub fn desired_status(a: &McpApproval, now: Timestamp) -> Option<ApprovalStatus>
         .and_then(|d| d.decided_at.as_deref())
         .and_then(|t| t.parse::<Timestamp>().ok());
     let mut new = old.clone();
+    // The life is tollgate-api's (ApprovalPhase::next): a decision moves a pending approval
+    // on, its time expires a pending or approved one; what cannot happen now changes nothing.
     match (old.phase, &a.spec.decision) {
         (ApprovalPhase::Pending, Some(ApprovalDecision { verdict, .. })) => {
-            new.phase = match verdict {
-                ApprovalVerdict::Approve => ApprovalPhase::Approved,
-                ApprovalVerdict::Deny => ApprovalPhase::Denied,
-            };
+            if let Ok(phase) = old.phase.next(ApprovalEvent::Decide(*verdict)) {
+                new.phase = phase;
+            }
             new.expires = Some(
                 (decided_at.unwrap_or(now) + lifetime)
                     .round(k8s_openapi::jiff::Unit::Second)
@@ -214,8 +216,10 @@ pub fn desired_status(a: &McpApproval, now: Timestamp) -> Option<ApprovalStatus>
         (ApprovalPhase::Pending, None) => {
             let expires = created + lifetime;
             new.expires = Some(expires.to_string());
-            if expires <= now {
-                new.phase = ApprovalPhase::Expired;
+            if expires <= now
+                && let Ok(phase) = old.phase.next(ApprovalEvent::Expire)
+            {
+                new.phase = phase;
             }
         }
         (ApprovalPhase::Approved, _) => {
@@ -224,8 +228,10 @@ pub fn desired_status(a: &McpApproval, now: Timestamp) -> Option<ApprovalStatus>
                 .as_deref()
                 .and_then(|t| t.parse::<Timestamp>().ok())
                 .unwrap_or(now);
-            if expires <= now {
-                new.phase = ApprovalPhase::Expired;
+            if expires <= now
+                && let Ok(phase) = old.phase.next(ApprovalEvent::Expire)
+            {
+                new.phase = phase;
             }
         }
         _ => {}
@@ -237,7 +243,7 @@ struct Context {
     client: Client,
     recorder: Recorder,
     retention: Duration,
-    notifier: Option<tollgate_api::notify::Notifier>,
+    notifier: Option<tollgate_notify::Notifier>,
     /// The approvals whose use this leader announced (a use is written by whichever replica
     /// served it; the leader announces it once).
     announced_use: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -252,7 +258,7 @@ pub async fn run(
     index: Arc<crate::index::Index>,
     reporter: Reporter,
     retention: Duration,
-    notifier: Option<tollgate_api::notify::Notifier>,
+    notifier: Option<tollgate_notify::Notifier>,
 ) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -425,21 +431,12 @@ fn expires_at(a: &McpApproval) -> Option<Timestamp> {
 /// The phase a sidecar should act on: the decision counts as soon as it is written (the
 /// leader's status follows), and the clock as soon as it has passed.
 fn effective_phase(a: &McpApproval, now: Timestamp) -> ApprovalPhase {
-    let phase = a.status.as_ref().map(|s| s.phase).unwrap_or_default();
-    if matches!(
-        phase,
-        ApprovalPhase::Used | ApprovalPhase::Expired | ApprovalPhase::Denied
-    ) {
-        return phase;
-    }
-    if expires_at(a).is_some_and(|t| t <= now) {
-        return ApprovalPhase::Expired;
-    }
-    match a.spec.decision.as_ref().map(|d| d.verdict) {
-        Some(ApprovalVerdict::Approve) => ApprovalPhase::Approved,
-        Some(ApprovalVerdict::Deny) => ApprovalPhase::Denied,
-        None => ApprovalPhase::Pending,
-    }
+    let recorded = a.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    recorded.at(
+        a.spec.decision.as_ref().map(|d| d.verdict),
+        expires_at(a),
+        now,
+    )
 }
 
 fn answer_of(a: &McpApproval, admitted: bool, now: Timestamp) -> ApprovalAnswer {

@@ -289,7 +289,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let notifier = args
             .approval_webhook
             .clone()
-            .map(tollgate_api::notify::Notifier::start)
+            .map(tollgate_notify::Notifier::start)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--approval-webhook: {e}"))?;
         let label: Vec<String> = args

@@ -876,19 +876,12 @@ fn init_container(
 
 /// The pod's own default for tools no policy lists, if it sets one.
 pub fn default_action_override(meta: &ObjectMeta) -> Result<Option<DefaultAction>, Refused> {
-    let value = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(DEFAULT_ACTION_ANNOTATION));
-    match value.map(String::as_str) {
-        None => Ok(None),
-        Some("allow") => Ok(Some(DefaultAction::Allow)),
-        Some("deny") => Ok(Some(DefaultAction::Deny)),
-        Some(other) => Err(Refused {
+    tollgate_api::contract::annotations::default_action(meta.annotations.iter().flatten()).map_err(
+        |message| Refused {
             at: DEFAULT_ACTION_ANNOTATION.into(),
-            message: format!("{other:?} is neither \"allow\" nor \"deny\""),
-        }),
-    }
+            message,
+        },
+    )
 }
 
 fn skip(reason: String, warn: bool) -> Injection {

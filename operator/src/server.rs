@@ -203,7 +203,9 @@ async fn held_call(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         Ok(w) => w,
         Err(resp) => return resp,
     };
-    let Some(pod) = crate::stream::wait_for_pod(&shared.index, &who).await else {
+    let known = crate::stream::wait_for_pod(&shared.index, &who).await;
+    let pod = known.and_then(|_| shared.index.pod(&who.namespace, &who.name));
+    let Some(pod) = pod else {
         return text(
             StatusCode::NOT_FOUND,
             &format!(

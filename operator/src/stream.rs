@@ -20,11 +20,11 @@ use http_body_util::StreamBody;
 use hyper::body::Frame;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
-use kube::{Api, Client, ResourceExt};
-use tokio::sync::mpsc;
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
 use tollgate_api::PolicyUpdate;
 
-use crate::index::{Index, PodMeta};
+use crate::index::{Index, PodPolicy};
 use crate::server::{Body, text};
 use tollgate_api::contract::TOKEN_AUDIENCE;
 
@@ -135,7 +135,7 @@ pub async fn serve(
         Ok(w) => w,
         Err(resp) => return resp,
     };
-    let Some(pod) = wait_for_pod(&index, &who).await else {
+    let Some(policy) = wait_for_pod(&index, &who).await else {
         return text(
             StatusCode::NOT_FOUND,
             &format!(
@@ -146,7 +146,7 @@ pub async fn serve(
     };
     tracing::info!(namespace = %who.namespace, pod = %who.name, "sidecar connected");
     let (tx, rx) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(feed(index, who, pod, tx));
+    tokio::spawn(feed(who, policy, tx));
     let frames = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -161,15 +161,16 @@ pub async fn serve(
 }
 
 /// A pod connects as soon as its sidecar starts, possibly before this replica's watch has
-/// seen it: wait a little.
-pub async fn wait_for_pod(index: &Index, who: &PodIdentity) -> Option<Arc<PodMeta>> {
+/// seen it: wait a little. Its policy, as it is now and as it changes.
+pub async fn wait_for_pod(
+    index: &Index,
+    who: &PodIdentity,
+) -> Option<watch::Receiver<Arc<PodPolicy>>> {
     let mut changed = index.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(pod) = index.pod(&who.namespace, &who.name)
-            && (who.uid.is_none() || pod.uid() == who.uid)
-        {
-            return Some(pod);
+        if let Some(policy) = index.pod_policy(&who.namespace, &who.name, who.uid.as_deref()) {
+            return Some(policy);
         }
         if tokio::time::timeout_at(deadline, changed.changed())
             .await
@@ -180,42 +181,43 @@ pub async fn wait_for_pod(index: &Index, who: &PodIdentity) -> Option<Arc<PodMet
     }
 }
 
-async fn feed(index: Arc<Index>, who: PodIdentity, mut pod: Arc<PodMeta>, tx: mpsc::Sender<Bytes>) {
-    let mut changed = index.subscribe();
-    let mut last = None;
+/// Sends the pod's policy at once and each time it changes (the index wakes this stream only
+/// then), a heartbeat between; ends when the pod is gone (its sender dropped) or the sidecar
+/// hangs up.
+async fn feed(
+    who: PodIdentity,
+    mut policy: watch::Receiver<Arc<PodPolicy>>,
+    tx: mpsc::Sender<Bytes>,
+) {
     loop {
-        let effective = index.effective_for(&pod);
-        let keys = index.service_account_keys();
-        let now = (effective, keys);
-        if last.as_ref() != Some(&now) {
-            let mut update = PolicyUpdate {
-                policy: now.0.clone(),
-                service_account_keys: now.1.as_deref().cloned(),
-            };
-            update.policy.revision = next_revision();
-            let mut line = serde_json::to_vec(&update).expect("a PolicyUpdate serialises");
-            line.push(b'\n');
-            tracing::debug!(namespace = %who.namespace, pod = %who.name, revision = update.policy.revision, "policy sent");
-            if tx.send(Bytes::from(line)).await.is_err() {
-                break;
-            }
-            last = Some(now);
+        let now = policy.borrow_and_update().clone();
+        let mut update = PolicyUpdate {
+            policy: now.policy.clone(),
+            service_account_keys: now.keys.as_deref().cloned(),
+        };
+        update.policy.revision = next_revision();
+        let mut line = serde_json::to_vec(&update).expect("a PolicyUpdate serialises");
+        line.push(b'\n');
+        tracing::debug!(namespace = %who.namespace, pod = %who.name, revision = update.policy.revision, "policy sent");
+        if tx.send(Bytes::from(line)).await.is_err() {
+            break;
         }
-        tokio::select! {
-            c = changed.changed() => if c.is_err() { break },
-            _ = tokio::time::sleep(HEARTBEAT) => {
-                if tx.send(Bytes::from_static(b"\n")).await.is_err() {
-                    break;
+        let gone = loop {
+            tokio::select! {
+                c = policy.changed() => break c.is_err(),
+                _ = tokio::time::sleep(HEARTBEAT) => {
+                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                        break true;
+                    }
                 }
+                _ = tx.closed() => break true,
             }
-            _ = tx.closed() => break,
-        }
-        match index.pod(&who.namespace, &who.name) {
-            Some(p) if who.uid.is_none() || p.uid() == who.uid => pod = p,
-            _ => {
+        };
+        if gone {
+            if policy.has_changed().is_err() {
                 tracing::info!(namespace = %who.namespace, pod = %who.name, "pod is gone; stream closed");
-                break;
             }
+            break;
         }
     }
     tracing::info!(namespace = %who.namespace, pod = %who.name, "sidecar disconnected");

@@ -19,8 +19,9 @@ use http::{Method, StatusCode};
 use tokio_rustls::TlsConnector;
 use tollgate_api::contract::{APPROVALS_PATH, ApprovalAnswer, ApprovalAsk};
 
-use super::{Approval, Hold, OwnedAsk, Phase, Ticket, Waited, call_key, rfc3339_in, shown};
+use super::{Approval, Hold, OwnedAsk, Phase, Ticket, Waited, rfc3339_in, shown};
 use crate::policy::control::ControlPlane;
+use tollgate_api::call_key;
 
 /// The longest a single wait asks the operator to hold its answer.
 const LONGEST_WAIT: Duration = Duration::from_secs(55);
@@ -140,17 +141,6 @@ impl Cluster {
     }
 }
 
-fn phase_of(p: tollgate_api::ApprovalPhase) -> Phase {
-    use tollgate_api::ApprovalPhase as P;
-    match p {
-        P::Pending => Phase::Pending,
-        P::Approved => Phase::Approved,
-        P::Denied => Phase::Denied,
-        P::Expired => Phase::Expired,
-        P::Used => Phase::Used,
-    }
-}
-
 fn view_of(ask: &OwnedAsk, a: &ApprovalAnswer) -> Approval {
     Approval {
         name: a.name.clone(),
@@ -160,7 +150,7 @@ fn view_of(ask: &OwnedAsk, a: &ApprovalAnswer) -> Approval {
         policy: ask.policy.clone(),
         rule: ask.rule.clone(),
         arguments: shown(&ask.args, &ask.show),
-        phase: phase_of(a.phase),
+        phase: a.phase,
         created: String::new(),
         expires: a
             .expires
@@ -172,7 +162,7 @@ fn view_of(ask: &OwnedAsk, a: &ApprovalAnswer) -> Approval {
 }
 
 fn update(mut view: Approval, a: &ApprovalAnswer) -> Approval {
-    view.phase = phase_of(a.phase);
+    view.phase = a.phase;
     if let Some(e) = &a.expires {
         view.expires = e.clone();
     }

@@ -25,7 +25,6 @@ pub mod cluster;
 pub mod notify;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,32 +32,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
+use tollgate_api::{ApprovalEvent, ApprovalVerdict, NotNow, call_key};
 
 use crate::telemetry::audit::{AuditLog, Record, format_second, now_rfc3339};
 
-/// Where an approval is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub enum Phase {
-    Pending,
-    Approved,
-    Denied,
-    Expired,
-    Used,
-}
-
-impl Phase {
-    fn word(self) -> &'static str {
-        match self {
-            Phase::Pending => "pending",
-            Phase::Approved => "approved",
-            Phase::Denied => "denied",
-            Phase::Expired => "expired",
-            Phase::Used => "used",
-        }
-    }
-}
+/// Where an approval is in its life, and how it moves on: one state machine for both planes
+/// ([`ApprovalPhase::next`]).
+pub use tollgate_api::ApprovalPhase as Phase;
 
 /// One call waiting for (or decided by) a person, as people and tools see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -175,7 +157,7 @@ struct Entry {
 
 impl Entry {
     fn live(&self) -> bool {
-        matches!(self.view.phase, Phase::Pending | Phase::Approved)
+        !self.view.phase.is_final()
     }
 }
 
@@ -241,10 +223,9 @@ impl Approvals {
                 .get_mut(&name)
                 .expect("indexed approvals exist");
             if entry.expires_at <= now {
-                self.end(entry, Phase::Expired, now);
+                let _ = self.step(entry, ApprovalEvent::Expire, now);
                 state.by_key.remove(&key);
-            } else if entry.view.phase == Phase::Approved {
-                self.end(entry, Phase::Used, now);
+            } else if self.step(entry, ApprovalEvent::Use, now).is_ok() {
                 let view = entry.view.clone();
                 state.by_key.remove(&key);
                 return Ticket::Admit(Box::new(view));
@@ -308,7 +289,7 @@ impl Approvals {
         };
         match entry.view.phase {
             Phase::Approved if entry.expires_at > now => {
-                self.end(entry, Phase::Used, now);
+                let _ = self.step(entry, ApprovalEvent::Use, now);
                 let (view, key) = (entry.view.clone(), entry.key.clone());
                 state.by_key.remove(&key);
                 Waited::Approved(view)
@@ -337,9 +318,18 @@ impl Approvals {
             .get_mut(name)
             .ok_or_else(|| DecideError::NotFound(name.into()))?;
         if entry.view.phase == Phase::Pending && entry.expires_at <= now {
-            self.end(entry, Phase::Expired, now);
+            let _ = self.step(entry, ApprovalEvent::Expire, now);
         }
-        if entry.view.phase != Phase::Pending {
+        let verdict = match approve {
+            true => ApprovalVerdict::Approve,
+            false => ApprovalVerdict::Deny,
+        };
+        if entry
+            .view
+            .phase
+            .next(ApprovalEvent::Decide(verdict))
+            .is_err()
+        {
             return Err(DecideError::Decided {
                 name: name.into(),
                 phase: entry.view.phase,
@@ -351,11 +341,9 @@ impl Approvals {
             // From now on the retry has the approval's whole lifetime to come.
             entry.expires_at = now + entry.valid_for;
             entry.view.expires = rfc3339_in(entry.valid_for);
-            entry.view.phase = Phase::Approved;
-            entry.phase.send_replace(Phase::Approved);
-            self.record(&entry.view, "approved", None);
-        } else {
-            self.end(entry, Phase::Denied, now);
+        }
+        let _ = self.step(entry, ApprovalEvent::Decide(verdict), now);
+        if !approve {
             let key = entry.key.clone();
             state.by_key.remove(&key);
         }
@@ -385,7 +373,7 @@ impl Approvals {
         let state = &mut *state;
         for entry in state.by_name.values_mut() {
             if entry.live() && entry.expires_at <= now {
-                self.end(entry, Phase::Expired, now);
+                let _ = self.step(entry, ApprovalEvent::Expire, now);
                 state.by_key.remove(&entry.key);
             }
         }
@@ -395,12 +383,17 @@ impl Approvals {
             .retain(|_, e| e.ended_at.is_none_or(|t| now.duration_since(t) < retention));
     }
 
-    /// Ends an approval in `phase`, telling whoever is held on it.
-    fn end(&self, entry: &mut Entry, phase: Phase, now: Instant) {
+    /// Moves an approval on by `event` ([`Phase::next`]), telling whoever is held on it and
+    /// recording the step; an event that cannot happen now changes nothing.
+    fn step(&self, entry: &mut Entry, event: ApprovalEvent, now: Instant) -> Result<Phase, NotNow> {
+        let phase = entry.view.phase.next(event)?;
         entry.view.phase = phase;
-        entry.ended_at = Some(now);
+        if phase.is_final() {
+            entry.ended_at = Some(now);
+        }
         entry.phase.send_replace(phase);
         self.record(&entry.view, phase.word(), None);
+        Ok(phase)
     }
 
     fn gone(&self, name: &str) -> Approval {
@@ -472,62 +465,6 @@ fn fingerprint(asked: &Asked<'_>, workload: &str) -> String {
     call_key(&[asked.tool, asked.identity, workload], asked.args)
 }
 
-/// The parts of a call, each with its length so none can run into the next, then its arguments
-/// written canonically.
-pub(crate) fn call_key(parts: &[&str], args: &Value) -> String {
-    let mut key = String::new();
-    for part in parts {
-        let _ = writeln!(key, "{}:{part}", part.len());
-    }
-    canonical(args, &mut key);
-    key
-}
-
-/// JSON written canonically: object keys sorted, no whitespace, a number by its value (`1`,
-/// `1.0` and `1e0` are one number, as the servers reading them see it).
-pub fn canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(item, out);
-            }
-            out.push(']');
-        }
-        // Integers exactly; a float that is a whole number within i64 as that integer (so `1.0`
-        // is `1`, as servers compare them), any other float in exponent form (shortest
-        // round-trip digits, so two floats share a spelling only if they are one number).
-        Value::Number(n) if n.is_i64() || n.is_u64() => out.push_str(&n.to_string()),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => {
-                let _ = write!(out, "{}", f as i64);
-            }
-            Some(f) => {
-                let _ = write!(out, "{f:e}");
-            }
-            None => out.push_str(&n.to_string()),
-        },
-        other => out.push_str(&other.to_string()),
-    }
-}
-
 /// The arguments a person is shown: only the paths the rule names (`args.a.b`).
 pub(crate) fn shown(args: &Value, paths: &[String]) -> Option<Value> {
     if paths.is_empty() {
@@ -566,37 +503,6 @@ pub(crate) fn shown(args: &Value, paths: &[String]) -> Option<Value> {
     }
     Some(Value::Object(out))
 }
-
-/// The JSON-RPC error for a call still waiting: Intercept's `-32003`, the approval's name and
-/// expiry in `data`.
-pub fn pending_error(id: Value, a: &Approval) -> Value {
-    let state = match a.phase {
-        Phase::Expired => "expired before anyone approved it; retry the call to ask again".into(),
-        Phase::Used => "was used by an identical call; retry the call to ask again".into(),
-        _ => format!(
-            "is pending until {}. Retry the same call, with the same arguments, once it is approved",
-            a.expires
-        ),
-    };
-    crate::mcp::jsonrpc::error_response(
-        id,
-        APPROVAL_PENDING,
-        &format!(
-            "Tool {:?} needs a person's approval: approval {} {state}",
-            a.tool, a.name
-        ),
-        Some(json!({
-            "approval": a.name,
-            "phase": a.phase,
-            "expires": a.expires,
-            "policy": a.policy,
-            "rule": a.rule,
-        })),
-    )
-}
-
-/// Intercept's code for a call that needs an approval.
-pub const APPROVAL_PENDING: i64 = -32003;
 
 impl Backend {
     /// A call an `approve` rule applies to: admitted by an approval waiting for it, or held.
@@ -641,6 +547,8 @@ impl Hold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use tollgate_api::canonical;
 
     fn asked<'a>(tool: &'a str, args: &'a Value, identity: &'a str) -> Asked<'a> {
         Asked {

@@ -1,5 +1,5 @@
 //! The approvals webhook (`--approval-webhook URL`): a JSON POST when an approval is pending and
-//! at each step after, for a chat bridge or a pager ([`tollgate_api::notify`] delivers it).
+//! at each step after, for a chat bridge or a pager ([`tollgate_notify`] delivers it).
 //!
 //! ```text
 //! {"event": "pending" | "approved" | "denied" | "expired" | "used", "approval": Approval}
@@ -11,11 +11,11 @@ use super::Approval;
 
 /// Sends approval events to a webhook.
 #[derive(Clone)]
-pub struct Notifier(tollgate_api::notify::Notifier);
+pub struct Notifier(tollgate_notify::Notifier);
 
 impl Notifier {
     pub fn start(url: http::Uri) -> anyhow::Result<Notifier> {
-        tollgate_api::notify::Notifier::start(url)
+        tollgate_notify::Notifier::start(url)
             .map(Notifier)
             .map_err(|e| anyhow::anyhow!("--approval-webhook: {e}"))
     }

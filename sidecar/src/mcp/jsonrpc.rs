@@ -22,6 +22,10 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const POLICY_DENIED: i64 = -32001;
 /// Tollgate's code for a request body over the size limit.
 pub const TOO_LARGE: i64 = -32002;
+/// Intercept's code for a call that waits for a person's approval.
+pub const APPROVAL_PENDING: i64 = -32003;
+/// JSON-RPC 2.0's code for parameters that cannot be read.
+pub const INVALID_PARAMS: i64 = -32602;
 
 /// What kind of JSON value, in words.
 fn kind(v: &Value) -> &'static str {

@@ -15,11 +15,13 @@ use serde_json::{Value, json};
 use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 
 use super::Proxy;
+use super::refusal::Refusal;
 use crate::approvals::{self, Ticket, Waited};
-use crate::mcp::jsonrpc::{self, Message};
+use crate::mcp::jsonrpc::Message;
 use crate::policy::counters::{Counted, Reserved};
 use crate::proxy::calls::CallId;
 use crate::proxy::inspect::{InFlight, Inspector};
+use crate::telemetry::DecisionKind;
 use crate::telemetry::audit::{Record, now_rfc3339};
 
 /// Every message of a request, decided.
@@ -77,7 +79,8 @@ impl Drop for HeldSlot {
 /// What becomes of one message.
 enum Admitted<'b> {
     Forward,
-    Answer(Option<Value>),
+    /// Answered here (nothing, for a notification).
+    Answer(Option<Refusal>),
     Hold(Box<Held<'b>>),
 }
 
@@ -125,7 +128,7 @@ impl Proxy {
                 .await
             {
                 Admitted::Forward => decided.kept.push((at, Cow::Borrowed(m.raw))),
-                Admitted::Answer(answer) => decided.answers.extend(answer),
+                Admitted::Answer(answer) => decided.answers.extend(answer.map(|r| r.message())),
                 Admitted::Hold(mut held) => {
                     held.at = at;
                     decided.held.push(*held);
@@ -240,12 +243,12 @@ impl Proxy {
     ) {
         let mut audit = h.audit;
         let refused = |audit: &mut PendingAudit, denial: &Denial, name: String| {
-            audit.decision = "deny";
+            audit.decision = DecisionKind::Deny;
             audit.rule = Some(denial.rule.clone());
             audit.policy = Some(denial.policy.clone());
             audit.reason = Some(denial.reason.clone());
             audit.approval = Some(name);
-            denial_message(h.id.clone(), denial, asked.modern)
+            Refusal::denied(h.id.clone(), denial.clone(), asked.modern)
         };
         let answer = match waited {
             Waited::Approved(a) => match self.decide_again(&h.ask, asked).await {
@@ -257,7 +260,7 @@ impl Proxy {
                         None => Ok(()),
                     };
                     if begun.is_ok() {
-                        audit.decision = "allow";
+                        audit.decision = DecisionKind::Allow;
                         let by = a.decided_by.as_deref().unwrap_or("?");
                         audit.reason = Some(format!("approved by {by}"));
                         audit.approval = Some(a.name);
@@ -265,7 +268,7 @@ impl Proxy {
                         decided.audits.push(audit);
                         return;
                     }
-                    in_flight_value(h.id)
+                    Refusal::InFlight(h.id)
                 }
                 // Approved, but what decides the call says no now (a limit filled, a `state.`
                 // condition no longer holds, the policy changed while it waited).
@@ -300,18 +303,14 @@ impl Proxy {
                     a.name, a.phase
                 ));
                 audit.approval = Some(a.name.clone());
-                approvals::pending_error(h.id, &a)
+                Refusal::Pending {
+                    id: h.id,
+                    approval: Box::new(a),
+                }
             }
         };
-        let Asked {
-            who,
-            session,
-            set,
-            start,
-            ..
-        } = *asked;
-        self.write_audit(&audit, who, session, set.revision, None, start);
-        decided.answers.push(answer);
+        self.write_audit(&audit, asked, None);
+        decided.answers.push(answer.message());
     }
 
     /// Decides one message of a request and, when it goes on to the server, puts it in flight
@@ -334,7 +333,7 @@ impl Proxy {
             .as_ref()
             .is_some_and(|id| inspector.is_in_flight(id))
         {
-            return Admitted::Answer(Some(in_flight(m)));
+            return Admitted::Answer(Some(Refusal::InFlight(m.id_value())));
         }
         match self.decide(m, asked, audits).await {
             Outcome::Refuse(answer) => Admitted::Answer(answer),
@@ -352,7 +351,7 @@ impl Proxy {
                     Ok(()) => Admitted::Forward,
                     Err(InFlight(reserved)) => {
                         self.counters.rollback(reserved);
-                        Admitted::Answer(Some(in_flight(m)))
+                        Admitted::Answer(Some(Refusal::InFlight(m.id_value())))
                     }
                 },
             },
@@ -371,7 +370,7 @@ impl Proxy {
             who,
             session,
             modern,
-            start,
+            ..
         } = *asked;
         // Only what the policy governs is parsed: tool calls always, resources and prompts
         // where a policy names them.
@@ -386,10 +385,9 @@ impl Proxy {
         };
         let call = match call {
             Ok(c) => c,
-            Err(e) => {
-                let answer =
-                    m.id.map(|_| jsonrpc::error_response(m.id_value(), -32602, &e, None));
-                return Outcome::Refuse(answer);
+            Err(message) => {
+                let id = m.id_value();
+                return Outcome::Refuse(m.id.map(|_| Refusal::InvalidParams { id, message }));
             }
         };
         let empty = Value::Object(Default::default());
@@ -414,8 +412,8 @@ impl Proxy {
         };
         let verdict = counted.verdict;
         let outcome = match verdict.decision {
-            Decision::Allow { .. } => counted.reserved.map_err(|full| ("deny", full)),
-            Decision::Deny(d) => Err(("deny", d)),
+            Decision::Allow { .. } => counted.reserved.map_err(|full| (DecisionKind::Deny, full)),
+            Decision::Deny(d) => Err((DecisionKind::Deny, d)),
             Decision::Approve {
                 policy,
                 rule,
@@ -426,7 +424,7 @@ impl Proxy {
                 reservations: _,
             } => match &self.approvals {
                 None => Err((
-                    "approve",
+                    DecisionKind::Approve,
                     Denial {
                         reason: format!(
                             "Tool {:?} needs a person's approval (rule {rule:?}), and approvals are not enabled on this proxy",
@@ -439,7 +437,7 @@ impl Proxy {
                 )),
                 // A notification cannot be answered, so it cannot wait for a person.
                 Some(_) if m.id.is_none() => Err((
-                    "approve",
+                    DecisionKind::Approve,
                     Denial {
                         reason: format!(
                             "Tool {:?} needs a person's approval, and a notification cannot wait for one",
@@ -454,7 +452,7 @@ impl Proxy {
                 // messages are all decided, as a backend may have to ask the operator.
                 Some(_) => match HeldSlot::take(&self.held_now, self.cfg.max_held_calls) {
                     None => Err((
-                        "approve",
+                        DecisionKind::Approve,
                         Denial {
                             reason: format!(
                                 "Tool {:?} needs a person's approval, and {} calls wait for one already; retry later",
@@ -466,8 +464,11 @@ impl Proxy {
                         },
                     )),
                     Some(slot) => {
-                        self.metrics
-                            .decision(&call.name, "approve", t0.elapsed().as_secs_f64());
+                        self.metrics.decision(
+                            &call.name,
+                            DecisionKind::Approve,
+                            t0.elapsed().as_secs_f64(),
+                        );
                         return Outcome::Hold(Box::new(Held {
                             _slot: slot,
                             at: 0,
@@ -487,7 +488,7 @@ impl Proxy {
                             audit: PendingAudit {
                                 method,
                                 tool: call.name.clone(),
-                                decision: "approve",
+                                decision: DecisionKind::Approve,
                                 rule: Some(rule),
                                 policy: Some(policy),
                                 reason: None,
@@ -503,19 +504,15 @@ impl Proxy {
         match outcome {
             Ok(reserved) => {
                 let audit = verdict.audit;
-                self.metrics.decision(
-                    &call.name,
-                    if audit.is_some() {
-                        "audit_deny"
-                    } else {
-                        "allow"
-                    },
-                    seconds,
-                );
+                let kind = match audit {
+                    Some(_) => DecisionKind::Audit,
+                    None => DecisionKind::Allow,
+                };
+                self.metrics.decision(&call.name, kind, seconds);
                 audits.push(PendingAudit {
                     method,
                     tool: call.name,
-                    decision: if audit.is_some() { "audit" } else { "allow" },
+                    decision: kind,
                     rule: audit.as_ref().map(|d| d.rule.clone()),
                     policy: audit.as_ref().map(|d| d.policy.clone()),
                     reason: audit.map(|d| d.reason),
@@ -534,22 +531,22 @@ impl Proxy {
                     reason: Some(denial.reason.clone()),
                     approval: None,
                 };
-                self.write_audit(&a, who, session, set.revision, None, start);
-                Outcome::Refuse(m.id.map(|_| denial_message(m.id_value(), &denial, modern)))
+                self.write_audit(&a, asked, None);
+                Outcome::Refuse(m.id.map(|_| Refusal::denied(m.id_value(), denial, modern)))
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn write_audit(
-        &self,
-        a: &PendingAudit,
-        who: &Identity,
-        session: Option<&str>,
-        revision: u64,
-        status: Option<u16>,
-        start: Instant,
-    ) {
+    /// The audit line of one decided call; `status` is the server's answer, for a call that
+    /// went on.
+    pub(super) fn write_audit(&self, a: &PendingAudit, asked: &Asked<'_>, status: Option<u16>) {
+        let Asked {
+            set,
+            who,
+            session,
+            start,
+            ..
+        } = *asked;
         self.audit.write(Record {
             time: now_rfc3339(),
             kind: "decision",
@@ -558,11 +555,11 @@ impl Proxy {
             identity: who.key(),
             method: a.method,
             tool: Some(&a.tool),
-            decision: a.decision,
+            decision: a.decision.as_str(),
             rule: a.rule.as_deref(),
             policy: a.policy.as_deref(),
             reason: a.reason.as_deref(),
-            revision,
+            revision: set.revision,
             upstream_status: status,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
             arguments: None,
@@ -590,7 +587,7 @@ enum Outcome<'b> {
     /// Sent on to the server, with what it reserved.
     Forward(Reserved),
     /// Refused here, with the answer for the client (none for a notification).
-    Refuse(Option<Value>),
+    Refuse(Option<Refusal>),
     /// Held for a person.
     Hold(Box<Held<'b>>),
 }
@@ -608,52 +605,9 @@ fn progress_token(m: &Message<'_>) -> Option<Value> {
 pub(super) struct PendingAudit {
     method: &'static str,
     tool: String,
-    decision: &'static str,
+    decision: DecisionKind,
     rule: Option<String>,
     policy: Option<String>,
     reason: Option<String>,
     approval: Option<String>,
-}
-
-/// The answer to a request whose id is in flight in its session already.
-fn in_flight(m: &Message<'_>) -> Value {
-    in_flight_value(m.id_value())
-}
-
-fn in_flight_value(id: Value) -> Value {
-    jsonrpc::error_response(
-        id,
-        jsonrpc::INVALID_REQUEST,
-        "Invalid Request: a request with this id is already in flight in this session; give each request its own id",
-        None,
-    )
-}
-
-/// The answer to a denied request: a JSON-RPC error, or an `isError` tool result.
-pub fn denial_message(id: Value, d: &Denial, modern: bool) -> Value {
-    let data = json!({ "reason": d.reason, "rule": d.rule, "policy": d.policy });
-    match d.deny_as {
-        DenyAs::Error => jsonrpc::error_response(
-            id,
-            jsonrpc::POLICY_DENIED,
-            &format!("Denied by policy: {}", d.reason),
-            Some(data),
-        ),
-        DenyAs::ToolResult => {
-            let mut m = json!({
-                "jsonrpc": "2.0",
-                "id": id,
-                "result": {
-                    "content": [ { "type": "text", "text": format!("Denied by policy: {}", d.reason) } ],
-                    "isError": true,
-                    "_meta": { "tollgate.dev/denial": data },
-                }
-            });
-            if modern {
-                // 2026-07-28 results name their type.
-                m["result"]["resultType"] = json!("complete");
-            }
-            m
-        }
-    }
 }

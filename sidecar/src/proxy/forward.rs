@@ -16,10 +16,10 @@ use tollgate_api::Identity;
 
 use super::batch::merge_answers;
 use super::legacy::{LegacySession, endpoint_key};
-use super::{Proxy, Resp, full, json_response};
+use super::refusal::Refusal;
+use super::{Onward, Proxy, RequestKind, Resp, full, json_response};
 use crate::http::client::Outgoing;
 use crate::http::media::ContentType;
-use crate::mcp::jsonrpc;
 use crate::mcp::sse::message_event;
 use crate::policy::Enforced;
 use crate::proxy::calls::Calls;
@@ -69,18 +69,20 @@ impl Proxy {
     }
 
     /// Sends a request with its body read upstream and passes its answer back through the
-    /// inspector.
-    #[allow(clippy::too_many_arguments)]
+    /// inspector; `extra` are the proxy's own answers to the messages it refused, merged in.
     pub(super) async fn forward(
         &self,
-        parts: http::request::Parts,
-        body: Outgoing,
+        onward: Onward,
         extra: Vec<Value>,
         mut inspector: Inspector,
-        peer: SocketAddr,
-        start: Instant,
-        kind: &'static str,
     ) -> Resp {
+        let Onward {
+            parts,
+            body,
+            peer,
+            start,
+            kind,
+        } = onward;
         let up = self.upstream_head(parts, peer);
         let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
@@ -88,10 +90,11 @@ impl Proxy {
                 if e.never_sent() {
                     inspector.refund_all();
                 }
-                return self.bad_gateway(&e, None);
+                return self.bad_gateway(&e);
             }
         };
-        self.metrics.request(kind, start.elapsed().as_secs_f64());
+        self.metrics
+            .request(kind.as_str(), start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         self.note_session(&parts);
@@ -124,19 +127,19 @@ impl Proxy {
         let bytes = match Limited::new(body, MAX_ANSWER).collect().await {
             Ok(c) => c.to_bytes(),
             // Cut off mid-answer: the calls keep their counts (they may have run).
-            Err(e) => return self.bad_gateway(&e, None),
+            Err(e) => return self.bad_gateway(&e),
         };
         if must_read && content != ContentType::Json && !bytes.is_empty() {
             // A tool list in a form the proxy does not read: a client might read it anyway.
             let why = format!("its answer's Content-Type is {content:?}, not JSON or SSE");
-            return withheld(&why);
+            return Refusal::Withheld(why).into_response();
         }
         let text = match std::str::from_utf8(&bytes) {
             Ok(text) => text,
             Err(_) => {
                 return match inspector.unreadable(&bytes, "its answer is not UTF-8") {
                     Some(error) if extra.is_empty() => json_text_response(parts, error),
-                    Some(_) => withheld("its answer is not UTF-8"),
+                    Some(_) => Refusal::Withheld("its answer is not UTF-8".into()).into_response(),
                     None => Response::from_parts(parts, full(bytes)),
                 };
             }
@@ -181,10 +184,12 @@ impl Proxy {
         let up = self.upstream_head(parts, peer);
         let resp = match self.client.send(&up, body).await {
             Ok(r) => r,
-            Err(e) => return self.bad_gateway(&e, None),
+            Err(e) => return self.bad_gateway(&e),
         };
-        self.metrics
-            .request("passthrough", start.elapsed().as_secs_f64());
+        self.metrics.request(
+            RequestKind::Passthrough.as_str(),
+            start.elapsed().as_secs_f64(),
+        );
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         self.note_session(&parts);
@@ -223,19 +228,16 @@ impl Proxy {
         Response::from_parts(parts, sse.boxed())
     }
 
-    pub(super) fn bad_gateway(&self, e: &dyn std::fmt::Display, id: Option<Value>) -> Resp {
+    /// The answer when the server could not be reached or its answer broke off: logged,
+    /// counted, and a 502 naming the server.
+    pub(super) fn bad_gateway(&self, e: &dyn std::fmt::Display) -> Resp {
         self.metrics.upstream_error("unreachable");
         tracing::warn!(upstream = %self.cfg.upstream, error = %e, "upstream request failed");
-        let body = jsonrpc::error_response(
-            id.unwrap_or(Value::Null),
-            jsonrpc::INTERNAL_ERROR,
-            &format!(
-                "The MCP server at {} could not be reached: {e}",
-                self.cfg.upstream
-            ),
-            None,
-        );
-        json_response(StatusCode::BAD_GATEWAY, &body)
+        Refusal::Unreachable {
+            upstream: self.cfg.upstream.to_string(),
+            error: e.to_string(),
+        }
+        .into_response()
     }
 }
 
@@ -247,17 +249,6 @@ pub(super) const MAX_ANSWER: usize = 64 * 1024 * 1024;
 fn json_text_response(mut parts: http::response::Parts, body: String) -> Resp {
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, full(body))
-}
-
-/// What the client gets for an answer the proxy must read and cannot.
-fn withheld(why: &str) -> Resp {
-    let body = jsonrpc::error_response(
-        Value::Null,
-        jsonrpc::INTERNAL_ERROR,
-        &format!("Tollgate cannot read the MCP server's answer, so it is withheld: {why}"),
-        None,
-    );
-    json_response(StatusCode::BAD_GATEWAY, &body)
 }
 
 /// Fields that belong to one hop, never forwarded; `Trailer` too, as trailers are not.

@@ -10,11 +10,9 @@
 //!   that stream ─ decided ─ finish (answers on the stream, the rest forwarded)
 //! ```
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -23,14 +21,12 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tollgate_api::Identity;
 
-use super::decide::{Asked, Decided};
-use super::{Proxy, Resp, Route};
+use super::decide::Decided;
+use super::refusal::Refusal;
+use super::{Exchange, Proxy, Resp};
 use crate::http::media::MediaType;
-use crate::mcp::jsonrpc;
 use crate::mcp::sse::message_event;
-use crate::policy::Enforced;
 
 /// Whether the client takes an SSE answer (streamable HTTP clients send both types).
 pub(super) fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -44,35 +40,20 @@ pub(super) fn accepts_sse(headers: &HeaderMap) -> bool {
 }
 
 impl Proxy {
-    #[allow(clippy::too_many_arguments)]
+    /// Answers at once and settles the held calls behind it: a stream of progress then the
+    /// request's answers, or (legacy) a 202, the answers going to the session's stream.
     pub(super) fn held_in_background(
         self: Arc<Self>,
-        parts: http::request::Parts,
-        bytes: Bytes,
-        batch: bool,
-        total: usize,
+        mut ex: Exchange,
         mut decided: Decided<'static>,
-        mut route: Route,
-        set: Arc<Enforced>,
-        who: Arc<Identity>,
-        peer: SocketAddr,
-        modern: bool,
-        start: Instant,
     ) -> Resp {
-        let events = route.legacy.as_ref().map(|l| l.events.clone());
-        let route_is_legacy = events.is_some();
+        let events = ex.route.legacy.as_ref().map(|l| l.events.clone());
+        let legacy = events.is_some();
         // Bounded: progress that cannot be written is dropped (the next one says the same).
         let (tx, rx) = mpsc::channel::<Bytes>(16);
         tokio::spawn(async move {
             let held = std::mem::take(&mut decided.held);
             {
-                let asked = Asked {
-                    set: &set,
-                    who: &who,
-                    session: route.session.as_deref(),
-                    modern,
-                    start,
-                };
                 let progress = |n: Value| {
                     let event = message_event(&n.to_string());
                     match &events {
@@ -80,21 +61,17 @@ impl Proxy {
                         None => drop(tx.try_send(event)),
                     }
                 };
-                self.settle_held(held, &asked, &mut route.inspector, &mut decided, progress)
+                let (asked, inspector) = ex.asked();
+                self.settle_held(held, &asked, inspector, &mut decided, progress)
                     .await;
             }
-            let legacy = route.legacy.is_some();
-            let resp = self
-                .finish(
-                    parts, &bytes, batch, total, decided, route, &set, &who, peer, start,
-                )
-                .await;
+            let resp = self.finish(ex, decided).await;
             // Legacy: the answers went to the session's stream; the server's 202 is no one's.
             if !legacy {
                 relay(resp, &tx).await;
             }
         });
-        if route_is_legacy {
+        if legacy {
             return super::accepted();
         }
         let mut resp = Response::new(ChannelBody { rx }.boxed());
@@ -146,12 +123,7 @@ async fn relay(resp: Resp, tx: &mpsc::Sender<Bytes>) {
     let messages = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Array(items)) => items,
         Ok(one @ Value::Object(_)) => vec![one],
-        _ => vec![jsonrpc::error_response(
-            Value::Null,
-            jsonrpc::INTERNAL_ERROR,
-            &format!("The MCP server answered HTTP {status} with a body that is not JSON-RPC"),
-            None,
-        )],
+        _ => vec![Refusal::NotJsonRpcAnswer(status).message()],
     };
     for m in messages {
         if tx.send(message_event(&m.to_string())).await.is_err() {

@@ -34,6 +34,7 @@ use serde_json::value::RawValue;
 use tollgate_api::Identity;
 
 use super::calls::{CallId, Calls};
+use super::refusal::Refusal;
 use crate::mcp::jsonrpc;
 use crate::mcp::tool_name::{has_unicode_escape, tool_name};
 use crate::policy::Enforced;
@@ -203,14 +204,11 @@ fn may_hold_tools(text: impl AsRef<[u8]>) -> bool {
 
 /// What the client gets instead of a tool list the proxy cannot read unambiguously.
 fn unfilterable(id: Option<&RawValue>, why: &str) -> String {
-    let message =
-        format!("Tollgate cannot filter the MCP server's answer, so it is withheld: {why}");
-    jsonrpc::error_response(
-        jsonrpc::id_value(id),
-        jsonrpc::INTERNAL_ERROR,
-        &message,
-        None,
-    )
+    Refusal::Unfilterable {
+        id: jsonrpc::id_value(id),
+        why: why.to_string(),
+    }
+    .message()
     .to_string()
 }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! request ─> admit    origin, caller (bearer token), body within its limit, one strict
-//!                     JSON-RPC message or batch whose Mcp-* headers agree   ─ refused ─> error
+//!                     JSON-RPC message or batch whose Mcp-* headers agree ─ Refusal ─> error
 //!         ─> decide   each message by the policy in force; allowed calls reserve counters and
 //!                     go in flight in their session; denied ones are answered here (and batch
 //!                     splits what goes on from what does not)
@@ -12,6 +12,11 @@
 //!         ─> inspect  its answer: JSON read whole or SSE event by event (stream), tool lists
 //!                     filtered, calls settled (inspect); the proxy's own answers merged in
 //! ```
+//!
+//! One request with a body goes through them as an [`Exchange`]: what it is, who sent it,
+//! the policy deciding it and where its answers go. Every answer the proxy gives in the
+//! server's place is a [`Refusal`], rendered in one place ([`refusal`]), and every decision
+//! has one name ([`DecisionKind`]) in the audit log and the metrics.
 //!
 //! A request without a body (a GET stream, a DELETE) is admitted and forwarded; its SSE
 //! answer is inspected. Bodies Tollgate does not change are forwarded byte for byte. Legacy
@@ -26,7 +31,10 @@ mod forward;
 mod held;
 pub mod inspect;
 mod legacy;
+pub mod refusal;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,7 +55,7 @@ use crate::approvals::Backend;
 use crate::http::client::{Outgoing, Upstream};
 use crate::http::deadline::Timeouts;
 use crate::http::server::RequestBody;
-use crate::mcp::jsonrpc::{self, Message};
+use crate::mcp::jsonrpc::Message;
 use crate::mcp::sse::message_event;
 use crate::policy::Enforced;
 use crate::policy::PolicyHandle;
@@ -61,7 +69,9 @@ use decide::{Asked, Decided};
 use legacy::{LegacyHandle, LegacySession};
 
 pub use crate::http::BoxBody as ProxyBody;
-pub use decide::denial_message;
+#[cfg(doc)]
+use crate::telemetry::DecisionKind;
+pub use refusal::Refusal;
 
 impl crate::http::server::Handler for Arc<Proxy> {
     type Body = ProxyBody;
@@ -80,8 +90,7 @@ impl crate::http::server::Handler for Arc<Proxy> {
 
     /// Agents speak JSON-RPC: a request refused before it was read gets a JSON-RPC error.
     fn refusal(&self, _: StatusCode, reason: &str) -> (HeaderValue, Bytes) {
-        let message = format!("Bad request: {reason}");
-        let body = jsonrpc::error_response(Value::Null, jsonrpc::INVALID_REQUEST, &message, None);
+        let body = Refusal::BadHttp(reason.to_string()).message();
         (
             HeaderValue::from_static("application/json"),
             body.to_string().into(),
@@ -166,6 +175,54 @@ struct Route {
     /// The legacy HTTP+SSE session it was posted to.
     legacy: Option<LegacyHandle>,
     inspector: Inspector,
+}
+
+/// One request with a body, as it goes through the stages once it was read: its head and
+/// body, who sent it and from where, the policy deciding it, and where its answers go.
+pub(super) struct Exchange {
+    parts: http::request::Parts,
+    /// The body as it came: what is forwarded of it is cut from these bytes.
+    body: Bytes,
+    /// Whether the body is a batch, and how many messages it holds.
+    batch: bool,
+    total: usize,
+    set: Arc<Enforced>,
+    who: Arc<Identity>,
+    peer: SocketAddr,
+    /// Whether it speaks the 2026-07-28 protocol (whose results name their type).
+    modern: bool,
+    start: Instant,
+    route: Route,
+}
+
+/// A request on its way to the server, with what the metrics file it under.
+pub(super) struct Onward {
+    parts: http::request::Parts,
+    body: Outgoing,
+    peer: SocketAddr,
+    start: Instant,
+    kind: RequestKind,
+}
+
+/// What kind of request the request-duration metric counts (its `kind` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RequestKind {
+    /// JSON-RPC read and decided, some of it forwarded.
+    Mcp,
+    /// Forwarded unread: no body (a GET stream, a DELETE), or a path that is not MCP.
+    Passthrough,
+    /// Every message refused: nothing forwarded.
+    Denied,
+}
+
+impl RequestKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Mcp => "mcp",
+            RequestKind::Passthrough => "passthrough",
+            RequestKind::Denied => "denied",
+        }
+    }
 }
 
 /// MCP's headers, named once: a lookup by `&str` parses the name again.
@@ -260,7 +317,7 @@ impl Proxy {
         let start = Instant::now();
         let (set, who) = match self.admit(&req) {
             Ok(admitted) => admitted,
-            Err(refused) => return Either::Left(std::future::ready(refused)),
+            Err(refused) => return Either::Left(std::future::ready(refused.into_response())),
         };
         // Whatever the method, a request with a body is read before anything is forwarded;
         // only one without (a GET stream, a DELETE, a probe) goes on as it is.
@@ -292,7 +349,7 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let bytes = match self.read_body(&parts.headers, body).await {
             Ok(bytes) => bytes,
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         };
         if bytes.is_empty() {
             // Framed as having a body, but none came: nothing to decide.
@@ -302,82 +359,65 @@ impl Proxy {
         }
         if self.cfg.passes_through(&set, parts.uri.path()) {
             // A path the user named as not MCP (an OAuth endpoint, say): forwarded as it is.
-            let inspector = Inspector::passthrough();
-            let body = Outgoing::Full(bytes);
+            let onward = Onward {
+                parts,
+                body: Outgoing::Full(bytes),
+                peer,
+                start,
+                kind: RequestKind::Passthrough,
+            };
             return self
-                .forward(
-                    parts,
-                    body,
-                    Vec::new(),
-                    inspector,
-                    peer,
-                    start,
-                    "passthrough",
-                )
+                .forward(onward, Vec::new(), Inspector::passthrough())
                 .await;
         }
         let rpc = match admit::messages(&parts.headers, &bytes) {
             Ok(rpc) => rpc,
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         };
-        let mut route = self.route(&parts, &set, &who, &rpc.messages);
-        let asked = Asked {
-            set: &set,
-            who: &who,
-            session: route.session.as_deref(),
+        let route = self.route(&parts, &set, &who, &rpc.messages);
+        let mut ex = Exchange {
             modern: header_str(&parts.headers, MCP_PROTOCOL_VERSION)
                 .is_some_and(|v| v >= "2026-07-28"),
+            parts,
+            body: bytes.clone(),
+            batch: rpc.batch,
+            total: rpc.messages.len(),
+            set,
+            who,
+            peer,
             start,
+            route,
         };
-        let mut decided = self
-            .decide_all(&rpc.messages, &asked, &mut route.inspector)
-            .await;
-        let (batch, total) = (rpc.batch, rpc.messages.len());
+        let mut decided = {
+            let (asked, inspector) = ex.asked();
+            self.decide_all(&rpc.messages, &asked, inspector).await
+        };
         if !decided.held.is_empty() {
-            let legacy = route.legacy.is_some();
+            let legacy = ex.route.legacy.is_some();
             let progress = decided.held.iter().any(|h| h.progress_token.is_some());
-            if legacy || (progress && held::accepts_sse(&parts.headers)) {
+            if legacy || (progress && held::accepts_sse(&ex.parts.headers)) {
                 // The legacy transport answers on the session's stream, so the POST is taken
                 // at once; a client asking for progress hears it on a stream begun now.
-                let decided = decided.into_owned();
-                let modern = asked.modern;
-                return self.held_in_background(
-                    parts, bytes, batch, total, decided, route, set, who, peer, modern, start,
-                );
+                return self.held_in_background(ex, decided.into_owned());
             }
             let held = std::mem::take(&mut decided.held);
-            self.settle_held(held, &asked, &mut route.inspector, &mut decided, |_| {})
+            let (asked, inspector) = ex.asked();
+            self.settle_held(held, &asked, inspector, &mut decided, |_| {})
                 .await;
         }
-        self.finish(
-            parts, &bytes, batch, total, decided, route, &set, &who, peer, start,
-        )
-        .await
+        self.finish(ex, decided).await
     }
 
     /// The decided request, on: the proxy's answers merged in, what was allowed forwarded, the
     /// allowed calls logged once the server answered.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        parts: http::request::Parts,
-        bytes: &Bytes,
-        batch: bool,
-        total: usize,
-        decided: Decided<'_>,
-        route: Route,
-        set: &Enforced,
-        who: &Identity,
-        peer: SocketAddr,
-        start: Instant,
-    ) -> Resp {
+    async fn finish(&self, ex: Exchange, decided: Decided<'_>) -> Resp {
         let Decided {
             kept,
             answers,
             audits,
             ..
         } = decided;
-        let answers = match &route.legacy {
+        let answers = match &ex.route.legacy {
             // Legacy transport: answers travel on the session's stream; the POST gets 202.
             Some(legacy) => {
                 for answer in &answers {
@@ -387,29 +427,43 @@ impl Proxy {
             }
             None => answers,
         };
-        let body = match batch::forwarded(bytes, kept.iter().map(|(_, raw)| raw.as_ref()), total) {
-            Some(body) => body,
-            None => {
-                self.metrics
-                    .request("denied", start.elapsed().as_secs_f64());
-                return batch::all_refused(batch, answers);
-            }
+        let forwarded =
+            batch::forwarded(&ex.body, kept.iter().map(|(_, raw)| raw.as_ref()), ex.total);
+        let Some(body) = forwarded else {
+            self.metrics.request(
+                RequestKind::Denied.as_str(),
+                ex.start.elapsed().as_secs_f64(),
+            );
+            return batch::all_refused(ex.batch, answers);
         };
-        let resp = self
-            .forward(
-                parts,
-                Outgoing::Full(body),
-                answers,
-                route.inspector,
-                peer,
-                start,
-                "mcp",
-            )
-            .await;
+        let Exchange {
+            parts,
+            set,
+            who,
+            peer,
+            modern,
+            start,
+            route,
+            ..
+        } = ex;
+        let onward = Onward {
+            parts,
+            body: Outgoing::Full(body),
+            peer,
+            start,
+            kind: RequestKind::Mcp,
+        };
+        let resp = self.forward(onward, answers, route.inspector).await;
         let status = resp.status().as_u16();
+        let asked = Asked {
+            set: &set,
+            who: &who,
+            session: route.session.as_deref(),
+            modern,
+            start,
+        };
         for a in audits {
-            let session = route.session.as_deref();
-            self.write_audit(&a, who, session, set.revision, Some(status), start);
+            self.write_audit(&a, &asked, Some(status));
         }
         resp
     }
@@ -454,6 +508,21 @@ impl Proxy {
             legacy: None,
             inspector,
         }
+    }
+}
+
+impl Exchange {
+    /// What its messages are decided with, and the inspector their answers will pass through
+    /// (borrowed apart, as deciding puts calls in flight in it).
+    fn asked(&mut self) -> (Asked<'_>, &mut Inspector) {
+        let asked = Asked {
+            set: &self.set,
+            who: &self.who,
+            session: self.route.session.as_deref(),
+            modern: self.modern,
+            start: self.start,
+        };
+        (asked, &mut self.route.inspector)
     }
 }
 

@@ -114,7 +114,7 @@ impl AuditLog {
     }
 
     /// Writes to what `out` opens (stdout; a test's pipe).
-    fn to<W: Write>(
+    pub(crate) fn to<W: Write>(
         out: impl Fn() -> W + Send + 'static,
         pod: Option<String>,
         limit: usize,

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served on their own port.
 //!
 //! ```text
-//! tollgate_decisions_total{tool, outcome}         allow | deny | approve | audit_deny
+//! tollgate_decisions_total{tool, outcome}         allow | deny | approve | audit (DecisionKind)
 //! tollgate_decision_duration_seconds              the decision function alone
 //! tollgate_request_duration_seconds{kind}         proxy in to upstream response headers
 //! tollgate_upstream_errors_total{reason}
@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
+
+use super::DecisionKind;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -67,7 +69,11 @@ struct Inner {
     /// Counter handles by tool and outcome, so the hot path allocates no label set. At most
     /// [`TOOL_LABELS`] tools; calls of others count under [`OTHER_TOOLS`].
     decision_cache: parking_lot::RwLock<
-        std::collections::HashMap<String, [Option<Counter>; 4], foldhash::fast::RandomState>,
+        std::collections::HashMap<
+            String,
+            [Option<Counter>; DecisionKind::ALL.len()],
+            foldhash::fast::RandomState,
+        >,
     >,
     decision_seconds: Histogram,
     request_seconds: Family<KindLabels, Histogram>,
@@ -238,14 +244,9 @@ impl Metrics {
         }))
     }
 
-    pub fn decision(&self, tool: &str, outcome: &'static str, seconds: f64) {
+    pub fn decision(&self, tool: &str, outcome: DecisionKind, seconds: f64) {
         self.0.decision_seconds.observe(seconds);
-        let slot = match outcome {
-            "allow" => 0,
-            "deny" => 1,
-            "approve" => 2,
-            _ => 3,
-        };
+        let slot = outcome as usize;
         if let Some(c) = self
             .0
             .decision_cache
@@ -267,7 +268,7 @@ impl Metrics {
                 .decisions
                 .get_or_create(&DecisionLabels {
                     tool: tool.to_string(),
-                    outcome,
+                    outcome: outcome.as_str(),
                 })
                 .clone()
         });
@@ -364,10 +365,10 @@ mod tests {
     fn tool_labels_stop_growing_at_the_limit_and_later_names_count_as_other() {
         let m = Metrics::new();
         for i in 0..TOOL_LABELS + 50 {
-            m.decision(&format!("made_up_{i}"), "deny", 1e-6);
+            m.decision(&format!("made_up_{i}"), DecisionKind::Deny, 1e-6);
         }
-        m.decision("made_up_0", "deny", 1e-6);
-        m.decision("made_up_0", "allow", 1e-6);
+        m.decision("made_up_0", DecisionKind::Deny, 1e-6);
+        m.decision("made_up_0", DecisionKind::Allow, 1e-6);
         let text = m.encode();
         let series = |tool: &str, outcome: &str| {
             let prefix =

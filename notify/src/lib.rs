@@ -1,5 +1,6 @@
 //! JSON events POSTed to a webhook (a chat bridge, a pager), for the approvals of the sidecar
-//! (standalone) and of the operator (in a cluster): the `notify` feature.
+//! (standalone) and of the operator (in a cluster). Apart from `tollgate-api`, the policy
+//! language, which does no I/O.
 //!
 //! Delivery is in order, from one task, each POST with a 10 s timeout and up to three tries a
 //! second apart; what still fails is logged. A slow webhook never holds up a call or a decision.

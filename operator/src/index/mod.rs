@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! watch Pods (label tollgate.dev/injected=true, metadata only) ─┐
-//! watch Namespaces (metadata only)                              ├─> Index ─ changed (watch) ─> streams, controllers
-//! watch McpPolicies, McpClusterPolicies                         ┘     └─ effective_for(pod) -> EffectivePolicy
+//! watch Namespaces (metadata only)                              ├─> Index ─ changed (watch) ─> controllers
+//! watch McpPolicies, McpClusterPolicies                         ┘     └─ PodPolicies: one sender per pod ─> its streams
 //! watch NetworkPolicies, Services ─> boundary_changed (watch) ─> the network-policy boundary
 //! watch McpApprovals ─> approvals_changed (watch) ─> held calls waiting for a decision
 //! GET /.well-known/openid-configuration, /openid/v1/jwks ─ every 5 min ─> service-account keys
 //! ```
+//!
+//! Each pod's policy is kept by [`PodPolicies`] (pure, in [`pods`]), which recomputes only the
+//! pods a change can concern and wakes only the streams whose policy it changed.
 //!
 //! Each kind is watched once, here. The leader's controllers are fed from these watches
 //! ([`Index::policy_events`] and the like), not from watches of their own; and a pod or
@@ -23,22 +26,22 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{broadcast, watch};
-use tollgate_api::{
-    DefaultAction, EffectivePolicy, McpApproval, McpClusterPolicy, McpPolicy, ServiceAccountKeys,
-    Workload,
-};
+use tollgate_api::{DefaultAction, McpApproval, McpClusterPolicy, McpPolicy, ServiceAccountKeys};
 
 use crate::health::Health;
-use crate::inject::{INJECTED_LABEL, TOKEN_AUDIENCE, default_action_override};
+use tollgate_api::contract::TOKEN_AUDIENCE;
+use tollgate_api::contract::annotations::INJECTED_LABEL;
 
-pub type PodMeta = PartialObjectMeta<Pod>;
+pub mod pods;
+
+pub use pods::{PodMeta, PodPolicies, PodPolicy};
 
 /// The operator's view of the cluster, shared by the webhooks, the streams and the controllers.
 pub struct Index {
@@ -59,7 +62,6 @@ pub struct Index {
     /// What goes around the sidecar, per (namespace, pod), as the boundary loop last found.
     boundary_findings: ArcSwap<BTreeMap<(String, String), Vec<String>>>,
     findings_changed: watch::Sender<u64>,
-    default_action: DefaultAction,
     /// Each policy, cluster policy and approval as its watch applies it (for the controllers).
     policy_events: broadcast::Sender<Arc<McpPolicy>>,
     cluster_policy_events: broadcast::Sender<Arc<McpClusterPolicy>>,
@@ -69,6 +71,8 @@ pub struct Index {
     affected_cluster_policies: broadcast::Sender<ObjectRef<McpClusterPolicy>>,
     /// Ticks when every policy should be reconciled (a relist).
     resync: watch::Sender<u64>,
+    /// Each injected pod's effective policy, with a sender per pod (what the streams follow).
+    pod_policies: parking_lot::Mutex<PodPolicies>,
     /// True once every store has listed. (A store's own readiness wakes one waiter only, so
     /// the index waits on them once and everyone else on this.)
     listed: watch::Sender<bool>,
@@ -113,13 +117,13 @@ impl Index {
             boundary_changed: watch::channel(0).0,
             boundary_findings: ArcSwap::default(),
             findings_changed: watch::channel(0).0,
-            default_action,
             policy_events: broadcast::channel(EVENTS_BUFFERED).0,
             cluster_policy_events: broadcast::channel(EVENTS_BUFFERED).0,
             approval_events: broadcast::channel(EVENTS_BUFFERED).0,
             affected_policies: broadcast::channel(EVENTS_BUFFERED).0,
             affected_cluster_policies: broadcast::channel(EVENTS_BUFFERED).0,
             resync: watch::channel(0).0,
+            pod_policies: parking_lot::Mutex::new(PodPolicies::new(default_action)),
             listed: watch::channel(false).0,
         });
         let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
@@ -129,7 +133,10 @@ impl Index {
             watcher(Api::<PodMeta>::all(client.clone()), injected),
             pods_w,
             move |e| i.before_pod(e),
-            move |e| j.after_selection_change(e),
+            move |e| {
+                j.after_selection_change(e);
+                j.pods_applied(e);
+            },
         );
         let (i, j) = (index.clone(), index.clone());
         let namespaces = watched(
@@ -140,7 +147,10 @@ impl Index {
             ),
             namespaces_w,
             move |e| i.before_namespace(e),
-            move |e| j.after_selection_change(e),
+            move |e| {
+                j.after_selection_change(e);
+                j.namespaces_applied(e);
+            },
         );
         let i = index.clone();
         let policies = watched(
@@ -148,7 +158,10 @@ impl Index {
             watcher(Api::<McpPolicy>::all(client.clone()), Default::default()),
             policies_w,
             |_| {},
-            move |e| applied(e, &i.policy_events),
+            move |e| {
+                applied(e, &i.policy_events);
+                i.policies_applied(e);
+            },
         );
         let i = index.clone();
         let cluster_policies = watched(
@@ -159,7 +172,10 @@ impl Index {
             ),
             cluster_policies_w,
             |_| {},
-            move |e| applied(e, &i.cluster_policy_events),
+            move |e| {
+                applied(e, &i.cluster_policy_events);
+                i.cluster_policies_applied(e);
+            },
         );
         let streams = futures::stream::select_all([pods, namespaces, policies, cluster_policies]);
         let boundary = futures::stream::select_all([
@@ -262,6 +278,71 @@ impl Index {
         for r in namespace_changed(&self.cluster_policies.state(), &old, new) {
             let _ = self.affected_cluster_policies.send(r);
         }
+    }
+
+    /// A pod event, into the pods' policies (a relist replaces them all).
+    fn pods_applied(&self, event: &watcher::Event<PodMeta>) {
+        let mut pods = self.pod_policies.lock();
+        match event {
+            watcher::Event::Apply(pod) => pods.apply_pod(pod),
+            watcher::Event::Delete(pod) => {
+                pods.delete_pod(&pod.namespace().unwrap_or_default(), &pod.name_any())
+            }
+            watcher::Event::InitDone => pods.reset_pods(self.pods.state().iter().map(|p| &**p)),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    fn namespaces_applied(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) {
+        let mut pods = self.pod_policies.lock();
+        match event {
+            watcher::Event::Apply(ns) => pods.apply_namespace(&ns.name_any(), ns.labels()),
+            watcher::Event::Delete(ns) => pods.delete_namespace(&ns.name_any()),
+            watcher::Event::InitDone => {
+                let all = self.namespaces.state();
+                let names: Vec<String> = all.iter().map(|ns| ns.name_any()).collect();
+                pods.reset_namespaces(
+                    names
+                        .iter()
+                        .map(String::as_str)
+                        .zip(all.iter().map(|ns| ns.labels())),
+                );
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    fn policies_applied(&self, event: &watcher::Event<McpPolicy>) {
+        let mut pods = self.pod_policies.lock();
+        match event {
+            watcher::Event::Apply(p) => pods.apply_policy(Arc::new(p.clone())),
+            watcher::Event::Delete(p) => {
+                pods.delete_policy(&p.namespace().unwrap_or_default(), &p.name_any())
+            }
+            watcher::Event::InitDone => pods.reset_policies(self.policies.state()),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    fn cluster_policies_applied(&self, event: &watcher::Event<McpClusterPolicy>) {
+        let mut pods = self.pod_policies.lock();
+        match event {
+            watcher::Event::Apply(p) => pods.apply_cluster_policy(Arc::new(p.clone())),
+            watcher::Event::Delete(p) => pods.delete_cluster_policy(&p.name_any()),
+            watcher::Event::InitDone => pods.reset_cluster_policies(self.cluster_policies.state()),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    /// One pod's policy as it is now and as it changes, while that pod (with this uid, when
+    /// given) exists.
+    pub fn pod_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Option<watch::Receiver<Arc<PodPolicy>>> {
+        self.pod_policies.lock().subscribe(namespace, name, uid)
     }
 
     /// After a pod or namespace relist, every policy is reconciled: what was deleted while the
@@ -383,28 +464,6 @@ impl Index {
 
     pub fn service_account_keys(&self) -> Option<Arc<ServiceAccountKeys>> {
         self.keys.load_full()
-    }
-
-    /// The policy in force on one injected pod (revision 0; the stream stamps it).
-    pub fn effective_for(&self, pod: &PodMeta) -> EffectivePolicy {
-        let namespace = pod.namespace().unwrap_or_default();
-        let namespace_labels = self.namespace_labels(&namespace);
-        let default_action = default_action_override(&pod.metadata)
-            .ok()
-            .flatten()
-            .unwrap_or(self.default_action);
-        let cluster = self.cluster_policies.state();
-        let namespaced = self.policies.state();
-        EffectivePolicy::for_workload(
-            Workload {
-                namespace: &namespace,
-                labels: pod.labels(),
-                namespace_labels: &namespace_labels,
-            },
-            cluster.iter().map(|p| &**p),
-            namespaced.iter().map(|p| &**p),
-            default_action,
-        )
     }
 
     /// What goes around the sidecar of the injected pods a policy selects, each as
@@ -582,7 +641,9 @@ async fn refresh_keys(index: Arc<Index>, client: Client) {
                 let changed = index.keys.load().as_deref() != Some(&keys);
                 if changed {
                     tracing::info!(issuer = %keys.issuer, "service-account token keys loaded");
-                    index.keys.store(Some(Arc::new(keys)));
+                    let keys = Arc::new(keys);
+                    index.keys.store(Some(keys.clone()));
+                    index.pod_policies.lock().set_keys(Some(keys));
                     index.changed.send_modify(|n| *n += 1);
                 }
             }

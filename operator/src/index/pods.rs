@@ -1,0 +1,578 @@
+//! Each injected pod's effective policy, kept as objects are applied and deleted, with one
+//! watch sender per pod, as Linkerd's policy index keeps one per workload: a change recomputes
+//! only the pods it can concern, and wakes only the streams of pods whose policy it changed.
+//!
+//! ```text
+//! apply/delete Pod          ─> that pod
+//! apply/delete Namespace    ─> the pods of that namespace, if its labels changed
+//! apply/delete McpPolicy    ─> the pods of its namespace its old or new selector selects
+//! apply/delete McpClusterPolicy ─> the pods its old or new selectors select
+//! service-account keys      ─> every pod (they travel with each policy)
+//!                                  │ recompute: EffectivePolicy::for_workload
+//!                                  └─> send_if_modified ─> the pod's streams, if it changed
+//! ```
+//!
+//! Pure: no client and no I/O. The index's watches feed it one object at a time, and a relist
+//! replaces a kind whole ([`PodPolicies::reset_pods`] and the like); tests feed it directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::PartialObjectMeta;
+use tokio::sync::watch;
+use tollgate_api::{
+    DefaultAction, EffectivePolicy, McpClusterPolicy, McpPolicy, ServiceAccountKeys, Workload,
+    contract::annotations,
+};
+
+pub type PodMeta = PartialObjectMeta<Pod>;
+type Labels = BTreeMap<String, String>;
+
+/// What one pod's stream sends: its effective policy (revision 0; the stream stamps it) and the
+/// keys its sidecar verifies agents' tokens with.
+#[derive(Debug, PartialEq)]
+pub struct PodPolicy {
+    pub policy: EffectivePolicy,
+    pub keys: Option<Arc<ServiceAccountKeys>>,
+}
+
+/// The pods, the objects that decide their policies, and a sender per pod.
+pub struct PodPolicies {
+    default_action: DefaultAction,
+    keys: Option<Arc<ServiceAccountKeys>>,
+    namespaces: HashMap<String, Labels>,
+    /// McpPolicies by namespace, then name.
+    policies: HashMap<String, BTreeMap<String, Arc<McpPolicy>>>,
+    cluster_policies: BTreeMap<String, Arc<McpClusterPolicy>>,
+    /// Pods by namespace, then name.
+    pods: HashMap<String, BTreeMap<String, PodEntry>>,
+    /// How many pods' policies were computed, and how many of those changed (for tests and
+    /// the benchmark's understanding of the cost of a change).
+    pub recomputed: u64,
+    pub sent: u64,
+}
+
+struct PodEntry {
+    uid: Option<String>,
+    labels: Labels,
+    /// The pod's own `tollgate.dev/default-action`, where it has a readable one.
+    default_action: Option<DefaultAction>,
+    tx: watch::Sender<Arc<PodPolicy>>,
+}
+
+impl PodPolicies {
+    pub fn new(default_action: DefaultAction) -> Self {
+        PodPolicies {
+            default_action,
+            keys: None,
+            namespaces: HashMap::new(),
+            policies: HashMap::new(),
+            cluster_policies: BTreeMap::new(),
+            pods: HashMap::new(),
+            recomputed: 0,
+            sent: 0,
+        }
+    }
+
+    /// A pod's policy as it is now and as it changes, while the pod with this name (and, when
+    /// given, this uid) exists; `None` where it does not.
+    pub fn subscribe(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Option<watch::Receiver<Arc<PodPolicy>>> {
+        let entry = self.pods.get(namespace)?.get(name)?;
+        if uid.is_some() && entry.uid.as_deref() != uid {
+            return None;
+        }
+        Some(entry.tx.subscribe())
+    }
+
+    /// A pod created or changed. A new uid under a known name is another pod: the old one's
+    /// streams end.
+    pub fn apply_pod(&mut self, pod: &PodMeta) {
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let uid = pod.uid();
+        let labels = pod.labels().clone();
+        let default_action = annotations::default_action(pod.annotations())
+            .ok()
+            .flatten();
+        let pods = self.pods.entry(namespace.clone()).or_default();
+        match pods.get_mut(&name) {
+            Some(entry) if entry.uid == uid => {
+                if entry.labels == labels && entry.default_action == default_action {
+                    return;
+                }
+                entry.labels = labels;
+                entry.default_action = default_action;
+            }
+            _ => {
+                let (tx, _) = watch::channel(Arc::new(PodPolicy {
+                    policy: EffectivePolicy {
+                        revision: 0,
+                        default_action: self.default_action,
+                        ungoverned_action: None,
+                        policies: Vec::new(),
+                    },
+                    keys: None,
+                }));
+                pods.insert(
+                    name.clone(),
+                    PodEntry {
+                        uid,
+                        labels,
+                        default_action,
+                        tx,
+                    },
+                );
+            }
+        }
+        self.recompute(&namespace, |n| n == name);
+    }
+
+    /// A pod gone: its streams end.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
+        if let Some(pods) = self.pods.get_mut(namespace) {
+            pods.remove(name);
+            if pods.is_empty() {
+                self.pods.remove(namespace);
+            }
+        }
+    }
+
+    /// Every pod, as a relist found them: the others are gone.
+    pub fn reset_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a PodMeta>) {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        for pod in pods {
+            seen.entry(pod.namespace().unwrap_or_default())
+                .or_default()
+                .push(pod.name_any());
+            self.apply_pod(pod);
+        }
+        let gone: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .flat_map(|(ns, pods)| pods.keys().map(move |n| (ns.clone(), n.clone())))
+            .filter(|(ns, n)| !seen.get(ns).is_some_and(|names| names.contains(n)))
+            .collect();
+        for (ns, name) in gone {
+            self.delete_pod(&ns, &name);
+        }
+    }
+
+    /// A namespace's labels, as applied (a deleted namespace has none).
+    pub fn apply_namespace(&mut self, name: &str, labels: &Labels) {
+        if self.namespaces.get(name) == Some(labels) {
+            return;
+        }
+        self.namespaces.insert(name.to_string(), labels.clone());
+        self.recompute(name, |_| true);
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        if self.namespaces.remove(name).is_some() {
+            self.recompute(name, |_| true);
+        }
+    }
+
+    /// Every namespace, as a relist found them.
+    pub fn reset_namespaces<'a>(&mut self, all: impl IntoIterator<Item = (&'a str, &'a Labels)>) {
+        let all: HashMap<String, Labels> = all
+            .into_iter()
+            .map(|(n, l)| (n.to_string(), l.clone()))
+            .collect();
+        if all == self.namespaces {
+            return;
+        }
+        self.namespaces = all;
+        self.recompute_all();
+    }
+
+    pub fn apply_policy(&mut self, policy: Arc<McpPolicy>) {
+        let namespace = policy.namespace().unwrap_or_default();
+        let old = self
+            .policies
+            .entry(namespace.clone())
+            .or_default()
+            .insert(policy.name_any(), policy.clone());
+        if old.as_deref() == Some(&*policy) {
+            return;
+        }
+        self.recompute_policy_pods(&namespace, old.as_deref(), Some(&policy));
+    }
+
+    pub fn delete_policy(&mut self, namespace: &str, name: &str) {
+        let old = self
+            .policies
+            .get_mut(namespace)
+            .and_then(|p| p.remove(name));
+        if let Some(old) = old {
+            self.recompute_policy_pods(namespace, Some(&old), None);
+        }
+    }
+
+    /// Every McpPolicy, as a relist found them.
+    pub fn reset_policies(&mut self, all: impl IntoIterator<Item = Arc<McpPolicy>>) {
+        let mut by_ns: HashMap<String, BTreeMap<String, Arc<McpPolicy>>> = HashMap::new();
+        for p in all {
+            by_ns
+                .entry(p.namespace().unwrap_or_default())
+                .or_default()
+                .insert(p.name_any(), p);
+        }
+        self.policies = by_ns;
+        self.recompute_all();
+    }
+
+    pub fn apply_cluster_policy(&mut self, policy: Arc<McpClusterPolicy>) {
+        let old = self
+            .cluster_policies
+            .insert(policy.name_any(), policy.clone());
+        if old.as_deref() == Some(&*policy) {
+            return;
+        }
+        self.recompute_cluster_policy_pods(old.as_deref(), Some(&policy));
+    }
+
+    pub fn delete_cluster_policy(&mut self, name: &str) {
+        if let Some(old) = self.cluster_policies.remove(name) {
+            self.recompute_cluster_policy_pods(Some(&old), None);
+        }
+    }
+
+    /// Every McpClusterPolicy, as a relist found them.
+    pub fn reset_cluster_policies(&mut self, all: impl IntoIterator<Item = Arc<McpClusterPolicy>>) {
+        self.cluster_policies = all.into_iter().map(|p| (p.name_any(), p)).collect();
+        self.recompute_all();
+    }
+
+    /// The cluster's service-account keys, which every pod's stream carries.
+    pub fn set_keys(&mut self, keys: Option<Arc<ServiceAccountKeys>>) {
+        if self.keys == keys {
+            return;
+        }
+        self.keys = keys;
+        self.recompute_all();
+    }
+
+    /// The pods of `namespace` that an McpPolicy selected before or selects now.
+    fn recompute_policy_pods(
+        &mut self,
+        namespace: &str,
+        old: Option<&McpPolicy>,
+        new: Option<&McpPolicy>,
+    ) {
+        let selected_by = |p: Option<&McpPolicy>, labels: &Labels| {
+            p.is_some_and(|p| tollgate_api::selects(p.spec.selector.as_ref(), labels))
+        };
+        let names: Vec<String> = self
+            .pods
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| selected_by(old, &e.labels) || selected_by(new, &e.labels))
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.recompute(namespace, |n| names.iter().any(|m| m == n));
+    }
+
+    /// The pods a cluster policy selected before or selects now.
+    fn recompute_cluster_policy_pods(
+        &mut self,
+        old: Option<&McpClusterPolicy>,
+        new: Option<&McpClusterPolicy>,
+    ) {
+        let selected_by = |p: Option<&McpClusterPolicy>, ns: &Labels, labels: &Labels| {
+            p.is_some_and(|p| {
+                tollgate_api::selects(p.spec.namespace_selector.as_ref(), ns)
+                    && tollgate_api::selects(p.spec.policy.selector.as_ref(), labels)
+            })
+        };
+        let empty = Labels::new();
+        let mut targets: Vec<(String, Vec<String>)> = Vec::new();
+        for (ns, pods) in &self.pods {
+            let ns_labels = self.namespaces.get(ns).unwrap_or(&empty);
+            let names: Vec<String> = pods
+                .iter()
+                .filter(|(_, e)| {
+                    selected_by(old, ns_labels, &e.labels) || selected_by(new, ns_labels, &e.labels)
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !names.is_empty() {
+                targets.push((ns.clone(), names));
+            }
+        }
+        for (ns, names) in targets {
+            self.recompute(&ns, |n| names.iter().any(|m| m == n));
+        }
+    }
+
+    fn recompute_all(&mut self) {
+        let namespaces: Vec<String> = self.pods.keys().cloned().collect();
+        for ns in namespaces {
+            self.recompute(&ns, |_| true);
+        }
+    }
+
+    /// Computes the policy of the pods of `namespace` that `which` names, and sends each to its
+    /// streams if it changed.
+    fn recompute(&mut self, namespace: &str, which: impl Fn(&str) -> bool) {
+        let Some(pods) = self.pods.get(namespace) else {
+            return;
+        };
+        let empty = Labels::new();
+        let namespace_labels = self.namespaces.get(namespace).unwrap_or(&empty);
+        let namespaced = self.policies.get(namespace);
+        for (name, entry) in pods.iter().filter(|(n, _)| which(n)) {
+            let policy = EffectivePolicy::for_workload(
+                Workload {
+                    namespace,
+                    labels: &entry.labels,
+                    namespace_labels,
+                },
+                self.cluster_policies.values().map(|p| &**p),
+                namespaced
+                    .into_iter()
+                    .flat_map(|p| p.values())
+                    .map(|p| &**p),
+                entry.default_action.unwrap_or(self.default_action),
+            );
+            let now = PodPolicy {
+                policy,
+                keys: self.keys.clone(),
+            };
+            self.recomputed += 1;
+            let changed = entry.tx.send_if_modified(|cur| {
+                if **cur == now {
+                    return false;
+                }
+                *cur = Arc::new(now);
+                true
+            });
+            if changed {
+                self.sent += 1;
+                tracing::trace!(namespace, pod = %name, "pod policy changed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, uid: &str, labels: &[(&str, &str)]) -> PodMeta {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": ns, "uid": uid, "labels": labels },
+        }))
+        .unwrap()
+    }
+
+    fn policy(ns: &str, name: &str, app: Option<&str>, tool: &str) -> Arc<McpPolicy> {
+        let selector = app.map(|a| json!({ "matchLabels": { "app": a } }));
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy",
+                "metadata": { "name": name, "namespace": ns },
+                "spec": { "selector": selector, "tools": { tool: { "rules": [] } } },
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn cluster_policy(name: &str, team: Option<&str>) -> Arc<McpClusterPolicy> {
+        let ns_selector = team.map(|t| json!({ "matchLabels": { "team": t } }));
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpClusterPolicy",
+                "metadata": { "name": name },
+                "spec": { "namespaceSelector": ns_selector, "policy": { "tools": {} } },
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// The names of the policies in force on a pod, as its stream would send them.
+    fn names(rx: &mut watch::Receiver<Arc<PodPolicy>>) -> Vec<String> {
+        rx.borrow_and_update()
+            .policy
+            .policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// An index with pods a (app=a) and b (app=b) in `shop`, c (app=a) in `lab`.
+    fn index() -> PodPolicies {
+        let mut idx = PodPolicies::new(DefaultAction::Deny);
+        idx.apply_namespace("shop", &Labels::from([("team".into(), "payments".into())]));
+        idx.apply_namespace("lab", &Labels::new());
+        idx.apply_pod(&pod("shop", "a", "u-a", &[("app", "a")]));
+        idx.apply_pod(&pod("shop", "b", "u-b", &[("app", "b")]));
+        idx.apply_pod(&pod("lab", "c", "u-c", &[("app", "a")]));
+        idx
+    }
+
+    #[test]
+    fn a_policy_change_wakes_only_the_pods_it_selected_or_selects() {
+        let mut idx = index();
+        let mut a = idx.subscribe("shop", "a", Some("u-a")).unwrap();
+        let mut b = idx.subscribe("shop", "b", None).unwrap();
+        let mut c = idx.subscribe("lab", "c", None).unwrap();
+        for rx in [&mut a, &mut b, &mut c] {
+            rx.mark_unchanged();
+        }
+
+        idx.apply_policy(policy("shop", "for-a", Some("a"), "read"));
+        assert!(a.has_changed().unwrap());
+        assert!(!b.has_changed().unwrap(), "b is not selected");
+        assert!(
+            !c.has_changed().unwrap(),
+            "another namespace's pod with the same labels"
+        );
+        assert_eq!(names(&mut a), ["mcppolicy/shop/for-a"]);
+
+        // Its selector moves from a to b: both change.
+        idx.apply_policy(policy("shop", "for-a", Some("b"), "read"));
+        assert_eq!(names(&mut a), Vec::<String>::new());
+        assert_eq!(names(&mut b), ["mcppolicy/shop/for-a"]);
+
+        // Applied again unchanged (a resync, a status write): nobody wakes.
+        idx.apply_policy(policy("shop", "for-a", Some("b"), "read"));
+        assert!(!a.has_changed().unwrap() && !b.has_changed().unwrap());
+
+        idx.delete_policy("shop", "for-a");
+        assert!(b.has_changed().unwrap());
+        assert_eq!(names(&mut b), Vec::<String>::new());
+        assert!(!a.has_changed().unwrap() && !c.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_cluster_policy_reaches_the_pods_of_the_namespaces_it_selects_and_follows_their_labels() {
+        let mut idx = index();
+        let mut a = idx.subscribe("shop", "a", None).unwrap();
+        let mut c = idx.subscribe("lab", "c", None).unwrap();
+        idx.apply_cluster_policy(cluster_policy("payments", Some("payments")));
+        assert_eq!(names(&mut a), ["mcpclusterpolicy/payments"]);
+        assert!(!c.has_changed().unwrap());
+        c.mark_unchanged();
+
+        idx.apply_namespace("lab", &Labels::from([("team".into(), "payments".into())]));
+        assert_eq!(names(&mut c), ["mcpclusterpolicy/payments"]);
+        assert!(!a.has_changed().unwrap(), "shop's labels did not change");
+
+        // A namespace event with the same labels (an annotation changed) wakes no one.
+        idx.apply_namespace("lab", &Labels::from([("team".into(), "payments".into())]));
+        assert!(!c.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_pod_relabelled_gets_its_new_policy_and_a_pod_gone_or_replaced_ends_its_streams() {
+        let mut idx = index();
+        idx.apply_policy(policy("shop", "for-b", Some("b"), "read"));
+        let mut a = idx.subscribe("shop", "a", Some("u-a")).unwrap();
+        assert!(names(&mut a).is_empty());
+        idx.apply_pod(&pod("shop", "a", "u-a", &[("app", "b")]));
+        assert_eq!(names(&mut a), ["mcppolicy/shop/for-b"]);
+
+        // The same name, another uid: another pod. The old one's stream ends, and a stream for
+        // the old uid is not served.
+        idx.apply_pod(&pod("shop", "a", "u-a2", &[("app", "b")]));
+        assert!(a.has_changed().is_err(), "the replaced pod's stream ended");
+        assert!(idx.subscribe("shop", "a", Some("u-a")).is_none());
+        let mut a2 = idx.subscribe("shop", "a", Some("u-a2")).unwrap();
+        assert_eq!(names(&mut a2), ["mcppolicy/shop/for-b"]);
+
+        idx.delete_pod("shop", "a");
+        assert!(a2.has_changed().is_err());
+        assert!(idx.subscribe("shop", "a", None).is_none());
+    }
+
+    #[test]
+    fn a_pods_default_action_annotation_and_the_cluster_keys_reach_its_stream() {
+        let mut idx = index();
+        let mut a = idx.subscribe("shop", "a", None).unwrap();
+        assert_eq!(a.borrow().policy.default_action, DefaultAction::Deny);
+        let mut annotated = pod("shop", "a", "u-a", &[("app", "a")]);
+        annotated.metadata.annotations = Some(BTreeMap::from([(
+            annotations::DEFAULT_ACTION.to_string(),
+            "allow".to_string(),
+        )]));
+        idx.apply_pod(&annotated);
+        assert!(a.has_changed().unwrap());
+        assert_eq!(
+            a.borrow_and_update().policy.default_action,
+            DefaultAction::Allow
+        );
+
+        let keys = Arc::new(ServiceAccountKeys {
+            issuer: "https://kubernetes.default.svc".into(),
+            audience: "tollgate".into(),
+            jwks: json!({"keys": []}),
+        });
+        idx.set_keys(Some(keys.clone()));
+        assert_eq!(a.borrow_and_update().keys, Some(keys.clone()));
+        idx.set_keys(Some(keys));
+        assert!(!a.has_changed().unwrap(), "the same keys again wake no one");
+    }
+
+    #[test]
+    fn a_relist_drops_what_is_gone_and_recomputes_only_what_changed() {
+        let mut idx = index();
+        idx.apply_policy(policy("shop", "for-a", Some("a"), "read"));
+        let mut a = idx.subscribe("shop", "a", None).unwrap();
+        let b = idx.subscribe("shop", "b", None).unwrap();
+        a.mark_unchanged();
+        // The watch was down while b was deleted and for-a changed its tools.
+        idx.reset_pods(&[
+            pod("shop", "a", "u-a", &[("app", "a")]),
+            pod("lab", "c", "u-c", &[("app", "a")]),
+        ]);
+        assert!(b.has_changed().is_err(), "b is gone");
+        idx.reset_policies([policy("shop", "for-a", Some("a"), "write")]);
+        assert!(a.has_changed().unwrap());
+        let tools: Vec<String> = a.borrow_and_update().policy.policies[0]
+            .spec
+            .tools
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(tools, ["write"]);
+    }
+
+    #[test]
+    fn with_a_thousand_pods_a_change_to_one_namespaces_policy_computes_only_its_pods() {
+        let mut idx = PodPolicies::new(DefaultAction::Deny);
+        for n in 0..1000 {
+            let ns = format!("ns-{}", n % 100);
+            idx.apply_pod(&pod(
+                &ns,
+                &format!("p-{n}"),
+                &format!("u-{n}"),
+                &[("app", "x")],
+            ));
+        }
+        let (computed, sent) = (idx.recomputed, idx.sent);
+        idx.apply_policy(policy("ns-7", "only-here", None, "read"));
+        assert_eq!(idx.recomputed - computed, 10, "the 10 pods of ns-7");
+        assert_eq!(idx.sent - sent, 10);
+        let (computed, sent) = (idx.recomputed, idx.sent);
+        idx.apply_cluster_policy(cluster_policy("everywhere", None));
+        assert_eq!(idx.recomputed - computed, 1000);
+        assert_eq!(idx.sent - sent, 1000);
+        let (computed, sent) = (idx.recomputed, idx.sent);
+        idx.apply_policy(policy("ns-7", "only-here", None, "write"));
+        assert_eq!((idx.recomputed - computed, idx.sent - sent), (10, 10));
+    }
+}
