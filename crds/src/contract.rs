@@ -152,6 +152,90 @@ pub const TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/token";
 /// The audience of the sidecar's token: the policy stream accepts no other.
 pub const TOKEN_AUDIENCE: &str = "tollgate";
 
+/// How nothing reaches a pod's app around its sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoundaryMode {
+    /// An init container's iptables rules send inbound TCP for the MCP port to the sidecar.
+    Redirect,
+    /// No privilege: the MCP port's name moves to the sidecar, so a Service that targets it by
+    /// name reaches the sidecar, and a NetworkPolicy the operator keeps admits every port of
+    /// the pod but the app's.
+    NetworkPolicy,
+}
+
+impl BoundaryMode {
+    /// The annotation's and the chart's spelling.
+    pub fn parse(s: &str) -> Option<BoundaryMode> {
+        match s {
+            "redirect" => Some(BoundaryMode::Redirect),
+            "network-policy" => Some(BoundaryMode::NetworkPolicy),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoundaryMode::Redirect => "redirect",
+            BoundaryMode::NetworkPolicy => "network-policy",
+        }
+    }
+}
+
+/// The NetworkPolicy of the `network-policy` boundary for pods whose app serves on `port`.
+pub fn network_policy_name(port: i32) -> String {
+    format!("tollgate-boundary-{port}")
+}
+
+/// The name the app's MCP port takes in the `network-policy` boundary, once its own name has
+/// moved to the sidecar.
+pub const APP_PORT_NAME: &str = "tollgate-app";
+
+/// What injection did to a pod: its [`annotations::STATUS`] annotation, written once by the
+/// mutating webhook and read by whoever keeps the pod's boundary. `boundary` says it in words
+/// for people reading the pod; `mode` says it for programs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectedStatus {
+    /// The operator's version that injected it.
+    pub version: String,
+    /// The sidecar's container name.
+    pub sidecar: String,
+    /// The app's MCP port.
+    pub upstream_port: i32,
+    /// The sidecar's port for agents.
+    pub proxy_port: u16,
+    /// How the boundary is kept. Absent on pods injected before it was written; see
+    /// [`InjectedStatus::mode`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<BoundaryMode>,
+    pub boundary: String,
+    /// The `hostPort`s moved from the app's MCP port to the sidecar.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports_moved: Vec<i32>,
+}
+
+impl InjectedStatus {
+    /// The annotation read, or `None` where it is absent or not one.
+    pub fn of<'a>(
+        annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Option<InjectedStatus> {
+        let (_, text) = annotations
+            .into_iter()
+            .find(|(k, _)| k.as_str() == annotations::STATUS)?;
+        serde_json::from_str(text).ok()
+    }
+
+    /// How the pod's boundary is kept. A pod injected before `mode` was written has only the
+    /// sentence, which began with the mode's name.
+    pub fn mode(&self) -> Option<BoundaryMode> {
+        self.mode.or_else(|| {
+            let first = self.boundary.split(':').next()?;
+            BoundaryMode::parse(first)
+        })
+    }
+}
+
 /// Annotations and labels on pods and namespaces.
 pub mod annotations {
     /// `"true"` injects a pod, `"false"` opts it out even in an enabled namespace.

@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,26 +31,11 @@ use crate::admission;
 use crate::health::Health;
 use crate::index::Index;
 use crate::inject::InjectConfig;
+pub use crate::respond::{Body, full, text};
 use crate::tls::ServingCert;
-
-pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// The largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
 const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
-}
-
-pub fn text(status: StatusCode, message: &str) -> Response<Body> {
-    let mut resp = Response::new(full(format!("{message}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
 
 /// What the HTTPS handlers share.
 pub struct Shared {

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tollgate_api::PolicyUpdate;
 
 use crate::index::{Index, PodPolicy};
-use crate::server::{Body, text};
+use crate::respond::{Body, text};
 use tollgate_api::contract::TOKEN_AUDIENCE;
 
 pub use tollgate_api::contract::HEARTBEAT;

@@ -1,33 +1,7 @@
-//! The `network-policy` boundary: for pods that may not have `NET_ADMIN`, the network keeps
-//! their MCP port behind the sidecar.
-//!
-//! ```text
-//! injection labels the pod tollgate.dev/app-port=N ─┐  (the webhook makes sure the policy
-//!                                                   │   exists before the pod is stored)
-//! Index (injected pods, NetworkPolicies, Services) ─┴─> per namespace and port N:
-//!     NetworkPolicy tollgate-boundary-N   selects app-port=N, admits every port but N
-//!                                         (or, where other policies already isolate those
-//!                                         pods, admits nothing: it must never widen them)
-//!     ClusterNetworkPolicy tollgate-boundary-N   where policy.networking.k8s.io is served:
-//!                                         Admin tier, Deny TCP N to app-port=N pods from every
-//!                                         namespace; no namespace policy can override it
-//!     findings: what would still reach the app around the sidecar, per pod
-//!         ─> a Warning Event on the pod, and the Boundary condition of the policies selecting it
-//! ```
-//!
-//! NetworkPolicies add up: any one that admits port N to a pod opens it, whatever Tollgate's
-//! says. So the operator looks for the ways around and reports them rather than pretend.
-//!
-//! One NetworkPolicy per namespace and port, not per workload: a pod is selected by its labels,
-//! and at admission a pod does not know its workload's name (a ReplicaSet's pod names its
-//! ReplicaSet, not the Deployment). Pods of the same namespace with the same MCP port need the
-//! same policy, so they share it.
-//!
-//! The decisions are pure functions of the index ([`plan`]); [`run`] applies them (leader only).
+//! The boundary's decisions, pure functions of the index: the objects each namespace and port
+//! needs, and what would still reach an app around its sidecar.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{
@@ -35,41 +9,23 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
-use tollgate_api::contract::annotations::{APP_PORT_LABEL, STATUS as STATUS_ANNOTATION};
+use tollgate_api::contract::annotations::APP_PORT_LABEL;
+use tollgate_api::contract::{APP_PORT_NAME, BoundaryMode, InjectedStatus};
 use tollgate_api::selects;
 
+use super::{CNP_GROUP, CNP_KIND, CNP_VERSION, MANAGED_BY, network_policy_name};
 use crate::index::{Index, PodMeta};
 
-/// The label that marks the objects this module owns (and the only ones it deletes).
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tollgate-operator");
-/// The field manager of every server-side apply.
-const FIELD_MANAGER: &str = "tollgate-operator";
-/// How often whether the cluster serves ClusterNetworkPolicy is asked again.
-const DISCOVERY_EVERY: Duration = Duration::from_secs(60);
-/// The network-policy-api's cluster-scoped policy (sigs.k8s.io/network-policy-api v0.3).
-const CNP_GROUP: &str = "policy.networking.k8s.io";
-const CNP_VERSION: &str = "v1alpha2";
-const CNP_KIND: &str = "ClusterNetworkPolicy";
-/// The port the app's MCP port is renamed to when its name is handed to the sidecar.
-const APP_PORT_NAME: &str = crate::inject::APP_PORT_NAME;
-
-pub fn network_policy_name(port: i32) -> String {
-    format!("tollgate-boundary-{port}")
-}
-
-fn managed_labels(port: i32) -> BTreeMap<String, String> {
+pub(super) fn managed_labels(port: i32) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (APP_PORT_LABEL.to_string(), port.to_string()),
     ])
 }
 
-fn is_ours(meta: &ObjectMeta) -> bool {
+pub(super) fn is_ours(meta: &ObjectMeta) -> bool {
     meta.labels
         .as_ref()
         .and_then(|l| l.get(MANAGED_BY.0))
@@ -77,7 +33,7 @@ fn is_ours(meta: &ObjectMeta) -> bool {
         == Some(MANAGED_BY.1)
 }
 
-fn app_selector(port: i32) -> LabelSelector {
+pub(super) fn app_selector(port: i32) -> LabelSelector {
     LabelSelector {
         match_labels: Some(BTreeMap::from([(
             APP_PORT_LABEL.to_string(),
@@ -168,14 +124,11 @@ pub fn app_port(pod: &PodMeta) -> Option<i32> {
 }
 
 /// What injection recorded of a pod (its `tollgate.dev/status` annotation).
-fn injected_status(pod: &PodMeta) -> serde_json::Value {
-    pod.annotations()
-        .get(STATUS_ANNOTATION)
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default()
+pub(super) fn injected_status(pod: &PodMeta) -> Option<InjectedStatus> {
+    InjectedStatus::of(pod.annotations())
 }
 
-fn selects_for_ingress(np: &NetworkPolicy, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn selects_for_ingress(np: &NetworkPolicy, labels: &BTreeMap<String, String>) -> bool {
     let Some(spec) = &np.spec else { return false };
     let ingress = match &spec.policy_types {
         Some(types) => types.iter().any(|t| t == "Ingress"),
@@ -186,7 +139,10 @@ fn selects_for_ingress(np: &NetworkPolicy, labels: &BTreeMap<String, String>) ->
 }
 
 /// Kubernetes' own selector type, matched as Tollgate's policies match theirs.
-fn kube_selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn kube_selects(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let selector = selector.map(|s| tollgate_api::LabelSelector {
         match_labels: s.match_labels.clone(),
         match_expressions: s.match_expressions.as_ref().map(|all| {
@@ -203,7 +159,7 @@ fn kube_selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Stri
 }
 
 /// Whether a rule's port list admits TCP `port` of an app whose port is named `tollgate-app`.
-fn admits(ports: Option<&Vec<NetworkPolicyPort>>, port: i32) -> bool {
+pub(super) fn admits(ports: Option<&Vec<NetworkPolicyPort>>, port: i32) -> bool {
     let Some(ports) = ports.filter(|p| !p.is_empty()) else {
         return true;
     };
@@ -311,18 +267,6 @@ pub fn plan(namespace: &str, port: i32, members: &[&PodMeta], around: &Namespace
                 }
             }
         }
-        for at in injected_status(pod)["hostPorts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-        {
-            found.push(format!(
-                "{at} publishes port {port} on the node: NetworkPolicies admit the node's own \
-                 traffic, so where the node forwards it as its own it reaches the app around \
-                 the sidecar; drop the hostPort or use the redirect boundary"
-            ));
-        }
         if !found.is_empty() {
             findings.insert(pod.name_any(), found);
         }
@@ -335,12 +279,9 @@ pub fn plan(namespace: &str, port: i32, members: &[&PodMeta], around: &Namespace
 
 /// Pods injected with the `network-policy` boundary whose label was taken away: no policy
 /// selects them any more.
-fn unlabelled(pod: &PodMeta) -> Option<String> {
-    let boundary = injected_status(pod)["boundary"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    (boundary.starts_with("network-policy") && app_port(pod).is_none()).then(|| {
+pub(super) fn unlabelled(pod: &PodMeta) -> Option<String> {
+    let mode = injected_status(pod).and_then(|s| s.mode());
+    (mode == Some(BoundaryMode::NetworkPolicy) && app_port(pod).is_none()).then(|| {
         format!(
             "the pod was injected with the network-policy boundary but its {APP_PORT_LABEL} label \
              is gone, so no NetworkPolicy keeps its MCP port behind the sidecar; delete the pod \
@@ -412,317 +353,14 @@ pub fn desired(index: &Index) -> Desired {
     managed = MANAGED_BY.0,
     by = MANAGED_BY.1
 )]
-pub struct Taken(String);
-
-#[derive(Debug, thiserror::Error)]
-pub enum EnsureError {
-    #[error(transparent)]
-    Taken(#[from] Taken),
-    #[error(transparent)]
-    Api(#[from] kube::Error),
-}
-
-/// Makes sure the NetworkPolicy for a pod being admitted exists before the pod does, so no pod
-/// starts with its MCP port open. The leader's loop keeps it right from then on.
-pub async fn ensure_for_admission(
-    client: &Client,
-    index: &Index,
-    namespace: &str,
-    port: i32,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), EnsureError> {
-    let name = network_policy_name(port);
-    let existing = index
-        .network_policies
-        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(namespace));
-    if existing.is_some_and(|np| is_ours(&np.metadata)) {
-        return Ok(());
-    }
-    // Not in the cache (or not ours there): create, never overwrite. The cache may be behind
-    // the API server, so what exists under the name is read back from it.
-    let others_isolate = index.network_policies.state().iter().any(|np| {
-        np.namespace().as_deref() == Some(namespace)
-            && !is_ours(&np.metadata)
-            && selects_for_ingress(np, labels)
-    });
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
-    let np = network_policy(namespace, port, others_isolate);
-    match api.create(&kube::api::PostParams::default(), &np).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            let existing = api.get(&name).await?;
-            if is_ours(&existing.metadata) {
-                Ok(())
-            } else {
-                Err(Taken(name).into())
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn apply_network_policy(client: &Client, np: &NetworkPolicy) -> Result<(), kube::Error> {
-    let ns = np.metadata.namespace.as_deref().unwrap_or_default();
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-    let mut object = serde_json::to_value(np).expect("a NetworkPolicy serialises");
-    object["apiVersion"] = json!("networking.k8s.io/v1");
-    object["kind"] = json!("NetworkPolicy");
-    api.patch(
-        &np.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map(drop)
-}
-
-fn cnp_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(CNP_GROUP, CNP_VERSION, CNP_KIND),
-        "clusternetworkpolicies",
-    )
-}
-
-/// Whether the API server serves ClusterNetworkPolicy.
-async fn serves_cluster_network_policies(client: &Client) -> bool {
-    match client
-        .list_api_group_resources(&format!("{CNP_GROUP}/{CNP_VERSION}"))
-        .await
-    {
-        Ok(list) => list.resources.iter().any(|r| r.kind == CNP_KIND),
-        Err(_) => false,
-    }
-}
-
-/// What the loop remembers between passes.
-#[derive(Default)]
-struct Memory {
-    /// Our objects no pod needs, and since when.
-    unneeded: BTreeMap<String, Instant>,
-    /// The findings last published per pod.
-    reported: BTreeMap<(String, String), Vec<String>>,
-    cluster_policies: Option<(bool, Instant)>,
-    grace: Duration,
-}
-
-/// Keeps the boundary's objects as [`desired`] says, until aborted (leadership lost).
-///
-/// `grace`: how long an object no pod needs is kept (a pod being admitted may not be in the
-/// index yet).
-pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter, grace: Duration) {
-    let mut changed = index.subscribe_boundary();
-    let mut memory = Memory {
-        grace,
-        ..Memory::default()
-    };
-    loop {
-        if let Err(e) = pass(&client, &index, &reporter, &mut memory).await {
-            tracing::warn!(error = %e, "cannot keep the network-policy boundary; retrying");
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            continue;
-        }
-        // Wake on a change, and at least every grace so unneeded objects are collected.
-        let _ =
-            tokio::time::timeout(memory.grace.max(Duration::from_secs(1)), changed.changed()).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        changed.borrow_and_update();
-    }
-}
-
-/// One pass over everything. An object the API server refuses does not hold up the others, nor
-/// the report: the first error is returned once all were tried.
-async fn pass(
-    client: &Client,
-    index: &Index,
-    reporter: &Reporter,
-    memory: &mut Memory,
-) -> Result<(), kube::Error> {
-    let want = desired(index);
-    let now = Instant::now();
-    let mut failed = None;
-    for np in want.network_policies.values() {
-        let ns = np.metadata.namespace.as_deref().unwrap_or_default();
-        let existing = index
-            .network_policies
-            .get(&kube::runtime::reflector::ObjectRef::new(&np.name_any()).within(ns));
-        if existing.as_ref().is_some_and(|e| !is_ours(&e.metadata)) {
-            // Reported by `desired` as a finding on each pod it leaves open.
-            continue;
-        }
-        let same = existing
-            .as_ref()
-            .is_some_and(|e| e.spec == np.spec && e.metadata.labels == np.metadata.labels);
-        if !same {
-            match apply_network_policy(client, np).await {
-                Ok(()) => {
-                    tracing::info!(namespace = ns, name = %np.name_any(), "NetworkPolicy applied")
-                }
-                Err(e) => {
-                    tracing::warn!(namespace = ns, name = %np.name_any(), error = %e, "cannot apply the NetworkPolicy");
-                    failed.get_or_insert(e);
-                }
-            }
-        }
-    }
-    let wanted: BTreeSet<String> = want
-        .network_policies
-        .keys()
-        .map(|(ns, port)| format!("{ns}/{}", network_policy_name(*port)))
-        .collect();
-    for np in index.network_policies.state() {
-        if !is_ours(&np.metadata) {
-            continue;
-        }
-        let (ns, name) = (np.namespace().unwrap_or_default(), np.name_any());
-        let key = format!("{ns}/{name}");
-        if wanted.contains(&key) {
-            memory.unneeded.remove(&key);
-            continue;
-        }
-        let since = *memory.unneeded.entry(key.clone()).or_insert(now);
-        if now.duration_since(since) < memory.grace {
-            continue;
-        }
-        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {
-                tracing::info!(namespace = %ns, %name, "NetworkPolicy no pod needs deleted");
-                memory.unneeded.remove(&key);
-            }
-            Err(kube::Error::Api(status)) if status.code == 404 => {
-                memory.unneeded.remove(&key);
-            }
-            Err(e) => {
-                failed.get_or_insert(e);
-            }
-        }
-    }
-    if let Err(e) = keep_cluster_network_policies(client, &want.ports, memory, now).await {
-        tracing::warn!(error = %e, "cannot keep the ClusterNetworkPolicies");
-        // Ask again whether the API is served: it may have been removed.
-        memory.cluster_policies = None;
-        failed.get_or_insert(e);
-    }
-    report(client, index, reporter, &want.findings, memory).await;
-    index.set_boundary_findings(want.findings);
-    failed.map_or(Ok(()), Err)
-}
-
-async fn keep_cluster_network_policies(
-    client: &Client,
-    ports: &BTreeSet<i32>,
-    memory: &mut Memory,
-    now: Instant,
-) -> Result<(), kube::Error> {
-    let served = match memory.cluster_policies {
-        Some((served, at)) if now.duration_since(at) < DISCOVERY_EVERY => served,
-        _ => {
-            let served = serves_cluster_network_policies(client).await;
-            if memory.cluster_policies.map(|(s, _)| s) != Some(served) {
-                tracing::info!(served, "{CNP_GROUP}/{CNP_VERSION} {CNP_KIND}");
-            }
-            memory.cluster_policies = Some((served, now));
-            served
-        }
-    };
-    if !served {
-        return Ok(());
-    }
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &cnp_resource());
-    let existing = api
-        .list(
-            &kube::api::ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
-        )
-        .await?;
-    for port in ports {
-        let want = cluster_network_policy(*port);
-        let name = network_policy_name(*port);
-        let same = existing
-            .items
-            .iter()
-            .any(|o| o.name_any() == name && o.data.get("spec") == want.get("spec"));
-        if !same {
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(want),
-            )
-            .await?;
-            tracing::info!(%name, "ClusterNetworkPolicy applied");
-        }
-    }
-    for object in &existing.items {
-        let name = object.name_any();
-        if ports.iter().any(|p| network_policy_name(*p) == name) {
-            memory.unneeded.remove(&name);
-            continue;
-        }
-        let since = *memory.unneeded.entry(name.clone()).or_insert(now);
-        if now.duration_since(since) >= memory.grace {
-            api.delete(&name, &DeleteParams::default()).await?;
-            memory.unneeded.remove(&name);
-        }
-    }
-    Ok(())
-}
-
-/// A Warning Event on each pod whose findings changed, a Normal one when they are gone.
-///
-/// Each is a new Event: a Recorder would fold it into the series of the last one with the same
-/// reason, which keeps the first note, and the note is what changed.
-async fn report(
-    client: &Client,
-    index: &Index,
-    reporter: &Reporter,
-    findings: &BTreeMap<(String, String), Vec<String>>,
-    memory: &mut Memory,
-) {
-    let keys: BTreeSet<&(String, String)> = findings.keys().chain(memory.reported.keys()).collect();
-    let mut events = Vec::new();
-    for key in keys {
-        let now = findings.get(key);
-        if now == memory.reported.get(key) {
-            continue;
-        }
-        let Some(pod) = index.pod(&key.0, &key.1) else {
-            continue;
-        };
-        let event = match now {
-            Some(found) => {
-                let mut note = found.join("; ");
-                note.truncate(1000);
-                Event {
-                    type_: EventType::Warning,
-                    reason: "BoundaryOpen".into(),
-                    note: Some(note),
-                    action: "Inspect".into(),
-                    secondary: None,
-                }
-            }
-            None => Event {
-                type_: EventType::Normal,
-                reason: "BoundaryClosed".into(),
-                note: Some("nothing reaches the MCP port around the sidecar any more".into()),
-                action: "Inspect".into(),
-                secondary: None,
-            },
-        };
-        events.push((pod.object_ref(&()), event));
-    }
-    for (reference, event) in events {
-        let recorder = Recorder::new(client.clone(), reporter.clone());
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, "cannot publish an event");
-        }
-    }
-    memory.reported = findings.clone();
-}
+pub struct Taken(pub(super) String);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
     use kube::api::PartialObjectMeta;
+    use tollgate_api::contract::annotations::STATUS as STATUS_ANNOTATION;
 
     fn pod(name: &str, labels: &[(&str, &str)]) -> PodMeta {
         let mut pod = PartialObjectMeta::<k8s_openapi::api::core::v1::Pod>::default();
@@ -941,18 +579,6 @@ mod tests {
     }
 
     #[test]
-    fn a_host_port_recorded_at_injection_is_reported() {
-        let mut a = app("a");
-        a.metadata.annotations = Some(BTreeMap::from([(
-            STATUS_ANNOTATION.to_string(),
-            json!({"boundary": "network-policy", "hostPorts": ["spec.containers[0].ports[0].hostPort"]})
-                .to_string(),
-        )]));
-        let found = &plan("team", 8080, &[&a], &Namespace::default()).findings["a"];
-        assert!(found[0].starts_with("spec.containers[0].ports[0].hostPort publishes port 8080"));
-    }
-
-    #[test]
     fn a_pod_in_a_mixed_group_that_no_other_policy_selects_is_told_it_is_closed() {
         let restrictive = user_policy(
             "only-a",
@@ -976,19 +602,34 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_whose_app_port_label_was_removed_is_reported() {
+    fn a_pod_whose_app_port_label_was_removed_is_reported_by_its_recorded_mode() {
+        let status = |mode: Option<&str>, sentence: &str| {
+            let mut v = json!({"version": "0.2.0", "sidecar": "tollgate-proxy", "upstreamPort": 8080,
+                               "proxyPort": 15480, "boundary": sentence});
+            if let Some(mode) = mode {
+                v["mode"] = json!(mode);
+            }
+            BTreeMap::from([(STATUS_ANNOTATION.to_string(), v.to_string())])
+        };
         let mut p = pod("a", &[("app", "mcp")]);
-        p.metadata.annotations = Some(BTreeMap::from([(
-            STATUS_ANNOTATION.to_string(),
-            json!({"boundary": "network-policy: ..."}).to_string(),
-        )]));
-        assert!(unlabelled(&p).unwrap().contains("label is gone"));
-        let mut redirect = p.clone();
-        redirect.metadata.annotations = Some(BTreeMap::from([(
-            STATUS_ANNOTATION.to_string(),
-            json!({"boundary": "redirect: ..."}).to_string(),
-        )]));
-        assert_eq!(unlabelled(&redirect), None);
+        for (mode, sentence, reported) in [
+            (
+                Some("network-policy"),
+                "network-policy: NetworkPolicy …",
+                true,
+            ),
+            (Some("redirect"), "redirect: …", false),
+            // Injected before `mode` was recorded: the sentence began with it.
+            (None, "network-policy: NetworkPolicy …", true),
+            (None, "redirect: inbound TCP …", false),
+        ] {
+            p.metadata.annotations = Some(status(mode, sentence));
+            assert_eq!(
+                unlabelled(&p).is_some_and(|f| f.contains("label is gone")),
+                reported,
+                "{mode:?} {sentence}"
+            );
+        }
     }
 
     #[test]
