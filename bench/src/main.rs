@@ -503,6 +503,24 @@ async fn main() -> anyhow::Result<()> {
         )?;
         ts.push(Target::local("tollgate", port, "/mcp", "", vec![p.0.id()]));
         procs.push(p);
+        // The same proxy with hyper reading agents' HTTP/1 (`--http1 hyper`, the way out should
+        // a fault be found in Tollgate's own server): what the switch costs or saves.
+        let port = free_port();
+        let audit = std::fs::File::create(tmp.join(format!("audit-{kind}-hyper.log")))?;
+        let p = spawn_to(
+            tollgate(port, free_port()).args(["--http1", "hyper"]),
+            port,
+            "tollgate --http1 hyper",
+            audit.into(),
+        )?;
+        ts.push(Target::local(
+            "tollgate (hyper http1)",
+            port,
+            "/mcp",
+            "",
+            vec![p.0.id()],
+        ));
+        procs.push(p);
         if let Some(redis) = &args.redis {
             let port = free_port();
             let admin = free_port();
@@ -977,6 +995,7 @@ fn svg(results: &[(String, Vec<Cell>)]) -> String {
         ("direct", "#4c78a8"),
         ("nginx", "#72b7b2"),
         ("tollgate", "#f58518"),
+        ("tollgate (hyper http1)", "#ff9da6"),
         ("passthrough", "#bab0ac"),
         ("floor", "#54a24b"),
         ("mcp-proxy", "#e45756"),

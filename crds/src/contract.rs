@@ -47,6 +47,8 @@ pub mod env {
     pub const COUNTERS_TIMEOUT: &str = "TOLLGATE_COUNTERS_TIMEOUT";
     /// Whose counters: the replicas of one workload share them (`<namespace>/<Kind>/<name>`).
     pub const COUNTERS_GROUP: &str = "TOLLGATE_COUNTERS_GROUP";
+    /// Which HTTP/1 server reads agents' requests: `tollgate` (unset) or `hyper`.
+    pub const HTTP1: &str = "TOLLGATE_HTTP1";
 }
 
 /// The sidecar's default UID and GID. In redirect mode its own connections to the app are the

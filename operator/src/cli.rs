@@ -60,6 +60,10 @@ struct Args {
     /// The sidecar's log level.
     #[arg(long, env = "TOLLGATE_SIDECAR_LOG", default_value = "info")]
     sidecar_log_level: String,
+    /// Which HTTP/1 server injected sidecars read agents' requests with: Tollgate's own, or
+    /// hyper's, should a fault be found in Tollgate's (`tollgate proxy --http1`).
+    #[arg(long, env = "TOLLGATE_SIDECAR_HTTP1", default_value = "tollgate", value_parser = ["tollgate", "hyper"])]
+    sidecar_http1: String,
     /// The injected sidecar's CPU request. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_CPU_REQUEST", default_value = "10m")]
     sidecar_cpu_request: String,
@@ -357,6 +361,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             image: args.sidecar_image.clone(),
             resources,
             log_level: args.sidecar_log_level.clone(),
+            hyper_http1: args.sidecar_http1 == "hyper",
             control_plane_url,
             control_plane_ca: String::new(),
             proxy_port: args.sidecar_port,

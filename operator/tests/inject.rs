@@ -14,6 +14,7 @@ fn config() -> InjectConfig {
         image: "ghcr.io/tollgate-dev/tollgate:test".into(),
         resources: Default::default(),
         log_level: "info".into(),
+        hyper_http1: false,
         control_plane_url: "https://tollgate-operator.tollgate-system.svc:8443".into(),
         control_plane_ca: "-----BEGIN CERTIFICATE-----\n...".into(),
         proxy_port: 15480,
@@ -1122,4 +1123,27 @@ fn the_sidecars_identity_annotations_must_be_numbers_it_can_use() {
         );
         assert_eq!(refused(&pod, &no_labels(), value).at, annotation);
     }
+}
+
+#[test]
+fn the_operator_can_have_every_injected_sidecar_read_http1_with_hyper() {
+    let pod = injected(&opted_in(), &no_labels());
+    assert_eq!(
+        env(sidecar(&pod), "TOLLGATE_HTTP1"),
+        None,
+        "Tollgate's own by default"
+    );
+    let config = InjectConfig {
+        hyper_http1: true,
+        ..config()
+    };
+    let pod: Pod = serde_json::from_value(opted_in()).unwrap();
+    let Injection::Patch { patch, .. } = inject_sidecar(&pod, &no_labels(), &config).unwrap()
+    else {
+        panic!("not injected");
+    };
+    let mut after = opted_in();
+    json_patch::patch(&mut after, &patch).unwrap();
+    let pod: Pod = serde_json::from_value(after).unwrap();
+    assert_eq!(env(sidecar(&pod), "TOLLGATE_HTTP1"), Some("hyper"));
 }

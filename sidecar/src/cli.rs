@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use tollgate_api::{Call, Decision, DefaultAction, EffectivePolicy, Identity, NoCounters};
 
+use crate::http::server::Http1Server;
 use crate::policy::identity::Verifier;
 use crate::policy::{FileSource, PolicyHandle};
 use crate::proxy::{Proxy, ProxyConfig};
@@ -260,6 +261,11 @@ struct ProxyArgs {
     /// answers 503 (for load balancers that take a while to notice).
     #[arg(long, env = "TOLLGATE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     shutdown_delay: Duration,
+    /// Which HTTP/1 server reads agents' requests: Tollgate's own, or hyper's (the oracle the
+    /// suite holds Tollgate's to), should a fault be found in Tollgate's. HTTP/2 is hyper's
+    /// either way.
+    #[arg(long, env = "TOLLGATE_HTTP1", value_enum, default_value_t = Http1Server::Tollgate)]
+    http1: Http1Server,
     /// How many bytes of audit lines may wait for stdout before `--audit-overflow` applies.
     #[arg(long, env = "TOLLGATE_AUDIT_BUFFER", default_value_t = crate::telemetry::audit::DEFAULT_BUFFER)]
     audit_buffer: usize,
@@ -716,6 +722,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                     upstream_body: args.upstream_body_timeout,
                 },
                 max_held_calls: args.max_held_calls,
+                http1: args.http1,
             },
             handle.clone(),
             audit.clone(),

@@ -365,6 +365,19 @@ def test_bypass_no_denied_call_reaches_the_server_by_any_attempt(guarded, transp
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bypass_with_hyper_serving_http1_no_denied_call_reaches_the_server(guarded, transport):
+    """`--http1 hyper`, the way out should a fault be found in Tollgate's own HTTP/1 server,
+    holds the same line: every attempt, on every transport."""
+    ch = guarded(transport, "--http1", "hyper")
+    for name, body, headers, path, method in ATTEMPTS:
+        h = {**ch.headers, **(headers or {})}
+        h = {k: v for k, v in h.items() if v != ""}
+        ch.post(body, headers=h, path=path, method=method)
+    ch.sync()  # an allowed call runs through it: the sentinel
+    assert_nothing_denied_ran(ch.record, transport)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_bypass_the_undefended_server_runs_some_of_these_attempts(bare, transport):
     # The same attempts straight to the server: had the proxy waved them through, the suite
     # above would see these runs. It shows the attempts are real, not ones no server runs.
@@ -695,8 +708,9 @@ def raw_exchange(port: int, data: bytes, pause_after: int | None = None) -> byte
         return out
 
 
-def test_bypass_requests_framed_two_ways_never_smuggle_a_denied_call(guarded):
-    ch = guarded("json")
+@pytest.mark.parametrize("http1", ["tollgate", "hyper"])
+def test_bypass_requests_framed_two_ways_never_smuggle_a_denied_call(guarded, http1):
+    ch = guarded("json", "--http1", http1)
     port = ch.proxy.port
     sid = ch.headers.get("mcp-session-id", "")
     hidden = DELETE.encode()

@@ -30,6 +30,7 @@ SWITCHES = {
     "no CRDs": {"crds": {"install": False}},
     "CRDs not kept": {"crds": {"keep": False}},
     "one replica": {"operator": {"replicas": 1}},
+    "hyper reads sidecars' HTTP/1": {"sidecar": {"http1": "hyper"}},
     "injected namespaces": {"injection": {"namespaces": ["agents", "payments"]}},
     "no-privilege boundary": {"injection": {"boundary": "network-policy"}},
     "webhooks fail open": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}},

@@ -12,6 +12,10 @@
 //!                                  └─> send_if_modified ─> the pod's streams, if it changed
 //! ```
 //!
+//! A pod no stream follows is not computed: it is marked stale, and computed when a stream
+//! subscribes (most injected pods have one sidecar connected, but a change should not cost the
+//! pods whose sidecar is away).
+//!
 //! Pure: no client and no I/O. The index's watches feed it one object at a time, and a relist
 //! replaces a kind whole ([`PodPolicies::reset_pods`] and the like); tests feed it directly.
 
@@ -60,6 +64,9 @@ struct PodEntry {
     /// The pod's own `tollgate.dev/default-action`, where it has a readable one.
     default_action: Option<DefaultAction>,
     tx: watch::Sender<Arc<PodPolicy>>,
+    /// Whether `tx` holds the pod's policy as it is now (false while no stream followed it
+    /// through a change).
+    fresh: bool,
 }
 
 impl PodPolicies {
@@ -79,7 +86,7 @@ impl PodPolicies {
     /// A pod's policy as it is now and as it changes, while the pod with this name (and, when
     /// given, this uid) exists; `None` where it does not.
     pub fn subscribe(
-        &self,
+        &mut self,
         namespace: &str,
         name: &str,
         uid: Option<&str>,
@@ -88,7 +95,11 @@ impl PodPolicies {
         if uid.is_some() && entry.uid.as_deref() != uid {
             return None;
         }
-        Some(entry.tx.subscribe())
+        let rx = entry.tx.subscribe();
+        if !entry.fresh {
+            self.compute(namespace, |n| n == name, true);
+        }
+        Some(rx)
     }
 
     /// A pod created or changed. A new uid under a known name is another pod: the old one's
@@ -127,6 +138,7 @@ impl PodPolicies {
                         labels,
                         default_action,
                         tx,
+                        fresh: false,
                     },
                 );
             }
@@ -320,15 +332,24 @@ impl PodPolicies {
     }
 
     /// Computes the policy of the pods of `namespace` that `which` names, and sends each to its
-    /// streams if it changed.
+    /// streams if it changed. Pods no stream follows are only marked stale.
     fn recompute(&mut self, namespace: &str, which: impl Fn(&str) -> bool) {
-        let Some(pods) = self.pods.get(namespace) else {
+        self.compute(namespace, which, false);
+    }
+
+    fn compute(&mut self, namespace: &str, which: impl Fn(&str) -> bool, unfollowed_too: bool) {
+        let Some(pods) = self.pods.get_mut(namespace) else {
             return;
         };
         let empty = Labels::new();
         let namespace_labels = self.namespaces.get(namespace).unwrap_or(&empty);
         let namespaced = self.policies.get(namespace);
-        for (name, entry) in pods.iter().filter(|(n, _)| which(n)) {
+        for (name, entry) in pods.iter_mut().filter(|(n, _)| which(n)) {
+            if !unfollowed_too && entry.tx.receiver_count() == 0 {
+                entry.fresh = false;
+                continue;
+            }
+            entry.fresh = true;
             let policy = EffectivePolicy::for_workload(
                 Workload {
                     namespace,
@@ -554,6 +575,7 @@ mod tests {
     #[test]
     fn with_a_thousand_pods_a_change_to_one_namespaces_policy_computes_only_its_pods() {
         let mut idx = PodPolicies::new(DefaultAction::Deny);
+        let mut streams = Vec::new();
         for n in 0..1000 {
             let ns = format!("ns-{}", n % 100);
             idx.apply_pod(&pod(
@@ -562,6 +584,7 @@ mod tests {
                 &format!("u-{n}"),
                 &[("app", "x")],
             ));
+            streams.push(idx.subscribe(&ns, &format!("p-{n}"), None).unwrap());
         }
         let (computed, sent) = (idx.recomputed, idx.sent);
         idx.apply_policy(policy("ns-7", "only-here", None, "read"));
@@ -574,5 +597,21 @@ mod tests {
         let (computed, sent) = (idx.recomputed, idx.sent);
         idx.apply_policy(policy("ns-7", "only-here", None, "write"));
         assert_eq!((idx.recomputed - computed, idx.sent - sent), (10, 10));
+
+        // Pods whose sidecar is away cost nothing until one connects, which gets the policy in
+        // force then.
+        streams.truncate(1); // p-0, in ns-0
+        let computed = idx.recomputed;
+        idx.apply_cluster_policy(cluster_policy("second", None));
+        assert_eq!(idx.recomputed - computed, 1);
+        let mut late = idx.subscribe("ns-7", "p-7", None).unwrap();
+        assert_eq!(
+            names(&mut late),
+            [
+                "mcpclusterpolicy/everywhere",
+                "mcpclusterpolicy/second",
+                "mcppolicy/ns-7/only-here"
+            ]
+        );
     }
 }

@@ -197,6 +197,11 @@ pub(super) fn sidecar_container(
                 field(sidecar_env::POD_NAMESPACE, "metadata.namespace"),
             ]
             .into_iter()
+            .chain(
+                config
+                    .hyper_http1
+                    .then(|| env(sidecar_env::HTTP1, "hyper".into())),
+            )
             .chain((!probes.is_empty()).then(|| {
                 env(
                     sidecar_env::APP_PROBES,

@@ -88,6 +88,8 @@ pub struct InjectConfig {
     pub image: String,
     pub resources: ResourceRequirements,
     pub log_level: String,
+    /// Serve agents' HTTP/1 with hyper's server (`--http1 hyper`) in every injected sidecar.
+    pub hyper_http1: bool,
     /// Where the sidecar connects for its policy.
     pub control_plane_url: String,
     /// The CA (PEM) the sidecar trusts for the policy stream.

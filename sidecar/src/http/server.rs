@@ -53,7 +53,7 @@ use crate::http::BoxError;
 use crate::http::deadline::Timeouts;
 use crate::http::framing::{Buffered, Framing, put_content_length};
 use crate::http::head::{
-    MAX_HEAD, Refusal, RequestHead as Head, read_request as parse_head, refusal,
+    MAX_HEAD, MAX_HEADERS, Refusal, RequestHead as Head, read_request as parse_head, refusal,
 };
 
 /// How much a read for a request head asks the socket for: an MCP call's head and body
@@ -86,6 +86,11 @@ pub trait Handler: Clone + Send + Sync + Unpin + 'static {
         Timeouts::default()
     }
 
+    /// Which HTTP/1 server reads agents' requests.
+    fn http1(&self) -> Http1Server {
+        Http1Server::Tollgate
+    }
+
     /// The `Content-Type` and body of the answer to a request refused before [`Handler::call`]
     /// saw it (its status and why): plain text unless the handler speaks something else.
     fn refusal(&self, status: StatusCode, reason: &str) -> (HeaderValue, Bytes) {
@@ -96,6 +101,16 @@ pub trait Handler: Clone + Send + Sync + Unpin + 'static {
             body.into(),
         )
     }
+}
+
+/// Which HTTP/1 server reads agents' requests: Tollgate's own (the default), or hyper's, so a
+/// fault found in ours has an answer that is one flag (`--http1 hyper`) while it is fixed.
+/// HTTP/2 is hyper's either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Server {
+    #[default]
+    Tollgate,
+    Hyper,
 }
 
 /// The HTTP/2 connection preface a prior-knowledge client opens with.
@@ -151,6 +166,10 @@ pub async fn serve<H: Handler>(
         }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
+            if handler.http1() == Http1Server::Hyper {
+                let io = Prefixed { buf, io: stream };
+                return Box::pin(serve_hyper_h1(io, peer, handler, stop, timeouts)).await;
+            }
             return Http1::new(stream, buf, peer, handler, stop, timeouts)
                 .serve()
                 .await;
@@ -166,8 +185,53 @@ pub async fn serve<H: Handler>(
     }
 }
 
-/// HTTP/2 with prior knowledge, by hyper's HTTP/2 server alone: hyper's HTTP/1 server never
-/// serves an agent.
+/// HTTP/1 by hyper's server, chosen with `--http1 hyper`: requests as hyper reads them (the
+/// oracle the suite holds Tollgate's own server to), the same handler, and the same deadlines
+/// for a head and for an idle connection.
+async fn serve_hyper_h1<H: Handler>(
+    io: Prefixed,
+    peer: SocketAddr,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+    timeouts: Timeouts,
+) -> Served {
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let req = req.map(|body| RequestBody(Inner::Hyper(body)));
+        handler.call(req, peer).map(Ok::<_, Infallible>)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeouts.head)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD.max(8192));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    Served {
+        requests: requests.load(std::sync::atomic::Ordering::Relaxed),
+        ..Served::default()
+    }
+}
+
+/// HTTP/2 with prior knowledge, by hyper's HTTP/2 server alone.
 async fn serve_h2<H: Handler>(
     io: Prefixed,
     peer: SocketAddr,
@@ -175,7 +239,7 @@ async fn serve_h2<H: Handler>(
     mut stop: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let req = req.map(|body| RequestBody(Inner::Http2(body)));
+        let req = req.map(|body| RequestBody(Inner::Hyper(body)));
         handler.call(req, peer).map(Ok::<_, Infallible>)
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -262,14 +326,14 @@ impl tokio::io::AsyncWrite for Prefixed {
 }
 
 /// A request's body: read with its head, still arriving on an HTTP/1 connection, or hyper's
-/// (HTTP/2).
+/// (HTTP/2, and HTTP/1 with `--http1 hyper`).
 pub struct RequestBody(Inner);
 
 enum Inner {
     /// All of it, taken by the first poll.
     Full(Bytes),
     Http1(Http1Body),
-    Http2(Incoming),
+    Hyper(Incoming),
 }
 
 impl RequestBody {
@@ -293,7 +357,7 @@ impl std::fmt::Debug for RequestBody {
         match &self.0 {
             Inner::Full(b) => write!(f, "RequestBody::Full({} bytes)", b.len()),
             Inner::Http1(b) => write!(f, "RequestBody::Http1({:?})", b.framing),
-            Inner::Http2(_) => f.write_str("RequestBody::Http2"),
+            Inner::Hyper(_) => f.write_str("RequestBody::Hyper"),
         }
     }
 }
@@ -310,7 +374,7 @@ impl Body for RequestBody {
             Inner::Full(bytes) if bytes.is_empty() => Poll::Ready(None),
             Inner::Full(bytes) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes))))),
             Inner::Http1(body) => body.poll_frame(cx),
-            Inner::Http2(body) => Pin::new(body)
+            Inner::Hyper(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(Into::into))),
         }
@@ -320,7 +384,7 @@ impl Body for RequestBody {
         match &self.0 {
             Inner::Full(bytes) => bytes.is_empty(),
             Inner::Http1(body) => body.read.is_none() || body.framing.is_done(),
-            Inner::Http2(body) => body.is_end_stream(),
+            Inner::Hyper(body) => body.is_end_stream(),
         }
     }
 
@@ -332,7 +396,7 @@ impl Body for RequestBody {
                 ..
             }) => SizeHint::with_exact(*n),
             Inner::Http1(_) => SizeHint::default(),
-            Inner::Http2(body) => body.size_hint(),
+            Inner::Hyper(body) => body.size_hint(),
         }
     }
 }

@@ -88,6 +88,10 @@ impl crate::http::server::Handler for Arc<Proxy> {
         self.cfg.timeouts
     }
 
+    fn http1(&self) -> crate::http::server::Http1Server {
+        self.cfg.http1
+    }
+
     /// Agents speak JSON-RPC: a request refused before it was read gets a JSON-RPC error.
     fn refusal(&self, _: StatusCode, reason: &str) -> (HeaderValue, Bytes) {
         let body = Refusal::BadHttp(reason.to_string()).message();
@@ -116,6 +120,8 @@ pub struct ProxyConfig {
     /// The most calls held for a person at once (each keeps its request); past it, such calls
     /// are denied until some are settled.
     pub max_held_calls: usize,
+    /// Which HTTP/1 server reads agents' requests.
+    pub http1: crate::http::server::Http1Server,
 }
 
 impl ProxyConfig {
