@@ -200,17 +200,22 @@ pub const APP_PORT_NAME: &str = "tollgate-app";
 #[serde(rename_all = "camelCase")]
 pub struct InjectedStatus {
     /// The operator's version that injected it.
+    #[serde(default)]
     pub version: String,
     /// The sidecar's container name.
+    #[serde(default)]
     pub sidecar: String,
     /// The app's MCP port.
+    #[serde(default)]
     pub upstream_port: i32,
     /// The sidecar's port for agents.
+    #[serde(default)]
     pub proxy_port: u16,
     /// How the boundary is kept. Absent on pods injected before it was written; see
     /// [`InjectedStatus::mode`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<BoundaryMode>,
+    #[serde(default)]
     pub boundary: String,
     /// The `hostPort`s moved from the app's MCP port to the sidecar.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

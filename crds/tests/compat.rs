@@ -22,6 +22,12 @@ fn compat_dir(test: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
+    // CI has the files: there, their absence is a failure, not a skip.
+    assert!(
+        std::env::var_os("TOLLGATE_COMPAT_REQUIRED").is_none(),
+        "{test}: no compat files at {} and TOLLGATE_COMPAT_REQUIRED is set",
+        dir.display()
+    );
     // Written to stderr itself, not through eprintln!, which the harness captures.
     let _ = writeln!(
         std::io::stderr(),

@@ -188,7 +188,9 @@ async fn held_call(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         Err(resp) => return resp,
     };
     let known = crate::stream::wait_for_pod(&shared.index, &who).await;
-    let pod = known.and_then(|_| shared.index.pod(&who.namespace, &who.name));
+    let pod = known
+        .and_then(|_| shared.index.pod(&who.namespace, &who.name))
+        .filter(|p| who.uid.is_none() || kube::ResourceExt::uid(&**p) == who.uid);
     let Some(pod) = pod else {
         return text(
             StatusCode::NOT_FOUND,

@@ -184,9 +184,10 @@ def flood_server() -> tuple[int, dict]:
     return srv.getsockname()[1], seen
 
 
-def test_faults_an_agent_that_stops_reading_a_flood_is_cut_off_and_the_proxy_holds_no_more_than_a_few_mib(proxy):
+@pytest.mark.parametrize("http1", ["tollgate", "hyper"])
+def test_faults_an_agent_that_stops_reading_a_flood_is_cut_off_and_the_proxy_holds_no_more_than_a_few_mib(proxy, http1):
     port, seen = flood_server()
-    px = proxy(f"http://127.0.0.1:{port}", LIMITED, "--write-timeout", "2s")
+    px = proxy(f"http://127.0.0.1:{port}", LIMITED, "--write-timeout", "2s", "--http1", http1)
     before = rss_kib(px.proc.proc.pid)
     agent = socket.create_connection(("127.0.0.1", px.port))
     agent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

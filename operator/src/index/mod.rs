@@ -462,10 +462,6 @@ impl Index {
         self.pods.get(&ObjectRef::new(name).within(namespace))
     }
 
-    pub fn service_account_keys(&self) -> Option<Arc<ServiceAccountKeys>> {
-        self.keys.load_full()
-    }
-
     /// What goes around the sidecar of the injected pods a policy selects, each as
     /// `namespace/pod: finding`.
     pub fn around_selected(

@@ -19,7 +19,7 @@
 //! Pure: no client and no I/O. The index's watches feed it one object at a time, and a relist
 //! replaces a kind whole ([`PodPolicies::reset_pods`] and the like); tests feed it directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -158,11 +158,11 @@ impl PodPolicies {
 
     /// Every pod, as a relist found them: the others are gone.
     pub fn reset_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a PodMeta>) {
-        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
         for pod in pods {
             seen.entry(pod.namespace().unwrap_or_default())
                 .or_default()
-                .push(pod.name_any());
+                .insert(pod.name_any());
             self.apply_pod(pod);
         }
         let gone: Vec<(String, String)> = self
@@ -211,7 +211,8 @@ impl PodPolicies {
             .entry(namespace.clone())
             .or_default()
             .insert(policy.name_any(), policy.clone());
-        if old.as_deref() == Some(&*policy) {
+        // A status write or a resync changes nothing any pod is decided by.
+        if old.as_ref().is_some_and(|o| o.spec == policy.spec) {
             return;
         }
         self.recompute_policy_pods(&namespace, old.as_deref(), Some(&policy));
@@ -244,7 +245,7 @@ impl PodPolicies {
         let old = self
             .cluster_policies
             .insert(policy.name_any(), policy.clone());
-        if old.as_deref() == Some(&*policy) {
+        if old.as_ref().is_some_and(|o| o.spec == policy.spec) {
             return;
         }
         self.recompute_cluster_policy_pods(old.as_deref(), Some(&policy));
@@ -281,7 +282,7 @@ impl PodPolicies {
         let selected_by = |p: Option<&McpPolicy>, labels: &Labels| {
             p.is_some_and(|p| tollgate_api::selects(p.spec.selector.as_ref(), labels))
         };
-        let names: Vec<String> = self
+        let names: HashSet<String> = self
             .pods
             .get(namespace)
             .into_iter()
@@ -289,7 +290,7 @@ impl PodPolicies {
             .filter(|(_, e)| selected_by(old, &e.labels) || selected_by(new, &e.labels))
             .map(|(n, _)| n.clone())
             .collect();
-        self.recompute(namespace, |n| names.iter().any(|m| m == n));
+        self.recompute(namespace, |n| names.contains(n));
     }
 
     /// The pods a cluster policy selected before or selects now.
@@ -305,10 +306,10 @@ impl PodPolicies {
             })
         };
         let empty = Labels::new();
-        let mut targets: Vec<(String, Vec<String>)> = Vec::new();
+        let mut targets: Vec<(String, HashSet<String>)> = Vec::new();
         for (ns, pods) in &self.pods {
             let ns_labels = self.namespaces.get(ns).unwrap_or(&empty);
-            let names: Vec<String> = pods
+            let names: HashSet<String> = pods
                 .iter()
                 .filter(|(_, e)| {
                     selected_by(old, ns_labels, &e.labels) || selected_by(new, ns_labels, &e.labels)
@@ -320,7 +321,7 @@ impl PodPolicies {
             }
         }
         for (ns, names) in targets {
-            self.recompute(&ns, |n| names.iter().any(|m| m == n));
+            self.recompute(&ns, |n| names.contains(n));
         }
     }
 
@@ -469,8 +470,11 @@ mod tests {
         assert_eq!(names(&mut a), Vec::<String>::new());
         assert_eq!(names(&mut b), ["mcppolicy/shop/for-a"]);
 
-        // Applied again unchanged (a resync, a status write): nobody wakes.
+        // Applied again unchanged (a resync), or with only its status changed: nobody wakes.
         idx.apply_policy(policy("shop", "for-a", Some("b"), "read"));
+        let mut written = (*policy("shop", "for-a", Some("b"), "read")).clone();
+        written.status = Some(Default::default());
+        idx.apply_policy(Arc::new(written));
         assert!(!a.has_changed().unwrap() && !b.has_changed().unwrap());
 
         idx.delete_policy("shop", "for-a");

@@ -131,7 +131,7 @@ pub struct Served {
 /// connection is closed at once and a busy one after its response (`Connection: close`).
 ///
 /// The first bytes decide the protocol, once: HTTP/2 only when the whole 24-byte preface has
-/// come, Tollgate's HTTP/1.1 for anything else. A connection that sends nothing within the
+/// come, HTTP/1.1 for anything else (Tollgate's own server, or hyper's with `--http1 hyper`). A connection that sends nothing within the
 /// first-byte deadline, or stops inside the preface past the head deadline, is closed.
 pub async fn serve<H: Handler>(
     mut stream: TcpStream,
@@ -167,7 +167,7 @@ pub async fn serve<H: Handler>(
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
             if handler.http1() == Http1Server::Hyper {
-                let io = Prefixed { buf, io: stream };
+                let io = Prefixed::new(buf, stream).with_write_deadline(timeouts.write);
                 return Box::pin(serve_hyper_h1(io, peer, handler, stop, timeouts)).await;
             }
             return Http1::new(stream, buf, peer, handler, stop, timeouts)
@@ -176,7 +176,7 @@ pub async fn serve<H: Handler>(
         }
         if buf.len() >= H2_PREFACE.len() {
             // Boxed, so that HTTP/1 connections' tasks are not sized for hyper's HTTP/2 state.
-            Box::pin(serve_h2(Prefixed { buf, io: stream }, peer, handler, stop)).await;
+            Box::pin(serve_h2(Prefixed::new(buf, stream), peer, handler, stop)).await;
             return Served {
                 http2: true,
                 ..Served::default()
@@ -186,8 +186,10 @@ pub async fn serve<H: Handler>(
 }
 
 /// HTTP/1 by hyper's server, chosen with `--http1 hyper`: requests as hyper reads them (the
-/// oracle the suite holds Tollgate's own server to), the same handler, and the same deadlines
-/// for a head and for an idle connection.
+/// oracle the suite holds Tollgate's own server to), the same handler, the head deadline (which
+/// hyper also applies to a kept-alive connection waiting for its next request, so such a
+/// connection closes after `--head-timeout`, not `--idle-timeout`), and the write deadline.
+/// Requests hyper refuses get hyper's own empty answer, not a JSON-RPC error.
 async fn serve_hyper_h1<H: Handler>(
     io: Prefixed,
     peer: SocketAddr,
@@ -277,6 +279,58 @@ const H2_PING: Duration = Duration::from_secs(20);
 struct Prefixed {
     buf: BytesMut,
     io: TcpStream,
+    /// How long a write may make no progress before the connection fails (hyper's HTTP/1
+    /// server has no such deadline of its own; HTTP/2 pings its peer instead).
+    write_limit: Option<Duration>,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Prefixed {
+    fn new(buf: BytesMut, io: TcpStream) -> Self {
+        Prefixed {
+            buf,
+            io,
+            write_limit: None,
+            stalled: None,
+        }
+    }
+
+    /// An agent that stops reading is dropped after `limit` without progress, as Tollgate's
+    /// own server drops it (`--write-timeout`).
+    fn with_write_deadline(mut self, limit: Duration) -> Self {
+        self.write_limit = Some(limit);
+        self
+    }
+
+    /// A write's result, with the deadline applied: progress resets it, a write still pending
+    /// past it fails.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(limit) = self.write_limit else {
+            return polled;
+        };
+        match polled {
+            Poll::Pending => {
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the agent took nothing for the write deadline",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Prefixed {
@@ -301,7 +355,9 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        this.deadline(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -309,7 +365,9 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.deadline(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -261,9 +261,17 @@ async fn an_id_already_in_flight_in_its_session_is_refused_and_the_first_call_ke
         let proxy = proxy.clone();
         async move { post(&proxy, &call(7, "slow"), Some("s1")).await }
     });
-    while up.seen().is_empty() {
+    for _ in 0..1000 {
+        if !up.seen().is_empty() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(
+        up.seen(),
+        ["tools/call slow"],
+        "the first call never reached the server"
+    );
     // The same id in the same session while the first is running: refused here.
     let (status, again) = post(&proxy, &call(7, "read"), Some("s1")).await;
     assert_eq!(status, StatusCode::OK);
@@ -445,12 +453,9 @@ async fn a_calls_count_is_given_back_only_when_it_cannot_have_run() {
     assert_eq!(up.seen().len(), 3);
 
     // An unreachable server: the call was never sent, so its count is given back. The counters
-    // are shared with a proxy in front of a port nobody listens on.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // are shared with a proxy in front of port 1, where nothing listens (and which no test can
+    // be handed, as an ephemeral port released here could be).
+    let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let dead =
         Arc::new(proxy_to(closed, AuditLog::disabled()).with_counters(proxy.counters.clone()));
     let (status, answer) = post(&dead, &call(5, "once"), None).await;
