@@ -187,10 +187,13 @@ async fn held_call(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         Ok(w) => w,
         Err(resp) => return resp,
     };
-    let known = crate::stream::wait_for_pod(&shared.index, &who).await;
-    let pod = known
-        .and_then(|_| shared.index.pod(&who.namespace, &who.name))
-        .filter(|p| who.uid.is_none() || kube::ResourceExt::uid(&**p) == who.uid);
+    let pod = crate::stream::wait_for(&shared.index, || {
+        shared
+            .index
+            .pod(&who.namespace, &who.name)
+            .filter(|p| who.uid.is_none() || kube::ResourceExt::uid(&**p) == who.uid)
+    })
+    .await;
     let Some(pod) = pod else {
         return text(
             StatusCode::NOT_FOUND,

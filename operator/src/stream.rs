@@ -166,11 +166,20 @@ pub async fn wait_for_pod(
     index: &Index,
     who: &PodIdentity,
 ) -> Option<watch::Receiver<Arc<PodPolicy>>> {
+    wait_for(index, || {
+        index.pod_policy(&who.namespace, &who.name, who.uid.as_deref())
+    })
+    .await
+}
+
+/// Waits (a little, for this replica's watches) until `lookup` finds what it looks for in the
+/// index.
+pub async fn wait_for<T>(index: &Index, lookup: impl Fn() -> Option<T>) -> Option<T> {
     let mut changed = index.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(policy) = index.pod_policy(&who.namespace, &who.name, who.uid.as_deref()) {
-            return Some(policy);
+        if let Some(found) = lookup() {
+            return Some(found);
         }
         if tokio::time::timeout_at(deadline, changed.changed())
             .await

@@ -690,19 +690,30 @@ mod tests {
             .collect()
     }
 
-    fn policy(ns: &str, name: &str, app: Option<&str>) -> Arc<McpPolicy> {
+    /// An McpPolicy of `ns` selecting `app` (every pod of `ns` without), listing `tools`.
+    pub(super) fn policy(
+        ns: &str,
+        name: &str,
+        app: Option<&str>,
+        tools: &[&str],
+    ) -> Arc<McpPolicy> {
         let selector = app.map(|a| json!({ "matchLabels": { "app": a } }));
+        let tools: serde_json::Map<String, serde_json::Value> = tools
+            .iter()
+            .map(|t| (t.to_string(), json!({ "rules": [] })))
+            .collect();
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy",
                 "metadata": { "name": name, "namespace": ns },
-                "spec": { "selector": selector, "tools": {} },
+                "spec": { "selector": selector, "tools": tools },
             }))
             .unwrap(),
         )
     }
 
-    fn cluster_policy(name: &str, team: Option<&str>) -> Arc<McpClusterPolicy> {
+    /// An McpClusterPolicy for namespaces labelled `team` (every namespace without).
+    pub(super) fn cluster_policy(name: &str, team: Option<&str>) -> Arc<McpClusterPolicy> {
         let ns_selector = team.map(|t| json!({ "matchLabels": { "team": t } }));
         Arc::new(
             serde_json::from_value(json!({
@@ -726,10 +737,10 @@ mod tests {
     #[test]
     fn a_pod_whose_labels_change_affects_only_the_policies_that_selected_it_before_or_after() {
         let policies = [
-            policy("shop", "for-a", Some("a")),
-            policy("shop", "for-b", Some("b")),
-            policy("shop", "for-all", None),
-            policy("other", "elsewhere", Some("a")),
+            policy("shop", "for-a", Some("a"), &[]),
+            policy("shop", "for-b", Some("b"), &[]),
+            policy("shop", "for-all", None, &[]),
+            policy("other", "elsewhere", Some("a"), &[]),
         ];
         let cluster = [cluster_policy("everywhere", None)];
         let ns = labels(&[]);

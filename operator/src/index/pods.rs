@@ -387,6 +387,7 @@ impl PodPolicies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::tests::{cluster_policy, policy};
     use serde_json::json;
 
     fn pod(ns: &str, name: &str, uid: &str, labels: &[(&str, &str)]) -> PodMeta {
@@ -399,30 +400,6 @@ mod tests {
             "metadata": { "name": name, "namespace": ns, "uid": uid, "labels": labels },
         }))
         .unwrap()
-    }
-
-    fn policy(ns: &str, name: &str, app: Option<&str>, tool: &str) -> Arc<McpPolicy> {
-        let selector = app.map(|a| json!({ "matchLabels": { "app": a } }));
-        Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpPolicy",
-                "metadata": { "name": name, "namespace": ns },
-                "spec": { "selector": selector, "tools": { tool: { "rules": [] } } },
-            }))
-            .unwrap(),
-        )
-    }
-
-    fn cluster_policy(name: &str, team: Option<&str>) -> Arc<McpClusterPolicy> {
-        let ns_selector = team.map(|t| json!({ "matchLabels": { "team": t } }));
-        Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpClusterPolicy",
-                "metadata": { "name": name },
-                "spec": { "namespaceSelector": ns_selector, "policy": { "tools": {} } },
-            }))
-            .unwrap(),
-        )
     }
 
     /// The names of the policies in force on a pod, as its stream would send them.
@@ -456,7 +433,7 @@ mod tests {
             rx.mark_unchanged();
         }
 
-        idx.apply_policy(policy("shop", "for-a", Some("a"), "read"));
+        idx.apply_policy(policy("shop", "for-a", Some("a"), &["read"]));
         assert!(a.has_changed().unwrap());
         assert!(!b.has_changed().unwrap(), "b is not selected");
         assert!(
@@ -466,13 +443,13 @@ mod tests {
         assert_eq!(names(&mut a), ["mcppolicy/shop/for-a"]);
 
         // Its selector moves from a to b: both change.
-        idx.apply_policy(policy("shop", "for-a", Some("b"), "read"));
+        idx.apply_policy(policy("shop", "for-a", Some("b"), &["read"]));
         assert_eq!(names(&mut a), Vec::<String>::new());
         assert_eq!(names(&mut b), ["mcppolicy/shop/for-a"]);
 
         // Applied again unchanged (a resync), or with only its status changed: nobody wakes.
-        idx.apply_policy(policy("shop", "for-a", Some("b"), "read"));
-        let mut written = (*policy("shop", "for-a", Some("b"), "read")).clone();
+        idx.apply_policy(policy("shop", "for-a", Some("b"), &["read"]));
+        let mut written = (*policy("shop", "for-a", Some("b"), &["read"])).clone();
         written.status = Some(Default::default());
         idx.apply_policy(Arc::new(written));
         assert!(!a.has_changed().unwrap() && !b.has_changed().unwrap());
@@ -505,7 +482,7 @@ mod tests {
     #[test]
     fn a_pod_relabelled_gets_its_new_policy_and_a_pod_gone_or_replaced_ends_its_streams() {
         let mut idx = index();
-        idx.apply_policy(policy("shop", "for-b", Some("b"), "read"));
+        idx.apply_policy(policy("shop", "for-b", Some("b"), &["read"]));
         let mut a = idx.subscribe("shop", "a", Some("u-a")).unwrap();
         assert!(names(&mut a).is_empty());
         idx.apply_pod(&pod("shop", "a", "u-a", &[("app", "b")]));
@@ -555,7 +532,7 @@ mod tests {
     #[test]
     fn a_relist_drops_what_is_gone_and_recomputes_only_what_changed() {
         let mut idx = index();
-        idx.apply_policy(policy("shop", "for-a", Some("a"), "read"));
+        idx.apply_policy(policy("shop", "for-a", Some("a"), &["read"]));
         let mut a = idx.subscribe("shop", "a", None).unwrap();
         let b = idx.subscribe("shop", "b", None).unwrap();
         a.mark_unchanged();
@@ -565,7 +542,7 @@ mod tests {
             pod("lab", "c", "u-c", &[("app", "a")]),
         ]);
         assert!(b.has_changed().is_err(), "b is gone");
-        idx.reset_policies([policy("shop", "for-a", Some("a"), "write")]);
+        idx.reset_policies([policy("shop", "for-a", Some("a"), &["write"])]);
         assert!(a.has_changed().unwrap());
         let tools: Vec<String> = a.borrow_and_update().policy.policies[0]
             .spec
@@ -591,7 +568,7 @@ mod tests {
             streams.push(idx.subscribe(&ns, &format!("p-{n}"), None).unwrap());
         }
         let (computed, sent) = (idx.recomputed, idx.sent);
-        idx.apply_policy(policy("ns-7", "only-here", None, "read"));
+        idx.apply_policy(policy("ns-7", "only-here", None, &["read"]));
         assert_eq!(idx.recomputed - computed, 10, "the 10 pods of ns-7");
         assert_eq!(idx.sent - sent, 10);
         let (computed, sent) = (idx.recomputed, idx.sent);
@@ -599,7 +576,7 @@ mod tests {
         assert_eq!(idx.recomputed - computed, 1000);
         assert_eq!(idx.sent - sent, 1000);
         let (computed, sent) = (idx.recomputed, idx.sent);
-        idx.apply_policy(policy("ns-7", "only-here", None, "write"));
+        idx.apply_policy(policy("ns-7", "only-here", None, &["write"]));
         assert_eq!((idx.recomputed - computed, idx.sent - sent), (10, 10));
 
         // Pods whose sidecar is away cost nothing until one connects, which gets the policy in

@@ -43,6 +43,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulConnection;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -194,7 +195,7 @@ async fn serve_hyper_h1<H: Handler>(
     io: Prefixed,
     peer: SocketAddr,
     handler: H,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     timeouts: Timeouts,
 ) -> Served {
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -210,23 +211,7 @@ async fn serve_hyper_h1<H: Handler>(
         .header_read_timeout(timeouts.head)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD.max(8192));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            ended = conn.as_mut() => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            _ = stop.wait_for(|s| *s), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
+    until_done(builder.serve_connection(TokioIo::new(io), service), stop).await;
     Served {
         requests: requests.load(std::sync::atomic::Ordering::Relaxed),
         ..Served::default()
@@ -238,7 +223,7 @@ async fn serve_h2<H: Handler>(
     io: Prefixed,
     peer: SocketAddr,
     handler: H,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let req = req.map(|body| RequestBody(Inner::Hyper(body)));
@@ -251,7 +236,16 @@ async fn serve_h2<H: Handler>(
         .max_header_list_size(MAX_HEAD as u32)
         .keep_alive_interval(Some(H2_PING))
         .keep_alive_timeout(H2_PING);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    until_done(builder.serve_connection(TokioIo::new(io), service), stop).await;
+}
+
+/// Drives one of hyper's connections to its end; when `stop` turns true it is shut down
+/// gracefully (requests in flight finish, no new one is read).
+async fn until_done<C>(conn: C, mut stop: watch::Receiver<bool>)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
     loop {

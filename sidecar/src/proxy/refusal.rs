@@ -5,12 +5,12 @@
 //! Each is a JSON-RPC error the agent's SDK can read and a person can act on: it names what was
 //! wrong and, where there is one, the way out.
 
+use http::StatusCode;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use tollgate_api::{Denial, DenyAs};
 
-use super::{Resp, full};
+use super::{Resp, json_response};
 use crate::approvals::{Approval, Phase};
 use crate::mcp::jsonrpc;
 
@@ -161,20 +161,14 @@ impl Refusal {
     /// The whole HTTP answer: [`status`](Self::status), the message as JSON, and for a bad
     /// credential the challenge RFC 6750 asks for.
     pub fn into_response(self) -> Resp {
-        let mut r = Response::new(full(self.message().to_string()));
-        *r.status_mut() = self.status();
-        let headers = r.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut r = json_response(self.status(), &self.message());
         if let Refusal::Unauthorized(reason) = &self {
             let challenge = format!(
                 "Bearer error=\"invalid_token\", error_description=\"{}\"",
                 reason.replace('"', "'")
             );
             if let Ok(v) = HeaderValue::from_str(&challenge) {
-                headers.insert(header::WWW_AUTHENTICATE, v);
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
         }
         r
