@@ -62,14 +62,7 @@ pub fn load_file(text: &str, origin: &str) -> Result<Vec<Loaded>, Problems> {
             origin.to_string()
         };
         match load_document(doc, origin) {
-            Ok(l) => {
-                let ps = validate_spec(&l.policy.spec);
-                if ps.is_empty() {
-                    loaded.push(l);
-                } else {
-                    problems.extend(Problems(ps).within(&here).0);
-                }
-            }
+            Ok(l) => loaded.push(l),
             Err(ps) => problems.extend(ps.within(&here).0),
         }
     }
@@ -105,13 +98,19 @@ fn file_stem(origin: &str) -> &str {
         .unwrap_or(base)
 }
 
-/// Reads one document in whichever format it is.
+/// Reads one document in whichever format it is, and validates it: every problem at once,
+/// each named by the field as the document spells it.
 pub fn load_document(doc: Value, origin: &str) -> Result<Loaded, Problems> {
     let Value::Object(map) = &doc else {
         return Err(one("", "a policy must be a mapping (YAML object)"));
     };
     if map.contains_key("apiVersion") || map.contains_key("kind") {
-        return load_resource(doc);
+        let loaded = load_resource(doc)?;
+        let problems = validate_spec(&loaded.policy.spec);
+        return match problems.is_empty() {
+            true => Ok(loaded),
+            false => Err(Problems(problems)),
+        };
     }
     let is_intercept = map
         .get("tools")
@@ -122,20 +121,108 @@ pub fn load_document(doc: Value, origin: &str) -> Result<Loaded, Problems> {
                     && !map.contains_key("default"))
         });
     let stem = file_stem(origin);
-    if is_intercept {
-        let spec = intercept::convert(doc)?;
-        Ok(from_file(
-            Format::Intercept,
-            format!("intercept/{stem}"),
-            spec,
-        ))
+    let (format, name, converted) = if is_intercept {
+        let c = intercept::convert(doc)?;
+        (Format::Intercept, format!("intercept/{stem}"), c)
     } else {
-        let spec = policylayer::convert(doc)?;
-        Ok(from_file(
-            Format::PolicyLayer,
-            format!("policylayer/{stem}"),
-            spec,
-        ))
+        let c = policylayer::convert(doc)?;
+        (Format::PolicyLayer, format!("policylayer/{stem}"), c)
+    };
+    let Converted {
+        spec,
+        mut problems,
+        origins,
+        words,
+    } = converted;
+    // What the converted spec gets wrong is the file's problem too, found in the same pass and
+    // named as the file spells it.
+    problems.extend(validate_spec(&spec).into_iter().map(|p| {
+        let message = words
+            .iter()
+            .fold(p.message, |m, (ours, theirs)| m.replace(ours, theirs));
+        Problem::new(origins.file_path(&p.path), message)
+    }));
+    if !problems.is_empty() {
+        problems.sort_by(|a, b| a.path.cmp(&b.path));
+        return Err(Problems(problems));
+    }
+    Ok(from_file(format, name, spec))
+}
+
+/// A file in another project's format, converted: the spec, the problems found converting it,
+/// and where each rule came from.
+struct Converted {
+    spec: PolicySpec,
+    problems: Vec<Problem>,
+    origins: Origins,
+    /// Tollgate's words in problems' messages, and the file's.
+    words: &'static [(&'static str, &'static str)],
+}
+
+/// Where each converted rule came from in its file, so that a problem found in the converted
+/// spec (`spec.tools.x.rules[2].rateLimit`) names the file's own field
+/// (`tools.x.rules[3].rate_limit`).
+#[derive(Default)]
+struct Origins {
+    /// `(tool, converted rule index)` -> its origin.
+    rules: BTreeMap<(String, usize), RuleOrigin>,
+}
+
+struct RuleOrigin {
+    /// The rule's path in the file, e.g. `tools.x.rules[3]` or `tools.x.limits[0]`.
+    at: String,
+    /// Each converted condition's path in the file.
+    conditions: Vec<String>,
+    /// The spec's field names and the file's, longest first (`limit.incrementFrom` before
+    /// `limit`); an empty file name means the rule's own path.
+    fields: &'static [(&'static str, &'static str)],
+}
+
+impl Origins {
+    fn add(&mut self, tool: &str, index: usize, origin: RuleOrigin) {
+        self.rules.insert((tool.to_string(), index), origin);
+    }
+
+    /// The file's path for a path of the converted spec.
+    fn file_path(&self, spec_path: &str) -> String {
+        let Some(rest) = spec_path.strip_prefix("spec.") else {
+            return spec_path.to_string();
+        };
+        for ((tool, index), origin) in &self.rules {
+            let prefix = format!("tools.{}.rules[{index}]", path_key(tool));
+            let Some(field) = rest.strip_prefix(&prefix) else {
+                continue;
+            };
+            if !(field.is_empty() || field.starts_with('.') || field.starts_with('[')) {
+                continue;
+            }
+            let field = field.strip_prefix('.').unwrap_or(field);
+            if let Some(cond) = field.strip_prefix("conditions[")
+                && let Some((j, tail)) = cond.split_once(']')
+                && let Some(at) = j
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|j| origin.conditions.get(j))
+            {
+                return format!("{at}{tail}");
+            }
+            for (ours, theirs) in origin.fields {
+                let matched =
+                    field == *ours || field.strip_prefix(ours).is_some_and(|t| t.starts_with('.'));
+                if matched {
+                    let tail = &field[ours.len()..];
+                    return match theirs.is_empty() {
+                        true => format!("{}{tail}", origin.at),
+                        false => format!("{}.{theirs}{tail}", origin.at),
+                    };
+                }
+            }
+            return match field.is_empty() {
+                true => origin.at.clone(),
+                false => format!("{}.{field}", origin.at),
+            };
+        }
+        rest.to_string()
     }
 }
 
@@ -383,9 +470,10 @@ mod intercept {
     /// Converts with Intercept's meaning: `default` absent is allow; `"*"` rules apply to every
     /// call and count under `_global`; a `state` block plus an `lte`/`lt` condition on its own
     /// counter is a limit reserved before the call and rolled back if the call fails.
-    pub(super) fn convert(doc: Value) -> Result<PolicySpec, Problems> {
+    pub(super) fn convert(doc: Value) -> Result<Converted, Problems> {
         let file: File = from_value(doc)?;
         let mut problems = Vec::new();
+        let mut origins = Origins::default();
         check_version(&file.version, &mut problems);
         let default =
             parse_default(file.default.as_deref(), &mut problems).unwrap_or(DefaultAction::Allow);
@@ -404,29 +492,62 @@ mod intercept {
             let mut rules = Vec::new();
             for (i, r) in def.rules.into_iter().enumerate() {
                 let at = format!("tools.{}.rules[{i}]", path_key(&tool));
-                if let Some(rule) = convert_rule(&at, &scope, r, &mut problems) {
+                if let Some((rule, conditions)) = convert_rule(&at, &scope, r, &mut problems) {
+                    origins.add(
+                        &tool,
+                        rules.len(),
+                        RuleOrigin {
+                            at,
+                            conditions,
+                            fields: FIELDS,
+                        },
+                    );
                     rules.push(rule);
                 }
             }
             tools.insert(tool, ToolRules { rules });
         }
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
-        Ok(PolicySpec {
-            default,
-            hide: file.hide,
-            tools,
-            ..Default::default()
+        Ok(Converted {
+            spec: PolicySpec {
+                default,
+                hide: file.hide,
+                tools,
+                ..Default::default()
+            },
+            problems,
+            origins,
+            words: &[
+                ("rateLimit", "rate_limit"),
+                ("incrementFrom", "increment_from"),
+                ("onDeny", "on_deny"),
+                ("notIn", "not_in"),
+                (
+                    "add a limit with counter:",
+                    "add a state block with counter:",
+                ),
+            ],
         })
     }
 
+    /// Tollgate's rule fields as Intercept spells them.
+    const FIELDS: &[(&str, &str)] = &[
+        ("limit.incrementFrom", "state.increment_from"),
+        ("limit.increment", "state.increment"),
+        ("limit.counter", "state.counter"),
+        ("limit.window", "state.window"),
+        ("limit.max", "conditions"),
+        ("limit", "state"),
+        ("rateLimit", "rate_limit"),
+        ("onDeny", "on_deny"),
+    ];
+
+    /// One rule, and the file path of each condition it kept.
     fn convert_rule(
         at: &str,
         scope: &str,
         r: FileRule,
         problems: &mut Vec<Problem>,
-    ) -> Option<Rule> {
+    ) -> Option<(Rule, Vec<String>)> {
         if r.name.is_empty() {
             problems.push(Problem::new(format!("{at}.name"), "rule must have a name"));
         }
@@ -454,12 +575,15 @@ mod intercept {
                     "rate_limit cannot be used with action \"deny\"",
                 ));
             }
-            return Some(Rule {
-                name: r.name,
-                action: Some(Action::Deny),
-                on_deny: r.on_deny,
-                ..Default::default()
-            });
+            return Some((
+                Rule {
+                    name: r.name,
+                    action: Some(Action::Deny),
+                    on_deny: r.on_deny,
+                    ..Default::default()
+                },
+                Vec::new(),
+            ));
         }
         if let Some(rl) = r.rate_limit {
             if !r.conditions.is_empty() || r.state.is_some() {
@@ -468,12 +592,15 @@ mod intercept {
                     "rate_limit cannot be combined with conditions or state",
                 ));
             }
-            return Some(Rule {
-                name: r.name,
-                rate_limit: Some(rl),
-                on_deny: r.on_deny,
-                ..Default::default()
-            });
+            return Some((
+                Rule {
+                    name: r.name,
+                    rate_limit: Some(rl),
+                    on_deny: r.on_deny,
+                    ..Default::default()
+                },
+                Vec::new(),
+            ));
         }
         if r.conditions.is_empty() {
             problems.push(Problem::new(
@@ -517,6 +644,7 @@ mod intercept {
             .state
             .as_ref()
             .map(|s| format!("state.{scope}.{}", s.counter));
+        let mut kept = Vec::new();
         for (j, c) in r.conditions.into_iter().enumerate() {
             let cat = format!("{at}.conditions[{j}]");
             let Some(c) = convert_condition(&cat, c, problems) else {
@@ -540,14 +668,18 @@ mod intercept {
                 }
             }
             conditions.push(c);
+            kept.push(cat);
         }
-        Some(Rule {
-            name: r.name,
-            conditions,
-            limit,
-            on_deny: r.on_deny,
-            ..Default::default()
-        })
+        Some((
+            Rule {
+                name: r.name,
+                conditions,
+                limit,
+                on_deny: r.on_deny,
+                ..Default::default()
+            },
+            kept,
+        ))
     }
 }
 
@@ -607,9 +739,10 @@ mod policylayer {
     /// Converts with PolicyLayer's meaning: `default` is required; `action: deny` blocks with
     /// `reason`; `require` conditions must all hold; each `deny_if` condition that holds denies;
     /// `limits` (and `all_tools.limits`) are counters reserved on allowed calls.
-    pub(super) fn convert(doc: Value) -> Result<PolicySpec, Problems> {
+    pub(super) fn convert(doc: Value) -> Result<Converted, Problems> {
         let file: File = from_value(doc)?;
         let mut problems = Vec::new();
+        let mut origins = Origins::default();
         check_version(&file.version, &mut problems);
         let default = match file.default.as_deref() {
             None => {
@@ -623,76 +756,129 @@ mod policylayer {
         };
         let mut tools = BTreeMap::new();
         if let Some(all) = file.all_tools {
-            let rules = all
-                .limits
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, l)| {
-                    convert_limit(&format!("all_tools.limits[{i}]"), l, &mut problems)
-                })
-                .collect();
+            let mut rules = Vec::new();
+            for (i, l) in all.limits.into_iter().enumerate() {
+                let at = format!("all_tools.limits[{i}]");
+                if let Some(r) = convert_limit(&at, l, &mut problems) {
+                    origins.add("*", rules.len(), RuleOrigin::limit(at));
+                    rules.push(r);
+                }
+            }
             tools.insert("*".to_string(), ToolRules { rules });
         }
         for (tool, def) in file.tools {
             let at = format!("tools.{}", path_key(&tool));
             let mut rules = Vec::new();
+            let mut add = |rules: &mut Vec<Rule>, rule: Rule, origin: RuleOrigin| {
+                origins.add(&tool, rules.len(), origin);
+                rules.push(rule);
+            };
             match def.action.as_deref() {
                 None | Some("allow") => {}
-                Some("deny") => rules.push(Rule {
-                    name: "deny".into(),
-                    action: Some(Action::Deny),
-                    on_deny: def.reason.clone(),
-                    ..Default::default()
-                }),
+                Some("deny") => add(
+                    &mut rules,
+                    Rule {
+                        name: "deny".into(),
+                        action: Some(Action::Deny),
+                        on_deny: def.reason.clone(),
+                        ..Default::default()
+                    },
+                    RuleOrigin::tool(&at, Vec::new()),
+                ),
                 Some(other) => problems.push(Problem::new(
                     format!("{at}.action"),
                     format!("action must be \"allow\" or \"deny\", got {other:?}"),
                 )),
             }
-            let require: Vec<_> = def
-                .require
-                .into_iter()
-                .enumerate()
-                .filter_map(|(j, c)| {
-                    convert_condition(&format!("{at}.require[{j}]"), c, &mut problems)
-                })
-                .collect();
-            if !require.is_empty() {
-                rules.push(Rule {
-                    name: "require".into(),
-                    conditions: require,
-                    on_deny: def.reason.clone(),
-                    ..Default::default()
-                });
+            let mut require = Vec::new();
+            let mut require_at = Vec::new();
+            for (j, c) in def.require.into_iter().enumerate() {
+                let cat = format!("{at}.require[{j}]");
+                if let Some(c) = convert_condition(&cat, c, &mut problems) {
+                    require.push(c);
+                    require_at.push(cat);
+                }
             }
-            for (j, c) in def.deny_if.into_iter().enumerate() {
-                if let Some(c) = convert_condition(&format!("{at}.deny_if[{j}]"), c, &mut problems)
-                {
-                    rules.push(Rule {
-                        name: format!("deny_if[{j}]"),
-                        action: Some(Action::Deny),
-                        conditions: vec![c],
+            if !require.is_empty() {
+                add(
+                    &mut rules,
+                    Rule {
+                        name: "require".into(),
+                        conditions: require,
                         on_deny: def.reason.clone(),
                         ..Default::default()
-                    });
+                    },
+                    RuleOrigin::tool(&at, require_at),
+                );
+            }
+            for (j, c) in def.deny_if.into_iter().enumerate() {
+                let cat = format!("{at}.deny_if[{j}]");
+                if let Some(c) = convert_condition(&cat, c, &mut problems) {
+                    add(
+                        &mut rules,
+                        Rule {
+                            name: format!("deny_if[{j}]"),
+                            action: Some(Action::Deny),
+                            conditions: vec![c],
+                            on_deny: def.reason.clone(),
+                            ..Default::default()
+                        },
+                        RuleOrigin::tool(&at, vec![cat]),
+                    );
                 }
             }
             for (j, l) in def.limits.into_iter().enumerate() {
-                if let Some(r) = convert_limit(&format!("{at}.limits[{j}]"), l, &mut problems) {
-                    rules.push(r);
+                let lat = format!("{at}.limits[{j}]");
+                if let Some(r) = convert_limit(&lat, l, &mut problems) {
+                    add(&mut rules, r, RuleOrigin::limit(lat));
                 }
             }
             tools.insert(tool, ToolRules { rules });
         }
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
-        Ok(PolicySpec {
-            default,
-            hide: file.hide,
-            tools,
-            ..Default::default()
+        Ok(Converted {
+            spec: PolicySpec {
+                default,
+                hide: file.hide,
+                tools,
+                ..Default::default()
+            },
+            problems,
+            origins,
+            words: &[
+                ("incrementFrom", "increment_from"),
+                ("notIn", "not_in"),
+                ("rateLimit", "limits"),
+            ],
         })
+    }
+
+    impl RuleOrigin {
+        /// A rule made of a tool's own fields (`action`, `require`, `deny_if`).
+        fn tool(at: &str, conditions: Vec<String>) -> Self {
+            RuleOrigin {
+                at: at.to_string(),
+                conditions,
+                fields: &[("onDeny", "reason")],
+            }
+        }
+
+        /// A rule made of one entry of `limits`.
+        fn limit(at: String) -> Self {
+            RuleOrigin {
+                at,
+                conditions: Vec::new(),
+                fields: &[
+                    ("limit.incrementFrom", "increment_from"),
+                    ("limit.increment", "increment"),
+                    ("limit.counter", "counter"),
+                    ("limit.window", "window"),
+                    ("limit.max", "max"),
+                    ("limit.scope", "scope"),
+                    ("limit", ""),
+                    ("name", "counter"),
+                ],
+            }
+        }
     }
 
     fn convert_limit(at: &str, l: FileLimit, problems: &mut Vec<Problem>) -> Option<Rule> {

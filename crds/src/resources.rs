@@ -106,6 +106,23 @@ pub struct PolicySpec {
     /// changes nothing.
     #[serde(default)]
     pub counters_unavailable: CountersUnavailable,
+
+    /// What the audit log keeps of the calls this policy governs, besides the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSpec>,
+}
+
+/// What the audit log keeps of a call.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// Argument paths whose values each decision line carries (`args.amount`, or `args` for
+    /// every argument): what `tollgate replay` needs to decide the call again under another
+    /// policy. None by default, as arguments may hold secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(length(max = 64)))]
+    pub arguments: Vec<String>,
 }
 
 /// A cluster-wide policy: the same language as [`McpPolicy`], plus which namespaces it reaches.

@@ -109,6 +109,15 @@ pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
         }
     }
 
+    for (i, path) in spec.audit.iter().flat_map(|a| &a.arguments).enumerate() {
+        if path != "args" && !is_path_under(path, "args") {
+            out.push(Problem::new(
+                format!("spec.audit.arguments[{i}]"),
+                format!("must be args or an argument path such as args.amount, got {path:?}"),
+            ));
+        }
+    }
+
     // Counters each entry defines: (entry scope, counter) -> (window, where).
     let mut counters: HashMap<(String, String), (crate::Window, String)> = HashMap::new();
     for (tool, entry) in &spec.tools {
@@ -120,6 +129,9 @@ pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
             ));
         }
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        // Counters a rule of this entry reserves already: a second limit on one would count
+        // every call twice.
+        let mut reserved_here: HashMap<String, usize> = HashMap::new();
         for (i, rule) in entry.rules.iter().enumerate() {
             let at = format!("{base}.rules[{i}]");
             if !rule.name.is_empty()
@@ -134,6 +146,19 @@ pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
                 ));
             }
             if let Some((counter, window)) = rule_counter(rule) {
+                if let Some(first) = reserved_here.insert(counter.clone(), i) {
+                    let (field, what) = match &rule.limit {
+                        Some(_) => ("limit.counter", format!("counter {counter:?}")),
+                        None => ("rateLimit", format!("the {} rate limit", window.as_str())),
+                    };
+                    out.push(Problem::new(
+                        format!("{at}.{field}"),
+                        format!(
+                            "rules[{first}] ({:?}) and rules[{i}] ({:?}) both count {what}, so every call would count twice; keep one limit (the lower), or give one its own counter",
+                            entry.rules[first].name, rule.name
+                        ),
+                    ));
+                }
                 let key = (counter_scope(tool).to_string(), counter.clone());
                 match counters.get(&key) {
                     Some((w, first)) if *w != window => out.push(Problem::new(

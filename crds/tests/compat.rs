@@ -271,6 +271,145 @@ tools:
 }
 
 #[test]
+fn intercept_problems_are_all_reported_at_once_in_its_own_spelling() {
+    // The converter's problems and the converted spec's, in one pass: a rate limit of zero, a
+    // bad window and a regex that does not compile beside an unknown operator.
+    let bad = r#"
+version: "1"
+tools:
+  t:
+    rules:
+      - name: op
+        conditions: [ { path: args.x, op: between, value: 1 } ]
+      - name: zero
+        rate_limit: 0/hour
+      - name: week
+        rate_limit: 5/week
+      - name: re
+        conditions: [ { path: args.email, op: regex, value: "[x(" } ]
+      - name: spend
+        conditions: [ { path: args.n, op: lt, value: 10 } ]
+        state: { counter: spend, window: day, increment_from: amount }
+"#;
+    let err = load_file(bad, "bad.yaml").unwrap_err().to_string();
+    for want in [
+        "tools.t.rules[0].conditions[0].op: unknown operator \"between\"",
+        "tools.t.rules[1].rate_limit: rate_limit count must be a positive integer, got \"0\"",
+        "tools.t.rules[2].rate_limit: rate_limit window must be",
+        "tools.t.rules[3].conditions[0].value: regex \"[x(\" does not compile",
+        "tools.t.rules[4].state.increment_from: increment_from must start with \"args.\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    for theirs_not in ["rateLimit", "spec.", "incrementFrom"] {
+        assert!(!err.contains(theirs_not), "{theirs_not:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn intercept_reference_invalid_schema_reports_every_problem() {
+    let Some(dir) = compat_dir("intercept_reference_invalid_schema_reports_every_problem") else {
+        return;
+    };
+    let text = std::fs::read_to_string(dir.join("intercept/suite/invalid_schema.yaml")).unwrap();
+    let err = load_file(&text, "invalid_schema.yaml").unwrap_err();
+    // Each path after the file's name.
+    let at: Vec<&str> = err
+        .0
+        .iter()
+        .map(|p| p.path.rsplit(": ").next().unwrap())
+        .collect();
+    // Intercept's own test expects one error per broken rule, each named by its field.
+    for want in [
+        "version",
+        "tools.some_tool.rules[0].name",
+        "tools.some_tool.rules[0].conditions[0].op",
+        "tools.some_tool.rules[1].conditions[0].path",
+        "tools.some_tool.rules[2].conditions[0].value",
+        "tools.some_tool.rules[3].conditions[0].value",
+        "tools.some_tool.rules[4].conditions[0].value",
+        "tools.some_tool.rules[5].conditions",
+        "tools.some_tool.rules[6].conditions",
+        "tools.rate_limit_tool.rules[0].rate_limit",
+        "tools.rate_limit_tool.rules[1].rate_limit",
+        "tools.rate_limit_tool.rules[2].rate_limit",
+        "tools.rate_limit_tool.rules[3].rate_limit",
+        "tools.rate_limit_tool.rules[4].rate_limit",
+        "tools.rate_limit_tool.rules[5].rate_limit",
+    ] {
+        assert!(at.contains(&want), "no problem at {want} in:\n{err}");
+    }
+}
+
+#[test]
+fn two_limits_on_one_counter_are_refused_naming_both() {
+    let twice = r#"
+version: "1"
+tools:
+  create_issue:
+    rules:
+      - { name: hourly, rate_limit: 5/hour }
+      - { name: also hourly, rate_limit: 10/hour }
+      - { name: daily, rate_limit: 20/day }
+"#;
+    let err = load_file(twice, "twice.yaml").unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    let p = &err.0[0];
+    assert_eq!(p.path, "twice.yaml: tools.create_issue.rules[1].rate_limit");
+    assert!(
+        p.message
+            .contains("rules[0] (\"hourly\") and rules[1] (\"also hourly\")"),
+        "{p}"
+    );
+    // The same in Tollgate's own language: two limits on one counter of one tool.
+    let ours = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: McpPolicy
+metadata: { name: p }
+spec:
+  tools:
+    pay:
+      rules:
+        - { name: a, limit: { counter: spend, window: day, max: 100, incrementFrom: args.n } }
+        - { name: b, limit: { counter: spend, window: day, max: 50, incrementFrom: args.n } }
+"#;
+    let err = load_file(ours, "p.yaml").unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "spec.tools.pay.rules[1].limit.counter: rules[0] (\"a\") and rules[1] (\"b\")"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_spend_limit_without_its_argument_names_the_argument_not_on_deny() {
+    let text = r#"
+version: "1"
+tools:
+  transfer_funds:
+    rules:
+      - name: spend_limit
+        conditions: [ { path: state.transfer_funds.daily_spend, op: lte, value: 1000 } ]
+        state: { counter: daily_spend, window: day, increment_from: args.amount }
+        on_deny: "Spend limit exceeded"
+"#;
+    let (_, set) = compile(text, "transfer.yaml");
+    assert_eq!(
+        outcome(&set, "transfer_funds", json!({"to": "x"})),
+        "deny:Rule \"spend_limit\" counts args.amount, which the call does not have"
+    );
+    assert_eq!(
+        outcome(&set, "transfer_funds", json!({"amount": "lots"})),
+        "deny:Rule \"spend_limit\" counts args.amount, which must be a non-negative number (got \"lots\")"
+    );
+    assert_eq!(
+        outcome(&set, "transfer_funds", json!({"amount": 5})),
+        "allow"
+    );
+}
+
+#[test]
 fn policylayer_policy_json_limits_clones_per_grant_and_denies_the_rest() {
     let Some(dir) =
         compat_dir("policylayer_policy_json_limits_clones_per_grant_and_denies_the_rest")

@@ -1,4 +1,5 @@
-//! The `tollgate` command: `proxy`, `approvals`, `check`, `import` and `init-redirect`.
+//! The `tollgate` command: `proxy`, `approvals`, `check`, `test`, `replay`, `import` and
+//! `init-redirect`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,11 @@ enum Command {
     Proxy(Box<ProxyArgs>),
     /// Validate a policy file, or decide one call against it.
     Check(CheckArgs),
+    /// Run policy tests: cases of calls, lists, upstream outcomes, approvals and time passing,
+    /// decided by the proxy's own counters and approvals on a test clock.
+    Test(TestArgs),
+    /// Decide the calls of audit logs again under other policies, and print what would change.
+    Replay(ReplayArgs),
     /// Print the McpPolicy equivalent of a PolicyLayer policy.json or Intercept YAML file.
     Import(ImportArgs),
     /// List and decide the calls a proxy holds for a person (its --approvals-listen).
@@ -365,6 +371,44 @@ struct CheckArgs {
 }
 
 #[derive(clap::Args)]
+struct TestArgs {
+    /// Test files, or directories searched recursively for `*tollgate-test.yaml`.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Only the cases whose name contains this.
+    #[arg(long)]
+    run: Option<String>,
+    /// Also write the results as JUnit XML to this file.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Print passing cases too.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Audit logs (the proxy's stdout, `kubectl logs` of its container); `-` reads stdin.
+    #[arg(required = true)]
+    logs: Vec<PathBuf>,
+    /// The policies to decide them under (repeat for several files).
+    #[arg(long = "policy", required = true)]
+    policies: Vec<PathBuf>,
+    /// The default for tools no policy lists.
+    #[arg(long, value_enum, default_value = "allow")]
+    default_action: DefaultFlag,
+    /// The decision for a caller no policy governs.
+    #[arg(long, value_enum, default_value = "deny")]
+    ungoverned_callers: DefaultFlag,
+    /// How many changed calls to show as examples.
+    #[arg(long, default_value_t = 10)]
+    examples: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct ImportArgs {
     /// A PolicyLayer policy.json or Intercept YAML file.
     file: PathBuf,
@@ -397,6 +441,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check(args),
+        Command::Test(args) => test(args),
+        Command::Replay(args) => match replay(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Import(args) => match import(args) {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -510,6 +562,57 @@ fn init_redirect(args: InitRedirectArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `tollgate replay`.
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::policytest::{load_set, replay};
+    let set = load_set(
+        &args.policies,
+        args.default_action.into(),
+        args.ungoverned_callers.into(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let mut logs = Vec::new();
+    for path in &args.logs {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?
+        };
+        logs.push(text);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
+    let report = runtime.block_on(replay::replay(&logs, &set, args.examples));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let names: Vec<String> = args
+            .policies
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        print!("{}", replay::text(&report, &names.join(", ")));
+    }
+    Ok(())
+}
+
+/// `tollgate test`: see [`crate::policytest::run_and_report`] for its exit codes.
+fn test(args: TestArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
+    let opts = crate::policytest::Options {
+        paths: args.paths,
+        filter: args.run,
+        junit: args.junit,
+        verbose: args.verbose,
+    };
+    ExitCode::from(runtime.block_on(crate::policytest::run_and_report(&opts, None)))
 }
 
 fn check(args: CheckArgs) -> ExitCode {

@@ -28,9 +28,11 @@
 pub mod app_probes;
 pub mod approvals;
 pub mod cli;
+pub mod clock;
 pub mod http;
 pub mod mcp;
 pub mod policy;
+pub mod policytest;
 pub mod proxy;
 pub mod redirect;
 pub mod serve;

@@ -21,15 +21,16 @@ def markdown_files() -> list[Path]:
     return [ROOT / f for f in listed if (ROOT / f).exists() and "node_modules" not in f]
 
 
-def prose(text: str) -> str:
-    """The text outside fenced code blocks, where a `](x)` is a link."""
+def prose(text: str, code_spans: bool = False) -> str:
+    """The text outside fenced code blocks, where a `](x)` is a link; without its code spans
+    unless asked (a heading's anchor keeps their text, as GitHub's does)."""
     out, fence = [], False
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
             fence = not fence
             continue
         if not fence:
-            out.append(re.sub(r"`[^`]*`", "", line))
+            out.append(line if code_spans else re.sub(r"`[^`]*`", "", line))
     return "\n".join(out)
 
 
@@ -38,7 +39,7 @@ def anchors(path: Path) -> set[str]:
     a repeated heading numbered."""
     seen: dict[str, int] = {}
     out = set()
-    for line in prose(path.read_text()).splitlines():
+    for line in prose(path.read_text(), code_spans=True).splitlines():
         m = re.match(r"^#{1,6} (.*)$", line)
         if not m:
             continue

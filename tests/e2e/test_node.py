@@ -198,6 +198,63 @@ def test_node_a_call_held_for_approval_goes_on_once_kubectl_tollgate_approves_an
     assert [r["tool"] for r in records(node, NS, SERVER)].count("create_charge") == 1
 
 
+SHOP_TESTS = """
+cases:
+  - name: reads are allowed, deletions never
+    steps:
+      - call: read_file
+        args: {path: README.md}
+        expect: {decision: allow}
+      - call: delete_repository
+        expect: {decision: deny, rule: never, policy: mcppolicy/shop/shop}
+  - name: three issues an hour
+    steps:
+      - call: create_issue
+        repeat: 3
+        expect: {decision: allow}
+      - call: create_issue
+        expect: {decision: deny, reason: Three issues an hour}
+  - name: charges wait for a person, and what no policy lists is refused
+    steps:
+      - call: create_charge
+        expect: {decision: approve, rule: a person decides}
+      - call: launch_rocket
+        expect: {decision: deny, rule: (default deny)}
+      - list: [read_file, run_query, create_issue, launch_rocket]
+        expect: {shown: [read_file, create_issue], hidden: [run_query, launch_rocket]}
+"""
+
+
+def test_node_kubectl_tollgate_tests_a_pods_effective_policy_and_replays_its_sidecars_audit_lines(journey, tmp_path):
+    node, _ = journey
+    pods = node.get("-n", NS, "pods", "-l", SERVER)["items"]
+    tests = tmp_path / "shop.tollgate-test.yaml"
+    tests.write_text(SHOP_TESTS)
+    junit = tmp_path / "junit.xml"
+    out = node.plugin("test", "--pod", f"{NS}/{pods[0]['metadata']['name']}", str(tests), "--junit", str(junit))
+    assert "ok  \t" in out.stdout and "3 cases" in out.stdout, out.stdout + out.stderr
+    assert "mcppolicy/shop/shop" in out.stderr and 'failures="0"' in junit.read_text()
+    # A pod no policy selects gets only the chart's baseline: every case above fails.
+    node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": AGENTS},
+                "spec": host_tools_spec(host_container("main", ["/usr/bin/sleep", "infinity"]))})
+    bare = node.plugin("test", "--pod", f"{AGENTS}/bare", str(tests), check=False)
+    assert bare.returncode == 1 and "3 of 3 cases failed" in bare.stdout, bare.stdout + bare.stderr
+    node.kubectl("-n", AGENTS, "delete", "pod", "bare", "--wait=false")
+
+    # The calls the journey made so far, decided again under a policy that refuses reads.
+    stricter = {**POLICY, "tools": {**POLICY["tools"], "read_file": {"rules": [{"name": "no reads", "action": "deny"}]}}}
+    new = tmp_path / "stricter.yaml"
+    new.write_text(json.dumps(policy("shop", stricter, NS)))
+    replayed = node.plugin("replay", "-n", NS, "-l", SERVER, "--policy", str(new), "--json")
+    report = json.loads(replayed.stdout)
+    assert report["changes"] == [{"tool": "read_file", "from": "allow", "to": "deny", "rule": "no reads", "calls": 1}], report
+    assert report["unknown"] == 0 and report["unchanged"] >= 4 and report["calls"] == report["unchanged"] + 1, report
+    same = tmp_path / "same.yaml"
+    same.write_text(json.dumps(policy("shop", POLICY, NS)))
+    report = json.loads(node.plugin("replay", "-n", NS, "-l", SERVER, "--policy", str(same), "--json").stdout)
+    assert report["changed"] == 0 and report["calls"] >= 5, report
+
+
 def pod_url(pod: dict, port: int = MCP_PORT) -> str:
     return f"http://{pod['status']['podIP']}:{port}/mcp"
 

@@ -10,7 +10,9 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::glob::{Glob, path_matches};
-use super::types::{CounterName, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_APPROVAL_VALID_FOR, Denial};
+use super::types::{
+    CounterName, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_APPROVAL_VALID_FOR, Denial, Identity,
+};
 use crate::problem::{Problem, Problems};
 use crate::resources::{Action, DefaultAction, DenyAs, Mode, Op, PolicySpec, Scope};
 use crate::validate::{self, counter_scope, parse_rate_limit, rate_limit_counter};
@@ -89,6 +91,67 @@ impl PolicySet {
         self.policies.iter().any(|p| p.prefixes.contains(&prefix))
     }
 
+    /// The counters named `counter` of the entry counted as `entry` (`_global` for `"*"`), in
+    /// every policy of the set: what a policy test's expectation of a counter reads.
+    pub fn counters_named(&self, entry: &str, counter: &str) -> Vec<&CounterName> {
+        let key = (entry.to_string(), counter.to_string());
+        self.policies
+            .iter()
+            .filter_map(|p| p.counters.get(&key))
+            .collect()
+    }
+
+    /// The argument paths the audit log keeps of this caller's calls: every path a policy
+    /// governing it names (`spec.audit.arguments`).
+    pub fn audited_arguments(&self, who: &Identity) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .policies
+            .iter()
+            .filter(|p| !p.audit_arguments.is_empty() && p.governs(who))
+            .flat_map(|p| p.audit_arguments.iter().cloned())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// Whether any policy asks the audit log to keep arguments.
+    pub fn audits_arguments(&self) -> bool {
+        self.policies.iter().any(|p| !p.audit_arguments.is_empty())
+    }
+
+    /// What deciding a call of `tool` may read that a call's audit line does not always hold:
+    /// the argument paths of its conditions and counted amounts, and its callers' claims
+    /// (`identity.claims.*`, and subjects by claim).
+    pub fn reads(&self, tool: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            if p.subjects.iter().any(|s| s.claim.is_some()) {
+                out.push("identity.claims".to_string());
+            }
+            p.for_each_entry(tool, |entry, _| {
+                for rule in &entry.rules {
+                    for c in &rule.conditions {
+                        if matches!(c.source, Source::Args(_) | Source::Identity(_))
+                            && !c.path.starts_with("identity.sub")
+                            && !c.path.starts_with("identity.serviceAccount")
+                        {
+                            out.push(c.path.clone());
+                        }
+                    }
+                    if let Some((_, limit)) = &rule.limit
+                        && let Amount::From { path, .. } = &limit.amount
+                    {
+                        out.push(path.clone());
+                    }
+                }
+            });
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Whether any policy could list tools differently for different callers.
     pub fn varies_by_caller(&self) -> bool {
         self.policies.iter().any(|p| !p.subjects.is_empty())
@@ -114,6 +177,8 @@ pub struct CompiledPolicy {
     pub(super) prefixes: Vec<&'static str>,
     /// Paths whose request bodies are not MCP.
     pub(super) passthrough_paths: Vec<String>,
+    /// Argument paths the audit log keeps (`spec.audit.arguments`).
+    pub(super) audit_arguments: Vec<String>,
 }
 
 /// Entry-name prefixes for what is decided besides tools.
@@ -219,6 +284,11 @@ impl CompiledPolicy {
             wildcard,
             counters,
             passthrough_paths: spec.passthrough_paths.clone(),
+            audit_arguments: spec
+                .audit
+                .as_ref()
+                .map(|a| a.arguments.clone())
+                .unwrap_or_default(),
         })
     }
 

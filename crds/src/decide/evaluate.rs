@@ -194,7 +194,11 @@ impl CompiledPolicy {
     }
 
     /// Calls `f` with every entry whose rules apply to `tool`, and whether the entry lists it.
-    fn for_each_entry<'s>(&'s self, tool: &str, mut f: impl FnMut(&'s CompiledEntry, bool)) {
+    pub(super) fn for_each_entry<'s>(
+        &'s self,
+        tool: &str,
+        mut f: impl FnMut(&'s CompiledEntry, bool),
+    ) {
         if let Some(e) = self.exact.get(tool) {
             f(e, true);
         }
@@ -269,14 +273,26 @@ impl CompiledRule {
                 let amount = match &limit.amount {
                     Amount::Fixed(n) => *n,
                     Amount::From { path, segments } => {
-                        match lookup(args, segments).and_then(as_number) {
-                            Some(n) if n >= 0.0 && n.is_finite() => n.ceil() as u64,
-                            _ => {
-                                return deny(format!(
-                                    "Rule {:?} counts {path}, which must be a non-negative number",
-                                    self.name
-                                ));
+                        // The reason names the argument, whatever the rule's `onDeny` says:
+                        // that text is about a full counter, and this call never reached it.
+                        let bad = |why: String| {
+                            RuleOutcome::Deny(Denial {
+                                policy: policy.name.to_string(),
+                                rule: self.name.clone(),
+                                reason: format!("Rule {:?} counts {path}, which {why}", self.name),
+                                deny_as: policy.deny_as,
+                            })
+                        };
+                        match lookup(args, segments) {
+                            None | Some(Value::Null) => {
+                                return bad("the call does not have".into());
                             }
+                            Some(v) => match as_number(v) {
+                                Some(n) if n >= 0.0 => n.ceil() as u64,
+                                _ => {
+                                    return bad(format!("must be a non-negative number (got {v})"));
+                                }
+                            },
                         }
                     }
                 };

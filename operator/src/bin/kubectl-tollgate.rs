@@ -1,24 +1,34 @@
-//! `kubectl tollgate`: decide the calls Tollgate holds for a person (a kubectl plugin: put the
-//! binary on PATH).
+//! `kubectl tollgate`: decide the calls Tollgate holds for a person, and test and replay policies
+//! against what is in the cluster (a kubectl plugin: put the binary on PATH).
 //!
 //! ```text
 //! kubectl tollgate list [-n NS | -A]
 //! kubectl tollgate approve NAME [-n NS] [--reason TEXT]
 //! kubectl tollgate deny NAME [-n NS] --reason TEXT
+//! kubectl tollgate test --pod NAME [-n NS] PATH...           the pod's effective policy
+//! kubectl tollgate replay (-l SELECTOR | --pod NAME) [-n NS] --policy FILE...
 //! ```
 //!
 //! A decision is a patch of `spec.decision`, made as the kubeconfig's user: the operator's
 //! webhook lets it through only for a user with the RBAC verb `approve` on `mcpapprovals`, and
-//! stamps that user as `decidedBy`.
+//! stamps that user as `decidedBy`. `test` computes a pod's effective policy from the
+//! policies, namespace and pod the kubeconfig's user can read, with the very function the
+//! operator streams it with; `replay` reads the audit lines of the pods' sidecars.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{ListParams, LogParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use tollgate_api::McpApproval;
+use tollgate_api::contract::annotations;
+use tollgate_api::{
+    DefaultAction, EffectivePolicy, McpApproval, McpClusterPolicy, McpPolicy, PolicySet, Workload,
+};
+use tollgate_operator::inject::SIDECAR_NAME;
+use tollgate_sidecar::policytest::{self, replay};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +64,58 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Run policy test files against a pod's effective policy, as the operator computes it
+    /// (the files' own `policies` are not read).
+    Test {
+        /// The pod (NAME, or NAMESPACE/NAME).
+        #[arg(long)]
+        pod: String,
+        /// The cluster default for tools no policy lists, as the chart's `defaultAction`
+        /// (the pod's `tollgate.dev/default-action` annotation comes first).
+        #[arg(long, default_value = "deny", value_parser = ["allow", "deny"])]
+        default_action: String,
+        /// Test files, or directories searched recursively for `*tollgate-test.yaml`.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Only the cases whose name contains this.
+        #[arg(long)]
+        run: Option<String>,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long)]
+        junit: Option<std::path::PathBuf>,
+        /// Print passing cases too.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Decide the calls in the audit logs of pods' sidecars again under other policies.
+    Replay {
+        /// The pods, by label selector.
+        #[arg(
+            short = 'l',
+            long,
+            conflicts_with = "pod",
+            required_unless_present = "pod"
+        )]
+        selector: Option<String>,
+        /// One pod, by name.
+        #[arg(long)]
+        pod: Option<String>,
+        /// The policies to decide the calls under (repeat for several files).
+        #[arg(long = "policy", required = true)]
+        policies: Vec<std::path::PathBuf>,
+        /// Only log lines newer than this many seconds.
+        #[arg(long)]
+        since_seconds: Option<i64>,
+        /// The default for tools no policy lists.
+        #[arg(long, default_value = "deny", value_parser = ["allow", "deny"])]
+        default_action: String,
+        /// How many changed calls to show as examples.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,15 +125,119 @@ fn main() -> ExitCode {
         .build()
         .expect("starting the runtime");
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // `test` and `replay` say 2 for what kept them from running, as `tollgate` does.
+            ExitCode::from(2)
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn action(word: &str) -> DefaultAction {
+    match word {
+        "allow" => DefaultAction::Allow,
+        _ => DefaultAction::Deny,
+    }
+}
+
+/// A pod's effective policy, computed as the operator computes it for the pod's sidecar.
+async fn pod_policy(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    default_action: DefaultAction,
+) -> anyhow::Result<PolicySet> {
+    let (namespace, name) = pod.split_once('/').unwrap_or((namespace, pod));
+    let pod: Pod = Api::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("pod {namespace}/{name}"))?;
+    let ns: Namespace = Api::all(client.clone())
+        .get(namespace)
+        .await
+        .with_context(|| format!("namespace {namespace}"))?;
+    let policies: Vec<McpPolicy> = Api::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .context("listing McpPolicies")?
+        .items;
+    let cluster: Vec<McpClusterPolicy> = Api::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing McpClusterPolicies")?
+        .items;
+    let default_action = annotations::default_action(pod.annotations())
+        .map_err(|e| anyhow::anyhow!("pod {namespace}/{name}: {e}"))?
+        .unwrap_or(default_action);
+    let effective = EffectivePolicy::for_workload(
+        Workload {
+            namespace,
+            labels: pod.labels(),
+            namespace_labels: ns.labels(),
+        },
+        &cluster,
+        &policies,
+        default_action,
+    );
+    let names: Vec<&str> = effective.policies.iter().map(|p| p.name.as_str()).collect();
+    eprintln!(
+        "pod {namespace}/{name}: {} (default {})",
+        match names.is_empty() {
+            true => "no policy selects it".to_string(),
+            false => names.join(", "),
+        },
+        match default_action {
+            DefaultAction::Allow => "allow",
+            DefaultAction::Deny => "deny",
+        }
+    );
+    effective
+        .compile()
+        .map_err(|problems| anyhow::anyhow!("the pod's policies do not compile:\n{problems}"))
+}
+
+/// The audit lines of the sidecars of the pods named.
+async fn sidecar_logs(
+    client: &Client,
+    namespace: &str,
+    selector: Option<&str>,
+    pod: Option<&str>,
+    since_seconds: Option<i64>,
+) -> anyhow::Result<Vec<String>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let names: Vec<String> = match (pod, selector) {
+        (Some(pod), _) => vec![pod.to_string()],
+        (None, selector) => api
+            .list(&ListParams {
+                label_selector: selector.map(str::to_string),
+                ..ListParams::default()
+            })
+            .await?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect(),
+    };
+    anyhow::ensure!(!names.is_empty(), "no pod in {namespace} matches");
+    let mut logs = Vec::with_capacity(names.len());
+    for name in names {
+        let params = LogParams {
+            container: Some(SIDECAR_NAME.to_string()),
+            since_seconds,
+            ..LogParams::default()
+        };
+        let text = api
+            .logs(&name, &params)
+            .await
+            .with_context(|| format!("the {SIDECAR_NAME} logs of pod {namespace}/{name}"))?;
+        eprintln!("pod {namespace}/{name}: {} lines", text.lines().count());
+        logs.push(text);
+    }
+    Ok(logs)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = kube::Config::infer().await.context("no kubeconfig")?;
     let namespace = cli
         .namespace
@@ -85,10 +251,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Api::namespaced(client, &namespace)
             };
-            return list(
+            list(
                 &api.list(&ListParams::default()).await?.items,
                 all_namespaces,
-            );
+            )?;
+            return Ok(0);
+        }
+        Command::Test {
+            pod,
+            default_action,
+            paths,
+            run,
+            junit,
+            verbose,
+        } => {
+            let set = pod_policy(&client, &namespace, &pod, action(&default_action)).await?;
+            let opts = policytest::Options {
+                paths,
+                filter: run,
+                junit,
+                verbose,
+            };
+            return Ok(policytest::run_and_report(&opts, Some(&set)).await);
+        }
+        Command::Replay {
+            selector,
+            pod,
+            policies,
+            since_seconds,
+            default_action,
+            examples,
+            json,
+        } => {
+            let set = policytest::load_set(&policies, action(&default_action), DefaultAction::Deny)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let logs = sidecar_logs(
+                &client,
+                &namespace,
+                selector.as_deref(),
+                pod.as_deref(),
+                since_seconds,
+            )
+            .await?;
+            let report = replay::replay(&logs, &set, examples).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let names: Vec<String> = policies.iter().map(|p| p.display().to_string()).collect();
+                print!("{}", replay::text(&report, &names.join(", ")));
+            }
+            return Ok(0);
         }
         Command::Approve { name, reason } => (name, "Approve", reason),
         Command::Deny { name, reason } => (name, "Deny", Some(reason)),
@@ -117,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "denied"
         }
     );
-    Ok(())
+    Ok(0)
 }
 
 fn list(items: &[McpApproval], namespaces: bool) -> anyhow::Result<()> {

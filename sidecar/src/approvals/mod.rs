@@ -36,6 +36,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tollgate_api::{ApprovalEvent, ApprovalVerdict, NotNow, call_key};
 
+use crate::clock::Clock;
 use crate::telemetry::audit::{AuditLog, Record, format_second, now_rfc3339};
 
 /// Where an approval is in its life, and how it moves on: one state machine for both planes
@@ -64,6 +65,18 @@ pub struct Approval {
     pub decided_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+impl Approval {
+    /// What the agent is told of a call a person refused.
+    pub fn denial_reason(&self) -> String {
+        format!(
+            "{} denied approval {}: {}",
+            self.decided_by.as_deref().unwrap_or("a person"),
+            self.name,
+            self.reason.as_deref().unwrap_or("no reason given")
+        )
+    }
 }
 
 /// A call an `approve` rule applies to.
@@ -177,6 +190,7 @@ pub struct Approvals {
     retention: Duration,
     serial: AtomicU64,
     seed: foldhash::fast::RandomState,
+    clock: Clock,
 }
 
 impl Approvals {
@@ -188,6 +202,17 @@ impl Approvals {
         workload: String,
         retention: Duration,
     ) -> Arc<Self> {
+        Self::with_clock(audit, notifier, workload, retention, Clock::default())
+    }
+
+    /// The same, its approvals expiring by `clock` (a test's, for `tollgate test`).
+    pub fn with_clock(
+        audit: AuditLog,
+        notifier: Option<notify::Notifier>,
+        workload: String,
+        retention: Duration,
+        clock: Clock,
+    ) -> Arc<Self> {
         Arc::new(Approvals {
             state: Mutex::default(),
             audit,
@@ -196,6 +221,7 @@ impl Approvals {
             retention,
             serial: AtomicU64::new(0),
             seed: foldhash::fast::RandomState::default(),
+            clock,
         })
     }
 
@@ -207,7 +233,7 @@ impl Approvals {
             loop {
                 tick.tick().await;
                 let Some(me) = weak.upgrade() else { return };
-                me.sweep(Instant::now());
+                me.sweep(me.clock.instant());
             }
         });
     }
@@ -215,7 +241,7 @@ impl Approvals {
     /// A call an `approve` rule applies to: admitted by an approval waiting for it, or held.
     pub fn request(&self, asked: &Asked<'_>) -> Ticket {
         let key: Arc<str> = fingerprint(asked, &self.workload).into();
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut state = self.state.lock();
         if let Some(name) = state.by_key.get(&key).cloned() {
             let entry = state
@@ -248,8 +274,8 @@ impl Approvals {
             rule: asked.rule.to_string(),
             arguments: shown(asked.args, asked.show),
             phase: Phase::Pending,
-            created: now_rfc3339(),
-            expires: rfc3339_in(asked.valid_for),
+            created: rfc3339_at(self.clock.unix()),
+            expires: rfc3339_at(self.clock.unix() + asked.valid_for),
             decided_by: None,
             reason: None,
         };
@@ -281,7 +307,7 @@ impl Approvals {
         };
         let _ =
             tokio::time::timeout(timeout, phase.wait_for(|phase| *phase != Phase::Pending)).await;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut state = self.state.lock();
         let Some(entry) = state.by_name.get_mut(&hold.name) else {
             // Forgotten: it ended long ago. Nothing admits the call.
@@ -311,7 +337,7 @@ impl Approvals {
         if !approve && reason.is_none() {
             return Err(DecideError::NoReason);
         }
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut state = self.state.lock();
         let entry = state
             .by_name
@@ -340,7 +366,7 @@ impl Approvals {
         if approve {
             // From now on the retry has the approval's whole lifetime to come.
             entry.expires_at = now + entry.valid_for;
-            entry.view.expires = rfc3339_in(entry.valid_for);
+            entry.view.expires = rfc3339_at(self.clock.unix() + entry.valid_for);
         }
         let _ = self.step(entry, ApprovalEvent::Decide(verdict), now);
         if !approve {
@@ -348,6 +374,13 @@ impl Approvals {
             state.by_key.remove(&key);
         }
         Ok(state.by_name[name].view.clone())
+    }
+
+    /// When approval `name` expires if nothing happens, while it is Pending or Approved.
+    pub fn expiry(&self, name: &str) -> Option<Instant> {
+        let state = self.state.lock();
+        let entry = state.by_name.get(name)?;
+        entry.live().then_some(entry.expires_at)
     }
 
     pub fn get(&self, name: &str) -> Option<Approval> {
@@ -454,9 +487,12 @@ impl Approvals {
 
 /// RFC 3339 for `now + d`, to the second.
 pub(crate) fn rfc3339_in(d: Duration) -> String {
-    let at = SystemTime::now() + d;
-    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    format!("{}Z", format_second(secs))
+    rfc3339_at(Clock::default().unix() + d)
+}
+
+/// RFC 3339 for a time since the Unix epoch, to the second.
+fn rfc3339_at(at: Duration) -> String {
+    format!("{}Z", format_second(at.as_secs()))
 }
 
 /// What binds an approval to one call: every part written out whole, so no two calls that

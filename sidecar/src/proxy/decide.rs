@@ -276,12 +276,7 @@ impl Proxy {
             },
             Waited::Denied(a) => {
                 let denial = Denial {
-                    reason: format!(
-                        "{} denied approval {}: {}",
-                        a.decided_by.as_deref().unwrap_or("a person"),
-                        a.name,
-                        a.reason.as_deref().unwrap_or("no reason given")
-                    ),
+                    reason: a.denial_reason(),
                     policy: a.policy.clone(),
                     rule: a.rule.clone(),
                     deny_as: DenyAs::Error,
@@ -392,6 +387,11 @@ impl Proxy {
         };
         let empty = Value::Object(Default::default());
         let args = call.arguments.as_ref().unwrap_or(&empty);
+        // What the audit line keeps of the arguments: only what a policy asks for.
+        let logged = match set.audits_arguments() {
+            true => approvals::shown(args, &set.audited_arguments(who)),
+            false => None,
+        };
         let t0 = Instant::now();
         let counted = match self.audit.admits() {
             // A call whose decision cannot be logged is not made.
@@ -493,6 +493,7 @@ impl Proxy {
                                 policy: Some(policy),
                                 reason: None,
                                 approval: None,
+                                arguments: logged,
                             },
                             progress_token: progress_token(m),
                         }));
@@ -517,6 +518,7 @@ impl Proxy {
                     policy: audit.as_ref().map(|d| d.policy.clone()),
                     reason: audit.map(|d| d.reason),
                     approval: None,
+                    arguments: logged,
                 });
                 Outcome::Forward(reserved)
             }
@@ -530,6 +532,7 @@ impl Proxy {
                     policy: Some(denial.policy.clone()),
                     reason: Some(denial.reason.clone()),
                     approval: None,
+                    arguments: logged,
                 };
                 self.write_audit(&a, asked, None);
                 Outcome::Refuse(m.id.map(|_| Refusal::denied(m.id_value(), denial, modern)))
@@ -562,7 +565,7 @@ impl Proxy {
             revision: set.revision,
             upstream_status: status,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
-            arguments: None,
+            arguments: a.arguments.as_ref(),
             approval: a.approval.as_deref(),
             decided_by: None,
             dropped_before: None,
@@ -610,4 +613,6 @@ pub(super) struct PendingAudit {
     policy: Option<String>,
     reason: Option<String>,
     approval: Option<String>,
+    /// The argument values a policy asks the audit log to keep (`spec.audit.arguments`).
+    arguments: Option<Value>,
 }

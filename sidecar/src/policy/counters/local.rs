@@ -9,13 +9,15 @@ use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use tollgate_api::{CounterKey, CounterName, Counters, Denial, Reservation, Window};
 
-use super::{Taken, now_secs, window_start};
+use super::{Taken, window_start};
+use crate::clock::Clock;
 
 #[derive(Default)]
 pub struct LocalCounters {
     /// Keys can carry a caller's session id, so the hasher is seeded per process (foldhash's
     /// `RandomState`: a fraction of SipHash's cost on short keys, and not predictable).
     counters: Mutex<HashMap<CounterKey, Slot, RandomState>>,
+    clock: Clock,
 }
 
 #[derive(Clone, Copy)]
@@ -25,10 +27,18 @@ struct Slot {
 }
 
 impl LocalCounters {
+    /// Counters whose windows are read from `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
+        LocalCounters {
+            clock,
+            ..Default::default()
+        }
+    }
+
     /// Reserves every counter or none: if one would pass its max, the ones before it are
     /// released and that counter's denial is returned.
     pub fn reserve_all(&self, reservations: &[Reservation]) -> Result<Vec<Taken>, Denial> {
-        self.reserve_all_at(reservations, now_secs())
+        self.reserve_all_at(reservations, self.clock.unix_secs())
     }
 
     pub(super) fn reserve_all_at(
@@ -84,7 +94,7 @@ impl LocalCounters {
     /// Drops counters whose window has passed; called periodically so memory stays bounded
     /// by the live windows.
     pub fn sweep(&self) {
-        let now = now_secs();
+        let now = self.clock.unix_secs();
         // A slot is stale once a day has passed since its window began (the longest window).
         self.counters
             .lock()
@@ -102,7 +112,7 @@ fn release(map: &mut HashMap<CounterKey, Slot, RandomState>, t: &Taken) {
 
 impl Counters for LocalCounters {
     fn current(&self, key: &CounterKey, counter: &CounterName) -> u64 {
-        let start = window_start(counter.window, now_secs());
+        let start = window_start(counter.window, self.clock.unix_secs());
         self.counters
             .lock()
             .get(key)

@@ -116,6 +116,14 @@ pub(crate) fn window_start(window: Window, now: u64) -> u64 {
 }
 
 impl CounterStore {
+    /// Counters in this pod, their windows read from `clock` (a test's, for `tollgate test`).
+    pub fn with_clock(clock: crate::clock::Clock) -> Self {
+        CounterStore {
+            local: LocalCounters::with_clock(clock),
+            shared: None,
+        }
+    }
+
     /// Counters shared in Redis (see [`Shared`]); the pod's own store is kept for the policies
     /// that count locally while Redis is away.
     pub fn shared(shared: Arc<Shared>) -> Self {
@@ -272,6 +280,11 @@ impl CounterStore {
         if let Some(shared) = &self.shared {
             shared.sweep();
         }
+    }
+
+    /// The value of `counter`'s `key` in its current window, in this pod's store.
+    pub fn current(&self, key: &CounterKey, counter: &CounterName) -> u64 {
+        self.local.current(key, counter)
     }
 
     /// One line for `/readyz`: where counters are kept, and whether that store answers.
