@@ -131,7 +131,7 @@ impl EffectivePolicy {
 
 #[cfg(feature = "kube")]
 fn checked(name: String, spec: &PolicySpec) -> NamedPolicy {
-    let problems = crate::validate::validate_spec(spec);
+    let problems = crate::validate::validate_stored(spec);
     if problems.is_empty() {
         return NamedPolicy {
             name,

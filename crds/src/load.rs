@@ -139,7 +139,9 @@ pub fn load_document(doc: Value, origin: &str) -> Result<Loaded, Problems> {
     problems.extend(validate_spec(&spec).into_iter().map(|p| {
         let message = words
             .iter()
-            .fold(p.message, |m, (ours, theirs)| m.replace(ours, theirs));
+            .fold(origins.file_paths_in(&p.message), |m, (ours, theirs)| {
+                m.replace(ours, theirs)
+            });
         Problem::new(origins.file_path(&p.path), message)
     }));
     if !problems.is_empty() {
@@ -181,6 +183,29 @@ struct RuleOrigin {
 impl Origins {
     fn add(&mut self, tool: &str, index: usize, origin: RuleOrigin) {
         self.rules.insert((tool.to_string(), index), origin);
+    }
+
+    /// A message with every path of the converted spec in it (`spec.tools.x.rules[0]`) made
+    /// the file's.
+    fn file_paths_in(&self, message: &str) -> String {
+        message
+            .split(' ')
+            .map(|word| {
+                let Some(at) = word.find("spec.") else {
+                    return word.to_string();
+                };
+                let end = word[at..]
+                    .find([')', ';', ',', ':'])
+                    .map_or(word.len(), |e| at + e);
+                format!(
+                    "{}{}{}",
+                    &word[..at],
+                    self.file_path(&word[at..end]),
+                    &word[end..]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The file's path for a path of the converted spec.

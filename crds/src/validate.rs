@@ -81,8 +81,28 @@ pub fn counter_scope(entry: &str) -> &str {
     if entry == "*" { "_global" } else { entry }
 }
 
-/// Validates a policy spec; an empty list means it compiles.
+/// Validates a policy spec; an empty list means it compiles. What `kubectl apply`, `tollgate
+/// check` and every policy file are held to.
 pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
+    validate(spec, Checks::All)
+}
+
+/// Validates a policy already stored in the cluster, which an older release admitted: every
+/// check but those added since, so that an upgrade never turns a policy that was in force into
+/// one that denies every call. (The webhook holds its next change to [`validate_spec`].)
+///
+/// Added since 0.1: two limits of one tool entry on one counter (they count every call twice).
+pub fn validate_stored(spec: &PolicySpec) -> Vec<Problem> {
+    validate(spec, Checks::SinceAdmitted)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Checks {
+    All,
+    SinceAdmitted,
+}
+
+fn validate(spec: &PolicySpec, checks: Checks) -> Vec<Problem> {
     let mut out = Vec::new();
     if let Some(sel) = &spec.selector {
         validate_selector("spec.selector", sel, &mut out);
@@ -131,7 +151,7 @@ pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         // Counters a rule of this entry reserves already: a second limit on one would count
         // every call twice.
-        let mut reserved_here: HashMap<String, usize> = HashMap::new();
+        let mut reserved_here: HashMap<(String, String), (usize, crate::Window)> = HashMap::new();
         for (i, rule) in entry.rules.iter().enumerate() {
             let at = format!("{base}.rules[{i}]");
             if !rule.name.is_empty()
@@ -140,13 +160,24 @@ pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
                 out.push(Problem::new(
                     format!("{at}.name"),
                     format!(
-                        "duplicate rule name {:?} (also rules[{first}]); give each rule its own name",
+                        "duplicate rule name {:?} (also {base}.rules[{first}]); give each rule its own name",
                         rule.name
                     ),
                 ));
             }
             if let Some((counter, window)) = rule_counter(rule) {
-                if let Some(first) = reserved_here.insert(counter.clone(), i) {
+                // Two limits on one counter key (its name and scope) count every call twice.
+                // Another window is another problem, reported below.
+                let scope = rule
+                    .limit
+                    .as_ref()
+                    .and_then(|l| l.scope)
+                    .unwrap_or_default();
+                let key = (counter.clone(), format!("{scope:?}"));
+                if checks == Checks::All
+                    && let Some((first, w)) = reserved_here.insert(key, (i, window))
+                    && w == window
+                {
                     let (field, what) = match &rule.limit {
                         Some(_) => ("limit.counter", format!("counter {counter:?}")),
                         None => ("rateLimit", format!("the {} rate limit", window.as_str())),
@@ -154,8 +185,8 @@ pub fn validate_spec(spec: &PolicySpec) -> Vec<Problem> {
                     out.push(Problem::new(
                         format!("{at}.{field}"),
                         format!(
-                            "rules[{first}] ({:?}) and rules[{i}] ({:?}) both count {what}, so every call would count twice; keep one limit (the lower), or give one its own counter",
-                            entry.rules[first].name, rule.name
+                            "this rule and rule {:?} both count {what}, so every call would count twice; keep one limit (the lower), or give one its own counter",
+                            entry.rules[first].name
                         ),
                     ));
                 }

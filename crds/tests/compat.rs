@@ -358,7 +358,7 @@ tools:
     assert_eq!(p.path, "twice.yaml: tools.create_issue.rules[1].rate_limit");
     assert!(
         p.message
-            .contains("rules[0] (\"hourly\") and rules[1] (\"also hourly\")"),
+            .starts_with("this rule and rule \"hourly\" both count the hour rate limit"),
         "{p}"
     );
     // The same in Tollgate's own language: two limits on one counter of one tool.
@@ -375,11 +375,31 @@ spec:
 "#;
     let err = load_file(ours, "p.yaml").unwrap_err().to_string();
     assert!(
-        err.contains(
-            "spec.tools.pay.rules[1].limit.counter: rules[0] (\"a\") and rules[1] (\"b\")"
-        ),
+        err.contains("spec.tools.pay.rules[1].limit.counter: this rule and rule \"a\" both count counter \"spend\""),
         "{err}"
     );
+    // Other scopes are other counters: each call counts once in each.
+    let scopes = ours.replace(
+        "max: 50, incrementFrom: args.n }",
+        "max: 50, incrementFrom: args.n, scope: identity }",
+    );
+    assert!(load_file(&scopes, "p.yaml").is_ok());
+    // A policy an older release admitted stays in force where it is stored (an upgrade never
+    // turns it into one that denies every call); only its next change is refused.
+    let doc: serde_json::Value = tollgate_api::load::yaml_from_str(ours).unwrap();
+    let spec: tollgate_api::PolicySpec = serde_json::from_value(doc["spec"].clone()).unwrap();
+    assert!(tollgate_api::validate::validate_stored(&spec).is_empty());
+    assert!(!tollgate_api::validate::validate_spec(&spec).is_empty());
+    let eff = EffectivePolicy {
+        revision: 1,
+        default_action: DefaultAction::Deny,
+        ungoverned_action: None,
+        policies: vec![tollgate_api::NamedPolicy {
+            name: "mcppolicy/default/p".into(),
+            spec,
+        }],
+    };
+    assert!(eff.compile().is_ok(), "the sidecar still compiles it");
 }
 
 #[test]

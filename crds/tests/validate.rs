@@ -16,7 +16,7 @@ fn every_problem_is_reported_at_once_with_its_field_path() {
     let err = problems(&text);
     for want in [
         "spec.tools.create_issue.rules[0].conditions[1].value: regex \"(\" does not compile:",
-        "spec.tools.create_issue.rules[1].name: duplicate rule name \"r\" (also rules[0])",
+        "spec.tools.create_issue.rules[1].name: duplicate rule name \"r\" (also spec.tools.create_issue.rules[0])",
         "spec.tools.create_issue.rules[1].limit.max: max must be at least 1; to refuse every call use action: deny",
         "spec.tools.create_issue.rules[2]: set rateLimit or limit, not both",
         "spec.tools.create_issue.rules[2].rateLimit: rateLimit count must be a positive integer, got \"0\"",

@@ -1,10 +1,10 @@
 //! The status controllers (run by the leader only).
 //!
 //! ```text
-//! McpPolicy | McpClusterPolicy ─ validate_spec ─┐
-//! Index (injected pods, namespace labels) ──────┤
-//! the boundary's findings (crate::boundary) ────┴─> desired_status ─ differs? ─> patch status
-//!                                                                   └─ Accepted flipped? ─> Event
+//! McpPolicy | McpClusterPolicy ─ validate_stored ─┐
+//! Index (injected pods, namespace labels) ────────┤
+//! the boundary's findings (crate::boundary) ──────┴─> desired_status ─ differs? ─> patch status
+//!                                                                     └─ Accepted flipped? ─> Event
 //! ```
 //!
 //! Triggered by the policies' own watch (the index's, shared), by pod and namespace events for
@@ -218,7 +218,7 @@ async fn reconcile_policy(
         pod_ns == ns && selects(policy.spec.selector.as_ref(), labels)
     };
     let api: Api<McpPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let problems = tollgate_api::validate::validate_spec(&policy.spec);
+    let problems = tollgate_api::validate::validate_stored(&policy.spec);
     write_status(
         &*policy,
         &api,
@@ -244,7 +244,7 @@ async fn reconcile_cluster_policy(
     if let Some(sel) = &policy.spec.namespace_selector {
         tollgate_api::validate::validate_selector("spec.namespaceSelector", sel, &mut problems);
     }
-    problems.extend(tollgate_api::validate::validate_spec(&policy.spec.policy));
+    problems.extend(tollgate_api::validate::validate_stored(&policy.spec.policy));
     write_status(
         &*policy,
         &api,

@@ -400,6 +400,10 @@ struct ReplayArgs {
     /// The decision for a caller no policy governs.
     #[arg(long, value_enum, default_value = "deny")]
     ungoverned_callers: DefaultFlag,
+    /// The proxies counted in one shared store (Redis), so every log's calls count together;
+    /// without it each pod (the lines' `pod`) counts its own.
+    #[arg(long)]
+    shared_counters: bool,
     /// How many changed calls to show as examples.
     #[arg(long, default_value_t = 10)]
     examples: usize,
@@ -570,7 +574,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let set = load_set(
         &args.policies,
         args.default_action.into(),
-        args.ungoverned_callers.into(),
+        Some(args.ungoverned_callers.into()),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let mut logs = Vec::new();
@@ -586,7 +590,11 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .expect("starting the runtime");
-    let report = runtime.block_on(replay::replay(&logs, &set, args.examples));
+    let counting = match args.shared_counters {
+        true => replay::Counting::Shared,
+        false => replay::Counting::PerPod,
+    };
+    let report = runtime.block_on(replay::replay(&logs, &set, counting, args.examples));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -56,9 +56,19 @@ cases:
 
 def test_a_file_that_cannot_run_exits_2_and_says_why(tollgate_bin, tmp_path):
     bad = tmp_path / "bad.tollgate-test.yaml"
-    bad.write_text("policies: [missing.yaml]\ncases: []\n")
+    bad.write_text("policies: [missing.yaml]\ncases:\n  - name: x\n    steps: [{wait: 1s}]\n")
     r = run(tollgate_bin, "test", str(bad))
     assert r.returncode == 2 and "missing.yaml: cannot read" in r.stdout, r.stdout
+    bad.write_text("policies: [missing.yaml]\ncases: []\n")
+    r = run(tollgate_bin, "test", str(bad))
+    assert r.returncode == 2 and "a test file has at least one case" in r.stdout, r.stdout
+    # A filter that matches no case runs nothing, which a pipeline must not read as a pass.
+    r = run(tollgate_bin, "test", "examples", "--run", "no such case")
+    assert r.returncode == 2 and 'no case\'s name contains "no such case"' in r.stderr, r.stderr
+    # A step that says a call's reason where its expectation goes would test nothing.
+    bad.write_text("policies: [p.yaml]\ncases:\n  - name: x\n    steps:\n      - {call: a, reason: x}\n")
+    r = run(tollgate_bin, "test", str(bad))
+    assert r.returncode == 2 and "by and reason belong to an approval step" in r.stdout, r.stdout
     bad.write_text("policies: [p.yaml]\ncases:\n  - name: x\n    steps:\n      - {call: a, wait: 1m}\n")
     r = run(tollgate_bin, "test", str(bad))
     assert r.returncode == 2 and "cases[0].steps[0]: a step has exactly one of" in r.stdout, r.stdout
@@ -85,12 +95,16 @@ def test_replay_of_a_real_proxys_audit_log_shows_what_a_stricter_policy_changes(
         ("create_charge", {"amount": 300, "currency": "usd"}),
         ("read_file", {"path": "/etc/motd"}),
         ("delete_repository", {"name": "prod"}),
+        ("create_charge", {"amount": 100}),
     ])
     lines = px.audit()
     charges = [a for a in lines if a.get("tool") == "create_charge"]
-    # Only the paths the policy names are kept; the others (title, path) never are.
+    # Only the paths the policy names are kept; the others (title, path) never are, and a path
+    # the call lacks is logged as absent, so a replay can tell it from one nobody logged.
     assert [a["arguments"] for a in charges] == [
-        {"args.amount": 1200, "args.currency": "eur"}, {"args.amount": 300, "args.currency": "usd"}]
+        {"args.amount": 1200, "args.currency": "eur"}, {"args.amount": 300, "args.currency": "usd"},
+        {"args.amount": 100}]
+    assert charges[2]["absentArguments"] == ["args.currency"] and charges[2]["decision"] == "deny"
     assert all("arguments" in a for a in lines if a.get("kind") == "decision")
     assert all(set(a["arguments"]) <= {"args.amount", "args.currency"} for a in lines if "arguments" in a)
     log = tmp_path / "audit.log"
@@ -106,7 +120,7 @@ def test_replay_of_a_real_proxys_audit_log_shows_what_a_stricter_policy_changes(
     r = run(tollgate_bin, "replay", str(log), "--policy", str(stricter), "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert report["calls"] == 7 and report["otherLines"] == 1, report
+    assert report["calls"] == 8 and report["otherLines"] == 1, report
     changes = {(c["tool"], c["from"], c["to"], c["rule"]): c["calls"] for c in report["changes"]}
     assert changes == {
         ("create_issue", "allow", "deny", "hourly issue limit"): 1,
@@ -115,11 +129,11 @@ def test_replay_of_a_real_proxys_audit_log_shows_what_a_stricter_policy_changes(
     # read_file's new rule reads args.path, which the log never held: not guessed.
     assert report["unknown"] == 1
     assert report["missing"] == [{"tool": "read_file", "paths": ["args.path"], "calls": 1}]
-    assert report["unchanged"] == 4 and report["changed"] == 2
+    assert report["unchanged"] == 5 and report["changed"] == 2
 
     table = run(tollgate_bin, "replay", "-", "--policy", str(stricter), stdin=log.read_text())
     assert table.returncode == 0, table.stderr
-    assert "changed 2   unknown 1" in table.stdout
+    assert "changed 2   unknown 1" in table.stdout and "assumed: each pod counts its own calls" in table.stdout
     assert re.search(r"create_issue +allow +deny +hourly issue limit +1", table.stdout), table.stdout
     assert re.search(r"read_file +args\.path +1", table.stdout), table.stdout
 
@@ -127,4 +141,20 @@ def test_replay_of_a_real_proxys_audit_log_shows_what_a_stricter_policy_changes(
     same = tmp_path / "same.yaml"
     same.write_text(SAMPLE_POLICY)
     report = json.loads(run(tollgate_bin, "replay", str(log), "--policy", str(same), "--json").stdout)
-    assert report["changed"] == 0 and report["unknown"] == 0 and report["unchanged"] == 7, report
+    assert report["changed"] == 0 and report["unknown"] == 0 and report["unchanged"] == 8, report
+
+
+def test_audit_arguments_args_logs_every_argument_and_an_argument_named_args_is_only_itself(sample_server, proxy, tollgate_bin, tmp_path):
+    srv = sample_server()
+    px = proxy(srv.url, logging(SAMPLE_POLICY, "args"))
+    sneaky = {"amount": 70000, "currency": "usd", "args": {"amount": 1}}
+    seen = session(f"{px.url}/mcp", "legacy", [("create_charge", sneaky)])
+    assert seen["calls"][0][0] == "denied"
+    [line] = [a for a in px.audit() if a.get("tool") == "create_charge"]
+    assert line["arguments"] == {"args": sneaky}, line
+    log = tmp_path / "audit.log"
+    log.write_text("".join(json.dumps(a) + "\n" for a in px.audit()))
+    same = tmp_path / "same.yaml"
+    same.write_text(SAMPLE_POLICY)
+    report = json.loads(run(tollgate_bin, "replay", str(log), "--policy", str(same), "--json").stdout)
+    assert report["changed"] == 0 and report["unchanged"] == 1, report

@@ -235,7 +235,7 @@ pub(super) enum Amount {
 impl CompiledPolicy {
     /// Validates and compiles one spec.
     pub fn compile(name: &str, spec: &PolicySpec) -> Result<CompiledPolicy, Problems> {
-        let problems = validate::validate_spec(spec);
+        let problems = validate::validate_stored(spec);
         if !problems.is_empty() {
             return Err(Problems(problems));
         }

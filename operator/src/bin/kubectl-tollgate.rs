@@ -109,6 +109,10 @@ enum Command {
         /// The default for tools no policy lists.
         #[arg(long, default_value = "deny", value_parser = ["allow", "deny"])]
         default_action: String,
+        /// The sidecars counted in one shared store (the chart's Redis), so every pod's calls
+        /// count together; without it each pod counts its own.
+        #[arg(long)]
+        shared_counters: bool,
         /// How many changed calls to show as examples.
         #[arg(long, default_value_t = 10)]
         examples: usize,
@@ -280,11 +284,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             policies,
             since_seconds,
             default_action,
+            shared_counters,
             examples,
             json,
         } => {
-            let set = policytest::load_set(&policies, action(&default_action), DefaultAction::Deny)
+            // A caller no policy governs gets the default, as the operator streams it.
+            let set = policytest::load_set(&policies, action(&default_action), None)
                 .map_err(|e| anyhow::anyhow!(e))?;
+            let counting = match shared_counters {
+                true => replay::Counting::Shared,
+                false => replay::Counting::PerPod,
+            };
             let logs = sidecar_logs(
                 &client,
                 &namespace,
@@ -293,7 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 since_seconds,
             )
             .await?;
-            let report = replay::replay(&logs, &set, examples).await;
+            let report = replay::replay(&logs, &set, counting, examples).await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -274,7 +274,7 @@ impl Approvals {
             rule: asked.rule.to_string(),
             arguments: shown(asked.args, asked.show),
             phase: Phase::Pending,
-            created: rfc3339_at(self.clock.unix()),
+            created: rfc3339_millis(self.clock.unix()),
             expires: rfc3339_at(self.clock.unix() + asked.valid_for),
             decided_by: None,
             reason: None,
@@ -478,6 +478,7 @@ impl Approvals {
             upstream_status: None,
             latency_ms: 0.0,
             arguments: a.arguments.as_ref(),
+            absent_arguments: &[],
             approval: Some(&a.name),
             decided_by: a.decided_by.as_deref(),
             dropped_before: None,
@@ -495,49 +496,45 @@ fn rfc3339_at(at: Duration) -> String {
     format!("{}Z", format_second(at.as_secs()))
 }
 
+/// The same to the millisecond (what approvals are listed in order of).
+fn rfc3339_millis(at: Duration) -> String {
+    format!("{}.{:03}Z", format_second(at.as_secs()), at.subsec_millis())
+}
+
 /// What binds an approval to one call: every part written out whole, so no two calls that
 /// differ in anything share it.
 fn fingerprint(asked: &Asked<'_>, workload: &str) -> String {
     call_key(&[asked.tool, asked.identity, workload], asked.args)
 }
 
-/// The arguments a person is shown: only the paths the rule names (`args.a.b`).
+/// The arguments a person is shown: only the paths the rule names (`args.a.b`), each by its
+/// path; a path the call does not have is left out.
 pub(crate) fn shown(args: &Value, paths: &[String]) -> Option<Value> {
     if paths.is_empty() {
         return None;
     }
-    let mut out = serde_json::Map::new();
-    for path in paths {
-        let segments: Vec<&str> = path.trim_start_matches("args.").split('.').collect();
-        let mut v = args;
-        let mut found = true;
-        for seg in &segments {
-            v = match v {
-                Value::Object(m) => match m.get(*seg) {
-                    Some(v) => v,
-                    None => {
-                        found = false;
-                        break;
-                    }
-                },
-                Value::Array(a) => match seg.parse::<usize>().ok().and_then(|i| a.get(i)) {
-                    Some(v) => v,
-                    None => {
-                        found = false;
-                        break;
-                    }
-                },
-                _ => {
-                    found = false;
-                    break;
-                }
-            };
-        }
-        if found {
-            out.insert(path.clone(), v.clone());
-        }
-    }
+    let out: serde_json::Map<String, Value> = paths
+        .iter()
+        .filter_map(|path| Some((path.clone(), at_path(args, path)?.clone())))
+        .collect();
     Some(Value::Object(out))
+}
+
+/// The value at an argument path: `args` is the whole arguments object, `args.a.0.b` walks
+/// into it (a numeric segment indexes an array).
+pub(crate) fn at_path<'v>(args: &'v Value, path: &str) -> Option<&'v Value> {
+    if path == "args" {
+        return Some(args);
+    }
+    let mut v = args;
+    for seg in path.strip_prefix("args.")?.split('.') {
+        v = match v {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
 }
 
 impl Backend {
@@ -770,6 +767,17 @@ mod tests {
             Some(json!({"args.bucket": "b", "args.tags.0.k": "v"}))
         );
         assert_eq!(shown(&args, &[]), None);
+        // `args` is every argument; an argument named `args` is only that argument.
+        let sneaky = json!({"amount": 5000, "args": {"amount": 1}});
+        assert_eq!(
+            shown(&sneaky, &["args".to_string()]),
+            Some(json!({"args": sneaky}))
+        );
+        assert_eq!(
+            shown(&sneaky, &["args.args.amount".to_string()]),
+            Some(json!({"args.args.amount": 1}))
+        );
+        assert_eq!(shown(&sneaky, &["argsx".to_string()]), Some(json!({})));
     }
 
     #[test]

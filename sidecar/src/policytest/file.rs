@@ -91,7 +91,8 @@ pub struct Step {
     /// Who calls (default: anonymous).
     #[serde(default, rename = "as")]
     pub caller: Option<Caller>,
-    /// The session the server bound the call to (default: none).
+    /// The session the server bound the call to (default: none). On another step, whose
+    /// counters `expect.counters` reads (default: the last call's caller and session).
     #[serde(default)]
     pub session: Option<String>,
     /// Time that passes before this step.

@@ -137,6 +137,16 @@ pub async fn run_and_report(opts: &Options, policy: Option<&PolicySet>) -> u8 {
         eprintln!("{}: cannot write: {e}", path.display());
         return 2;
     }
+    if suites
+        .iter()
+        .all(|s| s.cases.is_empty() && s.error.is_none())
+    {
+        match &opts.filter {
+            Some(f) => eprintln!("no case's name contains {f:?}"),
+            None => eprintln!("no cases in the test files"),
+        }
+        return 2;
+    }
     if suites.iter().any(|s| s.error.is_some()) {
         2
     } else if suites.iter().any(|s| s.failed() > 0) {
@@ -194,6 +204,9 @@ fn read(path: &Path) -> Result<TestFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
     let file: TestFile =
         serde_yaml::from_str(&text).map_err(|e| format!("not a test file: {e}"))?;
+    if file.cases.is_empty() {
+        return Err("cases: a test file has at least one case".into());
+    }
     for (c, case) in file.cases.iter().enumerate() {
         for (s, step) in case.steps.iter().enumerate() {
             check_step(step).map_err(|e| format!("cases[{c}].steps[{s}]: {e}"))?;
@@ -223,8 +236,23 @@ fn check_step(step: &Step) -> Result<(), String> {
             ));
         }
     }
-    if step.call.is_none() && (step.args.is_some() || step.session.is_some()) {
-        return Err("args and session belong to a call".into());
+    if step.call.is_none() && step.args.is_some() {
+        return Err("args belong to a call".into());
+    }
+    if step.approval.is_none() && (step.by.is_some() || step.reason.is_some()) {
+        return Err(
+            "by and reason belong to an approval step (a call's expected reason is expect.reason)"
+                .into(),
+        );
+    }
+    if let Some(Caller::Identity(f)) = &step.caller
+        && f.subject.is_some()
+        && f.service_account.is_some()
+    {
+        return Err(
+            "as: give subject or serviceAccount, not both (a service account's subject is system:serviceaccount:NS:NAME)"
+                .into(),
+        );
     }
     if let Some(args) = &step.args
         && !args.is_object()
@@ -235,14 +263,22 @@ fn check_step(step: &Step) -> Result<(), String> {
         return Err("a denied approval needs a reason, as `tollgate approvals deny` does".into());
     }
     if let Some(e) = &step.expect {
-        let decides = step.call.is_some() || step.approval.is_some();
+        // A held call is answered when its approval is approved or denied, not when it expires.
+        let decides = step.call.is_some()
+            || matches!(
+                step.approval,
+                Some(ApprovalStep::Approve | ApprovalStep::Deny)
+            );
         if !decides
             && (e.decision.is_some()
                 || e.rule.is_some()
                 || e.policy.is_some()
                 || e.reason.is_some())
         {
-            return Err("decision, rule, policy and reason are expected of a call".into());
+            return Err(
+                "decision, rule, policy and reason are expected of a call, or of an approval approved or denied"
+                    .into(),
+            );
         }
         if step.list.is_none() && (e.shown.is_some() || e.hidden.is_some()) {
             return Err("shown and hidden are expected of a list".into());
@@ -255,11 +291,12 @@ fn check_step(step: &Step) -> Result<(), String> {
 }
 
 /// The policy set of `files` (any format; several McpPolicy documents merged as the operator
-/// merges a pod's), with the cluster default and the decision for ungoverned callers.
+/// merges a pod's, cluster policies first, each kind in name order), with the cluster default
+/// and the decision for ungoverned callers (`None`: the default's, as on a cluster).
 pub fn load_set(
     files: &[PathBuf],
     default_action: DefaultAction,
-    ungoverned: DefaultAction,
+    ungoverned: Option<DefaultAction>,
 ) -> Result<PolicySet, String> {
     let mut policies = Vec::new();
     for at in files {
@@ -270,10 +307,24 @@ pub fn load_set(
             .map_err(|problems| format!("policy {origin} is invalid:\n{problems}"))?;
         policies.extend(loaded.into_iter().map(|l| l.policy));
     }
+    // The operator's order (`EffectivePolicy::for_workload`), which decides whose rule a
+    // denial names; files in other formats keep theirs, after.
+    let rank = |name: &str| match name.split('/').next() {
+        Some("mcpclusterpolicy") => 0,
+        Some("mcppolicy") => 1,
+        _ => 2,
+    };
+    policies.sort_by(|a, b| {
+        let (ra, rb) = (rank(&a.name), rank(&b.name));
+        ra.cmp(&rb).then_with(|| match ra {
+            2 => std::cmp::Ordering::Equal,
+            _ => a.name.cmp(&b.name),
+        })
+    });
     let effective = EffectivePolicy {
         revision: 1,
         default_action,
-        ungoverned_action: Some(ungoverned),
+        ungoverned_action: ungoverned,
         policies,
     };
     effective
@@ -303,7 +354,7 @@ fn prepare(
             load_set(
                 &files,
                 action(file.default_action, DefaultAction::Allow),
-                action(file.ungoverned_callers, DefaultAction::Deny),
+                Some(action(file.ungoverned_callers, DefaultAction::Deny)),
             )?
         }
     };
@@ -386,6 +437,8 @@ struct Run {
     went_on: Option<Reserved>,
     /// The last held call: its approval, and until its hold time passes, the call waiting.
     held: Option<HeldCall>,
+    /// The last call's caller and session: whose counters a later step reads unless it says.
+    last: (Identity, Option<String>),
     failures: Vec<String>,
 }
 
@@ -405,6 +458,7 @@ impl Run {
             clock,
             went_on: None,
             held: None,
+            last: (Identity::anonymous(), None),
             failures: Vec::new(),
         }
     }
@@ -433,7 +487,19 @@ impl Run {
     }
 
     async fn once(&mut self, step: &Step) -> Result<(), String> {
-        let who = identity(step.caller.as_ref());
+        // A call names its caller (anonymous unless `as` says); any other step reads the last
+        // call's counters unless it names a caller or session itself.
+        let (who, session) = match (&step.call, &step.caller) {
+            (Some(_), caller) => (identity(caller.as_ref()), step.session.clone()),
+            (None, Some(caller)) => (identity(Some(caller)), step.session.clone()),
+            (None, None) => (
+                self.last.0.clone(),
+                step.session.clone().or_else(|| self.last.1.clone()),
+            ),
+        };
+        if step.call.is_some() {
+            self.last = (who.clone(), session.clone());
+        }
         let expect = step.expect.clone().unwrap_or_default();
         let mut wrong = Vec::new();
         if let Some(tool) = &step.call {
@@ -441,7 +507,7 @@ impl Run {
                 .args
                 .clone()
                 .unwrap_or_else(|| Value::Object(Default::default()));
-            let outcome = self.call(tool, &args, &who, step.session.as_deref()).await;
+            let outcome = self.call(tool, &args, &who, session.as_deref()).await;
             check_outcome(&expect, &outcome, &mut wrong);
         } else if let Some(tools) = &step.list {
             let mut visibility = self.set.visibility(&who);
@@ -481,7 +547,11 @@ impl Run {
                             let outcome = self.settle(hold).await;
                             check_outcome(&expect, &outcome, &mut wrong);
                         }
-                        None if expect.decision.is_some() || expect.reason.is_some() => {
+                        None if expect.decision.is_some()
+                            || expect.reason.is_some()
+                            || expect.rule.is_some()
+                            || expect.policy.is_some() =>
+                        {
                             wrong.push(format!(
                                 "the call held on approval {name} was answered when its hold time passed; its retry is a call step"
                             ));
@@ -501,7 +571,7 @@ impl Run {
         } else if let Some(wait) = step.wait.as_deref().and_then(parse_duration) {
             self.pass_time(wait);
         }
-        self.check_counters(&expect, &who, step.session.as_deref(), &mut wrong);
+        self.check_counters(&expect, &who, session.as_deref(), &mut wrong);
         match wrong.is_empty() {
             true => Ok(()),
             false => Err(wrong.join("; ")),

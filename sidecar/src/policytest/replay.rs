@@ -29,8 +29,11 @@ struct Line {
     time: String,
     kind: String,
     #[serde(default)]
+    pod: Option<String>,
+    #[serde(default)]
     session: Option<String>,
     identity: String,
+    method: String,
     #[serde(default)]
     tool: Option<String>,
     decision: String,
@@ -40,9 +43,15 @@ struct Line {
     upstream_status: Option<u16>,
     #[serde(default)]
     arguments: Option<Map<String, Value>>,
-    /// The approval that admitted (or held) the call.
+    /// Argument paths logged as absent from the call.
+    #[serde(default)]
+    absent_arguments: Vec<String>,
+    /// The approval that admitted, held or refused the call.
     #[serde(default)]
     approval: Option<String>,
+    /// Audit lines lost just before this one.
+    #[serde(default)]
+    dropped_before: Option<u64>,
 }
 
 /// What replaying found.
@@ -57,6 +66,13 @@ pub struct Report {
     pub unknown: usize,
     /// Lines that are not a call's decision (approvals, other output, text that is not JSON).
     pub other_lines: usize,
+    /// Audit lines the proxies said they lost (`droppedBefore`): calls replay never saw.
+    pub lost_lines: u64,
+    /// Allowed calls whose answer (a 4xx, a 502 or 504) leaves open whether the proxy gave
+    /// their count back; replay counts them, which can only make a limit fill sooner.
+    pub uncertain_counts: usize,
+    /// What replaying assumed that the logs cannot say.
+    pub assumptions: Vec<String>,
     /// The first and last call's time.
     pub from: Option<String>,
     pub to: Option<String>,
@@ -106,9 +122,23 @@ pub struct Example {
     pub reason: Option<String>,
 }
 
+/// How counters were kept where the logs were written.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Counting {
+    /// In each pod (the default): each pod's calls count apart.
+    PerPod,
+    /// Shared by every pod (the proxies had a Redis).
+    Shared,
+}
+
 /// Replays the lines of `logs` (text of audit logs; any other line is counted and skipped)
 /// under `set`, keeping up to `examples` examples of changed calls.
-pub async fn replay(logs: &[String], set: &PolicySet, examples: usize) -> Report {
+pub async fn replay(
+    logs: &[String],
+    set: &PolicySet,
+    counting: Counting,
+    examples: usize,
+) -> Report {
     let mut report = Report::default();
     let mut lines: Vec<(Duration, Line)> = Vec::new();
     for text in logs {
@@ -128,11 +158,21 @@ pub async fn replay(logs: &[String], set: &PolicySet, examples: usize) -> Report
     report.calls = lines.len();
     report.from = lines.first().map(|(_, l)| l.time.clone());
     report.to = lines.last().map(|(_, l)| l.time.clone());
-    let Some((start, _)) = lines.first() else {
+    report.lost_lines = lines.iter().filter_map(|(_, l)| l.dropped_before).sum();
+    let Some((start, first)) = lines.first() else {
         return report;
     };
+    report.assumptions.push(format!(
+        "counters start at zero at the first line ({}): a limit whose window began before it is under-counted",
+        first.time
+    ));
+    report.assumptions.push(match counting {
+        Counting::PerPod => "each pod counts its own calls, as without a shared store (--shared-counters if the proxies counted in Redis)".into(),
+        Counting::Shared => "every pod's calls count together, as in Redis".into(),
+    });
     let clock = Clock::manual(*start);
-    let counters = CounterStore::with_clock(clock.clone());
+    // Each pod's counters, or one store for all.
+    let mut stores: BTreeMap<Option<String>, CounterStore> = BTreeMap::new();
     let mut now = *start;
     let mut changes: BTreeMap<(String, String, String, Option<String>), usize> = BTreeMap::new();
     let mut by_identity: BTreeMap<String, usize> = BTreeMap::new();
@@ -141,45 +181,23 @@ pub async fn replay(logs: &[String], set: &PolicySet, examples: usize) -> Report
         clock.advance(at.saturating_sub(now));
         now = now.max(*at);
         let tool = line.tool.as_deref().unwrap_or_default();
-        let lacks = lacking(&set.reads(tool), line.arguments.as_ref());
-        if !lacks.is_empty() {
+        let key = match counting {
+            Counting::PerPod => line.pod.clone(),
+            Counting::Shared => None,
+        };
+        let counters = stores
+            .entry(key)
+            .or_insert_with(|| CounterStore::with_clock(clock.clone()));
+        let Some((to, rule, reason)) = decide(set, line, tool, counters, &mut report).await else {
             report.unknown += 1;
+            let lacks = lacking(&set.reads(tool), line);
             *missing.entry((tool.to_string(), lacks)).or_default() += 1;
             continue;
-        }
-        let args = rebuild(line.arguments.as_ref());
-        let who = match line.identity.as_str() {
-            "anonymous" => Identity::anonymous(),
-            sub => Identity::subject(sub),
         };
-        let call = Call {
-            tool,
-            args: Some(&args),
-            session: line.session.as_deref(),
-        };
-        let counted = counters.decide(set, &call, &who).await;
-        let (to, rule, reason) = match (&counted.verdict.decision, counted.reserved) {
-            (Decision::Deny(d), _) => ("deny", Some(d.rule.clone()), Some(d.reason.clone())),
-            (Decision::Allow { .. }, Err(d)) => ("deny", Some(d.rule), Some(d.reason)),
-            (Decision::Approve { rule, .. }, _) => ("approve", Some(rule.clone()), None),
-            (Decision::Allow { .. }, Ok(reserved)) => {
-                // The server refused the call before running it (the proxy gave its count back).
-                if line
-                    .upstream_status
-                    .is_some_and(|s| (400..500).contains(&s))
-                {
-                    counters.rollback(reserved);
-                }
-                match &counted.verdict.audit {
-                    Some(d) => ("audit", Some(d.rule.clone()), Some(d.reason.clone())),
-                    None => ("allow", None, None),
-                }
-            }
-        };
-        // A call a person approved, that an `approve` rule would hold again, is unchanged:
-        // a person would be asked, as one was.
-        let approved = line.approval.is_some() && line.decision == "allow" && to == "approve";
-        let same = approved || (line.decision == to && (to != "deny" || line.rule == rule));
+        // A call a person decided (approved or denied) that an `approve` rule holds again is
+        // unchanged: a person would be asked, as one was.
+        let asked_again = line.approval.is_some() && to == "approve" && line.decision != "allow";
+        let same = asked_again || (line.decision == to && (to != "deny" || line.rule == rule));
         if same {
             report.unchanged += 1;
             continue;
@@ -221,7 +239,9 @@ pub async fn replay(logs: &[String], set: &PolicySet, examples: usize) -> Report
         .into_iter()
         .map(|(identity, calls)| Count { identity, calls })
         .collect();
-    report.by_identity.sort_by_key(|c| std::cmp::Reverse(c.calls));
+    report
+        .by_identity
+        .sort_by_key(|c| std::cmp::Reverse(c.calls));
     report.missing = missing
         .into_iter()
         .map(|((tool, paths), calls)| Missing { tool, paths, calls })
@@ -229,24 +249,91 @@ pub async fn replay(logs: &[String], set: &PolicySet, examples: usize) -> Report
     report
 }
 
-/// What of `reads` the logged arguments do not cover. A logged path covers itself and what
-/// lies under it (`args` covers every argument); a claim is never logged.
-fn lacking(reads: &[String], logged: Option<&Map<String, Value>>) -> Vec<String> {
+/// A line's call decided again: (decision, rule, reason), or `None` when the line lacks what
+/// deciding it would read.
+async fn decide(
+    set: &PolicySet,
+    line: &Line,
+    tool: &str,
+    counters: &CounterStore,
+    report: &mut Report,
+) -> Option<(&'static str, Option<String>, Option<String>)> {
+    // What the proxy decides at all: tool calls always, resources and prompts only where a
+    // policy names them; the rest goes on undecided.
+    let decided = match line.method.as_str() {
+        "resources/read" => set.names("resource:"),
+        "prompts/get" => set.names("prompt:"),
+        _ => true,
+    };
+    if !decided {
+        return Some(("allow", None, None));
+    }
+    if !lacking(&set.reads(tool), line).is_empty() {
+        return None;
+    }
+    let args = rebuild(line.arguments.as_ref());
+    let who = match line.identity.as_str() {
+        "anonymous" => Identity::anonymous(),
+        sub => Identity::subject(sub),
+    };
+    let call = Call {
+        tool,
+        args: Some(&args),
+        session: line.session.as_deref(),
+    };
+    let mut counted = counters.decide(set, &call, &who).await;
+    // A call a person approved went on, decided again and counted as the proxy does
+    // (`decide_approved`): a person would be asked again, as one was.
+    let approved = line.approval.is_some() && line.decision == "allow";
+    if approved && matches!(counted.verdict.decision, Decision::Approve { .. }) {
+        counted = counters.decide_approved(set, &call, &who).await;
+        if matches!(counted.verdict.decision, Decision::Approve { .. }) {
+            counted.verdict.decision = Decision::Allow {
+                reservations: Vec::new(),
+            };
+        }
+    }
+    Some(match (&counted.verdict.decision, counted.reserved) {
+        (Decision::Deny(d), _) => ("deny", Some(d.rule.clone()), Some(d.reason.clone())),
+        (Decision::Allow { .. }, Err(d)) => ("deny", Some(d.rule), Some(d.reason)),
+        (Decision::Approve { rule, .. }, _) => ("approve", Some(rule.clone()), None),
+        (Decision::Allow { .. }, Ok(reserved)) => {
+            // Whether the proxy gave the count back is not in the line: a 4xx may or may not
+            // have answered the call, a 502 may or may not have been sent. It stays counted,
+            // and is said to be uncertain.
+            let unsure = line
+                .upstream_status
+                .is_some_and(|s| (400..500).contains(&s) || s == 502 || s == 504);
+            if unsure && !reserved.is_empty() {
+                report.uncertain_counts += 1;
+            }
+            match &counted.verdict.audit {
+                Some(d) => ("audit", Some(d.rule.clone()), Some(d.reason.clone())),
+                None => ("allow", None, None),
+            }
+        }
+    })
+}
+
+/// What of `reads` a line's logged arguments do not cover. A path logged (with its value, or
+/// as absent) covers itself and what lies under it (`args` covers every argument); a claim is
+/// never logged.
+fn lacking(reads: &[String], line: &Line) -> Vec<String> {
+    let logged = line
+        .arguments
+        .iter()
+        .flat_map(|m| m.keys())
+        .chain(&line.absent_arguments);
+    let covers = |k: &String, path: &str| {
+        k == "args"
+            || path == k
+            || path
+                .strip_prefix(k.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
     reads
         .iter()
-        .filter(|path| {
-            if path.starts_with("identity.") {
-                return true;
-            }
-            !logged.is_some_and(|m| {
-                m.keys().any(|k| {
-                    *path == k
-                        || path
-                            .strip_prefix(k.as_str())
-                            .is_some_and(|rest| rest.starts_with('.'))
-                })
-            })
-        })
+        .filter(|path| path.starts_with("identity.") || !logged.clone().any(|k| covers(k, path)))
         .cloned()
         .collect()
 }
@@ -292,6 +379,23 @@ pub fn text(r: &Report, policies: &str) -> String {
         "  unchanged {}   changed {}   unknown {}   other lines {}",
         r.unchanged, r.changed, r.unknown, r.other_lines
     );
+    if r.lost_lines > 0 {
+        let _ = writeln!(
+            out,
+            "  the proxies lost {} audit lines (droppedBefore): those calls are not here",
+            r.lost_lines
+        );
+    }
+    if r.uncertain_counts > 0 {
+        let _ = writeln!(
+            out,
+            "  {} allowed calls were answered 4xx, 502 or 504: whether the proxy gave their count back is not logged; they count here",
+            r.uncertain_counts
+        );
+    }
+    for a in &r.assumptions {
+        let _ = writeln!(out, "  assumed: {a}");
+    }
     if !r.changes.is_empty() {
         let _ = writeln!(out, "\nWhat would change:");
         let rows: Vec<[String; 5]> = r
@@ -379,23 +483,34 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn line(arguments: Value, absent: &[&str]) -> Line {
+        serde_json::from_value(json!({
+            "time": "2026-01-05T00:00:00Z", "kind": "decision", "identity": "anonymous",
+            "method": "tools/call", "tool": "t", "decision": "allow",
+            "arguments": arguments, "absentArguments": absent,
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn logged_paths_cover_what_lies_under_them_and_claims_are_never_logged() {
-        let logged = json!({"args.a": {"b": 1}, "args.c": 2});
-        let logged = logged.as_object();
+        let logged = line(json!({"args.a": {"b": 1}, "args.c": 2}), &["args.e"]);
         let reads = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(lacking(&reads(&["args.a.b", "args.c"]), logged).is_empty());
+        assert!(lacking(&reads(&["args.a.b", "args.c", "args.e"]), &logged).is_empty());
         assert_eq!(
-            lacking(&reads(&["args.ab", "args.d"]), logged),
+            lacking(&reads(&["args.ab", "args.d"]), &logged),
             ["args.ab", "args.d"]
         );
         assert_eq!(
-            lacking(&reads(&["identity.claims.groups"]), logged),
+            lacking(&reads(&["identity.claims.groups"]), &logged),
             ["identity.claims.groups"]
         );
-        assert_eq!(lacking(&reads(&["args.x"]), None), ["args.x"]);
-        let all = json!({"args": {"x": 1}});
-        assert!(lacking(&reads(&["args.x.y"]), all.as_object()).is_empty());
+        assert_eq!(
+            lacking(&reads(&["args.x"]), &line(Value::Null, &[])),
+            ["args.x"]
+        );
+        let all = line(json!({"args": {"x": 1}}), &[]);
+        assert!(lacking(&reads(&["args.x.y"]), &all).is_empty());
     }
 
     #[test]

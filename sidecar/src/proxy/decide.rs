@@ -389,7 +389,7 @@ impl Proxy {
         let args = call.arguments.as_ref().unwrap_or(&empty);
         // What the audit line keeps of the arguments: only what a policy asks for.
         let logged = match set.audits_arguments() {
-            true => approvals::shown(args, &set.audited_arguments(who)),
+            true => LoggedArguments::of(args, &set.audited_arguments(who)),
             false => None,
         };
         let t0 = Instant::now();
@@ -493,7 +493,7 @@ impl Proxy {
                                 policy: Some(policy),
                                 reason: None,
                                 approval: None,
-                                arguments: logged,
+                                arguments: logged.clone(),
                             },
                             progress_token: progress_token(m),
                         }));
@@ -565,7 +565,8 @@ impl Proxy {
             revision: set.revision,
             upstream_status: status,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
-            arguments: a.arguments.as_ref(),
+            arguments: a.arguments.as_ref().map(|l| &l.values),
+            absent_arguments: a.arguments.as_ref().map_or(&[], |l| &l.absent),
             approval: a.approval.as_deref(),
             decided_by: None,
             dropped_before: None,
@@ -614,5 +615,36 @@ pub(super) struct PendingAudit {
     reason: Option<String>,
     approval: Option<String>,
     /// The argument values a policy asks the audit log to keep (`spec.audit.arguments`).
-    arguments: Option<Value>,
+    arguments: Option<Box<LoggedArguments>>,
+}
+
+/// What the audit line of a call keeps of its arguments.
+#[derive(Clone)]
+pub(super) struct LoggedArguments {
+    /// `{"args.amount": 1200}`: each path asked for that the call has, with its value.
+    values: Value,
+    /// The paths asked for that the call does not have.
+    absent: Vec<String>,
+}
+
+impl LoggedArguments {
+    fn of(args: &Value, paths: &[String]) -> Option<Box<Self>> {
+        if paths.is_empty() {
+            return None;
+        }
+        let mut values = serde_json::Map::new();
+        let mut absent = Vec::new();
+        for path in paths {
+            match approvals::at_path(args, path) {
+                Some(v) => {
+                    values.insert(path.clone(), v.clone());
+                }
+                None => absent.push(path.clone()),
+            }
+        }
+        Some(Box::new(LoggedArguments {
+            values: Value::Object(values),
+            absent,
+        }))
+    }
 }

@@ -70,6 +70,10 @@ pub struct Record<'a> {
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<&'a Value>,
+    /// The argument paths a policy asked to log that the call does not have (so a replay can
+    /// tell an absent argument from one nobody logged).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub absent_arguments: &'a [String],
     /// The approval a call was held on, admitted by, or that this line is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<&'a str>,
@@ -416,6 +420,7 @@ mod tests {
             upstream_status: None,
             latency_ms: 0.1,
             arguments: None,
+            absent_arguments: &[],
             approval: None,
             decided_by: None,
             dropped_before: None,
