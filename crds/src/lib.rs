@@ -32,8 +32,8 @@ pub mod validate;
 
 pub use approval::*;
 pub use decide::{
-    Call, CounterKey, CounterName, Counters, Decision, Denial, Identity, NoCounters, PolicySet,
-    Reservation, Verdict,
+    Call, CounterKey, CounterName, Counters, Decision, Denial, Identity, NoCounters, PinRules,
+    PolicySet, Reservation, Verdict,
 };
 pub use effective::{EffectivePolicy, PolicyUpdate, ServiceAccountKeys, Workload};
 pub use load::{Format, Loaded, NamedPolicy, load_file};

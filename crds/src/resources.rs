@@ -110,6 +110,41 @@ pub struct PolicySpec {
     /// What the audit log keeps of the calls this policy governs, besides the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSpec>,
+
+    /// Tool pinning: a tool whose definition (name, title, description, schemas, annotations)
+    /// differs from its pin is dropped from `tools/list` and its calls are denied until a
+    /// person accepts the new definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinning: Option<Pinning>,
+}
+
+/// Which tool definitions the workload's server may show agents.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Pinning {
+    /// `enforce` (the default): a changed or unpinned tool is held back; `audit`: it is
+    /// logged and shown; `off`.
+    #[serde(default)]
+    pub mode: PinMode,
+    /// A tool with no pin is pinned to the definition this workload first lists for it.
+    #[serde(default)]
+    pub trust_on_first_use: bool,
+    /// Pins: each tool's definition digest (`sha256:<64 hex>`), as `tollgate pin` writes them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(extend("maxProperties" = 4096)))]
+    pub tools: BTreeMap<String, String>,
+}
+
+/// How pins are kept.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "kube", derive(JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum PinMode {
+    Off,
+    Audit,
+    #[default]
+    Enforce,
 }
 
 /// What the audit log keeps of a call.

@@ -138,6 +138,19 @@ fn validate(spec: &PolicySpec, checks: Checks) -> Vec<Problem> {
         }
     }
 
+    for (tool, pin) in spec.pinning.iter().flat_map(|p| &p.tools) {
+        let at = format!("spec.pinning.tools.{}", path_key(tool));
+        if tool.trim().is_empty() {
+            out.push(Problem::new(&at, "tool name must not be empty"));
+        }
+        if !is_digest(pin) {
+            out.push(Problem::new(
+                at,
+                format!("{pin:?} is not a pin: write sha256: and 64 hex digits, as `tollgate pin` prints them"),
+            ));
+        }
+    }
+
     // Counters each entry defines: (entry scope, counter) -> (window, where).
     let mut counters: HashMap<(String, String), (crate::Window, String)> = HashMap::new();
     for (tool, entry) in &spec.tools {
@@ -339,6 +352,16 @@ fn validate_limit(at: &str, limit: &Limit, out: &mut Vec<Problem>) {
             format!("must be an argument path such as args.amount, got {from:?}"),
         ));
     }
+}
+
+/// Whether `s` is a definition digest: `sha256:` and 64 lower-case hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn is_path_under(path: &str, root: &str) -> bool {

@@ -47,6 +47,12 @@ enum Command {
     Import(ImportArgs),
     /// List and decide the calls a proxy holds for a person (its --approvals-listen).
     Approvals(ApprovalsArgs),
+    /// List the tools a proxy holds back because their definition is not their pin, and
+    /// accept or reject each new definition (on its --approvals-listen).
+    Pins(PinsArgs),
+    /// Print a starter McpPolicy for a running MCP server: each tool pinned to its definition,
+    /// with a rule proposed from its annotations, for a person to review.
+    Pin(PinArgs),
     /// Redirect inbound TCP for the app's MCP ports to the proxy, in this network namespace
     /// (what the injected init container runs; needs NET_ADMIN and NET_RAW).
     InitRedirect(InitRedirectArgs),
@@ -90,6 +96,61 @@ enum ApprovalsAction {
         name: String,
         #[arg(long)]
         reason: String,
+        /// Who decides, for the audit log (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// The MCP server's streamable HTTP endpoint, e.g. http://127.0.0.1:8000/mcp.
+    url: String,
+    /// The McpPolicy's name.
+    #[arg(long, default_value = "pinned")]
+    name: String,
+    /// The McpPolicy's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// A bearer token for the server, if it asks for one.
+    #[arg(long, env = "TOLLGATE_PIN_TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct PinsArgs {
+    #[command(subcommand)]
+    action: PinsAction,
+    /// The proxy's approvals listener.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_APPROVALS_URL",
+        default_value = "http://127.0.0.1:9091"
+    )]
+    url: String,
+    /// The file holding the proxy's approvals token (its --approvals-token-file).
+    #[arg(long, global = true, env = "TOLLGATE_APPROVALS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum PinsAction {
+    /// The tools held back: what changed, since when.
+    List,
+    /// Accept a tool's new definition: it is the pin from now on, and the tool is shown again.
+    Accept {
+        tool: String,
+        /// Who decides, for the audit log (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Reject it: the tool stays held back, and is not reported again.
+    Reject {
+        tool: String,
         /// Who decides, for the audit log (default: $USER).
         #[arg(long)]
         by: Option<String>,
@@ -321,6 +382,10 @@ struct ProxyArgs {
     /// How long decided, used and expired approvals stay listed.
     #[arg(long, env = "TOLLGATE_APPROVAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
     approval_retention: Duration,
+    /// Where tool pins made here (on first use, or accepted by a person) are kept across
+    /// restarts. A policy's `pinning.trustOnFirstUse` pins nothing without it.
+    #[arg(long, env = "TOLLGATE_PINS_FILE")]
+    pins_file: Option<PathBuf>,
     /// Keep rate-limit counters in Redis, shared by every proxy that gives the same
     /// --counters-group: a redis:// or rediss:// URL, or with --counters-cluster a Redis
     /// Cluster's seed nodes (comma-separated). Without it counters are kept in this process.
@@ -476,6 +541,39 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Pin(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("starting the runtime");
+            let listed =
+                runtime.block_on(crate::starter::list_tools(&args.url, args.token.as_deref()));
+            match listed.and_then(|tools| {
+                crate::starter::render(&args.url, &args.name, &args.namespace, &tools)
+            }) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Pins(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("starting the runtime");
+            match runtime.block_on(pins(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::InitRedirect(args) => match init_redirect(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -521,6 +619,28 @@ async fn approvals(args: ApprovalsArgs) -> anyhow::Result<()> {
             name,
             approve: false,
             reason: Some(reason),
+            by: by.as_deref().unwrap_or(&user),
+        },
+    };
+    run(&args.url, &token_file, action, args.json).await
+}
+
+async fn pins(args: PinsArgs) -> anyhow::Result<()> {
+    use crate::approvals::client::{Action, run};
+    let token_file = args
+        .token_file
+        .context("give --token-file, the proxy's --approvals-token-file")?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let action = match &args.action {
+        PinsAction::List => Action::Pins,
+        PinsAction::Accept { tool, by } => Action::DecidePin {
+            tool,
+            accept: true,
+            by: by.as_deref().unwrap_or(&user),
+        },
+        PinsAction::Reject { tool, by } => Action::DecidePin {
+            tool,
+            accept: false,
             by: by.as_deref().unwrap_or(&user),
         },
     };
@@ -839,7 +959,12 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             audit.clone(),
             metrics.clone(),
         )?
-        .with_counters(counters.clone()),
+        .with_counters(counters.clone())
+        .with_pins(Arc::new(match &args.pins_file {
+            None => crate::policy::pins::Pins::new(audit.clone(), metrics.clone()),
+            Some(file) => crate::policy::pins::Pins::new(audit.clone(), metrics.clone())
+                .kept_in(file.clone())?,
+        })),
     );
     let proxy = match (&args.approvals_token_file, cluster) {
         // In a cluster the operator keeps approvals, as McpApprovals people decide with
@@ -876,6 +1001,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             tokio::spawn(crate::approvals::admin::serve(
                 listener,
                 store.clone(),
+                proxy.pins.clone(),
                 token,
             ));
             Arc::new(

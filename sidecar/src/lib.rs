@@ -36,6 +36,7 @@ pub mod policytest;
 pub mod proxy;
 pub mod redirect;
 pub mod serve;
+pub mod starter;
 pub mod telemetry;
 
 /// What the fuzz targets (`fuzz/`) reach that the crate keeps to itself.

@@ -14,7 +14,7 @@ use super::types::{
     CounterName, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_APPROVAL_VALID_FOR, Denial, Identity,
 };
 use crate::problem::{Problem, Problems};
-use crate::resources::{Action, DefaultAction, DenyAs, Mode, Op, PolicySpec, Scope};
+use crate::resources::{Action, DefaultAction, DenyAs, Mode, Op, PinMode, PolicySpec, Scope};
 use crate::validate::{self, counter_scope, parse_rate_limit, rate_limit_counter};
 
 /// Every policy in force on one workload, compiled.
@@ -28,6 +28,39 @@ pub struct PolicySet {
     /// a tool no policy lists.
     pub ungoverned: Option<DefaultAction>,
     pub policies: Vec<CompiledPolicy>,
+    /// The policies' pinning, merged (`None` when no policy pins).
+    pub pinning: Option<PinRules>,
+}
+
+/// The pinning in force on a workload, from every policy of its set: the strictest mode, trust
+/// on first use if any policy asks for it, and every pin (a definition must match each pin of
+/// its tool).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PinRules {
+    pub mode: PinMode,
+    pub trust_on_first_use: bool,
+    pub pins: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl PinRules {
+    fn of<'a>(specs: impl IntoIterator<Item = &'a PolicySpec>) -> Option<PinRules> {
+        let mut merged: Option<PinRules> = None;
+        for p in specs.into_iter().filter_map(|s| s.pinning.as_ref()) {
+            let m = merged.get_or_insert_with(|| PinRules {
+                mode: PinMode::Off,
+                ..Default::default()
+            });
+            m.mode = m.mode.max(p.mode);
+            m.trust_on_first_use |= p.trust_on_first_use;
+            for (tool, pin) in &p.tools {
+                let pins = m.pins.entry(tool.clone()).or_default();
+                if !pins.contains(pin) {
+                    pins.push(pin.clone());
+                }
+            }
+        }
+        merged.filter(|m| m.mode != PinMode::Off)
+    }
 }
 
 impl PolicySet {
@@ -39,7 +72,9 @@ impl PolicySet {
     ) -> Result<PolicySet, Problems> {
         let mut policies = Vec::new();
         let mut problems = Vec::new();
+        let mut pinning = Vec::new();
         for (name, spec) in specs {
+            pinning.push(spec);
             match CompiledPolicy::compile(name, spec) {
                 Ok(p) => policies.push(p),
                 Err(Problems(ps)) => problems.extend(ps.into_iter().map(|p| Problem {
@@ -54,6 +89,7 @@ impl PolicySet {
                 default_action,
                 ungoverned: None,
                 policies,
+                pinning: PinRules::of(pinning),
             })
         } else {
             Err(Problems(problems))
@@ -82,6 +118,7 @@ impl PolicySet {
             default_action: DefaultAction::Deny,
             ungoverned: None,
             policies: vec![p],
+            pinning: None,
         }
     }
 

@@ -27,7 +27,7 @@ pub mod evaluate;
 pub mod glob;
 pub mod types;
 
-pub use compile::{CompiledPolicy, KIND_PREFIXES, PolicySet};
+pub use compile::{CompiledPolicy, KIND_PREFIXES, PinRules, PolicySet};
 pub use evaluate::{as_number, is_json_number};
 pub use glob::{Glob, is_path_pattern, path_matches};
 pub use types::{

@@ -6,6 +6,9 @@
 //! GET  /v1/approvals/NAME                Approval
 //! POST /v1/approvals/NAME/approve        {"reason"?: "...", "by"?: "..."}  -> Approval
 //! POST /v1/approvals/NAME/deny           {"reason": "...", "by"?: "..."}   -> Approval
+//! GET  /v1/pins                          {"items": [Held…]}  the tools held back by their pin
+//! POST /v1/pins/TOOL/accept              {"by"?: "..."}  -> Held  (its definition is the pin)
+//! POST /v1/pins/TOOL/reject              {"by"?: "..."}  -> Held  (it stays held)
 //! ```
 //!
 //! Whoever holds the token may decide; `by` is recorded as they give it (the cluster path
@@ -27,9 +30,12 @@ use tokio::net::TcpListener;
 
 use super::{Approvals, DecideError};
 use crate::http::BoxBody;
+use crate::policy::pins::Pins;
 
-/// The path every route is under.
+/// The path every approvals route is under.
 pub const PREFIX: &str = "/v1/approvals";
+/// The path every pins route is under.
+pub const PINS: &str = "/v1/pins";
 
 /// The token in `path`, made (random, readable by its owner only) if the file does not exist.
 pub fn token(path: &Path) -> anyhow::Result<String> {
@@ -90,18 +96,25 @@ pub fn token(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Serves the approvals API until the task is dropped.
-pub async fn serve(listener: TcpListener, approvals: Arc<Approvals>, token: String) {
+/// Serves the approvals and pins API until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    approvals: Arc<Approvals>,
+    pins: Arc<Pins>,
+    token: String,
+) {
     let token: Arc<str> = token.into();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (approvals, token) = (approvals.clone(), token.clone());
+        let (approvals, pins, token) = (approvals.clone(), pins.clone(), token.clone());
         let service = service_fn(move |req: Request<Incoming>| {
-            let (approvals, token) = (approvals.clone(), token.clone());
-            async move { Ok::<_, std::convert::Infallible>(handle(req, &approvals, &token).await) }
+            let (approvals, pins, token) = (approvals.clone(), pins.clone(), token.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(handle(req, &approvals, &pins, &token).await)
+            }
         });
         tokio::spawn(
             builder
@@ -120,7 +133,12 @@ struct DecideBody {
     by: Option<String>,
 }
 
-async fn handle(req: Request<Incoming>, approvals: &Approvals, token: &str) -> Response<BoxBody> {
+async fn handle(
+    req: Request<Incoming>,
+    approvals: &Approvals,
+    pins: &Pins,
+    token: &str,
+) -> Response<BoxBody> {
     if !authorized(req.headers(), token) {
         return answer(
             StatusCode::UNAUTHORIZED,
@@ -128,6 +146,35 @@ async fn handle(req: Request<Incoming>, approvals: &Approvals, token: &str) -> R
         );
     }
     let path = req.uri().path().to_string();
+    if let Some(rest) = path.strip_prefix(PINS) {
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        return match (req.method().clone(), parts.as_slice()) {
+            (Method::GET, []) => answer(StatusCode::OK, &json!({ "items": pins.held() })),
+            (Method::POST, [tool, verb @ ("accept" | "reject")]) => {
+                let (tool, accept) = (tool.to_string(), *verb == "accept");
+                let body = match read_body(req).await {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                let by = body
+                    .by
+                    .as_deref()
+                    .unwrap_or("holder of the approvals token");
+                let done = match accept {
+                    true => pins.accept(&tool, by),
+                    false => pins.reject(&tool, by),
+                };
+                match done {
+                    Ok(held) => answer(StatusCode::OK, &json!(held)),
+                    Err(e) => answer(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() })),
+                }
+            }
+            _ => answer(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": format!("no route for {} {path}", req.method()) }),
+            ),
+        };
+    }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return answer(
             StatusCode::NOT_FOUND,
@@ -143,27 +190,9 @@ async fn handle(req: Request<Incoming>, approvals: &Approvals, token: &str) -> R
         },
         (Method::POST, [name, verb @ ("approve" | "deny")]) => {
             let (name, approve) = (name.to_string(), *verb == "approve");
-            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return answer(
-                        StatusCode::BAD_REQUEST,
-                        &json!({ "error": format!("cannot read the body: {e}") }),
-                    );
-                }
-            };
-            let body: DecideBody = if body.is_empty() {
-                DecideBody::default()
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return answer(
-                            StatusCode::BAD_REQUEST,
-                            &json!({ "error": format!("the body must be {{\"reason\": ..., \"by\": ...}}: {e}") }),
-                        );
-                    }
-                }
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
             };
             let by = body
                 .by
@@ -185,6 +214,28 @@ async fn handle(req: Request<Incoming>, approvals: &Approvals, token: &str) -> R
             &json!({ "error": format!("no route for {} {path}", req.method()) }),
         ),
     }
+}
+
+/// A decision's body: `{"reason": ..., "by": ...}`, or nothing.
+async fn read_body(req: Request<Incoming>) -> Result<DecideBody, Response<BoxBody>> {
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Err(answer(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": format!("cannot read the body: {e}") }),
+            ));
+        }
+    };
+    if body.is_empty() {
+        return Ok(DecideBody::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        answer(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": format!("the body must be {{\"reason\": ..., \"by\": ...}}: {e}") }),
+        )
+    })
 }
 
 /// The bearer token, compared in time that does not depend on where it differs.

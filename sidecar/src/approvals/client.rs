@@ -1,5 +1,5 @@
-//! `tollgate approvals list | approve NAME | deny NAME`: a client of a proxy's approvals
-//! listener ([`super::admin`]).
+//! `tollgate approvals list | approve NAME | deny NAME` and `tollgate pins list | accept TOOL |
+//! reject TOOL`: a client of a proxy's approvals listener ([`super::admin`]).
 
 use std::path::Path;
 
@@ -15,6 +15,14 @@ pub enum Action<'a> {
         name: &'a str,
         approve: bool,
         reason: Option<&'a str>,
+        by: &'a str,
+    },
+    /// The tools held back by their pin.
+    Pins,
+    /// A person accepts (or rejects) a held tool's definition.
+    DecidePin {
+        tool: &'a str,
+        accept: bool,
         by: &'a str,
     },
 }
@@ -44,6 +52,16 @@ pub async fn run(
                 if *approve { "approve" } else { "deny" }
             ),
             Some(json!({ "reason": reason, "by": by })),
+        ),
+        Action::Pins => ("GET", format!("{base}{}", super::admin::PINS), None),
+        Action::DecidePin { tool, accept, by } => (
+            "POST",
+            format!(
+                "{base}{}/{tool}/{}",
+                super::admin::PINS,
+                if *accept { "accept" } else { "reject" }
+            ),
+            Some(json!({ "by": by })),
         ),
     };
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -77,32 +95,60 @@ pub async fn run(
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
+    let items = answer["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     match action {
-        Action::List => print_table(
-            answer["items"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
-        ),
+        Action::List => {
+            print_table(
+                items,
+                &[
+                    "name",
+                    "tool",
+                    "identity",
+                    "phase",
+                    "created",
+                    "expires",
+                    "decidedBy",
+                ],
+            );
+            for a in items.iter().filter(|a| a.get("arguments").is_some()) {
+                println!(
+                    "{}: arguments {}",
+                    a["name"].as_str().unwrap_or_default(),
+                    a["arguments"]
+                );
+            }
+        }
         Action::Decide { .. } => println!(
             "approval {} {}",
             answer["name"].as_str().unwrap_or_default(),
             answer["phase"].as_str().unwrap_or_default().to_lowercase()
         ),
+        Action::Pins => {
+            print_table(items, &["tool", "why", "changed", "since", "rejected"]);
+            for h in items {
+                println!(
+                    "{}: {} (now {})",
+                    h["tool"].as_str().unwrap_or_default(),
+                    h["reason"].as_str().unwrap_or_default(),
+                    h["digest"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        Action::DecidePin { tool, accept, .. } => match accept {
+            true => println!(
+                "tool {tool} accepted: {} is its pin",
+                answer["digest"].as_str().unwrap_or_default()
+            ),
+            false => println!("tool {tool} rejected: it stays held back"),
+        },
     }
     Ok(())
 }
 
-fn print_table(items: &[Value]) {
-    let columns = [
-        "name",
-        "tool",
-        "identity",
-        "phase",
-        "created",
-        "expires",
-        "decidedBy",
-    ];
+fn print_table(items: &[Value], columns: &[&str]) {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|a| {
@@ -111,6 +157,11 @@ fn print_table(items: &[Value]) {
                 .map(|c| match &a[*c] {
                     Value::String(s) => s.clone(),
                     Value::Null => "-".into(),
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     other => other.to_string(),
                 })
                 .collect()
@@ -142,12 +193,5 @@ fn print_table(items: &[Value]) {
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
         println!("{}", line.join("  ").trim_end());
-    }
-    for a in items.iter().filter(|a| a.get("arguments").is_some()) {
-        println!(
-            "{}: arguments {}",
-            a["name"].as_str().unwrap_or_default(),
-            a["arguments"]
-        );
     }
 }

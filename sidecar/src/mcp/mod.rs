@@ -6,4 +6,5 @@
 pub mod jsonrpc;
 pub mod sse;
 pub mod strict;
+pub mod tool_def;
 pub(crate) mod tool_name;

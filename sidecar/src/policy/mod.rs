@@ -24,6 +24,7 @@ use tollgate_api::{DefaultAction, EffectivePolicy, PolicySet, PolicyUpdate};
 pub mod control;
 pub mod counters;
 pub mod identity;
+pub mod pins;
 mod visibility;
 
 pub use visibility::{Enforced, Visibility};

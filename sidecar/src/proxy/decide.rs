@@ -402,12 +402,22 @@ impl Proxy {
                 deny_as: DenyAs::Error,
             }),
             Ok(()) => {
-                let call = Call {
-                    tool: &call.name,
-                    args: Some(args),
-                    session,
+                // A tool held back by its pin is not called, whatever the rules say.
+                let pinned = match set.pinning.as_ref().filter(|_| method == "tools/call") {
+                    Some(rules) => self.pins.admits(rules, &call.name),
+                    None => Ok(()),
                 };
-                self.counters.decide(set, &call, who).await
+                match pinned {
+                    Err(denial) => Counted::denied(denial),
+                    Ok(()) => {
+                        let call = Call {
+                            tool: &call.name,
+                            args: Some(args),
+                            session,
+                        };
+                        self.counters.decide(set, &call, who).await
+                    }
+                }
             }
         };
         let verdict = counted.verdict;

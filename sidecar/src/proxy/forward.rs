@@ -203,8 +203,13 @@ impl Proxy {
         // Answers on a stream settle only the legacy session's calls, which it has if it
         // announces an endpoint.
         let calls = Calls::default();
-        let inspector =
-            Inspector::for_session_stream(set, who, self.counters.clone(), calls.clone());
+        let inspector = Inspector::for_session_stream(
+            set,
+            who,
+            self.counters.clone(),
+            self.pins.clone(),
+            calls.clone(),
+        );
         let mut sse = SseBody::new(body, inspector, Vec::new());
         if is_get {
             // A legacy HTTP+SSE stream announces where its session posts.

@@ -36,9 +36,11 @@ use tollgate_api::Identity;
 use super::calls::{CallId, Calls};
 use super::refusal::Refusal;
 use crate::mcp::jsonrpc;
+use crate::mcp::tool_def::Definition;
 use crate::mcp::tool_name::{has_unicode_escape, tool_name};
 use crate::policy::Enforced;
 use crate::policy::counters::{CounterStore, Reserved};
+use crate::policy::pins::Pins;
 
 /// Where the answers to the calls an inspector sees travel.
 enum Answers {
@@ -56,6 +58,8 @@ pub struct Inspector {
     policy: Option<Arc<Enforced>>,
     who: Arc<Identity>,
     counters: Arc<CounterStore>,
+    /// The workload's tool pins, which a tool list is held to when a policy pins.
+    pins: Arc<Pins>,
     calls: Calls,
     answers: Answers,
     /// Whether a call this request began reserved a counter (so its answer is worth reading).
@@ -225,9 +229,10 @@ impl Inspector {
         policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
+        pins: Arc<Pins>,
         calls: Calls,
     ) -> Self {
-        Self::with(policy, who, counters, calls, Answers::Own(Vec::new()))
+        Self::with(policy, who, counters, pins, calls, Answers::Own(Vec::new()))
     }
 
     /// An inspector for a legacy session's stream, where every call of the session is answered.
@@ -235,9 +240,10 @@ impl Inspector {
         policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
+        pins: Arc<Pins>,
         calls: Calls,
     ) -> Self {
-        Self::with(policy, who, counters, calls, Answers::Session)
+        Self::with(policy, who, counters, pins, calls, Answers::Session)
     }
 
     /// An inspector for a legacy POST: its calls are the session's, answered on its stream.
@@ -245,15 +251,17 @@ impl Inspector {
         policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
+        pins: Arc<Pins>,
         calls: Calls,
     ) -> Self {
-        Self::with(policy, who, counters, calls, Answers::Elsewhere)
+        Self::with(policy, who, counters, pins, calls, Answers::Elsewhere)
     }
 
     fn with(
         policy: Arc<Enforced>,
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
+        pins: Arc<Pins>,
         calls: Calls,
         answers: Answers,
     ) -> Self {
@@ -261,6 +269,7 @@ impl Inspector {
             policy: Some(policy),
             who,
             counters,
+            pins,
             calls,
             answers,
             reserving: false,
@@ -274,6 +283,7 @@ impl Inspector {
             policy: None,
             who: Arc::default(),
             counters: Arc::default(),
+            pins: Arc::default(),
             calls: Calls::default(),
             answers: Answers::Elsewhere,
             reserving: false,
@@ -457,6 +467,20 @@ impl Inspector {
             .filter(|t| tool_name(t.get()).is_some_and(|name| visibility.visible(&name)))
             .collect();
         drop(visibility);
+        // Pinned: a tool whose definition is not its pin is held back (one that cannot be
+        // read as a definition cannot be shown to be pinned).
+        let kept: Vec<&RawValue> = match &policy.pinning {
+            None => kept,
+            Some(rules) => kept
+                .into_iter()
+                .filter(|t| {
+                    serde_json::from_str::<serde_json::Value>(t.get())
+                        .ok()
+                        .and_then(|v| Definition::read(&v))
+                        .is_some_and(|def| self.pins.shows(rules, &def))
+                })
+                .collect(),
+        };
         if kept.len() == tools.len() {
             return None;
         }
@@ -529,7 +553,7 @@ mod tests {
         who: Arc<Identity>,
         counters: Arc<CounterStore>,
     ) -> Inspector {
-        Inspector::for_request(policy, who, counters, Calls::default())
+        Inspector::for_request(policy, who, counters, Arc::default(), Calls::default())
     }
 
     fn id(raw: &str) -> CallId {
@@ -743,15 +767,25 @@ mod tests {
         let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
         let counters: Arc<CounterStore> = Arc::default();
         let session = Calls::default();
-        let mut first =
-            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        let mut first = Inspector::for_request(
+            s.clone(),
+            Arc::default(),
+            counters.clone(),
+            Arc::default(),
+            session.clone(),
+        );
         first
             .begin(id("7"), reserve_t(&s, &counters).unwrap())
             .unwrap();
         // A second request of the session may not reuse the id while it is in flight, in any
         // spelling a server reads as the same id.
-        let mut second =
-            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        let mut second = Inspector::for_request(
+            s.clone(),
+            Arc::default(),
+            counters.clone(),
+            Arc::default(),
+            session.clone(),
+        );
         for same in ["7", "7.0", "7e0", "70e-1"] {
             assert!(second.is_in_flight(&id(same)), "{same}");
             assert!(
@@ -795,20 +829,31 @@ mod tests {
         let s = set("tools: { t: { rules: [ { name: r, rateLimit: 1/hour } ] } }");
         let counters: Arc<CounterStore> = Arc::default();
         let session = Calls::default();
-        let mut i =
-            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        let mut i = Inspector::for_request(
+            s.clone(),
+            Arc::default(),
+            counters.clone(),
+            Arc::default(),
+            session.clone(),
+        );
         i.begin(id("1"), reserve_t(&s, &counters).unwrap()).unwrap();
         drop(i);
         assert!(session.is_empty(), "no longer in flight");
         assert!(reserve_t(&s, &counters).is_none(), "and still counted");
         // A 4xx or an unreachable server refunds every call the request began.
-        let mut i =
-            Inspector::for_request(s.clone(), Arc::default(), counters.clone(), session.clone());
+        let mut i = Inspector::for_request(
+            s.clone(),
+            Arc::default(),
+            counters.clone(),
+            Arc::default(),
+            session.clone(),
+        );
         let counters2: Arc<CounterStore> = Arc::default();
         let mut j = Inspector::for_request(
             s.clone(),
             Arc::default(),
             counters2.clone(),
+            Arc::default(),
             Calls::default(),
         );
         j.begin(id("2"), reserve_t(&s, &counters2).unwrap())
@@ -823,18 +868,31 @@ mod tests {
         let sessions = Sessions::default();
         let a = sessions.calls("a");
         let s = set("tools: {}");
-        let mut i = Inspector::for_request(s.clone(), Arc::default(), Arc::default(), a.clone());
+        let mut i = Inspector::for_request(
+            s.clone(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            a.clone(),
+        );
         i.begin(id("1"), Reserved::default()).unwrap();
         let j = Inspector::for_request(
             s.clone(),
+            Arc::default(),
             Arc::default(),
             Arc::default(),
             sessions.calls("a"),
         );
         assert!(j.is_in_flight(&id("1")));
         assert!(
-            !Inspector::for_request(s, Arc::default(), Arc::default(), sessions.calls("b"))
-                .is_in_flight(&id("1"))
+            !Inspector::for_request(
+                s,
+                Arc::default(),
+                Arc::default(),
+                Arc::default(),
+                sessions.calls("b")
+            )
+            .is_in_flight(&id("1"))
         );
         drop((i, j, a));
         for n in 0..1000 {

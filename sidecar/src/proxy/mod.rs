@@ -61,6 +61,7 @@ use crate::policy::Enforced;
 use crate::policy::PolicyHandle;
 use crate::policy::counters::CounterStore;
 use crate::policy::identity::Verifier;
+use crate::policy::pins::Pins;
 use crate::proxy::calls::{BoundSessions, Calls, Sessions};
 use crate::proxy::inspect::Inspector;
 use crate::telemetry::audit::AuditLog;
@@ -153,6 +154,8 @@ pub struct Proxy {
     approvals: Option<Backend>,
     /// How many calls are held now, across every worker.
     held_now: Arc<std::sync::atomic::AtomicUsize>,
+    /// The workload's tool pins (`spec.pinning`).
+    pub pins: Arc<Pins>,
 }
 
 type Resp = Response<ProxyBody>;
@@ -258,6 +261,7 @@ impl Proxy {
             .authority()
             .ok_or_else(|| anyhow::anyhow!("--upstream {} has no host", cfg.upstream))?;
         let upstream_authority = HeaderValue::from_str(authority.as_str())?;
+        let pins = Arc::new(Pins::new(audit.clone(), metrics.clone()));
         Ok(Proxy {
             client: Upstream::with_timeouts(
                 authority.as_str(),
@@ -275,7 +279,14 @@ impl Proxy {
             bound: Arc::default(),
             approvals: None,
             held_now: Arc::default(),
+            pins,
         })
+    }
+
+    /// Holds tool lists to `pins` (kept in a file, say) instead of its own.
+    pub fn with_pins(mut self, pins: Arc<Pins>) -> Self {
+        self.pins = pins;
+        self
     }
 
     /// Keeps counters in `counters` (shared in Redis, say) instead of its own.
@@ -307,6 +318,7 @@ impl Proxy {
             bound: self.bound.clone(),
             approvals: self.approvals.clone(),
             held_now: self.held_now.clone(),
+            pins: self.pins.clone(),
         }
     }
 
@@ -483,12 +495,18 @@ impl Proxy {
         who: &Arc<Identity>,
         messages: &[Message<'_>],
     ) -> Route {
-        let (set, who, counters) = (set.clone(), who.clone(), self.counters.clone());
+        let (set, who, counters, pins) = (
+            set.clone(),
+            who.clone(),
+            self.counters.clone(),
+            self.pins.clone(),
+        );
         let header = header_str(&parts.headers, MCP_SESSION_ID);
         if let Some((key, legacy)) = self.legacy_session(&parts.uri) {
             // Answers arrive on the session's stream, and are read there. The session is the
             // stream's, whatever `Mcp-Session-Id` a client adds.
-            let inspector = Inspector::for_legacy_post(set, who, counters, legacy.calls.clone());
+            let inspector =
+                Inspector::for_legacy_post(set, who, counters, pins, legacy.calls.clone());
             return Route {
                 session: Some(key),
                 legacy: Some(legacy),
@@ -501,7 +519,7 @@ impl Proxy {
         let session = header
             .filter(|id| self.bound.is_bound(id))
             .map(str::to_string);
-        let mut inspector = Inspector::for_request(set, who, counters, calls);
+        let mut inspector = Inspector::for_request(set, who, counters, pins, calls);
         // The answer must be read when it holds a tool list.
         if messages
             .iter()

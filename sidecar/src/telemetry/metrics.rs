@@ -53,6 +53,11 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -88,6 +93,7 @@ struct Inner {
     store_rollbacks_lost: Counter,
     audit: AuditMetrics,
     updates_ignored: Family<ReasonLabels, Counter>,
+    pin_changes: Family<OutcomeLabels, Counter>,
     control_plane_connected: Gauge,
 }
 
@@ -217,6 +223,12 @@ impl Metrics {
             "Policy updates from the control plane not applied, by reason: unreadable, invalid, stale (an older revision)",
             updates_ignored.clone(),
         );
+        let pin_changes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "tool_definition_changes",
+            "Tool definitions that did not match their pin (changed, unpinned, renamed, swapped), and what people decided (accepted, rejected)",
+            pin_changes.clone(),
+        );
         let control_plane_connected = Gauge::default();
         registry.register(
             "control_plane_connected",
@@ -240,8 +252,18 @@ impl Metrics {
             store_rollbacks_lost,
             audit,
             updates_ignored,
+            pin_changes,
             control_plane_connected,
         }))
+    }
+
+    /// A tool definition held back by its pin, or a person's decision on one (the tool is in
+    /// the audit line; a server's names are not labels).
+    pub fn pin_change(&self, _tool: &str, outcome: &'static str) {
+        self.0
+            .pin_changes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn decision(&self, tool: &str, outcome: DecisionKind, seconds: f64) {

@@ -1,0 +1,155 @@
+"""e2e: tool pinning against a real MCP server (Python SDK 2.x) that changes its tools after
+they were reviewed (tests/e2e/rugpull_server.py): a changed description, schema, name or
+annotation is held back from tools/list and its calls are denied until a person accepts it, in
+both protocol eras, with SSE and JSON answers; `tollgate pin` writes the starter policy."""
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import ROOT, free_port
+from mcp_client import session
+
+RUGPULL = ROOT / "tests" / "e2e" / "rugpull_server.py"
+
+TOFU = """
+apiVersion: tollgate.dev/v1alpha1
+kind: McpPolicy
+metadata: { name: pinned }
+spec:
+  default: allow
+  pinning: { trustOnFirstUse: true }
+"""
+
+
+@pytest.fixture
+def rugpull(procs):
+    def start(*flags: str) -> str:
+        port = free_port()
+        procs.start(f"rugpull-{port}", [sys.executable, str(RUGPULL), "--port", str(port), *flags], port)
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+def pinned(proxy, tollgate_bin, tmp_path):
+    """A proxy with the pins listener; returns it and a `tollgate pins` runner."""
+
+    def start(upstream: str, policy: str):
+        token, api = tmp_path / "token", free_port()
+        px = proxy(upstream, policy, "--approvals-token-file", str(token), "--approvals-listen", f"127.0.0.1:{api}",
+                   "--pins-file", str(tmp_path / f"pins-{api}.json"))
+
+        def pins(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(tollgate_bin), "pins", *args, "--url", f"http://127.0.0.1:{api}",
+                                   "--token-file", str(token)], capture_output=True, text=True, timeout=30)
+
+        return px, pins
+
+    return start
+
+
+@pytest.mark.parametrize("server_flags", [(), ("--json",), ("--stateless", "--json")], ids=["sse", "json", "stateless-json"])
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_pinning_a_changed_description_is_held_back_until_a_person_accepts_it(rugpull, pinned, server_flags, mode):
+    srv = rugpull(*server_flags)
+    px, pins = pinned(srv, TOFU)
+    first = session(f"{px.url}/mcp", mode, [("read_file", {"path": "/a"})])
+    assert first["tools"] == ["create_issue", "delete_repository", "read_file"], first
+    assert first["calls"] == [("ok", "contents of /a")]
+
+    httpx.post(f"{srv}/change/description").raise_for_status()
+    after = session(f"{px.url}/mcp", mode, [("read_file", {"path": "/a"}), ("create_issue", {"title": "t"})])
+    assert after["tools"] == ["create_issue", "delete_repository"], "the changed tool is held back"
+    denied, ok = after["calls"]
+    assert denied[0] == "denied", denied
+    assert "definition changed since it was pinned: description" in denied[1], denied
+    assert "tollgate pins accept read_file" in denied[1]
+    assert ok == ("ok", "created t"), "the other tools work on"
+
+    listed = pins("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [held] = json.loads(listed.stdout)["items"]
+    assert (held["tool"], held["why"], held["changed"]) == ("read_file", "changed", ["description"])
+    lines = [a for a in px.audit() if a.get("kind") == "pin"]
+    assert [(a["tool"], a["decision"]) for a in lines].count(("read_file", "changed")) == 1, lines
+    assert px.metric("tollgate_tool_definition_changes_total", outcome="changed") == 1
+
+    accepted = pins("accept", "read_file", "--by", "alice")
+    assert accepted.returncode == 0 and "read_file accepted" in accepted.stdout, accepted.stderr
+    again = session(f"{px.url}/mcp", mode, [("read_file", {"path": "/b"})])
+    assert "read_file" in again["tools"] and again["calls"] == [("ok", "contents of /b")]
+    assert ("read_file", "accepted") in [(a["tool"], a["decision"]) for a in px.audit() if a.get("kind") == "pin"]
+
+
+def test_pinning_a_new_argument_a_rename_and_a_lying_annotation_are_each_reported_as_such(rugpull, pinned):
+    srv = rugpull()
+    px, pins = pinned(srv, TOFU)
+    session(f"{px.url}/mcp", "legacy", [])
+    for change in ("schema", "rename", "annotation"):
+        httpx.post(f"{srv}/change/{change}").raise_for_status()
+    seen = session(f"{px.url}/mcp", "legacy", [("fetch_file", {"path": "/a"}), ("create_issue", {"title": "t", "assignee": "x"})])
+    assert seen["tools"] == [], "every tool changed: none is shown"
+    assert all(c[0] == "denied" for c in seen["calls"]), seen
+    held = {h["tool"]: h for h in json.loads(pins("list", "--json").stdout)["items"]}
+    assert held["create_issue"]["why"] == "changed" and "inputSchema" in held["create_issue"]["changed"]
+    assert held["delete_repository"]["changed"] == ["annotations"]
+    assert held["fetch_file"]["why"] == "renamed"
+    assert 'pinned tool "read_file"' in held["fetch_file"]["reason"]
+    rejected = pins("reject", "delete_repository")
+    assert rejected.returncode == 0 and "stays held back" in rejected.stdout
+    assert "delete_repository" not in session(f"{px.url}/mcp", "legacy", [])["tools"]
+    assert pins("accept", "no_such_tool").returncode != 0
+
+
+def test_pinning_in_audit_mode_shows_and_runs_a_changed_tool_and_logs_it(rugpull, pinned):
+    srv = rugpull("--json")
+    px, _ = pinned(srv, TOFU.replace("trustOnFirstUse: true", "trustOnFirstUse: true, mode: audit"))
+    session(f"{px.url}/mcp", "legacy", [])
+    httpx.post(f"{srv}/change/description").raise_for_status()
+    seen = session(f"{px.url}/mcp", "legacy", [("read_file", {"path": "/a"})])
+    assert "read_file" in seen["tools"] and seen["calls"] == [("ok", "contents of /a")]
+    assert ("read_file", "changed") in [(a["tool"], a["decision"]) for a in px.audit() if a.get("kind") == "pin"]
+
+
+def test_tollgate_pin_writes_a_reviewed_starter_policy_that_holds_a_later_change(rugpull, pinned, tollgate_bin, tmp_path):
+    srv = rugpull()
+    out = subprocess.run([str(tollgate_bin), "pin", f"{srv}/mcp", "--name", "github", "--namespace", "agents"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    starter = out.stdout
+    assert "    # delete_repository: Deletes a repository.\n    #   destructiveHint: true, so held for a person" in starter
+    assert "    read_file:\n      rules: []" in starter
+    assert "create_issue:\n      rules: [ { name: rate, rateLimit: 60/hour } ]" in starter
+    (tmp_path / "starter.yaml").write_text(starter)
+    check = subprocess.run([str(tollgate_bin), "check", "--policy", str(tmp_path / "starter.yaml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    # Its pins hold: the server's later change to an annotation holds the tool back.
+    px, _ = pinned(srv, starter)
+    assert session(f"{px.url}/mcp", "legacy", [])["tools"] == ["create_issue", "delete_repository", "read_file"]
+    httpx.post(f"{srv}/change/annotation").raise_for_status()
+    assert session(f"{px.url}/mcp", "legacy", [])["tools"] == ["create_issue", "read_file"]
+    # A server the proxy cannot reach is an error, not an empty policy.
+    dead = subprocess.run([str(tollgate_bin), "pin", "http://127.0.0.1:1/mcp"], capture_output=True, text=True, timeout=60)
+    assert dead.returncode == 2 and "cannot reach" in dead.stderr, dead.stderr
+
+
+def test_pinning_pins_made_on_first_use_outlive_a_restart_and_without_a_file_nothing_is_trusted(rugpull, proxy, tmp_path):
+    srv = rugpull()
+    kept = tmp_path / "pins.json"
+    px = proxy(srv, TOFU, "--pins-file", str(kept))
+    assert "read_file" in session(f"{px.url}/mcp", "legacy", [])["tools"]
+    px.proc.stop()
+    # Changed while the proxy was down: the restarted proxy holds the pin it made before.
+    httpx.post(f"{srv}/change/description").raise_for_status()
+    px = proxy(srv, TOFU, "--pins-file", str(kept))
+    seen = session(f"{px.url}/mcp", "legacy", [("read_file", {"path": "/a"})])
+    assert "read_file" not in seen["tools"] and seen["calls"][0][0] == "denied", seen
+    # Without a pins file a restart would pin whatever the server shows then: nothing is
+    # trusted on first use, and the agent is told why.
+    px = proxy(srv, TOFU)
+    seen = session(f"{px.url}/mcp", "legacy", [("create_issue", {"title": "t"})])
+    assert seen["tools"] == [] and "--pins-file" in seen["calls"][0][1], seen
