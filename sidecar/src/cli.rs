@@ -144,6 +144,10 @@ enum PinsAction {
     /// Accept a tool's new definition: it is the pin from now on, and the tool is shown again.
     Accept {
         tool: String,
+        /// The definition you reviewed, as `tollgate pins list` shows it: refused if the
+        /// server has shown another since.
+        #[arg(long)]
+        digest: String,
         /// Who decides, for the audit log (default: $USER).
         #[arg(long)]
         by: Option<String>,
@@ -633,14 +637,14 @@ async fn pins(args: PinsArgs) -> anyhow::Result<()> {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let action = match &args.action {
         PinsAction::List => Action::Pins,
-        PinsAction::Accept { tool, by } => Action::DecidePin {
+        PinsAction::Accept { tool, digest, by } => Action::DecidePin {
             tool,
-            accept: true,
+            accept: Some(digest),
             by: by.as_deref().unwrap_or(&user),
         },
         PinsAction::Reject { tool, by } => Action::DecidePin {
             tool,
-            accept: false,
+            accept: None,
             by: by.as_deref().unwrap_or(&user),
         },
     };

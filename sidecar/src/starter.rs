@@ -116,7 +116,12 @@ pub fn render(
             .and_then(Value::as_str)
             .and_then(|d| d.lines().next())
             .unwrap_or("(no description)");
-        let _ = writeln!(out, "    # {}: {}", def.name, one_line(summary, 100));
+        let _ = writeln!(
+            out,
+            "    # {}: {}",
+            one_line(&yaml_str(&def.name), 100),
+            one_line(summary, 100)
+        );
         let _ = writeln!(out, "    #   {why}");
         let _ = writeln!(out, "    {}:", yaml_str(&def.name));
         let _ = writeln!(out, "      rules: {rule}");
@@ -156,25 +161,48 @@ fn proposal(tool: &Value) -> (String, &'static str) {
     }
 }
 
+/// The server's text as one line of a YAML comment: anything YAML or a terminal could read as
+/// a line break or a control (U+2028 and U+2029 included) is a space, so no text of the
+/// server's ends the comment.
 fn one_line(s: &str, max: usize) -> String {
-    let s: String = s.chars().filter(|c| !c.is_control()).collect();
+    let s: String = s
+        .chars()
+        .map(|c| {
+            match c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}') {
+                true => ' ',
+                false => c,
+            }
+        })
+        .collect();
     match s.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s,
     }
 }
 
-/// A YAML scalar: bare when plainly safe, quoted (as JSON, which YAML reads) otherwise.
+/// A YAML scalar: bare when plainly safe, else double-quoted with every character outside
+/// printable ASCII escaped (`\uXXXX`), so the server's names cannot end the scalar or the line.
 fn yaml_str(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
         && !s.starts_with(['-', '.'])
         && !matches!(s, "true" | "false" | "null" | "yes" | "no" | "on" | "off");
-    match plain {
-        true => s.to_string(),
-        false => Value::String(s.to_string()).to_string(),
+    if plain {
+        return s.to_string();
     }
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) > 0xffff => out.push_str(&format!("\\U{:08x}", c as u32)),
+            c => out.push_str(&format!("\\u{:04x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Just enough of an MCP client to list tools: JSON-RPC over streamable HTTP, answered as JSON
@@ -331,6 +359,27 @@ mod tests {
             yaml.contains("no annotations: MCP reads such a tool as destructive"),
             "{yaml}"
         );
+        // A server's name or description cannot write policy: what looks like YAML in them
+        // stays inside a comment or a quoted name.
+        let evil = [
+            json!({"name": "zzz\n  pinning:\n    mode: off\n    #", "annotations": {"readOnlyHint": true}}),
+            json!({"name": "z", "description": "Lists z.\u{2028}  pinning:\u{2028}    mode: off\u{2028}    #"}),
+        ];
+        let evil_yaml = render("http://x/mcp", "p", "ns", &evil).unwrap();
+        let evil_loaded =
+            tollgate_api::load_file(&evil_yaml, "starter.yaml").expect("a valid policy");
+        let spec = &evil_loaded[0].policy.spec;
+        assert_eq!(
+            spec.pinning.as_ref().unwrap().mode,
+            tollgate_api::PinMode::Enforce,
+            "{evil_yaml}"
+        );
+        assert!(
+            spec.tools
+                .contains_key("zzz\n  pinning:\n    mode: off\n    #"),
+            "{evil_yaml}"
+        );
+        assert_eq!(spec.pinning.as_ref().unwrap().tools.len(), 2);
         // What it writes loads, and pins each tool to what the server listed.
         let loaded = tollgate_api::load_file(&yaml, "starter.yaml").expect("a valid policy");
         let pins = &loaded[0].policy.spec.pinning.as_ref().unwrap().tools;

@@ -7,8 +7,11 @@
 //! POST /v1/approvals/NAME/approve        {"reason"?: "...", "by"?: "..."}  -> Approval
 //! POST /v1/approvals/NAME/deny           {"reason": "...", "by"?: "..."}   -> Approval
 //! GET  /v1/pins                          {"items": [Held…]}  the tools held back by their pin
-//! POST /v1/pins/TOOL/accept              {"by"?: "..."}  -> Held  (its definition is the pin)
-//! POST /v1/pins/TOOL/reject              {"by"?: "..."}  -> Held  (it stays held)
+//! POST /v1/pins/accept                   {"tool": ..., "digest": ..., "by"?: ...} -> Held
+//!                                        (that definition, the one reviewed, is the pin)
+//! POST /v1/pins/reject                   {"tool": ..., "by"?: ...} -> Held  (it stays held)
+//!
+//! A tool's name is the server's to choose, so it travels in the body, never in the path.
 //! ```
 //!
 //! Whoever holds the token may decide; `by` is recorded as they give it (the cluster path
@@ -30,7 +33,7 @@ use tokio::net::TcpListener;
 
 use super::{Approvals, DecideError};
 use crate::http::BoxBody;
-use crate::policy::pins::Pins;
+use crate::policy::pins::{PinError, Pins};
 
 /// The path every approvals route is under.
 pub const PREFIX: &str = "/v1/approvals";
@@ -124,6 +127,17 @@ pub async fn serve(
     }
 }
 
+/// A person's decision on a held tool.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinBody {
+    tool: String,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DecideBody {
@@ -150,9 +164,9 @@ async fn handle(
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         return match (req.method().clone(), parts.as_slice()) {
             (Method::GET, []) => answer(StatusCode::OK, &json!({ "items": pins.held() })),
-            (Method::POST, [tool, verb @ ("accept" | "reject")]) => {
-                let (tool, accept) = (tool.to_string(), *verb == "accept");
-                let body = match read_body(req).await {
+            (Method::POST, [verb @ ("accept" | "reject")]) => {
+                let accept = *verb == "accept";
+                let body: PinBody = match read_json(req).await {
                     Ok(b) => b,
                     Err(resp) => return resp,
                 };
@@ -160,13 +174,22 @@ async fn handle(
                     .by
                     .as_deref()
                     .unwrap_or("holder of the approvals token");
-                let done = match accept {
-                    true => pins.accept(&tool, by),
-                    false => pins.reject(&tool, by),
+                let done = match (accept, &body.digest) {
+                    (true, Some(digest)) => pins.accept(&body.tool, digest, by),
+                    (true, None) => {
+                        return answer(
+                            StatusCode::BAD_REQUEST,
+                            &json!({ "error": "accepting needs the digest of the definition reviewed (tollgate pins list)" }),
+                        );
+                    }
+                    (false, _) => pins.reject(&body.tool, by),
                 };
                 match done {
                     Ok(held) => answer(StatusCode::OK, &json!(held)),
-                    Err(e) => answer(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() })),
+                    Err(e @ PinError::NotHeld(_)) => {
+                        answer(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() }))
+                    }
+                    Err(e) => answer(StatusCode::CONFLICT, &json!({ "error": e.to_string() })),
                 }
             }
             _ => answer(
@@ -214,6 +237,27 @@ async fn handle(
             &json!({ "error": format!("no route for {} {path}", req.method()) }),
         ),
     }
+}
+
+/// A pin decision's body.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<BoxBody>> {
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Err(answer(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": format!("cannot read the body: {e}") }),
+            ));
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        answer(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": format!("the body must be {{\"tool\": ..., \"digest\": ..., \"by\": ...}}: {e}") }),
+        )
+    })
 }
 
 /// A decision's body: `{"reason": ..., "by": ...}`, or nothing.

@@ -19,10 +19,10 @@ pub enum Action<'a> {
     },
     /// The tools held back by their pin.
     Pins,
-    /// A person accepts (or rejects) a held tool's definition.
+    /// A person accepts the held definition `digest` of a tool, or rejects the tool's.
     DecidePin {
         tool: &'a str,
-        accept: bool,
+        accept: Option<&'a str>,
         by: &'a str,
     },
 }
@@ -57,11 +57,14 @@ pub async fn run(
         Action::DecidePin { tool, accept, by } => (
             "POST",
             format!(
-                "{base}{}/{tool}/{}",
+                "{base}{}/{}",
                 super::admin::PINS,
-                if *accept { "accept" } else { "reject" }
+                if accept.is_some() { "accept" } else { "reject" }
             ),
-            Some(json!({ "by": by })),
+            Some(match accept {
+                Some(digest) => json!({ "tool": tool, "digest": digest, "by": by }),
+                None => json!({ "tool": tool, "by": by }),
+            }),
         ),
     };
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -129,20 +132,22 @@ pub async fn run(
         Action::Pins => {
             print_table(items, &["tool", "why", "changed", "since", "rejected"]);
             for h in items {
+                // The server chose these words: printed as JSON strings, so no byte of them
+                // reaches the terminal as a control.
                 println!(
-                    "{}: {} (now {})",
-                    h["tool"].as_str().unwrap_or_default(),
-                    h["reason"].as_str().unwrap_or_default(),
+                    "\n{}: {}\n  definition {}",
+                    json!(h["tool"]),
+                    json!(h["reason"]),
                     h["digest"].as_str().unwrap_or_default()
                 );
+                for (field, text) in h["review"].as_object().into_iter().flatten() {
+                    println!("  {field}: {}", json!(text));
+                }
             }
         }
         Action::DecidePin { tool, accept, .. } => match accept {
-            true => println!(
-                "tool {tool} accepted: {} is its pin",
-                answer["digest"].as_str().unwrap_or_default()
-            ),
-            false => println!("tool {tool} rejected: it stays held back"),
+            Some(digest) => println!("tool {tool} accepted: {digest} is its pin"),
+            None => println!("tool {tool} rejected: it stays held back"),
         },
     }
     Ok(())

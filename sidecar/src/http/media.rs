@@ -162,6 +162,14 @@ impl ContentType {
         let Some(media) = MediaType::parse(field) else {
             return ContentType::Unreadable;
         };
+        // Text in another charset (UTF-7 spells `tools` as `+AHQ-ools`) is read otherwise by
+        // a client than by the proxy.
+        if media
+            .param("charset")
+            .is_some_and(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8"))
+        {
+            return ContentType::Unreadable;
+        }
         if media.is("text/event-stream") {
             ContentType::EventStream
         } else if media.is_json() {

@@ -14,14 +14,18 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The fields of a tool a pin covers, as MCP names them.
-pub const PINNED_FIELDS: [&str; 6] = [
+/// The fields of a tool a pin covers, as MCP names them: all a client reads of it (`_meta`
+/// carries what clients render, such as an app's resource; `icons` are fetched).
+pub const PINNED_FIELDS: [&str; 9] = [
     "name",
     "title",
     "description",
     "inputSchema",
     "outputSchema",
     "annotations",
+    "icons",
+    "execution",
+    "_meta",
 ];
 
 /// One tool's definition, read.
@@ -94,13 +98,13 @@ mod tests {
         let a = json!({"name": "t", "description": "reads", "inputSchema": {"type": "object", "properties": {"n": {"maximum": 10}}}});
         let b: Value = serde_json::from_str(
             r#"{ "inputSchema": {"properties": {"n": {"maximum": 10.0}}, "type": "object"},
-                 "description": "reads", "name": "t", "_meta": {"x": 1} }"#,
+                 "description": "reads", "name": "t", "unknownField": 1 }"#,
         )
         .unwrap();
         let (a, b) = (Definition::read(&a).unwrap(), Definition::read(&b).unwrap());
         assert_eq!(
             a.digest, b.digest,
-            "_meta is not pinned; order and 10 vs 10.0 are one"
+            "order and 10 vs 10.0 are one; an unknown field is not read"
         );
         assert!(tollgate_api::validate::is_digest(&a.digest), "{}", a.digest);
     }

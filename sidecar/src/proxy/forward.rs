@@ -117,8 +117,12 @@ impl Proxy {
             return json_response(StatusCode::OK, &Value::Array(extra));
         }
         let must_read = inspector.may_filter() && parts.status.is_success();
+        // Where tools are pinned, any answer may carry a list (a server can answer a list's id
+        // on another request's response): every answer but SSE, read above, is read.
+        let pinning = inspector.pins_lists() && content != ContentType::Absent;
         let needs_look = !extra.is_empty()
             || must_read
+            || pinning
             || (refused && inspector.is_tracking())
             || (content == ContentType::Json && inspector.is_tracking());
         if !needs_look {
@@ -129,7 +133,10 @@ impl Proxy {
             // Cut off mid-answer: the calls keep their counts (they may have run).
             Err(e) => return self.bad_gateway(&e),
         };
-        if must_read && content != ContentType::Json && !bytes.is_empty() {
+        if content != ContentType::Json
+            && !bytes.is_empty()
+            && (must_read || inspector.may_hide_a_list(&bytes))
+        {
             // A tool list in a form the proxy does not read: a client might read it anyway.
             let why = format!("its answer's Content-Type is {content:?}, not JSON or SSE");
             return Refusal::Withheld(why).into_response();
@@ -196,8 +203,29 @@ impl Proxy {
         if let Some(id) = ending.filter(|_| parts.status.is_success()) {
             self.bound.end(&id);
         }
-        if ContentType::of(&parts.headers) != ContentType::EventStream {
-            return Response::from_parts(parts, body.boxed());
+        let content = ContentType::of(&parts.headers);
+        if content != ContentType::EventStream {
+            let inspector = Inspector::for_session_stream(
+                set,
+                who,
+                self.counters.clone(),
+                self.pins.clone(),
+                Calls::default(),
+            );
+            if !inspector.pins_lists() {
+                return Response::from_parts(parts, body.boxed());
+            }
+            // Where tools are pinned, a stream the proxy cannot read as SSE may still carry a
+            // list a client reads: it is read whole and withheld if it may.
+            let bytes = match Limited::new(body, MAX_ANSWER).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) => return self.bad_gateway(&e),
+            };
+            if inspector.may_hide_a_list(&bytes) {
+                let why = format!("its answer's Content-Type is {content:?}, not SSE");
+                return Refusal::Withheld(why).into_response();
+            }
+            return Response::from_parts(parts, full(bytes));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         // Answers on a stream settle only the legacy session's calls, which it has if it

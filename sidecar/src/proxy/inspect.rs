@@ -300,6 +300,18 @@ impl Inspector {
         self.expect_list
     }
 
+    /// Whether a policy pins tools: then every answer that may hold a tool list is read, on
+    /// whichever request or stream it comes, as a server may answer a list anywhere.
+    pub fn pins_lists(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.pinning.is_some())
+    }
+
+    /// Whether bytes the proxy cannot read as JSON or SSE may carry a tool list: then, where
+    /// tools are pinned, they are withheld.
+    pub fn may_hide_a_list(&self, bytes: &[u8]) -> bool {
+        self.pins_lists() && may_hold_tools(bytes)
+    }
+
     /// Puts a call in flight with what it reserved; refused, handing the reservation back,
     /// when its id is in flight in the session already.
     pub fn begin(&mut self, id: CallId, reserved: Reserved) -> Result<(), InFlight> {
@@ -426,7 +438,15 @@ impl Inspector {
             Err(_) => return None,
         };
         if view.method.is_some() {
-            return None; // a request or notification from the server
+            // A request or notification from the server; one that also carries a tool list
+            // (a `method` that is not a string reads to clients as an answer) is never passed.
+            if view.result.as_ref().is_some_and(|r| r.tools.is_some()) {
+                return Some(unfilterable(
+                    view.id,
+                    "a message with both a method and a result",
+                ));
+            }
+            return None;
         }
         let result = view.result;
         if let Some(id) = view.id.and_then(CallId::of) {
