@@ -505,15 +505,10 @@ impl Proxy {
         if let Some((key, legacy)) = self.legacy_session(&parts.uri) {
             // Answers arrive on the session's stream, and are read there. The session is the
             // stream's, whatever `Mcp-Session-Id` a client adds.
-            let mut inspector =
+            // Its answers come on the stream (the POST's own is a 202); where tools are pinned,
+            // a list a server answers on the POST itself is read there too (`pins_lists`).
+            let inspector =
                 Inspector::for_legacy_post(set, who, counters, pins, legacy.calls.clone());
-            // A server may answer a list on the POST itself: read it there too.
-            if messages
-                .iter()
-                .any(|m| m.method.as_deref() == Some("tools/list"))
-            {
-                inspector.expect_list();
-            }
             return Route {
                 session: Some(key),
                 legacy: Some(legacy),
