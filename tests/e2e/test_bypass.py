@@ -604,7 +604,15 @@ def test_bypass_an_id_in_flight_cannot_be_reused_to_settle_it(guarded, transport
         id = 70 + round
         t = threading.Thread(target=slow, args=(round,))
         t.start()
-        time.sleep(0.3)
+        if round < 3:
+            # Until the server is running it (it records first, then takes a second): a fixed
+            # sleep raced a loaded machine.
+            deadline = time.monotonic() + 10
+            while f'"slow{round}"' not in ch.record.read_text():
+                assert time.monotonic() < deadline, f"slow{round} never ran on {transport}"
+                time.sleep(0.02)
+        else:
+            time.sleep(0.3)  # the fourth is denied: it never runs
         # While it runs, the same id again: another call, and a method the server does not
         # have. Either answer, taken for the first call's, would settle it.
         for again in (issue(id, tool="slow_issue", args={"title": "again"}), f'{{"jsonrpc":"2.0","id":{id},"method":"no/such"}}'.encode()):
