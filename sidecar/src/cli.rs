@@ -605,12 +605,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The approvals token file a decision is sent with, and who decides unless told ($USER).
+fn decider(token_file: Option<PathBuf>) -> anyhow::Result<(PathBuf, String)> {
+    let token_file = token_file.context("give --token-file, the proxy's --approvals-token-file")?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    Ok((token_file, user))
+}
+
 async fn approvals(args: ApprovalsArgs) -> anyhow::Result<()> {
     use crate::approvals::client::{Action, run};
-    let token_file = args
-        .token_file
-        .context("give --token-file, the proxy's --approvals-token-file")?;
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let (token_file, user) = decider(args.token_file)?;
     let action = match &args.action {
         ApprovalsAction::List => Action::List,
         ApprovalsAction::Approve { name, reason, by } => Action::Decide {
@@ -631,10 +635,7 @@ async fn approvals(args: ApprovalsArgs) -> anyhow::Result<()> {
 
 async fn pins(args: PinsArgs) -> anyhow::Result<()> {
     use crate::approvals::client::{Action, run};
-    let token_file = args
-        .token_file
-        .context("give --token-file, the proxy's --approvals-token-file")?;
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let (token_file, user) = decider(args.token_file)?;
     let action = match &args.action {
         PinsAction::List => Action::Pins,
         PinsAction::Accept { tool, digest, by } => Action::DecidePin {

@@ -166,7 +166,8 @@ async fn handle(
             (Method::GET, []) => answer(StatusCode::OK, &json!({ "items": pins.held() })),
             (Method::POST, [verb @ ("accept" | "reject")]) => {
                 let accept = *verb == "accept";
-                let body: PinBody = match read_json(req).await {
+                let shape = r#"{"tool": ..., "digest": ..., "by": ...}"#;
+                let body: PinBody = match read_json(req, shape, None).await {
                     Ok(b) => b,
                     Err(resp) => return resp,
                 };
@@ -213,7 +214,8 @@ async fn handle(
         },
         (Method::POST, [name, verb @ ("approve" | "deny")]) => {
             let (name, approve) = (name.to_string(), *verb == "approve");
-            let body = match read_body(req).await {
+            let shape = r#"{"reason": ..., "by": ...}"#;
+            let body = match read_json(req, shape, Some(DecideBody::default())).await {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
@@ -239,9 +241,12 @@ async fn handle(
     }
 }
 
-/// A pin decision's body.
+/// A request's JSON body, read as `T`; `shape` says what it must be, in the error. An empty
+/// body reads as `empty`, where one is given.
 async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
+    shape: &str,
+    empty: Option<T>,
 ) -> Result<T, Response<BoxBody>> {
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
@@ -252,32 +257,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             ));
         }
     };
-    serde_json::from_slice(&body).map_err(|e| {
-        answer(
-            StatusCode::BAD_REQUEST,
-            &json!({ "error": format!("the body must be {{\"tool\": ..., \"digest\": ..., \"by\": ...}}: {e}") }),
-        )
-    })
-}
-
-/// A decision's body: `{"reason": ..., "by": ...}`, or nothing.
-async fn read_body(req: Request<Incoming>) -> Result<DecideBody, Response<BoxBody>> {
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return Err(answer(
-                StatusCode::BAD_REQUEST,
-                &json!({ "error": format!("cannot read the body: {e}") }),
-            ));
-        }
-    };
-    if body.is_empty() {
-        return Ok(DecideBody::default());
+    if body.is_empty()
+        && let Some(empty) = empty
+    {
+        return Ok(empty);
     }
     serde_json::from_slice(&body).map_err(|e| {
         answer(
             StatusCode::BAD_REQUEST,
-            &json!({ "error": format!("the body must be {{\"reason\": ..., \"by\": ...}}: {e}") }),
+            &json!({ "error": format!("the body must be {shape}: {e}") }),
         )
     })
 }
