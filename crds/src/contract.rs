@@ -8,6 +8,8 @@
 //!            line, a heartbeat every HEARTBEAT ──> sidecar (reconnects after SILENCE)
 //! sidecar ── POST APPROVALS_PATH ApprovalAsk, GET …/NAME?wait=, POST …/NAME/use, Bearer
 //!            token ──> operator ── ApprovalAnswer (the McpApproval it keeps for the call)
+//! sidecar ── POST PINS_PATH PinReport (a tool pinned on first use, or held back), Bearer
+//!            token ──> operator ── WorkloadPin (the McpToolPin it keeps for the workload)
 //! ```
 
 use std::time::Duration;
@@ -141,6 +143,31 @@ pub struct ApprovalAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+/// Where a sidecar reports a tool definition to its workload's pins, with its pod token:
+/// `POST PINS_PATH` a [`PinReport`], answered with the tool's [`crate::WorkloadPin`] as it is
+/// kept after the report.
+pub const PINS_PATH: &str = "/v1/pins";
+
+/// A definition one sidecar listed: one to pin on first use, or one it held back.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinReport {
+    pub definition: crate::ToolDefinition,
+    /// Absent: pin it on first use, unless the workload has a pin of the tool already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldReport>,
+}
+
+/// Why a sidecar held a definition back.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldReport {
+    pub why: String,
+    pub reason: String,
+    #[serde(default)]
+    pub changed: Vec<String>,
+}
+
 /// How often the operator writes to an idle stream (an empty line).
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// A stream silent for this long (three heartbeats) is presumed dead, and the sidecar

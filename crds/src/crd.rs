@@ -6,7 +6,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{McpApproval, McpClusterPolicy, McpPolicy};
+use crate::{McpApproval, McpClusterPolicy, McpPolicy, McpToolPin};
 
 /// Every CRD Tollgate installs, with the file name it is kept under.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -17,6 +17,7 @@ pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
             kubernetes_formats(McpClusterPolicy::crd()),
         ),
         ("mcpapprovals.yaml", kubernetes_formats(McpApproval::crd())),
+        ("mcptoolpins.yaml", kubernetes_formats(McpToolPin::crd())),
     ]
 }
 

@@ -58,6 +58,10 @@ pub struct PolicyUpdate {
     /// How the sidecar verifies a calling agent's Kubernetes service-account token offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_keys: Option<ServiceAccountKeys>,
+    /// The pod's workload's tool pins (`McpToolPin`s), by tool. Sent only where a policy of the
+    /// pod pins tools; absent, the sidecar keeps no pins of the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pins: Option<std::collections::BTreeMap<String, crate::WorkloadPin>>,
 }
 
 /// The cluster's service-account token issuer and its public keys.

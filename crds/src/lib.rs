@@ -25,6 +25,7 @@ pub mod crd;
 pub mod decide;
 pub mod effective;
 pub mod load;
+pub mod pin;
 pub mod problem;
 pub mod resources;
 pub mod selector;
@@ -37,6 +38,7 @@ pub use decide::{
 };
 pub use effective::{EffectivePolicy, PolicyUpdate, ServiceAccountKeys, Workload};
 pub use load::{Format, Loaded, NamedPolicy, load_file};
+pub use pin::*;
 pub use problem::{Problem, Problems};
 pub use resources::*;
 pub use selector::{LabelSelector, LabelSelectorRequirement, selects};

@@ -31,6 +31,7 @@ fn crds_are_structural_with_columns_short_names_and_status() {
             .collect();
         let expected: &[&str] = match file {
             "mcpapprovals.yaml" => &["Tool", "Identity", "Pod", "Phase", "Age", "Expires"],
+            "mcptoolpins.yaml" => &["Workload", "Tool", "Pinned", "Source", "Held", "Age"],
             _ => &["Default", "Mode", "Tools", "Pods", "Ready", "Age"],
         };
         assert_eq!(columns, expected, "{file}");

@@ -354,8 +354,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             map.insert(name.into(), v);
         }
     }
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tollgate-operator".into(),
+            instance: Some(args.pod_name.clone()),
+        },
+    );
     let shared = Arc::new(Shared {
         client,
+        recorder,
         index,
         inject: InjectConfig {
             image: args.sidecar_image.clone(),

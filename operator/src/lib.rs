@@ -19,6 +19,7 @@ pub mod health;
 pub mod index;
 pub mod inject;
 pub mod lease;
+pub mod pins;
 pub mod respond;
 pub mod server;
 pub mod stream;

@@ -4,8 +4,10 @@
 //! HTTPS :8443  POST /mutate     mutating webhook (AdmissionReview v1)
 //!              POST /validate   validating webhook
 //!              POST /approvals  McpApproval decisions (who may, who did)
+//!              POST /pins       McpToolPin acceptances (who may, who did)
 //!              GET  /v1/policy  policy stream (one per sidecar)
 //!              /v1/approvals    held calls: ask, wait, use (crate::approvals)
+//!              POST /v1/pins    a tool listed: pinned on first use, or held (crate::pins)
 //! HTTP  :9090  GET  /healthz, /readyz
 //! ```
 //!
@@ -40,6 +42,8 @@ const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
 /// What the HTTPS handlers share.
 pub struct Shared {
     pub client: Client,
+    /// Events the HTTPS handlers publish (a tool pinned or held back).
+    pub recorder: kube::runtime::events::Recorder,
     pub index: Arc<Index>,
     pub inject: InjectConfig,
     pub serving: Arc<ServingCert>,
@@ -156,6 +160,11 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             Ok(request) => answer(crate::approvals::admit(&shared.client, &request).await),
             Err(resp) => resp,
         },
+        (&Method::POST, "/pins") => match read_review(req).await {
+            Ok(request) => answer(crate::pins::admit(&shared.client, &request).await),
+            Err(resp) => resp,
+        },
+        (&Method::POST, tollgate_api::contract::PINS_PATH) => pin_report(req, &shared).await,
         (&Method::POST, "/validate") => match read_review(req).await {
             Ok(request) => answer(admission::validate(&request)),
             Err(resp) => resp,
@@ -174,19 +183,68 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     }
 }
 
-/// A sidecar's held call: `POST /v1/approvals`, `GET /v1/approvals/NAME?wait=S`,
-/// `POST /v1/approvals/NAME/use`, each with the pod's token.
-async fn held_call(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
-    use crate::approvals::{Asker, ask, use_approval, wait, workload_of};
+/// A sidecar's report of a tool it listed: `POST /v1/pins` with the pod's token.
+async fn pin_report(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let (who, pod) = match calling_pod(&req, shared).await {
+        Ok(found) => found,
+        Err(resp) => return resp,
+    };
+    // A definition's fields are a server's text: bounded as an answer the sidecar reads is
+    // not, by what one object may hold.
+    let body = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let report: tollgate_api::contract::PinReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not a PinReport: {e}"),
+            );
+        }
+    };
+    let workload = crate::pins::workload_of(&pod);
+    match crate::pins::report(
+        &shared.client,
+        &shared.recorder,
+        &who.namespace,
+        &workload,
+        &who.name,
+        &report,
+    )
+    .await
+    {
+        Ok(pin) => {
+            let mut resp = Response::new(full(
+                serde_json::to_vec(&pin).expect("a WorkloadPin serialises"),
+            ));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => text(StatusCode::BAD_GATEWAY, &e),
+    }
+}
+
+/// The injected pod a sidecar's request comes from, by its token.
+async fn calling_pod(
+    req: &Request<Incoming>,
+    shared: &Shared,
+) -> Result<(crate::stream::PodIdentity, Arc<crate::index::PodMeta>), Response<Body>> {
     let auth = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let who = match crate::stream::authenticate(auth.as_deref(), shared.client.clone()).await {
-        Ok(w) => w,
-        Err(resp) => return resp,
-    };
+    let who = crate::stream::authenticate(auth.as_deref(), shared.client.clone()).await?;
     let pod = crate::stream::wait_for(&shared.index, || {
         shared
             .index
@@ -194,14 +252,25 @@ async fn held_call(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             .filter(|p| who.uid.is_none() || kube::ResourceExt::uid(&**p) == who.uid)
     })
     .await;
-    let Some(pod) = pod else {
-        return text(
+    match pod {
+        Some(pod) => Ok((who, pod)),
+        None => Err(text(
             StatusCode::NOT_FOUND,
             &format!(
                 "pod {}/{} is not an injected pod this operator knows",
                 who.namespace, who.name
             ),
-        );
+        )),
+    }
+}
+
+/// A sidecar's held call: `POST /v1/approvals`, `GET /v1/approvals/NAME?wait=S`,
+/// `POST /v1/approvals/NAME/use`, each with the pod's token.
+async fn held_call(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    use crate::approvals::{Asker, ask, use_approval, wait, workload_of};
+    let (who, pod) = match calling_pod(&req, shared).await {
+        Ok(found) => found,
+        Err(resp) => return resp,
     };
     let asker = Asker {
         namespace: who.namespace.clone(),

@@ -203,6 +203,7 @@ async fn feed(
         let mut update = PolicyUpdate {
             policy: now.policy.clone(),
             service_account_keys: now.keys.as_deref().cloned(),
+            pins: now.pins.as_deref().cloned(),
         };
         update.policy.revision = next_revision();
         let mut line = serde_json::to_vec(&update).expect("a PolicyUpdate serialises");

@@ -891,6 +891,23 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new();
     let handle = PolicyHandle::new(metrics.clone());
+    let audit = AuditLog::stdout(
+        args.pod.clone(),
+        args.audit_buffer,
+        match args.audit_overflow {
+            OverflowFlag::Deny => Overflow::Deny,
+            OverflowFlag::Drop => Overflow::Drop,
+        },
+        metrics.audit(),
+    );
+    let pins = crate::policy::pins::Pins::new(audit.clone(), metrics.clone());
+    let mut pins = match (&args.pins_file, &args.control_plane) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--pins-file is for a proxy on its own: in a cluster the operator keeps pins (McpToolPin)"
+        ),
+        (Some(file), None) => Arc::new(pins.kept_in(file.clone())?),
+        (None, _) => Arc::new(pins),
+    };
     let mut cluster = None;
     match (&args.policy, &args.control_plane) {
         (Some(path), _) => {
@@ -926,20 +943,16 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 token_file: args.token_file.clone(),
             };
             cluster = Some(control.clone());
-            tokio::spawn(control.follow(handle.clone()));
+            pins = Arc::new(
+                Arc::into_inner(pins)
+                    .expect("not shared yet")
+                    .in_cluster(control.clone())?,
+            );
+            tokio::spawn(control.follow(handle.clone(), pins.clone()));
         }
         (None, None) => anyhow::bail!("give --policy FILE or --control-plane URL"),
     }
     let counters = Arc::new(counter_store(&args, &metrics).await?);
-    let audit = AuditLog::stdout(
-        args.pod.clone(),
-        args.audit_buffer,
-        match args.audit_overflow {
-            OverflowFlag::Deny => Overflow::Deny,
-            OverflowFlag::Drop => Overflow::Drop,
-        },
-        metrics.audit(),
-    );
     let proxy = Arc::new(
         Proxy::new(
             ProxyConfig {
@@ -965,11 +978,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             metrics.clone(),
         )?
         .with_counters(counters.clone())
-        .with_pins(Arc::new(match &args.pins_file {
-            None => crate::policy::pins::Pins::new(audit.clone(), metrics.clone()),
-            Some(file) => crate::policy::pins::Pins::new(audit.clone(), metrics.clone())
-                .kept_in(file.clone())?,
-        })),
+        .with_pins(pins),
     );
     let proxy = match (&args.approvals_token_file, cluster) {
         // In a cluster the operator keeps approvals, as McpApprovals people decide with

@@ -79,8 +79,8 @@ pub fn render(
 ) -> anyhow::Result<String> {
     let mut defs: Vec<(Definition, &Value)> = Vec::new();
     for t in tools {
-        let def =
-            Definition::read(t).with_context(|| format!("a tool without a string name: {t}"))?;
+        let def = crate::mcp::tool_def::read(t)
+            .with_context(|| format!("a tool without a string name: {t}"))?;
         defs.push((def, t));
     }
     defs.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -339,7 +339,7 @@ mod tests {
             json!({"name": "mystery"}),
         ];
         let yaml = render("http://x/mcp", "github", "agents", &tools).unwrap();
-        let read = Definition::read(&tools[0]).unwrap();
+        let read = crate::mcp::tool_def::read(&tools[0]).unwrap();
         assert!(
             yaml.contains(&format!("      read_file: {}", read.digest)),
             "{yaml}"

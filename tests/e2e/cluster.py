@@ -292,6 +292,14 @@ class Sidecar:
     admin: str
     proc: subprocess.Popen
     log: Path
+    upstream_port: int = 0
+
+    def tools(self) -> list[str]:
+        """The names of the tools a tools/list through the sidecar shows."""
+        h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
+        answer = messages(httpx.post(f"{self.url}/mcp", headers=h, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))[0]
+        assert "result" in answer, answer
+        return sorted(t["name"] for t in answer["result"]["tools"])
 
     def call(self, tool: str, args: dict | None = None, token: str | None = None) -> dict:
         h = {**HEADERS, "mcp-protocol-version": "2025-06-18"}
@@ -310,9 +318,12 @@ class Sidecar:
 def sidecar(procs, debug_bins, tmp_path):
     """A real sample MCP server behind a real sidecar that follows the operator's stream."""
 
-    def start(op_url: str, ca: str, token: str, wait_ready: bool = True) -> Sidecar:
-        server_port = free_port()
-        procs.start(f"server-{server_port}", [sys.executable, str(SAMPLE), "--port", str(server_port), "--stateless", "--json"], server_port)
+    def start(op_url: str, ca: str, token: str, wait_ready: bool = True, server: Path = SAMPLE,
+              server_args: tuple[str, ...] = ("--stateless", "--json"), upstream_port: int | None = None) -> Sidecar:
+        """`server` run with `server_args` as its MCP server, or the one already on `upstream_port`."""
+        server_port = upstream_port or free_port()
+        if not upstream_port:
+            procs.start(f"server-{server_port}", [sys.executable, str(server), "--port", str(server_port), *server_args], server_port)
         port, admin = free_port(), free_port()
         (tmp_path / "ca.pem").write_text(ca)
         token_file = tmp_path / f"token-{port}"
@@ -323,7 +334,7 @@ def sidecar(procs, debug_bins, tmp_path):
             "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{admin}",
         ], port, env={"TOLLGATE_LOG": "info"})
         wait_for_port(admin, p.proc, p.log)
-        s = Sidecar(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", p.proc, p.log)
+        s = Sidecar(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", p.proc, p.log, server_port)
         if wait_ready:
             eventually(s.ready, what=f"sidecar ready\n{p.log.read_text()[-3000:]}")
         return s

@@ -674,6 +674,117 @@ def test_operator_where_the_cluster_serves_cluster_network_policies_an_admin_tie
 
 
 # ---------------------------------------------------------------------------------------------
+# Tool pins in a cluster: per workload, shared by its replicas, kept across restarts, accepted
+# only by a user with the accept verb
+
+RUGPULL = ROOT / "tests" / "e2e" / "rugpull_server.py"
+
+
+def replica(kube: ControlPlane, ns: str, name: str, rs: dict) -> dict:
+    """A pod of ReplicaSet `rs` (of Deployment `mcp`), as its controller would make it."""
+    pod = mcp_pod(name, ns, labels={"app": "mcp", "pod-template-hash": "7d9f"})
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
+                                           "uid": rs["metadata"]["uid"], "controller": True}]
+    return create(kube, pod)
+
+
+def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_them_and_only_the_accept_verb_frees_a_tool(
+        kube, operator, sidecar, debug_bins, tmp_path):
+    ns = "pins"
+    kube.namespace(ns, **INJECT)
+    op = operator()
+    kube.apply(policy("tools", {"default": "deny", "pinning": {"trustOnFirstUse": True}, "tools": {
+        "read_file": {"rules": []}, "create_issue": {"rules": []}, "delete_repository": {"rules": []}}}, ns))
+    # A Deployment's ReplicaSet (no controller runs it here) and two of its pods.
+    rs = create(kube, {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "mcp-7d9f", "namespace": ns},
+                       "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "mcp"}},
+                                "template": {"metadata": {"labels": {"app": "mcp", "pod-template-hash": "7d9f"}},
+                                             "spec": {"containers": [{"name": "server", "image": "example/mcp:1"}]}}}})
+    for name in ("mcp-7d9f-a", "mcp-7d9f-b", "mcp-7d9f-c"):
+        replica(kube, ns, name, rs)
+    # Replica a answers in JSON, b in SSE: a list waits for its first-use pins either way.
+    a = sidecar(op.url, kube.ca(), kube.pod_token(ns, "mcp-7d9f-a"), server=RUGPULL)
+    b = sidecar(op.url, kube.ca(), kube.pod_token(ns, "mcp-7d9f-b"), server=RUGPULL, server_args=("--stateless",))
+    everything = ["create_issue", "delete_repository", "read_file"]
+    assert a.tools() == everything, "pinned on first use, and shown in the same list"
+    assert a.allows("read_file")
+
+    def pins() -> dict[str, dict]:
+        return {p["spec"]["tool"]: p for p in kube.get("-n", ns, "mcptoolpins")["items"]}
+
+    made = pins()
+    assert sorted(made) == everything and {p["spec"]["workload"] for p in made.values()} == {"Deployment/mcp"}
+    assert {p["spec"]["source"] for p in made.values()} == {"FirstUse"}
+    assert events(kube, ns, "Pinned", made["read_file"]["metadata"]["name"]), "an Event says it was pinned"
+    assert b.tools() == everything and b.allows("read_file"), "the other replica holds the same definitions to the same pins"
+
+    # Replica c's server changed read_file before c ever listed it: c does not pin its own.
+    c = sidecar(op.url, kube.ca(), kube.pod_token(ns, "mcp-7d9f-c"), server=RUGPULL)
+    httpx.post(f"http://127.0.0.1:{c.upstream_port}/change/description").raise_for_status()
+    assert c.tools() == ["create_issue", "delete_repository"], "held back on the workload's pin"
+    denied = json.dumps(c.call("read_file"))
+    assert "changed since it was pinned: description" in denied, denied
+    held = eventually(lambda: pins()["read_file"].get("status", {}).get("held"), what="the held definition on the McpToolPin")
+    assert held["why"] == "changed" and held["changed"] == ["description"] and held["pod"] == "mcp-7d9f-c"
+    assert "evil.example" in held["definition"]["fields"]["description"]
+    pin_name = pins()["read_file"]["metadata"]["name"]
+    warning = eventually(lambda: events(kube, ns, "DefinitionHeld", pin_name), what="a Warning Event")
+    assert warning[0]["type"] == "Warning" and "kubectl tollgate pins accept" in warning[0]["note"]
+    assert a.tools() == everything, "replicas whose servers did not change keep their tools"
+
+    # mallory may edit pins but not accept them; alice has the chart's ClusterRole.
+    for who in ("alice", "mallory"):
+        kube.kubectl("-n", ns, "create", "serviceaccount", who)
+    kube.kubectl("-n", ns, "create", "rolebinding", "alice-reviews", "--clusterrole=tollgate-pin-reviewer", f"--serviceaccount={ns}:alice")
+    kube.kubectl("-n", ns, "create", "role", "pin-editor", "--verb=get,list,patch,update", "--resource=mcptoolpins.tollgate.dev")
+    kube.kubectl("-n", ns, "create", "rolebinding", "mallory-edits", "--role=pin-editor", f"--serviceaccount={ns}:mallory")
+    configs = {who: kube.token_kubeconfig(ns, who, tmp_path / f"{who}.kubeconfig") for who in ("alice", "mallory")}
+
+    def plugin(who: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(debug_bins / "kubectl-tollgate"), "pins", *args, "-n", ns], capture_output=True, text=True,
+                              env={**os.environ, "KUBECONFIG": str(configs[who])})
+
+    listed = plugin("alice", "list")
+    assert listed.returncode == 0, listed.stderr
+    digest = held["definition"]["digest"]
+    assert "Deployment/mcp" in listed.stdout and digest in listed.stdout and "evil.example" in listed.stdout, listed.stdout
+    wrong = plugin("alice", "accept", "read_file", "--workload", "Deployment/mcp", "--digest", "sha256:" + "0" * 64)
+    assert wrong.returncode != 0 and "not the sha256:000" in wrong.stderr, wrong.stderr
+    refused = plugin("mallory", "accept", "read_file", "--workload", "Deployment/mcp", "--digest", digest)
+    assert refused.returncode != 0 and 'the RBAC verb "accept"' in refused.stderr, refused.stderr
+    made_up = kube.kubectl("--kubeconfig", str(configs["alice"]), "-n", ns, "patch", "mcptoolpin", pin_name, "--type=merge", "-p",
+                           json.dumps({"spec": {"source": "Accepted", "definition": {**held["definition"], "digest": "sha256:" + "1" * 64}}}),
+                           check=False)
+    assert made_up.returncode != 0 and "only the definition the sidecars hold back" in made_up.stderr, made_up.stderr
+    accepted = plugin("alice", "accept", "read_file", "--workload", "Deployment/mcp", "--digest", digest)
+    assert accepted.returncode == 0 and f"accepted by system:serviceaccount:{ns}:alice" in accepted.stdout, accepted.stdout + accepted.stderr
+    eventually(lambda: c.allows("read_file"), what="the acceptance reaches the sidecar, which calls it without listing again")
+    assert c.tools() == everything
+    # The workload's pin moved: a replica whose server still shows the old text holds it now.
+    assert a.tools() == ["create_issue", "delete_repository"]
+
+    # c restarts in front of the same server: its pins come back from the cluster, nothing is
+    # pinned anew, and nothing is called before a list.
+    c.proc.terminate()
+    c.proc.wait(timeout=10)
+    c2 = sidecar(op.url, kube.ca(), kube.pod_token(ns, "mcp-7d9f-c"), server=RUGPULL, upstream_port=c.upstream_port)
+    assert "has not been listed since the proxy started" in json.dumps(c2.call("read_file"))
+    assert c2.tools() == everything and c2.allows("read_file")
+    assert sorted(pins()) == everything and pins()["read_file"]["spec"]["source"] == "Accepted"
+
+    # A rejection keeps a held tool held, and says so.
+    httpx.post(f"http://127.0.0.1:{b.upstream_port}/change/schema").raise_for_status()
+    # (read_file too: b's server still shows the text the workload's pin moved from.)
+    assert b.tools() == ["delete_repository"]
+    issue = eventually(lambda: pins()["create_issue"].get("status", {}).get("held"), what="create_issue held")
+    assert "inputSchema" in issue["changed"], issue
+    rejected = plugin("alice", "reject", "create_issue", "--workload", "Deployment/mcp", "--digest", issue["definition"]["digest"])
+    assert rejected.returncode == 0, rejected.stderr
+    assert "rejected" in plugin("alice", "list").stdout
+    assert "create_issue" not in b.tools() and "result" not in b.call("create_issue")
+
+
+# ---------------------------------------------------------------------------------------------
 # Approvals in a cluster: who decides, and who is recorded (the API server's own user)
 
 

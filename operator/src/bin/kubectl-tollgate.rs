@@ -7,13 +7,18 @@
 //! kubectl tollgate deny NAME [-n NS] --reason TEXT
 //! kubectl tollgate test --pod NAME [-n NS] PATH...           the pod's effective policy
 //! kubectl tollgate replay (-l SELECTOR | --pod NAME) [-n NS] --policy FILE...
+//! kubectl tollgate pins list [-n NS | -A] [--workload KIND/NAME]   what each workload's tools are held to
+//! kubectl tollgate pins accept TOOL --workload KIND/NAME --digest D [-n NS]
+//! kubectl tollgate pins reject TOOL --workload KIND/NAME --digest D [-n NS]
 //! ```
 //!
 //! A decision is a patch of `spec.decision`, made as the kubeconfig's user: the operator's
 //! webhook lets it through only for a user with the RBAC verb `approve` on `mcpapprovals`, and
 //! stamps that user as `decidedBy`. `test` computes a pod's effective policy from the
 //! policies, namespace and pod the kubeconfig's user can read, with the very function the
-//! operator streams it with; `replay` reads the audit lines of the pods' sidecars.
+//! operator streams it with; `replay` reads the audit lines of the pods' sidecars. `pins accept`
+//! pins the definition the sidecars hold back (the one you reviewed: `--digest`), which takes the
+//! RBAC verb `accept` on `mcptoolpins`, and is stamped `acceptedBy`.
 
 use std::process::ExitCode;
 
@@ -25,7 +30,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tollgate_api::contract::annotations;
 use tollgate_api::{
-    DefaultAction, EffectivePolicy, McpApproval, McpClusterPolicy, McpPolicy, PolicySet, Workload,
+    DefaultAction, EffectivePolicy, McpApproval, McpClusterPolicy, McpPolicy, McpToolPin,
+    PinSource, PolicySet, Workload,
 };
 use tollgate_operator::inject::SIDECAR_NAME;
 use tollgate_sidecar::policytest::{self, replay};
@@ -87,6 +93,11 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Tool pins: what each workload's tools are held to, and the definitions held back.
+    Pins {
+        #[command(subcommand)]
+        action: PinsAction,
+    },
     /// Decide the calls in the audit logs of pods' sidecars again under other policies.
     Replay {
         /// The pods, by label selector.
@@ -119,6 +130,40 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinsAction {
+    /// Each pin, and the definition held back beside it with what changed.
+    List {
+        /// In every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Only this workload's (`Deployment/mcp`).
+        #[arg(long)]
+        workload: Option<String>,
+    },
+    /// Pin the definition the sidecars hold back: the tool is shown and callable again.
+    Accept {
+        tool: String,
+        /// The workload (`Deployment/mcp`), as `pins list` shows it.
+        #[arg(long)]
+        workload: String,
+        /// The held definition you reviewed, as `pins list` shows it: refused if the sidecars
+        /// now hold back another.
+        #[arg(long)]
+        digest: String,
+    },
+    /// Refuse the definition held back: the tool stays held, and is not reported again.
+    Reject {
+        tool: String,
+        /// The workload (`Deployment/mcp`), as `pins list` shows it.
+        #[arg(long)]
+        workload: String,
+        /// The held definition you refuse, as `pins list` shows it.
+        #[arg(long)]
+        digest: String,
     },
 }
 
@@ -312,6 +357,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             return Ok(0);
         }
+        Command::Pins { action } => {
+            pins(client, &namespace, action).await?;
+            return Ok(0);
+        }
         Command::Approve { name, reason } => (name, "Approve", reason),
         Command::Deny { name, reason } => (name, "Deny", Some(reason)),
     };
@@ -340,6 +389,159 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     );
     Ok(0)
+}
+
+async fn pins(client: Client, namespace: &str, action: PinsAction) -> anyhow::Result<()> {
+    let api: Api<McpToolPin> = Api::namespaced(client.clone(), namespace);
+    let api_error = |e: kube::Error| match e {
+        kube::Error::Api(s) => anyhow::anyhow!("{}", s.message),
+        e => e.into(),
+    };
+    let (tool, workload, digest, accept) = match action {
+        PinsAction::List {
+            all_namespaces,
+            workload,
+        } => {
+            let api: Api<McpToolPin> = match all_namespaces {
+                true => Api::all(client),
+                false => api,
+            };
+            let mut items = api.list(&ListParams::default()).await?.items;
+            items.retain(|p| workload.as_ref().is_none_or(|w| *w == p.spec.workload));
+            items.sort_by(|a, b| {
+                (&a.spec.workload, &a.spec.tool).cmp(&(&b.spec.workload, &b.spec.tool))
+            });
+            print_pins(&items, all_namespaces);
+            return Ok(());
+        }
+        PinsAction::Accept {
+            tool,
+            workload,
+            digest,
+        } => (tool, workload, digest, true),
+        PinsAction::Reject {
+            tool,
+            workload,
+            digest,
+        } => (tool, workload, digest, false),
+    };
+    let name = tollgate_operator::pins::pin_name(&workload, &tool);
+    let pin = api
+        .get_opt(&name)
+        .await?
+        .with_context(|| format!("{workload} has no pin of {tool:?} in {namespace}"))?;
+    let held = pin
+        .status
+        .as_ref()
+        .and_then(|s| s.held.as_ref())
+        .with_context(|| format!("{workload}'s {tool:?} has nothing held back"))?;
+    anyhow::ensure!(
+        held.definition.digest == digest,
+        "the sidecars now hold back {}, not the {digest} you reviewed: list the pins again and review it",
+        held.definition.digest
+    );
+    // Bound to what was read: a change in between fails, and is reviewed again.
+    let patch = match accept {
+        true => json!({
+            "metadata": { "resourceVersion": pin.resource_version() },
+            "spec": { "definition": held.definition, "source": PinSource::Accepted, "rejected": null },
+        }),
+        false => json!({
+            "metadata": { "resourceVersion": pin.resource_version() },
+            "spec": { "rejected": digest },
+        }),
+    };
+    let done = api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_error)?;
+    match accept {
+        true => println!(
+            "{workload} {tool}: {digest} accepted by {}",
+            done.spec.accepted_by.unwrap_or_default()
+        ),
+        false => println!("{workload} {tool}: {digest} rejected; it stays held"),
+    }
+    Ok(())
+}
+
+fn print_pins(items: &[McpToolPin], namespaces: bool) {
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "WORKLOAD",
+            "TOOL",
+            "PINNED",
+            "SOURCE",
+            "HELD",
+            "HELD DIGEST",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for p in items {
+        let held = p.status.as_ref().and_then(|s| s.held.as_ref());
+        let live = held.filter(|h| p.spec.definition.as_ref() != Some(&h.definition));
+        let rejected = live.is_some_and(|h| p.spec.rejected.as_ref() == Some(&h.definition.digest));
+        rows.push(vec![
+            p.namespace().unwrap_or_default(),
+            p.spec.workload.clone(),
+            p.spec.tool.clone(),
+            p.spec
+                .definition
+                .as_ref()
+                .map_or("-".into(), |d| d.digest.clone()),
+            match (&p.spec.definition, p.spec.source) {
+                (None, _) => "-".into(),
+                (Some(_), PinSource::FirstUse) => "first use".into(),
+                (Some(_), PinSource::Accepted) => format!(
+                    "accepted by {}",
+                    p.spec.accepted_by.as_deref().unwrap_or("?")
+                ),
+            },
+            match live {
+                None => "-".into(),
+                Some(h) if rejected => format!("{} (rejected)", h.why),
+                Some(h) => h.why.clone(),
+            },
+            live.map_or("-".into(), |h| h.definition.digest.clone()),
+        ]);
+    }
+    table(&rows, usize::from(!namespaces));
+    for p in items {
+        let Some(h) = p.status.as_ref().and_then(|s| s.held.as_ref()) else {
+            continue;
+        };
+        if p.spec.definition.as_ref() == Some(&h.definition) {
+            continue;
+        }
+        println!();
+        println!(
+            "{} {} (pod {}, {}): {}",
+            p.spec.workload, p.spec.tool, h.pod, h.since, h.reason
+        );
+        let changed: Vec<&str> = h.changed.iter().map(String::as_str).collect();
+        for (field, text) in &h.definition.fields {
+            if changed.is_empty() || changed.contains(&field.as_str()) {
+                println!("  {field}: {text}");
+            }
+        }
+    }
+}
+
+fn table(rows: &[Vec<String>], skip: usize) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .skip(skip)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
 }
 
 fn list(items: &[McpApproval], namespaces: bool) -> anyhow::Result<()> {
@@ -375,19 +577,7 @@ fn list(items: &[McpApproval], namespaces: bool) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
         ]);
     }
-    let skip = usize::from(!namespaces);
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .skip(skip)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    table(&rows, usize::from(!namespaces));
     for a in items.iter().filter(|a| !a.spec.arguments.is_empty()) {
         println!("{}: arguments {:?}", a.name_any(), a.spec.arguments);
     }

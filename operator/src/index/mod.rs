@@ -4,7 +4,7 @@
 //! ```text
 //! watch Pods (label tollgate.dev/injected=true, metadata only) ─┐
 //! watch Namespaces (metadata only)                              ├─> Index ─ changed (watch) ─> controllers
-//! watch McpPolicies, McpClusterPolicies                         ┘     └─ PodPolicies: one sender per pod ─> its streams
+//! watch McpPolicies, McpClusterPolicies, McpToolPins            ┘     └─ PodPolicies: one sender per pod ─> its streams
 //! watch NetworkPolicies, Services ─> boundary_changed (watch) ─> the network-policy boundary
 //! watch McpApprovals ─> approvals_changed (watch) ─> held calls waiting for a decision
 //! GET /.well-known/openid-configuration, /openid/v1/jwks ─ every 5 min ─> service-account keys
@@ -33,7 +33,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{broadcast, watch};
-use tollgate_api::{DefaultAction, McpApproval, McpClusterPolicy, McpPolicy, ServiceAccountKeys};
+use tollgate_api::{
+    DefaultAction, McpApproval, McpClusterPolicy, McpPolicy, McpToolPin, ServiceAccountKeys,
+};
 
 use crate::health::Health;
 use tollgate_api::contract::TOKEN_AUDIENCE;
@@ -52,6 +54,7 @@ pub struct Index {
     pub network_policies: Store<NetworkPolicy>,
     pub services: Store<Service>,
     pub approvals: Store<McpApproval>,
+    pub pins: Store<McpToolPin>,
     /// Ticks on every change to an McpApproval (held calls wait on it).
     approvals_changed: watch::Sender<u64>,
     keys: ArcSwapOption<ServiceAccountKeys>,
@@ -103,6 +106,7 @@ impl Index {
         let (network_policies, network_policies_w) = reflector::store();
         let (services, services_w) = reflector::store();
         let (approvals, approvals_w) = reflector::store();
+        let (pins, pins_w) = reflector::store();
         let index = Arc::new(Index {
             pods,
             namespaces,
@@ -111,6 +115,7 @@ impl Index {
             network_policies,
             services,
             approvals,
+            pins,
             approvals_changed: watch::channel(0).0,
             keys: ArcSwapOption::empty(),
             changed: watch::channel(0).0,
@@ -177,7 +182,16 @@ impl Index {
                 i.cluster_policies_applied(e);
             },
         );
-        let streams = futures::stream::select_all([pods, namespaces, policies, cluster_policies]);
+        let i = index.clone();
+        let pins = watched(
+            "the watch of McpToolPins",
+            watcher(Api::<McpToolPin>::all(client.clone()), Default::default()),
+            pins_w,
+            |_| {},
+            move |e| i.pins_applied(e),
+        );
+        let streams =
+            futures::stream::select_all([pods, namespaces, policies, cluster_policies, pins]);
         let boundary = futures::stream::select_all([
             watched(
                 "the watch of NetworkPolicies",
@@ -231,6 +245,7 @@ impl Index {
                 i.network_policies.wait_until_ready(),
                 i.services.wait_until_ready(),
                 i.approvals.wait_until_ready(),
+                i.pins.wait_until_ready(),
             );
             i.listed.send_replace(true);
         };
@@ -320,6 +335,21 @@ impl Index {
                 pods.delete_policy(&p.namespace().unwrap_or_default(), &p.name_any())
             }
             watcher::Event::InitDone => pods.reset_policies(self.policies.state()),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    fn pins_applied(&self, event: &watcher::Event<McpToolPin>) {
+        let mut pods = self.pod_policies.lock();
+        match event {
+            watcher::Event::Apply(p) => pods.apply_pin(p),
+            watcher::Event::Delete(p) => {
+                pods.delete_pin(&p.namespace().unwrap_or_default(), &p.name_any())
+            }
+            watcher::Event::InitDone => {
+                let all = self.pins.state();
+                pods.reset_pins(all.iter().map(|p| &**p));
+            }
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }

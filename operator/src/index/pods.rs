@@ -7,6 +7,7 @@
 //! apply/delete Namespace    ─> the pods of that namespace, if its labels changed
 //! apply/delete McpPolicy    ─> the pods of its namespace its old or new selector selects
 //! apply/delete McpClusterPolicy ─> the pods its old or new selectors select
+//! apply/delete McpToolPin   ─> the pods of its workload
 //! service-account keys      ─> every pod (they travel with each policy)
 //!                                  │ recompute: EffectivePolicy::for_workload
 //!                                  └─> send_if_modified ─> the pod's streams, if it changed
@@ -27,12 +28,14 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use tokio::sync::watch;
 use tollgate_api::{
-    DefaultAction, EffectivePolicy, McpClusterPolicy, McpPolicy, ServiceAccountKeys, Workload,
-    contract::annotations,
+    DefaultAction, EffectivePolicy, McpClusterPolicy, McpPolicy, McpToolPin, PinMode,
+    ServiceAccountKeys, Workload, WorkloadPin, contract::annotations,
 };
 
 pub type PodMeta = PartialObjectMeta<Pod>;
 type Labels = BTreeMap<String, String>;
+/// A workload's tool pins, by tool.
+pub type Pins = BTreeMap<String, WorkloadPin>;
 
 /// What one pod's stream sends: its effective policy (revision 0; the stream stamps it) and the
 /// keys its sidecar verifies agents' tokens with.
@@ -40,6 +43,8 @@ type Labels = BTreeMap<String, String>;
 pub struct PodPolicy {
     pub policy: EffectivePolicy,
     pub keys: Option<Arc<ServiceAccountKeys>>,
+    /// The pod's workload's tool pins, where a policy of the pod pins tools.
+    pub pins: Option<Arc<Pins>>,
 }
 
 /// The pods, the objects that decide their policies, and a sender per pod.
@@ -52,6 +57,10 @@ pub struct PodPolicies {
     cluster_policies: BTreeMap<String, Arc<McpClusterPolicy>>,
     /// Pods by namespace, then name.
     pods: HashMap<String, BTreeMap<String, PodEntry>>,
+    /// McpToolPins by namespace, then workload (shared by its pods' policies), with the
+    /// workload and tool each pin object is of, by name.
+    pins: HashMap<String, HashMap<String, Arc<Pins>>>,
+    pin_objects: HashMap<String, HashMap<String, (String, String)>>,
     /// How many pods' policies were computed, and how many of those changed (for tests and
     /// the benchmark's understanding of the cost of a change).
     pub recomputed: u64,
@@ -60,6 +69,8 @@ pub struct PodPolicies {
 
 struct PodEntry {
     uid: Option<String>,
+    /// Whose pins the pod's sidecar holds tools to (`crate::pins::workload_of`).
+    workload: String,
     labels: Labels,
     /// The pod's own `tollgate.dev/default-action`, where it has a readable one.
     default_action: Option<DefaultAction>,
@@ -78,6 +89,8 @@ impl PodPolicies {
             policies: HashMap::new(),
             cluster_policies: BTreeMap::new(),
             pods: HashMap::new(),
+            pins: HashMap::new(),
+            pin_objects: HashMap::new(),
             recomputed: 0,
             sent: 0,
         }
@@ -109,17 +122,22 @@ impl PodPolicies {
         let name = pod.name_any();
         let uid = pod.uid();
         let labels = pod.labels().clone();
+        let workload = crate::pins::workload_of(pod);
         let default_action = annotations::default_action(pod.annotations())
             .ok()
             .flatten();
         let pods = self.pods.entry(namespace.clone()).or_default();
         match pods.get_mut(&name) {
             Some(entry) if entry.uid == uid => {
-                if entry.labels == labels && entry.default_action == default_action {
+                if entry.labels == labels
+                    && entry.default_action == default_action
+                    && entry.workload == workload
+                {
                     return;
                 }
                 entry.labels = labels;
                 entry.default_action = default_action;
+                entry.workload = workload;
             }
             _ => {
                 let (tx, _) = watch::channel(Arc::new(PodPolicy {
@@ -130,11 +148,13 @@ impl PodPolicies {
                         policies: Vec::new(),
                     },
                     keys: None,
+                    pins: None,
                 }));
                 pods.insert(
                     name.clone(),
                     PodEntry {
                         uid,
+                        workload,
                         labels,
                         default_action,
                         tx,
@@ -264,6 +284,97 @@ impl PodPolicies {
     }
 
     /// The cluster's service-account keys, which every pod's stream carries.
+    /// An McpToolPin made or changed: the pods of its workload.
+    pub fn apply_pin(&mut self, pin: &McpToolPin) {
+        let namespace = pin.namespace().unwrap_or_default();
+        let name = pin.name_any();
+        let (workload, tool) = (pin.spec.workload.clone(), pin.spec.tool.clone());
+        let now = WorkloadPin::from(&pin.spec);
+        let before = self
+            .pin_objects
+            .entry(namespace.clone())
+            .or_default()
+            .insert(name, (workload.clone(), tool.clone()));
+        let mut touched = vec![workload.clone()];
+        if let Some((w, t)) = before
+            && (w != workload || t != tool)
+        {
+            self.remove_pin(&namespace, &w, &t);
+            touched.push(w);
+        }
+        let pins = self
+            .pins
+            .entry(namespace.clone())
+            .or_default()
+            .entry(workload)
+            .or_default();
+        if pins.get(&tool) == Some(&now) {
+            return;
+        }
+        Arc::make_mut(pins).insert(tool, now);
+        self.recompute_workloads(&namespace, &touched);
+    }
+
+    /// An McpToolPin deleted: its workload's sidecars pin the tool anew.
+    pub fn delete_pin(&mut self, namespace: &str, name: &str) {
+        let Some((workload, tool)) = self
+            .pin_objects
+            .get_mut(namespace)
+            .and_then(|m| m.remove(name))
+        else {
+            return;
+        };
+        self.remove_pin(namespace, &workload, &tool);
+        self.recompute_workloads(namespace, &[workload]);
+    }
+
+    /// Every McpToolPin, as a relist found them.
+    pub fn reset_pins<'a>(&mut self, all: impl IntoIterator<Item = &'a McpToolPin>) {
+        self.pins.clear();
+        self.pin_objects.clear();
+        for pin in all {
+            let namespace = pin.namespace().unwrap_or_default();
+            self.pin_objects
+                .entry(namespace.clone())
+                .or_default()
+                .insert(
+                    pin.name_any(),
+                    (pin.spec.workload.clone(), pin.spec.tool.clone()),
+                );
+            Arc::make_mut(
+                self.pins
+                    .entry(namespace)
+                    .or_default()
+                    .entry(pin.spec.workload.clone())
+                    .or_default(),
+            )
+            .insert(pin.spec.tool.clone(), WorkloadPin::from(&pin.spec));
+        }
+        self.recompute_all();
+    }
+
+    fn remove_pin(&mut self, namespace: &str, workload: &str, tool: &str) {
+        if let Some(pins) = self
+            .pins
+            .get_mut(namespace)
+            .and_then(|w| w.get_mut(workload))
+        {
+            Arc::make_mut(pins).remove(tool);
+        }
+    }
+
+    fn recompute_workloads(&mut self, namespace: &str, workloads: &[String]) {
+        let names: HashSet<String> = self
+            .pods
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| workloads.contains(&e.workload))
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.recompute(namespace, |n| names.contains(n));
+    }
+
     pub fn set_keys(&mut self, keys: Option<Arc<ServiceAccountKeys>>) {
         if self.keys == keys {
             return;
@@ -364,9 +475,23 @@ impl PodPolicies {
                     .map(|p| &**p),
                 entry.default_action.unwrap_or(self.default_action),
             );
+            let pins_tools = policy.policies.iter().any(|p| {
+                p.spec
+                    .pinning
+                    .as_ref()
+                    .is_some_and(|p| p.mode != PinMode::Off)
+            });
+            let pins = pins_tools.then(|| {
+                self.pins
+                    .get(namespace)
+                    .and_then(|w| w.get(&entry.workload))
+                    .cloned()
+                    .unwrap_or_default()
+            });
             let now = PodPolicy {
                 policy,
                 keys: self.keys.clone(),
+                pins,
             };
             self.recomputed += 1;
             let changed = entry.tx.send_if_modified(|cur| {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! read token file ─> TLS (trust: the operator's CA) ─> GET /v1/policy, Bearer token
-//!   line: PolicyUpdate ─> PolicyHandle::publish_update (compile, swap)
+//!   line: PolicyUpdate ─> Pins::follow_cluster (the workload's McpToolPins), then
+//!                         PolicyHandle::publish_update (compile, swap)
 //!   line: empty        ─> heartbeat
 //!   silence > 45 s, an error, or the end ─> reconnect with backoff (0.25 s .. 30 s)
 //! ```
@@ -30,6 +31,7 @@ use tokio_rustls::TlsConnector;
 use tollgate_api::PolicyUpdate;
 
 use crate::policy::PolicyHandle;
+use crate::policy::pins::Pins;
 
 use tollgate_api::contract::{SILENCE, STREAM_PATH};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -46,7 +48,7 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Follows the stream forever.
-    pub async fn follow(self, handle: PolicyHandle) {
+    pub async fn follow(self, handle: PolicyHandle, pins: Arc<Pins>) {
         let tls = match self.tls() {
             Ok(t) => t,
             Err(e) => {
@@ -58,7 +60,7 @@ impl ControlPlane {
         let mut backoff = Duration::from_millis(250);
         handle.set_source_status(format!("control plane: connecting to {}", self.url));
         loop {
-            let ended = self.once(&tls, &handle).await;
+            let ended = self.once(&tls, &handle, &pins).await;
             handle.metrics().control_plane_connected(false);
             let why = match ended {
                 Ok(received) => {
@@ -175,7 +177,12 @@ impl ControlPlane {
     }
 
     /// One connection; returns whether any policy arrived on it.
-    async fn once(&self, tls: &TlsConnector, handle: &PolicyHandle) -> anyhow::Result<bool> {
+    async fn once(
+        &self,
+        tls: &TlsConnector,
+        handle: &PolicyHandle,
+        pins: &Pins,
+    ) -> anyhow::Result<bool> {
         let (mut sender, host, bearer) = self.connect(tls).await?;
         let path = match self.url.path() {
             "" | "/" => STREAM_PATH,
@@ -232,6 +239,10 @@ impl ControlPlane {
                     }
                     Ok(update) => {
                         let revision = update.policy.revision;
+                        // The workload's pins first: the policy that pins by them follows.
+                        if let Some(kept) = &update.pins {
+                            pins.follow_cluster(kept);
+                        }
                         match handle.publish_update(&update) {
                             Ok(()) => {
                                 received = true;

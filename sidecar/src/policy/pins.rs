@@ -13,18 +13,35 @@
 //! a person ─ accept TOOL DIGEST (that definition is the pin) | reject TOOL (it stays held)
 //! ```
 //!
+//! Where the pins are kept decides who may trust on first use:
+//!
+//! ```text
+//! memory     (no --pins-file)  nothing is pinned on first use: a restart would pin anew
+//! file       (--pins-file)     first use, acceptances and rejections written before they count
+//! cluster    (McpToolPin, one per workload and tool, followed on the policy stream)
+//!   first use ─ the list waits: POST /v1/pins ─> the operator keeps the first definition any
+//!               replica listed, and answers the pin all replicas now hold ─> the list is read
+//!               again against it (no answer: held, and asked again after FIRST_USE_RETRY)
+//!   held      ─ reported (POST /v1/pins), so the McpToolPin's status and an Event show it;
+//!               people accept or reject it with kubectl tollgate pins
+//! ```
+//!
 //! A definition is read by [`Definition`], canonical, so a server reordering keys changes
 //! nothing. A tool that appears under a new name with a pinned tool's definition is reported
 //! as a rename; a pinned name that now carries another tool's definition, as that.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tollgate_api::{Denial, DenyAs, PinMode, PinRules};
+use tollgate_api::contract::{HeldReport, PINS_PATH, PinReport};
+use tollgate_api::{Denial, DenyAs, PinMode, PinRules, PinSource, WorkloadPin};
 
 use crate::mcp::tool_def::Definition;
+use crate::policy::control::ControlPlane;
 use crate::telemetry::audit::{AuditLog, Record, now_rfc3339};
 use crate::telemetry::metrics::Metrics;
 
@@ -33,13 +50,42 @@ pub struct Pins {
     inner: Mutex<Inner>,
     audit: AuditLog,
     metrics: Metrics,
-    /// Where pins made here are kept across restarts (`--pins-file`). Without it nothing is
-    /// pinned on first use: a restart would pin whatever the server shows then.
-    file: Option<PathBuf>,
+    keeper: Keeper,
+}
+
+/// Where pins outlive this process.
+enum Keeper {
+    /// Nowhere: nothing is pinned on first use, as a restart would pin whatever the server
+    /// shows then.
+    Memory,
+    /// `--pins-file`.
+    File(PathBuf),
+    /// The workload's McpToolPins, kept by the operator.
+    Cluster(Arc<Plane>),
+}
+
+/// The operator, as pins reach it.
+struct Plane {
+    plane: ControlPlane,
+    tls: tokio_rustls::TlsConnector,
+}
+
+/// How long a tool whose first use the control plane did not confirm stays held before a list
+/// asks again.
+const FIRST_USE_RETRY: Duration = Duration::from_secs(5);
+
+/// What a listed tool comes to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Listed {
+    Shown,
+    Held,
+    /// It would be pinned on first use, which the cluster keeps: ask it
+    /// ([`Pins::pin_first_use`]), then read the list again.
+    AskFirstUse,
 }
 
 /// What the pins file holds.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, PartialEq, Serialize, Deserialize)]
 struct Kept {
     /// Definitions a person accepted: they come before the policy's pins.
     #[serde(default)]
@@ -60,6 +106,8 @@ struct Inner {
     good: HashMap<String, Definition>,
     /// Tools whose listed definition does not match their pin.
     held: BTreeMap<String, Held>,
+    /// First uses the control plane did not confirm, by tool: the digest, when, and why.
+    unconfirmed: HashMap<String, (String, Instant, String)>,
 }
 
 /// A tool held back, as people see it.
@@ -119,7 +167,148 @@ impl Pins {
             inner: Mutex::default(),
             audit,
             metrics,
-            file: None,
+            keeper: Keeper::Memory,
+        }
+    }
+
+    /// Pins kept by the operator as McpToolPins: first uses are asked of it, held definitions
+    /// reported to it, and [`Pins::follow_cluster`] takes its pins from the policy stream.
+    pub fn in_cluster(mut self, plane: ControlPlane) -> anyhow::Result<Self> {
+        let tls = plane.tls()?;
+        self.keeper = Keeper::Cluster(Arc::new(Plane { plane, tls }));
+        Ok(self)
+    }
+
+    fn cluster(&self) -> Option<&Arc<Plane>> {
+        match &self.keeper {
+            Keeper::Cluster(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The workload's pins, as the policy stream sends them: they replace what was kept, and
+    /// every listed tool is held to them again (an acceptance frees a held tool at once; a pin
+    /// changed under a shown tool holds it until the next list).
+    pub fn follow_cluster(&self, pins: &BTreeMap<String, WorkloadPin>) {
+        let mut kept = Kept::default();
+        for (tool, pin) in pins {
+            if let Some(def) = &pin.definition {
+                match pin.source {
+                    PinSource::Accepted => kept.accepted.insert(tool.clone(), def.clone()),
+                    PinSource::FirstUse => kept.first_use.insert(tool.clone(), def.clone()),
+                };
+            }
+            if let Some(digest) = &pin.rejected {
+                kept.rejected.insert(tool.clone(), digest.clone());
+            }
+        }
+        let mut inner = self.inner.lock();
+        if inner.kept == kept {
+            return;
+        }
+        inner.kept = kept;
+        // Shown tools whose pin moved away from them are callable no more.
+        let moved: Vec<String> = inner
+            .good
+            .iter()
+            .filter(|(name, def)| {
+                inner
+                    .kept
+                    .accepted
+                    .get(*name)
+                    .or(inner.kept.first_use.get(*name))
+                    .is_some_and(|pin| pin.digest != def.digest)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in moved {
+            inner.good.remove(&name);
+        }
+        // Held tools a person accepted are callable now.
+        let accepted: Vec<(String, Definition, String)> = inner
+            .held
+            .iter()
+            .filter_map(|(name, held)| {
+                let def = held.definition.clone()?;
+                let pin = inner.kept.accepted.get(name)?;
+                (pin.digest == def.digest).then(|| (name.clone(), def, held.digest.clone()))
+            })
+            .collect();
+        for (name, def, _) in &accepted {
+            inner.held.remove(name);
+            inner.good.insert(name.clone(), def.clone());
+        }
+        let Inner { kept, held, .. } = &mut *inner;
+        for (name, held) in held.iter_mut() {
+            held.rejected = kept.rejected.get(name) == Some(&held.digest);
+        }
+        drop(inner);
+        for (name, _, digest) in accepted {
+            self.metrics.pin_change(&name, "accepted");
+            self.record(
+                &name,
+                "accepted",
+                &format!("accepted in the cluster: {digest}"),
+            );
+        }
+    }
+
+    /// Asks the operator to pin each definition on first use, and keeps what it answers: the
+    /// pin every replica now holds (the first any of them listed). A definition it does not
+    /// confirm stays held for [`FIRST_USE_RETRY`].
+    pub async fn pin_first_use(self: Arc<Self>, defs: Vec<Definition>) {
+        let Some(plane) = self.cluster().cloned() else {
+            return;
+        };
+        let asked = defs.into_iter().map(|def| {
+            let plane = plane.clone();
+            async move {
+                let answer = plane
+                    .report(&PinReport {
+                        definition: def.clone(),
+                        held: None,
+                    })
+                    .await;
+                (def, answer)
+            }
+        });
+        for (def, answer) in futures_util::future::join_all(asked).await {
+            let mut inner = self.inner.lock();
+            match answer {
+                Ok(pin) => {
+                    inner.unconfirmed.remove(&def.name);
+                    if let Some(pinned) = pin.definition {
+                        match pin.source {
+                            PinSource::Accepted => {
+                                inner.kept.accepted.insert(def.name.clone(), pinned)
+                            }
+                            PinSource::FirstUse => {
+                                inner.kept.first_use.insert(def.name.clone(), pinned)
+                            }
+                        };
+                    } else {
+                        // The workload keeps the tool without a pin (a held definition waits
+                        // for a person): not pinned now either.
+                        inner.unconfirmed.insert(
+                            def.name.clone(),
+                            (
+                                def.digest.clone(),
+                                Instant::now(),
+                                "the cluster holds it for a person to accept".into(),
+                            ),
+                        );
+                    }
+                    if let Some(d) = pin.rejected {
+                        inner.kept.rejected.insert(def.name.clone(), d);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tool = %def.name, error = %e, "the control plane did not pin a tool on first use; it is held");
+                    inner
+                        .unconfirmed
+                        .insert(def.name.clone(), (def.digest.clone(), Instant::now(), e));
+                }
+            }
         }
     }
 
@@ -135,60 +324,95 @@ impl Pins {
         write_kept(&path, &kept)
             .with_context(|| format!("--pins-file {} cannot be written", path.display()))?;
         self.inner.lock().kept = kept;
-        self.file = Some(path);
+        self.keeper = Keeper::File(path);
         Ok(self)
     }
 
     /// Writes what is kept across restarts, if a file is set.
     fn keep(&self, inner: &Inner) -> Result<(), String> {
-        match &self.file {
-            None => Ok(()),
-            Some(path) => {
+        match &self.keeper {
+            Keeper::File(path) => {
                 write_kept(path, &inner.kept).map_err(|e| format!("{}: {e}", path.display()))
             }
+            // The cluster's pins are the operator's to write: people decide with kubectl.
+            Keeper::Cluster(_) => {
+                Err("in a cluster, pins are McpToolPins: decide with kubectl tollgate pins".into())
+            }
+            Keeper::Memory => Ok(()),
         }
     }
 
-    /// Whether a listed tool is shown, under `rules`.
+    /// Whether a listed tool is shown, under `rules` (a first use the cluster keeps is held:
+    /// see [`Pins::listed`]).
     pub fn shows(&self, rules: &PinRules, def: &Definition) -> bool {
+        self.listed(rules, def) == Listed::Shown
+    }
+
+    /// What a listed tool comes to, under `rules`.
+    pub fn listed(&self, rules: &PinRules, def: &Definition) -> Listed {
         let name = def.name.as_str();
         let mut inner = self.inner.lock();
         let pinned = inner.pins_of(rules, name);
         if !pinned.is_empty() && pinned.iter().all(|p| *p == def.digest) {
             inner.held.remove(name);
             inner.good.insert(name.to_string(), def.clone());
-            return true;
+            return Listed::Shown;
         }
-        let first_use = rules.trust_on_first_use && self.file.is_some();
+        let first_use = rules.trust_on_first_use && !matches!(self.keeper, Keeper::Memory);
+        let mut unconfirmed = None;
         if pinned.is_empty() && first_use && inner.renamed_from(def).is_none() {
-            inner.kept.first_use.insert(name.to_string(), def.clone());
-            match self.keep(&inner) {
-                Ok(()) => {
-                    inner.good.insert(name.to_string(), def.clone());
-                    drop(inner);
-                    self.record(
-                        name,
-                        "pinned",
-                        &format!("pinned on first use: {}", def.digest),
-                    );
-                    return true;
+            if self.cluster().is_some() {
+                match inner.unconfirmed.get(name) {
+                    Some((digest, at, why))
+                        if *digest == def.digest && at.elapsed() < FIRST_USE_RETRY =>
+                    {
+                        unconfirmed = Some(why.clone());
+                    }
+                    _ => return Listed::AskFirstUse,
                 }
-                // A pin that would not outlive a restart is no pin.
-                Err(e) => {
-                    inner.kept.first_use.remove(name);
-                    tracing::error!(error = %e, tool = name, "cannot keep a pin made on first use");
+            } else {
+                inner.kept.first_use.insert(name.to_string(), def.clone());
+                match self.keep(&inner) {
+                    Ok(()) => {
+                        inner.good.insert(name.to_string(), def.clone());
+                        drop(inner);
+                        self.record(
+                            name,
+                            "pinned",
+                            &format!("pinned on first use: {}", def.digest),
+                        );
+                        return Listed::Shown;
+                    }
+                    // A pin that would not outlive a restart is no pin.
+                    Err(e) => {
+                        inner.kept.first_use.remove(name);
+                        tracing::error!(error = %e, tool = name, "cannot keep a pin made on first use");
+                    }
                 }
             }
         }
         inner.good.remove(name);
-        let no_file = rules.trust_on_first_use && self.file.is_none();
-        let held = inner.hold(def, pinned, no_file);
+        let why_unpinned = match unconfirmed {
+            Some(why) => Unpinned::Unconfirmed(why),
+            None if rules.trust_on_first_use && matches!(self.keeper, Keeper::Memory) => {
+                Unpinned::NoFile
+            }
+            None => Unpinned::NoPin,
+        };
+        let held = inner.hold(def, pinned, why_unpinned);
         if let Some(held) = held {
             drop(inner);
             self.metrics.pin_change(name, held.why);
             self.record(name, held.why, &held.reason);
+            if let Some(plane) = self.cluster() {
+                plane.report_held(&held);
+            }
         }
-        rules.mode == PinMode::Audit
+        if rules.mode == PinMode::Audit {
+            Listed::Shown
+        } else {
+            Listed::Held
+        }
     }
 
     /// Whether a call of `tool` may go on. Under `enforce`, only a tool whose definition this
@@ -332,7 +556,7 @@ impl Inner {
     }
 
     /// Holds a tool back; returns what to report when this definition is news.
-    fn hold(&mut self, def: &Definition, pinned: Vec<String>, no_file: bool) -> Option<Held> {
+    fn hold(&mut self, def: &Definition, pinned: Vec<String>, unpinned: Unpinned) -> Option<Held> {
         let name = def.name.as_str();
         if let Some(h) = self.held.get(name)
             && h.digest == def.digest
@@ -361,13 +585,18 @@ impl Inner {
                     "Tool {name:?} appears with the definition of pinned tool {from:?}: a renamed tool"
                 ),
             ),
-            (true, None) if no_file => (
+            (true, None) => (
                 "unpinned",
-                format!(
-                    "Tool {name:?} has no pin, and trust on first use needs the proxy's --pins-file (else a restart would pin whatever the server shows then)"
-                ),
+                match unpinned {
+                    Unpinned::NoFile => format!(
+                        "Tool {name:?} has no pin, and trust on first use needs the proxy's --pins-file (else a restart would pin whatever the server shows then)"
+                    ),
+                    Unpinned::Unconfirmed(why) => format!(
+                        "Tool {name:?} has no pin: the cluster did not pin it on first use ({why})"
+                    ),
+                    Unpinned::NoPin => format!("Tool {name:?} has no pin"),
+                },
             ),
-            (true, None) => ("unpinned", format!("Tool {name:?} has no pin")),
             (false, Some(from)) => (
                 "swapped",
                 format!("Tool {name:?} now has the definition of tool {from:?}"),
@@ -406,6 +635,66 @@ impl Inner {
     }
 }
 
+/// Why a tool without a pin was not pinned on first use.
+enum Unpinned {
+    NoPin,
+    /// Trust on first use, but nowhere to keep the pin.
+    NoFile,
+    /// Trust on first use, but the cluster did not confirm it.
+    Unconfirmed(String),
+}
+
+impl Plane {
+    /// Reports a definition to the workload's pins; answers the tool's pin as kept now.
+    async fn report(&self, report: &PinReport) -> Result<WorkloadPin, String> {
+        let body = serde_json::to_vec(report).expect("a PinReport serialises");
+        let (status, bytes) = self
+            .plane
+            .request(
+                &self.tls,
+                http::Method::POST,
+                PINS_PATH,
+                Some(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "the control plane answered {status}: {}",
+                String::from_utf8_lossy(&bytes).trim()
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the control plane's answer is not a WorkloadPin: {e}"))
+    }
+
+    /// Reports a held definition, in the background: the McpToolPin's status and an Event
+    /// show it to people. (The tool is held whether or not the report arrives.)
+    fn report_held(self: &Arc<Self>, held: &Held) {
+        let Some(definition) = held.definition.clone() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let report = PinReport {
+            definition,
+            held: Some(HeldReport {
+                why: held.why.into(),
+                reason: held.reason.clone(),
+                changed: held.changed.iter().map(|c| c.to_string()).collect(),
+            }),
+        };
+        let plane = self.clone();
+        runtime.spawn(async move {
+            if let Err(e) = plane.report(&report).await {
+                tracing::warn!(tool = %report.definition.name, error = %e, "cannot report a held tool to the control plane");
+            }
+        });
+    }
+}
+
 /// Writes the pins file whole, by a rename, so a crash leaves the old or the new one.
 fn write_kept(path: &std::path::Path, kept: &Kept) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(kept).map_err(std::io::Error::other)?;
@@ -433,7 +722,7 @@ mod tests {
     }
 
     fn def(v: serde_json::Value) -> Definition {
-        Definition::read(&v).unwrap()
+        crate::mcp::tool_def::read(&v).unwrap()
     }
 
     fn rules(mode: PinMode, tofu: bool, pins: &[(&str, &str)]) -> PinRules {
@@ -564,6 +853,43 @@ mod tests {
             p.held()[0].reason.contains("--pins-file"),
             "{}",
             p.held()[0].reason
+        );
+    }
+
+    #[test]
+    fn the_clusters_pins_replace_what_was_kept_an_acceptance_frees_a_held_tool_and_a_moved_pin_holds_a_shown_one()
+     {
+        let p = pins();
+        let r = rules(PinMode::Enforce, true, &[]);
+        let v1 = def(json!({"name": "t", "description": "a"}));
+        let v2 = def(json!({"name": "t", "description": "b"}));
+        let pin = |d: &Definition, source| WorkloadPin {
+            definition: Some(d.clone()),
+            source,
+            rejected: None,
+        };
+        p.follow_cluster(&BTreeMap::from([(
+            "t".into(),
+            pin(&v1, PinSource::FirstUse),
+        )]));
+        assert!(p.shows(&r, &v1) && p.admits(&r, "t").is_ok());
+        assert!(!p.shows(&r, &v2), "held: not its pin");
+        p.follow_cluster(&BTreeMap::from([(
+            "t".into(),
+            pin(&v2, PinSource::Accepted),
+        )]));
+        assert!(
+            p.admits(&r, "t").is_ok(),
+            "accepted in the cluster: callable without a list"
+        );
+        assert!(p.held().is_empty());
+        p.follow_cluster(&BTreeMap::from([(
+            "t".into(),
+            pin(&v1, PinSource::Accepted),
+        )]));
+        assert!(
+            p.admits(&r, "t").is_err(),
+            "the pin moved away from what was listed"
         );
     }
 }

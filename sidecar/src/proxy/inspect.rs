@@ -36,11 +36,10 @@ use tollgate_api::Identity;
 use super::calls::{CallId, Calls};
 use super::refusal::Refusal;
 use crate::mcp::jsonrpc;
-use crate::mcp::tool_def::Definition;
 use crate::mcp::tool_name::{has_unicode_escape, tool_name};
 use crate::policy::Enforced;
 use crate::policy::counters::{CounterStore, Reserved};
-use crate::policy::pins::Pins;
+use crate::policy::pins::{Listed, Pins};
 
 /// Where the answers to the calls an inspector sees travel.
 enum Answers {
@@ -66,6 +65,9 @@ pub struct Inspector {
     reserving: bool,
     /// Whether the request asked for a tool list (so a JSON answer is worth reading).
     expect_list: bool,
+    /// Tools of a list read that the cluster would pin on first use: the list waits for it
+    /// ([`Inspector::first_use`]) and is read again.
+    first_use: Vec<crate::mcp::tool_def::Definition>,
 }
 
 /// What a refused `begin` hands back: the call's id is already in flight in its session.
@@ -274,6 +276,7 @@ impl Inspector {
             answers,
             reserving: false,
             expect_list: false,
+            first_use: Vec::new(),
         }
     }
 
@@ -288,6 +291,7 @@ impl Inspector {
             answers: Answers::Elsewhere,
             reserving: false,
             expect_list: false,
+            first_use: Vec::new(),
         }
     }
 
@@ -475,7 +479,17 @@ impl Inspector {
         self.calls.0.lock().remove(id);
     }
 
-    fn filter_tools_list(&self, text: &str, result: ResultView<'_>) -> Option<String> {
+    /// What the list just read waits for, if anything: the cluster pinning its tools on first
+    /// use. Once it is done, read the same text again.
+    pub fn first_use(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if self.first_use.is_empty() {
+            return None;
+        }
+        let defs = std::mem::take(&mut self.first_use);
+        Some(self.pins.clone().pin_first_use(defs))
+    }
+
+    fn filter_tools_list(&mut self, text: &str, result: ResultView<'_>) -> Option<String> {
         let policy = self.policy.as_ref()?;
         let tools = result.tools?;
         let mut visibility = policy.visibility(&self.who);
@@ -494,10 +508,20 @@ impl Inspector {
             Some(rules) => kept
                 .into_iter()
                 .filter(|t| {
-                    serde_json::from_str::<serde_json::Value>(t.get())
+                    let Some(def) = serde_json::from_str::<serde_json::Value>(t.get())
                         .ok()
-                        .and_then(|v| Definition::read(&v))
-                        .is_some_and(|def| self.pins.shows(rules, &def))
+                        .and_then(|v| crate::mcp::tool_def::read(&v))
+                    else {
+                        return false;
+                    };
+                    match self.pins.listed(rules, &def) {
+                        Listed::Shown => true,
+                        Listed::Held => false,
+                        Listed::AskFirstUse => {
+                            self.first_use.push(def);
+                            false
+                        }
+                    }
                 })
                 .collect(),
         };

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Nothing is held beyond the event being read, so streams stay live and keep-alive comments
-//! reach the client as they are sent.
+//! reach the client as they are sent. The one wait: a tool list whose tools the cluster pins
+//! on first use waits for it (once per tool and workload), and is then read again.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -40,6 +41,19 @@ pub struct SseBody {
     done: bool,
     /// Whether an event of the stream has been read (only the first may open with a BOM).
     began: bool,
+    /// An event whose tool list waits for the cluster to pin tools on first use, and the wait.
+    waiting: Option<Waiting>,
+    /// The upstream ended: once what is buffered is read, so does this stream.
+    ended: bool,
+}
+
+/// An event read once, waiting for the cluster to pin its list's tools on first use.
+struct Waiting {
+    raw: Bytes,
+    /// Whether it is the stream's first event (which may open with a BOM).
+    first: bool,
+    /// Spawned, so the body stays `Sync` (and the pin is made even if the client leaves).
+    pinning: tokio::task::JoinHandle<()>,
 }
 
 impl SseBody {
@@ -53,6 +67,8 @@ impl SseBody {
             on_endpoint: None,
             done: false,
             began: false,
+            waiting: None,
+            ended: false,
         }
     }
 
@@ -69,7 +85,13 @@ impl SseBody {
     }
 
     fn process(&mut self, raw: Bytes) {
-        let fields = event_fields(&raw, !std::mem::replace(&mut self.began, true));
+        let first = !std::mem::replace(&mut self.began, true);
+        self.read(raw, first, false);
+    }
+
+    /// Reads one event; `again` once the cluster has pinned what its list waited for.
+    fn read(&mut self, raw: Bytes, first: bool, again: bool) {
+        let fields = event_fields(&raw, first);
         let Some(event) = parse_event(&fields) else {
             // No data the proxy can read (a comment, a keep-alive, or bytes that are not
             // UTF-8 or not fields): passed on unless a reader could find a message in it.
@@ -96,7 +118,19 @@ impl SseBody {
             self.pending.push_back(raw);
             return;
         }
-        match self.inspector.inspect_text(&event.data) {
+        let out = self.inspector.inspect_text(&event.data);
+        match self.inspector.first_use() {
+            Some(pinning) if !again => {
+                self.waiting = Some(Waiting {
+                    raw,
+                    first,
+                    pinning: tokio::spawn(pinning),
+                });
+                return;
+            }
+            _ => {}
+        }
+        match out {
             Some(changed) => self.pending.push_back(rewrite_event(&fields, &changed)),
             None => self.pending.push_back(raw),
         }
@@ -116,8 +150,30 @@ impl Body for SseBody {
             if let Some(out) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(out))));
             }
+            if let Some(waiting) = &mut this.waiting {
+                if Pin::new(&mut waiting.pinning).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let Waiting { raw, first, .. } = this.waiting.take().expect("waiting");
+                this.read(raw, first, true);
+                continue;
+            }
             if this.done {
                 return Poll::Ready(None);
+            }
+            // Events read but not yet passed on (the reading stopped for a wait).
+            if let Some(ev) = this.splitter.next_event() {
+                this.process(ev);
+                continue;
+            }
+            if this.ended {
+                if let Some(rest) = this.splitter.rest() {
+                    this.process(rest);
+                    continue;
+                }
+                this.inspector.finish();
+                this.done = true;
+                continue;
             }
             if let Some(rx) = &mut this.inject
                 && let Poll::Ready(Some(ev)) = rx.poll_recv(cx)
@@ -127,18 +183,14 @@ impl Body for SseBody {
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    if let Some(rest) = this.splitter.rest() {
-                        this.process(rest);
-                    }
-                    this.inspector.finish();
-                    this.done = true;
-                }
+                Poll::Ready(None) => this.ended = true,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         this.splitter.push(&data);
-                        while let Some(ev) = this.splitter.next_event() {
+                        while this.waiting.is_none()
+                            && let Some(ev) = this.splitter.next_event()
+                        {
                             this.process(ev);
                         }
                         if this.splitter.pending() > MAX_ANSWER {

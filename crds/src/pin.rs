@@ -1,0 +1,168 @@
+//! `McpToolPin`: one tool's pin for one workload, kept in the workload's namespace, so that
+//! every replica holds the tool to the same definition and a restarted sidecar keeps it.
+//!
+//! ```text
+//! spec.definition   the pinned definition (digest, and each field's canonical text)
+//!   ├─ source FirstUse ─ made by the operator when a sidecar first lists the tool under
+//!   │                    trustOnFirstUse; the first replica to list it decides, once
+//!   └─ source Accepted ─ a person accepted what the sidecars held back (the `accept` verb on
+//!                        mcptoolpins, checked by the operator's webhook; acceptedBy stamped)
+//! spec.rejected     the held digest a person refused: it stays held, and is not reported again
+//! status.held       what a sidecar lists now that is not the pin: why, what changed, the pod
+//! ```
+//!
+//! The sidecars follow their workload's pins on the policy stream ([`WorkloadPin`]); a pin a
+//! person accepted comes before the policy's `spec.pinning.tools`, one made on first use after.
+
+use std::collections::BTreeMap;
+
+#[cfg(feature = "kube")]
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// One tool's definition as pinning reads it: the fields an agent reads, each written
+/// canonically, and their digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+pub struct ToolDefinition {
+    pub name: String,
+    /// `sha256:` and the hex digest of the pinned fields, canonical.
+    pub digest: String,
+    /// The same of every pinned field but the name: one tool under two names shares it.
+    pub body: String,
+    /// Each pinned field present, canonical.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+/// The fields of a tool a pin covers, as MCP names them: all a client reads of it (`_meta`
+/// carries what clients render, such as an app's resource; `icons` are fetched).
+pub const PINNED_FIELDS: [&str; 9] = [
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+    "icons",
+    "execution",
+    "_meta",
+];
+
+impl ToolDefinition {
+    /// The fields whose text differs from `before`'s (a field added or removed too).
+    pub fn changed_since(&self, before: &ToolDefinition) -> Vec<&'static str> {
+        PINNED_FIELDS
+            .into_iter()
+            .filter(|f| self.fields.get(*f) != before.fields.get(*f))
+            .collect()
+    }
+}
+
+/// A workload's pin of one tool.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "tollgate.dev",
+        version = "v1alpha1",
+        kind = "McpToolPin",
+        namespaced,
+        status = "ToolPinStatus",
+        shortname = "mcppin",
+        category = "tollgate",
+        derive = "PartialEq",
+        derive = "Default",
+        doc = "McpToolPin is the definition one workload's MCP tool is held to.",
+        printcolumn = r#"{"name":"Workload","type":"string","jsonPath":".spec.workload"}"#,
+        printcolumn = r#"{"name":"Tool","type":"string","jsonPath":".spec.tool"}"#,
+        printcolumn = r#"{"name":"Pinned","type":"string","jsonPath":".spec.definition.digest"}"#,
+        printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#,
+        printcolumn = r#"{"name":"Held","type":"string","jsonPath":".status.held.why"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolPinSpec {
+    /// The workload whose replicas share the pin (`Deployment/mcp`).
+    pub workload: String,
+    /// The tool's name.
+    pub tool: String,
+    /// The definition the tool is held to; none while a held definition waits for a person
+    /// (the policy's pin, if any, holds it meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<ToolDefinition>,
+    #[serde(default)]
+    pub source: PinSource,
+    /// The API server's user who accepted the definition (stamped by the webhook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_by: Option<String>,
+    /// RFC 3339 (stamped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<String>,
+    /// The held digest a person refused: the tool stays held, without another report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+/// How a pin was made.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+pub enum PinSource {
+    /// The first definition a replica listed (the policy's `trustOnFirstUse`).
+    #[default]
+    FirstUse,
+    /// A person accepted it.
+    Accepted,
+}
+
+/// What the sidecars see that differs from the pin.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ToolPinStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldDefinition>,
+}
+
+/// A definition a sidecar listed and held back.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct HeldDefinition {
+    pub definition: ToolDefinition,
+    /// `changed`, `unpinned`, `renamed` or `swapped`.
+    pub why: String,
+    /// What is known of the change, in words.
+    pub reason: String,
+    /// The fields that changed, where the pinned definition is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    /// The pod whose sidecar reported it first.
+    pub pod: String,
+    /// RFC 3339: when it was reported.
+    pub since: String,
+}
+
+/// A workload's pin of one tool, as the policy stream carries it to the sidecars.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadPin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<ToolDefinition>,
+    #[serde(default)]
+    pub source: PinSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+impl From<&ToolPinSpec> for WorkloadPin {
+    fn from(spec: &ToolPinSpec) -> Self {
+        WorkloadPin {
+            definition: spec.definition.clone(),
+            source: spec.source,
+            rejected: spec.rejected.clone(),
+        }
+    }
+}
