@@ -49,7 +49,78 @@ pub const PINNED_FIELDS: [&str; 9] = [
     "_meta",
 ];
 
+/// MCP's behaviour hints of a tool, with the protocol's defaults for those it leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hints {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+/// The hints a policy may select tools by (`spec.annotated[].annotations`).
+pub const HINTS: [&str; 4] = [
+    "readOnlyHint",
+    "destructiveHint",
+    "idempotentHint",
+    "openWorldHint",
+];
+
+impl Default for Hints {
+    /// MCP's defaults: a tool may destroy and reach the outside world until it says otherwise.
+    fn default() -> Self {
+        Hints {
+            read_only: false,
+            destructive: true,
+            idempotent: false,
+            open_world: true,
+        }
+    }
+}
+
+impl Hints {
+    /// The hints of a tool's `annotations` object (anything else: the defaults; a hint that is
+    /// not a boolean: its default). A read-only tool is not destructive, whatever it says.
+    pub fn of(annotations: Option<&serde_json::Value>) -> Hints {
+        let d = Hints::default();
+        let get = |k: &str, default: bool| {
+            annotations
+                .and_then(|a| a.get(k))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(default)
+        };
+        let read_only = get("readOnlyHint", d.read_only);
+        Hints {
+            read_only,
+            // MCP: destructiveHint "is meaningful only when readOnlyHint == false".
+            destructive: !read_only && get("destructiveHint", d.destructive),
+            idempotent: get("idempotentHint", d.idempotent),
+            open_world: get("openWorldHint", d.open_world),
+        }
+    }
+
+    /// One hint by its MCP name; `None` for a name MCP does not define.
+    pub fn get(&self, name: &str) -> Option<bool> {
+        match name {
+            "readOnlyHint" => Some(self.read_only),
+            "destructiveHint" => Some(self.destructive),
+            "idempotentHint" => Some(self.idempotent),
+            "openWorldHint" => Some(self.open_world),
+            _ => None,
+        }
+    }
+}
+
 impl ToolDefinition {
+    /// The hints of this definition's `annotations`.
+    pub fn hints(&self) -> Hints {
+        let annotations = self
+            .fields
+            .get("annotations")
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
+        Hints::of(annotations.as_ref())
+    }
+
     /// The fields whose text differs from `before`'s (a field added or removed too).
     pub fn changed_since(&self, before: &ToolDefinition) -> Vec<&'static str> {
         PINNED_FIELDS

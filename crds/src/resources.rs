@@ -116,6 +116,29 @@ pub struct PolicySpec {
     /// person accepts the new definition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinning: Option<Pinning>,
+
+    /// Rules for the tools whose pinned definition has these annotations (MCP's `readOnlyHint`,
+    /// `destructiveHint`, `idempotentHint`, `openWorldHint`), besides those listed by name.
+    /// Needs `pinning` (enforce): a server's annotations are its own word until pinned, and a
+    /// tool whose annotations change is a changed definition, held back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "kube", schemars(length(max = 64)))]
+    pub annotated: Vec<AnnotatedRules>,
+}
+
+/// Rules for the tools a set of annotations selects.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AnnotatedRules {
+    /// Each annotation the tool's pinned definition must have, and its value. One the
+    /// definition leaves out counts as MCP's default: `destructiveHint` and `openWorldHint`
+    /// true, `readOnlyHint` and `idempotentHint` false.
+    pub annotations: BTreeMap<String, bool>,
+    /// Evaluated in order; every one must pass.
+    #[serde(default)]
+    #[cfg_attr(feature = "kube", schemars(length(max = 64)))]
+    pub rules: Vec<crate::resources::Rule>,
 }
 
 /// Which tool definitions the workload's server may show agents.

@@ -75,6 +75,11 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     Some(total)
 }
 
+/// The entry name counters of `spec.annotated[n]` are kept under (`state.annotated[0].hourly`).
+pub fn annotated_scope(n: usize) -> String {
+    format!("annotated[{n}]")
+}
+
 /// The entry name counters of a tool entry are kept under: the key itself, or `_global` for
 /// `"*"` (Intercept's `state._global.<counter>`).
 pub fn counter_scope(entry: &str) -> &str {
@@ -151,21 +156,74 @@ fn validate(spec: &PolicySpec, checks: Checks) -> Vec<Problem> {
         }
     }
 
-    // Counters each entry defines: (entry scope, counter) -> (window, where).
-    let mut counters: HashMap<(String, String), (crate::Window, String)> = HashMap::new();
-    for (tool, entry) in &spec.tools {
-        let base = format!("spec.tools.{}", path_key(tool));
+    let pinned = spec
+        .pinning
+        .as_ref()
+        .is_some_and(|p| p.mode == crate::PinMode::Enforce);
+    for (n, entry) in spec.annotated.iter().enumerate() {
+        let at = format!("spec.annotated[{n}].annotations");
+        if !pinned {
+            out.push(Problem::new(
+                &at,
+                "selecting tools by annotations needs spec.pinning with mode enforce: a server's annotations are its own word until pinned",
+            ));
+        }
+        if entry.annotations.is_empty() {
+            out.push(Problem::new(
+                &at,
+                format!("name at least one annotation: {}", crate::HINTS.join(", ")),
+            ));
+        }
+        for key in entry.annotations.keys() {
+            if !crate::HINTS.contains(&key.as_str()) {
+                out.push(Problem::new(
+                    format!("{at}.{}", path_key(key)),
+                    format!(
+                        "{key:?} is not one of MCP's tool annotations: {}",
+                        crate::HINTS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Every entry of rules: where it is written, the scope its counters are kept under, and
+    // its rules.
+    let entries: Vec<(String, String, &[Rule])> = spec
+        .tools
+        .iter()
+        .map(|(tool, entry)| {
+            (
+                format!("spec.tools.{}", path_key(tool)),
+                counter_scope(tool).to_string(),
+                entry.rules.as_slice(),
+            )
+        })
+        .chain(spec.annotated.iter().enumerate().map(|(n, entry)| {
+            (
+                format!("spec.annotated[{n}]"),
+                annotated_scope(n),
+                entry.rules.as_slice(),
+            )
+        }))
+        .collect();
+    for tool in spec.tools.keys() {
         if tool.trim().is_empty() {
             out.push(Problem::new(
-                &base,
+                format!("spec.tools.{}", path_key(tool)),
                 "tool name must not be empty; use a name, a glob such as get_*, or \"*\"",
             ));
         }
+    }
+
+    // Counters each entry defines: (entry scope, counter) -> (window, where).
+    let mut counters: HashMap<(String, String), (crate::Window, String)> = HashMap::new();
+    for (base, scope_key, rules) in &entries {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         // Counters a rule of this entry reserves already: a second limit on one would count
         // every call twice.
         let mut reserved_here: HashMap<(String, String), (usize, crate::Window)> = HashMap::new();
-        for (i, rule) in entry.rules.iter().enumerate() {
+        for (i, rule) in rules.iter().enumerate() {
             let at = format!("{base}.rules[{i}]");
             if !rule.name.is_empty()
                 && let Some(first) = names.insert(&rule.name, i)
@@ -199,11 +257,11 @@ fn validate(spec: &PolicySpec, checks: Checks) -> Vec<Problem> {
                         format!("{at}.{field}"),
                         format!(
                             "this rule and rule {:?} both count {what}, so every call would count twice; keep one limit (the lower), or give one its own counter",
-                            entry.rules[first].name
+                            rules[first].name
                         ),
                     ));
                 }
-                let key = (counter_scope(tool).to_string(), counter.clone());
+                let key = (scope_key.clone(), counter.clone());
                 match counters.get(&key) {
                     Some((w, first)) if *w != window => out.push(Problem::new(
                         format!("{at}.limit.counter"),
@@ -223,16 +281,13 @@ fn validate(spec: &PolicySpec, checks: Checks) -> Vec<Problem> {
     }
 
     // Conditions that read counters must name one some rule defines.
-    for (tool, entry) in &spec.tools {
-        for (i, rule) in entry.rules.iter().enumerate() {
+    for (base, _, rules) in &entries {
+        for (i, rule) in rules.iter().enumerate() {
             for (j, c) in rule.conditions.iter().enumerate() {
                 let Some(rest) = c.path.strip_prefix("state.") else {
                     continue;
                 };
-                let at = format!(
-                    "spec.tools.{}.rules[{i}].conditions[{j}].path",
-                    path_key(tool)
-                );
+                let at = format!("{base}.rules[{i}].conditions[{j}].path");
                 match rest.split_once('.') {
                     Some((scope, counter)) if !scope.is_empty() && !counter.is_empty() => {
                         if !counters.contains_key(&(scope.to_string(), counter.to_string())) {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 use tollgate_api::{
-    Call, CounterKey, CounterName, Counters, Decision, DefaultAction, Identity, NoCounters,
+    Call, CounterKey, CounterName, Counters, Decision, DefaultAction, Hints, Identity, NoCounters,
     PolicySet, PolicySpec, Verdict, Window,
 };
 
@@ -525,6 +525,7 @@ tools:
         tool: "t",
         args: Some(&args),
         session: Some("abc"),
+        hints: None,
     };
     let Decision::Allow { reservations } = s
         .decide(&call, &Identity::subject("bob"), &NoCounters)
@@ -765,5 +766,85 @@ fn a_session_scope_without_a_session_counts_per_caller_never_in_one_shared_bucke
         a.as_str(),
         name.key(&in_session, &alice).as_str(),
         "never a session's key"
+    );
+}
+
+#[test]
+fn annotated_rules_apply_only_to_tools_with_pinned_hints_and_missing_hints_take_mcps_defaults() {
+    let s = set_with(
+        DefaultAction::Deny,
+        &[r#"
+default: deny
+pinning: { trustOnFirstUse: true }
+annotated:
+  - annotations: { readOnlyHint: true }
+    rules: []
+  - annotations: { destructiveHint: true }
+    rules: [ { name: a person decides, action: approve } ]
+  - annotations: { destructiveHint: false, readOnlyHint: false }
+    rules: [ { name: hourly, rateLimit: 2/hour } ]
+"#],
+    );
+    let args = json!({});
+    let with = |hints: Option<Hints>| {
+        let call = Call {
+            hints,
+            ..Call::new("t", &args)
+        };
+        outcome(&s.decide(&call, &Identity::anonymous(), &NoCounters))
+    };
+    let read_only = Hints::of(Some(
+        &json!({"readOnlyHint": true, "destructiveHint": false}),
+    ));
+    assert_eq!(with(Some(read_only)), "allow");
+    assert_eq!(
+        with(Some(Hints::of(None))),
+        "approve:a person decides",
+        "no annotations: MCP's default destructiveHint true"
+    );
+    assert_eq!(
+        with(Some(Hints::of(Some(&json!({"destructiveHint": false}))))),
+        "allow"
+    );
+    assert_eq!(
+        with(None),
+        "deny:(default deny)",
+        "without pinned hints no annotated entry applies"
+    );
+    assert!(!s.visible("t", &Identity::anonymous()));
+    assert!(s.visible_with("t", Some(read_only), &Identity::anonymous()));
+}
+
+#[test]
+fn annotated_rules_need_enforced_pinning_and_name_mcps_hints() {
+    let spec: PolicySpec = tollgate_api::load::yaml_from_str(
+        r#"
+annotated:
+  - annotations: { readOnly: true }
+    rules: []
+  - annotations: {}
+    rules: [ { name: r, rateLimit: 1/hour }, { name: r2, rateLimit: 2/hour } ]
+"#,
+    )
+    .unwrap();
+    let problems: Vec<String> = tollgate_api::validate::validate_spec(&spec)
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
+    let text = problems.join("\n");
+    assert!(
+        text.contains(
+            "spec.annotated[0].annotations: selecting tools by annotations needs spec.pinning"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("spec.annotated[0].annotations.readOnly: \"readOnly\" is not one of MCP's tool annotations"), "{text}");
+    assert!(
+        text.contains("spec.annotated[1].annotations: name at least one annotation"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.annotated[1].rules[1].rateLimit: this rule and rule \"r\" both count"),
+        "{text}"
     );
 }

@@ -6,7 +6,9 @@ POST /change/WHAT changes one tool's definition, as the next tools/list shows it
     rename       read_file is gone, and fetch_file has its very definition
     annotation   delete_repository now says it is read-only
 
-    python tests/e2e/rugpull_server.py --port 8000 [--json] [--stateless] [--transport sse]
+`--page-size N` answers tools/list in pages of N tools (a `nextCursor` to the next page).
+
+    python tests/e2e/rugpull_server.py --port 8000 [--json] [--stateless] [--transport sse] [--page-size N]
 """
 
 from __future__ import annotations
@@ -15,11 +17,25 @@ import argparse
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ToolAnnotations
+from mcp_types import ListToolsResult, ToolAnnotations
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
-mcp = MCPServer("rugpull")
+class Paged(MCPServer):
+    """Lists its tools in pages of `page_size`, when it is set, as servers with many tools do."""
+
+    page_size = 0
+
+    async def _handle_list_tools(self, ctx, params) -> ListToolsResult:
+        tools = await self.list_tools()
+        if not self.page_size:
+            return ListToolsResult(tools=tools)
+        start = int(params.cursor) if params and params.cursor else 0
+        end = start + self.page_size
+        return ListToolsResult(tools=tools[start:end], next_cursor=str(end) if end < len(tools) else None)
+
+
+mcp = Paged("rugpull")
 READ_FILE = "Reads a file and returns its contents."
 
 
@@ -72,7 +88,9 @@ def main() -> None:
     p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     p.add_argument("--json", action="store_true")
     p.add_argument("--stateless", action="store_true")
+    p.add_argument("--page-size", type=int, default=0)
     a = p.parse_args()
+    mcp.page_size = a.page_size
     if a.transport == "sse":
         app = mcp.sse_app()
     else:

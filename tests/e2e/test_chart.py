@@ -128,7 +128,8 @@ def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods
     mutating = one(objects, "MutatingWebhookConfiguration")["webhooks"]
     validating = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
     [approvals] = [h for h in mutating if h["name"] == "approvals.tollgate.dev"]
-    mutating = [h for h in mutating if h is not approvals]
+    [pins] = [h for h in mutating if h["name"] == "pins.tollgate.dev"]
+    mutating = [h for h in mutating if h is not approvals and h is not pins]
     for hook in mutating + validating:
         assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 5
         assert hook["admissionReviewVersions"] == ["v1"]
@@ -149,14 +150,24 @@ def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods
     assert operator_pod_labels["app.kubernetes.io/part-of"] == "tollgate", "the operator's own pods are skipped"
     loose = render({"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10}})
     assert {h["name"]: h["failurePolicy"] for h in one(loose, "MutatingWebhookConfiguration")["webhooks"]} == {
-        "inject.tollgate.dev": "Ignore", "approvals.tollgate.dev": "Fail"}, "no decision is ever taken unchecked"
+        "inject.tollgate.dev": "Ignore", "approvals.tollgate.dev": "Fail", "pins.tollgate.dev": "Fail"}, \
+        "no decision is ever taken unchecked"
     # Decisions on approvals, in every namespace (an approval lives with its workload).
     assert approvals["clientConfig"]["service"]["path"] == "/approvals" and "namespaceSelector" not in approvals
     assert approvals["rules"] == [{"apiGroups": ["tollgate.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
                                    "resources": ["mcpapprovals"], "scope": "Namespaced"}]
+    # Acceptances of tool definitions, likewise.
+    assert pins["clientConfig"]["service"]["path"] == "/pins" and "namespaceSelector" not in pins
+    assert pins["failurePolicy"] == "Fail" and pins["sideEffects"] == "None"
+    assert pins["rules"] == [{"apiGroups": ["tollgate.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
+                              "resources": ["mcptoolpins"], "scope": "Namespaced"}]
     approver = one(objects, "ClusterRole", "tollgate-approver")
     assert approver["rules"] == [{"apiGroups": ["tollgate.dev"], "resources": ["mcpapprovals"],
                                   "verbs": ["get", "list", "watch", "patch", "update", "approve"]}]
+    reviewer = one(objects, "ClusterRole", "tollgate-pin-reviewer")
+    assert reviewer["rules"] == [{"apiGroups": ["tollgate.dev"], "resources": ["mcptoolpins"],
+                                  "verbs": ["get", "list", "watch", "patch", "update", "accept"]}], \
+        "no delete: deleting a pin makes the next list pin the tool anew"
 
 
 # What the operator does, verb by verb; anything else in the chart's RBAC is a defect.
@@ -181,6 +192,10 @@ NEEDED = {
     ("tollgate.dev", "mcpapprovals"): {"get", "list", "watch", "create", "delete"},
     ("tollgate.dev", "mcpapprovals/status"): {"patch"},
     ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    # Tool pins: made on a sidecar's first use (the verb accept, which the webhook checks of the
+    # operator as of anyone), and what the sidecars hold back.
+    ("tollgate.dev", "mcptoolpins"): {"get", "list", "watch", "create", "patch", "accept"},
+    ("tollgate.dev", "mcptoolpins/status"): {"patch"},
 }
 
 

@@ -108,6 +108,74 @@ def test_pinning_a_new_argument_a_rename_and_a_lying_annotation_are_each_reporte
     assert pins("accept", "no_such_tool", "--digest", "sha256:" + "0" * 64).returncode != 0
 
 
+def test_pinning_a_list_in_pages_is_held_to_its_pins_page_by_page(rugpull, pinned):
+    srv = rugpull("--stateless", "--json", "--page-size", "1")
+    px, pins = pinned(srv, TOFU)
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+               "mcp-protocol-version": "2025-06-18"}
+
+    def pages() -> list[list[str]]:
+        out, cursor = [], None
+        for i in range(10):
+            params = {"cursor": cursor} if cursor else {}
+            answer = httpx.post(f"{px.url}/mcp", headers=headers,
+                                json={"jsonrpc": "2.0", "id": i, "method": "tools/list", "params": params}).json()
+            out.append([t["name"] for t in answer["result"]["tools"]])
+            cursor = answer["result"].get("nextCursor")
+            if not cursor:
+                return out
+        raise AssertionError(f"no last page: {out}")
+
+    assert pages() == [["read_file"], ["delete_repository"], ["create_issue"]], "each page's tool pinned on first use"
+    httpx.post(f"{srv}/change/description").raise_for_status()
+    # (The server lists the changed tool last now.)
+    assert pages() == [["delete_repository"], ["create_issue"], []], \
+        "the changed tool's page comes back empty: no page goes by unpinned"
+    denied = httpx.post(f"{px.url}/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 20, "method": "tools/call",
+                                                                 "params": {"name": "read_file", "arguments": {"path": "/a"}}}).json()
+    assert "changed since it was pinned: description" in json.dumps(denied), denied
+    [held] = json.loads(pins("list", "--json").stdout)["items"]
+    assert held["tool"] == "read_file"
+
+
+ANNOTATED = """
+apiVersion: tollgate.dev/v1alpha1
+kind: McpPolicy
+metadata: { name: by-annotation }
+spec:
+  default: deny
+  pinning: { trustOnFirstUse: true }
+  annotated:
+    - annotations: { readOnlyHint: true }
+      rules: []
+    - annotations: { destructiveHint: false }
+      rules: [ { name: hourly, rateLimit: 1/hour } ]
+"""
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_pinning_rules_select_tools_by_pinned_annotations_and_a_tool_that_changes_its_annotations_is_held(rugpull, pinned, mode):
+    srv = rugpull()
+    px, pins = pinned(srv, ANNOTATED)
+    seen = session(f"{px.url}/mcp", mode, [("read_file", {"path": "/a"}), ("create_issue", {"title": "a"}),
+                                            ("create_issue", {"title": "b"}), ("delete_repository", {"name": "r"})])
+    assert seen["tools"] == ["create_issue", "read_file"], "destructive by MCP's default: no entry lists it, default deny"
+    read, first, second, delete = seen["calls"]
+    assert read == ("ok", "contents of /a") and first == ("ok", "created a")
+    assert second[0] == "denied" and "Rate limit" in second[1], "destructiveHint false: rate-limited"
+    assert delete[0] == "denied", delete
+    # The server now says delete_repository is read-only: a changed definition, held back,
+    # not a tool the read-only rule allows.
+    httpx.post(f"{srv}/change/annotation").raise_for_status()
+    after = session(f"{px.url}/mcp", mode, [("delete_repository", {"name": "r"})])
+    assert "delete_repository" not in after["tools"]
+    assert after["calls"][0][0] == "denied" and "annotations" in after["calls"][0][1], after
+    [held] = json.loads(pins("list", "--json").stdout)["items"]
+    assert (held["tool"], held["changed"]) == ("delete_repository", ["annotations"])
+    ran = [line for line in px.audit() if line.get("tool") == "delete_repository" and line.get("decision") == "allow"]
+    assert not ran, ran
+
+
 def test_pinning_in_audit_mode_shows_and_runs_a_changed_tool_and_logs_it(rugpull, pinned):
     srv = rugpull("--json")
     px, _ = pinned(srv, TOFU.replace("trustOnFirstUse: true", "trustOnFirstUse: true, mode: audit"))

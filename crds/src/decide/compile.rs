@@ -166,7 +166,7 @@ impl PolicySet {
             if p.subjects.iter().any(|s| s.claim.is_some()) {
                 out.push("identity.claims".to_string());
             }
-            p.for_each_entry(tool, |entry, _| {
+            p.for_each_entry(tool, None, |entry, _| {
                 for rule in &entry.rules {
                     for c in &rule.conditions {
                         if matches!(c.source, Source::Args(_) | Source::Identity(_))
@@ -189,6 +189,12 @@ impl PolicySet {
         out
     }
 
+    /// Whether any policy selects tools by their pinned annotations (`spec.annotated`): then
+    /// a tool's visibility depends on its definition, not its name alone.
+    pub fn selects_by_annotation(&self) -> bool {
+        self.policies.iter().any(|p| !p.annotated.is_empty())
+    }
+
     /// Whether any policy could list tools differently for different callers.
     pub fn varies_by_caller(&self) -> bool {
         self.policies.iter().any(|p| !p.subjects.is_empty())
@@ -208,6 +214,8 @@ pub struct CompiledPolicy {
     pub(super) exact: HashMap<String, CompiledEntry, RandomState>,
     pub(super) globs: Vec<(Glob, CompiledEntry)>,
     pub(super) wildcard: Option<CompiledEntry>,
+    /// `spec.annotated`: the hints each entry selects, and its rules.
+    pub(super) annotated: Vec<(Vec<(String, bool)>, CompiledEntry)>,
     /// `(entry, counter)` -> the counter, for `state.` conditions.
     pub(super) counters: HashMap<(String, String), CounterName, RandomState>,
     /// The kinds of non-tool entries the policy names (`resource:`, `prompt:`).
@@ -299,6 +307,24 @@ impl CompiledPolicy {
                 exact.insert(key.clone(), entry);
             }
         }
+        let mut annotated = Vec::with_capacity(spec.annotated.len());
+        for (n, entry) in spec.annotated.iter().enumerate() {
+            let scope = validate::annotated_scope(n);
+            let mut rules = Vec::with_capacity(entry.rules.len());
+            for (i, rule) in entry.rules.iter().enumerate() {
+                let compiled = compile_rule(name, spec, &scope, i, rule);
+                if let Some((counter, l)) = &compiled.limit {
+                    counters.insert((scope.clone(), counter.clone()), l.name.clone());
+                }
+                rules.push(compiled);
+            }
+            let selects = entry
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            annotated.push((selects, CompiledEntry { rules }));
+        }
         Ok(CompiledPolicy {
             name: name.into(),
             default: spec.default,
@@ -319,6 +345,7 @@ impl CompiledPolicy {
             exact,
             globs,
             wildcard,
+            annotated,
             counters,
             passthrough_paths: spec.passthrough_paths.clone(),
             audit_arguments: spec

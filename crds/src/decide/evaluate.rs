@@ -38,10 +38,18 @@ impl PolicySet {
     /// the arguments. Audit-mode policies hide nothing. The same answer for every caller unless
     /// [`PolicySet::varies_by_caller`], so a data plane may remember it by tool name.
     pub fn visible(&self, tool: &str, who: &Identity) -> bool {
+        self.visible_with(tool, None, who)
+    }
+
+    /// [`PolicySet::visible`] for a tool whose pinned definition has `hints`, which
+    /// `spec.annotated` entries select by (not remembered by name: see
+    /// [`PolicySet::selects_by_annotation`]).
+    pub fn visible_with(&self, tool: &str, hints: Option<crate::Hints>, who: &Identity) -> bool {
         let call = Call {
             tool,
             args: None,
             session: None,
+            hints,
         };
         !matches!(
             self.decide(&call, who, &NoCounters).decision,
@@ -72,7 +80,7 @@ impl PolicySet {
                 default_deny = Some(p);
             }
             let mut outcome = Ok(());
-            p.for_each_entry(call.tool, |entry, is_listing| {
+            p.for_each_entry(call.tool, call.hints, |entry, is_listing| {
                 listed |= is_listing;
                 if outcome.is_err() {
                     return;
@@ -197,6 +205,7 @@ impl CompiledPolicy {
     pub(super) fn for_each_entry<'s>(
         &'s self,
         tool: &str,
+        hints: Option<crate::Hints>,
         mut f: impl FnMut(&'s CompiledEntry, bool),
     ) {
         if let Some(e) = self.exact.get(tool) {
@@ -205,6 +214,13 @@ impl CompiledPolicy {
         for (g, e) in &self.globs {
             if g.matches(tool) {
                 f(e, true);
+            }
+        }
+        if let Some(hints) = hints {
+            for (selects, e) in &self.annotated {
+                if selects.iter().all(|(k, v)| hints.get(k) == Some(*v)) {
+                    f(e, true);
+                }
             }
         }
         if let Some(e) = &self.wildcard {

@@ -57,6 +57,9 @@ pub struct Call<'a> {
     pub tool: &'a str,
     pub args: Option<&'a Value>,
     pub session: Option<&'a str>,
+    /// The hints of the tool's pinned definition, where it is pinned and listed matching its
+    /// pin: what `spec.annotated` selects by. `None`: no annotated entry applies.
+    pub hints: Option<crate::Hints>,
 }
 
 impl<'a> Call<'a> {
@@ -65,6 +68,7 @@ impl<'a> Call<'a> {
             tool,
             args: Some(args),
             session: None,
+            hints: None,
         }
     }
 }

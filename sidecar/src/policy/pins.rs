@@ -441,6 +441,19 @@ impl Pins {
         })
     }
 
+    /// The hints of `tool`'s definition where `set` selects tools by them and the tool is
+    /// pinned, enforced, and listed matching its pin: never a server's unpinned word.
+    pub fn hints(&self, set: &tollgate_api::PolicySet, tool: &str) -> Option<tollgate_api::Hints> {
+        if !set.selects_by_annotation() {
+            return None;
+        }
+        let rules = set.pinning.as_ref()?;
+        if rules.mode != PinMode::Enforce {
+            return None;
+        }
+        self.inner.lock().good.get(tool).map(Definition::hints)
+    }
+
     /// The tools held back, in name order.
     pub fn held(&self) -> Vec<Held> {
         self.inner.lock().held.values().cloned().collect()

@@ -88,6 +88,10 @@ pub struct Step {
     /// The call's arguments (default `{}`).
     #[serde(default)]
     pub args: Option<Value>,
+    /// The `annotations` of the called tool's pinned definition, which `spec.annotated`
+    /// selects by (default: none known, so no annotated entry applies).
+    #[serde(default)]
+    pub annotations: Option<Value>,
     /// Who calls (default: anonymous).
     #[serde(default, rename = "as")]
     pub caller: Option<Caller>,

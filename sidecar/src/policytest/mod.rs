@@ -230,6 +230,14 @@ fn check_step(step: &Step) -> Result<(), String> {
     if step.call.is_none() && step.args.is_some() {
         return Err("args belong to a call".into());
     }
+    if step.call.is_none() && step.annotations.is_some() {
+        return Err("annotations belong to a call (the called tool's pinned annotations)".into());
+    }
+    if let Some(a) = &step.annotations
+        && !a.is_object()
+    {
+        return Err("annotations must be a mapping, as a tool's annotations are".into());
+    }
     if step.approval.is_none() && (step.by.is_some() || step.reason.is_some()) {
         return Err(
             "by and reason belong to an approval step (a call's expected reason is expect.reason)"

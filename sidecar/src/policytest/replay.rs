@@ -280,6 +280,7 @@ async fn decide(
         tool,
         args: Some(&args),
         session: line.session.as_deref(),
+        hints: None,
     };
     let mut counted = counters.decide(set, &call, &who).await;
     // A call a person approved went on, decided again and counted as the proxy does

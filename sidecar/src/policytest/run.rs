@@ -101,6 +101,9 @@ pub(super) struct Run {
     held: Option<HeldCall>,
     /// The last call's caller and session: whose counters a later step reads unless it says.
     last: (Identity, Option<String>),
+    /// The hints the last call's tool was pinned with (`annotations` on a call step), where
+    /// the set pins and enforces as the proxy needs to select by them.
+    hints: Option<tollgate_api::Hints>,
     pub(super) failures: Vec<String>,
 }
 
@@ -121,6 +124,7 @@ impl Run {
             went_on: None,
             held: None,
             last: (Identity::anonymous(), None),
+            hints: None,
             failures: Vec::new(),
         }
     }
@@ -161,6 +165,16 @@ impl Run {
         };
         if step.call.is_some() {
             self.last = (who.clone(), session.clone());
+            let pinned = self
+                .set
+                .pinning
+                .as_ref()
+                .is_some_and(|p| p.mode == tollgate_api::PinMode::Enforce);
+            self.hints = step
+                .annotations
+                .as_ref()
+                .filter(|_| pinned)
+                .map(|a| tollgate_api::Hints::of(Some(a)));
         }
         let expect = step.expect.clone().unwrap_or_default();
         let mut wrong = Vec::new();
@@ -253,6 +267,7 @@ impl Run {
             tool,
             args: Some(args),
             session,
+            hints: self.hints,
         };
         let counted = self.counters.decide(&self.set, &call, who).await;
         let audit = counted.verdict.audit;
@@ -344,6 +359,7 @@ impl Run {
                     tool: &held.tool,
                     args: Some(&held.args),
                     session: held.session.as_deref(),
+                    hints: self.hints,
                 };
                 let outcome = self.go_on_approved(&call, &held.who, &a).await;
                 self.held = Some(HeldCall { hold: None, ..held });
@@ -414,6 +430,7 @@ impl Run {
             tool: entry,
             args: None,
             session,
+            hints: None,
         };
         Ok(self.counters.current(&one.key(&call, who), one))
     }

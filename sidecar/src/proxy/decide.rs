@@ -222,6 +222,7 @@ impl Proxy {
             tool: &ask.tool,
             args: Some(&ask.args),
             session: asked.session,
+            hints: self.pins.hints(&state.set, &ask.tool),
         };
         let counted = self
             .counters
@@ -414,6 +415,7 @@ impl Proxy {
                             tool: &call.name,
                             args: Some(args),
                             session,
+                            hints: self.pins.hints(set, &call.name),
                         };
                         self.counters.decide(set, &call, who).await
                     }

@@ -492,13 +492,22 @@ impl Inspector {
     fn filter_tools_list(&mut self, text: &str, result: ResultView<'_>) -> Option<String> {
         let policy = self.policy.as_ref()?;
         let tools = result.tools?;
+        // Rules that select tools by annotations decide visibility from the pinned definition,
+        // below, not the name alone.
+        let by_hints = policy.selects_by_annotation()
+            && policy
+                .pinning
+                .as_ref()
+                .is_some_and(|r| r.mode == tollgate_api::PinMode::Enforce);
         let mut visibility = policy.visibility(&self.who);
         let kept: Vec<&RawValue> = tools
             .iter()
             .copied()
             // A tool whose name cannot be read (none, two, not a string) cannot be shown to be
             // visible: it is dropped.
-            .filter(|t| tool_name(t.get()).is_some_and(|name| visibility.visible(&name)))
+            .filter(|t| {
+                tool_name(t.get()).is_some_and(|name| by_hints || visibility.visible(&name))
+            })
             .collect();
         drop(visibility);
         // Pinned: a tool whose definition is not its pin is held back (one that cannot be
@@ -515,6 +524,9 @@ impl Inspector {
                         return false;
                     };
                     match self.pins.listed(rules, &def) {
+                        Listed::Shown if by_hints => {
+                            policy.visible_with(&def.name, Some(def.hints()), &self.who)
+                        }
                         Listed::Shown => true,
                         Listed::Held => false,
                         Listed::AskFirstUse => {
