@@ -112,6 +112,61 @@ impl Hints {
 }
 
 impl ToolDefinition {
+    /// A tool of a `tools/list` result, read; `None` when it is not an object with a string
+    /// `name`. Each pinned field is written canonically ([`crate::canonical`]: keys sorted,
+    /// numbers by value), so a server's key order, spacing and number spelling change nothing.
+    pub fn read(tool: &serde_json::Value) -> Option<ToolDefinition> {
+        let obj = tool.as_object()?;
+        let name = obj.get("name")?.as_str()?.to_string();
+        let mut fields = BTreeMap::new();
+        for field in PINNED_FIELDS {
+            if let Some(v) = obj.get(field) {
+                let mut text = String::new();
+                crate::canonical(v, &mut text);
+                fields.insert(field.to_string(), text);
+            }
+        }
+        let (digest, body) = digests(&fields);
+        Some(ToolDefinition {
+            name,
+            digest,
+            body,
+            fields,
+        })
+    }
+
+    /// Whether the digests are those of the fields, and the name theirs: a definition written
+    /// by anyone but the proxy that read it (a report, an edit) is checked so, so that the text
+    /// a person reviews is the text the digest pins.
+    pub fn verify(&self) -> Result<(), String> {
+        let named = self
+            .fields
+            .get("name")
+            .and_then(|n| serde_json::from_str::<String>(n).ok())
+            .is_some_and(|n| n == self.name);
+        if !named {
+            return Err(format!(
+                "the definition's fields do not name tool {:?}",
+                self.name
+            ));
+        }
+        if let Some(f) = self
+            .fields
+            .keys()
+            .find(|f| !PINNED_FIELDS.contains(&f.as_str()))
+        {
+            return Err(format!("{f:?} is not a field a pin covers"));
+        }
+        let (digest, body) = digests(&self.fields);
+        if digest != self.digest || body != self.body {
+            return Err(format!(
+                "digest {} is not that of the definition's fields ({digest})",
+                self.digest
+            ));
+        }
+        Ok(())
+    }
+
     /// The hints of this definition's `annotations`.
     pub fn hints(&self) -> Hints {
         let annotations = self
@@ -128,6 +183,37 @@ impl ToolDefinition {
             .filter(|f| self.fields.get(*f) != before.fields.get(*f))
             .collect()
     }
+}
+
+/// The digest of the fields (each already canonical), and of all but the name: the canonical
+/// text of the object they make, as [`crate::canonical`] writes it.
+fn digests(fields: &BTreeMap<String, String>) -> (String, String) {
+    let object = |skip_name: bool| {
+        let mut text = String::from("{");
+        for (k, v) in fields.iter().filter(|(k, _)| !(skip_name && *k == "name")) {
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::Value::String(k.clone()).to_string());
+            text.push(':');
+            text.push_str(v);
+        }
+        text.push('}');
+        sha256(&text)
+    };
+    (object(false), object(true))
+}
+
+/// `sha256:` and the hex digest of `text`.
+pub fn sha256(text: &str) -> String {
+    use std::fmt::Write;
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in d.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// A workload's pin of one tool.

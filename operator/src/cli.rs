@@ -361,9 +361,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instance: Some(args.pod_name.clone()),
         },
     );
+    let user = crate::pins::own_user(&client).await;
     let shared = Arc::new(Shared {
         client,
         recorder,
+        user,
         index,
         inject: InjectConfig {
             image: args.sidecar_image.clone(),

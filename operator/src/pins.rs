@@ -17,7 +17,13 @@
 //!
 //! A workload is a pod's controller, where a ReplicaSet stands for its Deployment (a rollout
 //! keeps the pins: a new image is exactly when a definition may change), else the pod alone.
+//! The pod's metadata says which; a report is taken only where the API server agrees (the
+//! ReplicaSet exists with that uid, and that Deployment controls it), so a relabelled or
+//! forged pod pins nothing of another workload's. Every definition reported or written is
+//! checked against its digest ([`ToolDefinition::verify`]): the text a person reviews is the
+//! text the pin holds.
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -57,6 +63,82 @@ pub fn workload_of(pod: &PodMeta) -> String {
     }
 }
 
+/// [`workload_of`], where the API server agrees: a pod whose ReplicaSet does not exist with
+/// the uid it names, or is not controlled by the Deployment its labels imply, is refused.
+pub async fn verified_workload(client: &Client, pod: &PodMeta) -> Result<String, String> {
+    let claimed = workload_of(pod);
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let Some(owner) = owner.filter(|o| o.kind == "ReplicaSet") else {
+        return Ok(claimed);
+    };
+    if owner.api_version != "apps/v1" {
+        return Err(format!(
+            "the pod's controller is a ReplicaSet of {}, not apps/v1",
+            owner.api_version
+        ));
+    }
+    let namespace = pod.namespace().unwrap_or_default();
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), &namespace)
+        .get_metadata_opt(&owner.name)
+        .await
+        .map_err(|e| format!("cannot read ReplicaSet {}: {e}", owner.name))?
+        .filter(|rs| rs.uid().as_deref() == Some(owner.uid.as_str()))
+        .ok_or_else(|| {
+            format!(
+                "the pod's ReplicaSet {} does not exist with uid {}",
+                owner.name, owner.uid
+            )
+        })?;
+    let verified = rs
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| {
+            o.controller == Some(true) && o.kind == "Deployment" && o.api_version == "apps/v1"
+        })
+        .map_or_else(
+            || format!("ReplicaSet/{}", owner.name),
+            |d| format!("Deployment/{}", d.name),
+        );
+    if verified != claimed {
+        return Err(format!(
+            "the pod's labels make it {claimed}'s, but its ReplicaSet is {verified}'s"
+        ));
+    }
+    Ok(verified)
+}
+
+/// The operator's own user, as the API server knows it (a SelfSubjectReview); `None`, and a
+/// warning, where it will not say: then no first-use pin is admitted, and tools wait for a
+/// person.
+pub async fn own_user(client: &Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: Api<SelfSubjectReview> = Api::all(client.clone());
+    match api
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+    {
+        Ok(review) => review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot learn this operator's own user: no tool is pinned on first use");
+            None
+        }
+    }
+}
+
+/// The most McpToolPins one workload may have: a server listing ever more tools makes the
+/// operator keep no more (and the sidecar holds back what is not pinned).
+pub const MAX_PINS_PER_WORKLOAD: usize = 512;
+
 /// The name of a workload's pin of a tool: a digest of both (a tool's name need not be a valid
 /// object name, and a server chooses it: a collision would have to break SHA-256).
 pub fn pin_name(workload: &str, tool: &str) -> String {
@@ -73,11 +155,16 @@ pub fn pin_name(workload: &str, tool: &str) -> String {
 pub async fn report(
     client: &Client,
     recorder: &Recorder,
+    pins: &kube::runtime::reflector::Store<McpToolPin>,
     namespace: &str,
     workload: &str,
     pod: &str,
     report: &PinReport,
 ) -> Result<WorkloadPin, String> {
+    report
+        .definition
+        .verify()
+        .map_err(|e| format!("the reported definition does not hold together: {e}"))?;
     let tool = &report.definition.name;
     let name = pin_name(workload, tool);
     let api: Api<McpToolPin> = Api::namespaced(client.clone(), namespace);
@@ -89,6 +176,16 @@ pub async fn report(
         if let Some(found) = api.get_opt(&name).await.map_err(failed)? {
             pin = Some(found);
             break;
+        }
+        let kept = pins
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.workload == workload)
+            .count();
+        if kept >= MAX_PINS_PER_WORKLOAD {
+            return Err(format!(
+                "{workload} has {kept} tool pins, the most one workload may have; {tool:?} is not pinned"
+            ));
         }
         let first_use = report.held.is_none();
         let made = McpToolPin::new(
@@ -136,9 +233,12 @@ pub async fn report(
         ));
     }
     match &report.held {
-        // First use of a tool the workload keeps without a pin (one held for a person): the
-        // pin is made once, where none is.
-        None if pin.spec.definition.is_none() && pin.spec.rejected.is_none() => {
+        // First use of a tool the workload keeps without a pin, where no definition waits
+        // for a person (that is theirs to accept, not the next list's to pin).
+        None if pin.spec.definition.is_none()
+            && pin.spec.rejected.is_none()
+            && pin.status.as_ref().is_none_or(|s| s.held.is_none()) =>
+        {
             let patch = json!({
                 "metadata": { "resourceVersion": pin.resource_version() },
                 "spec": { "definition": report.definition, "source": PinSource::FirstUse },
@@ -221,50 +321,68 @@ pub enum Review {
     /// Nothing that pins changed.
     Allow,
     Refuse(String),
-    /// A pin or a rejection is written: allowed if the user may `accept`; an acceptance is
-    /// stamped.
+    /// A pin or a rejection is written, or a pin deleted: allowed if the user may `accept`; an
+    /// acceptance is stamped.
     Decide {
         stamp: bool,
     },
 }
 
-/// The pure part of the webhook.
-pub fn review(req: &AdmissionRequest<DynamicObject>) -> Review {
+/// The pure part of the webhook. `operator` is the operator's own user: first-use pins are its
+/// alone to write (from what a sidecar listed).
+pub fn review(req: &AdmissionRequest<DynamicObject>, operator: Option<&str>) -> Review {
     let read = |o: &Option<DynamicObject>| -> Result<McpToolPin, String> {
         let o = o.as_ref().ok_or("no object")?;
         serde_json::from_value(serde_json::to_value(o).map_err(|e| e.to_string())?)
             .map_err(|e| format!("not an McpToolPin: {e}"))
     };
+    if req.operation == Operation::Delete {
+        // The next list would pin the tool anew: as much a decision as an acceptance.
+        return Review::Decide { stamp: false };
+    }
     let new = match read(&req.object) {
         Ok(p) => p,
         Err(e) => return Review::Refuse(e),
     };
+    let by_operator = operator.is_some_and(|o| req.user_info.username.as_deref() == Some(o));
     let pinned_well = |spec: &ToolPinSpec| match &spec.definition {
         Some(d) if d.name != spec.tool => Err(format!(
             "spec.definition is {:?}'s definition, not {:?}'s",
             d.name, spec.tool
         )),
-        Some(d) if !tollgate_api::validate::is_digest(&d.digest) => Err(format!(
-            "spec.definition.digest {:?} is not sha256: and 64 hex digits",
-            d.digest
-        )),
-        _ => Ok(()),
+        Some(d) => d
+            .verify()
+            .map_err(|e| format!("spec.definition does not hold together: {e}")),
+        None => Ok(()),
     };
     match req.operation {
         Operation::Create => {
+            let expected = pin_name(&new.spec.workload, &new.spec.tool);
+            if req.name != expected {
+                return Review::Refuse(format!(
+                    "the McpToolPin of {}'s {:?} is named {expected}",
+                    new.spec.workload, new.spec.tool
+                ));
+            }
             if let Err(e) = pinned_well(&new.spec) {
                 return Review::Refuse(e);
             }
-            if new.spec.source == PinSource::Accepted {
+            if new.spec.source == PinSource::Accepted
+                || new.spec.accepted_by.is_some()
+                || new.spec.accepted_at.is_some()
+            {
                 return Review::Refuse(
                     "an McpToolPin is made by the operator when a sidecar lists the tool; accept a held definition with kubectl tollgate pins accept, or pin it in the policy's spec.pinning.tools"
                         .into(),
                 );
             }
-            if new.spec.definition.is_some() || new.spec.rejected.is_some() {
-                Review::Decide { stamp: false }
-            } else {
-                Review::Allow
+            match (&new.spec.definition, by_operator) {
+                (Some(_), false) => Review::Refuse(
+                    "a pin made on first use is the operator's to write, from what a sidecar listed".into(),
+                ),
+                (Some(_), true) => Review::Decide { stamp: false },
+                (None, _) if new.spec.rejected.is_some() => Review::Decide { stamp: false },
+                (None, _) => Review::Allow,
             }
         }
         Operation::Update => {
@@ -275,11 +393,22 @@ pub fn review(req: &AdmissionRequest<DynamicObject>) -> Review {
             if old.spec.workload != new.spec.workload || old.spec.tool != new.spec.tool {
                 return Review::Refuse("an McpToolPin's workload and tool cannot change".into());
             }
+            if let Err(e) = pinned_well(&new.spec) {
+                return Review::Refuse(e);
+            }
             let pin_changed =
                 old.spec.definition != new.spec.definition || old.spec.source != new.spec.source;
             let rejection_changed = old.spec.rejected != new.spec.rejected;
+            let stamps_changed = old.spec.accepted_by != new.spec.accepted_by
+                || old.spec.accepted_at != new.spec.accepted_at;
             if !pin_changed && !rejection_changed {
-                return Review::Allow;
+                return match stamps_changed {
+                    true => Review::Refuse(
+                        "acceptedBy and acceptedAt are stamped when a definition is accepted"
+                            .into(),
+                    ),
+                    false => Review::Allow,
+                };
             }
             let held = old
                 .status
@@ -295,10 +424,11 @@ pub fn review(req: &AdmissionRequest<DynamicObject>) -> Review {
                             held.map_or("none now", |d| d.digest.as_str())
                         ));
                     }
-                    (PinSource::FirstUse, Some(_)) if old.spec.definition.is_none() => {}
+                    (PinSource::FirstUse, Some(_))
+                        if old.spec.definition.is_none() && by_operator => {}
                     (PinSource::FirstUse, _) => {
                         return Review::Refuse(
-                            "a pin made on first use is made once; accept a new definition (kubectl tollgate pins accept) or delete the McpToolPin to pin anew"
+                            "a pin made on first use is made once, by the operator from what a sidecar listed; accept a held definition (kubectl tollgate pins accept) instead"
                                 .into(),
                         );
                     }
@@ -313,18 +443,26 @@ pub fn review(req: &AdmissionRequest<DynamicObject>) -> Review {
                     held.map_or("none now", |d| d.digest.as_str())
                 ));
             }
-            Review::Decide {
-                stamp: pin_changed && new.spec.source == PinSource::Accepted,
+            let accepted = pin_changed && new.spec.source == PinSource::Accepted;
+            if stamps_changed && !accepted {
+                return Review::Refuse(
+                    "acceptedBy and acceptedAt are stamped when a definition is accepted".into(),
+                );
             }
+            Review::Decide { stamp: accepted }
         }
         _ => Review::Allow,
     }
 }
 
 /// The webhook: [`review`], then the SubjectAccessReview and the stamp.
-pub async fn admit(client: &Client, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+pub async fn admit(
+    client: &Client,
+    operator: Option<&str>,
+    req: &AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse {
     let resp = AdmissionResponse::from(req);
-    let stamp = match review(req) {
+    let stamp = match review(req, operator) {
         Review::Allow => return resp,
         Review::Refuse(message) => return resp.deny(message),
         Review::Decide { stamp } => stamp,
@@ -384,13 +522,10 @@ mod tests {
     use super::*;
     use tollgate_api::ToolDefinition;
 
-    fn def(digest_char: char) -> ToolDefinition {
-        ToolDefinition {
-            name: "read_file".into(),
-            digest: format!("sha256:{}", digest_char.to_string().repeat(64)),
-            body: format!("sha256:{}", "0".repeat(64)),
-            fields: [("description".to_string(), format!("\"{digest_char}\""))].into(),
-        }
+    const OPERATOR: &str = "system:serviceaccount:tollgate-system:tollgate-operator";
+
+    fn def(description: &str) -> ToolDefinition {
+        ToolDefinition::read(&json!({"name": "read_file", "description": description})).unwrap()
     }
 
     fn pin(
@@ -399,7 +534,7 @@ mod tests {
         held: Option<ToolDefinition>,
     ) -> serde_json::Value {
         let mut p = McpToolPin::new(
-            "pin-x",
+            &pin_name("Deployment/mcp", "read_file"),
             ToolPinSpec {
                 workload: "Deployment/mcp".into(),
                 tool: "read_file".into(),
@@ -421,16 +556,17 @@ mod tests {
 
     fn request(
         op: &str,
+        user: &str,
         old: Option<serde_json::Value>,
-        new: serde_json::Value,
+        new: Option<serde_json::Value>,
     ) -> AdmissionRequest<DynamicObject> {
         let review = json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {
                 "uid": "u", "kind": {"group": "tollgate.dev", "version": "v1alpha1", "kind": "McpToolPin"},
                 "resource": {"group": "tollgate.dev", "version": "v1alpha1", "resource": "mcptoolpins"},
-                "name": "pin-x", "namespace": "shop", "operation": op,
-                "userInfo": {"username": "alice"}, "object": new, "oldObject": old,
+                "name": pin_name("Deployment/mcp", "read_file"), "namespace": "shop", "operation": op,
+                "userInfo": {"username": user}, "object": new, "oldObject": old,
             }
         });
         let review: kube::core::admission::AdmissionReview<DynamicObject> =
@@ -438,65 +574,113 @@ mod tests {
         review.try_into().unwrap()
     }
 
+    fn as_alice(op: &str, old: Option<serde_json::Value>, new: serde_json::Value) -> Review {
+        review(&request(op, "alice", old, Some(new)), Some(OPERATOR))
+    }
+
+    fn refused(r: Review, words: &str) -> bool {
+        matches!(r, Review::Refuse(m) if m.contains(words))
+    }
+
     #[test]
     fn accepting_takes_the_held_definition_and_nothing_else() {
-        let old = pin(Some(def('a')), PinSource::FirstUse, Some(def('b')));
-        let ok = pin(Some(def('b')), PinSource::Accepted, Some(def('b')));
+        let old = pin(Some(def("a")), PinSource::FirstUse, Some(def("b")));
+        let ok = pin(Some(def("b")), PinSource::Accepted, Some(def("b")));
         assert_eq!(
-            review(&request("UPDATE", Some(old.clone()), ok)),
+            as_alice("UPDATE", Some(old.clone()), ok),
             Review::Decide { stamp: true }
         );
-        let made_up = pin(Some(def('c')), PinSource::Accepted, Some(def('b')));
-        assert!(
-            matches!(review(&request("UPDATE", Some(old.clone()), made_up)), Review::Refuse(m) if m.contains("hold back"))
-        );
-        // Status alone (the operator reporting what it holds) is no decision.
-        let status = pin(Some(def('a')), PinSource::FirstUse, Some(def('c')));
-        assert_eq!(review(&request("UPDATE", Some(old), status)), Review::Allow);
-    }
-
-    #[test]
-    fn a_first_use_pin_is_made_once_and_an_accepted_pin_is_never_created_outright() {
-        let unpinned = pin(None, PinSource::FirstUse, None);
-        let first = pin(Some(def('a')), PinSource::FirstUse, None);
-        assert_eq!(
-            review(&request("UPDATE", Some(unpinned), first.clone())),
-            Review::Decide { stamp: false }
-        );
-        let again = pin(Some(def('b')), PinSource::FirstUse, None);
-        assert!(
-            matches!(review(&request("UPDATE", Some(first.clone()), again)), Review::Refuse(m) if m.contains("made once"))
-        );
-        assert_eq!(
-            review(&request("CREATE", None, first)),
-            Review::Decide { stamp: false }
-        );
-        let outright = pin(Some(def('a')), PinSource::Accepted, None);
-        assert!(matches!(
-            review(&request("CREATE", None, outright)),
-            Review::Refuse(_)
+        let made_up = pin(Some(def("c")), PinSource::Accepted, Some(def("b")));
+        assert!(refused(
+            as_alice("UPDATE", Some(old.clone()), made_up),
+            "hold back"
         ));
+        // The held text swapped for harmless text under the same digest does not verify.
+        let mut lying = pin(Some(def("b")), PinSource::Accepted, Some(def("b")));
+        lying["spec"]["definition"]["fields"] = json!(def("a").fields);
+        assert!(refused(
+            as_alice("UPDATE", Some(old.clone()), lying),
+            "does not hold together"
+        ));
+        // Status alone (the operator reporting what it holds) is no decision; stamps are not
+        // anyone's to write.
+        let status = pin(Some(def("a")), PinSource::FirstUse, Some(def("c")));
+        assert_eq!(as_alice("UPDATE", Some(old.clone()), status), Review::Allow);
+        let mut stamped = old.clone();
+        stamped["spec"]["acceptedBy"] = json!("bob");
+        assert!(refused(as_alice("UPDATE", Some(old), stamped), "stamped"));
     }
 
     #[test]
-    fn a_rejection_names_the_held_digest_and_the_tool_and_workload_are_fixed() {
-        let old = pin(Some(def('a')), PinSource::FirstUse, Some(def('b')));
-        let mut rejected = old.clone();
-        rejected["spec"]["rejected"] = json!(def('b').digest);
+    fn a_first_use_pin_is_the_operators_to_make_once_and_an_accepted_pin_is_never_created() {
+        let unpinned = pin(None, PinSource::FirstUse, None);
+        let first = pin(Some(def("a")), PinSource::FirstUse, None);
         assert_eq!(
-            review(&request("UPDATE", Some(old.clone()), rejected)),
+            review(
+                &request(
+                    "UPDATE",
+                    OPERATOR,
+                    Some(unpinned.clone()),
+                    Some(first.clone())
+                ),
+                Some(OPERATOR)
+            ),
+            Review::Decide { stamp: false }
+        );
+        assert!(refused(
+            as_alice("UPDATE", Some(unpinned), first.clone()),
+            "the operator"
+        ));
+        let again = pin(Some(def("b")), PinSource::FirstUse, None);
+        assert!(refused(
+            review(
+                &request("UPDATE", OPERATOR, Some(first.clone()), Some(again)),
+                Some(OPERATOR)
+            ),
+            "made once"
+        ));
+        assert_eq!(
+            review(
+                &request("CREATE", OPERATOR, None, Some(first.clone())),
+                Some(OPERATOR)
+            ),
+            Review::Decide { stamp: false }
+        );
+        assert!(refused(as_alice("CREATE", None, first), "the operator"));
+        let outright = pin(Some(def("a")), PinSource::Accepted, None);
+        assert!(refused(
+            as_alice("CREATE", None, outright),
+            "made by the operator"
+        ));
+        let mut misnamed = pin(None, PinSource::FirstUse, None);
+        misnamed["spec"]["tool"] = json!("delete_all");
+        assert!(refused(as_alice("CREATE", None, misnamed), "is named pin-"));
+    }
+
+    #[test]
+    fn a_rejection_names_the_held_digest_a_deletion_is_a_decision_and_the_tool_is_fixed() {
+        let old = pin(Some(def("a")), PinSource::FirstUse, Some(def("b")));
+        let mut rejected = old.clone();
+        rejected["spec"]["rejected"] = json!(def("b").digest);
+        assert_eq!(
+            as_alice("UPDATE", Some(old.clone()), rejected),
             Review::Decide { stamp: false }
         );
         let mut wrong = old.clone();
-        wrong["spec"]["rejected"] = json!(def('c').digest);
-        assert!(matches!(
-            review(&request("UPDATE", Some(old.clone()), wrong)),
-            Review::Refuse(_)
+        wrong["spec"]["rejected"] = json!(def("c").digest);
+        assert!(refused(
+            as_alice("UPDATE", Some(old.clone()), wrong),
+            "rejected"
         ));
         let mut moved = old.clone();
         moved["spec"]["tool"] = json!("delete_all");
-        assert!(
-            matches!(review(&request("UPDATE", Some(old), moved)), Review::Refuse(m) if m.contains("cannot change"))
+        assert!(refused(
+            as_alice("UPDATE", Some(old.clone()), moved),
+            "cannot change"
+        ));
+        assert_eq!(
+            review(&request("DELETE", "alice", Some(old), None), Some(OPERATOR)),
+            Review::Decide { stamp: false }
         );
     }
 

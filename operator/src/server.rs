@@ -44,6 +44,9 @@ pub struct Shared {
     pub client: Client,
     /// Events the HTTPS handlers publish (a tool pinned or held back).
     pub recorder: kube::runtime::events::Recorder,
+    /// The operator's own user, as the API server knows it (its first-use pins are its
+    /// alone to write); `None` where the API server would not say.
+    pub user: Option<String>,
     pub index: Arc<Index>,
     pub inject: InjectConfig,
     pub serving: Arc<ServingCert>,
@@ -161,7 +164,9 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             Err(resp) => resp,
         },
         (&Method::POST, "/pins") => match read_review(req).await {
-            Ok(request) => answer(crate::pins::admit(&shared.client, &request).await),
+            Ok(request) => {
+                answer(crate::pins::admit(&shared.client, shared.user.as_deref(), &request).await)
+            }
             Err(resp) => resp,
         },
         (&Method::POST, tollgate_api::contract::PINS_PATH) => pin_report(req, &shared).await,
@@ -209,10 +214,20 @@ async fn pin_report(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             );
         }
     };
-    let workload = crate::pins::workload_of(&pod);
+    let workload = match crate::pins::verified_workload(&shared.client, &pod).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(namespace = %who.namespace, pod = %who.name, error = %e, "a pin report refused: the pod's workload is not what it seems");
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!("pod {}/{}: {e}", who.namespace, who.name),
+            );
+        }
+    };
     match crate::pins::report(
         &shared.client,
         &shared.recorder,
+        &shared.index.pins,
         &who.namespace,
         &workload,
         &who.name,

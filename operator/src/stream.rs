@@ -135,6 +135,17 @@ pub async fn serve(
         Ok(w) => w,
         Err(resp) => return resp,
     };
+    // Nothing is sent before every store has listed: a policy computed from half the cluster
+    // (no pins yet, say) would be wrong, if briefly.
+    if tokio::time::timeout(Duration::from_secs(30), index.ready())
+        .await
+        .is_err()
+    {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the operator has not listed the cluster yet; try another replica",
+        );
+    }
     let Some(policy) = wait_for_pod(&index, &who).await else {
         return text(
             StatusCode::NOT_FOUND,

@@ -159,7 +159,7 @@ def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods
     # Acceptances of tool definitions, likewise.
     assert pins["clientConfig"]["service"]["path"] == "/pins" and "namespaceSelector" not in pins
     assert pins["failurePolicy"] == "Fail" and pins["sideEffects"] == "None"
-    assert pins["rules"] == [{"apiGroups": ["tollgate.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
+    assert pins["rules"] == [{"apiGroups": ["tollgate.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE", "DELETE"],
                               "resources": ["mcptoolpins"], "scope": "Namespaced"}]
     approver = one(objects, "ClusterRole", "tollgate-approver")
     assert approver["rules"] == [{"apiGroups": ["tollgate.dev"], "resources": ["mcpapprovals"],
@@ -196,6 +196,7 @@ NEEDED = {
     # operator as of anyone), and what the sidecars hold back.
     ("tollgate.dev", "mcptoolpins"): {"get", "list", "watch", "create", "patch", "accept"},
     ("tollgate.dev", "mcptoolpins/status"): {"patch"},
+    ("apps", "replicasets"): {"get"},
 }
 
 

@@ -695,8 +695,13 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     op = operator()
     kube.apply(policy("tools", {"default": "deny", "pinning": {"trustOnFirstUse": True}, "tools": {
         "read_file": {"rules": []}, "create_issue": {"rules": []}, "delete_repository": {"rules": []}}}, ns))
-    # A Deployment's ReplicaSet (no controller runs it here) and two of its pods.
-    rs = create(kube, {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "mcp-7d9f", "namespace": ns},
+    # A Deployment, its ReplicaSet and three of its pods, as their controllers make them (none
+    # runs here).
+    template = {"metadata": {"labels": {"app": "mcp"}}, "spec": {"containers": [{"name": "server", "image": "example/mcp:1"}]}}
+    deployment = create(kube, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "mcp", "namespace": ns},
+                               "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "mcp"}}, "template": template}})
+    rs = create(kube, {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "mcp-7d9f", "namespace": ns, "ownerReferences": [
+                           {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mcp", "uid": deployment["metadata"]["uid"], "controller": True}]},
                        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "mcp"}},
                                 "template": {"metadata": {"labels": {"app": "mcp", "pod-template-hash": "7d9f"}},
                                              "spec": {"containers": [{"name": "server", "image": "example/mcp:1"}]}}}})
@@ -736,7 +741,7 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     for who in ("alice", "mallory"):
         kube.kubectl("-n", ns, "create", "serviceaccount", who)
     kube.kubectl("-n", ns, "create", "rolebinding", "alice-reviews", "--clusterrole=tollgate-pin-reviewer", f"--serviceaccount={ns}:alice")
-    kube.kubectl("-n", ns, "create", "role", "pin-editor", "--verb=get,list,patch,update", "--resource=mcptoolpins.tollgate.dev")
+    kube.kubectl("-n", ns, "create", "role", "pin-editor", "--verb=get,list,patch,update,delete", "--resource=mcptoolpins.tollgate.dev")
     kube.kubectl("-n", ns, "create", "rolebinding", "mallory-edits", "--role=pin-editor", f"--serviceaccount={ns}:mallory")
     configs = {who: kube.token_kubeconfig(ns, who, tmp_path / f"{who}.kubeconfig") for who in ("alice", "mallory")}
 
@@ -752,10 +757,13 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     assert wrong.returncode != 0 and "not the sha256:000" in wrong.stderr, wrong.stderr
     refused = plugin("mallory", "accept", "read_file", "--workload", "Deployment/mcp", "--digest", digest)
     assert refused.returncode != 0 and 'the RBAC verb "accept"' in refused.stderr, refused.stderr
+    deleted = kube.kubectl("--kubeconfig", str(configs["mallory"]), "-n", ns, "delete", "mcptoolpin", pin_name, check=False)
+    assert deleted.returncode != 0 and 'the RBAC verb "accept"' in deleted.stderr, \
+        "deleting a pin makes the next list pin anew: a decision too\n" + deleted.stderr
     made_up = kube.kubectl("--kubeconfig", str(configs["alice"]), "-n", ns, "patch", "mcptoolpin", pin_name, "--type=merge", "-p",
                            json.dumps({"spec": {"source": "Accepted", "definition": {**held["definition"], "digest": "sha256:" + "1" * 64}}}),
                            check=False)
-    assert made_up.returncode != 0 and "only the definition the sidecars hold back" in made_up.stderr, made_up.stderr
+    assert made_up.returncode != 0 and "does not hold together" in made_up.stderr, made_up.stderr
     accepted = plugin("alice", "accept", "read_file", "--workload", "Deployment/mcp", "--digest", digest)
     assert accepted.returncode == 0 and f"accepted by system:serviceaccount:{ns}:alice" in accepted.stdout, accepted.stdout + accepted.stderr
     eventually(lambda: c.allows("read_file"), what="the acceptance reaches the sidecar, which calls it without listing again")
@@ -782,6 +790,13 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     assert rejected.returncode == 0, rejected.stderr
     assert "rejected" in plugin("alice", "list").stdout
     assert "create_issue" not in b.tools() and "result" not in b.call("create_issue")
+
+    # A pod relabelled out of its Deployment gets no pins of its own: the API server's record
+    # of its ReplicaSet says whose it is, and the operator takes no report the labels contradict.
+    kube.kubectl("-n", ns, "label", "pod", "mcp-7d9f-a", "pod-template-hash=zzz", "--overwrite")
+    eventually(lambda: a.tools() == [], what="its tools held: nothing is pinned for a workload the pod is not")
+    assert "403" in a.log.read_text() or "labels make it" in a.log.read_text()
+    assert sorted(pins()) == everything, "no pin made for ReplicaSet/mcp-7d9f"
 
 
 # ---------------------------------------------------------------------------------------------

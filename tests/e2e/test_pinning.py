@@ -148,7 +148,7 @@ spec:
   annotated:
     - annotations: { readOnlyHint: true }
       rules: []
-    - annotations: { destructiveHint: false }
+    - annotations: { readOnlyHint: false, destructiveHint: false }
       rules: [ { name: hourly, rateLimit: 1/hour } ]
 """
 
@@ -162,7 +162,7 @@ def test_pinning_rules_select_tools_by_pinned_annotations_and_a_tool_that_change
     assert seen["tools"] == ["create_issue", "read_file"], "destructive by MCP's default: no entry lists it, default deny"
     read, first, second, delete = seen["calls"]
     assert read == ("ok", "contents of /a") and first == ("ok", "created a")
-    assert second[0] == "denied" and "Rate limit" in second[1], "destructiveHint false: rate-limited"
+    assert second[0] == "denied" and "Rate limit" in second[1], "a write that destroys nothing: rate-limited"
     assert delete[0] == "denied", delete
     # The server now says delete_repository is read-only: a changed definition, held back,
     # not a tool the read-only rule allows.

@@ -20,7 +20,7 @@ def test_tollgate_test_passes_the_examples_and_the_projects_own_test_files(tollg
     r = run(tollgate_bin, "test", "examples", "tests/policy", "--junit", str(junit))
     assert r.returncode == 0, r.stdout + r.stderr
     files = [line for line in r.stdout.splitlines() if line.startswith("ok")]
-    assert len(files) == 4, r.stdout
+    assert len(files) == 5, r.stdout
     root = ET.parse(junit).getroot()
     assert root.get("failures") == "0" and root.get("errors") == "0"
     cases = root.findall("./testsuite/testcase")

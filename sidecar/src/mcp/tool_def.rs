@@ -9,48 +9,14 @@
 //!   └─ each field's canonical text, to say which fields a change touched
 //! ```
 
-use std::collections::BTreeMap;
-
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use tollgate_api::{PINNED_FIELDS, ToolDefinition as Definition};
 
 /// Reads a tool of a `tools/list` result; `None` when it is not an object with a string
 /// `name`.
 pub fn read(tool: &Value) -> Option<Definition> {
-    let obj = tool.as_object()?;
-    let name = obj.get("name")?.as_str()?.to_string();
-    let mut pinned = Map::new();
-    let mut fields = BTreeMap::new();
-    for field in PINNED_FIELDS {
-        if let Some(v) = obj.get(field) {
-            let mut text = String::new();
-            tollgate_api::canonical(v, &mut text);
-            fields.insert(field.to_string(), text);
-            pinned.insert(field.to_string(), v.clone());
-        }
-    }
-    let mut whole = String::new();
-    tollgate_api::canonical(&Value::Object(pinned.clone()), &mut whole);
-    pinned.remove("name");
-    let mut body = String::new();
-    tollgate_api::canonical(&Value::Object(pinned), &mut body);
-    Some(Definition {
-        name,
-        digest: digest(&whole),
-        body: digest(&body),
-        fields,
-    })
-}
-
-fn digest(text: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in d.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    Definition::read(tool)
 }
 
 #[cfg(test)]
@@ -85,5 +51,22 @@ mod tests {
         assert_ne!(before.digest, after.digest);
         assert_eq!(after.changed_since(&before), ["description", "annotations"]);
         assert!(read(&json!({"description": "no name"})).is_none());
+    }
+
+    #[test]
+    fn a_definition_whose_text_is_not_its_digest_does_not_verify() {
+        let good = read(&json!({"name": "t", "description": "reads"})).unwrap();
+        assert_eq!(good.verify(), Ok(()));
+        let mut harmless_text = read(&json!({"name": "t", "description": "evil"})).unwrap();
+        harmless_text.fields = good.fields.clone();
+        assert!(
+            harmless_text
+                .verify()
+                .unwrap_err()
+                .contains("is not that of")
+        );
+        let mut renamed = good.clone();
+        renamed.name = "u".into();
+        assert!(renamed.verify().is_err(), "the fields name the tool");
     }
 }

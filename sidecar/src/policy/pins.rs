@@ -74,6 +74,13 @@ struct Plane {
 /// asks again.
 const FIRST_USE_RETRY: Duration = Duration::from_secs(5);
 
+/// The most tools one list asks the cluster to pin on first use.
+const FIRST_USES_PER_LIST: usize = 64;
+
+/// How often a tool's held definitions are reported to the cluster, at most (a server that
+/// changes a tool on every list makes one report per this, not one per list).
+const HELD_REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// What a listed tool comes to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Listed {
@@ -108,6 +115,8 @@ struct Inner {
     held: BTreeMap<String, Held>,
     /// First uses the control plane did not confirm, by tool: the digest, when, and why.
     unconfirmed: HashMap<String, (String, Instant, String)>,
+    /// When each tool's held definition was last reported to the cluster.
+    reported: HashMap<String, Instant>,
 }
 
 /// A tool held back, as people see it.
@@ -206,21 +215,25 @@ impl Pins {
         if inner.kept == kept {
             return;
         }
-        inner.kept = kept;
-        // Shown tools whose pin moved away from them are callable no more.
+        let pin_of = |k: &Kept, name: &str| {
+            k.accepted
+                .get(name)
+                .or(k.first_use.get(name))
+                .map(|d| d.digest.clone())
+        };
+        // Shown tools whose pin in the cluster moved (or went) are callable no more, until a
+        // list holds them to what is pinned now.
         let moved: Vec<String> = inner
             .good
             .iter()
             .filter(|(name, def)| {
-                inner
-                    .kept
-                    .accepted
-                    .get(*name)
-                    .or(inner.kept.first_use.get(*name))
-                    .is_some_and(|pin| pin.digest != def.digest)
+                let before = pin_of(&inner.kept, name);
+                let now = pin_of(&kept, name);
+                before != now && now.as_deref() != Some(def.digest.as_str())
             })
             .map(|(name, _)| name.clone())
             .collect();
+        inner.kept = kept;
         for name in moved {
             inner.good.remove(&name);
         }
@@ -260,21 +273,34 @@ impl Pins {
         let Some(plane) = self.cluster().cloned() else {
             return;
         };
-        let asked = defs.into_iter().map(|def| {
-            let plane = plane.clone();
-            async move {
-                let answer = plane
-                    .report(&PinReport {
-                        definition: def.clone(),
-                        held: None,
-                    })
-                    .await;
-                (def, answer)
-            }
-        });
-        for (def, answer) in futures_util::future::join_all(asked).await {
+        use futures_util::StreamExt;
+        // A server listing ever more tools gets them asked a few at a time, and no more than
+        // FIRST_USES_PER_LIST per list (the rest are held, and asked on a later list).
+        let asked = futures_util::stream::iter(defs.into_iter().take(FIRST_USES_PER_LIST))
+            .map(|def| {
+                let plane = plane.clone();
+                async move {
+                    let answer = plane
+                        .report(&PinReport {
+                            definition: def.clone(),
+                            held: None,
+                        })
+                        .await;
+                    (def, answer)
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        for (def, answer) in asked {
             let mut inner = self.inner.lock();
+            // The policy stream's word on a tool comes after any answer here, which may be older.
+            let streamed = inner.kept.accepted.contains_key(&def.name)
+                || inner.kept.first_use.contains_key(&def.name);
             match answer {
+                Ok(_) if streamed => {
+                    inner.unconfirmed.remove(&def.name);
+                }
                 Ok(pin) => {
                     inner.unconfirmed.remove(&def.name);
                     if let Some(pinned) = pin.definition {
@@ -368,7 +394,10 @@ impl Pins {
                     {
                         unconfirmed = Some(why.clone());
                     }
-                    _ => return Listed::AskFirstUse,
+                    _ => {
+                        inner.good.remove(name);
+                        return Listed::AskFirstUse;
+                    }
                 }
             } else {
                 inner.kept.first_use.insert(name.to_string(), def.clone());
@@ -405,7 +434,16 @@ impl Pins {
             self.metrics.pin_change(name, held.why);
             self.record(name, held.why, &held.reason);
             if let Some(plane) = self.cluster() {
-                plane.report_held(&held);
+                let mut inner = self.inner.lock();
+                let due = inner
+                    .reported
+                    .get(name)
+                    .is_none_or(|at| at.elapsed() >= HELD_REPORT_EVERY);
+                if due {
+                    inner.reported.insert(name.to_string(), Instant::now());
+                    drop(inner);
+                    plane.report_held(&held);
+                }
             }
         }
         if rules.mode == PinMode::Audit {

@@ -155,9 +155,7 @@ impl Proxy {
         if let Some(pinning) = inspector.first_use() {
             // Tools the cluster pins on first use: read the list again once it has.
             pinning.await;
-            out = inspector.inspect_text(text);
-            // What the second reading would ask again is held, not asked.
-            drop(inspector.first_use());
+            out = inspector.reread(text);
         }
         if !extra.is_empty() {
             // Part of a batch was denied: the client gets every answer, ours and the server's.

@@ -68,6 +68,9 @@ pub struct Inspector {
     /// Tools of a list read that the cluster would pin on first use: the list waits for it
     /// ([`Inspector::first_use`]) and is read again.
     first_use: Vec<crate::mcp::tool_def::Definition>,
+    /// Reading a list again once its first uses are pinned: only the list is looked at (its
+    /// call was settled the first time).
+    rereading: bool,
 }
 
 /// What a refused `begin` hands back: the call's id is already in flight in its session.
@@ -277,6 +280,7 @@ impl Inspector {
             reserving: false,
             expect_list: false,
             first_use: Vec::new(),
+            rereading: false,
         }
     }
 
@@ -292,6 +296,7 @@ impl Inspector {
             reserving: false,
             expect_list: false,
             first_use: Vec::new(),
+            rereading: false,
         }
     }
 
@@ -453,7 +458,9 @@ impl Inspector {
             return None;
         }
         let result = view.result;
-        if let Some(id) = view.id.and_then(CallId::of) {
+        if let Some(id) = view.id.and_then(CallId::of)
+            && !self.rereading
+        {
             self.settle(&id);
         }
         let result = result?;
@@ -487,6 +494,17 @@ impl Inspector {
         }
         let defs = std::mem::take(&mut self.first_use);
         Some(self.pins.clone().pin_first_use(defs))
+    }
+
+    /// Reads a message again once what its list waited for ([`Inspector::first_use`]) is
+    /// done: its tool list filtered, nothing settled twice, nothing asked again (what would be
+    /// is held).
+    pub fn reread(&mut self, text: &str) -> Option<String> {
+        self.rereading = true;
+        let out = self.inspect_text(text);
+        self.rereading = false;
+        self.first_use.clear();
+        out
     }
 
     fn filter_tools_list(&mut self, text: &str, result: ResultView<'_>) -> Option<String> {

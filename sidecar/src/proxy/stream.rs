@@ -118,7 +118,10 @@ impl SseBody {
             self.pending.push_back(raw);
             return;
         }
-        let out = self.inspector.inspect_text(&event.data);
+        let out = match again {
+            true => self.inspector.reread(&event.data),
+            false => self.inspector.inspect_text(&event.data),
+        };
         match self.inspector.first_use() {
             Some(pinning) if !again => {
                 self.waiting = Some(Waiting {
@@ -193,7 +196,8 @@ impl Body for SseBody {
                         {
                             this.process(ev);
                         }
-                        if this.splitter.pending() > MAX_ANSWER {
+                        // (While a list waits, what follows it is held unread: one frame more.)
+                        if this.waiting.is_none() && this.splitter.pending() > MAX_ANSWER {
                             // An event the proxy cannot hold cannot be read, so it is not
                             // passed on: the stream breaks (its calls keep their counts).
                             this.done = true;
