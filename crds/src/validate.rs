@@ -214,6 +214,12 @@ fn validate(spec: &PolicySpec, checks: Checks) -> Vec<Problem> {
                 "tool name must not be empty; use a name, a glob such as get_*, or \"*\"",
             ));
         }
+        if tool.starts_with("annotated[") && !spec.annotated.is_empty() {
+            out.push(Problem::new(
+                format!("spec.tools.{}", path_key(tool)),
+                "names of the form annotated[N] are spec.annotated's counters; a policy with spec.annotated cannot list a tool so named",
+            ));
+        }
     }
 
     // Counters each entry defines: (entry scope, counter) -> (window, where).

@@ -314,10 +314,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     crate::approvals::run(
                         client.clone(),
                         index.clone(),
-                        reporter,
+                        reporter.clone(),
                         retention,
                         notifier
                     ),
+                    crate::pins::announce(client.clone(), index.clone(), reporter.clone()),
                     crate::controller::label_namespaces(client, index, label),
                 );
             }

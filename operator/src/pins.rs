@@ -41,16 +41,20 @@ use tollgate_api::{
 
 use crate::index::PodMeta;
 
-/// The workload whose replicas share pins: a ReplicaSet of a Deployment (the pod's
-/// `pod-template-hash` ends its name) is the Deployment; else the controller; else the pod.
+/// The controllers whose pods share pins, by kind and API version; a pod of any other (or of
+/// none) is a workload of its own (`Pod/NAME`): its pins are its own.
+const CONTROLLERS: [(&str, &str); 4] = [
+    ("ReplicaSet", "apps/v1"),
+    ("StatefulSet", "apps/v1"),
+    ("DaemonSet", "apps/v1"),
+    ("Job", "batch/v1"),
+];
+
+/// The workload whose replicas share pins, as the pod's metadata says: a ReplicaSet of a
+/// Deployment (the pod's `pod-template-hash` ends its name) is the Deployment; else one of
+/// [`CONTROLLERS`]; else the pod alone.
 pub fn workload_of(pod: &PodMeta) -> String {
-    let owner = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
-    let Some(owner) = owner else {
+    let Some(owner) = controller(pod) else {
         return format!("Pod/{}", pod.name_any());
     };
     let hash = pod.labels().get("pod-template-hash");
@@ -63,55 +67,93 @@ pub fn workload_of(pod: &PodMeta) -> String {
     }
 }
 
-/// [`workload_of`], where the API server agrees: a pod whose ReplicaSet does not exist with
-/// the uid it names, or is not controlled by the Deployment its labels imply, is refused.
-pub async fn verified_workload(client: &Client, pod: &PodMeta) -> Result<String, String> {
-    let claimed = workload_of(pod);
-    let owner = pod
-        .metadata
+/// The pod's controller, where it is one of [`CONTROLLERS`].
+fn controller(
+    pod: &PodMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    pod.metadata
         .owner_references
         .iter()
         .flatten()
-        .find(|o| o.controller == Some(true));
-    let Some(owner) = owner.filter(|o| o.kind == "ReplicaSet") else {
+        .find(|o| o.controller == Some(true))
+        .filter(|o| {
+            CONTROLLERS
+                .iter()
+                .any(|(kind, version)| o.kind == *kind && o.api_version == *version)
+        })
+}
+
+/// [`workload_of`], where the API server agrees: the controller the pod names exists with the
+/// uid it names (and for a ReplicaSet, the Deployment its labels imply controls it). A pod
+/// that names one falsely, or whose labels were changed, pins nothing of another workload's.
+/// (Who may create pods in a namespace may create one its controller really owns: Kubernetes
+/// trusts them with its workloads, and so does this.)
+pub async fn verified_workload(client: &Client, pod: &PodMeta) -> Result<String, String> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+    use k8s_openapi::api::batch::v1::Job;
+    let claimed = workload_of(pod);
+    let Some(owner) = controller(pod) else {
         return Ok(claimed);
     };
-    if owner.api_version != "apps/v1" {
-        return Err(format!(
-            "the pod's controller is a ReplicaSet of {}, not apps/v1",
-            owner.api_version
-        ));
-    }
     let namespace = pod.namespace().unwrap_or_default();
-    let rs = Api::<ReplicaSet>::namespaced(client.clone(), &namespace)
-        .get_metadata_opt(&owner.name)
-        .await
-        .map_err(|e| format!("cannot read ReplicaSet {}: {e}", owner.name))?
-        .filter(|rs| rs.uid().as_deref() == Some(owner.uid.as_str()))
-        .ok_or_else(|| {
-            format!(
-                "the pod's ReplicaSet {} does not exist with uid {}",
-                owner.name, owner.uid
-            )
-        })?;
-    let verified = rs
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| {
-            o.controller == Some(true) && o.kind == "Deployment" && o.api_version == "apps/v1"
-        })
-        .map_or_else(
-            || format!("ReplicaSet/{}", owner.name),
-            |d| format!("Deployment/{}", d.name),
-        );
+    let meta = match owner.kind.as_str() {
+        "ReplicaSet" => get_meta::<ReplicaSet>(client, &namespace, &owner.name).await,
+        "StatefulSet" => get_meta::<StatefulSet>(client, &namespace, &owner.name).await,
+        "DaemonSet" => get_meta::<DaemonSet>(client, &namespace, &owner.name).await,
+        _ => get_meta::<Job>(client, &namespace, &owner.name).await,
+    }?
+    .filter(|m| m.uid.as_deref() == Some(owner.uid.as_str()))
+    .ok_or_else(|| {
+        format!(
+            "the pod's {} {} does not exist with uid {}",
+            owner.kind, owner.name, owner.uid
+        )
+    })?;
+    let verified = match owner.kind.as_str() {
+        "ReplicaSet" => meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| {
+                o.controller == Some(true) && o.kind == "Deployment" && o.api_version == "apps/v1"
+            })
+            .map_or_else(
+                || format!("ReplicaSet/{}", owner.name),
+                |d| format!("Deployment/{}", d.name),
+            ),
+        kind => format!("{kind}/{}", owner.name),
+    };
     if verified != claimed {
         return Err(format!(
-            "the pod's labels make it {claimed}'s, but its ReplicaSet is {verified}'s"
+            "the pod's labels make it {claimed}'s, but its {} is {verified}'s",
+            owner.kind
         ));
     }
     Ok(verified)
+}
+
+async fn get_meta<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get_metadata_opt(name)
+        .await
+        .map(|m| m.map(|m| m.metadata))
+        .map_err(|e| {
+            format!(
+                "cannot read {} {name}: {e}",
+                K::kind(&K::DynamicType::default())
+            )
+        })
 }
 
 /// The operator's own user, as the API server knows it (a SelfSubjectReview); `None`, and a
@@ -315,6 +357,64 @@ async fn publish(recorder: &Recorder, pin: &McpToolPin, type_: EventType, why: &
     }
 }
 
+/// Announces people's decisions on pins, as Events on the McpToolPin (the leader's): an
+/// acceptance, with who made it, and a rejection. What the sidecars hold back is announced when
+/// they report it ([`report`]).
+pub async fn announce(
+    client: Client,
+    index: std::sync::Arc<crate::index::Index>,
+    reporter: kube::runtime::events::Reporter,
+) {
+    use futures::StreamExt;
+    let recorder = Recorder::new(client, reporter);
+    // What each pin was when last seen: its pinned digest and source, and its rejection.
+    let mut seen: std::collections::HashMap<String, (Option<String>, PinSource, Option<String>)> =
+        index
+            .pins
+            .state()
+            .iter()
+            .map(|p| (p.uid().unwrap_or_default(), decided(&p.spec)))
+            .collect();
+    let mut events = std::pin::pin!(index.pin_events());
+    while let Some(pin) = events.next().await {
+        let now = decided(&pin.spec);
+        let Some(before) = seen.insert(pin.uid().unwrap_or_default(), now.clone()) else {
+            continue;
+        };
+        let (tool, workload) = (&pin.spec.tool, &pin.spec.workload);
+        if now.1 == PinSource::Accepted && now.0 != before.0 {
+            let note = format!(
+                "{} accepted {} for {workload}'s {tool:?}",
+                pin.spec.accepted_by.as_deref().unwrap_or("?"),
+                now.0.as_deref().unwrap_or("?")
+            );
+            publish(&recorder, &pin, EventType::Normal, "Accepted", note).await;
+        }
+        if let Some(rejected) = &now.2
+            && now.2 != before.2
+        {
+            let note = format!("{rejected} rejected for {workload}'s {tool:?}: it stays held");
+            publish(&recorder, &pin, EventType::Normal, "Rejected", note).await;
+        }
+    }
+}
+
+fn decided(spec: &ToolPinSpec) -> (Option<String>, PinSource, Option<String>) {
+    (
+        spec.definition.as_ref().map(|d| d.digest.clone()),
+        spec.source,
+        spec.rejected.clone(),
+    )
+}
+
+/// The controllers that delete what a deleted namespace or owner leaves (with the controller
+/// manager's service-account credentials, or its own).
+const CLEANERS: [&str; 3] = [
+    "system:serviceaccount:kube-system:namespace-controller",
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:kube-controller-manager",
+];
+
 /// What the webhook makes of a change to an McpToolPin, before asking who may make it.
 #[derive(Debug, PartialEq)]
 pub enum Review {
@@ -337,6 +437,15 @@ pub fn review(req: &AdmissionRequest<DynamicObject>, operator: Option<&str>) -> 
             .map_err(|e| format!("not an McpToolPin: {e}"))
     };
     if req.operation == Operation::Delete {
+        // A namespace going, or its owner: what Kubernetes deletes with it is no decision.
+        if req
+            .user_info
+            .username
+            .as_deref()
+            .is_some_and(|u| CLEANERS.contains(&u))
+        {
+            return Review::Allow;
+        }
         // The next list would pin the tool anew: as much a decision as an acceptance.
         return Review::Decide { stamp: false };
     }
@@ -679,8 +788,24 @@ mod tests {
             "cannot change"
         ));
         assert_eq!(
-            review(&request("DELETE", "alice", Some(old), None), Some(OPERATOR)),
+            review(
+                &request("DELETE", "alice", Some(old.clone()), None),
+                Some(OPERATOR)
+            ),
             Review::Decide { stamp: false }
+        );
+        assert_eq!(
+            review(
+                &request(
+                    "DELETE",
+                    "system:serviceaccount:kube-system:namespace-controller",
+                    Some(old),
+                    None
+                ),
+                Some(OPERATOR)
+            ),
+            Review::Allow,
+            "a namespace going takes its pins"
         );
     }
 
@@ -699,6 +824,9 @@ mod tests {
         assert_eq!(workload_of(&pod(rs("other"), "7d9f")), "ReplicaSet/other");
         let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true});
         assert_eq!(workload_of(&pod(sts, "x")), "StatefulSet/db");
+        // A kind that never owns pods, or one Tollgate does not know: the pod's own pins.
+        let claimed = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "victim", "uid": "u", "controller": true});
+        assert_eq!(workload_of(&pod(claimed, "x")), "Pod/mcp-7d9f-x");
         assert_ne!(
             pin_name("Deployment/mcp", "a"),
             pin_name("Deployment/mcp", "b")

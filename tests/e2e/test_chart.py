@@ -197,6 +197,9 @@ NEEDED = {
     ("tollgate.dev", "mcptoolpins"): {"get", "list", "watch", "create", "patch", "accept"},
     ("tollgate.dev", "mcptoolpins/status"): {"patch"},
     ("apps", "replicasets"): {"get"},
+    ("apps", "statefulsets"): {"get"},
+    ("apps", "daemonsets"): {"get"},
+    ("batch", "jobs"): {"get"},
 }
 
 

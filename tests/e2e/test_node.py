@@ -198,6 +198,43 @@ def test_node_a_call_held_for_approval_goes_on_once_kubectl_tollgate_approves_an
     assert [r["tool"] for r in records(node, NS, SERVER)].count("create_charge") == 1
 
 
+def test_node_a_deployments_tool_pins_are_made_on_first_use_hold_a_changed_tool_and_kubectl_tollgate_accepts_it(journey):
+    node, agent = journey
+    ns = "pinned"
+    node.namespace(ns, **{"tollgate.dev/injection": "enabled"})
+    node.apply(policy("pinned", {"default": "deny", "pinning": {"trustOnFirstUse": True}, "passthroughPaths": ["/change/*"],
+                                 "tools": {"read_file": {"rules": []}, "create_issue": {"rules": []}}}, ns))
+    server = host_container("server", python("tests/e2e/rugpull_server.py", "--port", str(MCP_PORT), "--stateless", "--json"),
+                            ports=[{"name": "mcp", "containerPort": MCP_PORT}])
+    node.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rugpull", "namespace": ns},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "rugpull"}},
+                         "template": {"metadata": {"labels": {"app": "rugpull"}}, "spec": host_tools_spec(server)}}})
+    node.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "rugpull", "namespace": ns},
+                "spec": {"selector": {"app": "rugpull"}, "ports": [{"port": 80, "targetPort": "mcp"}]}})
+    node.kubectl("-n", ns, "rollout", "status", "deployment/rugpull", "--timeout=180s")
+    url = f"http://rugpull.{ns}.svc.cluster.local"
+    first = eventually(lambda: agent.session(f"{url}/mcp", [("read_file", {"path": "/a"})]), what="a session", timeout=60)
+    assert first["tools"] == ["create_issue", "read_file"] and first["calls"] == [["ok", "contents of /a"]], first
+    pins = {p["spec"]["tool"]: p for p in node.get("-n", ns, "mcptoolpins")["items"]}
+    assert {(p["spec"]["workload"], p["spec"]["source"]) for p in pins.values()} == {("Deployment/rugpull", "FirstUse")}
+
+    status, text = agent.raw(f"{url}/change/description", {})
+    assert status == 200 and "changed" in text, (status, text)
+    after = agent.session(f"{url}/mcp", [("read_file", {"path": "/a"})])
+    assert after["tools"] == ["create_issue"] and after["calls"][0][0] == "denied", after
+    held = eventually(lambda: node.get("-n", ns, "mcptoolpin", pins["read_file"]["metadata"]["name"]).get("status", {}).get("held"),
+                      what="the held definition on its McpToolPin")
+    assert held["why"] == "changed" and held["changed"] == ["description"]
+    events = [e for e in node.get("-n", ns, "events.events.k8s.io")["items"] if e.get("reason") == "DefinitionHeld"]
+    assert events and "evil.example" not in events[0]["note"] and "kubectl tollgate pins accept" in events[0]["note"]
+    listed = node.plugin("pins", "list", "-n", ns).stdout
+    assert "evil.example" in listed and held["definition"]["digest"] in listed, listed
+    node.plugin("pins", "accept", "read_file", "--workload", "Deployment/rugpull", "--digest", held["definition"]["digest"], "-n", ns)
+    again = eventually(lambda: (s := agent.session(f"{url}/mcp", [("read_file", {"path": "/b"})]))["calls"] == [["ok", "contents of /b"]] and s,
+                       what="the accepted definition called on the pod", timeout=30)
+    assert again["tools"] == ["create_issue", "read_file"]
+
+
 SHOP_TESTS = """
 cases:
   - name: reads are allowed, deletions never

@@ -767,6 +767,8 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     accepted = plugin("alice", "accept", "read_file", "--workload", "Deployment/mcp", "--digest", digest)
     assert accepted.returncode == 0 and f"accepted by system:serviceaccount:{ns}:alice" in accepted.stdout, accepted.stdout + accepted.stderr
     eventually(lambda: c.allows("read_file"), what="the acceptance reaches the sidecar, which calls it without listing again")
+    announced = eventually(lambda: events(kube, ns, "Accepted", pin_name), what="an Event says who accepted it")
+    assert f"system:serviceaccount:{ns}:alice accepted {digest}" in announced[0]["note"]
     assert c.tools() == everything
     # The workload's pin moved: a replica whose server still shows the old text holds it now.
     assert a.tools() == ["create_issue", "delete_repository"]
@@ -789,6 +791,7 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     rejected = plugin("alice", "reject", "create_issue", "--workload", "Deployment/mcp", "--digest", issue["definition"]["digest"])
     assert rejected.returncode == 0, rejected.stderr
     assert "rejected" in plugin("alice", "list").stdout
+    eventually(lambda: events(kube, ns, "Rejected", pins()["create_issue"]["metadata"]["name"]), what="an Event says it was rejected")
     assert "create_issue" not in b.tools() and "result" not in b.call("create_issue")
 
     # A pod relabelled out of its Deployment gets no pins of its own: the API server's record

@@ -158,10 +158,15 @@ impl PolicySet {
     }
 
     /// What deciding a call of `tool` may read that a call's audit line does not always hold:
-    /// the argument paths of its conditions and counted amounts, and its callers' claims
-    /// (`identity.claims.*`, and subjects by claim).
+    /// the argument paths of its conditions and counted amounts, its callers' claims
+    /// (`identity.claims.*`, and subjects by claim), and the tool's pinned annotations
+    /// (`tool.annotations`, where a policy selects by them).
     pub fn reads(&self, tool: &str) -> Vec<String> {
         let mut out = Vec::new();
+        if self.selects_by_annotation() {
+            // The tool's pinned annotations, which no audit line holds.
+            out.push("tool.annotations".to_string());
+        }
         for p in &self.policies {
             if p.subjects.iter().any(|s| s.claim.is_some()) {
                 out.push("identity.claims".to_string());

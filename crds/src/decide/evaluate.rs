@@ -41,6 +41,14 @@ impl PolicySet {
         self.visible_with(tool, None, who)
     }
 
+    /// Whether an enforcing policy governing this caller hides the tool (`spec.hide`).
+    pub fn hidden(&self, tool: &str, who: &Identity) -> bool {
+        self.policies
+            .iter()
+            .filter(|p| p.mode == Mode::Enforce && p.governs(who))
+            .any(|p| p.hides(tool).is_some())
+    }
+
     /// [`PolicySet::visible`] for a tool whose pinned definition has `hints`, which
     /// `spec.annotated` entries select by (not remembered by name: see
     /// [`PolicySet::selects_by_annotation`]).

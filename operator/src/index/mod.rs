@@ -69,6 +69,7 @@ pub struct Index {
     policy_events: broadcast::Sender<Arc<McpPolicy>>,
     cluster_policy_events: broadcast::Sender<Arc<McpClusterPolicy>>,
     approval_events: broadcast::Sender<Arc<McpApproval>>,
+    pin_events: broadcast::Sender<Arc<McpToolPin>>,
     /// The policies whose selection a pod or namespace event changed.
     affected_policies: broadcast::Sender<ObjectRef<McpPolicy>>,
     affected_cluster_policies: broadcast::Sender<ObjectRef<McpClusterPolicy>>,
@@ -125,6 +126,7 @@ impl Index {
             policy_events: broadcast::channel(EVENTS_BUFFERED).0,
             cluster_policy_events: broadcast::channel(EVENTS_BUFFERED).0,
             approval_events: broadcast::channel(EVENTS_BUFFERED).0,
+            pin_events: broadcast::channel(EVENTS_BUFFERED).0,
             affected_policies: broadcast::channel(EVENTS_BUFFERED).0,
             affected_cluster_policies: broadcast::channel(EVENTS_BUFFERED).0,
             resync: watch::channel(0).0,
@@ -188,7 +190,10 @@ impl Index {
             watcher(Api::<McpToolPin>::all(client.clone()), Default::default()),
             pins_w,
             |_| {},
-            move |e| i.pins_applied(e),
+            move |e| {
+                applied(e, &i.pin_events);
+                i.pins_applied(e);
+            },
         );
         let streams =
             futures::stream::select_all([pods, namespaces, policies, cluster_policies, pins]);
@@ -399,6 +404,10 @@ impl Index {
         self: &Arc<Self>,
     ) -> impl Stream<Item = Arc<McpApproval>> + Send + 'static {
         self.follow(self.approval_events.subscribe())
+    }
+
+    pub fn pin_events(self: &Arc<Self>) -> impl Stream<Item = Arc<McpToolPin>> + Send + 'static {
+        self.follow(self.pin_events.subscribe())
     }
 
     /// The McpPolicies whose selection of pods a pod or namespace event changed.

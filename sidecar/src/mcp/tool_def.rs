@@ -68,5 +68,16 @@ mod tests {
         let mut renamed = good.clone();
         renamed.name = "u".into();
         assert!(renamed.verify().is_err(), "the fields name the tool");
+        // Text that runs into another field hashes as that field would: refused.
+        let real =
+            read(&json!({"name": "t", "description": "x", "inputSchema": {"type": "object"}}))
+                .unwrap();
+        let mut smuggled = real.clone();
+        smuggled.fields.remove("inputSchema");
+        smuggled.fields.insert(
+            "description".into(),
+            r#""x","inputSchema":{"type":"object"}"#.into(),
+        );
+        assert!(smuggled.verify().unwrap_err().contains("one JSON value"));
     }
 }

@@ -144,6 +144,9 @@ pub struct Held {
     pub rejected: bool,
     #[serde(skip)]
     definition: Option<Definition>,
+    /// The cluster has been told of it.
+    #[serde(skip)]
+    reported: bool,
 }
 
 /// Why a person's decision on a pin was not taken.
@@ -428,23 +431,34 @@ impl Pins {
             }
             None => Unpinned::NoPin,
         };
-        let held = inner.hold(def, pinned, why_unpinned);
-        if let Some(held) = held {
-            drop(inner);
+        let news = inner.hold(def, pinned, why_unpinned);
+        // The cluster hears of each held definition once, a tool's at most every
+        // HELD_REPORT_EVERY (one a server changes on every list is reported on a later one).
+        let unreported = inner
+            .held
+            .get(name)
+            .is_some_and(|h| !h.reported && !h.rejected);
+        let due = inner
+            .reported
+            .get(name)
+            .is_none_or(|at| at.elapsed() >= HELD_REPORT_EVERY);
+        let report = match (self.cluster(), unreported && due) {
+            (Some(plane), true) => {
+                inner.reported.insert(name.to_string(), Instant::now());
+                inner.held.get_mut(name).map(|held| {
+                    held.reported = true;
+                    (plane.clone(), held.clone())
+                })
+            }
+            _ => None,
+        };
+        drop(inner);
+        if let Some(held) = news {
             self.metrics.pin_change(name, held.why);
             self.record(name, held.why, &held.reason);
-            if let Some(plane) = self.cluster() {
-                let mut inner = self.inner.lock();
-                let due = inner
-                    .reported
-                    .get(name)
-                    .is_none_or(|at| at.elapsed() >= HELD_REPORT_EVERY);
-                if due {
-                    inner.reported.insert(name.to_string(), Instant::now());
-                    drop(inner);
-                    plane.report_held(&held);
-                }
-            }
+        }
+        if let Some((plane, held)) = report {
+            plane.report_held(&held);
         }
         if rules.mode == PinMode::Audit {
             Listed::Shown
@@ -457,17 +471,46 @@ impl Pins {
     /// process has listed, and found to match its pin: not one held back, and not one no list
     /// has shown since the proxy started (a server may have changed it meanwhile).
     pub fn admits(&self, rules: &PinRules, tool: &str) -> Result<(), Denial> {
+        self.admit(rules, false, tool).map(|_| ())
+    }
+
+    /// [`Pins::admits`] under `set`'s pinning, with the hints of the definition it admits by
+    /// where `set` selects tools by them (`spec.annotated`), read under the same lock: the
+    /// hints of the pinned definition, never a server's unpinned word.
+    pub fn admit_call(
+        &self,
+        set: &tollgate_api::PolicySet,
+        tool: &str,
+    ) -> Result<Option<tollgate_api::Hints>, Denial> {
+        match &set.pinning {
+            None => Ok(None),
+            Some(rules) => self.admit(rules, set.selects_by_annotation(), tool),
+        }
+    }
+
+    fn admit(
+        &self,
+        rules: &PinRules,
+        hinted: bool,
+        tool: &str,
+    ) -> Result<Option<tollgate_api::Hints>, Denial> {
         if rules.mode != PinMode::Enforce {
-            return Ok(());
+            return Ok(None);
         }
         let inner = self.inner.lock();
-        let reason = match inner.held.get(tool) {
-            Some(held) => format!(
+        let reason = match (inner.held.get(tool), inner.good.get(tool)) {
+            (Some(held), _) => format!(
                 "{}. It is held back until a person accepts it (tollgate pins accept {tool} --digest {})",
                 held.reason, held.digest
             ),
-            None if inner.good.contains_key(tool) => return Ok(()),
-            None => format!(
+            // Listed matching the pin in force now (a policy's pins may have changed since).
+            (None, Some(def)) if inner.pins_of(rules, tool).iter().all(|p| *p == def.digest) => {
+                return Ok(hinted.then(|| def.hints()));
+            }
+            (None, Some(_)) => {
+                format!("Tool {tool:?}'s pin changed since it was listed: list tools first")
+            }
+            (None, None) => format!(
                 "Tool {tool:?} has not been listed since the proxy started, so its definition cannot be held to its pin: list tools first"
             ),
         };
@@ -477,19 +520,6 @@ impl Pins {
             reason,
             deny_as: DenyAs::Error,
         })
-    }
-
-    /// The hints of `tool`'s definition where `set` selects tools by them and the tool is
-    /// pinned, enforced, and listed matching its pin: never a server's unpinned word.
-    pub fn hints(&self, set: &tollgate_api::PolicySet, tool: &str) -> Option<tollgate_api::Hints> {
-        if !set.selects_by_annotation() {
-            return None;
-        }
-        let rules = set.pinning.as_ref()?;
-        if rules.mode != PinMode::Enforce {
-            return None;
-        }
-        self.inner.lock().good.get(tool).map(Definition::hints)
     }
 
     /// The tools held back, in name order.
@@ -679,6 +709,7 @@ impl Inner {
             since: now_rfc3339(),
             rejected,
             definition: Some(def.clone()),
+            reported: false,
         };
         self.held.insert(name.to_string(), held.clone());
         // A definition a person rejected before is held again without a word.
@@ -941,6 +972,25 @@ mod tests {
         assert!(
             p.admits(&r, "t").is_err(),
             "the pin moved away from what was listed"
+        );
+    }
+
+    #[test]
+    fn a_call_is_admitted_only_while_the_listed_definition_is_still_the_pin() {
+        let p = pins();
+        let v1 =
+            def(json!({"name": "t", "description": "a", "annotations": {"readOnlyHint": true}}));
+        let v2 = def(json!({"name": "t", "description": "b"}));
+        let r1 = rules(PinMode::Enforce, false, &[("t", &v1.digest)]);
+        assert!(p.shows(&r1, &v1));
+        assert!(p.admit(&r1, true, "t").unwrap().unwrap().read_only);
+        // The policy now pins another definition: what was listed no longer admits a call.
+        let r2 = rules(PinMode::Enforce, false, &[("t", &v2.digest)]);
+        let denied = p.admit(&r2, true, "t").unwrap_err();
+        assert!(denied.reason.contains("pin changed"), "{}", denied.reason);
+        assert_eq!(
+            p.admit(&rules(PinMode::Audit, false, &[]), true, "t"),
+            Ok(None)
         );
     }
 }

@@ -334,7 +334,11 @@ fn lacking(reads: &[String], line: &Line) -> Vec<String> {
     };
     reads
         .iter()
-        .filter(|path| path.starts_with("identity.") || !logged.clone().any(|k| covers(k, path)))
+        .filter(|path| {
+            path.starts_with("identity.")
+                || path.starts_with("tool.")
+                || !logged.clone().any(|k| covers(k, path))
+        })
         .cloned()
         .collect()
 }

@@ -87,6 +87,8 @@ struct HeldCall {
     args: Value,
     who: Identity,
     session: Option<String>,
+    /// The hints the call was made with (what its approval's call is decided again with).
+    hints: Option<tollgate_api::Hints>,
 }
 
 /// One case as it runs.
@@ -313,6 +315,7 @@ impl Run {
                             args: args.clone(),
                             who: who.clone(),
                             session: session.map(str::to_string),
+                            hints: self.hints,
                         });
                         Outcome {
                             kind: Kind::Approve,
@@ -359,7 +362,7 @@ impl Run {
                     tool: &held.tool,
                     args: Some(&held.args),
                     session: held.session.as_deref(),
-                    hints: self.hints,
+                    hints: held.hints,
                 };
                 let outcome = self.go_on_approved(&call, &held.who, &a).await;
                 self.held = Some(HeldCall { hold: None, ..held });

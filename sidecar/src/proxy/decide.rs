@@ -218,11 +218,20 @@ impl Proxy {
         asked: &Asked<'_>,
     ) -> Result<Reserved, Denial> {
         let state = self.policy.current();
+        // Held to its pin again as it goes on: the server may have changed the tool while a
+        // person decided, and annotated rules read the pinned definition's hints now.
+        let is_tool = !tollgate_api::decide::KIND_PREFIXES
+            .iter()
+            .any(|k| ask.tool.starts_with(k));
+        let hints = match is_tool {
+            true => self.pins.admit_call(&state.set, &ask.tool)?,
+            false => None,
+        };
         let call = Call {
             tool: &ask.tool,
             args: Some(&ask.args),
             session: asked.session,
-            hints: self.pins.hints(&state.set, &ask.tool),
+            hints,
         };
         let counted = self
             .counters
@@ -403,19 +412,21 @@ impl Proxy {
                 deny_as: DenyAs::Error,
             }),
             Ok(()) => {
-                // A tool held back by its pin is not called, whatever the rules say.
-                let pinned = match set.pinning.as_ref().filter(|_| method == "tools/call") {
-                    Some(rules) => self.pins.admits(rules, &call.name),
-                    None => Ok(()),
+                // A tool held back by its pin is not called, whatever the rules say; one
+                // admitted comes with its pinned hints (tools only: a resource or prompt has
+                // none).
+                let pinned = match method == "tools/call" {
+                    true => self.pins.admit_call(set, &call.name),
+                    false => Ok(None),
                 };
                 match pinned {
                     Err(denial) => Counted::denied(denial),
-                    Ok(()) => {
+                    Ok(hints) => {
                         let call = Call {
                             tool: &call.name,
                             args: Some(args),
                             session,
-                            hints: self.pins.hints(set, &call.name),
+                            hints,
                         };
                         self.counters.decide(set, &call, who).await
                     }

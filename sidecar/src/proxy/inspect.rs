@@ -524,7 +524,11 @@ impl Inspector {
             // A tool whose name cannot be read (none, two, not a string) cannot be shown to be
             // visible: it is dropped.
             .filter(|t| {
-                tool_name(t.get()).is_some_and(|name| by_hints || visibility.visible(&name))
+                tool_name(t.get()).is_some_and(|name| match by_hints {
+                    // Not pinned, nor reported, nor counted against the caps: hidden.
+                    true => !policy.hidden(&name, &self.who),
+                    false => visibility.visible(&name),
+                })
             })
             .collect();
         drop(visibility);
