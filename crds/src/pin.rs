@@ -157,6 +157,22 @@ impl ToolDefinition {
         {
             return Err(format!("{f:?} is not a field a pin covers"));
         }
+        // Each field's text is one JSON value, written canonically: text that runs into the
+        // next field ("x","inputSchema":{…}) would be read as another field than it is.
+        for (field, text) in &self.fields {
+            let canonical = serde_json::from_str::<serde_json::Value>(text)
+                .map(|v| {
+                    let mut out = String::new();
+                    crate::canonical(&v, &mut out);
+                    out
+                })
+                .ok();
+            if canonical.as_deref() != Some(text.as_str()) {
+                return Err(format!(
+                    "field {field:?} is not one JSON value, written canonically"
+                ));
+            }
+        }
         let (digest, body) = digests(&self.fields);
         if digest != self.digest || body != self.body {
             return Err(format!(
