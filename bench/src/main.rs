@@ -4,6 +4,7 @@
 //! load clients (1 HTTP/1.1 connection each) ─┬─> upstream directly
 //!                                            ├─> nginx (plain reverse proxy, upstream keep-alive)
 //!                                            ├─> tollgate proxy (100-tool policy)
+//!                                            ├─> tollgate proxy, the same policy pinning its tools (JSON)
 //!                                            ├─> passthrough (tollgate's HTTP stack, no policy)
 //!                                            ├─> floor (least HTTP/1 proxy, httparse; JSON answers only)
 //!                                            └─> mcp-proxy (crates.io peer)
@@ -477,14 +478,14 @@ async fn main() -> anyhow::Result<()> {
         let policy_path = tmp.join("policy.yaml");
         std::fs::write(&policy_path, policy())?;
         // `tollgate proxy` in front of this upstream, on `port`, with its admin on `admin`.
-        let tollgate = |port: u16, admin: u16| {
+        let tollgate_with = |port: u16, admin: u16, policy: &std::path::Path| {
             let mut cmd = Command::new(release.join("tollgate"));
             cmd.args([
                 "proxy",
                 "--upstream",
                 &format!("http://127.0.0.1:{up}"),
                 "--policy",
-                &policy_path.display().to_string(),
+                &policy.display().to_string(),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--metrics-listen",
@@ -494,6 +495,7 @@ async fn main() -> anyhow::Result<()> {
             ]);
             cmd
         };
+        let tollgate = |port: u16, admin: u16| tollgate_with(port, admin, &policy_path);
         let audit = std::fs::File::create(tmp.join(format!("audit-{kind}.log")))?;
         let p = spawn_to(
             &mut tollgate(port, free_port()),
@@ -521,6 +523,30 @@ async fn main() -> anyhow::Result<()> {
             vec![p.0.id()],
         ));
         procs.push(p);
+        // The same policy pinning every tool on first use: what holding each listed definition
+        // to its pin costs a list (every tool read and digested) and a call (its pin looked up).
+        if kind == "json" {
+            let pinned_policy = tmp.join("policy-pinned.yaml");
+            std::fs::write(
+                &pinned_policy,
+                format!("{}  pinning: {{ trustOnFirstUse: true }}\n", policy()),
+            )?;
+            let port = free_port();
+            let audit = std::fs::File::create(tmp.join("audit-json-pinned.log"))?;
+            let p = spawn_to(
+                tollgate_with(port, free_port(), &pinned_policy)
+                    .args(["--pins-file", &tmp.join("pins.json").display().to_string()]),
+                port,
+                "tollgate (pinned)",
+                audit.into(),
+            )?;
+            let t = Target::local("tollgate (pinned)", port, "/mcp", "", vec![p.0.id()]);
+            // Listed once, so its tools are pinned (on first use) and callable.
+            let mut c = connect(t.addr).await?;
+            post(&mut c, &t, None, body(Work::List, &t, 0)).await?;
+            ts.push(t);
+            procs.push(p);
+        }
         if let Some(redis) = &args.redis {
             let port = free_port();
             let admin = free_port();

@@ -48,6 +48,9 @@ use crate::telemetry::metrics::Metrics;
 /// The pins of one workload, as this proxy holds them.
 pub struct Pins {
     inner: Mutex<Inner>,
+    /// Definitions read, by the exact text of the tool they were read from: a server lists the
+    /// same bytes for a tool that did not change, and those are not parsed and digested again.
+    read: Mutex<ReadMemo>,
     audit: AuditLog,
     metrics: Metrics,
     keeper: Keeper,
@@ -73,6 +76,17 @@ struct Plane {
 /// How long a tool whose first use the control plane did not confirm stays held before a list
 /// asks again.
 const FIRST_USE_RETRY: Duration = Duration::from_secs(5);
+
+/// The most tool texts whose definitions are remembered, and the most bytes they may take (a
+/// server listing ever new or huge tools empties the memo; it never grows past this).
+const READ_MEMO: usize = 4096;
+const READ_MEMO_BYTES: usize = 8 << 20;
+
+#[derive(Default)]
+struct ReadMemo {
+    texts: HashMap<Box<str>, Definition>,
+    bytes: usize,
+}
 
 /// The most tools one list asks the cluster to pin on first use.
 const FIRST_USES_PER_LIST: usize = 64;
@@ -177,6 +191,7 @@ impl Pins {
     pub fn new(audit: AuditLog, metrics: Metrics) -> Self {
         Pins {
             inner: Mutex::default(),
+            read: Mutex::default(),
             audit,
             metrics,
             keeper: Keeper::Memory,
@@ -369,6 +384,29 @@ impl Pins {
             }
             Keeper::Memory => Ok(()),
         }
+    }
+
+    /// The definition of one tool of a list, from its JSON text; `None` when it cannot be read
+    /// as one. The same text gives the same definition, so a text read before is not read
+    /// again (at most [`READ_MEMO`] are kept).
+    pub fn definition(&self, raw: &str) -> Option<Definition> {
+        if let Some(def) = self.read.lock().texts.get(raw) {
+            return Some(def.clone());
+        }
+        let def = serde_json::from_str::<serde_json::Value>(raw)
+            .ok()
+            .and_then(|v| crate::mcp::tool_def::read(&v))?;
+        let mut read = self.read.lock();
+        // A text and its definition's fields: about twice the text.
+        let cost = 2 * raw.len();
+        if read.texts.len() >= READ_MEMO || read.bytes + cost > READ_MEMO_BYTES {
+            *read = ReadMemo::default();
+        }
+        if cost <= READ_MEMO_BYTES / 16 {
+            read.bytes += cost;
+            read.texts.insert(raw.into(), def.clone());
+        }
+        Some(def)
     }
 
     /// Whether a listed tool is shown, under `rules` (a first use the cluster keeps is held:

@@ -539,10 +539,7 @@ impl Inspector {
             Some(rules) => kept
                 .into_iter()
                 .filter(|t| {
-                    let Some(def) = serde_json::from_str::<serde_json::Value>(t.get())
-                        .ok()
-                        .and_then(|v| crate::mcp::tool_def::read(&v))
-                    else {
+                    let Some(def) = self.pins.definition(t.get()) else {
                         return false;
                     };
                     match self.pins.listed(rules, &def) {
