@@ -84,7 +84,7 @@ const READ_MEMO_BYTES: usize = 8 << 20;
 
 #[derive(Default)]
 struct ReadMemo {
-    texts: HashMap<Box<str>, Definition>,
+    texts: HashMap<Box<str>, Arc<Definition>>,
     bytes: usize,
 }
 
@@ -389,13 +389,14 @@ impl Pins {
     /// The definition of one tool of a list, from its JSON text; `None` when it cannot be read
     /// as one. The same text gives the same definition, so a text read before is not read
     /// again (at most [`READ_MEMO`] are kept).
-    pub fn definition(&self, raw: &str) -> Option<Definition> {
+    pub fn definition(&self, raw: &str) -> Option<Arc<Definition>> {
         if let Some(def) = self.read.lock().texts.get(raw) {
             return Some(def.clone());
         }
         let def = serde_json::from_str::<serde_json::Value>(raw)
             .ok()
-            .and_then(|v| crate::mcp::tool_def::read(&v))?;
+            .and_then(|v| crate::mcp::tool_def::read(&v))
+            .map(Arc::new)?;
         let mut read = self.read.lock();
         // A text and its definition's fields: about twice the text.
         let cost = 2 * raw.len();
@@ -421,8 +422,13 @@ impl Pins {
         let mut inner = self.inner.lock();
         let pinned = inner.pins_of(rules, name);
         if !pinned.is_empty() && pinned.iter().all(|p| *p == def.digest) {
-            inner.held.remove(name);
-            inner.good.insert(name.to_string(), def.clone());
+            if !inner.held.is_empty() {
+                inner.held.remove(name);
+            }
+            // Listed as before (nearly always): nothing to write.
+            if inner.good.get(name).is_none_or(|g| g.digest != def.digest) {
+                inner.good.insert(name.to_string(), def.clone());
+            }
             return Listed::Shown;
         }
         let first_use = rules.trust_on_first_use && !matches!(self.keeper, Keeper::Memory);
@@ -542,7 +548,7 @@ impl Pins {
                 held.reason, held.digest
             ),
             // Listed matching the pin in force now (a policy's pins may have changed since).
-            (None, Some(def)) if inner.pins_of(rules, tool).iter().all(|p| *p == def.digest) => {
+            (None, Some(def)) if inner.pinned_to(rules, tool, &def.digest) => {
                 return Ok(hinted.then(|| def.hints()));
             }
             (None, Some(_)) => {
@@ -661,6 +667,22 @@ impl Inner {
                 .get(name)
                 .map(|d| vec![d.digest.clone()])
                 .unwrap_or_default(),
+        }
+    }
+
+    /// Whether `name` has a pin, and `digest` is every pin it has ([`Inner::pins_of`], without
+    /// allocating: this is on every call).
+    fn pinned_to(&self, rules: &PinRules, name: &str, digest: &str) -> bool {
+        if let Some(d) = self.kept.accepted.get(name) {
+            return d.digest == digest;
+        }
+        match rules.pins.get(name) {
+            Some(pins) => !pins.is_empty() && pins.iter().all(|p| p == digest),
+            None => self
+                .kept
+                .first_use
+                .get(name)
+                .is_some_and(|d| d.digest == digest),
         }
     }
 
@@ -1029,6 +1051,19 @@ mod tests {
         assert_eq!(
             p.admit(&rules(PinMode::Audit, false, &[]), true, "t"),
             Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_listed_tool_whose_pin_is_gone_is_not_called() {
+        let p = pins();
+        let v1 = def(json!({"name": "t", "description": "a"}));
+        let pinned = rules(PinMode::Enforce, false, &[("t", &v1.digest)]);
+        assert!(p.shows(&pinned, &v1) && p.admits(&pinned, "t").is_ok());
+        let unpinned = rules(PinMode::Enforce, false, &[]);
+        assert!(
+            p.admits(&unpinned, "t").is_err(),
+            "no pin now: held until a list holds it to one"
         );
     }
 }

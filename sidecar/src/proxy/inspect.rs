@@ -549,7 +549,7 @@ impl Inspector {
                         Listed::Shown => true,
                         Listed::Held => false,
                         Listed::AskFirstUse => {
-                            self.first_use.push(def);
+                            self.first_use.push((*def).clone());
                             false
                         }
                     }
