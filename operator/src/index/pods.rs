@@ -308,7 +308,8 @@ impl PodPolicies {
             .or_default()
             .entry(workload)
             .or_default();
-        if pins.get(&tool) == Some(&now) {
+        // Unchanged, and no other workload lost it: nothing to send.
+        if pins.get(&tool) == Some(&now) && touched.len() == 1 {
             return;
         }
         Arc::make_mut(pins).insert(tool, now);
@@ -719,5 +720,50 @@ mod tests {
                 "mcppolicy/ns-7/only-here"
             ]
         );
+    }
+
+    #[test]
+    fn a_workloads_pins_reach_only_its_pods_and_only_where_a_policy_pins() {
+        let mut idx = index();
+        let mut a = idx.subscribe("shop", "a", None).unwrap();
+        let mut b = idx.subscribe("shop", "b", None).unwrap();
+        let mut pinning = (*policy("shop", "pinned", None, &["t"])).clone();
+        pinning.spec.pinning = Some(tollgate_api::Pinning {
+            trust_on_first_use: true,
+            ..Default::default()
+        });
+        idx.apply_policy(Arc::new(pinning));
+        assert_eq!(a.borrow_and_update().pins.as_deref(), Some(&Pins::new()));
+        let pin: McpToolPin = serde_json::from_value(json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "McpToolPin",
+            "metadata": { "name": "pin-1", "namespace": "shop" },
+            "spec": { "workload": "Pod/a", "tool": "t", "source": "FirstUse", "rejected": "sha256:x" },
+        }))
+        .unwrap();
+        b.mark_unchanged();
+        idx.apply_pin(&pin);
+        let sent = a.borrow_and_update().pins.clone().unwrap();
+        assert_eq!(sent["t"].rejected.as_deref(), Some("sha256:x"));
+        assert!(
+            !b.has_changed().unwrap(),
+            "another workload's pod is not woken"
+        );
+        // The same pin moved to another workload (the webhook refuses it; the index follows).
+        let mut moved = pin.clone();
+        moved.spec.workload = "Pod/b".into();
+        idx.apply_pin(&moved);
+        assert!(a.borrow_and_update().pins.as_ref().unwrap().is_empty());
+        assert!(
+            b.borrow_and_update()
+                .pins
+                .as_ref()
+                .unwrap()
+                .contains_key("t")
+        );
+        idx.delete_pin("shop", "pin-1");
+        assert!(b.borrow_and_update().pins.as_ref().unwrap().is_empty());
+        // No policy pins: no pins are sent at all.
+        idx.delete_policy("shop", "pinned");
+        assert!(a.borrow_and_update().pins.is_none());
     }
 }
