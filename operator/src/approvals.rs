@@ -133,31 +133,11 @@ pub async fn admit(client: &Client, req: &AdmissionRequest<DynamicObject>) -> Ad
         Review::Refuse(message) => return resp.deny(message),
         Review::Decide(v) => v,
     };
-    let user = &req.user_info;
-    let username = user.username.clone().unwrap_or_default();
-    let sar = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: user.username.clone(),
-            uid: user.uid.clone(),
-            groups: user.groups.clone(),
-            extra: user.extra.clone(),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(tollgate_api::GROUP.into()),
-                resource: Some("mcpapprovals".into()),
-                verb: Some("approve".into()),
-                namespace: req.namespace.clone(),
-                name: Some(req.name.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    let allowed = match api.create(&PostParams::default(), &sar).await {
-        Ok(answer) => answer.status.is_some_and(|s| s.allowed),
+    let username = req.user_info.username.clone().unwrap_or_default();
+    let allowed = match may(client, req, "mcpapprovals", "approve").await {
+        Ok(allowed) => allowed,
+        // Fail closed: no decision is taken that nobody could check.
         Err(e) => {
-            // Fail closed: no decision is taken that nobody could check.
             return resp.deny(format!(
                 "Tollgate cannot check whether {username} may approve McpApprovals: {e}"
             ));
@@ -179,6 +159,40 @@ pub async fn admit(client: &Client, req: &AdmissionRequest<DynamicObject>) -> Ad
         Ok(r) => r,
         Err(e) => AdmissionResponse::invalid(e),
     }
+}
+
+/// Whether the user of an admission request may `verb` the object it concerns (`resource` of
+/// Tollgate's group, in its namespace), by a SubjectAccessReview: how the webhooks check the
+/// verbs RBAC grants for decisions (`approve`, `accept`).
+pub async fn may(
+    client: &Client,
+    req: &AdmissionRequest<DynamicObject>,
+    resource: &str,
+    verb: &str,
+) -> Result<bool, kube::Error> {
+    let user = &req.user_info;
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username.clone(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone(),
+            extra: user.extra.clone(),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(tollgate_api::GROUP.into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                namespace: req.namespace.clone(),
+                name: Some(req.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &sar)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 /// The status an approval should have now, or `None` when it is right.

@@ -24,9 +24,6 @@
 //! text the pin holds.
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
@@ -576,29 +573,9 @@ pub async fn admit(
         Review::Refuse(message) => return resp.deny(message),
         Review::Decide { stamp } => stamp,
     };
-    let user = &req.user_info;
-    let username = user.username.clone().unwrap_or_default();
-    let sar = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: user.username.clone(),
-            uid: user.uid.clone(),
-            groups: user.groups.clone(),
-            extra: user.extra.clone(),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(tollgate_api::GROUP.into()),
-                resource: Some("mcptoolpins".into()),
-                verb: Some("accept".into()),
-                namespace: req.namespace.clone(),
-                name: Some(req.name.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    let allowed = match api.create(&PostParams::default(), &sar).await {
-        Ok(answer) => answer.status.is_some_and(|s| s.allowed),
+    let username = req.user_info.username.clone().unwrap_or_default();
+    let allowed = match crate::approvals::may(client, req, "mcptoolpins", "accept").await {
+        Ok(allowed) => allowed,
         Err(e) => {
             return resp.deny(format!(
                 "Tollgate cannot check whether {username} may accept tool definitions: {e}"
