@@ -118,10 +118,18 @@ class Channel:
     endpoint: str = "/mcp"
     events: "queue.Queue[dict]" = field(default_factory=queue.Queue)
     client: httpx.Client | None = None
+    # httpx's sync client shared by threads corrupts its HTTP/2 state (encode/httpx#908): it
+    # takes a stream id and writes the HEADERS under different locks, so a higher id can go
+    # first and the proxy rightly resets the lower one (RFC 9113 §5.1.1). Another thread posts
+    # on an HTTP/2 connection of its own, in the same session.
+    _opener: threading.Thread | None = None
+    _threads: threading.local = field(default_factory=threading.local)
+    _others: list = field(default_factory=list)
 
     def open(self) -> "Channel":
         h2 = self.transport == "h2" and self.through_proxy
         self.client = httpx.Client(http1=not h2, http2=h2, timeout=10)
+        self._opener = threading.current_thread()
         if self.transport == "modern":
             self.headers = {**HEADERS, "mcp-protocol-version": "2026-07-28"}
             return self
@@ -172,7 +180,7 @@ class Channel:
         if self.transport == "modern":
             body, routing = stateless(body)
             headers = {**routing, **headers}
-        r = self.client.request(
+        r = self._client().request(
             method,
             f"{self.base}{path or self.endpoint}",
             headers=headers,
@@ -183,6 +191,16 @@ class Channel:
             self.client.close()
             self.open()
         return r
+
+    def _client(self) -> httpx.Client:
+        assert self.client is not None
+        if not (self.transport == "h2" and self.through_proxy) or threading.current_thread() is self._opener:
+            return self.client
+        mine = getattr(self._threads, "client", None)
+        if mine is None:
+            mine = self._threads.client = httpx.Client(http1=False, http2=True, timeout=10)
+            self._others.append(mine)
+        return mine
 
     def post_alone(self, body: bytes) -> httpx.Response:
         """Posts on a connection of its own, in the same session: HTTP/2 on one connection
@@ -202,6 +220,8 @@ class Channel:
         time.sleep(0.2)
 
     def close(self) -> None:
+        for c in self._others:
+            c.close()
         if self.client:
             self.client.close()
 
