@@ -51,6 +51,9 @@ pub mod env {
     pub const COUNTERS_GROUP: &str = "TOLLGATE_COUNTERS_GROUP";
     /// Which HTTP/1 server reads agents' requests: `tollgate` (unset) or `hyper`.
     pub const HTTP1: &str = "TOLLGATE_HTTP1";
+    /// Where a person approves a held call (`{name}`: the approval's), for 2026-07-28 clients
+    /// that open URLs.
+    pub const APPROVAL_URL: &str = "TOLLGATE_APPROVAL_URL";
 }
 
 /// The sidecar's default UID and GID. In redirect mode its own connections to the app are the

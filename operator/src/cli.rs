@@ -64,6 +64,11 @@ struct Args {
     /// hyper's, should a fault be found in Tollgate's (`tollgate proxy --http1`).
     #[arg(long, env = "TOLLGATE_SIDECAR_HTTP1", default_value = "tollgate", value_parser = ["tollgate", "hyper"])]
     sidecar_http1: String,
+    /// Where people approve held calls, passed to injected sidecars (their `--approval-url`):
+    /// a 2026-07-28 agent that opens URLs is sent there. `{name}` becomes the McpApproval's
+    /// name. Empty: agents wait, as before.
+    #[arg(long, env = "TOLLGATE_SIDECAR_APPROVAL_URL", default_value = "")]
+    sidecar_approval_url: String,
     /// The injected sidecar's CPU request. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_CPU_REQUEST", default_value = "10m")]
     sidecar_cpu_request: String,
@@ -381,6 +386,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             proxy_gid: args.sidecar_gid,
             boundary: args.boundary,
             counters: shared_counters(&args)?,
+            approval_url: approval_url(&args.sidecar_approval_url)?,
         },
         serving,
     });
@@ -441,6 +447,23 @@ fn shared_counters(args: &Args) -> anyhow::Result<Option<crate::inject::SharedCo
         timeout: args.sidecar_counters_timeout.clone(),
         password_secret,
     }))
+}
+
+/// `--sidecar-approval-url`, checked here as the sidecar checks it, so a bad one stops the
+/// operator rather than every injected pod.
+fn approval_url(url: &str) -> anyhow::Result<Option<String>> {
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let probe: http::Uri = url
+        .replace("{name}", "name")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--sidecar-approval-url {url:?}: {e}"))?;
+    anyhow::ensure!(
+        matches!(probe.scheme_str(), Some("http" | "https")) && probe.authority().is_some(),
+        "--sidecar-approval-url {url:?} is not an absolute http(s) URL"
+    );
+    Ok(Some(url.to_string()))
 }
 
 /// Runs the controllers while this replica leads; a controller that ends while leading is a

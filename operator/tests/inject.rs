@@ -11,6 +11,7 @@ use tollgate_operator::inject::{
 
 fn config() -> InjectConfig {
     InjectConfig {
+        approval_url: None,
         image: "ghcr.io/tollgate-dev/tollgate:test".into(),
         resources: Default::default(),
         log_level: "info".into(),
@@ -1123,6 +1124,28 @@ fn the_sidecars_identity_annotations_must_be_numbers_it_can_use() {
         );
         assert_eq!(refused(&pod, &no_labels(), value).at, annotation);
     }
+}
+
+#[test]
+fn the_operators_approval_url_reaches_every_injected_sidecar() {
+    let pod = injected(&opted_in(), &no_labels());
+    assert_eq!(env(sidecar(&pod), "TOLLGATE_APPROVAL_URL"), None);
+    let config = InjectConfig {
+        approval_url: Some("https://approvals.example.com/{name}".into()),
+        ..config()
+    };
+    let pod: Pod = serde_json::from_value(opted_in()).unwrap();
+    let Injection::Patch { patch, .. } = inject_sidecar(&pod, &no_labels(), &config).unwrap()
+    else {
+        panic!("not injected");
+    };
+    let mut after = opted_in();
+    json_patch::patch(&mut after, &patch).unwrap();
+    let pod: Pod = serde_json::from_value(after).unwrap();
+    assert_eq!(
+        env(sidecar(&pod), "TOLLGATE_APPROVAL_URL"),
+        Some("https://approvals.example.com/{name}")
+    );
 }
 
 #[test]

@@ -378,6 +378,12 @@ struct ProxyArgs {
         requires = "approvals_token_file"
     )]
     approval_webhook: Option<http::Uri>,
+    /// Where a person approves a held call, for clients that can open it: a 2026-07-28 client
+    /// that declares URL elicitation gets an `input_required` result pointing there at once,
+    /// instead of waiting silently, and its repeat waits for the decision. `{name}` becomes the
+    /// approval's name (say `https://approvals.example.com/approvals/{name}`).
+    #[arg(long, env = "TOLLGATE_APPROVAL_URL", value_parser = parse_approval_url)]
+    approval_url: Option<String>,
     /// The most calls held for a person at once (each keeps its request, 12 KiB, and its
     /// connection); past
     /// it, calls an approve rule applies to are denied until some are decided.
@@ -502,6 +508,19 @@ fn passthrough_paths(paths: &[String]) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(paths.to_vec())
+}
+
+/// An approval page's URL: absolute, http or https.
+fn parse_approval_url(s: &str) -> Result<String, String> {
+    let probe = s.replace("{name}", "name");
+    match probe.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!(
+            "{s:?} is not an absolute http(s) URL (say https://approvals.example.com/approvals/{{name}})"
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -971,6 +990,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                     upstream_body: args.upstream_body_timeout,
                 },
                 max_held_calls: args.max_held_calls,
+                approval_url: args.approval_url.clone(),
                 http1: args.http1,
             },
             handle.clone(),

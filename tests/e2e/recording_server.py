@@ -16,7 +16,11 @@ import time
 
 import anyio
 import uvicorn
+from typing import Annotated
+
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.resolve import Elicit, Resolve
+from pydantic import BaseModel
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -91,6 +95,24 @@ async def slow_issue(title: str, seconds: float = 0.5) -> str:
     record("slow_issue", title=title)
     await anyio.sleep(seconds)
     return f"created {title} slowly"
+
+
+class Confirmation(BaseModel):
+    ok: bool
+
+
+def ask_to_confirm(env: str) -> Elicit[Confirmation]:
+    """Asks the client before a deploy: in 2026-07-28 the SDK answers the call `input_required`
+    and the client repeats it with the answer; before, it sends `elicitation/create` mid-call."""
+    record("asked", env=env)
+    return Elicit(f"Deploy to {env}?", Confirmation)
+
+
+@mcp.tool()
+def deploy(env: str, confirmation: Annotated[Confirmation, Resolve(ask_to_confirm)]) -> str:
+    """Runs once a person confirmed (a multi-round-trip call)."""
+    record("deploy", env=env, ok=confirmation.ok)
+    return f"deployed to {env}" if confirmation.ok else f"not deployed to {env}"
 
 
 def main() -> None:

@@ -18,6 +18,15 @@ def call(id, tool, args=None):
     return rpc(id, "tools/call", {"name": tool, "arguments": args or {}})
 
 
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def modern_call(id, tool, args=None) -> tuple[dict, dict]:
+    """A 2026-07-28 `tools/call` as a client sends it: its body (with `_meta`) and headers."""
+    body = rpc(id, "tools/call", {"name": tool, "arguments": args or {}, "_meta": MODERN_META})
+    return body, {**HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool}
+
+
 def messages(resp: httpx.Response) -> list[dict]:
     """Every JSON-RPC message of a JSON or SSE answer."""
     if resp.headers.get("content-type", "").startswith("text/event-stream"):

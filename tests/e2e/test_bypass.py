@@ -12,6 +12,7 @@ anything the server would run that the policy denies.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -251,12 +252,19 @@ def stateless(raw: bytes) -> tuple[bytes, dict]:
         m = json.loads(text)
         m = m[0] if isinstance(m, list) else m
         routing["mcp-method"] = m["method"]
-        if isinstance(m.get("params"), dict) and isinstance(m["params"].get("name"), str):
-            routing["mcp-name"] = m["params"]["name"]
+        params = m.get("params") if isinstance(m.get("params"), dict) else {}
+        named = params.get("uri") if m["method"] == "resources/read" else params.get("name")
+        if isinstance(named, str):
+            routing["mcp-name"] = named
     except (ValueError, KeyError, TypeError, IndexError):
         routing = {"mcp-method": "tools/call"}
+    # As a client must: a value outside plain visible ASCII (or one that looks encoded) travels
+    # as =?base64?…?= of its UTF-8.
+    for k, v in routing.items():
+        if not (v.isascii() and v.isprintable() and v == v.strip()) or (v.startswith("=?base64?") and v.endswith("?=")):
+            routing[k] = "=?base64?" + base64.b64encode(v.encode("utf-8", errors="surrogatepass")).decode() + "?="
     try:
-        return text.encode(codec, errors="surrogateescape"), {k: v for k, v in routing.items() if v.isascii() and v == v.strip()}
+        return text.encode(codec, errors="surrogateescape"), routing
     except UnicodeEncodeError:
         return raw, routing
 
@@ -599,7 +607,7 @@ def test_bypass_failed_answers_to_other_requests_buy_no_quota_back(guarded, tran
     # cannot find, then fresh calls.
     for i in range(3):
         ch.post(issue(i + 1, tool="create_issue", args="not an object"))
-        ch.post(f'{{"jsonrpc":"2.0","id":{i + 1},"method":"no/such/method"}}'.encode())
+        ch.post(f'{{"jsonrpc":"2.0","id":{i + 1},"method":"resources/read","params":{{"uri":"no://such"}}}}'.encode())
         ch.post(f'{{"jsonrpc":"2.0","id":{i + 1},"error":{{"code":-32602,"message":"x"}}}}'.encode())
         ch.post(f'{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{i + 1}}}}}'.encode())
     for i in range(3):
@@ -639,7 +647,7 @@ def test_bypass_an_id_in_flight_cannot_be_reused_to_settle_it(guarded, transport
             time.sleep(0.3)  # the fourth is denied: it never runs
         # While it runs, the same id again: another call, and a method the server does not
         # have. Either answer, taken for the first call's, would settle it.
-        for again in (issue(id, tool="slow_issue", args={"title": "again"}), f'{{"jsonrpc":"2.0","id":{id},"method":"no/such"}}'.encode()):
+        for again in (issue(id, tool="slow_issue", args={"title": "again"}), f'{{"jsonrpc":"2.0","id":{id},"method":"resources/read","params":{{"uri":"no://such"}}}}'.encode()):
             r = ch.post(again)
             if transport != "legacy" and round < 3:  # the fourth is denied, so not in flight
                 assert "already in flight" in r.text, r.text

@@ -1,5 +1,6 @@
 """e2e: npm @modelcontextprotocol/server-everything (streamable HTTP and SSE), the conformance
-suite, and the 1.x Python SDK (2025-11-25 wire), each through the proxy."""
+suite for 2025-11-25 and 2026-07-28, and the 1.x Python SDK (2025-11-25 wire), each through the
+proxy."""
 
 import json
 import subprocess
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import CONFORMANCE, NODE, TESTS
+from conftest import CONFORMANCE, NODE, TESTS, report
 from mcp_client import session
+
+EVERYTHING_VERSION = json.loads((TESTS / "node_modules/@modelcontextprotocol/server-everything/package.json").read_text())["version"]
+MCP_VERSION = __import__("importlib.metadata").metadata.version("mcp")
 
 EVERYTHING_POLICY = """
 apiVersion: tollgate.dev/v1alpha1
@@ -74,10 +78,11 @@ def test_e2e_server_everything_over_legacy_sse(everything_server, proxy):
     assert denied == "Denied by policy: Only small numbers may be added"
 
 
-def run_conformance(url: str, out: Path) -> dict[str, str]:
-    """Runs every server scenario; returns scenario -> 'passed/failed' counts."""
+def run_conformance(url: str, out: Path, *flags: str) -> dict[str, str]:
+    """Runs every server scenario (of the active suite, or as `flags` choose); returns
+    scenario -> 'passed/failed' counts."""
     proc = subprocess.run(
-        [str(NODE), str(CONFORMANCE), "server", "--url", url, "-o", str(out)],
+        [str(NODE), str(CONFORMANCE), "server", "--url", url, "-o", str(out), *flags],
         capture_output=True, text=True, timeout=300, cwd=TESTS,
     )
     results = {}
@@ -89,13 +94,37 @@ def run_conformance(url: str, out: Path) -> dict[str, str]:
     return results
 
 
-def test_e2e_conformance_server_scenarios_pass_through_the_proxy_as_they_pass_direct(everything_server, proxy, tmp_path):
+def summary(results: dict[str, str]) -> str:
+    passed = sum(int(c.split()[0]) for c in results.values())
+    failed = sum(int(c.split(",")[1].split()[0]) for c in results.values())
+    return f"{len(results)} scenarios, {passed} checks passed, {failed} failed"
+
+
+def test_e2e_conformance_2025_11_25_scenarios_pass_through_the_proxy_as_they_pass_direct(everything_server, proxy, tmp_path):
     srv = everything_server("streamableHttp")
     px = proxy(srv.url, "version: '1'\ndefault: allow\ntools: {}\n")
-    direct = run_conformance(f"{srv.url}/mcp", tmp_path / "direct")
-    through = run_conformance(f"{px.url}/mcp", tmp_path / "proxy")
+    flags = ("--spec-version", "2025-11-25")
+    direct = run_conformance(f"{srv.url}/mcp", tmp_path / "direct", *flags)
+    through = run_conformance(f"{px.url}/mcp", tmp_path / "proxy", *flags)
     assert through == direct
     assert len(direct) >= 30, direct
+    report("conformance", f"2025-11-25 against server-everything {EVERYTHING_VERSION}: direct {summary(direct)}; through the proxy the same")
+
+
+def test_e2e_conformance_2026_07_28_scenarios_pass_through_the_proxy_as_they_pass_direct(recorder, proxy, tmp_path):
+    # The Python SDK 2.x's server (the recording server, stateless): what the revision requires,
+    # and its extensions. Scenarios that call tools it lacks fail alike both ways; what the
+    # proxy must not change (headers checked as the spec says, input_required results, cache
+    # hints, resources not found) passes through it as it passes direct.
+    url, _ = recorder("--stateless")
+    px = proxy(url, "version: '1'\ndefault: allow\ntools: {}\n")
+    flags = ("--requirements", "2026-07-28")
+    direct = run_conformance(f"{url}/mcp", tmp_path / "direct", *flags)
+    through = run_conformance(f"{px.url}/mcp", tmp_path / "proxy", *flags)
+    assert through == direct, {k: (direct.get(k), through.get(k)) for k in direct.keys() | through.keys() if direct.get(k) != through.get(k)}
+    for scenario in ["http-header-validation", "caching", "sep-2164-resource-not-found", "dns-rebinding-protection", "input-required-result-unsupported-methods", "input-required-result-validate-input"]:
+        assert direct[scenario].endswith(" 0 failed"), (scenario, direct[scenario])
+    report("conformance", f"2026-07-28 against the Python SDK {MCP_VERSION}'s server: direct {summary(direct)}; through the proxy the same")
 
 
 def test_e2e_the_proxy_adds_dns_rebinding_protection_the_server_lacks(everything_server, proxy, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from conftest import SAMPLE_POLICY, free_port
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rpc import HEADERS, call, messages, open_session, rpc
+from rpc import HEADERS, call, messages, modern_call, open_session, rpc
 
 
 def test_e2e_batch_messages_are_each_decided_on_their_own(sample_server, proxy):
@@ -38,11 +38,14 @@ def test_e2e_a_batch_of_only_denied_calls_is_answered_without_the_server(sample_
     assert [m["error"]["data"]["rule"] for m in r.json()] == ["never", "(hidden)"]
 
 
-def test_e2e_a_denied_tools_call_notification_is_dropped(sample_server, proxy):
+def test_e2e_a_tools_call_sent_as_a_notification_is_refused_allowed_or_not(sample_server, proxy):
     srv = sample_server()
     px = proxy(srv.url, SAMPLE_POLICY)
-    r = httpx.post(f"{px.url}/mcp", headers=HEADERS, json={"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete_repository", "arguments": {"name": "x"}}})
-    assert r.status_code == 202
+    # MCP defines tools/call as a request: without an id it is no message Tollgate can place.
+    for tool in ["delete_repository", "read_file"]:
+        r = httpx.post(f"{px.url}/mcp", headers=HEADERS, json={"jsonrpc": "2.0", "method": "tools/call", "params": {"name": tool, "arguments": {"name": "x", "path": "x"}}})
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32601, r.text
+        assert "tools/call is a request" in r.json()["error"]["message"]
     assert "deleted" not in srv.proc.log.read_text()
 
 
@@ -54,8 +57,8 @@ def test_e2e_deny_as_tool_result_answers_with_is_error(sample_server, proxy):
     assert m["id"] == 7 and m["result"]["isError"] is True
     assert m["result"]["content"][0]["text"] == "Denied by policy: no"
     assert "resultType" not in m["result"]
-    modern = {**HEADERS, "mcp-protocol-version": "2026-07-28"}
-    [m] = messages(httpx.post(f"{px.url}/mcp", headers=modern, json=call(8, "delete_repository", {"name": "x"})))
+    body, modern = modern_call(8, "delete_repository", {"name": "x"})
+    [m] = messages(httpx.post(f"{px.url}/mcp", headers=modern, json=body))
     assert m["result"]["resultType"] == "complete", "2026-07-28 results name their type"
 
 
@@ -196,10 +199,12 @@ def test_e2e_origins_outside_the_allow_list_get_403(sample_server, proxy):
 def test_e2e_stateless_headers_that_contradict_the_body_are_refused(sample_server, proxy):
     srv = sample_server("--stateless", "--json")
     px = proxy(srv.url, SAMPLE_POLICY)
-    h = {**HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "read_file"}
-    r = httpx.post(f"{px.url}/mcp", headers=h, json=call(1, "delete_repository", {"name": "x"}))
+    body, h = modern_call(1, "delete_repository", {"name": "x"})
+    r = httpx.post(f"{px.url}/mcp", headers={**h, "mcp-name": "read_file"}, json=body)
     assert r.status_code == 400 and "Mcp-Name header says \"read_file\"" in r.json()["error"]["message"]
-    r = httpx.post(f"{px.url}/mcp", headers={**h, "mcp-method": "tools/list"}, json=call(1, "read_file", {"path": "x"}))
+    assert r.json()["error"]["code"] == -32020, "HeaderMismatch"
+    body, h = modern_call(1, "read_file", {"path": "x"})
+    r = httpx.post(f"{px.url}/mcp", headers={**h, "mcp-method": "tools/list"}, json=body)
     assert r.status_code == 400 and "Mcp-Method" in r.json()["error"]["message"]
 
 

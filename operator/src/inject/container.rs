@@ -202,6 +202,12 @@ pub(super) fn sidecar_container(
                     .hyper_http1
                     .then(|| env(sidecar_env::HTTP1, "hyper".into())),
             )
+            .chain(
+                config
+                    .approval_url
+                    .as_ref()
+                    .map(|url| env(sidecar_env::APPROVAL_URL, url.clone())),
+            )
             .chain((!probes.is_empty()).then(|| {
                 env(
                     sidecar_env::APP_PROBES,

@@ -105,6 +105,8 @@ pub struct InjectConfig {
     pub boundary: Boundary,
     /// Redis for counters every replica of a workload shares; `None`: each pod counts alone.
     pub counters: Option<SharedCounters>,
+    /// Where people approve held calls (the sidecar's `--approval-url`); `None`: clients wait.
+    pub approval_url: Option<String>,
 }
 
 /// Where injected sidecars keep counters shared by a workload's replicas.

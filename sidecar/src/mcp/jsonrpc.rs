@@ -26,6 +26,12 @@ pub const TOO_LARGE: i64 = -32002;
 pub const APPROVAL_PENDING: i64 = -32003;
 /// JSON-RPC 2.0's code for parameters that cannot be read.
 pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC 2.0's code for a method the receiver does not have (or, here, cannot place).
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// MCP 2026-07-28's `HeaderMismatch`: headers that disagree with the body, or are missing.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// MCP 2026-07-28's `UnsupportedProtocolVersion`.
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 
 /// What kind of JSON value, in words.
 fn kind(v: &Value) -> &'static str {

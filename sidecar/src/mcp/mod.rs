@@ -3,6 +3,7 @@
 //!
 //! Pure functions over bytes and text: no sockets, no HTTP heads, no policy.
 
+pub mod era;
 pub mod jsonrpc;
 pub mod sse;
 pub mod strict;

@@ -3,12 +3,15 @@
 //! MCP headers agree with it. Whatever fails is a [`Refusal`] naming the problem; nothing is
 //! forwarded.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
-use http::Request;
 use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use memchr::memmem::Finder;
+use serde::Deserialize;
 use serde_json::Value;
 use tollgate_api::Identity;
 
@@ -17,14 +20,19 @@ use super::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, Proxy, h
 use crate::http::deadline::Progress;
 use crate::http::media::field_once;
 use crate::http::server::RequestBody;
+use crate::mcp::era::{self, Era};
 use crate::mcp::jsonrpc::{self, Body as RpcBody, Message};
 use crate::policy::Enforced;
 use crate::policy::identity;
 
-/// A request body read as JSON-RPC: its messages, or the refusal. The body must be UTF-8
-/// whatever its `Content-Type` says, strictly one reading of JSON-RPC 2.0, and agree with the
-/// `Mcp-Method` and `Mcp-Name` headers.
-pub(super) fn messages<'b>(headers: &HeaderMap, bytes: &'b Bytes) -> Result<RpcBody<'b>, Refusal> {
+/// A request body read as JSON-RPC in the MCP era its `MCP-Protocol-Version` names: its
+/// messages, or the refusal. The body must be UTF-8 whatever its `Content-Type` says, strictly
+/// one reading of JSON-RPC 2.0, every message one its era defines (see [`era`]), and agree with
+/// the headers that mirror it.
+pub(super) fn messages<'b>(
+    headers: &HeaderMap,
+    bytes: &'b Bytes,
+) -> Result<(RpcBody<'b>, Era), Refusal> {
     if let Some(why) = crate::http::media::not_utf8(headers) {
         return Err(Refusal::NotUtf8(why.to_string()));
     }
@@ -32,15 +40,68 @@ pub(super) fn messages<'b>(headers: &HeaderMap, bytes: &'b Bytes) -> Result<RpcB
         code: e.code,
         message: e.message,
     })?;
-    if let Err(message) = check_mcp_headers(headers, &rpc.messages, rpc.batch) {
-        let id = rpc
-            .messages
+    // Every refusal from here on answers the request's id.
+    let first_id = || {
+        rpc.messages
             .first()
             .map(Message::id_value)
-            .unwrap_or(Value::Null);
-        return Err(Refusal::Headers { id, message });
+            .unwrap_or(Value::Null)
+    };
+    for name in [
+        &MCP_SESSION_ID,
+        &MCP_PROTOCOL_VERSION,
+        &MCP_METHOD,
+        &MCP_NAME,
+    ] {
+        if unreadable_field(headers, name) {
+            return Err(Refusal::Headers {
+                id: first_id(),
+                message: format!(
+                    "The {name} header must be one field of visible ASCII: the server could read it otherwise than the proxy"
+                ),
+            });
+        }
     }
-    Ok(rpc)
+    let version = header_str(headers, MCP_PROTOCOL_VERSION);
+    let era = Era::of(version).map_err(|message| Refusal::Version {
+        id: first_id(),
+        requested: version.unwrap_or_default().to_string(),
+        message,
+        supported: era::known_versions()
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    })?;
+    if rpc.batch && era == Era::Stateless {
+        return Err(Refusal::NotJsonRpc {
+            code: jsonrpc::INVALID_REQUEST,
+            message: "Invalid Request: a 2026-07-28 request is one JSON-RPC message, not a batch"
+                .into(),
+        });
+    }
+    for m in &rpc.messages {
+        if let Err(message) = era::place(era, m.method.as_deref(), m.is_request()) {
+            // As MCP's servers answer a method they do not implement: 404 in 2026-07-28, a
+            // JSON-RPC error otherwise.
+            let status = match (era, m.is_request() && !rpc.batch) {
+                (Era::Stateless, true) => StatusCode::NOT_FOUND,
+                (Era::Sessions, true) => StatusCode::OK,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return Err(Refusal::Unplaceable {
+                id: m.id_value(),
+                message,
+                status,
+            });
+        }
+    }
+    if let Err(message) = check_mcp_headers(headers, era, &rpc.messages, rpc.batch) {
+        return Err(Refusal::Headers {
+            id: first_id(),
+            message,
+        });
+    }
+    Ok((rpc, era))
 }
 
 impl Proxy {
@@ -117,56 +178,120 @@ fn unreadable_field(headers: &HeaderMap, name: &HeaderName) -> bool {
     field_once(headers, name).is_err()
 }
 
-/// Stateless MCP (2026-07-28) mirrors the method and name in headers; a request whose headers
-/// say something its body does not is refused, so routing and policy can never disagree.
+/// The fields of a request's params that headers mirror, read without copying.
+#[derive(Deserialize, Default)]
+struct Mirrored<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Meta<'a> {
+    #[serde(default, borrow, rename = "io.modelcontextprotocol/protocolVersion")]
+    version: Option<Cow<'a, str>>,
+}
+
+/// What a message's params say of what headers mirror. Params of another shape say nothing
+/// (the server refuses them; a stateless request without its version is refused here).
+fn mirrored<'a>(m: &Message<'a>) -> Mirrored<'a> {
+    m.params
+        .and_then(|p| serde_json::from_str(p.get()).ok())
+        .unwrap_or_default()
+}
+
+static PROTOCOL_VERSION_KEY: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"protocolVersion"));
+
+/// MCP mirrors a request's method and name in headers (required in 2026-07-28, where
+/// intermediaries route on them), and its protocol version in both the header and `_meta`. A
+/// request whose headers say something its body does not is refused, so routing, the server
+/// and policy can never read two different requests.
 fn check_mcp_headers(
     headers: &HeaderMap,
+    era: Era,
     messages: &[Message<'_>],
     batch: bool,
 ) -> Result<(), String> {
-    for name in [
-        &MCP_SESSION_ID,
-        &MCP_PROTOCOL_VERSION,
-        &MCP_METHOD,
-        &MCP_NAME,
-    ] {
-        if unreadable_field(headers, name) {
-            return Err(format!(
-                "The {name} header must be one field of visible ASCII: the server could read it otherwise than the proxy"
-            ));
-        }
-    }
     let method = header_str(headers, MCP_METHOD);
     let name = header_str(headers, MCP_NAME);
-    if method.is_none() && name.is_none() {
-        return Ok(());
-    }
-    if batch {
+    let version = header_str(headers, MCP_PROTOCOL_VERSION);
+    if batch && (method.is_some() || name.is_some()) {
         return Err("Mcp-Method and Mcp-Name headers cannot describe a batch".into());
     }
-    let m = &messages[0];
-    if let Some(method) = method
-        && m.method.as_deref() != Some(method)
-    {
-        return Err(format!(
-            "The Mcp-Method header says {method:?} but the body's method is {:?}",
-            m.method.as_deref().unwrap_or("")
-        ));
-    }
-    if let Some(name) = name {
-        let body_name = m.params.and_then(|p| {
-            serde_json::from_str::<Value>(p.get()).ok().and_then(|v| {
-                v.get("name")
-                    .or_else(|| v.get("uri"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-        });
-        if body_name.as_deref() != Some(name) {
+    for m in messages {
+        let stateless_request = era == Era::Stateless && m.is_request();
+        let named = m.method.as_deref().and_then(era::named_by);
+        // Parsed only where something is compared: a key spelled with escapes has a backslash.
+        let read = stateless_request
+            || (!batch && (method.is_some() || name.is_some()))
+            || m.params.is_some_and(|p| {
+                p.get().contains('\\') || PROTOCOL_VERSION_KEY.find(p.get().as_bytes()).is_some()
+            });
+        if !read {
+            continue;
+        }
+        let body = mirrored(m);
+        let body_version = body.meta.as_ref().and_then(|meta| meta.version.as_deref());
+        match (body_version, version) {
+            (Some(b), Some(h)) if b == h => {}
+            // A request without its version in `_meta` is the server's to refuse (-32602, as
+            // the specification's servers do); read as its header's era, it is decided as any.
+            (None, _) => {}
+            (b, h) => {
+                return Err(format!(
+                    "The MCP-Protocol-Version header says {:?} but the body's _meta[{:?}] says {:?}",
+                    h.unwrap_or(""),
+                    era::META_VERSION,
+                    b.unwrap_or("")
+                ));
+            }
+        }
+        if stateless_request && method.is_none() {
             return Err(format!(
-                "The Mcp-Name header says {name:?} but the body names {:?}",
-                body_name.unwrap_or_default()
+                "A 2026-07-28 request must name its method in the Mcp-Method header ({:?})",
+                m.method.as_deref().unwrap_or("")
             ));
+        }
+        if let Some(method) = method
+            && m.method.as_deref() != Some(method)
+        {
+            return Err(format!(
+                "The Mcp-Method header says {method:?} but the body's method is {:?}",
+                m.method.as_deref().unwrap_or("")
+            ));
+        }
+        let body_name = match named {
+            Some("uri") => body.uri.as_deref(),
+            Some(_) => body.name.as_deref(),
+            None => body.name.as_deref().or(body.uri.as_deref()),
+        };
+        match name {
+            None if stateless_request && named.is_some() => {
+                return Err(format!(
+                    "A 2026-07-28 {} request must name its {} in the Mcp-Name header ({:?})",
+                    m.method.as_deref().unwrap_or(""),
+                    named.unwrap_or("name"),
+                    body_name.unwrap_or("")
+                ));
+            }
+            None => {}
+            Some(raw) => {
+                let Some(said) = era::header_value(raw) else {
+                    return Err(format!(
+                        "The Mcp-Name header {raw:?} is not valid =?base64?…?= of UTF-8 text"
+                    ));
+                };
+                if body_name != Some(&*said) {
+                    return Err(format!(
+                        "The Mcp-Name header says {said:?} but the body names {:?}",
+                        body_name.unwrap_or("")
+                    ));
+                }
+            }
         }
     }
     Ok(())

@@ -8,17 +8,27 @@ use serde_json::Value;
 
 use super::{Resp, accepted, json_response};
 
-/// What of a request's body goes on to the server, given the raw text of the messages `kept`
-/// out of `total`: the body as it came when nothing was refused, a batch of the kept messages
-/// (in their order, byte for byte) when some were, nothing when all were.
+/// What of a request's body goes on to the server, given the text of the messages `kept` out of
+/// `total`: the body as it came when nothing was refused or rewritten, a batch of the kept
+/// messages (in their order, byte for byte) when some were refused, the one message as it now
+/// reads when a lone message was rewritten (a repeat without Tollgate's own state), nothing
+/// when all were refused.
 pub(super) fn forwarded<'a>(
     body: &Bytes,
-    kept: impl ExactSizeIterator<Item = &'a str>,
+    kept: impl ExactSizeIterator<Item = &'a str> + Clone,
     total: usize,
+    batch: bool,
 ) -> Option<Bytes> {
+    // A message read from the body is a slice of it; one rewritten is not.
+    let within = |m: &str| {
+        let (b, p) = (body.as_ptr() as usize, m.as_ptr() as usize);
+        p >= b && p + m.len() <= b + body.len()
+    };
+    let rewritten = kept.clone().any(|m| !within(m));
     match kept.len() {
         0 => None,
-        n if n == total => Some(body.clone()),
+        n if n == total && !rewritten => Some(body.clone()),
+        1 if !batch => kept.map(|m| Bytes::copy_from_slice(m.as_bytes())).next(),
         _ => Some(Bytes::from(format!(
             "[{}]",
             kept.collect::<Vec<_>>().join(",")
@@ -67,12 +77,12 @@ mod tests {
         let body = Bytes::from_static(br#"[{"a":1} , {"b" : 2},{"c":3}]"#);
         let (a, c) = (r#"{"a":1}"#, r#"{"c":3}"#);
         assert_eq!(
-            forwarded(&body, [a, c].into_iter(), 3).unwrap(),
+            forwarded(&body, [a, c].into_iter(), 3, true).unwrap(),
             r#"[{"a":1},{"c":3}]"#
         );
         // One kept message of a batch stays a batch: the server answers it with an array.
         assert_eq!(
-            forwarded(&body, [c].into_iter(), 3).unwrap(),
+            forwarded(&body, [c].into_iter(), 3, true).unwrap(),
             r#"[{"c":3}]"#
         );
     }
@@ -80,10 +90,16 @@ mod tests {
     #[test]
     fn a_request_nothing_was_refused_of_goes_on_as_it_came_and_one_all_refused_goes_nowhere() {
         let body = Bytes::from_static(b" {\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1} ");
-        let raw = r#"{"jsonrpc":"2.0","method":"ping","id":1}"#;
-        assert_eq!(forwarded(&body, [raw].into_iter(), 1).unwrap(), body);
-        assert!(forwarded(&body, std::iter::empty(), 1).is_none());
-        assert!(forwarded(&body, std::iter::empty(), 2).is_none());
+        let raw = &std::str::from_utf8(&body).unwrap()[1..body.len() - 1];
+        assert_eq!(forwarded(&body, [raw].into_iter(), 1, false).unwrap(), body);
+        assert!(forwarded(&body, std::iter::empty(), 1, false).is_none());
+        assert!(forwarded(&body, std::iter::empty(), 2, true).is_none());
+        // A lone message rewritten goes as it now reads, not as it came, and not as a batch.
+        let rewritten = String::from(r#"{"jsonrpc":"2.0","method":"tools/call","id":1}"#);
+        assert_eq!(
+            forwarded(&body, [rewritten.as_str()].into_iter(), 1, false).unwrap(),
+            rewritten.as_bytes()
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@ use tollgate_api::{Call, Decision, Denial, DenyAs, Identity, PolicySet};
 
 use super::Proxy;
 use super::refusal::Refusal;
-use crate::approvals::{self, Ticket, Waited};
+use super::resume::{self, Resume};
+use crate::approvals::{self, Phase, Ticket, Waited};
 use crate::mcp::jsonrpc::Message;
 use crate::policy::counters::{Counted, Reserved};
 use crate::proxy::calls::CallId;
@@ -48,8 +49,37 @@ pub(super) struct Held<'b> {
     audit: PendingAudit,
     /// `params._meta.progressToken`: the client asked for progress.
     pub progress_token: Option<Value>,
+    /// Whether the client opens the approval's page itself (`--approval-url`, a 2026-07-28
+    /// client declaring URL elicitation), and whether this call repeats Tollgate's own
+    /// `input_required` answer: the first is answered at once, the repeat waits the hold time.
+    at_url: Option<AtUrl>,
     /// Its place among the calls held at once (given back when it is settled or dropped).
     _slot: HeldSlot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AtUrl {
+    /// Not yet sent to the page: answered `input_required` at once.
+    First,
+    /// Back from the page: waits for the decision as any held call does.
+    Repeat,
+}
+
+/// A message as it goes to the server: a repeat of Tollgate's own `input_required` answer
+/// without the state the server never issued (see [`resume::without_our_state`]).
+fn as_sent<'b>(m: &Message<'b>, asked: &Asked<'_>) -> Cow<'b, str> {
+    let may_be_ours = asked.modern
+        && m.params.is_some_and(|p| {
+            let p = p.get();
+            p.contains("requestState") || p.contains('\\')
+        });
+    match may_be_ours
+        .then(|| resume::without_our_state(m.raw))
+        .flatten()
+    {
+        Some(stripped) => Cow::Owned(stripped),
+        None => Cow::Borrowed(m.raw),
+    }
 }
 
 /// One of the `--max-held-calls` places; held calls are bounded, as each keeps its request.
@@ -127,7 +157,7 @@ impl Proxy {
                 .admit_message(m, asked, inspector, &mut decided.audits)
                 .await
             {
-                Admitted::Forward => decided.kept.push((at, Cow::Borrowed(m.raw))),
+                Admitted::Forward => decided.kept.push((at, as_sent(m, asked))),
                 Admitted::Answer(answer) => decided.answers.extend(answer.map(|r| r.message())),
                 Admitted::Hold(mut held) => {
                     held.at = at;
@@ -169,7 +199,12 @@ impl Proxy {
                     Ok(Ticket::Admit(a)) => Waited::Approved(*a),
                     Ok(Ticket::Hold(hold)) => {
                         *names_ref[i].lock() = Some(hold.name.clone());
-                        backend.wait(hold, h.timeout).await
+                        // A client that opens the approval's page is sent there at once.
+                        let timeout = match h.at_url {
+                            Some(AtUrl::First) => Duration::ZERO,
+                            _ => h.timeout,
+                        };
+                        backend.wait(hold, timeout).await
                     }
                     Err(e) => Waited::Failed(e),
                 };
@@ -264,9 +299,28 @@ impl Proxy {
             Waited::Approved(a) => match self.decide_again(&h.ask, asked).await {
                 Ok(reserved) => {
                     let begun = match h.call_id {
-                        Some(id) => inspector
-                            .begin(id, reserved)
-                            .map_err(|InFlight(r)| self.counters.rollback(r)),
+                        Some(id) => match inspector.begin(id.clone(), reserved) {
+                            Ok(()) => {
+                                // Its repeat with input needs no second approval.
+                                if asked.modern {
+                                    let resume = Resume::new(
+                                        &h.ask.identity,
+                                        audit.method,
+                                        &h.ask.tool,
+                                        &h.ask.args,
+                                        self.policy.current().set.revision,
+                                        audit.rule.clone(),
+                                        audit.policy.clone(),
+                                    );
+                                    inspector.resumable(id, resume, &self.resumes);
+                                }
+                                Ok(())
+                            }
+                            Err(InFlight(r)) => {
+                                self.counters.rollback(r);
+                                Err(())
+                            }
+                        },
                         None => Ok(()),
                     };
                     if begun.is_ok() {
@@ -303,14 +357,28 @@ impl Proxy {
                 refused(&mut audit, &denial, String::new())
             }
             Waited::Undecided(a) => {
-                audit.reason = Some(format!(
-                    "undecided in the hold time; approval {} is {:?}",
-                    a.name, a.phase
-                ));
                 audit.approval = Some(a.name.clone());
-                Refusal::Pending {
-                    id: h.id,
-                    approval: Box::new(a),
+                match (&self.cfg.approval_url, h.at_url, a.phase) {
+                    (Some(url), Some(_), Phase::Pending) => {
+                        audit.reason = Some(format!(
+                            "undecided; the client was sent to approval {}'s page",
+                            a.name
+                        ));
+                        self.write_audit(&audit, asked, None);
+                        let answer = resume::approval_at_url(h.id, &a.tool, &a.name, &a.rule, url);
+                        decided.answers.push(answer);
+                        return;
+                    }
+                    _ => {
+                        audit.reason = Some(format!(
+                            "undecided in the hold time; approval {} is {:?}",
+                            a.name, a.phase
+                        ));
+                        Refusal::Pending {
+                            id: h.id,
+                            approval: Box::new(a),
+                        }
+                    }
                 }
             }
         };
@@ -343,17 +411,22 @@ impl Proxy {
         match self.decide(m, asked, audits).await {
             Outcome::Refuse(answer) => Admitted::Answer(answer),
             Outcome::Hold(mut held) => {
-                held.raw = Cow::Borrowed(m.raw);
+                held.raw = as_sent(m, asked);
                 held.call_id = call_id;
                 Admitted::Hold(held)
             }
-            Outcome::Forward(reserved) => match call_id {
+            Outcome::Forward(reserved, resume) => match call_id {
                 // A notification or a response has no id to put in flight.
                 None => Admitted::Forward,
                 // Checked above, but another request of the session may have taken the id
                 // since.
-                Some(id) => match inspector.begin(id, reserved) {
-                    Ok(()) => Admitted::Forward,
+                Some(id) => match inspector.begin(id.clone(), reserved) {
+                    Ok(()) => {
+                        if let Some(resume) = resume {
+                            inspector.resumable(id, resume, &self.resumes);
+                        }
+                        Admitted::Forward
+                    }
                     Err(InFlight(reserved)) => {
                         self.counters.rollback(reserved);
                         Admitted::Answer(Some(Refusal::InFlight(m.id_value())))
@@ -383,10 +456,10 @@ impl Proxy {
             Some("tools/call") => "tools/call",
             Some("resources/read") if set.names("resource:") => "resources/read",
             Some("prompts/get") if set.names("prompt:") => "prompts/get",
-            _ => return Outcome::Forward(Reserved::default()),
+            _ => return Outcome::Forward(Reserved::default(), None),
         };
         let Some(call) = m.call() else {
-            return Outcome::Forward(Reserved::default());
+            return Outcome::Forward(Reserved::default(), None);
         };
         let call = match call {
             Ok(c) => c,
@@ -403,6 +476,40 @@ impl Proxy {
             false => None,
         };
         let t0 = Instant::now();
+        // A 2026-07-28 call may be a repeat, with input, of a call the server asked input for:
+        // it continues that call's decision (see `resume`).
+        if modern
+            && let Some(repeat) = resume::repeat(m.params)
+            && let asked = Resume::new(
+                who.key(),
+                method,
+                &call.name,
+                args,
+                set.revision,
+                None,
+                None,
+            )
+            && let Some(earlier) = self.resumes.take(&asked, repeat.state.as_deref())
+            && self.audit.admits().is_ok()
+            && (method != "tools/call" || self.pins.admit_call(set, &call.name).is_ok())
+        {
+            self.metrics
+                .decision(&call.name, DecisionKind::Allow, t0.elapsed().as_secs_f64());
+            audits.push(PendingAudit {
+                method,
+                tool: call.name,
+                decision: DecisionKind::Allow,
+                rule: earlier.rule.clone(),
+                policy: earlier.policy.clone(),
+                reason: Some(
+                    "continues the call its server asked input for (input_required): counted and decided once"
+                        .into(),
+                ),
+                approval: None,
+                arguments: logged,
+            });
+            return Outcome::Forward(Reserved::default(), Some(earlier));
+        }
         let counted = match self.audit.admits() {
             // A call whose decision cannot be logged is not made.
             Err(reason) => Counted::denied(Denial {
@@ -519,6 +626,15 @@ impl Proxy {
                                 arguments: logged.clone(),
                             },
                             progress_token: progress_token(m),
+                            at_url: match &self.cfg.approval_url {
+                                Some(_) if modern && resume::opens_urls(m.params) => {
+                                    match resume::repeat(m.params).is_some_and(|r| r.is_ours()) {
+                                        true => Some(AtUrl::Repeat),
+                                        false => Some(AtUrl::First),
+                                    }
+                                }
+                                _ => None,
+                            },
                         }));
                     }
                 },
@@ -533,17 +649,33 @@ impl Proxy {
                     None => DecisionKind::Allow,
                 };
                 self.metrics.decision(&call.name, kind, seconds);
+                let rule = audit.as_ref().map(|d| d.rule.clone());
+                let policy = audit.as_ref().map(|d| d.policy.clone());
+                // Only a decision that counted binds its repeat: any other is the same made
+                // afresh.
+                let resume = (modern && !reserved.is_empty()).then(|| {
+                    let (rule, policy) = (rule.clone(), policy.clone());
+                    Resume::new(
+                        who.key(),
+                        method,
+                        &call.name,
+                        args,
+                        set.revision,
+                        rule,
+                        policy,
+                    )
+                });
                 audits.push(PendingAudit {
                     method,
                     tool: call.name,
                     decision: kind,
-                    rule: audit.as_ref().map(|d| d.rule.clone()),
-                    policy: audit.as_ref().map(|d| d.policy.clone()),
+                    rule,
+                    policy,
                     reason: audit.map(|d| d.reason),
                     approval: None,
                     arguments: logged,
                 });
-                Outcome::Forward(reserved)
+                Outcome::Forward(reserved, resume)
             }
             Err((kind, denial)) => {
                 self.metrics.decision(&call.name, kind, seconds);
@@ -611,8 +743,9 @@ pub(super) struct Asked<'a> {
 
 /// What becomes of one message of a request.
 enum Outcome<'b> {
-    /// Sent on to the server, with what it reserved.
-    Forward(Reserved),
+    /// Sent on to the server, with what it reserved, and what a repeat of it with input would
+    /// continue (2026-07-28).
+    Forward(Reserved, Option<Resume>),
     /// Refused here, with the answer for the client (none for a notification).
     Refuse(Option<Refusal>),
     /// Held for a person.

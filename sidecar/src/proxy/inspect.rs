@@ -35,6 +35,7 @@ use tollgate_api::Identity;
 
 use super::calls::{CallId, Calls};
 use super::refusal::Refusal;
+use super::resume::{Resume, Resumes};
 use crate::mcp::jsonrpc;
 use crate::mcp::tool_name::{has_unicode_escape, tool_name};
 use crate::policy::Enforced;
@@ -71,6 +72,10 @@ pub struct Inspector {
     /// Reading a list again once its first uses are pinned: only the list is looked at (its
     /// call was settled the first time).
     rereading: bool,
+    /// Calls this request began whose answer may ask for input (2026-07-28), and where their
+    /// repeat is awaited.
+    resumable: Vec<(CallId, Resume)>,
+    resumes: Option<Arc<Resumes>>,
 }
 
 /// What a refused `begin` hands back: the call's id is already in flight in its session.
@@ -97,6 +102,19 @@ struct ResultView<'a> {
     /// Parsers differ on which of two `tools` counts: such a list is never forwarded.
     tools_twice: bool,
     cache_scope: Option<&'a RawValue>,
+    /// `resultType` and `requestState` (2026-07-28): an answer that asks for input.
+    result_type: Option<&'a RawValue>,
+    request_state: Option<&'a RawValue>,
+}
+
+impl ResultView<'_> {
+    fn asks_for_input(&self) -> bool {
+        self.result_type.is_some_and(|t| {
+            t.get() == "\"input_required\""
+                || (t.get().contains('\\')
+                    && serde_json::from_str::<String>(t.get()).is_ok_and(|t| t == "input_required"))
+        })
+    }
 }
 
 /// The result fields the proxy reads. Read as identifiers: other names are skipped without
@@ -107,6 +125,8 @@ enum ResultField {
     IsError,
     Tools,
     CacheScope,
+    ResultType,
+    RequestState,
     #[serde(other)]
     Other,
 }
@@ -159,6 +179,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for ResultView<'a> {
                             r.tools = map.next_value::<Tools<'a>>()?.0;
                         }
                         ResultField::CacheScope => r.cache_scope = Some(map.next_value()?),
+                        ResultField::ResultType => r.result_type = Some(map.next_value()?),
+                        ResultField::RequestState => r.request_state = Some(map.next_value()?),
                         ResultField::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -281,6 +303,8 @@ impl Inspector {
             expect_list: false,
             first_use: Vec::new(),
             rereading: false,
+            resumable: Vec::new(),
+            resumes: None,
         }
     }
 
@@ -297,6 +321,8 @@ impl Inspector {
             expect_list: false,
             first_use: Vec::new(),
             rereading: false,
+            resumable: Vec::new(),
+            resumes: None,
         }
     }
 
@@ -336,6 +362,15 @@ impl Inspector {
         Ok(())
     }
 
+    /// The call `id` (begun) continues, or may be continued by, a repeat with input: an
+    /// `input_required` answer to it is recorded in `resumes` for the repeat.
+    pub fn resumable(&mut self, id: CallId, resume: Resume, resumes: &Arc<Resumes>) {
+        if let Answers::Own(_) = self.answers {
+            self.resumes.get_or_insert_with(|| resumes.clone());
+            self.resumable.push((id, resume));
+        }
+    }
+
     /// Whether a call with this id is in flight in the session.
     pub fn is_in_flight(&self, id: &CallId) -> bool {
         self.calls.0.lock().contains_key(id)
@@ -352,7 +387,9 @@ impl Inspector {
     /// Whether an answer may settle a reserved call, so answers are worth reading.
     pub fn is_tracking(&self) -> bool {
         match &self.answers {
-            Answers::Own(mine) => self.reserving && !mine.is_empty(),
+            Answers::Own(mine) => {
+                (self.reserving && !mine.is_empty()) || !self.resumable.is_empty()
+            }
             Answers::Session => !self.calls.is_empty(),
             Answers::Elsewhere => false,
         }
@@ -462,6 +499,11 @@ impl Inspector {
             && !self.rereading
         {
             self.settle(&id);
+            if let Some(r) = &result
+                && r.asks_for_input()
+            {
+                self.await_repeat(&id, r.request_state);
+            }
         }
         let result = result?;
         if result.tools_twice {
@@ -484,6 +526,18 @@ impl Inspector {
             Answers::Elsewhere => return,
         }
         self.calls.0.lock().remove(id);
+    }
+
+    /// The server asked for input to finish call `id`: its repeat continues its decision.
+    fn await_repeat(&mut self, id: &CallId, state: Option<&RawValue>) {
+        let Some(at) = self.resumable.iter().position(|(r, _)| r == id) else {
+            return;
+        };
+        let (_, resume) = self.resumable.swap_remove(at);
+        if let Some(resumes) = &self.resumes {
+            let state = state.map(super::resume::state_text);
+            resumes.record(resume, state.as_deref());
+        }
     }
 
     /// What the list just read waits for, if anything: the cluster pinning its tools on first

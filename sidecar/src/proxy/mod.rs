@@ -32,9 +32,11 @@ mod held;
 pub mod inspect;
 mod legacy;
 pub mod refusal;
+pub mod resume;
 pub mod stream;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +57,7 @@ use crate::approvals::Backend;
 use crate::http::client::{Outgoing, Upstream};
 use crate::http::deadline::Timeouts;
 use crate::http::server::RequestBody;
+use crate::mcp::era::Era;
 use crate::mcp::jsonrpc::Message;
 use crate::mcp::sse::message_event;
 use crate::policy::Enforced;
@@ -121,6 +124,9 @@ pub struct ProxyConfig {
     /// The most calls held for a person at once (each keeps its request); past it, such calls
     /// are denied until some are settled.
     pub max_held_calls: usize,
+    /// Where a person approves a held call (`{name}`: the approval's), for 2026-07-28 clients
+    /// that open URLs (`--approval-url`).
+    pub approval_url: Option<String>,
     /// Which HTTP/1 server reads agents' requests.
     pub http1: crate::http::server::Http1Server,
 }
@@ -156,6 +162,10 @@ pub struct Proxy {
     held_now: Arc<std::sync::atomic::AtomicUsize>,
     /// The workload's tool pins (`spec.pinning`).
     pub pins: Arc<Pins>,
+    /// Calls whose server asked for input, waiting for the client's repeat (2026-07-28).
+    resumes: Arc<resume::Resumes>,
+    /// What the server last said of its protocol versions.
+    server_versions: Arc<versions::ServerVersions>,
 }
 
 type Resp = Response<ProxyBody>;
@@ -280,6 +290,8 @@ impl Proxy {
             approvals: None,
             held_now: Arc::default(),
             pins,
+            resumes: Arc::default(),
+            server_versions: Arc::default(),
         })
     }
 
@@ -319,6 +331,8 @@ impl Proxy {
             approvals: self.approvals.clone(),
             held_now: self.held_now.clone(),
             pins: self.pins.clone(),
+            resumes: self.resumes.clone(),
+            server_versions: self.server_versions.clone(),
         }
     }
 
@@ -388,14 +402,29 @@ impl Proxy {
                 .forward(onward, Vec::new(), Inspector::passthrough())
                 .await;
         }
-        let rpc = match admit::messages(&parts.headers, &bytes) {
-            Ok(rpc) => rpc,
+        let (rpc, era) = match admit::messages(&parts.headers, &bytes) {
+            Ok(read) => read,
+            // The versions it lists are those the server supports too.
+            Err(Refusal::Version {
+                id,
+                requested,
+                message,
+                ..
+            }) => {
+                let supported = self.supported_versions(parts.uri.path()).await;
+                let refused = Refusal::Version {
+                    id,
+                    requested,
+                    message,
+                    supported,
+                };
+                return refused.into_response();
+            }
             Err(refused) => return refused.into_response(),
         };
         let route = self.route(&parts, &set, &who, &rpc.messages);
         let mut ex = Exchange {
-            modern: header_str(&parts.headers, MCP_PROTOCOL_VERSION)
-                .is_some_and(|v| v >= "2026-07-28"),
+            modern: era == Era::Stateless,
             parts,
             body: bytes.clone(),
             batch: rpc.batch,
@@ -445,8 +474,12 @@ impl Proxy {
             }
             None => answers,
         };
-        let forwarded =
-            batch::forwarded(&ex.body, kept.iter().map(|(_, raw)| raw.as_ref()), ex.total);
+        let forwarded = batch::forwarded(
+            &ex.body,
+            kept.iter().map(|(_, raw)| raw.as_ref()),
+            ex.total,
+            ex.batch,
+        );
         let Some(body) = forwarded else {
             self.metrics.request(
                 RequestKind::Denied.as_str(),

@@ -32,8 +32,23 @@ pub enum Refusal {
     NotUtf8(String),
     /// A body that is not exactly one JSON-RPC message or batch.
     NotJsonRpc { code: i64, message: String },
-    /// MCP headers that disagree with the body (or cannot be read one way).
+    /// MCP headers that disagree with the body (or cannot be read one way, or are missing).
     Headers { id: Value, message: String },
+    /// An `MCP-Protocol-Version` Tollgate does not know.
+    Version {
+        id: Value,
+        requested: String,
+        message: String,
+        /// The versions the proxy and its server both speak.
+        supported: Vec<String>,
+    },
+    /// A message its era does not define, so Tollgate cannot decide it: refused with the
+    /// status MCP's servers give a method they do not have.
+    Unplaceable {
+        id: Value,
+        message: String,
+        status: StatusCode,
+    },
     /// The server could not be reached, or its answer broke off.
     Unreachable { upstream: String, error: String },
     /// An answer the proxy must read (it may hold a tool list) and cannot.
@@ -73,7 +88,10 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadHttp(_) | Refusal::UnreadableBody(_) => StatusCode::BAD_REQUEST,
-            Refusal::NotJsonRpc { .. } | Refusal::Headers { .. } => StatusCode::BAD_REQUEST,
+            Refusal::NotJsonRpc { .. } | Refusal::Headers { .. } | Refusal::Version { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Refusal::Unplaceable { status, .. } => *status,
             Refusal::Origin(_) => StatusCode::FORBIDDEN,
             Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -124,7 +142,24 @@ impl Refusal {
                 error(null, jsonrpc::PARSE_ERROR, &format!("Parse error: {why}"))
             }
             Refusal::NotJsonRpc { code, message } => error(null, *code, message),
-            Refusal::Headers { id, message } => error(id, jsonrpc::INVALID_REQUEST, message),
+            Refusal::Headers { id, message } => error(id, jsonrpc::HEADER_MISMATCH, message),
+            Refusal::Version {
+                id,
+                requested,
+                message,
+                supported,
+            } => jsonrpc::error_response(
+                id.clone(),
+                jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+                message,
+                Some(json!({
+                    "requested": requested,
+                    "supported": supported,
+                })),
+            ),
+            Refusal::Unplaceable { id, message, .. } => {
+                error(id, jsonrpc::METHOD_NOT_FOUND, message)
+            }
             Refusal::Unreachable { upstream, error: e } => error(
                 null,
                 jsonrpc::INTERNAL_ERROR,

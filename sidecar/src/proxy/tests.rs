@@ -159,6 +159,7 @@ fn proxy_to(upstream: SocketAddr, audit: AuditLog) -> Proxy {
         passthrough_paths: Vec::new(),
         timeouts: Timeouts::default(),
         max_held_calls: 16,
+        approval_url: None,
         http1: Default::default(),
     };
     Proxy::new(cfg, policy, audit, metrics).unwrap()
