@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
-from conftest import free_port
+from conftest import NODE, TESTS, free_port, report
 from mcp_types import ElicitResult
 
 
@@ -309,3 +310,72 @@ def test_a_client_that_does_not_open_urls_waits_as_before(recorder, proxy, tollg
     status, got = post(px, body, headers("tools/call", "deploy"))
     assert got["error"]["code"] == -32003, got
     assert not runs(record)
+
+
+TS_PEER = Path(__file__).with_name("ts_peer.mjs")
+TS_SDK = json.loads((TESTS / "node_modules/@modelcontextprotocol/server/package.json").read_text())["version"]
+PY_SDK = __import__("importlib.metadata").metadata.version("mcp")
+
+
+@pytest.fixture
+def ts_server(procs, tmp_path):
+    """The TypeScript SDK v2's server (2026-07-28, and stateless 2025 serving): (URL, record)."""
+    def start() -> tuple[str, Path]:
+        port = free_port()
+        record = tmp_path / f"ts-runs-{port}.jsonl"
+        procs.start(f"ts-server-{port}", [str(NODE), str(TS_PEER), "server", str(port), str(record)], port)
+        return f"http://127.0.0.1:{port}", record
+    return start
+
+
+def ts_client(url: str, calls: list, era: str = "auto") -> dict:
+    out = subprocess.run([str(NODE), str(TS_PEER), "client", url, json.dumps(calls), era],
+                         capture_output=True, text=True, timeout=60, cwd=TESTS)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+DEPLOYS = [["read_file", {"path": "/etc/motd"}], ["delete_repository", {"name": "prod"}],
+           ["deploy", {"env": "prod"}], ["deploy", {"env": "staging"}], ["deploy", {"env": "dev"}]]
+
+
+@pytest.mark.parametrize("server", ["typescript", "python"])
+def test_the_typescript_sdk_v2_client_speaks_2026_07_28_through_the_proxy(server, ts_server, recorder, proxy):
+    url, record = ts_server() if server == "typescript" else recorder("--stateless")
+    px = proxy(url, POLICY)
+    seen = ts_client(f"{px.url}/mcp", DEPLOYS)
+    assert seen["version"] == MODERN, seen
+    assert seen["calls"][0] == ["ok", "contents of /etc/motd"]
+    assert seen["calls"][1][0] == "denied" and "Repository deletion is not permitted" in seen["calls"][1][1], seen
+    # Each deploy asks for a confirmation (two requests): two deploys an hour still means two.
+    assert [c[0] for c in seen["calls"][2:]] == ["ok", "ok", "denied"], seen
+    assert [r["args"]["env"] for r in runs(record) if r["tool"] == "deploy"] == ["prod", "staging"]
+    assert not [r for r in runs(record) if r["tool"] == "delete_repository"]
+
+
+def test_the_python_sdk_client_through_the_proxy_to_the_typescript_sdk_server(ts_server, proxy):
+    url, record = ts_server()
+    px = proxy(url, POLICY)
+
+    async def run():
+        seen = []
+        async with Client(f"{px.url}/mcp", mode=MODERN, elicitation_callback=confirm()) as c:
+            for env in ["prod", "staging", "dev"]:
+                try:
+                    seen.append((await c.call_tool("deploy", {"env": env})).content[0].text)
+                except MCPError as e:
+                    seen.append(e.error.message)
+        return seen
+
+    assert anyio.run(run) == ["deployed to prod", "deployed to staging", "Denied by policy: Two deploys an hour"]
+    assert [r["args"]["env"] for r in runs(record) if r["tool"] == "deploy"] == ["prod", "staging"]
+    report("mcp eras", f"2026-07-28 through the proxy: Python SDK {PY_SDK} and TypeScript SDK {TS_SDK}, each as client and server")
+
+
+def test_the_typescript_sdk_in_the_2025_era_is_decided_as_before(ts_server, proxy):
+    url, record = ts_server()
+    px = proxy(url, POLICY)
+    seen = ts_client(f"{px.url}/mcp", DEPLOYS[:2], era="legacy")
+    assert seen["version"] != MODERN and seen["calls"][0] == ["ok", "contents of /etc/motd"], seen
+    assert seen["calls"][1][0] == "denied", seen
+    assert [r["tool"] for r in runs(record)] == ["read_file"]
