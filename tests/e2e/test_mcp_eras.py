@@ -379,3 +379,38 @@ def test_the_typescript_sdk_in_the_2025_era_is_decided_as_before(ts_server, prox
     assert seen["version"] != MODERN and seen["calls"][0] == ["ok", "contents of /etc/motd"], seen
     assert seen["calls"][1][0] == "denied", seen
     assert [r["tool"] for r in runs(record)] == ["read_file"]
+
+
+def test_a_2025_client_that_opens_urls_is_sent_to_the_approval_mid_call(recorder, proxy, tollgate_bin, tmp_path):
+    from test_approvals import Approver
+
+    url, record = recorder()
+    port = free_port()
+    token = tmp_path / "approvals-token"
+    px = proxy(url, APPROVED_DEPLOYS, "--approvals-token-file", str(token),
+               "--approvals-listen", f"127.0.0.1:{port}", "--approval-url", "https://approvals.example.com/a/{name}")
+    approver = Approver(tollgate_bin, f"http://127.0.0.1:{port}", token)
+    asked: list = []
+
+    async def person(context, params):
+        page = getattr(params, "url", None)
+        asked.append(("url", page) if page else ("form", None))
+        if page:
+            name = page.rsplit("/", 1)[1]
+            await anyio.to_thread.run_sync(lambda: approver.run("approve", name, "--by", "alice"))
+            return ElicitResult(action="accept")
+        return ElicitResult(action="accept", content={"ok": True})
+
+    async def run():
+        async with Client(f"{px.url}/mcp", mode="legacy", elicitation_callback=person) as c:
+            return (await c.call_tool("deploy", {"env": "prod"})).content[0].text
+
+    # Held: the client hears elicitation/create (URL mode) on the call's stream, its person
+    # approves, and the call goes on (the server then asks its own question, mid-call).
+    assert anyio.run(run) == "deployed to prod"
+    [a] = approver.list()
+    assert asked == [("url", f"https://approvals.example.com/a/{a['name']}"), ("form", None)], asked
+    assert (a["phase"], a["decidedBy"]) == ("Used", "alice"), a
+    assert [r["args"] for r in runs(record) if r["tool"] == "deploy"] == [{"env": "prod", "ok": True}]
+    # The client's answer to Tollgate's question never reached the server.
+    assert "tollgate.dev/approval" not in px.proc.log.read_text() + (record.parent / f"recorder-{url.rsplit(':', 1)[1]}.log").read_text()

@@ -88,14 +88,20 @@ pub struct BoundSessions(Mutex<BoundInner>);
 struct BoundInner {
     ids: std::collections::HashSet<Box<str>, RandomState>,
     order: std::collections::VecDeque<Box<str>>,
+    /// Sessions whose client declared URL elicitation in its `initialize` (2025-11-25): a call
+    /// held for a person there sends the client to the approval's page.
+    open_urls: std::collections::HashSet<Box<str>, RandomState>,
 }
 
 impl BoundSessions {
     const CAP: usize = 65_536;
 
-    /// The server issued `id`.
-    pub fn bind(&self, id: &str) {
+    /// The server issued `id`, to a client that opens URLs (`opens_urls`) or not.
+    pub fn bind(&self, id: &str, opens_urls: bool) {
         let mut inner = self.0.lock();
+        if opens_urls && inner.ids.contains(id) {
+            inner.open_urls.insert(id.into());
+        }
         if inner.ids.contains(id) {
             return;
         }
@@ -103,9 +109,13 @@ impl BoundSessions {
             && let Some(oldest) = inner.order.pop_front()
         {
             inner.ids.remove(&oldest);
+            inner.open_urls.remove(&oldest);
         }
         inner.ids.insert(id.into());
         inner.order.push_back(id.into());
+        if opens_urls {
+            inner.open_urls.insert(id.into());
+        }
     }
 
     /// The server ended `id` (its answer to a DELETE).
@@ -113,7 +123,13 @@ impl BoundSessions {
         let mut inner = self.0.lock();
         if inner.ids.remove(id) {
             inner.order.retain(|x| &**x != id);
+            inner.open_urls.remove(id);
         }
+    }
+
+    /// Whether the client of session `id` declared URL elicitation.
+    pub fn opens_urls(&self, id: &str) -> bool {
+        self.0.lock().open_urls.contains(id)
     }
 
     pub fn is_bound(&self, id: &str) -> bool {
@@ -140,12 +156,12 @@ mod bound_tests {
     fn only_what_the_server_issued_is_a_session_and_memory_stays_bounded() {
         let bound = BoundSessions::default();
         assert!(!bound.is_bound("made-up"));
-        bound.bind("s1");
+        bound.bind("s1", false);
         assert!(bound.is_bound("s1"));
         bound.end("s1");
         assert!(!bound.is_bound("s1"));
         for i in 0..BoundSessions::CAP + 10 {
-            bound.bind(&format!("s{i}"));
+            bound.bind(&format!("s{i}"), false);
         }
         assert_eq!(bound.len(), BoundSessions::CAP);
         assert!(!bound.is_bound("s0"), "the oldest are forgotten first");

@@ -59,10 +59,21 @@ pub(super) struct Held<'b> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AtUrl {
-    /// Not yet sent to the page: answered `input_required` at once.
+    /// Not yet sent to the page: answered `input_required` at once (2026-07-28).
     First,
-    /// Back from the page: waits for the decision as any held call does.
+    /// Back from the page: waits for the decision as any held call does (2026-07-28).
     Repeat,
+    /// Sent to the page by an `elicitation/create` on the call's own stream while it waits, and
+    /// told `notifications/elicitation/complete` once approved (2025-11-25).
+    Stream,
+}
+
+impl Held<'_> {
+    /// Whether the client hears of this hold on the call's stream (so the request is answered
+    /// with a stream at once).
+    pub(super) fn tells_on_stream(&self) -> bool {
+        self.at_url == Some(AtUrl::Stream)
+    }
 }
 
 /// A message as it goes to the server: a repeat of Tollgate's own `input_required` answer
@@ -193,18 +204,30 @@ impl Proxy {
             .collect();
         let session = asked.session;
         let names_ref = &names;
+        let progress = &progress;
+        let approval_url = self.cfg.approval_url.as_deref();
         let waits =
             futures_util::future::join_all(held.into_iter().enumerate().map(|(i, h)| async move {
                 let waited = match backend.request(&h.ask, session).await {
                     Ok(Ticket::Admit(a)) => Waited::Approved(*a),
                     Ok(Ticket::Hold(hold)) => {
                         *names_ref[i].lock() = Some(hold.name.clone());
+                        let name = hold.name.clone();
+                        let stream = h.at_url == Some(AtUrl::Stream);
+                        if let (true, Some(url)) = (stream, approval_url) {
+                            let rule = h.audit.rule.as_deref().unwrap_or_default();
+                            progress(resume::elicit_approval(&name, &h.ask.tool, rule, url));
+                        }
                         // A client that opens the approval's page is sent there at once.
                         let timeout = match h.at_url {
                             Some(AtUrl::First) => Duration::ZERO,
                             _ => h.timeout,
                         };
-                        backend.wait(hold, timeout).await
+                        let waited = backend.wait(hold, timeout).await;
+                        if stream && matches!(waited, Waited::Approved(_)) {
+                            progress(resume::approval_complete(&name));
+                        }
+                        waited
                     }
                     Err(e) => Waited::Failed(e),
                 };
@@ -398,6 +421,14 @@ impl Proxy {
     ) -> Admitted<'b> {
         if let Some(cancelled) = m.cancelled_request().and_then(CallId::of) {
             inspector.keep(&cancelled);
+        }
+        // The client's answer to Tollgate's own `elicitation/create` (an approval's page): the
+        // server never asked, so it is not the server's to hear. The approval store decides.
+        if m.is_response
+            && m.id
+                .is_some_and(|id| id.get().starts_with(resume::APPROVAL_ELICITATION_ID))
+        {
+            return Admitted::Answer(None);
         }
         // A request is in flight once per session: a second with its id could be given the
         // first one's answer, or the first one's refund.
@@ -633,6 +664,9 @@ impl Proxy {
                                         false => Some(AtUrl::First),
                                     }
                                 }
+                                Some(_) if !modern && asked.session_opens_urls => {
+                                    Some(AtUrl::Stream)
+                                }
                                 _ => None,
                             },
                         }));
@@ -738,6 +772,9 @@ pub(super) struct Asked<'a> {
     pub session: Option<&'a str>,
     /// Whether it speaks the 2026-07-28 protocol (whose results name their type).
     pub modern: bool,
+    /// Whether its session's client declared URL elicitation (2025-11-25): it can be sent to
+    /// an approval's page mid-call.
+    pub session_opens_urls: bool,
     pub start: Instant,
 }
 

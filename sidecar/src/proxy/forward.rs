@@ -60,11 +60,11 @@ impl Proxy {
 
     /// A session the server issued (its answer's `Mcp-Session-Id`) is one `scope: session`
     /// may count in.
-    fn note_session(&self, parts: &http::response::Parts) {
+    fn note_session(&self, parts: &http::response::Parts, declares_urls: bool) {
         if parts.status.is_success()
             && let Some(id) = super::header_str(&parts.headers, super::MCP_SESSION_ID)
         {
-            self.bound.bind(id);
+            self.bound.bind(id, declares_urls);
         }
     }
 
@@ -82,6 +82,7 @@ impl Proxy {
             peer,
             start,
             kind,
+            declares_urls,
         } = onward;
         let up = self.upstream_head(parts, peer);
         let resp = match self.client.send(&up, body).await {
@@ -97,7 +98,7 @@ impl Proxy {
             .request(kind.as_str(), start.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        self.note_session(&parts);
+        self.note_session(&parts, declares_urls);
         // A 4xx is the server refusing the request as a whole, before any tool ran, unless its
         // body answers a call: the Python SDK answers a tool's own error in the 2026-07-28 era
         // with a 400 carrying that error, after the tool ran. So a 4xx body is read, the calls
@@ -204,7 +205,7 @@ impl Proxy {
         );
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        self.note_session(&parts);
+        self.note_session(&parts, false);
         if let Some(id) = ending.filter(|_| parts.status.is_success()) {
             self.bound.end(&id);
         }

@@ -210,6 +210,10 @@ pub(super) struct Exchange {
     peer: SocketAddr,
     /// Whether it speaks the 2026-07-28 protocol (whose results name their type).
     modern: bool,
+    /// Whether it is an `initialize` declaring URL elicitation (its session will be noted so).
+    declares_urls: bool,
+    /// Whether its session's client declared URL elicitation.
+    session_opens_urls: bool,
     start: Instant,
     route: Route,
 }
@@ -221,6 +225,9 @@ pub(super) struct Onward {
     peer: SocketAddr,
     start: Instant,
     kind: RequestKind,
+    /// An `initialize` declaring URL elicitation: the session the server issues for it opens
+    /// URLs.
+    declares_urls: bool,
 }
 
 /// What kind of request the request-duration metric counts (its `kind` label).
@@ -397,6 +404,7 @@ impl Proxy {
                 peer,
                 start,
                 kind: RequestKind::Passthrough,
+                declares_urls: false,
             };
             return self
                 .forward(onward, Vec::new(), Inspector::passthrough())
@@ -423,8 +431,18 @@ impl Proxy {
             Err(refused) => return refused.into_response(),
         };
         let route = self.route(&parts, &set, &who, &rpc.messages);
+        let declares_urls = era == Era::Sessions
+            && !rpc.batch
+            && rpc.messages[0].method.as_deref() == Some("initialize")
+            && resume::initialize_opens_urls(rpc.messages[0].params);
+        let session_opens_urls = route
+            .session
+            .as_deref()
+            .is_some_and(|s| self.bound.opens_urls(s));
         let mut ex = Exchange {
             modern: era == Era::Stateless,
+            declares_urls,
+            session_opens_urls,
             parts,
             body: bytes.clone(),
             batch: rpc.batch,
@@ -441,7 +459,10 @@ impl Proxy {
         };
         if !decided.held.is_empty() {
             let legacy = ex.route.legacy.is_some();
-            let progress = decided.held.iter().any(|h| h.progress_token.is_some());
+            let progress = decided
+                .held
+                .iter()
+                .any(|h| h.progress_token.is_some() || h.tells_on_stream());
             if legacy || (progress && held::accepts_sse(&ex.parts.headers)) {
                 // The legacy transport answers on the session's stream, so the POST is taken
                 // at once; a client asking for progress hears it on a stream begun now.
@@ -493,6 +514,8 @@ impl Proxy {
             who,
             peer,
             modern,
+            declares_urls,
+            session_opens_urls,
             start,
             route,
             ..
@@ -503,6 +526,7 @@ impl Proxy {
             peer,
             start,
             kind: RequestKind::Mcp,
+            declares_urls,
         };
         let resp = self.forward(onward, answers, route.inspector).await;
         let status = resp.status().as_u16();
@@ -511,6 +535,7 @@ impl Proxy {
             who: &who,
             session: route.session.as_deref(),
             modern,
+            session_opens_urls,
             start,
         };
         for a in audits {
@@ -579,6 +604,7 @@ impl Exchange {
             who: &self.who,
             session: self.route.session.as_deref(),
             modern: self.modern,
+            session_opens_urls: self.session_opens_urls,
             start: self.start,
         };
         (asked, &mut self.route.inspector)

@@ -261,6 +261,50 @@ pub fn approval_at_url(id: Value, tool: &str, name: &str, rule: &str, url: &str)
     })
 }
 
+/// How the id of Tollgate's own `elicitation/create` begins, as JSON text (2025-11-25).
+pub const APPROVAL_ELICITATION_ID: &str = "\"tollgate.dev/approval/";
+
+/// Whether an `initialize` declares URL elicitation (`capabilities.elicitation.url`).
+pub fn initialize_opens_urls(params: Option<&RawValue>) -> bool {
+    #[derive(Deserialize)]
+    struct Init<'a> {
+        #[serde(default, borrow)]
+        capabilities: Option<Capabilities<'a>>,
+    }
+    params
+        .and_then(|p| serde_json::from_str::<Init<'_>>(p.get()).ok())
+        .and_then(|i| i.capabilities?.elicitation?.url)
+        .is_some_and(|url| url.get().starts_with('{'))
+}
+
+/// Tollgate's `elicitation/create` in URL mode, sent on a held call's stream (2025-11-25): the
+/// client sends its person to where approval `name` is decided.
+pub fn elicit_approval(name: &str, tool: &str, rule: &str, url: &str) -> Value {
+    let url = url.replace("{name}", name);
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": format!("{APPROVAL_STATE}{name}"),
+        "method": "elicitation/create",
+        "params": {
+            "mode": "url",
+            "elicitationId": name,
+            "message": format!(
+                "Tool {tool:?} needs a person's approval (rule {rule:?}). Approval {name} waits at {url}; the call goes on once it is approved."
+            ),
+            "url": url,
+        },
+    })
+}
+
+/// The notification that approval `name`'s page has done its work (2025-11-25).
+pub fn approval_complete(name: &str) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/elicitation/complete",
+        "params": { "elicitationId": name },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -360,6 +404,30 @@ mod tests {
         assert!(!caps(r#"{"elicitation":{"form":{}}}"#));
         assert!(!caps(r#"{}"#));
         assert!(!caps(r#"{"elicitation":{"url":true}}"#));
+    }
+
+    #[test]
+    fn a_2025_session_opens_urls_only_when_its_initialize_declares_url_elicitation() {
+        let init = |caps: &str| {
+            let p = serde_json::from_str::<Box<RawValue>>(&format!(
+                r#"{{"protocolVersion":"2025-11-25","capabilities":{caps},"clientInfo":{{"name":"a","version":"1"}}}}"#
+            ))
+            .unwrap();
+            initialize_opens_urls(Some(&p))
+        };
+        assert!(init(r#"{"elicitation":{"form":{},"url":{}}}"#));
+        assert!(!init(r#"{"elicitation":{}}"#));
+        assert!(!init(r#"{}"#));
+        let asked = elicit_approval(
+            "deploy-1",
+            "deploy",
+            "a person decides",
+            "https://a.example/{name}",
+        );
+        assert_eq!(asked["id"], "tollgate.dev/approval/deploy-1");
+        assert_eq!(asked["params"]["url"], "https://a.example/deploy-1");
+        assert_eq!(asked["params"]["elicitationId"], "deploy-1");
+        assert!(asked["id"].to_string().starts_with(APPROVAL_ELICITATION_ID));
     }
 
     #[test]
