@@ -18,8 +18,9 @@ import anyio
 import uvicorn
 from typing import Annotated
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.resolve import Elicit, Resolve
+from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
 from pydantic import BaseModel
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
@@ -113,6 +114,20 @@ def deploy(env: str, confirmation: Annotated[Confirmation, Resolve(ask_to_confir
     """Runs once a person confirmed (a multi-round-trip call)."""
     record("deploy", env=env, ok=confirmation.ok)
     return f"deployed to {env}" if confirmation.ok else f"not deployed to {env}"
+
+
+@mcp.resource("secret://{name}")
+def secret(name: str, ctx: Context) -> str | InputRequiredResult:
+    """A resource read only once the reader confirms (a multi-round-trip read, 2026-07-28)."""
+    if not ctx.input_responses:
+        record("asked", name=name)
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+        return InputRequiredResult(
+            input_requests={"confirm": ElicitRequest(params=ElicitRequestFormParams(message=f"Read {name}?", requested_schema=schema))},
+            request_state=f"read:{name}",
+        )
+    record("resource:secret", name=name)
+    return f"the secret {name}"
 
 
 def main() -> None:

@@ -138,6 +138,28 @@ def test_a_repeat_continues_only_the_call_it_repeats_and_only_once(guarded):
     assert [r["args"] for r in runs(record) if r["tool"] == "deploy"] == [{"env": "prod", "ok": True}]
 
 
+def test_a_resource_read_the_server_asks_input_for_is_counted_once_with_its_repeat(guarded):
+    policy = POLICY + """    "resource:secret://*":
+      rules:
+        - { name: one read an hour, rateLimit: 1/hour, onDeny: One read an hour }
+"""
+    px, record = guarded("--json", policy=policy)
+
+    def read(id, **extra):
+        body = {"jsonrpc": "2.0", "id": id, "method": "resources/read", "params": {"uri": "secret://alpha", "_meta": META, **extra}}
+        return post(px, body, headers("resources/read", "secret://alpha"))[1]
+
+    first = read(1)
+    assert first["result"]["resultType"] == "input_required", first
+    answer = {"confirm": {"action": "accept", "content": {"ok": True}}}
+    # The repeat carries other _meta, the state and the input: the same read, continued.
+    got = read(2, inputResponses=answer, requestState=first["result"]["requestState"])
+    assert got["result"]["contents"][0]["text"] == "the secret alpha", got
+    # A new read is a new call: the hour's one is spent.
+    assert read(3)["error"]["data"]["rule"] == "one read an hour"
+    assert [r["args"] for r in runs(record)] == [{"name": "alpha"}]
+
+
 def test_a_repeat_after_the_policy_changed_is_decided_by_the_new_policy(guarded):
     px, record = guarded("--json")
     h = headers("tools/call", "deploy")
@@ -198,6 +220,12 @@ def test_mirrored_headers_are_required_decoded_and_held_to_the_body(guarded):
         status, got = post(px, body, h)
         assert status == 400 and got["error"]["code"] == -32020 and why in got["error"]["message"], (h, got)
     assert not runs(record)
+    # A version in _meta that is not a string, or a _meta that is not an object, could be read
+    # some other way: refused, whatever else the params hold.
+    for meta in [{"io.modelcontextprotocol/protocolVersion": [MODERN]}, "2026-07-28"]:
+        odd = {**body, "params": {**body["params"], "_meta": meta, "uri": 1}}
+        status, got = post(px, odd, headers("tools/call", "read_file", version="2025-11-25"))
+        assert status == 400 and got["error"]["code"] == -32020, (meta, got)
     # A body that names its version without the header's agreement is refused too.
     status, got = post(px, call(1, "read_file", {"path": "x"}), {**headers(None), "mcp-protocol-version": "2025-06-18"})
     assert status == 400 and got["error"]["code"] == -32020, got

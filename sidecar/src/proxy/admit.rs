@@ -11,8 +11,8 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use memchr::memmem::Finder;
-use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tollgate_api::Identity;
 
 use super::refusal::Refusal;
@@ -178,29 +178,50 @@ fn unreadable_field(headers: &HeaderMap, name: &HeaderName) -> bool {
     field_once(headers, name).is_err()
 }
 
-/// The fields of a request's params that headers mirror, read without copying.
-#[derive(Deserialize, Default)]
+/// The fields of a request's params that headers mirror: `name` and `uri` where they are
+/// strings, and the protocol version `_meta` names.
+#[derive(Default)]
 struct Mirrored<'a> {
-    #[serde(default, borrow)]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
     uri: Option<Cow<'a, str>>,
-    #[serde(default, borrow, rename = "_meta")]
-    meta: Option<Meta<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-struct Meta<'a> {
-    #[serde(default, borrow, rename = "io.modelcontextprotocol/protocolVersion")]
     version: Option<Cow<'a, str>>,
 }
 
-/// What a message's params say of what headers mirror. Params of another shape say nothing
-/// (the server refuses them; a stateless request without its version is refused here).
-fn mirrored<'a>(m: &Message<'a>) -> Mirrored<'a> {
-    m.params
-        .and_then(|p| serde_json::from_str(p.get()).ok())
-        .unwrap_or_default()
+/// What a message's params say of what headers mirror. Each field is looked up on its own, so
+/// that one of an unexpected type hides no other; a `_meta` that is not an object, or a version
+/// in it that is not a string, is refused (a server could read the version some other way).
+fn mirrored<'a>(m: &Message<'a>) -> Result<Mirrored<'a>, String> {
+    type Fields<'a> = std::collections::BTreeMap<Cow<'a, str>, &'a RawValue>;
+    let Some(params) = m.params else {
+        return Ok(Mirrored::default());
+    };
+    // Params that are not an object name nothing; the server refuses them.
+    let Ok(fields) = serde_json::from_str::<Fields<'a>>(params.get()) else {
+        return Ok(Mirrored::default());
+    };
+    let text = |key: &str| {
+        fields
+            .get(key)
+            .and_then(|v| serde_json::from_str::<Cow<'a, str>>(v.get()).ok())
+    };
+    let version = match fields.get("_meta") {
+        None => None,
+        Some(meta) => {
+            let meta: Fields<'a> = serde_json::from_str(meta.get())
+                .map_err(|_| "The body's _meta must be an object".to_string())?;
+            match meta.get(era::META_VERSION) {
+                None => None,
+                Some(v) => Some(serde_json::from_str::<Cow<'a, str>>(v.get()).map_err(|_| {
+                    format!("The body's _meta[{:?}] must be a string", era::META_VERSION)
+                })?),
+            }
+        }
+    };
+    Ok(Mirrored {
+        name: text("name"),
+        uri: text("uri"),
+        version,
+    })
 }
 
 static PROTOCOL_VERSION_KEY: LazyLock<Finder<'static>> =
@@ -234,8 +255,8 @@ fn check_mcp_headers(
         if !read {
             continue;
         }
-        let body = mirrored(m);
-        let body_version = body.meta.as_ref().and_then(|meta| meta.version.as_deref());
+        let body = mirrored(m)?;
+        let body_version = body.version.as_deref();
         match (body_version, version) {
             (Some(b), Some(h)) if b == h => {}
             // A request without its version in `_meta` is the server's to refuse (-32602, as

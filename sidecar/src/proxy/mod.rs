@@ -419,7 +419,9 @@ impl Proxy {
                 message,
                 ..
             }) => {
-                let supported = self.supported_versions(parts.uri.path()).await;
+                let supported = self
+                    .supported_versions(parts.uri.path(), parts.headers.get(header::AUTHORIZATION))
+                    .await;
                 let refused = Refusal::Version {
                     id,
                     requested,

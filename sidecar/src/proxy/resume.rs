@@ -17,7 +17,8 @@
 //! itself. Records are kept for [`TTL`] and at most [`CAP`] at once: one that cannot be kept
 //! only means its repeat is decided (and counted) afresh.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState;
@@ -30,12 +31,22 @@ use serde_json::value::RawValue;
 pub const TTL: Duration = Duration::from_secs(15 * 60);
 /// How many calls may wait for their repeat at once.
 pub const CAP: usize = 16_384;
+/// How many of one caller's calls may wait for their repeat at once.
+pub const PER_CALLER: usize = 256;
+/// How long after its first decision a call may still be continued, however many rounds its
+/// server asks for.
+pub const SPAN: Duration = Duration::from_secs(60 * 60);
 
 /// A decided call whose answer may ask for input: what its repeat must match.
 #[derive(Clone, Debug)]
 pub struct Resume {
     /// The digest of the caller, method, tool and arguments.
     base: [u8; 32],
+    /// Whose call it is (a digest of the caller), so that one caller's records cannot crowd
+    /// out another's.
+    caller: u64,
+    /// When the call was first decided: its repeats continue it for at most [`SPAN`].
+    since: Instant,
     /// The policy revision that decided it.
     revision: u64,
     /// The rule and policy the decision named, for the repeat's audit line.
@@ -60,11 +71,13 @@ impl Resume {
             d.update(part.as_bytes());
             d.update(b"\0");
         }
-        d.update(args.to_string().as_bytes());
+        d.update(decided_arguments(method, args).to_string().as_bytes());
         let mut base = [0; 32];
         base.copy_from_slice(d.finish().as_ref());
         Resume {
             base,
+            caller: foldhash::quality::FixedState::with_seed(0).hash_one(caller),
+            since: Instant::now(),
             revision,
             rule,
             policy,
@@ -87,46 +100,118 @@ impl Resume {
     }
 }
 
+/// What of a call's arguments a repeat must match: a `resources/read` is decided on its whole
+/// params, of which `_meta`, `requestState` and `inputResponses` change between rounds.
+fn decided_arguments<'a>(method: &str, args: &'a Value) -> std::borrow::Cow<'a, Value> {
+    match (method, args) {
+        ("resources/read", Value::Object(params))
+            if ["_meta", "requestState", "inputResponses"]
+                .iter()
+                .any(|k| params.contains_key(*k)) =>
+        {
+            let mut params = params.clone();
+            for k in ["_meta", "requestState", "inputResponses"] {
+                params.remove(k);
+            }
+            std::borrow::Cow::Owned(Value::Object(params))
+        }
+        _ => std::borrow::Cow::Borrowed(args),
+    }
+}
+
 struct Entry {
     expires: Instant,
     resume: Resume,
 }
 
-/// The calls waiting for their repeat, proxy-wide.
+/// The records, with the order they were made in, overall and per caller.
 #[derive(Default)]
-pub struct Resumes(Mutex<HashMap<[u8; 32], Entry, RandomState>>);
+struct Inner {
+    map: HashMap<[u8; 32], Entry, RandomState>,
+    /// Oldest first; may hold keys already taken (skipped, and pruned as it grows).
+    order: VecDeque<[u8; 32]>,
+    /// Each caller's keys, oldest first.
+    by_caller: HashMap<u64, VecDeque<[u8; 32]>, RandomState>,
+}
+
+impl Inner {
+    fn remove(&mut self, key: &[u8; 32]) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        if let Some(keys) = self.by_caller.get_mut(&entry.resume.caller) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_caller.remove(&entry.resume.caller);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Makes room for one more record: the oldest goes.
+    fn evict_oldest(&mut self) {
+        while let Some(key) = self.order.pop_front() {
+            if self.remove(&key).is_some() {
+                return;
+            }
+        }
+    }
+}
+
+/// The calls waiting for their repeat, proxy-wide. Bounded twice: [`CAP`] records, the oldest
+/// making way for the newest, and [`PER_CALLER`] per caller, that caller's oldest making way,
+/// so that no caller can crowd out another's repeats.
+#[derive(Default)]
+pub struct Resumes(Mutex<Inner>);
 
 impl Resumes {
     /// The server asked for input to finish `resume`'s call, with `state`.
     pub fn record(&self, resume: Resume, state: Option<&str>) {
         let key = resume.key(state);
-        let now = Instant::now();
-        let mut map = self.0.lock();
-        if map.len() >= CAP {
-            map.retain(|_, e| e.expires > now);
+        let caller = resume.caller;
+        let mut inner = self.0.lock();
+        let inner = &mut *inner;
+        inner.remove(&key);
+        if inner
+            .by_caller
+            .get(&caller)
+            .is_some_and(|keys| keys.len() >= PER_CALLER)
+            && let Some(oldest) = inner
+                .by_caller
+                .get(&caller)
+                .and_then(|k| k.front().copied())
+        {
+            inner.remove(&oldest);
         }
-        if map.len() < CAP {
-            map.insert(
-                key,
-                Entry {
-                    expires: now + TTL,
-                    resume,
-                },
-            );
+        if inner.map.len() >= CAP {
+            inner.evict_oldest();
         }
+        if inner.order.len() >= 2 * CAP {
+            let map = &inner.map;
+            inner.order.retain(|k| map.contains_key(k));
+        }
+        inner.map.insert(
+            key,
+            Entry {
+                expires: Instant::now() + TTL,
+                resume,
+            },
+        );
+        inner.order.push_back(key);
+        inner.by_caller.entry(caller).or_default().push_back(key);
     }
 
     /// The decision a repeat continues, used up; `None` when it continues none, under the
     /// policy in force, that the proxy knows of.
     pub fn take(&self, asked: &Resume, state: Option<&str>) -> Option<Resume> {
         let entry = self.0.lock().remove(&asked.key(state))?;
-        (entry.expires > Instant::now() && entry.resume.revision == asked.revision)
+        (entry.expires > Instant::now()
+            && entry.resume.since.elapsed() < SPAN
+            && entry.resume.revision == asked.revision)
             .then_some(entry.resume)
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().len()
+        self.0.lock().map.len()
     }
 }
 
@@ -431,11 +516,61 @@ mod tests {
     }
 
     #[test]
-    fn records_past_the_cap_are_not_kept_and_expired_ones_make_room() {
+    fn the_oldest_records_make_way_and_no_caller_crowds_out_another() {
         let r = Resumes::default();
+        let of = |who: &str, i: usize| {
+            Resume::new(who, "tools/call", "t", &json!({ "i": i }), 1, None, None)
+        };
+        r.record(of("victim", 0), Some("v"));
+        // One caller making records without end keeps only its newest PER_CALLER.
+        for i in 0..PER_CALLER * 4 {
+            r.record(of("flood", i), None);
+        }
+        assert_eq!(r.len(), PER_CALLER + 1);
+        assert!(
+            r.take(&of("flood", 0), None).is_none(),
+            "its oldest made way"
+        );
+        assert!(r.take(&of("flood", PER_CALLER * 4 - 1), None).is_some());
+        assert!(
+            r.take(&of("victim", 0), Some("v")).is_some(),
+            "untouched by the flood"
+        );
+        // Many callers: the store stays within CAP, the oldest making way.
         for i in 0..CAP + 10 {
-            r.record(resume(json!({ "i": i }), 1), None);
+            r.record(of(&format!("c{i}"), i), None);
         }
         assert_eq!(r.len(), CAP);
+        assert!(r.take(&of("c0", 0), None).is_none());
+        assert!(
+            r.take(&of(&format!("c{}", CAP + 9), CAP + 9), None)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_resource_read_repeat_matches_whatever_meta_state_and_input_it_carries() {
+        let first = json!({"uri": "secret://a", "_meta": {"x": 1}});
+        let again = json!({"uri": "secret://a", "_meta": {"x": 2}, "requestState": "S", "inputResponses": {}});
+        let of = |p: &Value| {
+            Resume::new(
+                "a",
+                "resources/read",
+                "resource:secret://a",
+                p,
+                1,
+                None,
+                None,
+            )
+        };
+        let r = Resumes::default();
+        r.record(of(&first), Some("S"));
+        assert!(r.take(&of(&again), Some("S")).is_some());
+        // Other params still make another read.
+        r.record(of(&first), Some("S"));
+        assert!(
+            r.take(&of(&json!({"uri": "secret://a", "mode": "x"})), Some("S"))
+                .is_none()
+        );
     }
 }

@@ -1,12 +1,15 @@
 //! The protocol versions the proxy and its server speak together, for the `-32022` answer to a
 //! version Tollgate cannot read. MCP says that answer lists the versions "it does support":
-//! behind a proxy, that is the versions both read, so the server is asked once
-//! (`server/discover`) and what it answers is kept for a minute.
+//! behind a proxy, that is the versions both read, so the server is asked (`server/discover`
+//! at the path the client used, one probe at a time, for at most 2 s) and what it answers is
+//! kept for a minute per path; a probe that got no answer is not tried again for 10 s, and the
+//! answer then lists every version Tollgate reads.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, HOST};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
@@ -17,37 +20,73 @@ use crate::mcp::era;
 
 /// How long what the server said of its versions is believed.
 const FRESH: Duration = Duration::from_secs(60);
+/// How long a probe that got no answer is not tried again.
+const FAILED: Duration = Duration::from_secs(10);
+/// How long a probe may take: the client waits for it.
+const PROBE: Duration = Duration::from_secs(2);
 /// The most of the server's answer read.
 const MAX_ANSWER: usize = 64 * 1024;
+/// The most paths remembered.
+const PATHS: usize = 16;
 
-/// What the server last said of its versions, and when.
+/// When the server was asked, and what it said (`None`: nothing).
+type Heard = (Instant, Option<Vec<String>>);
+
+/// What the server last said of its versions at each path, and when; `None` for a probe that
+/// got no answer. One probe at a time.
 #[derive(Default)]
-pub struct ServerVersions(parking_lot::Mutex<Option<(Instant, Vec<String>)>>);
+pub struct ServerVersions {
+    known: parking_lot::Mutex<HashMap<String, Heard>>,
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl ServerVersions {
+    fn cached(&self, path: &str) -> Option<Option<Vec<String>>> {
+        let known = self.known.lock();
+        let (at, versions) = known.get(path)?;
+        let fresh = match versions {
+            Some(_) => FRESH,
+            None => FAILED,
+        };
+        (at.elapsed() < fresh).then(|| versions.clone())
+    }
+
+    fn keep(&self, path: &str, versions: Option<Vec<String>>) {
+        let mut known = self.known.lock();
+        if known.len() >= PATHS && !known.contains_key(path) {
+            known.clear();
+        }
+        known.insert(path.to_string(), (Instant::now(), versions));
+    }
+}
 
 impl Proxy {
     /// The versions Tollgate reads that the server at `path` supports too; every version
-    /// Tollgate reads when the server does not say.
-    pub(super) async fn supported_versions(&self, path: &str) -> Vec<String> {
+    /// Tollgate reads when the server does not say. The probe carries the refused request's
+    /// credential, as the server may want one.
+    pub(super) async fn supported_versions(
+        &self,
+        path: &str,
+        authorization: Option<&HeaderValue>,
+    ) -> Vec<String> {
         let known = era::known_versions();
-        let cached = self
-            .server_versions
-            .0
-            .lock()
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < FRESH)
-            .map(|(_, v)| v.clone());
-        let server = match cached {
-            Some(v) => Some(v),
+        let server = match self.server_versions.cached(path) {
+            Some(v) => v,
             None => {
-                let asked =
-                    tokio::time::timeout(self.cfg.timeouts.upstream_head, self.discover(path))
-                        .await
-                        .ok()
-                        .flatten();
-                if let Some(v) = &asked {
-                    *self.server_versions.0.lock() = Some((Instant::now(), v.clone()));
+                let _one = self.server_versions.probing.lock().await;
+                match self.server_versions.cached(path) {
+                    Some(v) => v,
+                    None => {
+                        let timeout = PROBE.min(self.cfg.timeouts.upstream_head);
+                        let asked =
+                            tokio::time::timeout(timeout, self.discover(path, authorization))
+                                .await
+                                .ok()
+                                .flatten();
+                        self.server_versions.keep(path, asked.clone());
+                        asked
+                    }
                 }
-                asked
             }
         };
         match server {
@@ -61,7 +100,11 @@ impl Proxy {
     }
 
     /// Asks the server its `supportedVersions`.
-    async fn discover(&self, path: &str) -> Option<Vec<String>> {
+    async fn discover(
+        &self,
+        path: &str,
+        authorization: Option<&HeaderValue>,
+    ) -> Option<Vec<String>> {
         let version = era::STATELESS_VERSIONS[0];
         let body = serde_json::json!({
             "jsonrpc": "2.0",
@@ -72,17 +115,18 @@ impl Proxy {
                 "io.modelcontextprotocol/clientCapabilities": {},
             }},
         });
-        let (parts, ()) = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(path)
             .header(HOST, self.upstream_authority.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json, text/event-stream")
             .header(MCP_PROTOCOL_VERSION, HeaderValue::from_static(version))
-            .header(MCP_METHOD, "server/discover")
-            .body(())
-            .ok()?
-            .into_parts();
+            .header(MCP_METHOD, "server/discover");
+        if let Some(credential) = authorization {
+            request = request.header(AUTHORIZATION, credential.clone());
+        }
+        let (parts, ()) = request.body(()).ok()?.into_parts();
         let resp = self
             .client
             .send(&parts, Outgoing::Full(Bytes::from(body.to_string())))
