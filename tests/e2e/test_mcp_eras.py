@@ -442,3 +442,52 @@ def test_a_2025_client_that_opens_urls_is_sent_to_the_approval_mid_call(recorder
     assert [r["args"] for r in runs(record) if r["tool"] == "deploy"] == [{"env": "prod", "ok": True}]
     # The client's answer to Tollgate's question never reached the server.
     assert "tollgate.dev/approval" not in px.proc.log.read_text() + (record.parent / f"recorder-{url.rsplit(':', 1)[1]}.log").read_text()
+
+
+TASK_POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: McpPolicy
+metadata: { name: tasks, namespace: default }
+spec:
+  default: allow
+  tools:
+    simulate-research-query:
+      rules:
+        - { name: one study an hour, rateLimit: 1/hour, onDeny: One study an hour }
+"""
+
+
+def test_a_call_made_as_a_task_is_decided_and_counted_once_when_the_task_is_made(everything_server, proxy):
+    # server-everything's simulate-research-query runs as a 2025-11-25 task: the call answers at
+    # once with a task, the client polls tasks/get and fetches tasks/result.
+    from rpc import messages
+
+    srv = everything_server("streamableHttp")
+    px = proxy(srv.url, TASK_POLICY)
+    h = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"tasks": {}}, "clientInfo": {"name": "t", "version": "1"}}}
+    r = httpx.post(f"{px.url}/mcp", headers=h, json=init)
+    h = {**h, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    httpx.post(f"{px.url}/mcp", headers=h, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def rpc(id, method, params):
+        [*_, m] = messages(httpx.post(f"{px.url}/mcp", headers=h, json={"jsonrpc": "2.0", "id": id, "method": method, "params": params}, timeout=30))
+        return m
+
+    study = {"name": "simulate-research-query", "arguments": {"topic": "tolls"}, "task": {"ttl": 60000}}
+    task = rpc(1, "tools/call", study)["result"]["task"]
+    # Polling and fetching the result are the same call: neither decided nor counted again (a
+    # limit of one would refuse a second count).
+    deadline = time.monotonic() + 20
+    while (status := rpc(2, "tasks/get", {"taskId": task["taskId"]})["result"]["status"]) != "completed":
+        assert status == "working" and time.monotonic() < deadline, status
+        time.sleep(0.5)
+    result = rpc(3, "tasks/result", {"taskId": task["taskId"]})
+    assert "Research Report: tolls" in result["result"]["content"][0]["text"], result
+    # The task's count stayed: it ran. A second study is a new call, over the limit.
+    denied = rpc(4, "tools/call", {**study, "arguments": {"topic": "again"}})
+    assert denied["error"]["data"]["rule"] == "one study an hour", denied
+    listed = rpc(5, "tasks/list", {})["result"]["tasks"]
+    assert [t["taskId"] for t in listed] == [task["taskId"]], "the denied call made no task"
+    assert px.metric("tollgate_decisions_total", tool="simulate-research-query", outcome="allow") == 1
