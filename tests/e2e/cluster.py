@@ -97,6 +97,15 @@ class ControlPlane:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         return self.run("kubectl", *args, input=input, check=check)
 
+    def crd_established(self, name: str, timeout: float = 30) -> None:
+        """Waits until CRD `name` is Established. (`kubectl wait` fails outright, rather than
+        waiting, when it reads the CRD before the API server has written any condition.)"""
+        deadline = time.monotonic() + timeout
+        query = '{.status.conditions[?(@.type=="Established")].status}'
+        while self.kubectl("get", f"crd/{name}", "-o", f"jsonpath={query}", check=False).stdout.strip() != "True":
+            assert time.monotonic() < deadline, f"CRD {name} not Established after {timeout}s"
+            time.sleep(0.1)
+
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run("helm", *args, check=check)
 

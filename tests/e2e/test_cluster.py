@@ -67,7 +67,7 @@ def test_cluster_service_account_tokens_are_issued_and_reviewed(cluster, tmp_pat
 def test_cluster_helm_lints_and_installs_the_chart_with_crds_established_and_the_baseline(release):
     release.helm("lint", "--strict", str(CHART))
     for crd in ["mcppolicies.tollgate.dev", "mcpclusterpolicies.tollgate.dev"]:
-        release.kubectl("wait", "--for", "condition=Established", f"crd/{crd}", "--timeout", "30s")
+        release.crd_established(crd)
     baseline = release.get("mcpclusterpolicy", f"{RELEASE}-baseline")
     assert baseline["spec"]["default"] == "deny"
     # The API server warned of nothing (it warned "unrecognized format uint64" once).

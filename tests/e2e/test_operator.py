@@ -652,7 +652,7 @@ def test_operator_where_the_cluster_serves_cluster_network_policies_an_admin_tie
     crd = subprocess.run([str(ROOT / "tests" / "cluster" / "crds.sh")], capture_output=True, text=True, check=True).stdout.strip()
     kube.kubectl("create", "-f", crd)
     try:
-        kube.kubectl("wait", "--for=condition=Established", "crd/clusternetworkpolicies.policy.networking.k8s.io")
+        kube.crd_established("clusternetworkpolicies.policy.networking.k8s.io")
         eventually(lambda: "clusternetworkpolicies" in kube.kubectl("api-resources", "--api-group=policy.networking.k8s.io").stdout,
                    what="the API is served")
         kube.namespace("np-cluster", **INJECT)
@@ -1011,5 +1011,5 @@ def test_operator_watches_each_kind_once_and_a_watch_that_keeps_failing_turns_re
         assert op.proc.poll() is None, "a failing watch is retried, not fatal"
     finally:
         kube.apply(crd)
-        kube.kubectl("wait", "--for=condition=Established", "crd/mcpapprovals.tollgate.dev", "--timeout=30s")
+        kube.crd_established("mcpapprovals.tollgate.dev")
     eventually(op.ready, what="ready again once the watch works", timeout=60)
