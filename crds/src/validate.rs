@@ -44,6 +44,21 @@ pub fn parse_rate_limit(s: &str) -> Result<(u64, crate::Window), String> {
     Ok((count, window))
 }
 
+/// Checks where people approve held calls (`--approval-url`): an absolute `http(s)` URL with a
+/// host, of visible ASCII; `{name}` stands for the approval's name.
+pub fn approval_url(url: &str) -> Result<(), String> {
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    match host {
+        Some(host) if !host.is_empty() && url.bytes().all(|b| b.is_ascii_graphic()) => Ok(()),
+        _ => Err(format!(
+            "{url:?} is not an absolute http(s) URL (say https://approvals.example.com/approvals/{{name}})"
+        )),
+    }
+}
+
 /// Parses a duration such as `90s`, `10m`, `1h30m`, `500ms`.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let mut total = std::time::Duration::ZERO;
@@ -586,5 +601,30 @@ pub fn path_key(key: &str) -> String {
         key.to_string()
     } else {
         format!("{key:?}")
+    }
+}
+
+#[cfg(test)]
+mod approval_url_tests {
+    use super::approval_url;
+
+    #[test]
+    fn an_approval_url_is_an_absolute_http_url_with_a_host() {
+        for good in [
+            "https://approvals.example.com/approvals/{name}",
+            "http://10.0.0.1:8080/?a={name}",
+            "https://a.example",
+        ] {
+            assert!(approval_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "approvals.example.com/{name}",
+            "ftp://a/{name}",
+            "https:///x",
+            "https://a b/",
+            "",
+        ] {
+            assert!(approval_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -455,14 +455,8 @@ fn approval_url(url: &str) -> anyhow::Result<Option<String>> {
     if url.is_empty() {
         return Ok(None);
     }
-    let probe: http::Uri = url
-        .replace("{name}", "name")
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--sidecar-approval-url {url:?}: {e}"))?;
-    anyhow::ensure!(
-        matches!(probe.scheme_str(), Some("http" | "https")) && probe.authority().is_some(),
-        "--sidecar-approval-url {url:?} is not an absolute http(s) URL"
-    );
+    tollgate_api::validate::approval_url(url)
+        .map_err(|e| anyhow::anyhow!("--sidecar-approval-url: {e}"))?;
     Ok(Some(url.to_string()))
 }
 

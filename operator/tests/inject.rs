@@ -80,8 +80,15 @@ fn refused(pod: &Value, ns: &BTreeMap<String, String>, what: &str) -> Refused {
 
 /// Injects and returns the patched pod.
 fn injected(pod: &Value, ns: &BTreeMap<String, String>) -> Pod {
-    let Injection::Patch { patch, .. } = run(pod, ns) else {
-        panic!("expected a patch, got {:?}", run(pod, ns))
+    injected_with(pod, ns, &config())
+}
+
+/// `pod` as injected by an operator configured with `config`.
+fn injected_with(pod: &Value, ns: &BTreeMap<String, String>, config: &InjectConfig) -> Pod {
+    let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let injection = inject_sidecar(&typed, ns, config).expect("no bad annotation");
+    let Injection::Patch { patch, .. } = injection else {
+        panic!("expected a patch, got {injection:?}")
     };
     let mut doc = pod.clone();
     json_patch::patch(&mut doc, &patch).expect("the patch applies to the pod it was made for");
@@ -1134,14 +1141,7 @@ fn the_operators_approval_url_reaches_every_injected_sidecar() {
         approval_url: Some("https://approvals.example.com/{name}".into()),
         ..config()
     };
-    let pod: Pod = serde_json::from_value(opted_in()).unwrap();
-    let Injection::Patch { patch, .. } = inject_sidecar(&pod, &no_labels(), &config).unwrap()
-    else {
-        panic!("not injected");
-    };
-    let mut after = opted_in();
-    json_patch::patch(&mut after, &patch).unwrap();
-    let pod: Pod = serde_json::from_value(after).unwrap();
+    let pod = injected_with(&opted_in(), &no_labels(), &config);
     assert_eq!(
         env(sidecar(&pod), "TOLLGATE_APPROVAL_URL"),
         Some("https://approvals.example.com/{name}")
@@ -1160,13 +1160,6 @@ fn the_operator_can_have_every_injected_sidecar_read_http1_with_hyper() {
         hyper_http1: true,
         ..config()
     };
-    let pod: Pod = serde_json::from_value(opted_in()).unwrap();
-    let Injection::Patch { patch, .. } = inject_sidecar(&pod, &no_labels(), &config).unwrap()
-    else {
-        panic!("not injected");
-    };
-    let mut after = opted_in();
-    json_patch::patch(&mut after, &patch).unwrap();
-    let pod: Pod = serde_json::from_value(after).unwrap();
+    let pod = injected_with(&opted_in(), &no_labels(), &config);
     assert_eq!(env(sidecar(&pod), "TOLLGATE_HTTP1"), Some("hyper"));
 }

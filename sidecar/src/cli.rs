@@ -512,15 +512,7 @@ fn passthrough_paths(paths: &[String]) -> anyhow::Result<Vec<String>> {
 
 /// An approval page's URL: absolute, http or https.
 fn parse_approval_url(s: &str) -> Result<String, String> {
-    let probe = s.replace("{name}", "name");
-    match probe.parse::<http::Uri>() {
-        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
-            Ok(s.to_string())
-        }
-        _ => Err(format!(
-            "{s:?} is not an absolute http(s) URL (say https://approvals.example.com/approvals/{{name}})"
-        )),
-    }
+    tollgate_api::validate::approval_url(s).map(|()| s.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

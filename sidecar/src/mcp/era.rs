@@ -36,17 +36,14 @@ pub enum Era {
 
 impl Era {
     /// The era of a request by its `MCP-Protocol-Version` header. No header is 2025-03-26, as
-    /// the specification says a server may take it; a version Tollgate does not know is an
-    /// error naming the versions it does.
-    pub fn of(version: Option<&str>) -> Result<Era, String> {
+    /// the specification says a server may take it; `None` for a version Tollgate does not
+    /// know (see [`unknown_version`]).
+    pub fn of(version: Option<&str>) -> Option<Era> {
         match version {
-            None => Ok(Era::Sessions),
-            Some(v) if SESSION_VERSIONS.contains(&v) => Ok(Era::Sessions),
-            Some(v) if STATELESS_VERSIONS.contains(&v) => Ok(Era::Stateless),
-            Some(v) => Err(format!(
-                "Tollgate does not know MCP protocol version {v:?}, so it cannot read the request as that version defines it; it knows {}",
-                known_versions().join(", ")
-            )),
+            None => Some(Era::Sessions),
+            Some(v) if SESSION_VERSIONS.contains(&v) => Some(Era::Sessions),
+            Some(v) if STATELESS_VERSIONS.contains(&v) => Some(Era::Stateless),
+            Some(_) => None,
         }
     }
 
@@ -56,6 +53,14 @@ impl Era {
             Era::Stateless => "2026-07-28",
         }
     }
+}
+
+/// Why a request naming `version`, which Tollgate does not know, is refused.
+pub fn unknown_version(version: &str) -> String {
+    format!(
+        "Tollgate does not know MCP protocol version {version:?}, so it cannot read the request as that version defines it; it knows {}",
+        known_versions().join(", ")
+    )
 }
 
 /// Every protocol version Tollgate reads, oldest first.
@@ -234,13 +239,14 @@ mod tests {
 
     #[test]
     fn a_request_names_its_era_by_its_version_header_and_an_unknown_version_is_refused() {
-        assert_eq!(Era::of(None), Ok(Era::Sessions));
-        assert_eq!(Era::of(Some("2025-06-18")), Ok(Era::Sessions));
-        assert_eq!(Era::of(Some("2026-07-28")), Ok(Era::Stateless));
-        let e = Era::of(Some("2027-03-30")).unwrap_err();
+        assert_eq!(Era::of(None), Some(Era::Sessions));
+        assert_eq!(Era::of(Some("2025-06-18")), Some(Era::Sessions));
+        assert_eq!(Era::of(Some("2026-07-28")), Some(Era::Stateless));
+        assert_eq!(Era::of(Some("2027-03-30")), None);
+        let e = unknown_version("2027-03-30");
         assert!(e.contains("2027-03-30") && e.contains("2026-07-28"), "{e}");
         // Compared as text before: "2099" sorted after "2026-07-28" and read as stateless.
-        assert!(Era::of(Some("2099")).is_err());
+        assert!(Era::of(Some("2099")).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tollgate_api::Identity;
 
-use super::refusal::Refusal;
+use super::refusal::{Refusal, UnknownVersion};
 use super::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, Proxy, header_str};
 use crate::http::deadline::Progress;
 use crate::http::media::field_once;
@@ -63,14 +63,15 @@ pub(super) fn messages<'b>(
         }
     }
     let version = header_str(headers, MCP_PROTOCOL_VERSION);
-    let era = Era::of(version).map_err(|message| Refusal::Version {
-        id: first_id(),
-        requested: version.unwrap_or_default().to_string(),
-        message,
-        supported: era::known_versions()
-            .into_iter()
-            .map(String::from)
-            .collect(),
+    let era = Era::of(version).ok_or_else(|| {
+        Refusal::Version(Box::new(UnknownVersion {
+            id: first_id(),
+            requested: version.unwrap_or_default().to_string(),
+            supported: era::known_versions()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }))
     })?;
     if rpc.batch && era == Era::Stateless {
         return Err(Refusal::NotJsonRpc {

@@ -86,11 +86,10 @@ pub struct BoundSessions(Mutex<BoundInner>);
 
 #[derive(Default)]
 struct BoundInner {
-    ids: std::collections::HashSet<Box<str>, RandomState>,
+    /// Each session, and whether its client declared URL elicitation in its `initialize`
+    /// (2025-11-25): a call held for a person there sends the client to the approval's page.
+    ids: std::collections::HashMap<Box<str>, bool, RandomState>,
     order: std::collections::VecDeque<Box<str>>,
-    /// Sessions whose client declared URL elicitation in its `initialize` (2025-11-25): a call
-    /// held for a person there sends the client to the approval's page.
-    open_urls: std::collections::HashSet<Box<str>, RandomState>,
 }
 
 impl BoundSessions {
@@ -99,41 +98,35 @@ impl BoundSessions {
     /// The server issued `id`, to a client that opens URLs (`opens_urls`) or not.
     pub fn bind(&self, id: &str, opens_urls: bool) {
         let mut inner = self.0.lock();
-        if opens_urls && inner.ids.contains(id) {
-            inner.open_urls.insert(id.into());
-        }
-        if inner.ids.contains(id) {
+        if let Some(opens) = inner.ids.get_mut(id) {
+            *opens |= opens_urls;
             return;
         }
         if inner.order.len() >= Self::CAP
             && let Some(oldest) = inner.order.pop_front()
         {
             inner.ids.remove(&oldest);
-            inner.open_urls.remove(&oldest);
         }
-        inner.ids.insert(id.into());
+        inner.ids.insert(id.into(), opens_urls);
         inner.order.push_back(id.into());
-        if opens_urls {
-            inner.open_urls.insert(id.into());
-        }
     }
 
     /// The server ended `id` (its answer to a DELETE).
     pub fn end(&self, id: &str) {
         let mut inner = self.0.lock();
-        if inner.ids.remove(id) {
+        if inner.ids.remove(id).is_some() {
             inner.order.retain(|x| &**x != id);
-            inner.open_urls.remove(id);
         }
     }
 
-    /// Whether the client of session `id` declared URL elicitation.
-    pub fn opens_urls(&self, id: &str) -> bool {
-        self.0.lock().open_urls.contains(id)
+    /// Whether the server issued `id`: `Some`, with whether its client opens URLs.
+    pub fn lookup(&self, id: &str) -> Option<bool> {
+        self.0.lock().ids.get(id).copied()
     }
 
-    pub fn is_bound(&self, id: &str) -> bool {
-        self.0.lock().ids.contains(id)
+    #[cfg(test)]
+    fn is_bound(&self, id: &str) -> bool {
+        self.lookup(id).is_some()
     }
 
     #[cfg(test)]

@@ -454,7 +454,7 @@ impl Proxy {
                 Some(id) => match inspector.begin(id.clone(), reserved) {
                     Ok(()) => {
                         if let Some(resume) = resume {
-                            inspector.resumable(id, resume, &self.resumes);
+                            inspector.resumable(id, *resume, &self.resumes);
                         }
                         Admitted::Forward
                     }
@@ -539,7 +539,7 @@ impl Proxy {
                 approval: None,
                 arguments: logged,
             });
-            return Outcome::Forward(Reserved::default(), Some(earlier));
+            return Outcome::Forward(Reserved::default(), Some(Box::new(earlier)));
         }
         let counted = match self.audit.admits() {
             // A call whose decision cannot be logged is not made.
@@ -689,7 +689,7 @@ impl Proxy {
                 // afresh.
                 let resume = (modern && !reserved.is_empty()).then(|| {
                     let (rule, policy) = (rule.clone(), policy.clone());
-                    Resume::new(
+                    Box::new(Resume::new(
                         who.key(),
                         method,
                         &call.name,
@@ -697,7 +697,7 @@ impl Proxy {
                         set.revision,
                         rule,
                         policy,
-                    )
+                    ))
                 });
                 audits.push(PendingAudit {
                     method,
@@ -782,7 +782,7 @@ pub(super) struct Asked<'a> {
 enum Outcome<'b> {
     /// Sent on to the server, with what it reserved, and what a repeat of it with input would
     /// continue (2026-07-28).
-    Forward(Reserved, Option<Resume>),
+    Forward(Reserved, Option<Box<Resume>>),
     /// Refused here, with the answer for the client (none for a notification).
     Refuse(Option<Refusal>),
     /// Held for a person.

@@ -191,6 +191,8 @@ struct Route {
     /// Its session, as the server bound it: a `Mcp-Session-Id` the server issued, or the
     /// legacy session's endpoint its stream announced. What counts `scope: session`.
     session: Option<String>,
+    /// Whether that session's client declared URL elicitation (2025-11-25).
+    opens_urls: bool,
     /// The legacy HTTP+SSE session it was posted to.
     legacy: Option<LegacyHandle>,
     inspector: Inspector,
@@ -212,8 +214,6 @@ pub(super) struct Exchange {
     modern: bool,
     /// Whether it is an `initialize` declaring URL elicitation (its session will be noted so).
     declares_urls: bool,
-    /// Whether its session's client declared URL elicitation.
-    session_opens_urls: bool,
     start: Instant,
     route: Route,
 }
@@ -413,22 +413,10 @@ impl Proxy {
         let (rpc, era) = match admit::messages(&parts.headers, &bytes) {
             Ok(read) => read,
             // The versions it lists are those the server supports too.
-            Err(Refusal::Version {
-                id,
-                requested,
-                message,
-                ..
-            }) => {
-                let supported = self
-                    .supported_versions(parts.uri.path(), parts.headers.get(header::AUTHORIZATION))
-                    .await;
-                let refused = Refusal::Version {
-                    id,
-                    requested,
-                    message,
-                    supported,
-                };
-                return refused.into_response();
+            Err(Refusal::Version(mut unknown)) => {
+                let credential = parts.headers.get(header::AUTHORIZATION);
+                unknown.supported = self.supported_versions(parts.uri.path(), credential).await;
+                return Refusal::Version(unknown).into_response();
             }
             Err(refused) => return refused.into_response(),
         };
@@ -437,14 +425,9 @@ impl Proxy {
             && !rpc.batch
             && rpc.messages[0].method.as_deref() == Some("initialize")
             && resume::initialize_opens_urls(rpc.messages[0].params);
-        let session_opens_urls = route
-            .session
-            .as_deref()
-            .is_some_and(|s| self.bound.opens_urls(s));
         let mut ex = Exchange {
             modern: era == Era::Stateless,
             declares_urls,
-            session_opens_urls,
             parts,
             body: bytes.clone(),
             batch: rpc.batch,
@@ -517,7 +500,6 @@ impl Proxy {
             peer,
             modern,
             declares_urls,
-            session_opens_urls,
             start,
             route,
             ..
@@ -537,7 +519,7 @@ impl Proxy {
             who: &who,
             session: route.session.as_deref(),
             modern,
-            session_opens_urls,
+            session_opens_urls: route.opens_urls,
             start,
         };
         for a in audits {
@@ -571,6 +553,7 @@ impl Proxy {
                 Inspector::for_legacy_post(set, who, counters, pins, legacy.calls.clone());
             return Route {
                 session: Some(key),
+                opens_urls: false,
                 legacy: Some(legacy),
                 inspector,
             };
@@ -578,9 +561,8 @@ impl Proxy {
         // Ids in flight are kept per session id sent (a made-up one gets a map of its own, gone
         // with its request); counting binds only to a session the server issued.
         let calls = header.map_or_else(Calls::default, |id| self.sessions.calls(id));
-        let session = header
-            .filter(|id| self.bound.is_bound(id))
-            .map(str::to_string);
+        let bound = header.and_then(|id| Some((id, self.bound.lookup(id)?)));
+        let session = bound.map(|(id, _)| id.to_string());
         let mut inspector = Inspector::for_request(set, who, counters, pins, calls);
         // The answer must be read when it holds a tool list.
         if messages
@@ -591,6 +573,7 @@ impl Proxy {
         }
         Route {
             session,
+            opens_urls: bound.is_some_and(|(_, opens)| opens),
             legacy: None,
             inspector,
         }
@@ -606,7 +589,7 @@ impl Exchange {
             who: &self.who,
             session: self.route.session.as_deref(),
             modern: self.modern,
-            session_opens_urls: self.session_opens_urls,
+            session_opens_urls: self.route.opens_urls,
             start: self.start,
         };
         (asked, &mut self.route.inspector)

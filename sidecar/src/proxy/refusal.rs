@@ -34,14 +34,9 @@ pub enum Refusal {
     NotJsonRpc { code: i64, message: String },
     /// MCP headers that disagree with the body (or cannot be read one way, or are missing).
     Headers { id: Value, message: String },
-    /// An `MCP-Protocol-Version` Tollgate does not know.
-    Version {
-        id: Value,
-        requested: String,
-        message: String,
-        /// The versions the proxy and its server both speak.
-        supported: Vec<String>,
-    },
+    /// An `MCP-Protocol-Version` Tollgate does not know (rare: boxed, so that every other
+    /// refusal, and every decision holding one, stays small).
+    Version(Box<UnknownVersion>),
     /// A message its era does not define, so Tollgate cannot decide it: refused with the
     /// status MCP's servers give a method they do not have.
     Unplaceable {
@@ -74,6 +69,15 @@ pub enum Refusal {
     Unfilterable { id: Value, why: String },
 }
 
+/// A request naming a protocol version Tollgate does not know.
+#[derive(Debug)]
+pub struct UnknownVersion {
+    pub id: Value,
+    pub requested: String,
+    /// The versions the proxy and its server both speak.
+    pub supported: Vec<String>,
+}
+
 impl Refusal {
     pub fn denied(id: Value, denial: Denial, modern: bool) -> Self {
         Refusal::Denied {
@@ -88,7 +92,7 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadHttp(_) | Refusal::UnreadableBody(_) => StatusCode::BAD_REQUEST,
-            Refusal::NotJsonRpc { .. } | Refusal::Headers { .. } | Refusal::Version { .. } => {
+            Refusal::NotJsonRpc { .. } | Refusal::Headers { .. } | Refusal::Version(_) => {
                 StatusCode::BAD_REQUEST
             }
             Refusal::Unplaceable { status, .. } => *status,
@@ -143,18 +147,13 @@ impl Refusal {
             }
             Refusal::NotJsonRpc { code, message } => error(null, *code, message),
             Refusal::Headers { id, message } => error(id, jsonrpc::HEADER_MISMATCH, message),
-            Refusal::Version {
-                id,
-                requested,
-                message,
-                supported,
-            } => jsonrpc::error_response(
-                id.clone(),
+            Refusal::Version(v) => jsonrpc::error_response(
+                v.id.clone(),
                 jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
-                message,
+                &crate::mcp::era::unknown_version(&v.requested),
                 Some(json!({
-                    "requested": requested,
-                    "supported": supported,
+                    "requested": v.requested,
+                    "supported": v.supported,
                 })),
             ),
             Refusal::Unplaceable { id, message, .. } => {
