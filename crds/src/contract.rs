@@ -54,6 +54,12 @@ pub mod env {
     /// Where a person approves a held call (`{name}`: the approval's), for 2026-07-28 clients
     /// that open URLs.
     pub const APPROVAL_URL: &str = "TOLLGATE_APPROVAL_URL";
+    /// Where traces go (OTLP/HTTP), and the share of requests traced: OpenTelemetry's own
+    /// variables, as every SDK reads them.
+    pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    pub const TRACE_SAMPLING: &str = "OTEL_TRACES_SAMPLER_ARG";
+    /// The spans' resource: the pod and its namespace.
+    pub const TRACE_RESOURCE: &str = "OTEL_RESOURCE_ATTRIBUTES";
 }
 
 /// The sidecar's default UID and GID. In redirect mode its own connections to the app are the

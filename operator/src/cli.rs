@@ -69,6 +69,14 @@ struct Args {
     /// name. Empty: agents wait, as before.
     #[arg(long, env = "TOLLGATE_SIDECAR_APPROVAL_URL", default_value = "")]
     sidecar_approval_url: String,
+    /// Where injected sidecars export OpenTelemetry traces (their `--otlp-endpoint`: an
+    /// OTLP/HTTP collector, `http://collector.monitoring:4318`). Empty: they trace nothing.
+    #[arg(long, env = "TOLLGATE_SIDECAR_OTLP_ENDPOINT", default_value = "")]
+    sidecar_otlp_endpoint: String,
+    /// The share of requests injected sidecars trace when the agent sent no `traceparent`
+    /// (their `--trace-sampling`), 0 to 1.
+    #[arg(long, env = "TOLLGATE_SIDECAR_TRACE_SAMPLING", default_value_t = 1.0, value_parser = parse_ratio)]
+    sidecar_trace_sampling: f64,
     /// The injected sidecar's CPU request. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_CPU_REQUEST", default_value = "10m")]
     sidecar_cpu_request: String,
@@ -186,6 +194,29 @@ struct Args {
     /// /readyz answers 503 naming it.
     #[arg(long, env = "TOLLGATE_FAILURE_GRACE", default_value = "30s", value_parser = parse_duration)]
     failure_grace: Duration,
+    #[command(flatten)]
+    tracing: tollgate_sidecar::telemetry::trace::TraceArgs,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
+    }
+}
+
+/// What injected sidecars are told of tracing: checked here, so a bad URL stops the operator
+/// rather than every pod it injects.
+fn sidecar_tracing(args: &Args) -> anyhow::Result<Option<crate::inject::SidecarTracing>> {
+    if args.sidecar_otlp_endpoint.is_empty() {
+        return Ok(None);
+    }
+    tollgate_sidecar::telemetry::trace::TraceConfig::endpoint(&args.sidecar_otlp_endpoint)
+        .map_err(|e| anyhow::anyhow!("--sidecar-otlp-endpoint: {e}"))?;
+    Ok(Some(crate::inject::SidecarTracing {
+        endpoint: args.sidecar_otlp_endpoint.clone(),
+        sampling: args.sidecar_trace_sampling,
+    }))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -218,6 +249,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut trace_flags = args.tracing.clone();
+    if !trace_flags
+        .trace_resource_attributes
+        .as_deref()
+        .unwrap_or_default()
+        .contains("k8s.pod.name=")
+    {
+        let given = trace_flags
+            .trace_resource_attributes
+            .take()
+            .unwrap_or_default();
+        let sep = if given.is_empty() { "" } else { "," };
+        trace_flags.trace_resource_attributes = Some(format!(
+            "{given}{sep}k8s.pod.name={},k8s.namespace.name={}",
+            args.pod_name, args.namespace
+        ));
+    }
+    crate::telemetry::set_tracer(trace_flags.tracer(
+        "tollgate-operator",
+        crate::telemetry::metrics().traces.clone(),
+    )?);
     let client = Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -387,6 +439,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             boundary: args.boundary,
             counters: shared_counters(&args)?,
             approval_url: approval_url(&args.sidecar_approval_url)?,
+            tracing: sidecar_tracing(&args)?,
         },
         serving,
     });
@@ -470,6 +523,7 @@ where
     let mut controllers: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let lead_now = *leading.borrow_and_update();
+        crate::telemetry::metrics().leader.set(i64::from(lead_now));
         match (lead_now, controllers.is_some()) {
             (true, false) => controllers = Some(tokio::spawn(lead())),
             (false, true) => {

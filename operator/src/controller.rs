@@ -209,7 +209,62 @@ pub async fn run(client: Client, index: Arc<Index>, reporter: Reporter) {
     tokio::join!(policies, cluster);
 }
 
+/// A reconcile, with its metrics and, when traced, a trace of its own.
+async fn observed<K: Resource<DynamicType = ()>>(
+    object: &K,
+    reconcile: impl Future<Output = Result<Action, StatusError>>,
+) -> Result<Action, StatusError> {
+    use tollgate_sidecar::telemetry::trace::{self, Attr, SpanKind};
+    let kind = K::kind(&());
+    let kind: &'static str = match kind.as_ref() {
+        "McpPolicy" => "McpPolicy",
+        "McpClusterPolicy" => "McpClusterPolicy",
+        _ => "other",
+    };
+    let traced = crate::telemetry::tracer().request(&http::HeaderMap::new(), SpanKind::Internal);
+    let result = match &traced {
+        None => reconcile.await,
+        Some(t) => {
+            t.name(format!("reconcile {kind}"));
+            let mut attrs = vec![("tollgate.policy", Attr::Str(object.name_any().into()))];
+            if let Some(ns) = object.namespace() {
+                attrs.push(("k8s.namespace.name", Attr::Str(ns.into())));
+            }
+            t.set(attrs);
+            trace::scope(t.clone(), reconcile).await
+        }
+    };
+    if let (Some(t), Err(e)) = (&traced, &result) {
+        t.error(e.to_string());
+    }
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    crate::telemetry::metrics()
+        .reconciles
+        .get_or_create(&crate::telemetry::Reconcile {
+            kind,
+            result: outcome,
+        })
+        .inc();
+    result
+}
+
 async fn reconcile_policy(
+    policy: Arc<McpPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, StatusError> {
+    let object = policy.clone();
+    observed(&*object, reconcile_policy_now(policy, ctx)).await
+}
+
+async fn reconcile_cluster_policy(
+    policy: Arc<McpClusterPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, StatusError> {
+    let object = policy.clone();
+    observed(&*object, reconcile_cluster_policy_now(policy, ctx)).await
+}
+
+async fn reconcile_policy_now(
     policy: Arc<McpPolicy>,
     ctx: Arc<Context>,
 ) -> Result<Action, StatusError> {
@@ -231,7 +286,7 @@ async fn reconcile_policy(
     .await
 }
 
-async fn reconcile_cluster_policy(
+async fn reconcile_cluster_policy_now(
     policy: Arc<McpClusterPolicy>,
     ctx: Arc<Context>,
 ) -> Result<Action, StatusError> {

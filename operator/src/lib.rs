@@ -23,4 +23,5 @@ pub mod pins;
 pub mod respond;
 pub mod server;
 pub mod stream;
+pub mod telemetry;
 pub mod tls;

@@ -111,7 +111,7 @@ pub async fn serve_https(
                 };
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(req, shared).await) }
+                async move { Ok::<_, Infallible>(observed(req, shared).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
@@ -123,6 +123,46 @@ pub async fn serve_https(
     // Webhook calls finish; streams are cut and their sidecars reconnect to another replica.
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
+}
+
+/// A request, served with its metrics and, when traced, its span (a webhook call from the API
+/// server carries its `traceparent` when the API server traces).
+async fn observed(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    use tollgate_sidecar::telemetry::trace::{self, Attr, SpanKind};
+    let started = std::time::Instant::now();
+    let name = crate::telemetry::route_of(req.method(), req.uri().path());
+    let traced = crate::telemetry::tracer().request(req.headers(), SpanKind::Server);
+    let resp = match &traced {
+        None => route(req, shared).await,
+        Some(t) => {
+            t.name(format!("{} {}", req.method(), req.uri().path()));
+            t.set([
+                (
+                    "http.request.method",
+                    Attr::Str(req.method().to_string().into()),
+                ),
+                ("url.path", Attr::Str(req.uri().path().to_string().into())),
+                ("tollgate.route", Attr::from(name)),
+            ]);
+            trace::scope(t.clone(), route(req, shared)).await
+        }
+    };
+    let code = resp.status().as_u16();
+    if let Some(t) = traced {
+        t.set([("http.response.status_code", Attr::from(u64::from(code)))]);
+        if resp.status().is_server_error() {
+            t.error(format!("answered {}", resp.status()));
+        }
+        t.end_request();
+    }
+    let m = crate::telemetry::metrics();
+    m.requests
+        .get_or_create(&crate::telemetry::RouteCode { route: name, code })
+        .inc();
+    m.request_seconds
+        .get_or_create(&crate::telemetry::Route { route: name })
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
@@ -157,21 +197,25 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
                     );
                 }
             }
-            answer(response)
+            answer("mutate", response)
         }
         (&Method::POST, "/approvals") => match read_review(req).await {
-            Ok(request) => answer(crate::approvals::admit(&shared.client, &request).await),
+            Ok(request) => answer(
+                "approvals",
+                crate::approvals::admit(&shared.client, &request).await,
+            ),
             Err(resp) => resp,
         },
         (&Method::POST, "/pins") => match read_review(req).await {
-            Ok(request) => {
-                answer(crate::pins::admit(&shared.client, shared.user.as_deref(), &request).await)
-            }
+            Ok(request) => answer(
+                "pins",
+                crate::pins::admit(&shared.client, shared.user.as_deref(), &request).await,
+            ),
             Err(resp) => resp,
         },
         (&Method::POST, tollgate_api::contract::PINS_PATH) => pin_report(req, &shared).await,
         (&Method::POST, "/validate") => match read_review(req).await {
-            Ok(request) => answer(admission::validate(&request)),
+            Ok(request) => answer("validate", admission::validate(&request)),
             Err(resp) => resp,
         },
         (&Method::GET, tollgate_api::contract::STREAM_PATH) => {
@@ -384,10 +428,50 @@ async fn read_review(
             ));
         }
     };
-    admission::parse_review(&body).map_err(|e| text(StatusCode::BAD_REQUEST, &e))
+    let review = admission::parse_review(&body).map_err(|e| text(StatusCode::BAD_REQUEST, &e))?;
+    if let Some(t) = tollgate_sidecar::telemetry::trace::current() {
+        use tollgate_sidecar::telemetry::trace::Attr;
+        t.set([
+            (
+                "k8s.namespace.name",
+                Attr::Str(review.namespace.clone().unwrap_or_default().into()),
+            ),
+            (
+                "tollgate.admission.kind",
+                Attr::Str(review.kind.kind.clone().into()),
+            ),
+            (
+                "tollgate.admission.name",
+                Attr::Str(review.name.clone().into()),
+            ),
+            (
+                "tollgate.admission.operation",
+                Attr::Str(format!("{:?}", review.operation).into()),
+            ),
+        ]);
+    }
+    Ok(review)
 }
 
-fn answer(response: kube::core::admission::AdmissionResponse) -> Response<Body> {
+fn answer(
+    route: &'static str,
+    response: kube::core::admission::AdmissionResponse,
+) -> Response<Body> {
+    let allowed = if response.allowed { "true" } else { "false" };
+    crate::telemetry::metrics()
+        .reviews
+        .get_or_create(&crate::telemetry::Review { route, allowed })
+        .inc();
+    if let Some(t) = tollgate_sidecar::telemetry::trace::current() {
+        use tollgate_sidecar::telemetry::trace::Attr;
+        t.set([("tollgate.admission.allowed", Attr::from(response.allowed))]);
+        if let Some(result) = (!response.allowed).then_some(&response.result.message) {
+            t.set([(
+                "tollgate.admission.message",
+                Attr::Str(result.clone().into()),
+            )]);
+        }
+    }
     let mut resp = Response::new(full(admission::respond(response)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -397,7 +481,7 @@ fn answer(response: kube::core::admission::AdmissionResponse) -> Response<Body> 
 }
 
 /// `/healthz` answers while the process runs; `/readyz` once the index has listed everything,
-/// while no part has failed past its grace ([`Health`]).
+/// while no part has failed past its grace ([`Health`]); `/metrics` the operator's metrics.
 pub async fn serve_admin(listener: TcpListener, health: Arc<Health>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -410,6 +494,18 @@ pub async fn serve_admin(listener: TcpListener, health: Arc<Health>) {
                 async move {
                     Ok::<_, Infallible>(match req.uri().path() {
                         "/healthz" => text(StatusCode::OK, "ok"),
+                        "/metrics" => {
+                            let m = crate::telemetry::metrics();
+                            m.ready.set(i64::from(health.readyz().0));
+                            let mut resp = Response::new(full(m.encode()));
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static(
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                ),
+                            );
+                            resp
+                        }
                         "/readyz" => match health.readyz() {
                             (true, body) => text(StatusCode::OK, &body),
                             (false, body) => text(StatusCode::SERVICE_UNAVAILABLE, &body),

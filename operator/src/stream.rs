@@ -209,6 +209,16 @@ async fn feed(
     mut policy: watch::Receiver<Arc<PodPolicy>>,
     tx: mpsc::Sender<Bytes>,
 ) {
+    let metrics = crate::telemetry::metrics();
+    metrics.sidecars.inc();
+    // Counted down however this ends.
+    struct Following(&'static crate::telemetry::Metrics);
+    impl Drop for Following {
+        fn drop(&mut self) {
+            self.0.sidecars.dec();
+        }
+    }
+    let _following = Following(metrics);
     loop {
         let now = policy.borrow_and_update().clone();
         let mut update = PolicyUpdate {
@@ -223,6 +233,7 @@ async fn feed(
         if tx.send(Bytes::from(line)).await.is_err() {
             break;
         }
+        metrics.updates_sent.inc();
         let gone = loop {
             tokio::select! {
                 c = policy.changed() => break c.is_err(),

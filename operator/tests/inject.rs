@@ -12,6 +12,7 @@ use tollgate_operator::inject::{
 fn config() -> InjectConfig {
     InjectConfig {
         approval_url: None,
+        tracing: None,
         image: "ghcr.io/tollgate-dev/tollgate:test".into(),
         resources: Default::default(),
         log_level: "info".into(),
@@ -1146,6 +1147,41 @@ fn the_operators_approval_url_reaches_every_injected_sidecar() {
         env(sidecar(&pod), "TOLLGATE_APPROVAL_URL"),
         Some("https://approvals.example.com/{name}")
     );
+}
+
+#[test]
+fn the_operators_collector_reaches_every_injected_sidecar_with_the_pod_as_its_resource() {
+    let pod = injected(&opted_in(), &no_labels());
+    assert_eq!(env(sidecar(&pod), "OTEL_EXPORTER_OTLP_ENDPOINT"), None);
+    let config = InjectConfig {
+        tracing: Some(tollgate_operator::inject::SidecarTracing {
+            endpoint: "http://collector.monitoring:4318".into(),
+            sampling: 0.25,
+        }),
+        ..config()
+    };
+    let pod = injected_with(&opted_in(), &no_labels(), &config);
+    let c = sidecar(&pod);
+    assert_eq!(
+        env(c, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some("http://collector.monitoring:4318")
+    );
+    assert_eq!(env(c, "OTEL_TRACES_SAMPLER_ARG"), Some("0.25"));
+    assert_eq!(
+        env(c, "OTEL_RESOURCE_ATTRIBUTES"),
+        Some("k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)")
+    );
+    // $(VAR) expands only from variables defined before it.
+    let names: Vec<&str> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(at("POD_NAME") < at("OTEL_RESOURCE_ATTRIBUTES"));
+    assert!(at("POD_NAMESPACE") < at("OTEL_RESOURCE_ATTRIBUTES"));
 }
 
 #[test]

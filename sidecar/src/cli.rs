@@ -421,6 +421,23 @@ struct ProxyArgs {
     /// Log level for diagnostics on stderr (audit lines always go to stdout).
     #[arg(long, env = contract::env::LOG, default_value = "info")]
     log: String,
+    #[command(flatten)]
+    tracing: crate::telemetry::trace::TraceArgs,
+}
+
+/// The tracer `--otlp-endpoint` asks for; the pod's name is a resource attribute.
+fn tracer(args: &ProxyArgs, metrics: &Metrics) -> anyhow::Result<crate::telemetry::trace::Tracer> {
+    let mut flags = args.tracing.clone();
+    if let Some(pod) = &args.pod {
+        let given = flags.trace_resource_attributes.take().unwrap_or_default();
+        if !given.contains("k8s.pod.name=") {
+            let sep = if given.is_empty() { "" } else { "," };
+            flags.trace_resource_attributes = Some(format!("{given}{sep}k8s.pod.name={pod}"));
+        } else {
+            flags.trace_resource_attributes = Some(given);
+        }
+    }
+    flags.tracer("tollgate-sidecar", metrics.traces())
 }
 
 #[derive(clap::Args)]
@@ -990,7 +1007,8 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             metrics.clone(),
         )?
         .with_counters(counters.clone())
-        .with_pins(pins),
+        .with_pins(pins)
+        .with_tracer(tracer(&args, &metrics)?),
     );
     let proxy = match (&args.approvals_token_file, cluster) {
         // In a cluster the operator keeps approvals, as McpApprovals people decide with

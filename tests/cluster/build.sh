@@ -2,7 +2,8 @@
 # Builds the cluster the suites run against, each part from its own pinned Go module
 # (tests/cluster/go/*): kube-apiserver, kube-controller-manager, kubectl, and the node's kubelet,
 # kube-scheduler and kube-proxy from k8s.io/kubernetes; etcd from go.etcd.io/etcd/server/v3; helm
-# from helm.sh/helm/v4; the cluster DNS from github.com/coredns/coredns; and the pause binary
+# from helm.sh/helm/v4; the cluster DNS from github.com/coredns/coredns; Prometheus and promtool
+# from github.com/prometheus/prometheus; an OpenTelemetry Collector from its modules; and the pause binary
 # of the node's pod sandboxes from the kubernetes module's own C source (gcc -static). Each is
 # cached by its version and its module's files under $TOLLGATE_CACHE (default
 # ~/.cache/tollgate): a second run costs seconds. Prints the directory holding the binaries.
@@ -59,6 +60,12 @@ build etcd "$ETCD_VERSION" etcd "" etcd=go.etcd.io/etcd/server/v3
 build helm "$HELM_VERSION" helm "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
   helm=helm.sh/helm/v4/cmd/helm
 build coredns "$COREDNS_VERSION" coredns "" coredns=tollgate.dev/tests/cluster/coredns
+# remove_all_sd: Prometheus' own build tag for leaving out the cloud service discoveries; the
+# suites scrape static targets.
+GOFLAGS="$GOFLAGS -tags=remove_all_sd" build prometheus "$PROMETHEUS_VERSION" prometheus "" \
+  prometheus=github.com/prometheus/prometheus/cmd/prometheus \
+  promtool=github.com/prometheus/prometheus/cmd/promtool
+build otelcol "$OTELCOL_VERSION" otelcol "" otelcol=tollgate.dev/tests/cluster/otelcol
 
 # The pod sandbox's pause process, from the source the kubernetes module ships.
 pause=$cache/pause-$k

@@ -1,7 +1,7 @@
 """An MCP server (Python SDK 2.x) that writes down every tool run, with the arguments the tool
 actually ran with (after the SDK parsed and validated them), one JSON line each:
 
-    python tests/e2e/recording_server.py --port 8000 --record runs.jsonl [--transport sse] [--json] [--stateless] [--host ::]
+    python tests/e2e/recording_server.py --port 8000 --record runs.jsonl [--transport sse] [--json] [--stateless] [--host ::] [--headers heads.jsonl]
 
 The bypass suite reads the record to see what a server really ran, whatever the proxy said.
 """
@@ -130,6 +130,21 @@ def secret(name: str, ctx: Context) -> str | InputRequiredResult:
     return f"the secret {name}"
 
 
+def heads_recorded(app, path: str):
+    """The app, writing down each HTTP request's method, path and `traceparent` first: what the
+    trace suite reads of the context a proxy passed on."""
+
+    async def recorded(scope, receive, send):
+        if scope["type"] == "http":
+            tp = dict(scope["headers"]).get(b"traceparent")
+            with open(path, "a") as f:
+                f.write(json.dumps({"method": scope["method"], "path": scope["path"],
+                                    "traceparent": tp.decode() if tp else None}) + "\n")
+        await app(scope, receive, send)
+
+    return recorded
+
+
 def main() -> None:
     global RECORD
     p = argparse.ArgumentParser(description=__doc__)
@@ -142,6 +157,7 @@ def main() -> None:
     p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     p.add_argument("--json", action="store_true")
     p.add_argument("--stateless", action="store_true", help="no sessions: a lone tools/call runs")
+    p.add_argument("--headers", help="write each request's method, path and traceparent to this file")
     a = p.parse_args()
     RECORD = a.record
     open(RECORD, "a").close()
@@ -149,6 +165,8 @@ def main() -> None:
         app = mcp.sse_app(host=a.host)
     else:
         app = mcp.streamable_http_app(json_response=a.json, stateless_http=a.stateless, host=a.host)
+    if a.headers:
+        app = heads_recorded(app, a.headers)
     if a.host != "::" or a.ipv6_only:
         uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
         return

@@ -6,6 +6,7 @@ Installing it into a real API server is test_cluster.py's."""
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import tempfile
@@ -39,6 +40,9 @@ SWITCHES = {
                                                             "timeout": "20ms", "passwordSecret": "redis/secret"}}},
     "cert-manager": {"certManager": {"enabled": True}},
     "cert-manager with an issuer": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
+    "traces": {"tracing": {"endpoint": "http://otel-collector.monitoring:4318", "samplingRatio": 0.1}},
+    "monitoring": {"monitoring": {"podMonitors": {"enabled": True, "labels": {"release": "prometheus"}}, "rules": {"enabled": True},
+                                  "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Tollgate"}}}},
 }
 
 
@@ -82,6 +86,37 @@ def crd_schema(kind: str) -> dict:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
+@functools.cache
+def monitoring_crd_schema(kind: str) -> dict:
+    """The Prometheus Operator's own CRD schema for `kind`, from its Go module (the version
+    tests/cluster/versions.env pins)."""
+    env = dict(l.split("=", 1) for l in (ROOT / "tests" / "cluster" / "versions.env").read_text().splitlines()
+               if l and not l.startswith("#"))
+    mod = f"github.com/prometheus-operator/prometheus-operator@{env['PROMETHEUS_OPERATOR_VERSION']}"
+    out = subprocess.run(["go", "mod", "download", "-json", mod], capture_output=True, text=True, check=True, cwd="/")
+    crds = Path(json.loads(out.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+    crd = yaml.safe_load((crds / f"monitoring.coreos.com_{kind.lower()}s.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def strictly(value, schema: dict, where: str) -> None:
+    """jsonschema's check, and no field the schema does not name (the API server would prune it,
+    silently: a misspelt field is a setting lost). The schema is not checked as a whole: its
+    patterns are Go's, and only those of the fields given are read."""
+    jsonschema.Draft4Validator(schema).validate(value)
+
+    def walk(v, s, at):
+        if isinstance(v, dict) and "properties" in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+            for k, child in v.items():
+                assert k in s["properties"], f"{where}: {at}.{k} is not a field of the CRD"
+                walk(child, s["properties"][k], f"{at}.{k}")
+        elif isinstance(v, list) and "items" in s:
+            for i, child in enumerate(v):
+                walk(child, s["items"], f"{at}[{i}]")
+
+    walk(value, schema, "spec")
+
+
 def test_chart_lints_clean_for_the_oldest_and_newest_kubernetes():
     for version in (OLDEST, NEWEST):
         report = helm("lint", "--strict", "--namespace", NAMESPACE, "--kube-version", f"v{version}", str(CHART))
@@ -98,6 +133,8 @@ def test_chart_renders_objects_kubernetes_accepts_strictly(switch, version):
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         if obj["apiVersion"].startswith("tollgate.dev/"):
             jsonschema.validate(obj["spec"], crd_schema(obj["kind"])["properties"]["spec"])
+        elif obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            strictly(obj["spec"], monitoring_crd_schema(obj["kind"])["properties"]["spec"], where)
         elif obj["apiVersion"].startswith("cert-manager.io/"):
             # No schema for cert-manager's kinds ships offline: check the shape we rely on.
             assert obj["kind"] in ("Issuer", "Certificate") and obj["spec"], where
@@ -266,6 +303,64 @@ def test_chart_counters_settings_reach_the_operator_only_when_redis_is_named():
     assert not any(k.startswith("TOLLGATE_SIDECAR_COUNTERS") for k in default)
     with pytest.raises(HelmError, match="url"):
         render({"counters": {"redis": {"url": "redis-0:6379"}}})
+
+
+def test_chart_tracing_reaches_the_operator_and_every_sidecar_it_injects_only_when_named():
+    env = {e["name"]: e.get("value") for e in one(render(SWITCHES["traces"]), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["OTEL_EXPORTER_OTLP_ENDPOINT"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("http://otel-collector.monitoring:4318", "0.1")
+    assert (env["TOLLGATE_SIDECAR_OTLP_ENDPOINT"], env["TOLLGATE_SIDECAR_TRACE_SAMPLING"]) == ("http://otel-collector.monitoring:4318", "0.1")
+    default = {e["name"] for e in one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not [n for n in default if "OTLP" in n or "TRACE" in n]
+    # The exporter speaks OTLP/HTTP in the clear to a collector beside it.
+    for bad in ({"endpoint": "https://collector:4318"}, {"endpoint": "collector:4318"}, {"samplingRatio": 2}):
+        with pytest.raises(HelmError, match="tracing"):
+            render({"tracing": bad})
+
+
+def test_chart_monitoring_ships_the_rules_and_dashboard_files_as_they_are_each_behind_its_switch():
+    from monitoring import DASHBOARD, RULES
+
+    objects = render(SWITCHES["monitoring"])
+    rule = one(objects, "PrometheusRule", "tollgate-operator")
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    board = one(objects, "ConfigMap", "tollgate-operator-dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "Tollgate"}
+    assert json.loads(board["data"]["tollgate.json"]) == json.loads(DASHBOARD.read_text())
+    operator_pods = one(objects, "PodMonitor", "tollgate-operator")
+    sidecars = one(objects, "PodMonitor", "tollgate-operator-sidecars")
+    deployment = one(objects, "Deployment")
+    assert operator_pods["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert {"name": "admin", "containerPort": 9090, "protocol": "TCP"} in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    # The sidecars' monitor selects what injection labels, on the port injection names.
+    assert sidecars["spec"]["selector"]["matchLabels"] == {"tollgate.dev/injected": "true"}
+    assert sidecars["spec"]["namespaceSelector"] == {"any": True}
+    assert sidecars["spec"]["podMetricsEndpoints"][0]["port"] == "tollgate-admin"
+    # The jobs the alerts read.
+    jobs = {m["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] for m in (operator_pods, sidecars)}
+    assert jobs == {"tollgate-operator", "tollgate-sidecar"}
+    assert 'job="tollgate-sidecar"' in RULES.read_text() and 'job="tollgate-operator"' in RULES.read_text()
+    assert all(m["metadata"]["labels"]["release"] == "prometheus" for m in (operator_pods, sidecars))
+    assert not [o for o in render() if o["apiVersion"].startswith("monitoring.coreos.com") or o["kind"] == "ConfigMap"]
+
+
+def test_chart_alerts_pass_promtool_check_and_their_unit_tests():
+    from monitoring import RULES, tools_dir
+
+    promtool = tools_dir() / "promtool"
+    check = subprocess.run([str(promtool), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+    tests = ROOT / "tests" / "monitoring" / "alerts.test.yaml"
+    run = subprocess.run([str(promtool), "test", "rules", str(tests)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # Every alert has a unit test, and says what it means and what to do.
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    tested = {t["alertname"] for case in yaml.safe_load(tests.read_text())["tests"] for t in case.get("alert_rule_test", [])}
+    assert set(alerts) <= tested, f"alerts without a test: {set(alerts) - tested}"
+    for name, r in alerts.items():
+        assert r["labels"]["severity"] in ("critical", "warning", "info"), name
+        assert r["annotations"]["summary"] and len(r["annotations"]["description"]) > 60, name
 
 
 def test_chart_cert_manager_switch_uses_its_certificate_and_ca_injection():

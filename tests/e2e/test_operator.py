@@ -1013,3 +1013,47 @@ def test_operator_watches_each_kind_once_and_a_watch_that_keeps_failing_turns_re
         kube.apply(crd)
         kube.crd_established("mcpapprovals.tollgate.dev")
     eventually(op.ready, what="ready again once the watch works", timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring: the chart's dashboard and alerts against what the operator and a sidecar expose
+
+
+def test_operator_dashboard_and_alerts_read_only_metrics_the_operator_and_sidecars_expose(kube, operator, sidecar, procs, tmp_path):
+    from monitoring import alert_queries, check_reads_what_is_exposed, dashboard_queries, start_prometheus
+
+    kube.namespace("watched", **INJECT)
+    op = operator()
+    kube.apply(policy("github", {"default": "deny", "tools": {"read_file": {"rules": []}}}, "watched"))
+    create(kube, mcp_pod("mcp-0", "watched", labels={"app": "github"}))
+    side = sidecar(op.url, kube.ca(), kube.pod_token("watched", "mcp-0"))
+    eventually(lambda: side.allows("read_file"), what="the policy reached the sidecar")
+    assert not side.allows("delete_repository")
+
+    prom = start_prometheus(procs, tmp_path, [
+        (op.admin, {"job": "tollgate-operator", "namespace": NAMESPACE, "pod": op.name}),
+        (side.admin, {"job": "tollgate-sidecar", "namespace": "watched", "pod": "mcp-0"}),
+    ])
+    for _ in range(3):
+        side.allows("read_file")
+        side.allows("delete_repository")
+    time.sleep(2)
+    check_reads_what_is_exposed(prom, dashboard_queries() + alert_queries())
+
+    # What the panels show of this cluster, as Prometheus computes it.
+    def value(expr: str) -> float:
+        result = prom.query(expr)
+        assert result, f"{expr} is empty"
+        return float(result[0]["value"][1])
+
+    eventually(lambda: value('sum(increase(tollgate_decisions_total{outcome="deny"}[1m]))') > 0, what="denials counted")
+    assert value("sum(tollgate_operator_sidecars_connected)") == 1
+    assert value("sum(tollgate_operator_ready)") == 1
+    assert value('max by (namespace, pod) (tollgate_policy_ready{namespace="watched"})') == 1
+    assert value('sum(tollgate_operator_admission_reviews_total{route="validate", allowed="true"})') >= 1
+    assert value('sum(tollgate_operator_reconciles_total{kind="McpPolicy", result="ok"})') >= 1
+    # All is well: no alert that fires at once (without a `for`) is pending or firing.
+    quiet = {"TollgateAuditLinesDropped", "TollgatePolicyUpdatesIgnored", "TollgateApprovalsUndecided", "TollgateTraceSpansDropped",
+             "TollgateSidecarWithoutPolicy", "TollgateSidecarDown", "TollgateOperatorDown", "TollgateBoundaryOpen"}
+    active = [a["labels"]["alertname"] for a in prom.alerts()]
+    assert not quiet & set(active), active

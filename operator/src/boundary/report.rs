@@ -59,4 +59,7 @@ pub(super) async fn report(
         }
     }
     memory.reported = findings.clone();
+    crate::telemetry::metrics()
+        .boundaries_open
+        .set(i64::try_from(findings.len()).unwrap_or(i64::MAX));
 }

@@ -208,6 +208,21 @@ pub(super) fn sidecar_container(
                     .as_ref()
                     .map(|url| env(sidecar_env::APPROVAL_URL, url.clone())),
             )
+            .chain(config.tracing.iter().flat_map(|t| {
+                [
+                    env(sidecar_env::OTLP_ENDPOINT, t.endpoint.clone()),
+                    env(sidecar_env::TRACE_SAMPLING, t.sampling.to_string()),
+                    // Kubernetes expands $(VAR) from the variables defined above.
+                    env(
+                        sidecar_env::TRACE_RESOURCE,
+                        format!(
+                            "k8s.pod.name=$({}),k8s.namespace.name=$({})",
+                            sidecar_env::POD_NAME,
+                            sidecar_env::POD_NAMESPACE
+                        ),
+                    ),
+                ]
+            }))
             .chain((!probes.is_empty()).then(|| {
                 env(
                     sidecar_env::APP_PROBES,

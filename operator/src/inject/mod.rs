@@ -107,6 +107,17 @@ pub struct InjectConfig {
     pub counters: Option<SharedCounters>,
     /// Where people approve held calls (the sidecar's `--approval-url`); `None`: clients wait.
     pub approval_url: Option<String>,
+    /// Where injected sidecars send traces; `None`: they trace nothing.
+    pub tracing: Option<SidecarTracing>,
+}
+
+/// Where injected sidecars send their traces, and how many.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidecarTracing {
+    /// The collector's OTLP/HTTP URL, as the sidecar's `--otlp-endpoint`.
+    pub endpoint: String,
+    /// The share of requests traced whose trace begins at the sidecar, as `--trace-sampling`.
+    pub sampling: f64,
 }
 
 /// Where injected sidecars keep counters shared by a workload's replicas.

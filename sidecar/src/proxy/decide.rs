@@ -24,6 +24,8 @@ use crate::proxy::calls::CallId;
 use crate::proxy::inspect::{InFlight, Inspector};
 use crate::telemetry::DecisionKind;
 use crate::telemetry::audit::{Record, now_rfc3339};
+use crate::telemetry::trace::{self, Attr, SpanKind};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Every message of a request, decided.
 pub(super) struct Decided<'b> {
@@ -94,12 +96,14 @@ fn as_sent<'b>(m: &Message<'b>, asked: &Asked<'_>) -> Cow<'b, str> {
 }
 
 /// One of the `--max-held-calls` places; held calls are bounded, as each keeps its request.
-pub(super) struct HeldSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+/// The metric `tollgate_approvals_held` follows the count.
+pub(super) struct HeldSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>, Gauge);
 
 impl HeldSlot {
     fn take(
         count: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
         max: usize,
+        gauge: Gauge,
     ) -> Option<HeldSlot> {
         use std::sync::atomic::Ordering;
         count
@@ -107,13 +111,17 @@ impl HeldSlot {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| HeldSlot(count.clone()))
+            .map(|_| {
+                gauge.inc();
+                HeldSlot(count.clone(), gauge)
+            })
     }
 }
 
 impl Drop for HeldSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.1.dec();
     }
 }
 
@@ -208,6 +216,7 @@ impl Proxy {
         let approval_url = self.cfg.approval_url.as_deref();
         let waits =
             futures_util::future::join_all(held.into_iter().enumerate().map(|(i, h)| async move {
+                let began = Instant::now();
                 let waited = match backend.request(&h.ask, session).await {
                     Ok(Ticket::Admit(a)) => Waited::Approved(*a),
                     Ok(Ticket::Hold(hold)) => {
@@ -231,6 +240,7 @@ impl Proxy {
                     }
                     Err(e) => Waited::Failed(e),
                 };
+                self.waited(&waited, &h, began, names_ref[i].lock().clone());
                 (waited, h)
             }));
         let mut waits = std::pin::pin!(waits);
@@ -264,6 +274,30 @@ impl Proxy {
             self.settle_one(waited, h, asked, inspector, decided).await;
         }
         decided.kept.sort_by_key(|(at, _)| *at);
+    }
+
+    /// What a held call's wait is known by: its metrics, and its span when traced.
+    fn waited(&self, waited: &Waited, h: &Held<'_>, began: Instant, name: Option<String>) {
+        let outcome = match waited {
+            Waited::Approved(_) => "approved",
+            Waited::Denied(_) => "denied",
+            Waited::Undecided(_) => "undecided",
+            Waited::Failed(_) => "failed",
+        };
+        self.metrics
+            .approval_settled(outcome, began.elapsed().as_secs_f64());
+        let Some(t) = trace::current() else { return };
+        let mut attrs = vec![
+            ("gen_ai.tool.name", Attr::Str(h.ask.tool.clone().into())),
+            ("tollgate.rule", Attr::Str(h.ask.rule.clone().into())),
+            ("tollgate.policy", Attr::Str(h.ask.policy.clone().into())),
+            ("tollgate.approval.outcome", Attr::from(outcome)),
+        ];
+        if let Some(name) = name {
+            attrs.push(("tollgate.approval.name", Attr::Str(name.into())));
+        }
+        let error = matches!(waited, Waited::Failed(_)).then(|| "nobody could be asked".into());
+        t.child("tollgate.approval", SpanKind::Internal, began, attrs, error);
     }
 
     /// An approved call, decided again as it goes on (see [`CounterStore::decide_approved`]):
@@ -539,6 +573,7 @@ impl Proxy {
                 approval: None,
                 arguments: logged,
             });
+            traced(t0, audits.last(), set.revision);
             return Outcome::Forward(Reserved::default(), Some(Box::new(earlier)));
         }
         let counted = match self.audit.admits() {
@@ -611,7 +646,11 @@ impl Proxy {
                 )),
                 // Held: the backend is asked (and may admit it at once) once the request's
                 // messages are all decided, as a backend may have to ask the operator.
-                Some(_) => match HeldSlot::take(&self.held_now, self.cfg.max_held_calls) {
+                Some(_) => match HeldSlot::take(
+                    &self.held_now,
+                    self.cfg.max_held_calls,
+                    self.metrics.held(),
+                ) {
                     None => Err((
                         DecisionKind::Approve,
                         Denial {
@@ -630,7 +669,7 @@ impl Proxy {
                             DecisionKind::Approve,
                             t0.elapsed().as_secs_f64(),
                         );
-                        return Outcome::Hold(Box::new(Held {
+                        let held = Box::new(Held {
                             _slot: slot,
                             at: 0,
                             raw: Cow::Borrowed(""),
@@ -669,7 +708,9 @@ impl Proxy {
                                 }
                                 _ => None,
                             },
-                        }));
+                        });
+                        traced(t0, Some(&held.audit), set.revision);
+                        return Outcome::Hold(held);
                     }
                 },
             },
@@ -709,6 +750,7 @@ impl Proxy {
                     approval: None,
                     arguments: logged,
                 });
+                traced(t0, audits.last(), set.revision);
                 Outcome::Forward(reserved, resume)
             }
             Err((kind, denial)) => {
@@ -724,6 +766,7 @@ impl Proxy {
                     arguments: logged,
                 };
                 self.write_audit(&a, asked, None);
+                traced(t0, Some(&a), set.revision);
                 Outcome::Refuse(m.id.map(|_| Refusal::denied(m.id_value(), denial, modern)))
             }
         }
@@ -761,6 +804,42 @@ impl Proxy {
             dropped_before: None,
         });
     }
+}
+
+/// The span of one decision, when the request is traced: from `t0` to now, with what the audit
+/// line says of it. The request's span carries the decision too.
+fn traced(t0: Instant, a: Option<&PendingAudit>, revision: u64) {
+    let (Some(t), Some(a)) = (trace::current(), a) else {
+        return;
+    };
+    let mut attrs = vec![
+        ("mcp.method.name", Attr::from(a.method)),
+        ("tollgate.decision", Attr::from(a.decision.as_str())),
+        ("tollgate.policy.revision", Attr::from(revision)),
+    ];
+    let target = match a.method {
+        "tools/call" => "gen_ai.tool.name",
+        "prompts/get" => "gen_ai.prompt.name",
+        _ => "mcp.resource.uri",
+    };
+    attrs.push((target, Attr::Str(a.tool.clone().into())));
+    if let Some(rule) = &a.rule {
+        attrs.push(("tollgate.rule", Attr::Str(rule.clone().into())));
+    }
+    if let Some(policy) = &a.policy {
+        attrs.push(("tollgate.policy", Attr::Str(policy.clone().into())));
+    }
+    if let Some(reason) = &a.reason {
+        attrs.push(("tollgate.reason", Attr::Str(reason.clone().into())));
+    }
+    let refused = matches!(a.decision, DecisionKind::Deny);
+    t.set(attrs.iter().skip(1).cloned().collect::<Vec<_>>());
+    let error = refused.then(|| a.reason.clone().unwrap_or_else(|| "denied".into()));
+    if let Some(e) = &error {
+        t.set([("error.type", Attr::from("tollgate.denied"))]);
+        t.error(e.clone());
+    }
+    t.child("tollgate.decide", SpanKind::Internal, t0, attrs, error);
 }
 
 /// What every message of one request is decided with.

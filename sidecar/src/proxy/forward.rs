@@ -25,6 +25,13 @@ use crate::policy::Enforced;
 use crate::proxy::calls::Calls;
 use crate::proxy::inspect::Inspector;
 use crate::proxy::stream::SseBody;
+use crate::telemetry::trace::{self, Attr, Begun, RequestTrace, SpanKind};
+
+/// An upstream call on its way: when it left, and its span if traced.
+struct Sent {
+    at: Instant,
+    traced: Option<(Arc<RequestTrace>, Begun)>,
+}
 
 impl Proxy {
     /// The upstream request's head, from the client's: hop-by-hop fields dropped, the
@@ -58,6 +65,80 @@ impl Proxy {
         parts
     }
 
+    /// The upstream call about to be sent: when it is traced, its span begun and its context in
+    /// `traceparent` (the agent's `tracestate` goes on as it came).
+    fn send_traced(&self, up: &mut http::request::Parts) -> Sent {
+        let traced = trace::current().map(|t| {
+            let begun = t.begin(None);
+            up.headers.insert(trace::TRACEPARENT, t.traceparent(&begun));
+            (t, begun)
+        });
+        Sent {
+            at: Instant::now(),
+            traced,
+        }
+    }
+
+    /// The upstream call answered (its head) or failed: its metric, and its span.
+    fn sent<B>(
+        &self,
+        sent: Sent,
+        up: &http::request::Parts,
+        resp: &Result<Response<B>, crate::http::client::Error>,
+    ) {
+        self.metrics.upstream(sent.at.elapsed().as_secs_f64());
+        let Some((t, begun)) = sent.traced else {
+            return;
+        };
+        let mut attrs = vec![
+            (
+                "http.request.method",
+                Attr::Str(up.method.to_string().into()),
+            ),
+            (
+                "url.full",
+                Attr::Str(
+                    format!(
+                        "{}{}",
+                        self.cfg.upstream.to_string().trim_end_matches('/'),
+                        up.uri.path()
+                    )
+                    .into(),
+                ),
+            ),
+            (
+                "server.address",
+                Attr::Str(
+                    self.cfg
+                        .upstream
+                        .host()
+                        .unwrap_or_default()
+                        .to_string()
+                        .into(),
+                ),
+            ),
+        ];
+        if let Some(port) = self.cfg.upstream.port_u16() {
+            attrs.push(("server.port", Attr::from(u64::from(port))));
+        }
+        let error = match resp {
+            Ok(r) => {
+                attrs.push((
+                    "http.response.status_code",
+                    Attr::from(u64::from(r.status().as_u16())),
+                ));
+                r.status()
+                    .is_server_error()
+                    .then(|| format!("answered {}", r.status()))
+            }
+            Err(e) => {
+                attrs.push(("error.type", Attr::from("unreachable")));
+                Some(e.to_string())
+            }
+        };
+        t.end(begun, up.method.to_string(), SpanKind::Client, attrs, error);
+    }
+
     /// A session the server issued (its answer's `Mcp-Session-Id`) is one `scope: session`
     /// may count in.
     fn note_session(&self, parts: &http::response::Parts, declares_urls: bool) {
@@ -84,8 +165,11 @@ impl Proxy {
             kind,
             declares_urls,
         } = onward;
-        let up = self.upstream_head(parts, peer);
-        let resp = match self.client.send(&up, body).await {
+        let mut up = self.upstream_head(parts, peer);
+        let sent = self.send_traced(&mut up);
+        let resp = self.client.send(&up, body).await;
+        self.sent(sent, &up, &resp);
+        let resp = match resp {
             Ok(r) => r,
             Err(e) => {
                 if e.never_sent() {
@@ -194,8 +278,11 @@ impl Proxy {
             _ => None,
         }
         .map(str::to_string);
-        let up = self.upstream_head(parts, peer);
-        let resp = match self.client.send(&up, body).await {
+        let mut up = self.upstream_head(parts, peer);
+        let sent = self.send_traced(&mut up);
+        let resp = self.client.send(&up, body).await;
+        self.sent(sent, &up, &resp);
+        let resp = match resp {
             Ok(r) => r,
             Err(e) => return self.bad_gateway(&e),
         };

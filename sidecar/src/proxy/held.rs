@@ -51,7 +51,9 @@ impl Proxy {
         let legacy = events.is_some();
         // Bounded: progress that cannot be written is dropped (the next one says the same).
         let (tx, rx) = mpsc::channel::<Bytes>(16);
-        tokio::spawn(async move {
+        // The request's trace, if any, goes on in the task that settles it.
+        let trace = crate::telemetry::trace::current();
+        tokio::spawn(crate::telemetry::trace::within(trace, async move {
             let held = std::mem::take(&mut decided.held);
             {
                 let progress = |n: Value| {
@@ -70,7 +72,7 @@ impl Proxy {
             if !legacy {
                 relay(resp, &tx).await;
             }
-        });
+        }));
         if legacy {
             return super::accepted();
         }

@@ -69,6 +69,7 @@ use crate::proxy::calls::{BoundSessions, Calls, Sessions};
 use crate::proxy::inspect::Inspector;
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::{self, Attr, RequestTrace, SpanKind, Tracer};
 use decide::{Asked, Decided};
 use legacy::{LegacyHandle, LegacySession};
 
@@ -166,6 +167,8 @@ pub struct Proxy {
     resumes: Arc<resume::Resumes>,
     /// What the server last said of its protocol versions.
     server_versions: Arc<versions::ServerVersions>,
+    /// Starts the traces of sampled requests (off unless `--otlp-endpoint`).
+    tracer: Tracer,
 }
 
 type Resp = Response<ProxyBody>;
@@ -299,7 +302,14 @@ impl Proxy {
             pins,
             resumes: Arc::default(),
             server_versions: Arc::default(),
+            tracer: Tracer::off(),
         })
+    }
+
+    /// Records the traces of sampled requests with `tracer`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Holds tool lists to `pins` (kept in a file, say) instead of its own.
@@ -340,6 +350,7 @@ impl Proxy {
             pins: self.pins.clone(),
             resumes: self.resumes.clone(),
             server_versions: self.server_versions.clone(),
+            tracer: self.tracer.clone(),
         }
     }
 
@@ -349,6 +360,27 @@ impl Proxy {
     /// only the one that does I/O. An `async fn` would hold the request twice (as argument and
     /// as local) on top of the inner future, and every request allocates its future.
     pub fn handle(
+        self: Arc<Self>,
+        req: Request<RequestBody>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Resp> + Send + 'static {
+        // Untraced, a request pays for this one branch.
+        match self.tracer.request(req.headers(), SpanKind::Server) {
+            None => Either::Left(self.serve(req, peer)),
+            Some(t) => {
+                t.name(format!("{} {}", req.method(), req.uri().path()));
+                t.set(request_attributes(&req, peer));
+                let serving = self.serve(req, peer);
+                Either::Right(trace::scope(t.clone(), async move {
+                    let resp = serving.await;
+                    answered(&t, &resp);
+                    resp
+                }))
+            }
+        }
+    }
+
+    fn serve(
         self: Arc<Self>,
         req: Request<RequestBody>,
         peer: SocketAddr,
@@ -420,6 +452,9 @@ impl Proxy {
             }
             Err(refused) => return refused.into_response(),
         };
+        if let Some(t) = trace::current() {
+            describe(&t, &parts.headers, &rpc.messages, rpc.batch);
+        }
         let route = self.route(&parts, &set, &who, &rpc.messages);
         let declares_urls = era == Era::Sessions
             && !rpc.batch
@@ -594,6 +629,89 @@ impl Exchange {
         };
         (asked, &mut self.route.inspector)
     }
+}
+
+/// What a traced request's span says of its HTTP side, as it arrives.
+fn request_attributes(req: &Request<RequestBody>, peer: SocketAddr) -> trace::Attributes {
+    let version = match req.version() {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    vec![
+        (
+            "http.request.method",
+            Attr::Str(req.method().to_string().into()),
+        ),
+        ("url.path", Attr::Str(req.uri().path().to_string().into())),
+        ("client.address", Attr::Str(peer.ip().to_string().into())),
+        ("network.protocol.name", Attr::from("http")),
+        ("network.protocol.version", Attr::from(version)),
+    ]
+}
+
+/// Names a traced request's span as MCP's conventions do (`tools/call get_weather`), once its
+/// messages are read.
+fn describe(t: &RequestTrace, headers: &HeaderMap, messages: &[Message<'_>], batch: bool) {
+    let mut attrs: trace::Attributes = Vec::with_capacity(6);
+    if let Some(v) = header_str(headers, MCP_PROTOCOL_VERSION) {
+        attrs.push(("mcp.protocol.version", Attr::Str(v.to_string().into())));
+    }
+    if let Some(id) = header_str(headers, MCP_SESSION_ID) {
+        attrs.push(("mcp.session.id", Attr::Str(id.to_string().into())));
+    }
+    match (batch, messages) {
+        (false, [m]) => {
+            let method = m.method.as_deref().unwrap_or("response");
+            let target = match method {
+                "tools/call" | "prompts/get" => m
+                    .params
+                    .and_then(|p| crate::mcp::tool_name::tool_name(p.get())),
+                _ => None,
+            };
+            attrs.push(("mcp.method.name", Attr::Str(method.to_string().into())));
+            if let Some(id) = m.id {
+                attrs.push((
+                    "jsonrpc.request.id",
+                    Attr::Str(id.get().trim_matches('"').to_string().into()),
+                ));
+            }
+            match (method, &target) {
+                ("tools/call", Some(tool)) => {
+                    attrs.push(("gen_ai.tool.name", Attr::Str(tool.to_string().into())));
+                    attrs.push(("gen_ai.operation.name", Attr::from("execute_tool")));
+                }
+                ("prompts/get", Some(prompt)) => {
+                    attrs.push(("gen_ai.prompt.name", Attr::Str(prompt.to_string().into())));
+                }
+                _ => {}
+            }
+            t.name(match target {
+                Some(target) => format!("{method} {target}"),
+                None => method.to_string(),
+            });
+        }
+        _ => {
+            attrs.push(("tollgate.batch.size", Attr::from(messages.len() as u64)));
+            t.name("batch");
+        }
+    }
+    t.set(attrs);
+}
+
+/// What a traced request's span says of its answer, as its headers leave.
+fn answered(t: &RequestTrace, resp: &Resp) {
+    let status = resp.status();
+    t.set([(
+        "http.response.status_code",
+        Attr::from(u64::from(status.as_u16())),
+    )]);
+    // As HTTP's conventions have it for a server: a 4xx is the client's, only a 5xx fails.
+    if status.is_server_error() {
+        t.set([("error.type", Attr::Str(status.as_u16().to_string().into()))]);
+        t.error(format!("answered {status}"));
+    }
+    t.end_request();
 }
 
 fn accepted() -> Resp {

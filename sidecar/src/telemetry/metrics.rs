@@ -17,6 +17,12 @@
 //! tollgate_audit_buffered_bytes                   lines waiting for stdout to take them
 //! tollgate_policy_updates_ignored_total{reason}   unreadable | invalid | stale: stream lines not applied
 //! tollgate_control_plane_connected                1 while the operator's stream is open
+//! tollgate_upstream_duration_seconds              request sent to the server, to its answer's headers
+//! tollgate_approvals_held                         calls waiting for a person now
+//! tollgate_approvals_total{outcome}               approved | denied | undecided | failed
+//! tollgate_approval_wait_seconds                  how long held calls waited
+//! tollgate_trace_spans_exported_total             spans the collector took
+//! tollgate_trace_spans_dropped_total{reason}      queue_full | export_failed: spans not sent
 //! ```
 
 use std::sync::Arc;
@@ -95,6 +101,19 @@ struct Inner {
     updates_ignored: Family<ReasonLabels, Counter>,
     pin_changes: Family<OutcomeLabels, Counter>,
     control_plane_connected: Gauge,
+    upstream_seconds: Histogram,
+    held: Gauge,
+    approvals: Family<OutcomeLabels, Counter>,
+    approval_wait: Histogram,
+    traces: TraceMetrics,
+}
+
+/// The trace exporter's counters.
+#[derive(Clone, Default)]
+pub struct TraceMetrics {
+    pub exported: Counter,
+    pub dropped_queue_full: Counter,
+    pub dropped_export_failed: Counter,
 }
 
 /// The audit log's own counters, handed to its writer.
@@ -235,6 +254,101 @@ impl Metrics {
             "1 while the operator's policy stream is open",
             control_plane_connected.clone(),
         );
+        let upstream_seconds = Histogram::new(exponential_buckets(5e-5, 2.5, 14));
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from a request sent to the MCP server to its answer's headers",
+            upstream_seconds.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "approvals_held",
+            "Calls waiting for a person's approval now",
+            held.clone(),
+        );
+        let approvals = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "approvals",
+            "Held calls settled, by outcome: approved, denied, undecided (nobody decided in the hold time), failed (nobody could be asked)",
+            approvals.clone(),
+        );
+        let approval_wait = Histogram::new(exponential_buckets(0.1, 3.0, 10));
+        registry.register(
+            "approval_wait_seconds",
+            "How long a held call waited for a person",
+            approval_wait.clone(),
+        );
+        let dropped = Family::<ReasonLabels, Counter>::default();
+        // One statement each: a family's handle holds its lock until the statement ends.
+        let dropped_queue_full = dropped
+            .get_or_create(&ReasonLabels {
+                reason: "queue_full",
+            })
+            .clone();
+        let dropped_export_failed = dropped
+            .get_or_create(&ReasonLabels {
+                reason: "export_failed",
+            })
+            .clone();
+        let traces = TraceMetrics {
+            exported: Counter::default(),
+            dropped_queue_full,
+            dropped_export_failed,
+        };
+        registry.register(
+            "trace_spans_exported",
+            "Spans the trace collector took",
+            traces.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans not sent: the exporter's queue was full (the collector slow or gone), or the collector did not take them",
+            dropped.clone(),
+        );
+        // Every series an alert or a panel reads exists from the start, at 0: `increase()` and
+        // `rate()` see a first event only against an earlier sample.
+        upstream_errors
+            .get_or_create(&ReasonLabels {
+                reason: "unreachable",
+            })
+            .inc_by(0);
+        for result in ["success", "failure"] {
+            reloads.get_or_create(&ResultLabels { result }).inc_by(0);
+        }
+        for reason in [
+            "timeout",
+            "connection",
+            "server",
+            "answer",
+            "connect",
+            "lost_window",
+        ] {
+            store_errors
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for action in ["deny", "local"] {
+            store_fallbacks
+                .get_or_create(&ActionLabels { action })
+                .inc_by(0);
+        }
+        for reason in ["unreadable", "invalid", "stale"] {
+            updates_ignored
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for outcome in ["approved", "denied", "undecided", "failed"] {
+            approvals
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+        for outcome in [
+            "changed", "unpinned", "renamed", "swapped", "accepted", "rejected",
+        ] {
+            pin_changes
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
         Metrics(Arc::new(Inner {
             registry,
             decisions,
@@ -254,6 +368,11 @@ impl Metrics {
             updates_ignored,
             pin_changes,
             control_plane_connected,
+            upstream_seconds,
+            held,
+            approvals,
+            approval_wait,
+            traces,
         }))
     }
 
@@ -368,6 +487,30 @@ impl Metrics {
 
     pub fn counter_store_rollback_lost(&self) {
         self.0.store_rollbacks_lost.inc();
+    }
+
+    /// The server answered a request's head after `seconds`.
+    pub fn upstream(&self, seconds: f64) {
+        self.0.upstream_seconds.observe(seconds);
+    }
+
+    /// The gauge of calls held for a person now.
+    pub fn held(&self) -> Gauge {
+        self.0.held.clone()
+    }
+
+    /// A held call settled: `outcome` after `seconds`.
+    pub fn approval_settled(&self, outcome: &'static str, seconds: f64) {
+        self.0
+            .approvals
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.0.approval_wait.observe(seconds);
+    }
+
+    /// The trace exporter's counters.
+    pub fn traces(&self) -> TraceMetrics {
+        self.0.traces.clone()
     }
 
     /// The registry in Prometheus' text format.

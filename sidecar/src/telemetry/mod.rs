@@ -1,8 +1,9 @@
-//! What the sidecar tells: one JSON audit line per decision on stdout, and Prometheus metrics
-//! on the admin port. It records what other layers decided and decides nothing.
+//! What the sidecar tells: one JSON audit line per decision on stdout, Prometheus metrics on
+//! the admin port, and OpenTelemetry traces to a collector when one is configured. It records what other layers decided and decides nothing.
 
 pub mod audit;
 pub mod metrics;
+pub mod trace;
 
 /// What was decided of one call: the one name each kind has, in the audit log's `decision`
 /// and in the metrics' `outcome` alike.

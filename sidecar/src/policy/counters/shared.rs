@@ -477,7 +477,22 @@ impl Shared {
         call: &redis::ScriptInvocation<'_>,
         conn: &mut Conn,
     ) -> Result<T, String> {
-        match tokio::time::timeout(self.cfg.timeout, call.invoke_async::<T>(conn)).await {
+        let traced = crate::telemetry::trace::current().map(|t| (t, std::time::Instant::now()));
+        let answer = tokio::time::timeout(self.cfg.timeout, call.invoke_async::<T>(conn)).await;
+        if let Some((t, began)) = traced {
+            use crate::telemetry::trace::{Attr, SpanKind};
+            let error = match &answer {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {:?}", self.cfg.timeout)),
+            };
+            let attrs = vec![
+                ("db.system.name", Attr::from("redis")),
+                ("db.operation.name", Attr::from("EVALSHA")),
+            ];
+            t.child("EVALSHA", SpanKind::Client, began, attrs, error);
+        }
+        match answer {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) if !e.is_timeout() => Err(self.failed(e)),
             // The client's own response timeout is the same one.
