@@ -5,6 +5,7 @@
 //!                                            ├─> nginx (plain reverse proxy, upstream keep-alive)
 //!                                            ├─> tollgate proxy (100-tool policy)
 //!                                            ├─> tollgate proxy, the same policy pinning its tools (JSON)
+//!                                            ├─> tollgate proxy tracing every request (JSON)
 //!                                            ├─> passthrough (tollgate's HTTP stack, no policy)
 //!                                            ├─> floor (least HTTP/1 proxy, httparse; JSON answers only)
 //!                                            └─> mcp-proxy (crates.io peer)
@@ -93,6 +94,29 @@ impl Drop for Proc {
 /// A request that takes longer than this counts as an error (a stalled peer must not hang
 /// the benchmark).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A trace collector that takes every OTLP export and keeps nothing, on a port of its own.
+async fn trace_sink() -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -545,6 +569,32 @@ async fn main() -> anyhow::Result<()> {
             let mut c = connect(t.addr).await?;
             post(&mut c, &t, None, body(Work::List, &t, 0)).await?;
             ts.push(t);
+            procs.push(p);
+        }
+        // The same proxy tracing every request to a collector that takes each export: what
+        // recording and exporting spans cost (the collector's own work is not the proxy's).
+        if kind == "json" {
+            let sink = trace_sink().await?;
+            let port = free_port();
+            let audit = std::fs::File::create(tmp.join("audit-json-traced.log"))?;
+            let p = spawn_to(
+                tollgate(port, free_port()).args([
+                    "--otlp-endpoint",
+                    &format!("http://127.0.0.1:{sink}"),
+                    "--trace-sampling",
+                    "1",
+                ]),
+                port,
+                "tollgate (traced)",
+                audit.into(),
+            )?;
+            ts.push(Target::local(
+                "tollgate (traced)",
+                port,
+                "/mcp",
+                "",
+                vec![p.0.id()],
+            ));
             procs.push(p);
         }
         if let Some(redis) = &args.redis {

@@ -113,7 +113,9 @@ def test_docs_every_relative_link_and_anchor_resolves():
 def test_docs_readme_front_page_names_both_commands_and_links_each_topic():
     readme = (ROOT / "README.md").read_text()
     assert "examples/quickstart.sh" in readme and "tests/run.sh" in readme
-    for topic in ["policy", "install", "operator", "configuration", "security", "troubleshooting", "performance", "architecture"]:
+    for topic in ["policy", "install", "operator", "configuration", "security", "troubleshooting", "performance", "architecture",
+                  "observability"]:
         assert f"(docs/{topic}.md" in readme, topic
-    # A front page, not the reference: the reference lives in docs/.
-    assert len(readme) < 12_000, len(readme)
+    # A front page, not the reference: the reference lives in docs/. (It carries the tables of
+    # MCP methods and of the dashboard and alerts, which a front page owes its readers.)
+    assert len(readme) < 14_000, len(readme)
