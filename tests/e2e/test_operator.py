@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from rpc import HEADERS, call
+from test_traces import collector, otelcol  # noqa: F401 (fixtures)
 
 INJECT = {"tollgate.dev/injection": "enabled"}
 # The chart labels these for injection (injection.namespaces), and its RBAC lets the operator
@@ -1057,3 +1058,26 @@ def test_operator_dashboard_and_alerts_read_only_metrics_the_operator_and_sideca
              "TollgateSidecarWithoutPolicy", "TollgateSidecarDown", "TollgateOperatorDown", "TollgateBoundaryOpen"}
     active = [a["labels"]["alertname"] for a in prom.alerts()]
     assert not quiet & set(active), active
+
+
+def test_operator_traces_its_webhook_calls_and_reconciles_to_a_real_collector(kube, operator, collector):
+    kube.namespace("traced")
+    op = operator("traced-operator", "--otlp-endpoint", collector.endpoint)
+    kube.apply(policy("watched", {"tools": {"read_file": {"rules": []}}}, "traced"))
+
+    def spans(name: str) -> list[dict]:
+        return [s for s in collector.spans() if s["name"] == name and s["attrs"].get("tollgate.admission.name") in (None, "watched")
+                and s["attrs"].get("tollgate.policy") in (None, "watched")]
+
+    eventually(lambda: spans("POST /validate") and spans("reconcile McpPolicy"), timeout=30, what="the operator's spans arrived")
+    review = spans("POST /validate")[0]
+    a = review["attrs"]
+    assert (a["tollgate.admission.kind"], a["tollgate.admission.name"], a["k8s.namespace.name"]) == ("McpPolicy", "watched", "traced")
+    assert a["tollgate.admission.allowed"] is True and a["http.response.status_code"] == "200" and review["kind"] == 2
+    reconcile = spans("reconcile McpPolicy")[0]
+    assert reconcile["attrs"]["k8s.namespace.name"] == "traced" and reconcile["kind"] == 1
+    assert "status" not in reconcile or reconcile["status"].get("code") != 2
+    resource = review["resource"]
+    assert (resource["service.name"], resource["k8s.pod.name"], resource["k8s.namespace.name"]) == ("tollgate-operator", op.name, NAMESPACE)
+    text = httpx.get(f"{op.admin}/metrics").text
+    assert "tollgate_trace_spans_exported_total" in text
