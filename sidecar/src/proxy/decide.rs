@@ -573,7 +573,7 @@ impl Proxy {
                 approval: None,
                 arguments: logged,
             });
-            traced(t0, audits.last(), set.revision);
+            self.traced(t0, audits.last(), set.revision);
             return Outcome::Forward(Reserved::default(), Some(Box::new(earlier)));
         }
         let counted = match self.audit.admits() {
@@ -709,7 +709,7 @@ impl Proxy {
                                 _ => None,
                             },
                         });
-                        traced(t0, Some(&held.audit), set.revision);
+                        self.traced(t0, Some(&held.audit), set.revision);
                         return Outcome::Hold(held);
                     }
                 },
@@ -750,7 +750,7 @@ impl Proxy {
                     approval: None,
                     arguments: logged,
                 });
-                traced(t0, audits.last(), set.revision);
+                self.traced(t0, audits.last(), set.revision);
                 Outcome::Forward(reserved, resume)
             }
             Err((kind, denial)) => {
@@ -766,10 +766,52 @@ impl Proxy {
                     arguments: logged,
                 };
                 self.write_audit(&a, asked, None);
-                traced(t0, Some(&a), set.revision);
+                self.traced(t0, Some(&a), set.revision);
                 Outcome::Refuse(m.id.map(|_| Refusal::denied(m.id_value(), denial, modern)))
             }
         }
+    }
+
+    /// The span of one decision, when the request is traced: from `t0` to now, with what the audit
+    /// line says of it but its reason. The request's span carries the decision too.
+    fn traced(&self, t0: Instant, a: Option<&PendingAudit>, revision: u64) {
+        if !self.tracer.is_on() {
+            return;
+        }
+        let (Some(t), Some(a)) = (trace::current(), a) else {
+            return;
+        };
+        let mut attrs = vec![
+            ("mcp.method.name", Attr::from(a.method)),
+            ("tollgate.decision", Attr::from(a.decision.as_str())),
+            ("tollgate.policy.revision", Attr::from(revision)),
+        ];
+        let target = match a.method {
+            "tools/call" => "gen_ai.tool.name",
+            "prompts/get" => "gen_ai.prompt.name",
+            _ => "mcp.resource.uri",
+        };
+        attrs.push((target, Attr::Str(a.tool.clone().into())));
+        if let Some(rule) = &a.rule {
+            attrs.push(("tollgate.rule", Attr::Str(rule.clone().into())));
+        }
+        if let Some(policy) = &a.policy {
+            attrs.push(("tollgate.policy", Attr::Str(policy.clone().into())));
+        }
+        // The reason is not sent: a condition's reason may quote the argument it read, and spans
+        // go where the audit log's rule (only the arguments a policy names) does not reach. The
+        // rule and policy say which reason it was.
+        let refused = matches!(a.decision, DecisionKind::Deny);
+        t.set(attrs.iter().skip(1).cloned().collect::<Vec<_>>());
+        let error = refused.then(|| match (&a.rule, &a.policy) {
+            (Some(rule), Some(policy)) => format!("denied by rule {rule:?} of {policy}"),
+            _ => "denied".to_string(),
+        });
+        if let Some(e) = &error {
+            t.set([("error.type", Attr::from("tollgate.denied"))]);
+            t.error(e.clone());
+        }
+        t.child("tollgate.decide", SpanKind::Internal, t0, attrs, error);
     }
 
     /// The audit line of one decided call; `status` is the server's answer, for a call that
@@ -804,42 +846,6 @@ impl Proxy {
             dropped_before: None,
         });
     }
-}
-
-/// The span of one decision, when the request is traced: from `t0` to now, with what the audit
-/// line says of it. The request's span carries the decision too.
-fn traced(t0: Instant, a: Option<&PendingAudit>, revision: u64) {
-    let (Some(t), Some(a)) = (trace::current(), a) else {
-        return;
-    };
-    let mut attrs = vec![
-        ("mcp.method.name", Attr::from(a.method)),
-        ("tollgate.decision", Attr::from(a.decision.as_str())),
-        ("tollgate.policy.revision", Attr::from(revision)),
-    ];
-    let target = match a.method {
-        "tools/call" => "gen_ai.tool.name",
-        "prompts/get" => "gen_ai.prompt.name",
-        _ => "mcp.resource.uri",
-    };
-    attrs.push((target, Attr::Str(a.tool.clone().into())));
-    if let Some(rule) = &a.rule {
-        attrs.push(("tollgate.rule", Attr::Str(rule.clone().into())));
-    }
-    if let Some(policy) = &a.policy {
-        attrs.push(("tollgate.policy", Attr::Str(policy.clone().into())));
-    }
-    if let Some(reason) = &a.reason {
-        attrs.push(("tollgate.reason", Attr::Str(reason.clone().into())));
-    }
-    let refused = matches!(a.decision, DecisionKind::Deny);
-    t.set(attrs.iter().skip(1).cloned().collect::<Vec<_>>());
-    let error = refused.then(|| a.reason.clone().unwrap_or_else(|| "denied".into()));
-    if let Some(e) = &error {
-        t.set([("error.type", Attr::from("tollgate.denied"))]);
-        t.error(e.clone());
-    }
-    t.child("tollgate.decide", SpanKind::Internal, t0, attrs, error);
 }
 
 /// What every message of one request is decided with.

@@ -27,6 +27,8 @@ use crate::proxy::inspect::Inspector;
 use crate::proxy::stream::SseBody;
 use crate::telemetry::trace::{self, Attr, Begun, RequestTrace, SpanKind};
 
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// An upstream call on its way: when it left, and its span if traced.
 struct Sent {
     at: Instant,
@@ -68,9 +70,14 @@ impl Proxy {
     /// The upstream call about to be sent: when it is traced, its span begun and its context in
     /// `traceparent` (the agent's `tracestate` goes on as it came).
     fn send_traced(&self, up: &mut http::request::Parts) -> Sent {
-        let traced = trace::current().map(|t| {
+        let traced = self.tracer.is_on().then(trace::current).flatten().map(|t| {
             let begun = t.begin(None);
             up.headers.insert(trace::TRACEPARENT, t.traceparent(&begun));
+            // A trace begun here has no vendor state to carry (Trace Context: a `tracestate`
+            // without a valid `traceparent` is discarded).
+            if !t.has_parent() {
+                up.headers.remove(TRACESTATE);
+            }
             (t, begun)
         });
         Sent {

@@ -364,18 +364,19 @@ impl Proxy {
         req: Request<RequestBody>,
         peer: SocketAddr,
     ) -> impl Future<Output = Resp> + Send + 'static {
-        // Untraced, a request pays for this one branch.
+        // Untraced, a request pays for this one branch. A traced one is boxed: held inline, the
+        // traced future would make every request's future (which hyper moves) twice as large.
         match self.tracer.request(req.headers(), SpanKind::Server) {
             None => Either::Left(self.serve(req, peer)),
             Some(t) => {
                 t.name(format!("{} {}", req.method(), req.uri().path()));
                 t.set(request_attributes(&req, peer));
                 let serving = self.serve(req, peer);
-                Either::Right(trace::scope(t.clone(), async move {
+                Either::Right(Box::pin(trace::scope(t.clone(), async move {
                     let resp = serving.await;
                     answered(&t, &resp);
                     resp
-                }))
+                })))
             }
         }
     }
@@ -452,7 +453,9 @@ impl Proxy {
             }
             Err(refused) => return refused.into_response(),
         };
-        if let Some(t) = trace::current() {
+        if self.tracer.is_on()
+            && let Some(t) = trace::current()
+        {
             describe(&t, &parts.headers, &rpc.messages, rpc.batch);
         }
         let route = self.route(&parts, &set, &who, &rpc.messages);

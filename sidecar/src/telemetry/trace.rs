@@ -29,16 +29,14 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -53,6 +51,12 @@ pub const MAX_BATCH: usize = 512;
 pub const BATCH_DELAY: Duration = Duration::from_secs(1);
 /// Most requests' spans waiting for the exporter; past it they are dropped.
 pub const QUEUE: usize = 2_048;
+/// Most spans waiting for the exporter, whatever the requests: with [`MAX_VALUE`], what a
+/// collector that is slow or gone can cost in memory (a few MiB).
+pub const MAX_QUEUED_SPANS: usize = 8_192;
+/// Most child spans of one request (a batch decides a message each): the rest are counted in
+/// the request span's `tollgate.spans.omitted`.
+pub const MAX_CHILDREN: usize = 32;
 /// How long the collector has to take one batch.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest span name or string attribute kept, in bytes: tool names and session ids come from
@@ -93,21 +97,30 @@ pub struct TraceConfig {
 }
 
 impl TraceConfig {
-    /// The traces URL from `--otlp-endpoint`: a base URL gets OTLP/HTTP's `/v1/traces`, as
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` does in every SDK; a URL with a path is used as it is.
+    /// The traces URL from `--otlp-endpoint`, a base URL: OTLP/HTTP's `/v1/traces` is added to
+    /// its path, as every SDK does with `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(base: &str) -> anyhow::Result<Uri> {
-        let uri: Uri = base
+        let url = format!("{}/v1/traces", base.trim_end_matches('/'));
+        Self::traces_endpoint(&url).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.to_string()
+                    .replace("--otlp-traces-endpoint", "--otlp-endpoint")
+            )
+        })
+    }
+
+    /// The traces URL from `--otlp-traces-endpoint`, used as it is (as
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is).
+    pub fn traces_endpoint(url: &str) -> anyhow::Result<Uri> {
+        let uri: Uri = url
             .parse()
-            .map_err(|e| anyhow::anyhow!("--otlp-endpoint {base:?} is not a URL: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--otlp-traces-endpoint {url:?} is not a URL: {e}"))?;
         anyhow::ensure!(
-            uri.scheme_str() == Some("http") && uri.authority().is_some(),
-            "--otlp-endpoint {base:?} must be an http:// URL of a collector (OTLP/HTTP; put a \
-             collector beside the pod to forward over TLS)"
+            uri.scheme_str() == Some("http") && uri.authority().is_some() && uri.query().is_none(),
+            "--otlp-traces-endpoint {url:?} must be an http:// URL of a collector (OTLP/HTTP, no \
+             query; put a collector beside the pod to forward over TLS)"
         );
-        if matches!(uri.path(), "" | "/") {
-            let url = format!("{}/v1/traces", base.trim_end_matches('/'));
-            return Ok(url.parse()?);
-        }
         Ok(uri)
     }
 
@@ -133,6 +146,10 @@ pub struct TraceArgs {
     /// tollgate_trace_spans_dropped_total, never a request's time.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// The collector's traces URL, used as it is (`http://collector:4318/v1/traces`): instead
+    /// of --otlp-endpoint, as OpenTelemetry's signal-specific variable is.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
     /// The share of requests whose trace begins here that are traced, 0 to 1. A request with a
     /// `traceparent` follows its sender's sampling decision instead.
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0, value_parser = parse_ratio)]
@@ -155,11 +172,13 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 impl TraceArgs {
     /// The tracer these flags ask for: off without `--otlp-endpoint`. Needs a Tokio runtime.
     pub fn tracer(&self, service: &str, metrics: TraceMetrics) -> anyhow::Result<Tracer> {
-        let Some(endpoint) = &self.otlp_endpoint else {
-            return Ok(Tracer::off());
+        let endpoint = match (&self.otlp_traces_endpoint, &self.otlp_endpoint) {
+            (Some(url), _) => TraceConfig::traces_endpoint(url)?,
+            (None, Some(base)) => TraceConfig::endpoint(base)?,
+            (None, None) => return Ok(Tracer::off()),
         };
         let cfg = TraceConfig {
-            endpoint: TraceConfig::endpoint(endpoint)?,
+            endpoint,
             sampling: self.trace_sampling,
             service: self
                 .trace_service_name
@@ -184,6 +203,8 @@ struct Export {
     /// A trace begun here is recorded when its id's low 64 bits are below this.
     threshold: u64,
     queue: mpsc::Sender<Vec<SpanData>>,
+    /// Spans handed over and not yet taken by the exporter.
+    queued: Arc<AtomicUsize>,
     metrics: TraceMetrics,
 }
 
@@ -202,10 +223,12 @@ impl Tracer {
         } else {
             (sampling * u64::MAX as f64) as u64
         };
-        tokio::spawn(export(cfg, rx, metrics.clone()));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(export(cfg, rx, queued.clone(), metrics.clone()));
         Tracer(Some(Arc::new(Export {
             threshold,
             queue: tx,
+            queued,
             metrics,
         })))
     }
@@ -218,9 +241,12 @@ impl Tracer {
     /// `traceparent` says whether, else the sampling ratio does.
     pub fn request(&self, headers: &HeaderMap, kind: SpanKind) -> Option<Arc<RequestTrace>> {
         let export = self.0.as_ref()?;
-        let parent = headers
-            .get(TRACEPARENT)
-            .and_then(|v| TraceParent::parse(v.as_bytes()));
+        // Trace Context allows one `traceparent`: two are none.
+        let mut all = headers.get_all(TRACEPARENT).iter();
+        let parent = match (all.next(), all.next()) {
+            (Some(v), None) => TraceParent::parse(v.as_bytes()),
+            _ => None,
+        };
         let (trace_id, parent_id) = match parent {
             Some(p) if !p.sampled => return None,
             Some(p) => (p.trace_id, Some(p.span_id)),
@@ -246,6 +272,7 @@ impl Tracer {
                 error: None,
                 ended: None,
                 children: Vec::new(),
+                omitted: 0,
             }),
             export: export.clone(),
         }))
@@ -411,6 +438,8 @@ struct State {
     error: Option<String>,
     ended: Option<Instant>,
     children: Vec<SpanData>,
+    /// Children past [`MAX_CHILDREN`], not kept.
+    omitted: u64,
 }
 
 /// A child span begun, to be ended with [`RequestTrace::end`]: its id is known at once, to go
@@ -424,6 +453,11 @@ pub struct Begun {
 impl RequestTrace {
     pub fn trace_id(&self) -> String {
         to_hex(&self.trace_id)
+    }
+
+    /// Whether the trace was begun by the agent (its `traceparent`), not here.
+    pub fn has_parent(&self) -> bool {
+        self.parent.is_some()
     }
 
     /// Names the request's span (`tools/call get_weather`).
@@ -495,7 +529,12 @@ impl RequestTrace {
                 .collect(),
             error: error.map(|e| bounded(Cow::Owned(e)).into_owned()),
         };
-        self.state.lock().children.push(span);
+        let mut state = self.state.lock();
+        if state.children.len() < MAX_CHILDREN {
+            state.children.push(span);
+        } else {
+            state.omitted += 1;
+        }
     }
 
     /// A child that ran from `started` to now.
@@ -531,9 +570,14 @@ impl Drop for RequestTrace {
                 error: None,
                 ended: None,
                 children: Vec::new(),
+                omitted: 0,
             },
         );
         let end = self.unix(state.ended.unwrap_or_else(Instant::now));
+        let mut attributes = state.attributes;
+        if state.omitted > 0 {
+            attributes.push(("tollgate.spans.omitted", Attr::from(state.omitted)));
+        }
         let mut spans = state.children;
         spans.push(SpanData {
             trace_id: self.trace_id,
@@ -543,12 +587,15 @@ impl Drop for RequestTrace {
             kind: self.kind,
             start: self.started_unix,
             end,
-            attributes: state.attributes,
+            attributes,
             error: state.error,
         });
-        let n = spans.len() as u64;
-        if self.export.queue.try_send(spans).is_err() {
-            self.export.metrics.dropped_queue_full.inc_by(n);
+        let n = spans.len();
+        let export = &self.export;
+        let queued = export.queued.fetch_add(n, Ordering::AcqRel) + n;
+        if queued > MAX_QUEUED_SPANS || export.queue.try_send(spans).is_err() {
+            export.queued.fetch_sub(n, Ordering::AcqRel);
+            export.metrics.dropped_queue_full.inc_by(n as u64);
         }
     }
 }
@@ -557,9 +604,9 @@ tokio::task_local! {
     static CURRENT: Arc<RequestTrace>;
 }
 
-/// Runs `fut` with `trace` as its task's current trace (what [`current`] finds).
-pub async fn scope<F: Future>(trace: Arc<RequestTrace>, fut: F) -> F::Output {
-    CURRENT.scope(trace, fut).await
+/// `fut`, run with `trace` as its task's current trace (what [`current`] finds).
+pub fn scope<F: Future>(trace: Arc<RequestTrace>, fut: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(trace, fut)
 }
 
 /// `fut` with `trace` as its current trace, if there is one: what a task spawned for a
@@ -580,44 +627,125 @@ pub fn current() -> Option<Arc<RequestTrace>> {
 }
 
 /// The exporter: batches what requests hand over and posts each batch to the collector.
-async fn export(cfg: TraceConfig, mut rx: mpsc::Receiver<Vec<SpanData>>, metrics: TraceMetrics) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+async fn export(
+    cfg: TraceConfig,
+    mut rx: mpsc::Receiver<Vec<SpanData>>,
+    queued: Arc<AtomicUsize>,
+    metrics: TraceMetrics,
+) {
     let resource = resource(&cfg);
-    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH);
+    let mut collector = Collector::new(&cfg.endpoint);
+    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH + MAX_CHILDREN + 1);
     loop {
         let Some(first) = rx.recv().await else { return };
+        queued.fetch_sub(first.len(), Ordering::AcqRel);
         batch.extend(first);
         let deadline = tokio::time::Instant::now() + BATCH_DELAY;
         while batch.len() < MAX_BATCH {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(more)) => batch.extend(more),
+                Ok(Some(more)) => {
+                    queued.fetch_sub(more.len(), Ordering::AcqRel);
+                    batch.extend(more);
+                }
                 Ok(None) | Err(_) => break,
             }
         }
         let n = batch.len() as u64;
-        let body = encode(&resource, &batch);
+        let body = Bytes::from(encode(&resource, &batch));
         batch.clear();
-        let req = Request::post(cfg.endpoint.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("a POST to a parsed URL");
-        match tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {
+        match collector.post(body).await {
+            Ok(()) => {
                 metrics.exported.inc_by(n);
-                // Read to its end, so the connection is kept for the next batch.
-                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
             }
-            outcome => {
+            Err(why) => {
                 metrics.dropped_export_failed.inc_by(n);
-                let why = match outcome {
-                    Ok(Ok(resp)) => format!("the collector answered {}", resp.status()),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no answer within {EXPORT_TIMEOUT:?}"),
-                };
                 tracing::debug!(endpoint = %cfg.endpoint, spans = n, %why, "spans not exported");
             }
         }
+    }
+}
+
+/// One HTTP/1.1 connection to the collector, kept between exports. An export that fails or
+/// takes longer than [`EXPORT_TIMEOUT`] takes the connection down with it, and what it was
+/// still sending: nothing outlives its export.
+struct Collector {
+    endpoint: Uri,
+    address: String,
+    conn: Option<(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl Collector {
+    fn new(endpoint: &Uri) -> Self {
+        let authority = endpoint.authority().expect("checked when configured");
+        let address = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        Collector {
+            endpoint: endpoint.clone(),
+            address,
+            conn: None,
+        }
+    }
+
+    async fn post(&mut self, body: Bytes) -> Result<(), String> {
+        let outcome = tokio::time::timeout(EXPORT_TIMEOUT, self.exchange(body)).await;
+        let failed = match outcome {
+            Ok(Ok(status)) if status.is_success() => return Ok(()),
+            Ok(Ok(status)) => format!("the collector answered {status}"),
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {EXPORT_TIMEOUT:?}"),
+        };
+        self.close();
+        Err(failed)
+    }
+
+    fn close(&mut self) {
+        if let Some((_, driver)) = self.conn.take() {
+            driver.abort();
+        }
+    }
+
+    async fn exchange(&mut self, body: Bytes) -> Result<http::StatusCode, String> {
+        if self.conn.as_ref().is_none_or(|(s, _)| s.is_closed()) {
+            self.close();
+            let tcp = tokio::net::TcpStream::connect(&self.address)
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+            let _ = tcp.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.conn = Some((sender, driver));
+        }
+        let (sender, _) = self.conn.as_mut().expect("connected above");
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let path = self
+            .endpoint
+            .path_and_query()
+            .map_or("/v1/traces", |p| p.as_str());
+        let req = Request::post(path)
+            .header(
+                http::header::HOST,
+                self.endpoint.authority().expect("checked").as_str(),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read to its end, so the connection is kept for the next batch.
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(status)
     }
 }
 
@@ -769,7 +897,7 @@ mod tests {
     }
 
     #[test]
-    fn the_endpoint_gets_the_traces_path_only_when_it_has_none() {
+    fn the_endpoint_gets_the_traces_path_and_the_traces_endpoint_is_used_as_it_is() {
         let e = |s| TraceConfig::endpoint(s).map(|u| u.to_string());
         assert_eq!(
             e("http://collector:4318").unwrap(),
@@ -779,10 +907,18 @@ mod tests {
             e("http://collector:4318/").unwrap(),
             "http://collector:4318/v1/traces"
         );
+        // A path is a prefix, as in every SDK.
         assert_eq!(
-            e("http://collector:4318/custom/traces").unwrap(),
+            e("http://collector:4318/otlp").unwrap(),
+            "http://collector:4318/otlp/v1/traces"
+        );
+        assert_eq!(
+            TraceConfig::traces_endpoint("http://collector:4318/custom/traces")
+                .unwrap()
+                .to_string(),
             "http://collector:4318/custom/traces"
         );
+        assert!(TraceConfig::traces_endpoint("https://collector:4318/v1/traces").is_err());
         assert!(e("https://collector:4318").is_err());
         assert!(e("collector:4318").is_err());
     }
@@ -809,6 +945,7 @@ mod tests {
         let t = Tracer(Some(Arc::new(Export {
             threshold,
             queue: tx,
+            queued: Arc::new(AtomicUsize::new(0)),
             metrics: metrics.clone(),
         })));
         (t, rx, metrics)
@@ -871,6 +1008,70 @@ mod tests {
         }
         // Two requests fit the queue; three did not, two spans each.
         assert_eq!(metrics.dropped_queue_full.get(), 6);
+    }
+
+    #[test]
+    fn a_request_keeps_a_bounded_number_of_spans_and_says_how_many_it_left_out() {
+        let (t, mut rx, _) = tracer(1.0);
+        let trace = t.request(&HeaderMap::new(), SpanKind::Server).unwrap();
+        for _ in 0..MAX_CHILDREN + 100 {
+            trace.child(
+                "tollgate.decide",
+                SpanKind::Internal,
+                Instant::now(),
+                vec![],
+                None,
+            );
+        }
+        drop(trace);
+        let spans = rx.try_recv().unwrap();
+        assert_eq!(spans.len(), MAX_CHILDREN + 1);
+        let root = spans.last().unwrap();
+        assert!(
+            root.attributes
+                .contains(&("tollgate.spans.omitted", Attr::Int(100)))
+        );
+    }
+
+    #[test]
+    fn spans_waiting_for_the_exporter_are_bounded_by_count_not_by_requests() {
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let metrics = TraceMetrics::default();
+        let export = Arc::new(Export {
+            threshold: u64::MAX,
+            queue: tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            metrics: metrics.clone(),
+        });
+        let t = Tracer(Some(export.clone()));
+        let mut handed = 0;
+        for _ in 0..QUEUE {
+            let trace = t.request(&HeaderMap::new(), SpanKind::Server).unwrap();
+            for _ in 0..MAX_CHILDREN {
+                trace.child("x", SpanKind::Internal, Instant::now(), vec![], None);
+            }
+            handed += MAX_CHILDREN + 1;
+        }
+        let queued = export.queued.load(Ordering::Acquire);
+        assert!(queued <= MAX_QUEUED_SPANS, "{queued}");
+        assert_eq!(
+            queued as u64 + metrics.dropped_queue_full.get(),
+            handed as u64
+        );
+    }
+
+    #[test]
+    fn two_traceparents_are_none_as_trace_context_says() {
+        let (t, _rx, _) = tracer(1.0);
+        let mut h = HeaderMap::new();
+        h.append(TRACEPARENT, HeaderValue::from_static(GOOD));
+        h.append(
+            TRACEPARENT,
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        let trace = t.request(&h, SpanKind::Server).unwrap();
+        assert!(!trace.has_parent());
+        assert_ne!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
