@@ -12,8 +12,8 @@
 //!       ├ tollgate.approval (internal)     a held call's wait for a person
 //!       └ POST (client)                    the upstream call; its context goes on in
 //!                                          `traceparent`, so the server's spans are children
-//!   dropped (the last handle) ─ try_send ─> bounded queue ─> one exporter task: batches of
-//!                                           up to 512 spans, one POST at a time
+//!   dropped (the last handle) ─ try_send ─> bounded queue ─> the exporter, on its own thread:
+//!                                           batches of up to 512 spans, one POST at a time
 //! ```
 //!
 //! Exporting never slows or blocks a request: a request's spans are handed over with
@@ -170,7 +170,7 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 }
 
 impl TraceArgs {
-    /// The tracer these flags ask for: off without `--otlp-endpoint`. Needs a Tokio runtime.
+    /// The tracer these flags ask for: off without `--otlp-endpoint`.
     pub fn tracer(&self, service: &str, metrics: TraceMetrics) -> anyhow::Result<Tracer> {
         let endpoint = match (&self.otlp_traces_endpoint, &self.otlp_endpoint) {
             (Some(url), _) => TraceConfig::traces_endpoint(url)?,
@@ -214,7 +214,7 @@ impl Tracer {
         Tracer(None)
     }
 
-    /// Exports to `cfg.endpoint` from a task of its own. Needs a Tokio runtime.
+    /// Exports to `cfg.endpoint` from a thread of its own.
     pub fn start(cfg: TraceConfig, metrics: TraceMetrics) -> Tracer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let sampling = cfg.sampling.clamp(0.0, 1.0);
@@ -224,7 +224,22 @@ impl Tracer {
             (sampling * u64::MAX as f64) as u64
         };
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(export(cfg, rx, queued.clone(), metrics.clone()));
+        // On a thread of its own: encoding and sending a batch never takes a request's worker.
+        let (q, m) = (queued.clone(), metrics.clone());
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-traces".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(export(cfg, rx, q, m)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the trace exporter"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the trace exporter");
+        }
         Tracer(Some(Arc::new(Export {
             threshold,
             queue: tx,
@@ -774,39 +789,92 @@ fn kv(key: &str, value: &Attr) -> Value {
     json!({ "key": key, "value": value })
 }
 
-/// One export request in OTLP/HTTP's JSON encoding (ids in hex, times as decimal strings).
+/// One export request in OTLP/HTTP's JSON encoding (ids in hex, times as decimal strings),
+/// written straight out: `resource` is the encoded resource, the same for every export.
 pub fn encode(resource: &Value, spans: &[SpanData]) -> Vec<u8> {
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let mut span = json!({
-                "traceId": to_hex(&s.trace_id),
-                "spanId": to_hex(&s.span_id),
-                "name": s.name,
-                "kind": s.kind as u8,
-                "startTimeUnixNano": s.start.to_string(),
-                "endTimeUnixNano": s.end.max(s.start).to_string(),
-                "attributes": s.attributes.iter().map(|(k, v)| kv(k, v)).collect::<Vec<_>>(),
+    let mut out = Vec::with_capacity(512 + 384 * spans.len());
+    out.extend_from_slice(br#"{"resourceSpans":[{"resource":"#);
+    serde_json::to_writer(&mut out, resource).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(br#","scopeSpans":[{"scope":{"name":"tollgate","version":"#);
+    json_str(&mut out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(br#"},"spans":["#);
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"traceId":""#);
+        push_hex_bytes(&mut out, &s.trace_id);
+        out.extend_from_slice(br#"","spanId":""#);
+        push_hex_bytes(&mut out, &s.span_id);
+        out.push(b'"');
+        if let Some(parent) = s.parent {
+            out.extend_from_slice(br#","parentSpanId":""#);
+            push_hex_bytes(&mut out, &parent);
+            out.push(b'"');
+        }
+        out.extend_from_slice(br#","name":"#);
+        json_str(&mut out, &s.name);
+        out.extend_from_slice(br#","kind":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(s.kind as u8).as_bytes());
+        out.extend_from_slice(br#","startTimeUnixNano":""#);
+        out.extend_from_slice(itoa::Buffer::new().format(s.start).as_bytes());
+        out.extend_from_slice(br#"","endTimeUnixNano":""#);
+        out.extend_from_slice(itoa::Buffer::new().format(s.end.max(s.start)).as_bytes());
+        out.extend_from_slice(br#"","attributes":["#);
+        for (j, (k, v)) in s.attributes.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            write_kv(&mut out, k, v);
+        }
+        out.push(b']');
+        if let Some(e) = &s.error {
+            out.extend_from_slice(br#","status":{"code":2,"message":"#);
+            json_str(&mut out, e);
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}]}]}");
+    out
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+}
+
+fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+}
+
+fn write_kv(out: &mut Vec<u8>, key: &str, value: &Attr) {
+    out.extend_from_slice(br#"{"key":"#);
+    json_str(out, key);
+    out.extend_from_slice(br#","value":{"#);
+    match value {
+        Attr::Str(s) => {
+            out.extend_from_slice(br#""stringValue":"#);
+            json_str(out, s);
+        }
+        // OTLP JSON writes 64-bit integers as strings.
+        Attr::Int(n) => {
+            out.extend_from_slice(br#""intValue":""#);
+            out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+            out.push(b'"');
+        }
+        Attr::Bool(b) => {
+            out.extend_from_slice(if *b {
+                br#""boolValue":true"#
+            } else {
+                br#""boolValue":false"#
             });
-            if let Some(parent) = s.parent {
-                span["parentSpanId"] = to_hex(&parent).into();
-            }
-            if let Some(e) = &s.error {
-                span["status"] = json!({ "code": 2, "message": e });
-            }
-            span
-        })
-        .collect();
-    serde_json::to_vec(&json!({
-        "resourceSpans": [{
-            "resource": resource,
-            "scopeSpans": [{
-                "scope": { "name": "tollgate", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans,
-            }],
-        }],
-    }))
-    .expect("JSON values serialize")
+        }
+    }
+    out.extend_from_slice(b"}}");
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
