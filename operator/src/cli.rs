@@ -530,6 +530,8 @@ where
                 if let Some(c) = controllers.take() {
                     c.abort();
                 }
+                // What the boundary reports is the leader's to say.
+                crate::telemetry::metrics().boundaries_open.set(0);
             }
             _ => {}
         }

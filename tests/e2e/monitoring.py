@@ -31,6 +31,11 @@ def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, query with Grafana's variables filled in) of every panel and variable."""
     dash = json.loads(DASHBOARD.read_text())
     out = []
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            # label_values(METRIC, LABEL) is Grafana's; Prometheus reads it as this.
+            metric, label = var["query"]["query"].removeprefix("label_values(").removesuffix(")").split(", ")
+            out.append((f"variable {var['name']}", f"count by ({label}) ({metric})"))
     for panel in dash["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"]

@@ -312,7 +312,8 @@ def test_chart_tracing_reaches_the_operator_and_every_sidecar_it_injects_only_wh
     default = {e["name"] for e in one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert not [n for n in default if "OTLP" in n or "TRACE" in n]
     # The exporter speaks OTLP/HTTP in the clear to a collector beside it.
-    for bad in ({"endpoint": "https://collector:4318"}, {"endpoint": "collector:4318"}, {"samplingRatio": 2}):
+    for bad in ({"endpoint": "https://collector:4318"}, {"endpoint": "collector:4318"}, {"samplingRatio": 2},
+                {"endpoint": "http://collector:4318?x=1"}, {"endpoint": "http://user:secret@collector:4318"}):
         with pytest.raises(HelmError, match="tracing"):
             render({"tracing": bad})
 

@@ -319,6 +319,10 @@ def test_a_client_that_opens_urls_is_sent_to_the_approval_and_its_repeat_goes_on
     assert (a["phase"], a["decidedBy"]) == ("Used", "alice"), a
     # The server never saw Tollgate's state, and ran the deploy once.
     assert [r["args"] for r in runs(record) if r["tool"] == "deploy"] == [{"env": "prod", "ok": True}]
+    # One held call, approved: sending the client to the page is not a call left undecided.
+    assert px.metric("tollgate_approvals_total", outcome="approved") == 1
+    assert px.metric("tollgate_approvals_total", outcome="undecided") == 0
+    assert px.metric("tollgate_approvals_held") == 0
 
 
 def test_a_client_that_does_not_open_urls_waits_as_before(recorder, proxy, tollgate_bin, tmp_path):

@@ -281,12 +281,25 @@ impl Proxy {
         let outcome = match waited {
             Waited::Approved(_) => "approved",
             Waited::Denied(_) => "denied",
+            // Not waited for: the client was sent to the approval's page, and its repeat waits.
+            Waited::Undecided(_) if h.at_url == Some(AtUrl::First) => "sent_to_page",
             Waited::Undecided(_) => "undecided",
             Waited::Failed(_) => "failed",
         };
-        self.metrics
-            .approval_settled(outcome, began.elapsed().as_secs_f64());
+        if outcome != "sent_to_page" {
+            self.metrics
+                .approval_settled(outcome, began.elapsed().as_secs_f64());
+        }
+        if !self.tracer.is_on() {
+            return;
+        }
         let Some(t) = trace::current() else { return };
+        if matches!(outcome, "denied" | "undecided" | "failed") {
+            // The request's span says how the held call ended.
+            t.set([("tollgate.decision", Attr::from("deny"))]);
+            t.set([("error.type", Attr::from("tollgate.denied"))]);
+            t.error(format!("held for a person: {outcome}"));
+        }
         let mut attrs = vec![
             ("gen_ai.tool.name", Attr::Str(h.ask.tool.clone().into())),
             ("tollgate.rule", Attr::Str(h.ask.rule.clone().into())),
@@ -573,7 +586,7 @@ impl Proxy {
                 approval: None,
                 arguments: logged,
             });
-            self.traced(t0, audits.last(), set.revision);
+            self.traced(t0, audits.last(), set.revision, false);
             return Outcome::Forward(Reserved::default(), Some(Box::new(earlier)));
         }
         let counted = match self.audit.admits() {
@@ -709,7 +722,7 @@ impl Proxy {
                                 _ => None,
                             },
                         });
-                        self.traced(t0, Some(&held.audit), set.revision);
+                        self.traced(t0, Some(&held.audit), set.revision, false);
                         return Outcome::Hold(held);
                     }
                 },
@@ -750,7 +763,7 @@ impl Proxy {
                     approval: None,
                     arguments: logged,
                 });
-                self.traced(t0, audits.last(), set.revision);
+                self.traced(t0, audits.last(), set.revision, false);
                 Outcome::Forward(reserved, resume)
             }
             Err((kind, denial)) => {
@@ -766,15 +779,16 @@ impl Proxy {
                     arguments: logged,
                 };
                 self.write_audit(&a, asked, None);
-                self.traced(t0, Some(&a), set.revision);
+                self.traced(t0, Some(&a), set.revision, true);
                 Outcome::Refuse(m.id.map(|_| Refusal::denied(m.id_value(), denial, modern)))
             }
         }
     }
 
     /// The span of one decision, when the request is traced: from `t0` to now, with what the audit
-    /// line says of it but its reason. The request's span carries the decision too.
-    fn traced(&self, t0: Instant, a: Option<&PendingAudit>, revision: u64) {
+    /// line says of it but its reason; `refused` when the call is answered here (a denial, or an
+    /// approval that could not be asked for). The request's span carries the decision too.
+    fn traced(&self, t0: Instant, a: Option<&PendingAudit>, revision: u64, refused: bool) {
         if !self.tracer.is_on() {
             return;
         }
@@ -801,7 +815,6 @@ impl Proxy {
         // The reason is not sent: a condition's reason may quote the argument it read, and spans
         // go where the audit log's rule (only the arguments a policy names) does not reach. The
         // rule and policy say which reason it was.
-        let refused = matches!(a.decision, DecisionKind::Deny);
         t.set(attrs.iter().skip(1).cloned().collect::<Vec<_>>());
         let error = refused.then(|| match (&a.rule, &a.policy) {
             (Some(rule), Some(policy)) => format!("denied by rule {rule:?} of {policy}"),

@@ -93,7 +93,10 @@ impl Proxy {
         up: &http::request::Parts,
         resp: &Result<Response<B>, crate::http::client::Error>,
     ) {
-        self.metrics.upstream(sent.at.elapsed().as_secs_f64());
+        // A request the server never answered is an upstream error, not a fast answer.
+        if resp.is_ok() {
+            self.metrics.upstream(sent.at.elapsed().as_secs_f64());
+        }
         let Some((t, begun)) = sent.traced else {
             return;
         };

@@ -7,8 +7,8 @@
 //!                                      yes
 //!   RequestTrace, the request's task-local (`scope`), spans recorded as the stages finish:
 //!     tools/call NAME (server)            the request, as MCP's conventions name it
+//!       ├ EVALSHA (client)                 the counter store's round trip, as it is made
 //!       ├ tollgate.decide (internal)       tool, decision, rule, policy, revision
-//!       │   └ redis EVALSHA (client)       the counter store's round trip
 //!       ├ tollgate.approval (internal)     a held call's wait for a person
 //!       └ POST (client)                    the upstream call; its context goes on in
 //!                                          `traceparent`, so the server's spans are children
@@ -177,18 +177,26 @@ impl TraceArgs {
             (None, Some(base)) => TraceConfig::endpoint(base)?,
             (None, None) => return Ok(Tracer::off()),
         };
+        let resource = self
+            .trace_resource_attributes
+            .as_deref()
+            .map(TraceConfig::resource_attributes)
+            .unwrap_or_default();
+        // OTEL_SERVICE_NAME, else a service.name among the resource attributes, as the SDKs
+        // read them; else this binary's.
+        let named = resource
+            .iter()
+            .find(|(k, _)| k == "service.name")
+            .map(|(_, v)| v.clone());
         let cfg = TraceConfig {
             endpoint,
             sampling: self.trace_sampling,
             service: self
                 .trace_service_name
                 .clone()
+                .or(named)
                 .unwrap_or_else(|| service.to_string()),
-            resource: self
-                .trace_resource_attributes
-                .as_deref()
-                .map(TraceConfig::resource_attributes)
-                .unwrap_or_default(),
+            resource,
         };
         tracing::info!(endpoint = %cfg.endpoint, sampling = cfg.sampling, "exporting traces");
         Ok(Tracer::start(cfg, metrics))
@@ -608,9 +616,21 @@ impl Drop for RequestTrace {
         let n = spans.len();
         let export = &self.export;
         let queued = export.queued.fetch_add(n, Ordering::AcqRel) + n;
-        if queued > MAX_QUEUED_SPANS || export.queue.try_send(spans).is_err() {
+        let dropped = if queued > MAX_QUEUED_SPANS {
+            Some(&export.metrics.dropped_queue_full)
+        } else {
+            match export.queue.try_send(spans) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(_)) => Some(&export.metrics.dropped_queue_full),
+                // The exporter is gone (its thread could not start).
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Some(&export.metrics.dropped_export_failed)
+                }
+            }
+        };
+        if let Some(counter) = dropped {
             export.queued.fetch_sub(n, Ordering::AcqRel);
-            export.metrics.dropped_queue_full.inc_by(n as u64);
+            counter.inc_by(n as u64);
         }
     }
 }
