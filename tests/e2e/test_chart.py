@@ -87,15 +87,17 @@ def crd_schema(kind: str) -> dict:
 
 
 @functools.cache
+def monitoring_crds() -> Path:
+    """The directory of the Prometheus Operator's PodMonitor and PrometheusRule CRDs."""
+    out = subprocess.run([str(ROOT / "tests" / "cluster" / "monitoring-crds.sh")], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+@functools.cache
 def monitoring_crd_schema(kind: str) -> dict:
     """The Prometheus Operator's own CRD schema for `kind`, from its Go module (the version
     tests/cluster/versions.env pins)."""
-    env = dict(l.split("=", 1) for l in (ROOT / "tests" / "cluster" / "versions.env").read_text().splitlines()
-               if l and not l.startswith("#"))
-    mod = f"github.com/prometheus-operator/prometheus-operator@{env['PROMETHEUS_OPERATOR_VERSION']}"
-    out = subprocess.run(["go", "mod", "download", "-json", mod], capture_output=True, text=True, check=True, cwd="/")
-    crds = Path(json.loads(out.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
-    crd = yaml.safe_load((crds / f"monitoring.coreos.com_{kind.lower()}s.yaml").read_text())
+    crd = yaml.safe_load((monitoring_crds() / f"monitoring.coreos.com_{kind.lower()}s.yaml").read_text())
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 

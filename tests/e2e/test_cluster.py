@@ -14,7 +14,7 @@ import signal
 import pytest
 from cluster import (CHART, NAMESPACE, OPERATOR_PORT, RELEASE, ControlPlane, Operator, eventually, mcp_pod, policy,
                      sidecar, start_operator)  # noqa: F401 (sidecar is a fixture)
-from test_chart import SWITCHES
+from test_chart import SWITCHES, monitoring_crds
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +268,14 @@ def test_cluster_helm_installs_and_uninstalls_the_chart_with_each_documented_swi
     # release of the same name takes them over (another name is refused, as on any cluster).
     chosen = INSTALLABLE[switch]
     cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--ignore-not-found")
+    monitoring = chosen.get("monitoring", {})
+    if monitoring:
+        # The Prometheus Operator's own CRDs, as a cluster running it serves them: the API
+        # server validates the chart's PodMonitors and PrometheusRule against their schemas.
+        for crd in sorted(monitoring_crds().glob("*.yaml")):
+            cluster.kubectl("apply", "--server-side", "-f", str(crd))
+        for name in ("podmonitors", "prometheusrules"):
+            cluster.crd_established(f"{name}.monitoring.coreos.com")
     values = tmp_path / "values.yaml"
     values.write_text(json.dumps(chosen))
     cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--values", str(values))
@@ -279,6 +287,12 @@ def test_cluster_helm_installs_and_uninstalls_the_chart_with_each_documented_swi
         assert cluster.get("-n", NAMESPACE, "deployment", "tollgate-operator")["spec"]["replicas"] == replicas
         webhook = cluster.get("validatingwebhookconfiguration", "tollgate-operator-validate")["webhooks"][0]
         assert webhook["failurePolicy"] == chosen.get("webhook", {}).get("failurePolicy", "Fail")
+        if monitoring:
+            monitors = cluster.get("-n", NAMESPACE, "podmonitors")["items"]
+            assert sorted(m["metadata"]["name"] for m in monitors) == ["tollgate-operator", "tollgate-operator-sidecars"]
+            rule = cluster.get("-n", NAMESPACE, "prometheusrule", "tollgate-operator")
+            assert [g["name"] for g in rule["spec"]["groups"]] == ["tollgate-sidecar", "tollgate-operator"]
+            assert "tollgate.json" in cluster.get("-n", NAMESPACE, "configmap", "tollgate-operator-dashboard")["data"]
     finally:
         cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
     crds = chosen.get("crds", {})

@@ -1063,19 +1063,21 @@ def test_operator_dashboard_and_alerts_read_only_metrics_the_operator_and_sideca
 def test_operator_traces_its_webhook_calls_and_reconciles_to_a_real_collector(kube, operator, collector):
     kube.namespace("traced")
     op = operator("traced-operator", "--otlp-endpoint", collector.endpoint)
-    kube.apply(policy("watched", {"tools": {"read_file": {"rules": []}}}, "traced"))
+    kube.apply(policy("traced-policy", {"tools": {"read_file": {"rules": []}}}, "traced"))
 
     def spans(name: str) -> list[dict]:
-        return [s for s in collector.spans() if s["name"] == name and s["attrs"].get("tollgate.admission.name") in (None, "watched")
-                and s["attrs"].get("tollgate.policy") in (None, "watched")]
+        """This policy's spans (the operator reconciles every policy of the cluster)."""
+        return [s for s in collector.spans() if s["name"] == name and s["attrs"].get("k8s.namespace.name") == "traced"
+                and s["attrs"].get("tollgate.admission.name", "traced-policy") == "traced-policy"
+                and s["attrs"].get("tollgate.policy", "traced-policy") == "traced-policy"]
 
     eventually(lambda: spans("POST /validate") and spans("reconcile McpPolicy"), timeout=30, what="the operator's spans arrived")
     review = spans("POST /validate")[0]
     a = review["attrs"]
-    assert (a["tollgate.admission.kind"], a["tollgate.admission.name"], a["k8s.namespace.name"]) == ("McpPolicy", "watched", "traced")
+    assert (a["tollgate.admission.kind"], a["tollgate.admission.name"], a["k8s.namespace.name"]) == ("McpPolicy", "traced-policy", "traced")
     assert a["tollgate.admission.allowed"] is True and a["http.response.status_code"] == "200" and review["kind"] == 2
     reconcile = spans("reconcile McpPolicy")[0]
-    assert reconcile["attrs"]["k8s.namespace.name"] == "traced" and reconcile["kind"] == 1
+    assert reconcile["attrs"]["tollgate.policy"] == "traced-policy" and reconcile["kind"] == 1
     assert "status" not in reconcile or reconcile["status"].get("code") != 2
     resource = review["resource"]
     assert (resource["service.name"], resource["k8s.pod.name"], resource["k8s.namespace.name"]) == ("tollgate-operator", op.name, NAMESPACE)

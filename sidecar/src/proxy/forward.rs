@@ -100,6 +100,10 @@ impl Proxy {
         let Some((t, begun)) = sent.traced else {
             return;
         };
+        // The server's host and port and the path: no credentials, no query (OpenTelemetry's
+        // conventions redact them; `--upstream` may carry either).
+        let host = self.cfg.upstream.host().unwrap_or_default();
+        let port = self.cfg.upstream.port_u16().unwrap_or(80);
         let mut attrs = vec![
             (
                 "http.request.method",
@@ -107,30 +111,11 @@ impl Proxy {
             ),
             (
                 "url.full",
-                Attr::Str(
-                    format!(
-                        "{}{}",
-                        self.cfg.upstream.to_string().trim_end_matches('/'),
-                        up.uri.path()
-                    )
-                    .into(),
-                ),
+                Attr::Str(format!("http://{host}:{port}{}", up.uri.path()).into()),
             ),
-            (
-                "server.address",
-                Attr::Str(
-                    self.cfg
-                        .upstream
-                        .host()
-                        .unwrap_or_default()
-                        .to_string()
-                        .into(),
-                ),
-            ),
+            ("server.address", Attr::Str(host.to_string().into())),
+            ("server.port", Attr::from(u64::from(port))),
         ];
-        if let Some(port) = self.cfg.upstream.port_u16() {
-            attrs.push(("server.port", Attr::from(u64::from(port))));
-        }
         let error = match resp {
             Ok(r) => {
                 attrs.push((
