@@ -75,7 +75,7 @@ struct Args {
     sidecar_otlp_endpoint: String,
     /// The share of requests injected sidecars trace when the agent sent no `traceparent`
     /// (their `--trace-sampling`), 0 to 1.
-    #[arg(long, env = "TOLLGATE_SIDECAR_TRACE_SAMPLING", default_value_t = 1.0, value_parser = parse_ratio)]
+    #[arg(long, env = "TOLLGATE_SIDECAR_TRACE_SAMPLING", default_value_t = 1.0, value_parser = tollgate_sidecar::telemetry::trace::parse_ratio)]
     sidecar_trace_sampling: f64,
     /// The injected sidecar's CPU request. Empty for none.
     #[arg(long, env = "TOLLGATE_SIDECAR_CPU_REQUEST", default_value = "10m")]
@@ -198,13 +198,6 @@ struct Args {
     tracing: tollgate_sidecar::telemetry::trace::TraceArgs,
 }
 
-fn parse_ratio(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
-    }
-}
-
 /// What injected sidecars are told of tracing: checked here, so a bad URL stops the operator
 /// rather than every pod it injects.
 fn sidecar_tracing(args: &Args) -> anyhow::Result<Option<crate::inject::SidecarTracing>> {
@@ -249,25 +242,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut trace_flags = args.tracing.clone();
-    if !trace_flags
-        .trace_resource_attributes
-        .as_deref()
-        .unwrap_or_default()
-        .contains("k8s.pod.name=")
-    {
-        let given = trace_flags
-            .trace_resource_attributes
-            .take()
-            .unwrap_or_default();
-        let sep = if given.is_empty() { "" } else { "," };
-        trace_flags.trace_resource_attributes = Some(format!(
-            "{given}{sep}k8s.pod.name={},k8s.namespace.name={}",
-            args.pod_name, args.namespace
-        ));
-    }
-    crate::telemetry::set_tracer(trace_flags.tracer(
+    let resource = [
+        ("k8s.pod.name", args.pod_name.clone()),
+        ("k8s.namespace.name", args.namespace.clone()),
+    ];
+    crate::telemetry::set_tracer(args.tracing.tracer(
         "tollgate-operator",
+        &resource,
         crate::telemetry::metrics().traces.clone(),
     )?);
     let client = Client::try_default()

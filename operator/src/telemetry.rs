@@ -52,11 +52,6 @@ pub struct Reconcile {
     pub result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
-}
-
 pub struct Metrics {
     registry: Registry,
     /// The trace exporter's, named as the sidecar's are.
@@ -149,34 +144,7 @@ impl Metrics {
         // Under the sidecar's names, without this registry's prefix: one dashboard panel and
         // one alert read both.
         let mut plain = Registry::with_prefix("tollgate");
-        let dropped = Family::<Reason, Counter>::default();
-        // One statement each: a family's handle holds its lock until the statement ends, and
-        // a second label set would wait for it for ever.
-        let dropped_queue_full = dropped
-            .get_or_create(&Reason {
-                reason: "queue_full",
-            })
-            .clone();
-        let dropped_export_failed = dropped
-            .get_or_create(&Reason {
-                reason: "export_failed",
-            })
-            .clone();
-        let traces = TraceMetrics {
-            exported: Counter::default(),
-            dropped_queue_full,
-            dropped_export_failed,
-        };
-        plain.register(
-            "trace_spans_exported",
-            "Spans the trace collector took",
-            traces.exported.clone(),
-        );
-        plain.register(
-            "trace_spans_dropped",
-            "Spans not sent: the exporter's queue was full, or the collector did not take them",
-            dropped,
-        );
+        let traces = TraceMetrics::register(&mut plain);
         // Every series an alert or a panel reads exists from the start, at 0.
         for kind in ["McpPolicy", "McpClusterPolicy"] {
             for result in ["ok", "error"] {

@@ -425,21 +425,6 @@ struct ProxyArgs {
     tracing: crate::telemetry::trace::TraceArgs,
 }
 
-/// The tracer `--otlp-endpoint` asks for; the pod's name is a resource attribute.
-fn tracer(args: &ProxyArgs, metrics: &Metrics) -> anyhow::Result<crate::telemetry::trace::Tracer> {
-    let mut flags = args.tracing.clone();
-    if let Some(pod) = &args.pod {
-        let given = flags.trace_resource_attributes.take().unwrap_or_default();
-        if !given.contains("k8s.pod.name=") {
-            let sep = if given.is_empty() { "" } else { "," };
-            flags.trace_resource_attributes = Some(format!("{given}{sep}k8s.pod.name={pod}"));
-        } else {
-            flags.trace_resource_attributes = Some(given);
-        }
-    }
-    flags.tracer("tollgate-sidecar", metrics.traces())
-}
-
 #[derive(clap::Args)]
 struct CheckArgs {
     /// The policy file.
@@ -1008,7 +993,17 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         )?
         .with_counters(counters.clone())
         .with_pins(pins)
-        .with_tracer(tracer(&args, &metrics)?),
+        .with_tracer(
+            args.tracing.tracer(
+                "tollgate-sidecar",
+                &args
+                    .pod
+                    .iter()
+                    .map(|pod| ("k8s.pod.name", pod.clone()))
+                    .collect::<Vec<_>>(),
+                metrics.traces(),
+            )?,
+        ),
     );
     let proxy = match (&args.approvals_token_file, cluster) {
         // In a cluster the operator keeps approvals, as McpApprovals people decide with

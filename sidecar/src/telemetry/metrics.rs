@@ -108,12 +108,46 @@ struct Inner {
     traces: TraceMetrics,
 }
 
-/// The trace exporter's counters.
+/// The trace exporter's counters, named alike in the sidecar's and the operator's metrics.
 #[derive(Clone, Default)]
 pub struct TraceMetrics {
     pub exported: Counter,
     pub dropped_queue_full: Counter,
     pub dropped_export_failed: Counter,
+}
+
+impl TraceMetrics {
+    /// The counters, registered in `registry` (whose prefix should be `tollgate`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let dropped = Family::<ReasonLabels, Counter>::default();
+        // One statement each: a family's handle holds its lock until the statement ends.
+        let dropped_queue_full = dropped
+            .get_or_create(&ReasonLabels {
+                reason: "queue_full",
+            })
+            .clone();
+        let dropped_export_failed = dropped
+            .get_or_create(&ReasonLabels {
+                reason: "export_failed",
+            })
+            .clone();
+        let traces = TraceMetrics {
+            exported: Counter::default(),
+            dropped_queue_full,
+            dropped_export_failed,
+        };
+        registry.register(
+            "trace_spans_exported",
+            "Spans the trace collector took",
+            traces.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans not sent: the exporter's queue was full (the collector slow or gone), or the collector did not take them",
+            dropped,
+        );
+        traces
+    }
 }
 
 /// The audit log's own counters, handed to its writer.
@@ -278,33 +312,7 @@ impl Metrics {
             "How long a held call waited for a person",
             approval_wait.clone(),
         );
-        let dropped = Family::<ReasonLabels, Counter>::default();
-        // One statement each: a family's handle holds its lock until the statement ends.
-        let dropped_queue_full = dropped
-            .get_or_create(&ReasonLabels {
-                reason: "queue_full",
-            })
-            .clone();
-        let dropped_export_failed = dropped
-            .get_or_create(&ReasonLabels {
-                reason: "export_failed",
-            })
-            .clone();
-        let traces = TraceMetrics {
-            exported: Counter::default(),
-            dropped_queue_full,
-            dropped_export_failed,
-        };
-        registry.register(
-            "trace_spans_exported",
-            "Spans the trace collector took",
-            traces.exported.clone(),
-        );
-        registry.register(
-            "trace_spans_dropped",
-            "Spans not sent: the exporter's queue was full (the collector slow or gone), or the collector did not take them",
-            dropped.clone(),
-        );
+        let traces = TraceMetrics::register(&mut registry);
         // Every series an alert or a panel reads exists from the start, at 0: `increase()` and
         // `rate()` see a first event only against an earlier sample.
         upstream_errors

@@ -162,7 +162,8 @@ pub struct TraceArgs {
     pub trace_resource_attributes: Option<String>,
 }
 
-fn parse_ratio(s: &str) -> Result<f64, String> {
+/// A sampling ratio, 0 to 1 (`--trace-sampling`, the operator's `--sidecar-trace-sampling`).
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
@@ -170,18 +171,29 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 }
 
 impl TraceArgs {
-    /// The tracer these flags ask for: off without `--otlp-endpoint`.
-    pub fn tracer(&self, service: &str, metrics: TraceMetrics) -> anyhow::Result<Tracer> {
+    /// The tracer these flags ask for: off without `--otlp-endpoint`. `defaults` are resource
+    /// attributes (the pod) kept where the flags give none of that key.
+    pub fn tracer(
+        &self,
+        service: &str,
+        defaults: &[(&str, String)],
+        metrics: TraceMetrics,
+    ) -> anyhow::Result<Tracer> {
         let endpoint = match (&self.otlp_traces_endpoint, &self.otlp_endpoint) {
             (Some(url), _) => TraceConfig::traces_endpoint(url)?,
             (None, Some(base)) => TraceConfig::endpoint(base)?,
             (None, None) => return Ok(Tracer::off()),
         };
-        let resource = self
+        let mut resource = self
             .trace_resource_attributes
             .as_deref()
             .map(TraceConfig::resource_attributes)
             .unwrap_or_default();
+        for (key, value) in defaults {
+            if !resource.iter().any(|(k, _)| k == key) {
+                resource.push((key.to_string(), value.clone()));
+            }
+        }
         // OTEL_SERVICE_NAME, else a service.name among the resource attributes, as the SDKs
         // read them; else this binary's.
         let named = resource
