@@ -131,15 +131,17 @@ def secret(name: str, ctx: Context) -> str | InputRequiredResult:
 
 
 def heads_recorded(app, path: str):
-    """The app, writing down each HTTP request's method, path and `traceparent` first: what the
+    """The app, writing down each HTTP request's method, path, `traceparent` and `tracestate` first: what the
     trace suite reads of the context a proxy passed on."""
 
     async def recorded(scope, receive, send):
         if scope["type"] == "http":
-            tp = dict(scope["headers"]).get(b"traceparent")
+            heads = dict(scope["headers"])
+            tp, ts = heads.get(b"traceparent"), heads.get(b"tracestate")
             with open(path, "a") as f:
                 f.write(json.dumps({"method": scope["method"], "path": scope["path"],
-                                    "traceparent": tp.decode() if tp else None}) + "\n")
+                                    "traceparent": tp.decode() if tp else None,
+                                    "tracestate": ts.decode() if ts else None}) + "\n")
         await app(scope, receive, send)
 
     return recorded

@@ -246,6 +246,20 @@ def test_traces_an_unsampled_agent_is_not_traced_and_its_context_reaches_the_ser
     assert unsampled in [x["traceparent"] for x in heads(head_file)]
 
 
+def test_traces_a_trace_begun_at_the_proxy_drops_a_tracestate_that_came_without_its_traceparent(traced, collector):
+    px, head_file, _ = traced()
+    h = open_session(f"{px.url}/mcp")
+    r = httpx.post(f"{px.url}/mcp", headers={**h, "tracestate": "vendor=orphan"}, json=call(4, "read_file", {"path": "a"}))
+    assert "result" in messages(r)[0]
+    posted = [x for x in heads(head_file) if x["method"] == "POST"][-1]
+    assert posted["traceparent"] and posted["tracestate"] is None, posted
+    # With its traceparent, the agent's tracestate goes on.
+    parent = f"00-{AGENT_TRACE}-{AGENT_SPAN}-01"
+    httpx.post(f"{px.url}/mcp", headers={**h, "traceparent": parent, "tracestate": "vendor=kept"}, json=call(5, "read_file", {"path": "a"}))
+    posted = [x for x in heads(head_file) if x["method"] == "POST"][-1]
+    assert AGENT_TRACE in posted["traceparent"] and posted["tracestate"] == "vendor=kept", posted
+
+
 def test_traces_a_batch_of_many_calls_keeps_a_bounded_trace_saying_what_it_left_out(traced, collector):
     px, _, _ = traced()
     trace = "6e0c63257de34c926f9efcd03e5ce3f1"
