@@ -34,6 +34,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "target" / "release"
+TOLLGATE = os.environ.get("TOLLGATE", str(RELEASE / "tollgate"))  # another binary, for an A/B
 
 POLICY = """
 apiVersion: tollgate.dev/v1alpha1
@@ -138,7 +139,7 @@ def main() -> None:
         procs.append(subprocess.Popen([str(RELEASE / "bench-upstream"), "--listen", f"127.0.0.1:{up_port}", "--tools", "10"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(up_port)
-        proxy = subprocess.Popen([str(RELEASE / "tollgate"), "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
+        proxy = subprocess.Popen([TOLLGATE, "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
                                   "--policy", str(tmp / "policy.yaml"), "--listen", f"127.0.0.1:{px_port}",
                                   "--metrics-listen", f"127.0.0.1:{admin_port}", "--workers", "1",
                                   "--approvals-token-file", str(tmp / "token"), "--approvals-listen", f"127.0.0.1:{api_port}",

@@ -551,7 +551,9 @@ impl Backend {
                 valid_for: ask.valid_for,
                 show: &ask.show,
             })),
-            Backend::Cluster(c) => c.request(ask).await,
+            // Boxed: the cluster's futures (an API request each) are several KiB, and every
+            // held call's future would otherwise hold room for them.
+            Backend::Cluster(c) => Box::pin(c.request(ask)).await,
         }
     }
 
@@ -560,7 +562,7 @@ impl Backend {
         match self {
             Backend::Local(store) => store.wait(hold, timeout).await,
             Backend::Cluster(c) => match hold.on {
-                HoldOn::Cluster(view) => c.wait(*view, timeout).await,
+                HoldOn::Cluster(view) => Box::pin(c.wait(*view, timeout)).await,
                 HoldOn::Local(_) => Waited::Failed("a local approval held on the cluster".into()),
             },
         }

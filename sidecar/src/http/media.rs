@@ -153,12 +153,30 @@ fn is_token(s: &str) -> bool {
 
 impl ContentType {
     /// Reads a message's `Content-Type`.
+    /// The fields nearly every message carries, known without parsing (the parser gives the
+    /// same answer: a test holds them to it).
+    fn common(field: &str) -> Option<Self> {
+        const COMMON: [(&str, ContentType); 4] = [
+            ("application/json", ContentType::Json),
+            ("application/json; charset=utf-8", ContentType::Json),
+            ("text/event-stream", ContentType::EventStream),
+            ("text/event-stream; charset=utf-8", ContentType::EventStream),
+        ];
+        COMMON
+            .iter()
+            .find(|(text, _)| text.eq_ignore_ascii_case(field))
+            .map(|&(_, kind)| kind)
+    }
+
     pub fn of(headers: &HeaderMap) -> Self {
         let field = match field_once(headers, &header::CONTENT_TYPE) {
             Ok(None) => return ContentType::Absent,
             Ok(Some(field)) => field,
             Err(()) => return ContentType::Unreadable,
         };
+        if let Some(common) = Self::common(field) {
+            return common;
+        }
         let Some(media) = MediaType::parse(field) else {
             return ContentType::Unreadable;
         };
@@ -187,6 +205,9 @@ pub fn not_utf8(headers: &HeaderMap) -> Option<String> {
         return Some("the Content-Type is sent twice or holds a byte that is not ASCII".into());
     };
     let field = field?;
+    if ContentType::common(field).is_some() {
+        return None;
+    }
     let Some(media) = MediaType::parse(field) else {
         return Some(format!("the Content-Type {field:?} is not a media type"));
     };
@@ -202,6 +223,40 @@ pub fn not_utf8(headers: &HeaderMap) -> Option<String> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_common_fields_known_without_parsing_are_what_parsing_says() {
+        for field in [
+            "application/json",
+            "APPLICATION/JSON",
+            "application/json; charset=utf-8",
+            "Application/Json; Charset=UTF-8",
+            "text/event-stream",
+            "text/event-stream; charset=utf-8",
+        ] {
+            let common = ContentType::common(field).unwrap();
+            let media = MediaType::parse(field).unwrap();
+            let parsed = match media.is("text/event-stream") {
+                true => ContentType::EventStream,
+                false if media.is_json() => ContentType::Json,
+                false => ContentType::Other,
+            };
+            assert_eq!(common, parsed, "{field}");
+            assert!(
+                media
+                    .param("charset")
+                    .is_none_or(|c| c.eq_ignore_ascii_case("utf-8")),
+                "{field}"
+            );
+        }
+        for other in [
+            "application/json;charset=utf-16",
+            "application/jsonx",
+            "text/plain",
+        ] {
+            assert_eq!(ContentType::common(other), None, "{other}");
+        }
+    }
 
     fn of(values: &[&[u8]]) -> ContentType {
         let mut h = HeaderMap::new();

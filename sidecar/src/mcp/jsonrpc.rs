@@ -1,16 +1,22 @@
 //! Reading the JSON-RPC messages a client sends, and writing the ones Tollgate answers with.
 //!
 //! ```text
-//! body bytes ── strict::read ── parse_body ──> Body { [Message { id, method, params }], batch }
-//!                                          └─> Err(RpcError): not one JSON-RPC message or batch
+//! body bytes ── strict::read_outline ── parse_body ──> Body { [Message { id, method, params }], batch }
+//!                                                  └─> Err(RpcError): not one JSON-RPC message or batch
 //! ```
 //!
-//! Parsing borrows from the body: the proxy forwards the original bytes when it changes
-//! nothing, and only a `tools/call`'s arguments are materialised as a `Value`.
+//! The body is read once: the pass that checks it is JSON every reader reads one way also
+//! lists its messages' members (and their params' members), from which each message is
+//! built without reading the text again. Everything borrows from the body: the proxy forwards
+//! the original bytes when it changes nothing, and only a `tools/call`'s arguments are
+//! materialised as a `Value`.
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
+
+use crate::mcp::strict::Member;
 
 /// JSON-RPC's parse error.
 pub const PARSE_ERROR: i64 = -32700;
@@ -33,16 +39,25 @@ pub const HEADER_MISMATCH: i64 = -32020;
 /// MCP 2026-07-28's `UnsupportedProtocolVersion`.
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 
-/// What kind of JSON value, in words.
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// What kind of JSON value a (strictly read) text is, in words.
+fn kind_of_text(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
     }
+}
+
+/// The text of a JSON string, decoded; `None` when `raw` is not a string.
+fn string_of(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
 }
 
 /// One client message, borrowing from the body.
@@ -50,12 +65,17 @@ fn kind(v: &Value) -> &'static str {
 pub struct Message<'a> {
     /// The message's own JSON text.
     pub raw: &'a str,
-    /// The raw `id` (absent for notifications and for responses without one).
-    pub id: Option<&'a RawValue>,
-    pub method: Option<String>,
-    pub params: Option<&'a RawValue>,
+    /// The `id`'s JSON text (absent for notifications and for responses without one).
+    pub id: Option<&'a str>,
+    pub method: Option<Cow<'a, str>>,
+    /// The `params`' JSON text.
+    pub params: Option<&'a str>,
     /// Whether the message is a response (`result` or `error`) the client sends to the server.
     pub is_response: bool,
+    /// The JSON texts of `params.name` and `params.arguments`, where `params` is an object
+    /// that has them: read in the same pass, for a `tools/call`.
+    params_name: Option<&'a str>,
+    params_arguments: Option<&'a str>,
 }
 
 impl<'a> Message<'a> {
@@ -68,21 +88,7 @@ impl<'a> Message<'a> {
     /// `prompt:<name>`. `None` for every other message.
     pub fn call(&self) -> Option<Result<ToolCall, String>> {
         match self.method.as_deref()? {
-            "tools/call" => Some(match self.params {
-                None => Err("tools/call needs params with a name".into()),
-                Some(params) => serde_json::from_str::<ToolCall>(params.get())
-                    .map_err(|e| format!("tools/call params are not valid: {e}"))
-                    .and_then(|call| match &call.arguments {
-                        // MCP's CallToolRequest: arguments are an object, or absent. A server
-                        // refuses anything else, with an error a tool could also raise after
-                        // running: such a call is refused here, never counted.
-                        None | Some(Value::Object(_)) => Ok(call),
-                        Some(other) => Err(format!(
-                            "tools/call arguments must be an object, not {}",
-                            kind(other)
-                        )),
-                    }),
-            }),
+            "tools/call" => Some(self.tool_call()),
             "resources/read" => Some(self.named_params("uri").map(|(uri, params)| ToolCall {
                 name: format!("resource:{uri}"),
                 arguments: Some(params),
@@ -95,9 +101,46 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// A `tools/call`'s name and arguments, from what the body's one reading found.
+    fn tool_call(&self) -> Result<ToolCall, String> {
+        let Some(params) = self.params else {
+            return Err("tools/call needs params with a name".into());
+        };
+        if !params.starts_with('{') {
+            return Err(format!(
+                "tools/call params must be an object, not {}",
+                kind_of_text(params)
+            ));
+        }
+        let name = match self.params_name.map(string_of) {
+            Some(Some(name)) => name.into_owned(),
+            Some(None) => {
+                return Err("tools/call params are not valid: name must be a string".into());
+            }
+            None => return Err("tools/call params are not valid: they need a name".into()),
+        };
+        let arguments = match self.params_arguments {
+            None | Some("null") => None,
+            Some(raw) if raw.starts_with('{') => Some(
+                serde_json::from_str::<Value>(raw)
+                    .map_err(|e| format!("tools/call arguments are not valid: {e}"))?,
+            ),
+            // MCP's CallToolRequest: arguments are an object, or absent. A server refuses
+            // anything else, with an error a tool could also raise after running: such a
+            // call is refused here, never counted.
+            Some(other) => {
+                return Err(format!(
+                    "tools/call arguments must be an object, not {}",
+                    kind_of_text(other)
+                ));
+            }
+        };
+        Ok(ToolCall { name, arguments })
+    }
+
     fn named_params(&self, key: &str) -> Result<(String, Value), String> {
         let method = self.method.as_deref().unwrap_or("");
-        let params: Value = match self.params.map(|p| serde_json::from_str(p.get())) {
+        let params: Value = match self.params.map(serde_json::from_str) {
             Some(Ok(params)) => params,
             Some(Err(e)) => return Err(format!("{method} params are not valid: {e}")),
             None => return Err(format!("{method} needs params with {key}")),
@@ -110,19 +153,19 @@ impl<'a> Message<'a> {
         Ok((named, params))
     }
 
-    /// The id of the request a `notifications/cancelled` cancels.
-    pub fn cancelled_request(&self) -> Option<&'a RawValue> {
+    /// The id of the request a `notifications/cancelled` cancels, as JSON text.
+    pub fn cancelled_request(&self) -> Option<&'a str> {
         #[derive(Deserialize)]
         struct Cancelled<'a> {
             #[serde(rename = "requestId", borrow)]
-            request_id: &'a RawValue,
+            request_id: &'a serde_json::value::RawValue,
         }
         if self.method.as_deref() != Some("notifications/cancelled") {
             return None;
         }
-        serde_json::from_str::<Cancelled<'a>>(self.params?.get())
+        serde_json::from_str::<Cancelled<'a>>(self.params?)
             .ok()
-            .map(|c| c.request_id)
+            .map(|c| c.request_id.get())
     }
 
     /// The raw id as JSON (`null` when absent), for building a response.
@@ -131,9 +174,9 @@ impl<'a> Message<'a> {
     }
 }
 
-/// A raw id as JSON (`null` when absent), for building a response.
-pub fn id_value(id: Option<&RawValue>) -> Value {
-    id.and_then(|id| serde_json::from_str(id.get()).ok())
+/// An id's JSON text as JSON (`null` when absent), for building a response.
+pub fn id_value(id: Option<&str>) -> Value {
+    id.and_then(|id| serde_json::from_str(id).ok())
         .unwrap_or(Value::Null)
 }
 
@@ -144,22 +187,6 @@ pub struct ToolCall {
     /// Read from strictly read JSON ([`crate::mcp::strict`]): no key twice, every number exact.
     #[serde(default)]
     pub arguments: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Wire<'a> {
-    #[serde(default)]
-    jsonrpc: Option<&'a str>,
-    #[serde(default, borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default, borrow)]
-    params: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    result: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    error: Option<&'a RawValue>,
 }
 
 /// What a request body holds: one message, or a batch of them.
@@ -190,7 +217,12 @@ impl RpcError {
 /// reads one way ([`crate::mcp::strict`]). Anything else is refused, never forwarded: a server may
 /// read what the proxy could not.
 pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
-    let text = crate::mcp::strict::read(bytes).map_err(|e| RpcError {
+    // A batch's params are one level deeper than a single message's.
+    let depth = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => 3,
+        _ => 2,
+    };
+    let (text, members) = crate::mcp::strict::read_outline(bytes, depth).map_err(|e| RpcError {
         code: if e.syntax {
             PARSE_ERROR
         } else {
@@ -205,42 +237,85 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
             }
         ),
     })?;
-    if text.trim_start().starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text)
-            .map_err(|e| RpcError::invalid(format!("Invalid Request: {e}")))?;
-        if items.is_empty() {
+    let batch = text.trim_start().starts_with('[');
+    let mut messages = Vec::with_capacity(if batch { members.len() / 4 } else { 1 });
+    if batch {
+        // Items at depth 1, their members at 2, their params' members at 3; each item's
+        // members are listed before it.
+        let mut from = 0;
+        for (i, item) in members.iter().enumerate() {
+            if item.depth == 1 {
+                messages.push(message(item.value, &members[from..i], 2)?);
+                from = i + 1;
+            }
+        }
+        if messages.is_empty() {
             return Err(RpcError::invalid("Invalid Request: an empty batch"));
         }
-        let messages = items
-            .into_iter()
-            .map(|item| message(item.get()))
-            .collect::<Result<_, _>>()?;
-        return Ok(Body {
-            messages,
-            batch: true,
-        });
+    } else {
+        messages.push(message(text, &members, 1)?);
     }
-    Ok(Body {
-        messages: vec![message(text)?],
-        batch: false,
-    })
+    Ok(Body { messages, batch })
 }
 
-/// One message of strictly read JSON: a request, a notification or a response, and nothing
-/// that could be taken for another.
-fn message(text: &str) -> Result<Message<'_>, RpcError> {
-    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
-        RpcError::invalid(format!(
-            "Invalid Request: a JSON-RPC message must be an object with string jsonrpc and method: {e}"
-        ))
-    })?;
-    if wire.jsonrpc != Some("2.0") {
+/// One message of strictly read JSON, from its members at `depth` (and its params' members
+/// one deeper): a request, a notification or a response, and nothing that could be taken for
+/// another.
+fn message<'a>(text: &'a str, members: &[Member<'a>], depth: u8) -> Result<Message<'a>, RpcError> {
+    if !text.starts_with('{') {
+        return Err(RpcError::invalid(format!(
+            "Invalid Request: a JSON-RPC message must be an object with string jsonrpc and method, not {}",
+            kind_of_text(text)
+        )));
+    }
+    let (mut jsonrpc, mut id, mut method, mut params) = (None, None, None, None);
+    let (mut result, mut error) = (None, None);
+    let (mut name, mut arguments) = (None, None);
+    let (mut inner_name, mut inner_arguments) = (None, None);
+    for m in members {
+        let Some(key) = m.key.as_deref() else {
+            continue;
+        };
+        if m.depth > depth {
+            match key {
+                "name" => inner_name = Some(m.value),
+                "arguments" => inner_arguments = Some(m.value),
+                _ => {}
+            }
+            continue;
+        }
+        // As serde reads an optional member: `null` is absent.
+        let value = (m.value != "null").then_some(m.value);
+        match key {
+            "jsonrpc" => jsonrpc = value,
+            "id" => id = value,
+            "method" => method = value,
+            "params" => {
+                params = value;
+                (name, arguments) = (inner_name, inner_arguments);
+            }
+            "result" => result = value,
+            "error" => error = value,
+            _ => {}
+        }
+        (inner_name, inner_arguments) = (None, None);
+    }
+    if jsonrpc != Some("\"2.0\"") {
         return Err(RpcError::invalid(
             "Invalid Request: every message needs \"jsonrpc\": \"2.0\"",
         ));
     }
-    let is_response = wire.result.is_some() || wire.error.is_some();
-    match (&wire.method, is_response) {
+    let method = match method.map(string_of) {
+        None => None,
+        Some(Some(method)) => Some(method),
+        Some(None) => {
+            return Err(RpcError::invalid(
+                "Invalid Request: a JSON-RPC message must be an object with string jsonrpc and method",
+            ));
+        }
+    };
+    let is_response = result.is_some() || error.is_some();
+    match (&method, is_response) {
         (Some(_), true) => {
             return Err(RpcError::invalid(
                 "Invalid Request: a message is a request or a response, not both",
@@ -253,9 +328,8 @@ fn message(text: &str) -> Result<Message<'_>, RpcError> {
         }
         _ => {}
     }
-    let id = wire.id.filter(|id| id.get() != "null");
     if let Some(id) = id
-        && !matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+        && !matches!(id.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
     {
         return Err(RpcError::invalid(
             "Invalid Request: an id must be a string or a number",
@@ -264,10 +338,58 @@ fn message(text: &str) -> Result<Message<'_>, RpcError> {
     Ok(Message {
         raw: text,
         id,
-        method: wire.method,
-        params: wire.params,
+        method,
+        params,
         is_response,
+        params_name: name,
+        params_arguments: arguments,
     })
+}
+
+/// Panics unless `body` is what serde_json reads of the same text (`value`): each message's
+/// members, and a `tools/call`'s name and arguments. The oracle of the unit tests and of the
+/// `jsonrpc` fuzz target for the one-pass reading.
+#[doc(hidden)]
+pub fn assert_read_as_serde_reads(body: &Body<'_>, value: &Value) {
+    let items: Vec<&Value> = match body.batch {
+        true => value
+            .as_array()
+            .expect("a batch is an array")
+            .iter()
+            .collect(),
+        false => vec![value],
+    };
+    assert_eq!(items.len(), body.messages.len());
+    let json = |text: &str| serde_json::from_str::<Value>(text).expect("read strictly");
+    for (m, v) in body.messages.iter().zip(items) {
+        let o = v.as_object().expect("a message is an object");
+        let member = |k: &str| o.get(k).filter(|v| !v.is_null());
+        assert_eq!(&json(m.raw), v);
+        assert_eq!(
+            m.method.as_deref(),
+            member("method").and_then(Value::as_str)
+        );
+        assert_eq!(m.id.map(json).as_ref(), member("id"));
+        assert_eq!(m.params.map(json).as_ref(), member("params"));
+        assert_eq!(
+            m.is_response,
+            member("result").is_some() || member("error").is_some()
+        );
+        if let Some(Ok(call)) = m
+            .call()
+            .filter(|_| m.method.as_deref() == Some("tools/call"))
+        {
+            let params = member("params").expect("a call has params");
+            assert_eq!(
+                Some(call.name.as_str()),
+                params.get("name").and_then(Value::as_str)
+            );
+            assert_eq!(
+                call.arguments.as_ref(),
+                params.get("arguments").filter(|a| !a.is_null())
+            );
+        }
+    }
 }
 
 /// A JSON-RPC error response.
@@ -408,6 +530,127 @@ mod tests {
             messages[0].call().unwrap().is_ok(),
             "absent arguments are none"
         );
+    }
+
+    #[test]
+    fn a_tool_call_is_read_from_its_params_object_only_whatever_the_shape_around_it() {
+        // Params that are not an object are refused, never read by position.
+        assert_eq!(
+            call_of("tools/call", r#"["t",{}]"#).unwrap_err(),
+            "tools/call params must be an object, not an array"
+        );
+        assert!(call_of("tools/call", r#"{"arguments":{}}"#).is_err());
+        assert!(call_of("tools/call", r#"{"name":7}"#).is_err());
+        // A name spelled with escapes, members in any order, other members around it.
+        let call = call_of(
+            "tools/call",
+            r#"{"_meta":{"name":"not this","arguments":1},"arguments":{"k":[1]},"n\u0061me":"t\u00e9"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (call.name.as_str(), call.arguments),
+            ("té", Some(json!({"k": [1]})))
+        );
+        // A result's members are not a call's.
+        let body = r#"[{"jsonrpc":"2.0","id":1,"result":{"name":"x"}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"y","arguments":{"a":1}}},{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"arguments":{}}}]"#;
+        let Body { messages, batch } = parse_body(body.as_bytes()).unwrap();
+        assert!(batch && messages[0].is_response);
+        let call = messages[1].call().unwrap().unwrap();
+        assert_eq!(
+            (call.name.as_str(), call.arguments),
+            ("y", Some(json!({"a": 1})))
+        );
+        assert!(messages[2].call().unwrap().is_err(), "no name of its own");
+        assert_eq!(
+            messages[1].raw,
+            &body[body.find(r#"{"jsonrpc":"2.0","id":2"#).unwrap()
+                ..body.find(r#",{"jsonrpc":"2.0","id":3"#).unwrap()]
+        );
+    }
+
+    #[test]
+    fn messages_read_in_one_pass_are_what_serde_json_reads_of_any_message_shape() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as usize % n
+        };
+        let values = [
+            "1",
+            "-0",
+            "1.5e3",
+            "\"x\"",
+            "\"\\u0074ools/call\"",
+            "null",
+            "true",
+            "[]",
+            "{}",
+            "[1,{\"name\":\"in an array\"}]",
+            "{\"name\":\"n\",\"arguments\":{\"a\":[1]}}",
+        ];
+        let keys = [
+            "\"jsonrpc\"",
+            "\"id\"",
+            "\"method\"",
+            "\"params\"",
+            "\"result\"",
+            "\"error\"",
+            "\"name\"",
+            "\"arguments\"",
+            "\"_meta\"",
+            "\"m\\u0065thod\"",
+            "\"other\"",
+        ];
+        let mut read = 0;
+        for _ in 0..20_000 {
+            let message = |next: &mut dyn FnMut(usize) -> usize| {
+                let mut members = vec![r#""jsonrpc":"2.0""#.to_string()];
+                match next(3) {
+                    0 => members.push(r#""method":"tools/call""#.into()),
+                    1 => members.push(format!(r#""method":{}"#, values[next(values.len())])),
+                    _ => {}
+                }
+                for _ in 0..next(4) {
+                    let key = keys[next(keys.len())];
+                    let value = match next(3) {
+                        0 => {
+                            let inner: Vec<String> = (0..next(4))
+                                .map(|_| {
+                                    format!(
+                                        "{}:{}",
+                                        keys[next(keys.len())],
+                                        values[next(values.len())]
+                                    )
+                                })
+                                .collect();
+                            format!("{{{}}}", inner.join(","))
+                        }
+                        _ => values[next(values.len())].to_string(),
+                    };
+                    members.push(format!("{key}:{value}"));
+                }
+                let at = next(members.len());
+                members.rotate_left(at);
+                format!("{{{}}}", members.join(","))
+            };
+            let body = match next(4) {
+                0 => format!(
+                    "[{}]",
+                    (0..1 + next(3))
+                        .map(|_| message(&mut next))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                _ => message(&mut next),
+            };
+            if let Ok(parsed) = parse_body(body.as_bytes()) {
+                read += 1;
+                assert_read_as_serde_reads(&parsed, &serde_json::from_str(&body).unwrap());
+            }
+        }
+        assert!(read > 2_000, "the generator reaches messages ({read})");
     }
 
     #[test]

@@ -23,6 +23,39 @@ use std::fmt;
 /// Deepest nesting read, as serde_json's own limit.
 pub const MAX_DEPTH: usize = 128;
 
+/// The bytes that end a run of plain text in a string: a quote, a backslash, a control
+/// character.
+static STRING_STOPS: [bool; 256] = {
+    let mut stops = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        stops[b] = true;
+        b += 1;
+    }
+    stops[b'"' as usize] = true;
+    stops[b'\\' as usize] = true;
+    stops
+};
+
+/// Where the next quote, backslash or control character is. Most strings in a message are
+/// short, where a table beats a vector search's set-up; past the first bytes, the quote or
+/// backslash is found by vector search and the run before it checked for control characters.
+fn next_stop(s: &[u8]) -> Option<usize> {
+    const SHORT: usize = 32;
+    let head = &s[..s.len().min(SHORT)];
+    if let Some(n) = head.iter().position(|&b| STRING_STOPS[b as usize]) {
+        return Some(n);
+    }
+    let rest = s.get(SHORT..)?;
+    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+    let run = &rest[..end];
+    let stop = match run.iter().fold(false, |control, &b| control | (b < 0x20)) {
+        true => run.iter().position(|&b| b < 0x20),
+        false => (end < rest.len()).then_some(end),
+    };
+    stop.map(|n| SHORT + n)
+}
+
 /// The largest integer every reader holds exactly (2^53).
 const MAX_EXACT_INTEGER: u64 = 1 << 53;
 
@@ -48,6 +81,25 @@ impl std::error::Error for Unreadable {}
 
 /// `bytes` as text, when they are exactly one JSON value that every reader reads the same way.
 pub fn read(bytes: &[u8]) -> Result<&str, Unreadable> {
+    read_outline(bytes, 0).map(|(text, _)| text)
+}
+
+/// A value found while reading, in a container at most [`read_outline`]'s `depth` deep: its
+/// member key (`None` for an array item) and its text. Values are listed as they end, so
+/// the members of an object come before the member that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// How deep its container is: 1 for the document's own members or items.
+    pub depth: u8,
+    /// Its key as it decodes; `None` for an array item.
+    pub key: Option<Cow<'a, str>>,
+    /// Its JSON text, exactly as sent (already read with certainty).
+    pub value: &'a str,
+}
+
+/// [`read`], listing the values of containers up to `depth` deep as they are read: what a
+/// caller needs of a message's outline, from the same pass that checks it.
+pub fn read_outline(bytes: &[u8], depth: u8) -> Result<(&str, Vec<Member<'_>>), Unreadable> {
     let syntax = |what: &'static str, at: usize| Unreadable {
         what: what.into(),
         at,
@@ -61,23 +113,35 @@ pub fn read(bytes: &[u8]) -> Result<&str, Unreadable> {
     }
     let text =
         std::str::from_utf8(bytes).map_err(|e| syntax("the text is not UTF-8", e.valid_up_to()))?;
-    Reader {
+    let mut reader = Reader {
         s: bytes,
         text,
         at: 0,
         // Room for an MCP message's nesting and keys at once: no growing on the way.
         keys: Vec::with_capacity(32),
         stack: Vec::with_capacity(16),
-    }
-    .document()?;
-    Ok(text)
+        outline_depth: depth.into(),
+        // An MCP message's members and its params' members, without growing.
+        outline: Vec::with_capacity(if depth > 0 { 16 } else { 0 }),
+    };
+    reader.document()?;
+    Ok((text, reader.outline))
 }
 
-/// An open container: an object remembers where its keys start in the key list.
+/// An open container, with where it starts: an object remembers where its keys start in the
+/// key list.
 #[derive(Clone, Copy)]
 enum Open {
-    Object { keys: usize },
-    Array,
+    Object { keys: usize, start: usize },
+    Array { start: usize },
+}
+
+impl Open {
+    fn start(self) -> usize {
+        match self {
+            Open::Object { start, .. } | Open::Array { start } => start,
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -88,6 +152,9 @@ struct Reader<'a> {
     /// The keys of every object still open, innermost last.
     keys: Vec<Cow<'a, str>>,
     stack: Vec<Open>,
+    /// Values in containers this deep or less are listed in `outline`.
+    outline_depth: usize,
+    outline: Vec<Member<'a>>,
 }
 
 impl<'a> Reader<'a> {
@@ -113,7 +180,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn document(mut self) -> Result<(), Unreadable> {
+    fn document(&mut self) -> Result<(), Unreadable> {
         self.skip_ws();
         if self.peek().is_none() {
             return Err(self.bad("the text is empty"));
@@ -126,41 +193,76 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Lists the value that just ended, from `start`, when its container is shallow enough.
+    #[inline]
+    fn ended(&mut self, start: usize) {
+        let depth = self.stack.len();
+        if depth == 0 || depth > self.outline_depth {
+            return;
+        }
+        let key = match self.stack[depth - 1] {
+            Open::Object { .. } => self.keys.last().cloned(),
+            Open::Array { .. } => None,
+        };
+        self.outline.push(Member {
+            depth: depth as u8,
+            key,
+            value: &self.text[start..self.at],
+        });
+    }
+
     /// Reads one value and everything nested in it, without recursion.
     fn values(&mut self) -> Result<(), Unreadable> {
         'value: loop {
             self.skip_ws();
+            let start = self.at;
             match self.peek() {
                 Some(b'{') => {
                     self.open(Open::Object {
                         keys: self.keys.len(),
+                        start,
                     })?;
                     self.skip_ws();
                     if self.peek() == Some(b'}') {
                         self.at += 1;
                         self.stack.pop();
+                        self.ended(start);
                     } else {
                         self.member_key()?;
                         continue 'value;
                     }
                 }
                 Some(b'[') => {
-                    self.open(Open::Array)?;
+                    self.open(Open::Array { start })?;
                     self.skip_ws();
                     if self.peek() == Some(b']') {
                         self.at += 1;
                         self.stack.pop();
+                        self.ended(start);
                     } else {
                         continue 'value;
                     }
                 }
                 Some(b'"') => {
                     self.string(false)?;
+                    self.ended(start);
                 }
-                Some(b'-' | b'0'..=b'9') => self.number()?,
-                Some(b't') => self.literal(b"true")?,
-                Some(b'f') => self.literal(b"false")?,
-                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => {
+                    self.number()?;
+                    self.ended(start);
+                }
+                Some(b't') => {
+                    self.literal(b"true")?;
+                    self.ended(start);
+                }
+                Some(b'f') => {
+                    self.literal(b"false")?;
+                    self.ended(start);
+                }
+                Some(b'n') => {
+                    self.literal(b"null")?;
+                    self.ended(start);
+                }
                 Some(_) => return Err(self.bad("a JSON value was expected")),
                 None => return Err(self.bad("the text ends inside a value")),
             }
@@ -179,19 +281,21 @@ impl<'a> Reader<'a> {
                         }
                         continue 'value;
                     }
-                    (Open::Object { keys }, Some(b'}')) => {
+                    (Open::Object { keys, .. }, Some(b'}')) => {
                         self.at += 1;
                         self.close_object(keys)?;
+                        self.ended(open.start());
                     }
-                    (Open::Array, Some(b']')) => {
+                    (Open::Array { .. }, Some(b']')) => {
                         self.at += 1;
                         self.stack.pop();
+                        self.ended(open.start());
                     }
                     (_, None) => return Err(self.bad("the text ends inside a container")),
                     (Open::Object { .. }, _) => {
                         return Err(self.bad("',' or '}' was expected after an object member"));
                     }
-                    (Open::Array, _) => {
+                    (Open::Array { .. }, _) => {
                         return Err(self.bad("',' or ']' was expected after an array item"));
                     }
                 }
@@ -265,16 +369,13 @@ impl<'a> Reader<'a> {
         let mut decoded: Option<String> = None;
         let mut plain = self.at;
         loop {
-            // The next quote or backslash; what comes before it must hold no control character.
-            let Some(n) = memchr::memchr2(b'"', b'\\', &self.s[self.at..]) else {
+            let Some(n) = next_stop(&self.s[self.at..]) else {
                 return Err(self.bad("the text ends inside a string"));
             };
-            let span = &self.s[self.at..self.at + n];
-            if span.iter().fold(false, |control, &b| control | (b < 0x20)) {
-                self.at += span.iter().position(|&b| b < 0x20).unwrap_or(0);
+            self.at += n;
+            if self.s[self.at] < 0x20 {
                 return Err(self.bad("a string holds a control character; escape it"));
             }
-            self.at += n;
             // Valid UTF-8 was checked for the whole text, and quotes and escapes are ASCII, so
             // every slice between them is whole characters.
             let before = &self.text[plain..self.at];
@@ -396,7 +497,7 @@ impl<'a> Reader<'a> {
                 return Err(self.bad("a number needs digits in its exponent"));
             }
         }
-        let text = std::str::from_utf8(&self.s[start..self.at]).expect("ASCII");
+        let text = &self.text[start..self.at];
         let unsigned = text.strip_prefix('-').unwrap_or(text);
         let exact = if integer {
             // Up to 15 digits always fits; longer ones are read to check.
@@ -526,6 +627,58 @@ mod tests {
                 .unwrap_err()
                 .contains("\"k250\" appears twice")
         );
+    }
+
+    #[test]
+    fn strings_of_every_length_are_read_to_their_quote_and_a_control_character_anywhere_is_refused()
+    {
+        for len in [0, 1, 31, 32, 33, 64, 1000] {
+            let plain = "a".repeat(len);
+            assert_eq!(
+                verdict(format!("[\"{plain}\",1]").as_bytes()),
+                Ok(()),
+                "{len}"
+            );
+            let escaped = format!("[\"{plain}\\n{plain}\"]");
+            assert_eq!(verdict(escaped.as_bytes()), Ok(()), "{len}");
+            for at in [0, len / 2, len] {
+                let mut bad = plain.clone().into_bytes();
+                bad.insert(at, b'\t');
+                let text = [b"[\"".as_slice(), &bad, b"\"]"].concat();
+                assert!(
+                    verdict(&text).unwrap_err().contains("control character"),
+                    "{len} {at}"
+                );
+            }
+            let open = format!("[\"{plain}");
+            assert!(
+                verdict(open.as_bytes())
+                    .unwrap_err()
+                    .contains("ends inside a string")
+            );
+        }
+    }
+
+    #[test]
+    fn the_outline_lists_shallow_values_as_they_end_with_their_keys_decoded() {
+        let text = br#"{"a":1,"b":{"c":[true,{"d":null}],"\u0065":"x"},"f":[2]}"#;
+        let (_, outline) = read_outline(text, 2).unwrap();
+        let got: Vec<(u8, Option<&str>, &str)> = outline
+            .iter()
+            .map(|m| (m.depth, m.key.as_deref(), m.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Some("a"), "1"),
+                (2, Some("c"), r#"[true,{"d":null}]"#),
+                (2, Some("e"), r#""x""#),
+                (1, Some("b"), r#"{"c":[true,{"d":null}],"\u0065":"x"}"#),
+                (2, None, "2"),
+                (1, Some("f"), "[2]"),
+            ]
+        );
+        assert!(read_outline(text, 0).unwrap().1.is_empty());
     }
 
     #[test]

@@ -197,7 +197,7 @@ fn mirrored<'a>(m: &Message<'a>) -> Result<Mirrored<'a>, String> {
         return Ok(Mirrored::default());
     };
     // Params that are not an object name nothing; the server refuses them.
-    let Ok(fields) = serde_json::from_str::<Fields<'a>>(params.get()) else {
+    let Ok(fields) = serde_json::from_str::<Fields<'a>>(params) else {
         return Ok(Mirrored::default());
     };
     let text = |key: &str| {
@@ -251,7 +251,7 @@ fn check_mcp_headers(
         let read = stateless_request
             || (!batch && (method.is_some() || name.is_some()))
             || m.params.is_some_and(|p| {
-                p.get().contains('\\') || PROTOCOL_VERSION_KEY.find(p.get().as_bytes()).is_some()
+                p.contains('\\') || PROTOCOL_VERSION_KEY.find(p.as_bytes()).is_some()
             });
         if !read {
             continue;

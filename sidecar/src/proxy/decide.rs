@@ -82,10 +82,8 @@ impl Held<'_> {
 /// without the state the server never issued (see [`resume::without_our_state`]).
 fn as_sent<'b>(m: &Message<'b>, asked: &Asked<'_>) -> Cow<'b, str> {
     let may_be_ours = asked.modern
-        && m.params.is_some_and(|p| {
-            let p = p.get();
-            p.contains("requestState") || p.contains('\\')
-        });
+        && m.params
+            .is_some_and(|p| p.contains("requestState") || p.contains('\\'));
     match may_be_ours
         .then(|| resume::without_our_state(m.raw))
         .flatten()
@@ -271,7 +269,9 @@ impl Proxy {
             }
         };
         for (waited, h) in outcomes {
-            self.settle_one(waited, h, asked, inspector, decided).await;
+            // Boxed, as it runs once the wait is over: held inline, it would be room every
+            // waiting call keeps (see `handle_body`).
+            Box::pin(self.settle_one(waited, h, asked, inspector, decided)).await;
         }
         decided.kept.sort_by_key(|(at, _)| *at);
     }
@@ -473,7 +473,7 @@ impl Proxy {
         // server never asked, so it is not the server's to hear. The approval store decides.
         if m.is_response
             && m.id
-                .is_some_and(|id| id.get().starts_with(resume::APPROVAL_ELICITATION_ID))
+                .is_some_and(|id| id.starts_with(resume::APPROVAL_ELICITATION_ID))
         {
             return Admitted::Answer(None);
         }
@@ -892,7 +892,7 @@ pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// `params._meta.progressToken` of a request, if it gave one.
 fn progress_token(m: &Message<'_>) -> Option<Value> {
-    let params: Value = serde_json::from_str(m.params?.get()).ok()?;
+    let params: Value = serde_json::from_str(m.params?).ok()?;
     params.get("_meta")?.get("progressToken").cloned()
 }
 

@@ -236,7 +236,7 @@ fn may_hold_tools(text: impl AsRef<[u8]>) -> bool {
 /// What the client gets instead of a tool list the proxy cannot read unambiguously.
 fn unfilterable(id: Option<&RawValue>, why: &str) -> String {
     Refusal::Unfilterable {
-        id: jsonrpc::id_value(id),
+        id: jsonrpc::id_value(id.map(RawValue::get)),
         why: why.to_string(),
     }
     .message()
@@ -495,7 +495,7 @@ impl Inspector {
             return None;
         }
         let result = view.result;
-        if let Some(id) = view.id.and_then(CallId::of)
+        if let Some(id) = view.id.map(RawValue::get).and_then(CallId::of)
             && !self.rereading
         {
             self.settle(&id);
@@ -686,7 +686,7 @@ mod tests {
     }
 
     fn id(raw: &str) -> CallId {
-        CallId::of(&RawValue::from_string(raw.to_string()).unwrap()).unwrap()
+        CallId::of(raw).unwrap()
     }
 
     fn set(spec: &str) -> Arc<Enforced> {

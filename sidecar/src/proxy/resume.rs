@@ -229,8 +229,8 @@ struct RepeatView<'a> {
 }
 
 /// The repeat a call's params make, if they carry `requestState` or `inputResponses`.
-pub fn repeat(params: Option<&RawValue>) -> Option<Repeat> {
-    let p = params?.get();
+pub fn repeat(params: Option<&str>) -> Option<Repeat> {
+    let p = params?;
     // Names spelled with escapes have a backslash.
     if !(p.contains("requestState") || p.contains("inputResponses") || p.contains('\\')) {
         return None;
@@ -296,9 +296,9 @@ struct Elicitation<'a> {
 
 /// Whether a 2026-07-28 request's client declares URL elicitation (it can send a person to a
 /// page and repeat the call after).
-pub fn opens_urls(params: Option<&RawValue>) -> bool {
+pub fn opens_urls(params: Option<&str>) -> bool {
     params
-        .and_then(|p| serde_json::from_str::<CapabilitiesView<'_>>(p.get()).ok())
+        .and_then(|p| serde_json::from_str::<CapabilitiesView<'_>>(p).ok())
         .and_then(|v| v.meta?.capabilities?.elicitation?.url)
         .is_some_and(|url| url.get().starts_with('{'))
 }
@@ -350,14 +350,14 @@ pub fn approval_at_url(id: Value, tool: &str, name: &str, rule: &str, url: &str)
 pub const APPROVAL_ELICITATION_ID: &str = "\"tollgate.dev/approval/";
 
 /// Whether an `initialize` declares URL elicitation (`capabilities.elicitation.url`).
-pub fn initialize_opens_urls(params: Option<&RawValue>) -> bool {
+pub fn initialize_opens_urls(params: Option<&str>) -> bool {
     #[derive(Deserialize)]
     struct Init<'a> {
         #[serde(default, borrow)]
         capabilities: Option<Capabilities<'a>>,
     }
     params
-        .and_then(|p| serde_json::from_str::<Init<'_>>(p.get()).ok())
+        .and_then(|p| serde_json::from_str::<Init<'_>>(p).ok())
         .and_then(|i| i.capabilities?.elicitation?.url)
         .is_some_and(|url| url.get().starts_with('{'))
 }
@@ -451,8 +451,8 @@ mod tests {
 
     #[test]
     fn a_repeat_is_read_from_its_params_even_spelled_with_escapes() {
-        fn raw(s: &str) -> &RawValue {
-            serde_json::from_str(s).unwrap()
+        fn raw(s: &str) -> &str {
+            serde_json::from_str::<&RawValue>(s).unwrap().get()
         }
         assert!(repeat(Some(raw(r#"{"name":"t","arguments":{}}"#))).is_none());
         let r = repeat(Some(raw(r#"{"name":"t","requestState":"abc"}"#))).unwrap();
@@ -481,9 +481,12 @@ mod tests {
         );
         let raw = |s: &str| serde_json::from_str::<Box<RawValue>>(s).unwrap();
         let caps = |c: &str| {
-            opens_urls(Some(&raw(&format!(
-                r#"{{"_meta":{{"io.modelcontextprotocol/clientCapabilities":{c}}}}}"#
-            ))))
+            opens_urls(Some(
+                raw(&format!(
+                    r#"{{"_meta":{{"io.modelcontextprotocol/clientCapabilities":{c}}}}}"#
+                ))
+                .get(),
+            ))
         };
         assert!(caps(r#"{"elicitation":{"form":{},"url":{}}}"#));
         assert!(!caps(r#"{"elicitation":{"form":{}}}"#));
@@ -498,7 +501,7 @@ mod tests {
                 r#"{{"protocolVersion":"2025-11-25","capabilities":{caps},"clientInfo":{{"name":"a","version":"1"}}}}"#
             ))
             .unwrap();
-            initialize_opens_urls(Some(&p))
+            initialize_opens_urls(Some(p.get()))
         };
         assert!(init(r#"{"elicitation":{"form":{},"url":{}}}"#));
         assert!(!init(r#"{"elicitation":{}}"#));

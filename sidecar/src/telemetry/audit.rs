@@ -84,6 +84,77 @@ pub struct Record<'a> {
     pub dropped_before: Option<u64>,
 }
 
+impl Record<'_> {
+    /// Appends the record as one line of JSON: the line `serde_json` writes of it (a test
+    /// holds the two equal), with the keys written as they are and each text escaped only
+    /// where it needs it.
+    fn write_line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":");
+        json_str(out, &self.time);
+        out.extend_from_slice(b",\"kind\":");
+        json_str(out, self.kind);
+        field(out, b",\"pod\":", self.pod);
+        field(out, b",\"session\":", self.session);
+        out.extend_from_slice(b",\"identity\":");
+        json_str(out, self.identity);
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, self.method);
+        field(out, b",\"tool\":", self.tool);
+        out.extend_from_slice(b",\"decision\":");
+        json_str(out, self.decision);
+        field(out, b",\"rule\":", self.rule);
+        field(out, b",\"policy\":", self.policy);
+        field(out, b",\"reason\":", self.reason);
+        out.extend_from_slice(b",\"revision\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.revision).as_bytes());
+        if let Some(status) = self.upstream_status {
+            out.extend_from_slice(b",\"upstreamStatus\":");
+            out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        }
+        out.extend_from_slice(b",\"latencyMs\":");
+        let _ = serde_json::to_writer(&mut *out, &self.latency_ms);
+        if let Some(arguments) = self.arguments {
+            out.extend_from_slice(b",\"arguments\":");
+            let _ = serde_json::to_writer(&mut *out, arguments);
+        }
+        if !self.absent_arguments.is_empty() {
+            out.extend_from_slice(b",\"absentArguments\":");
+            let _ = serde_json::to_writer(&mut *out, self.absent_arguments);
+        }
+        field(out, b",\"approval\":", self.approval);
+        field(out, b",\"decidedBy\":", self.decided_by);
+        if let Some(dropped) = self.dropped_before {
+            out.extend_from_slice(b",\"droppedBefore\":");
+            out.extend_from_slice(itoa::Buffer::new().format(dropped).as_bytes());
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// An optional member: its key (with the comma before it) and text, when present.
+fn field(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
+    if let Some(value) = value {
+        out.extend_from_slice(key);
+        json_str(out, value);
+    }
+}
+
+/// A JSON string: copied as it is when nothing in it needs escaping (checked a vector at a
+/// time), escaped by `serde_json` otherwise.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let plain = !s.bytes().fold(false, |escape, b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
 struct Shared {
     buf: Mutex<Vec<u8>>,
     ready: Condvar,
@@ -249,9 +320,7 @@ impl AuditLog {
             record.dropped_before = Some(dropped);
         }
         let was_empty = buf.is_empty();
-        if serde_json::to_writer(&mut *buf, &record).is_ok() {
-            buf.push(b'\n');
-        }
+        record.write_line(&mut buf);
         shared.metrics.buffered.set(buf.len() as i64);
         if buf.len() >= shared.limit {
             shared.full.store(true, Ordering::Relaxed);
@@ -359,6 +428,53 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_is_exactly_what_serde_json_writes_of_the_record_whatever_its_fields_hold() {
+        let texts = [
+            "plain",
+            "",
+            "quote \" and back\\slash",
+            "line\nbreak\ttab\u{1}\u{1f}",
+            "é 😀 \u{7f} \u{2028}",
+            "a long text without anything to escape in it at all, longer than one vector",
+        ];
+        let args = serde_json::json!({"amount": 1.5, "note": "x\"y", "n": [1, null]});
+        let absent = ["args.role".to_string()];
+        for (i, text) in texts.iter().enumerate() {
+            for full in [false, true] {
+                let record = Record {
+                    time: format!("2026-12-07T19:00:00.{i:03}Z{text}"),
+                    kind: "decision",
+                    pod: full.then_some(*text),
+                    session: full.then_some(*text),
+                    identity: text,
+                    method: "tools/call",
+                    tool: full.then_some(*text),
+                    decision: "allow",
+                    rule: full.then_some(*text),
+                    policy: Some(text),
+                    reason: full.then_some(*text),
+                    revision: u64::MAX - i as u64,
+                    upstream_status: full.then_some(200 + i as u16),
+                    latency_ms: [0.0, 0.125, 1e-7, 12345.678][i % 4],
+                    arguments: full.then_some(&args),
+                    absent_arguments: if full { &absent } else { &[] },
+                    approval: full.then_some(*text),
+                    decided_by: full.then_some(*text),
+                    dropped_before: full.then_some(i as u64),
+                };
+                let mut ours = Vec::new();
+                record.write_line(&mut ours);
+                let mut serdes = serde_json::to_vec(&record).unwrap();
+                serdes.push(b'\n');
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    String::from_utf8(serdes).unwrap()
+                );
+            }
+        }
+    }
 
     /// A stdout the test opens and closes: writes block while it is shut, fail while broken.
     #[derive(Clone, Default)]
