@@ -799,12 +799,34 @@ async fn main() -> anyhow::Result<()> {
         &idle_rows,
         (before, pooled_rss, pooled),
     );
-    if let Some((commands, decided)) = redis_per_call {
+    if let Some((commands, usec, decided)) = redis_per_call {
         let _ = writeln!(
             report,
-            "\nRedis (tollgate+redis): {commands} script calls for {decided} decided calls, {:.3} per call (INFO commandstats: evalsha + eval; every other command is the script's own)",
-            commands as f64 / decided.max(1) as f64
+            "\nRedis (tollgate+redis): {commands} script calls for {decided} decided calls, {:.3} per call (INFO commandstats: evalsha + eval; every other command is the script's own); Redis's own time per script {:.1} µs (commandstats usec / calls)",
+            commands as f64 / decided.max(1) as f64,
+            usec as f64 / commands.max(1) as f64,
         );
+        // What counting in Redis adds to a call, beside what Redis itself spends on it.
+        let _ = writeln!(
+            report,
+            "\n| workload | p50 counting in the pod | p50 counting in Redis | added by Redis | of which Redis's own script |\n|---|---:|---:|---:|---:|"
+        );
+        for (label, cells) in &results {
+            let p50 = |name: &str| {
+                cells
+                    .iter()
+                    .find(|c| c.target == name)
+                    .map(|c| c.merged().0.value_at_quantile(0.5))
+            };
+            if let (Some(local), Some(redis)) = (p50("tollgate"), p50("tollgate+redis")) {
+                let _ = writeln!(
+                    report,
+                    "| {label} | {local} | {redis} | {:+} | {:.1} |",
+                    redis as i64 - local as i64,
+                    usec as f64 / commands.max(1) as f64,
+                );
+            }
+        }
     }
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("latest.md"), &report)?;
@@ -830,15 +852,19 @@ fn redis_cli(url: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The scripts Redis ran (from `INFO commandstats`) and the calls the Redis-backed proxies
-/// decided (from their metrics), since the statistics were reset.
-async fn redis_commands_per_call(url: &str, admins: &[u16]) -> anyhow::Result<(u64, u64)> {
+/// The scripts Redis ran and the µs it spent running them (from `INFO commandstats`), and the
+/// calls the Redis-backed proxies decided (from their metrics), since the statistics were reset.
+async fn redis_commands_per_call(url: &str, admins: &[u16]) -> anyhow::Result<(u64, u64, u64)> {
     let stats = redis_cli(url, &["info", "commandstats"])?;
-    let calls = |name: &str| -> u64 {
+    // `cmdstat_evalsha:calls=N,usec=N,usec_per_call=F,...`
+    let calls = |name: &str, field: &str| -> u64 {
         stats
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-            .and_then(|rest| rest.split(',').next())
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:")))
+            .and_then(|rest| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+            })
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
@@ -866,7 +892,11 @@ async fn redis_commands_per_call(url: &str, admins: &[u16]) -> anyhow::Result<(u
             }
         }
     }
-    Ok((calls("evalsha") + calls("eval"), decided))
+    Ok((
+        calls("evalsha", "calls") + calls("eval", "calls"),
+        calls("evalsha", "usec") + calls("eval", "usec"),
+        decided,
+    ))
 }
 
 fn machine() -> String {

@@ -218,7 +218,7 @@ pub struct ClusterPolicySpec {
 }
 
 /// The posture for tools no applicable policy lists.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "kube", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum DefaultAction {

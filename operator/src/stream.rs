@@ -11,8 +11,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -22,7 +21,6 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
-use tollgate_api::PolicyUpdate;
 
 use crate::index::{Index, PodPolicy};
 use crate::respond::{Body, text};
@@ -72,23 +70,6 @@ pub fn pod_of(review: &TokenReview) -> Result<PodIdentity, String> {
         name,
         uid: first("authentication.kubernetes.io/pod-uid"),
     })
-}
-
-/// Revisions increase across every stream of this replica, and start from the clock so a
-/// restarted or different replica continues above what a sidecar has seen.
-fn next_revision() -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let mut prev = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = (prev + 1).max(now);
-        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(p) => prev = p,
-        }
-    }
 }
 
 /// The pod a sidecar's `Authorization` header proves it is (a TokenReview), or the answer
@@ -220,17 +201,10 @@ async fn feed(
     }
     let _following = Following(metrics);
     loop {
+        // Written once when the index made it, for every pod it is the policy of.
         let now = policy.borrow_and_update().clone();
-        let mut update = PolicyUpdate {
-            policy: now.policy.clone(),
-            service_account_keys: now.keys.as_deref().cloned(),
-            pins: now.pins.as_deref().cloned(),
-        };
-        update.policy.revision = next_revision();
-        let mut line = serde_json::to_vec(&update).expect("a PolicyUpdate serialises");
-        line.push(b'\n');
-        tracing::debug!(namespace = %who.namespace, pod = %who.name, revision = update.policy.revision, "policy sent");
-        if tx.send(Bytes::from(line)).await.is_err() {
+        tracing::debug!(namespace = %who.namespace, pod = %who.name, revision = now.policy.revision, "policy sent");
+        if tx.send(now.line.clone()).await.is_err() {
             break;
         }
         metrics.updates_sent.inc();

@@ -22,6 +22,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -37,14 +41,80 @@ type Labels = BTreeMap<String, String>;
 /// A workload's tool pins, by tool.
 pub type Pins = BTreeMap<String, WorkloadPin>;
 
-/// What one pod's stream sends: its effective policy (revision 0; the stream stamps it) and the
-/// keys its sidecar verifies agents' tokens with.
-#[derive(Debug, PartialEq)]
+/// What one pod's stream sends: its effective policy and the keys its sidecar verifies
+/// agents' tokens with (and its workload's pins, where a policy pins tools), with the line the
+/// stream writes of them. Made once per change for every pod it is the same for: pods selected
+/// by the same policies share one, and its line is written once, however many sidecars follow.
+#[derive(Debug)]
 pub struct PodPolicy {
+    /// Its revision is stamped when it is made: a pod is sent its policies in the order they
+    /// were made, so each stream's revisions increase.
     pub policy: EffectivePolicy,
     pub keys: Option<Arc<ServiceAccountKeys>>,
     /// The pod's workload's tool pins, where a policy of the pod pins tools.
     pub pins: Option<Arc<Pins>>,
+    /// The stream's line: the `PolicyUpdate` as JSON, and a newline.
+    pub line: Bytes,
+}
+
+impl PodPolicy {
+    pub fn new(
+        mut policy: EffectivePolicy,
+        keys: Option<Arc<ServiceAccountKeys>>,
+        pins: Option<Arc<Pins>>,
+    ) -> Self {
+        policy.revision = next_revision();
+        /// `PolicyUpdate` by reference: the same JSON, without copying the policy.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Update<'a> {
+            policy: &'a EffectivePolicy,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            service_account_keys: Option<&'a ServiceAccountKeys>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pins: Option<&'a Pins>,
+        }
+        let mut line = serde_json::to_vec(&Update {
+            policy: &policy,
+            service_account_keys: keys.as_deref(),
+            pins: pins.as_deref(),
+        })
+        .expect("a PolicyUpdate serialises");
+        line.push(b'\n');
+        PodPolicy {
+            policy,
+            keys,
+            pins,
+            line: line.into(),
+        }
+    }
+
+    /// Whether `other` says the same, whatever their revisions.
+    fn same(&self, other: &PodPolicy) -> bool {
+        let (a, b) = (&self.policy, &other.policy);
+        a.default_action == b.default_action
+            && a.ungoverned_action == b.ungoverned_action
+            && a.policies == b.policies
+            && self.keys == other.keys
+            && self.pins == other.pins
+    }
+}
+
+/// Revisions increase across every pod policy this replica makes, and start from the clock
+/// so a restarted or different replica continues above what a sidecar has seen.
+fn next_revision() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = (prev + 1).max(now);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
 }
 
 /// The pods, the objects that decide their policies, and a sender per pod.
@@ -64,6 +134,8 @@ pub struct PodPolicies {
     /// How many pods' policies were computed, and how many of those changed (for tests and
     /// the benchmark's understanding of the cost of a change).
     pub recomputed: u64,
+    /// Distinct policies made for them (pods selected alike share one).
+    pub made: u64,
     pub sent: u64,
 }
 
@@ -92,6 +164,7 @@ impl PodPolicies {
             pins: HashMap::new(),
             pin_objects: HashMap::new(),
             recomputed: 0,
+            made: 0,
             sent: 0,
         }
     }
@@ -140,16 +213,16 @@ impl PodPolicies {
                 entry.workload = workload;
             }
             _ => {
-                let (tx, _) = watch::channel(Arc::new(PodPolicy {
-                    policy: EffectivePolicy {
+                let (tx, _) = watch::channel(Arc::new(PodPolicy::new(
+                    EffectivePolicy {
                         revision: 0,
                         default_action: self.default_action,
                         ungoverned_action: None,
                         policies: Vec::new(),
                     },
-                    keys: None,
-                    pins: None,
-                }));
+                    None,
+                    None,
+                )));
                 pods.insert(
                     name.clone(),
                     PodEntry {
@@ -457,49 +530,78 @@ impl PodPolicies {
         let empty = Labels::new();
         let namespace_labels = self.namespaces.get(namespace).unwrap_or(&empty);
         let namespaced = self.policies.get(namespace);
+        // Pods selected by the same policies, with the same default and pins, have the same
+        // policy: it is validated, copied and written once per distinct selection in this
+        // pass, however many pods share it (a policy selecting 1,000 replicas is one).
+        let mut made: HashMap<Selection, Arc<PodPolicy>> = HashMap::new();
         for (name, entry) in pods.iter_mut().filter(|(n, _)| which(n)) {
             if !unfollowed_too && entry.tx.receiver_count() == 0 {
                 entry.fresh = false;
                 continue;
             }
             entry.fresh = true;
-            let policy = EffectivePolicy::for_workload(
-                Workload {
-                    namespace,
-                    labels: &entry.labels,
-                    namespace_labels,
-                },
-                self.cluster_policies.values().map(|p| &**p),
-                namespaced
-                    .into_iter()
-                    .flat_map(|p| p.values())
-                    .map(|p| &**p),
-                entry.default_action.unwrap_or(self.default_action),
-            );
-            let pins_tools = policy.policies.iter().any(|p| {
-                p.spec
-                    .pinning
-                    .as_ref()
-                    .is_some_and(|p| p.mode != PinMode::Off)
-            });
-            let pins = pins_tools.then(|| {
-                self.pins
-                    .get(namespace)
-                    .and_then(|w| w.get(&entry.workload))
-                    .cloned()
-                    .unwrap_or_default()
-            });
-            let now = PodPolicy {
-                policy,
-                keys: self.keys.clone(),
-                pins,
-            };
             self.recomputed += 1;
+            // In name order, as `for_workload` orders them (the maps are by name).
+            let cluster: Vec<&Arc<McpClusterPolicy>> = self
+                .cluster_policies
+                .values()
+                .filter(|p| {
+                    tollgate_api::selects(p.spec.namespace_selector.as_ref(), namespace_labels)
+                        && tollgate_api::selects(p.spec.policy.selector.as_ref(), &entry.labels)
+                })
+                .collect();
+            let local: Vec<&Arc<McpPolicy>> = namespaced
+                .into_iter()
+                .flat_map(|p| p.values())
+                .filter(|p| tollgate_api::selects(p.spec.selector.as_ref(), &entry.labels))
+                .collect();
+            let default_action = entry.default_action.unwrap_or(self.default_action);
+            let pins_tools = cluster
+                .iter()
+                .map(|p| &p.spec.policy)
+                .chain(local.iter().map(|p| &p.spec))
+                .any(|spec| {
+                    spec.pinning
+                        .as_ref()
+                        .is_some_and(|p| p.mode != PinMode::Off)
+                });
+            let found = self
+                .pins
+                .get(namespace)
+                .and_then(|w| w.get(&entry.workload));
+            let selection = Selection {
+                policies: cluster
+                    .iter()
+                    .map(|p| Arc::as_ptr(p) as usize)
+                    .chain(local.iter().map(|p| Arc::as_ptr(p) as usize))
+                    .collect(),
+                default_action,
+                // None: not sent; 0: the workload has none yet.
+                pins: pins_tools.then(|| found.map_or(0, |p| Arc::as_ptr(p) as usize)),
+            };
+            let now = made
+                .entry(selection)
+                .or_insert_with(|| {
+                    self.made += 1;
+                    let policy = EffectivePolicy::for_workload(
+                        Workload {
+                            namespace,
+                            labels: &entry.labels,
+                            namespace_labels,
+                        },
+                        cluster.iter().map(|p| &***p),
+                        local.iter().map(|p| &***p),
+                        default_action,
+                    );
+                    let pins = pins_tools.then(|| found.cloned().unwrap_or_default());
+                    Arc::new(PodPolicy::new(policy, self.keys.clone(), pins))
+                })
+                .clone();
             let changed = entry.tx.send_if_modified(|cur| {
-                if **cur == now {
+                if Arc::ptr_eq(cur, &now) || cur.same(&now) {
                     return false;
                 }
-                *cur = Arc::new(now);
+                *cur = now;
                 true
             });
             if changed {
@@ -508,6 +610,15 @@ impl PodPolicies {
             }
         }
     }
+}
+
+/// What a pod's policy is made of: the policies selecting it (by identity, in order), its
+/// default, and its workload's pins.
+#[derive(PartialEq, Eq, Hash)]
+struct Selection {
+    policies: Vec<usize>,
+    default_action: DefaultAction,
+    pins: Option<usize>,
 }
 
 #[cfg(test)]
@@ -698,9 +809,29 @@ mod tests {
         assert_eq!(idx.recomputed - computed, 10, "the 10 pods of ns-7");
         assert_eq!(idx.sent - sent, 10);
         let (computed, sent) = (idx.recomputed, idx.sent);
+        let made = idx.made;
         idx.apply_cluster_policy(cluster_policy("everywhere", None));
         assert_eq!(idx.recomputed - computed, 1000);
         assert_eq!(idx.sent - sent, 1000);
+        // Made (validated, copied, written) once per namespace, not once per pod; each stream
+        // is sent it with a revision above the last.
+        assert_eq!(idx.made - made, 100);
+        let (first, last) = (streams[0].borrow().clone(), streams[999].borrow().clone());
+        assert!(
+            Arc::ptr_eq(&first, &streams[100].borrow()),
+            "ns-0's pods share one"
+        );
+        assert!(!Arc::ptr_eq(&first, &last));
+        assert_eq!(first.line, streams[100].borrow().line);
+        // The line is the `PolicyUpdate` a sidecar reads.
+        let update: tollgate_api::PolicyUpdate = serde_json::from_slice(&first.line).unwrap();
+        assert_eq!(update.policy, first.policy);
+        assert_eq!(update.service_account_keys.as_ref(), first.keys.as_deref());
+        assert_eq!(update.pins.as_ref(), first.pins.as_deref());
+        assert!(first.line.ends_with(b"}\n"));
+        idx.apply_cluster_policy(cluster_policy("everywhere", Some("x")));
+        idx.apply_cluster_policy(cluster_policy("everywhere", None));
+        assert!(streams[0].borrow().policy.revision > first.policy.revision);
         let (computed, sent) = (idx.recomputed, idx.sent);
         idx.apply_policy(policy("ns-7", "only-here", None, &["write"]));
         assert_eq!((idx.recomputed - computed, idx.sent - sent), (10, 10));
