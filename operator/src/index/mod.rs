@@ -136,7 +136,7 @@ impl Index {
         let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
         let (i, j) = (index.clone(), index.clone());
         let pods = watched(
-            "the watch of injected Pods",
+            PODS_WATCH,
             watcher(Api::<PodMeta>::all(client.clone()), injected),
             pods_w,
             move |e| i.before_pod(e),
@@ -224,19 +224,22 @@ impl Index {
             |_| {},
             move |e| applied(e, &i.approval_events),
         )]);
-        // Policy inputs tick every channel but the approvals'; the boundary's own inputs only
-        // its channel; approvals only theirs.
+        // Policy inputs tick the policy channel, and pods the boundary's too (it reads pods,
+        // NetworkPolicies and Services only: a policy change does not replan it); the
+        // boundary's own inputs only its channel; approvals only theirs.
         let i = index.clone();
-        let driver = drive(streams, health.clone(), move || {
+        let driver = drive(streams, health.clone(), move |watch| {
             i.changed.send_modify(|n| *n += 1);
-            i.boundary_changed.send_modify(|n| *n += 1);
+            if watch == PODS_WATCH {
+                i.boundary_changed.send_modify(|n| *n += 1);
+            }
         });
         let i = index.clone();
-        let boundary_driver = drive(boundary, health.clone(), move || {
+        let boundary_driver = drive(boundary, health.clone(), move |_| {
             i.boundary_changed.send_modify(|n| *n += 1)
         });
         let i = index.clone();
-        let approvals_driver = drive(approvals, health, move || {
+        let approvals_driver = drive(approvals, health, move |_| {
             i.approvals_changed.send_modify(|n| *n += 1)
         });
         let keys = refresh_keys(index.clone(), client);
@@ -613,16 +616,19 @@ type Touches =
 
 /// Drives watches into their stores, calling `tick` on every change they bring; a watch that
 /// fails (and retries with backoff) is reported until it works again.
+/// The pods' watch, by name: what the boundary reads of the policy inputs.
+const PODS_WATCH: &str = "the watch of injected Pods";
+
 async fn drive(
     mut streams: futures::stream::SelectAll<Touches>,
     health: Arc<Health>,
-    tick: impl Fn(),
+    tick: impl Fn(&'static str),
 ) {
     while let Some((name, what)) = streams.next().await {
         match what {
             Ok(()) => {
                 health.ok(name);
-                tick();
+                tick(name);
             }
             Err(e) => {
                 tracing::warn!(watch = name, error = %e, "watch failed; retrying with backoff");
