@@ -20,7 +20,7 @@ use hyper::body::Frame;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::index::{Index, PodPolicy};
 use crate::respond::{Body, text};
@@ -137,12 +137,8 @@ pub async fn serve(
         );
     };
     tracing::info!(namespace = %who.namespace, pod = %who.name, "sidecar connected");
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(feed(who, policy, tx));
-    let frames = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    let frames = futures::StreamExt::map(updates(who, policy), |b| {
+        Ok::<_, Infallible>(Frame::data(b))
     });
     let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(frames)));
     resp.headers_mut().insert(
@@ -182,51 +178,45 @@ pub async fn wait_for<T>(index: &Index, lookup: impl Fn() -> Option<T>) -> Optio
     }
 }
 
-/// Sends the pod's policy at once and each time it changes (the index wakes this stream only
-/// then), a heartbeat between; ends when the pod is gone (its sender dropped) or the sidecar
-/// hangs up.
-async fn feed(
+/// The pod's policy at once and each time it changes (the index wakes this stream only then),
+/// a heartbeat between; ends when the pod is gone (its sender dropped), and is dropped when the
+/// sidecar hangs up. Polled by the connection that writes it: no task or channel per sidecar
+/// between the index and the socket, and each policy's line is the one the index wrote.
+fn updates(
     who: PodIdentity,
-    mut policy: watch::Receiver<Arc<PodPolicy>>,
-    tx: mpsc::Sender<Bytes>,
-) {
-    let metrics = crate::telemetry::metrics();
-    metrics.sidecars.inc();
-    // Counted down however this ends.
-    struct Following(&'static crate::telemetry::Metrics);
+    policy: watch::Receiver<Arc<PodPolicy>>,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    /// A sidecar following, counted and logged however its stream ends.
+    struct Following(PodIdentity, &'static crate::telemetry::Metrics);
     impl Drop for Following {
         fn drop(&mut self) {
-            self.0.sidecars.dec();
+            self.1.sidecars.dec();
+            tracing::info!(namespace = %self.0.namespace, pod = %self.0.name, "sidecar disconnected");
         }
     }
-    let _following = Following(metrics);
-    loop {
-        // Written once when the index made it, for every pod it is the policy of.
-        let now = policy.borrow_and_update().clone();
-        tracing::debug!(namespace = %who.namespace, pod = %who.name, revision = now.policy.revision, "policy sent");
-        if tx.send(now.line.clone()).await.is_err() {
-            break;
-        }
-        metrics.updates_sent.inc();
-        let gone = loop {
+    let metrics = crate::telemetry::metrics();
+    metrics.sidecars.inc();
+    let state = (policy, Following(who, metrics), true);
+    futures::stream::unfold(state, |(mut policy, following, first)| async move {
+        if !first {
             tokio::select! {
-                c = policy.changed() => break c.is_err(),
-                _ = tokio::time::sleep(HEARTBEAT) => {
-                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
-                        break true;
+                changed = policy.changed() => {
+                    if changed.is_err() {
+                        let who = &following.0;
+                        tracing::info!(namespace = %who.namespace, pod = %who.name, "pod is gone; stream closed");
+                        return None;
                     }
                 }
-                _ = tx.closed() => break true,
+                _ = tokio::time::sleep(HEARTBEAT) => {
+                    return Some((Bytes::from_static(b"\n"), (policy, following, false)));
+                }
             }
-        };
-        if gone {
-            if policy.has_changed().is_err() {
-                tracing::info!(namespace = %who.namespace, pod = %who.name, "pod is gone; stream closed");
-            }
-            break;
         }
-    }
-    tracing::info!(namespace = %who.namespace, pod = %who.name, "sidecar disconnected");
+        let now = policy.borrow_and_update().clone();
+        tracing::debug!(namespace = %following.0.namespace, pod = %following.0.name, revision = now.policy.revision, "policy sent");
+        following.1.updates_sent.inc();
+        Some((now.line.clone(), (policy, following, false)))
+    })
 }
 
 #[cfg(test)]
