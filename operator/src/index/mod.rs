@@ -614,11 +614,12 @@ pub fn ticks(rx: watch::Receiver<u64>) -> impl Stream<Item = ()> + Send + 'stati
 type Touches =
     std::pin::Pin<Box<dyn Stream<Item = (&'static str, Result<(), watcher::Error>)> + Send>>;
 
-/// Drives watches into their stores, calling `tick` on every change they bring; a watch that
-/// fails (and retries with backoff) is reported until it works again.
 /// The pods' watch, by name: what the boundary reads of the policy inputs.
 const PODS_WATCH: &str = "the watch of injected Pods";
 
+/// Drives watches into their stores, calling `tick` on every change they bring (with the
+/// watch's name); a watch that fails (and retries with backoff) is reported until it works
+/// again.
 async fn drive(
     mut streams: futures::stream::SelectAll<Touches>,
     health: Arc<Health>,

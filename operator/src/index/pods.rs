@@ -556,15 +556,6 @@ impl PodPolicies {
                 .filter(|p| tollgate_api::selects(p.spec.selector.as_ref(), &entry.labels))
                 .collect();
             let default_action = entry.default_action.unwrap_or(self.default_action);
-            let pins_tools = cluster
-                .iter()
-                .map(|p| &p.spec.policy)
-                .chain(local.iter().map(|p| &p.spec))
-                .any(|spec| {
-                    spec.pinning
-                        .as_ref()
-                        .is_some_and(|p| p.mode != PinMode::Off)
-                });
             let found = self
                 .pins
                 .get(namespace)
@@ -576,8 +567,8 @@ impl PodPolicies {
                     .chain(local.iter().map(|p| Arc::as_ptr(p) as usize))
                     .collect(),
                 default_action,
-                // None: not sent; 0: the workload has none yet.
-                pins: pins_tools.then(|| found.map_or(0, |p| Arc::as_ptr(p) as usize)),
+                // 0: the workload has none yet.
+                pins: found.map_or(0, |p| Arc::as_ptr(p) as usize),
             };
             let now = made
                 .entry(selection)
@@ -593,6 +584,14 @@ impl PodPolicies {
                         local.iter().map(|p| &***p),
                         default_action,
                     );
+                    // Sent only where a policy pins tools, as it is in force: an invalid policy
+                    // stands as a deny-all that pins nothing.
+                    let pins_tools = policy.policies.iter().any(|p| {
+                        p.spec
+                            .pinning
+                            .as_ref()
+                            .is_some_and(|p| p.mode != PinMode::Off)
+                    });
                     let pins = pins_tools.then(|| found.cloned().unwrap_or_default());
                     Arc::new(PodPolicy::new(policy, self.keys.clone(), pins))
                 })
@@ -618,7 +617,7 @@ impl PodPolicies {
 struct Selection {
     policies: Vec<usize>,
     default_action: DefaultAction,
-    pins: Option<usize>,
+    pins: usize,
 }
 
 #[cfg(test)]
@@ -896,5 +895,26 @@ mod tests {
         // No policy pins: no pins are sent at all.
         idx.delete_policy("shop", "pinned");
         assert!(a.borrow_and_update().pins.is_none());
+        // A policy that pins but is invalid stands as a deny-all that pins nothing.
+        let mut invalid = (*policy("shop", "pinned", None, &["t"])).clone();
+        invalid.spec.pinning = Some(tollgate_api::Pinning {
+            trust_on_first_use: true,
+            ..Default::default()
+        });
+        invalid
+            .spec
+            .tools
+            .get_mut("t")
+            .unwrap()
+            .rules
+            .push(tollgate_api::Rule {
+                name: "bad".into(),
+                rate_limit: Some("many/often".into()),
+                ..Default::default()
+            });
+        idx.apply_policy(Arc::new(invalid));
+        let now = a.borrow_and_update().clone();
+        assert_eq!(now.policy.policies[0].spec.pinning, None, "the stand-in");
+        assert!(now.pins.is_none());
     }
 }

@@ -152,7 +152,6 @@ fn is_token(s: &str) -> bool {
 }
 
 impl ContentType {
-    /// Reads a message's `Content-Type`.
     /// The fields nearly every message carries, known without parsing (the parser gives the
     /// same answer: a test holds them to it).
     fn common(field: &str) -> Option<Self> {
@@ -168,6 +167,7 @@ impl ContentType {
             .map(|&(_, kind)| kind)
     }
 
+    /// Reads a message's `Content-Type`.
     pub fn of(headers: &HeaderMap) -> Self {
         let field = match field_once(headers, &header::CONTENT_TYPE) {
             Ok(None) => return ContentType::Absent,

@@ -16,7 +16,36 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::mcp::strict::Member;
+use crate::mcp::strict::{self, Member};
+
+/// What [`parse_body`] reads of each member it is shown (`strict::read_outline`'s tags).
+mod tag {
+    pub const OTHER: u8 = 0;
+    pub const JSONRPC: u8 = 1;
+    pub const ID: u8 = 2;
+    pub const METHOD: u8 = 3;
+    pub const PARAMS: u8 = 4;
+    pub const RESULT: u8 = 5;
+    pub const ERROR: u8 = 6;
+    pub const NAME: u8 = 7;
+    pub const ARGUMENTS: u8 = 8;
+
+    /// A key as it decodes, to its tag: one table for both depths (a message's `name` is
+    /// another member, never read; params' `id` neither).
+    pub fn of(key: &str) -> u8 {
+        match key {
+            "jsonrpc" => JSONRPC,
+            "id" => ID,
+            "method" => METHOD,
+            "params" => PARAMS,
+            "result" => RESULT,
+            "error" => ERROR,
+            "name" => NAME,
+            "arguments" => ARGUMENTS,
+            _ => OTHER,
+        }
+    }
+}
 
 /// JSON-RPC's parse error.
 pub const PARSE_ERROR: i64 = -32700;
@@ -222,7 +251,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
         Some(b'[') => 3,
         _ => 2,
     };
-    let (text, members) = crate::mcp::strict::read_outline(bytes, depth).map_err(|e| RpcError {
+    let (text, members) = strict::read_outline(bytes, depth, tag::of).map_err(|e| RpcError {
         code: if e.syntax {
             PARSE_ERROR
         } else {
@@ -245,7 +274,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
         let mut from = 0;
         for (i, item) in members.iter().enumerate() {
             if item.depth == 1 {
-                messages.push(message(item.value, &members[from..i], 2)?);
+                messages.push(message(text, item, &members[from..i], 2)?);
                 from = i + 1;
             }
         }
@@ -253,15 +282,22 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
             return Err(RpcError::invalid("Invalid Request: an empty batch"));
         }
     } else {
-        messages.push(message(text, &members, 1)?);
+        let whole = Member::whole(text);
+        messages.push(message(text, &whole, &members, 1)?);
     }
     Ok(Body { messages, batch })
 }
 
-/// One message of strictly read JSON, from its members at `depth` (and its params' members
-/// one deeper): a request, a notification or a response, and nothing that could be taken for
-/// another.
-fn message<'a>(text: &'a str, members: &[Member<'a>], depth: u8) -> Result<Message<'a>, RpcError> {
+/// One message of strictly read JSON (`this`, in `body`), from its members at `depth` (and its
+/// params' members one deeper): a request, a notification or a response, and nothing that
+/// could be taken for another.
+fn message<'a>(
+    body: &'a str,
+    this: &Member,
+    members: &[Member],
+    depth: u8,
+) -> Result<Message<'a>, RpcError> {
+    let text = this.value(body);
     if !text.starts_with('{') {
         return Err(RpcError::invalid(format!(
             "Invalid Request: a JSON-RPC message must be an object with string jsonrpc and method, not {}",
@@ -273,29 +309,29 @@ fn message<'a>(text: &'a str, members: &[Member<'a>], depth: u8) -> Result<Messa
     let (mut name, mut arguments) = (None, None);
     let (mut inner_name, mut inner_arguments) = (None, None);
     for m in members {
-        let Some(key) = m.key.as_deref() else {
-            continue;
-        };
+        let value = m.value(body);
         if m.depth > depth {
-            match key {
-                "name" => inner_name = Some(m.value),
-                "arguments" => inner_arguments = Some(m.value),
+            // A member of one of this message's members: params' name and arguments are read
+            // once params ends; any other member's are forgotten when it ends.
+            match m.tag {
+                tag::NAME => inner_name = Some(value),
+                tag::ARGUMENTS => inner_arguments = Some(value),
                 _ => {}
             }
             continue;
         }
         // As serde reads an optional member: `null` is absent.
-        let value = (m.value != "null").then_some(m.value);
-        match key {
-            "jsonrpc" => jsonrpc = value,
-            "id" => id = value,
-            "method" => method = value,
-            "params" => {
+        let value = (value != "null").then_some(value);
+        match m.tag {
+            tag::JSONRPC => jsonrpc = value,
+            tag::ID => id = value,
+            tag::METHOD => method = value,
+            tag::PARAMS => {
                 params = value;
                 (name, arguments) = (inner_name, inner_arguments);
             }
-            "result" => result = value,
-            "error" => error = value,
+            tag::RESULT => result = value,
+            tag::ERROR => error = value,
             _ => {}
         }
         (inner_name, inner_arguments) = (None, None);
@@ -602,7 +638,14 @@ mod tests {
             "\"_meta\"",
             "\"m\\u0065thod\"",
             "\"other\"",
+            "\"p\\u0061rams\"",
+            "\"n\\u0061me\"",
+            "\"\\u0069d\"",
+            "\"r\\u0065sult\"",
+            "\"\\u0061rguments\"",
         ];
+        // Whitespace wherever JSON allows it: the reading slices values without it.
+        let spaces = ["", " ", "\n\t ", "\r\n"];
         let mut read = 0;
         for _ in 0..20_000 {
             let message = |next: &mut dyn FnMut(usize) -> usize| {
@@ -618,8 +661,9 @@ mod tests {
                         0 => {
                             let inner: Vec<String> = (0..next(4))
                                 .map(|_| {
+                                    let s = spaces[next(spaces.len())];
                                     format!(
-                                        "{}:{}",
+                                        "{s}{}{s}:{s}{}{s}",
                                         keys[next(keys.len())],
                                         values[next(values.len())]
                                     )
@@ -629,7 +673,8 @@ mod tests {
                         }
                         _ => values[next(values.len())].to_string(),
                     };
-                    members.push(format!("{key}:{value}"));
+                    let s = spaces[next(spaces.len())];
+                    members.push(format!("{s}{key}{s}:{s}{value}{s}"));
                 }
                 let at = next(members.len());
                 members.rotate_left(at);

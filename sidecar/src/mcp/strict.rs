@@ -81,25 +81,54 @@ impl std::error::Error for Unreadable {}
 
 /// `bytes` as text, when they are exactly one JSON value that every reader reads the same way.
 pub fn read(bytes: &[u8]) -> Result<&str, Unreadable> {
-    read_outline(bytes, 0).map(|(text, _)| text)
+    read_outline(bytes, 0, |_| 0).map(|(text, _)| text)
 }
 
-/// A value found while reading, in a container at most [`read_outline`]'s `depth` deep: its
-/// member key (`None` for an array item) and its text. Values are listed as they end, so
-/// the members of an object come before the member that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member<'a> {
+/// A value found while reading: a member of an object at most [`read_outline`]'s `depth`
+/// deep, or an item of the document's own array. Values are listed as they end, so the
+/// members of an object come before the member that holds it.
+///
+/// Twelve bytes, whatever the text: listing costs less than the reading's own list of the keys
+/// of open objects, and an array's items are listed only at the top (a batch's messages), so
+/// no text makes the list grow faster than the reading does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
     /// How deep its container is: 1 for the document's own members or items.
     pub depth: u8,
-    /// Its key as it decodes; `None` for an array item.
-    pub key: Option<Cow<'a, str>>,
-    /// Its JSON text, exactly as sent (already read with certainty).
-    pub value: &'a str,
+    /// What the caller's `tag` made of its key as it decodes; [`ITEM`] for an array item.
+    pub tag: u8,
+    start: u32,
+    end: u32,
 }
 
-/// [`read`], listing the values of containers up to `depth` deep as they are read: what a
-/// caller needs of a message's outline, from the same pass that checks it.
-pub fn read_outline(bytes: &[u8], depth: u8) -> Result<(&str, Vec<Member<'_>>), Unreadable> {
+/// The tag of an array item.
+pub const ITEM: u8 = u8::MAX;
+
+impl Member {
+    /// The whole of `text`, as the member that holds the rest.
+    pub fn whole(text: &str) -> Member {
+        Member {
+            depth: 0,
+            tag: ITEM,
+            start: 0,
+            end: text.len() as u32,
+        }
+    }
+
+    /// Its JSON text in `text` (the text read), exactly as sent.
+    pub fn value<'t>(&self, text: &'t str) -> &'t str {
+        &text[self.start as usize..self.end as usize]
+    }
+}
+
+/// [`read`], listing the members of objects up to `depth` deep (and the document's own items)
+/// as they are read, each with what `tag` makes of its key: what a caller needs of a message's
+/// outline, from the same pass that checks it.
+pub fn read_outline(
+    bytes: &[u8],
+    depth: u8,
+    tag: fn(&str) -> u8,
+) -> Result<(&str, Vec<Member>), Unreadable> {
     let syntax = |what: &'static str, at: usize| Unreadable {
         what: what.into(),
         at,
@@ -110,6 +139,13 @@ pub fn read_outline(bytes: &[u8], depth: u8) -> Result<(&str, Vec<Member<'_>>), 
     }
     if bytes.starts_with(b"\xFE\xFF") || bytes.starts_with(b"\xFF\xFE") {
         return Err(syntax("the text is UTF-16, not UTF-8", 0));
+    }
+    if depth > 0 && u32::try_from(bytes.len()).is_err() {
+        return Err(Unreadable {
+            what: "the text is larger than 4 GiB".into(),
+            at: 0,
+            syntax: false,
+        });
     }
     let text =
         std::str::from_utf8(bytes).map_err(|e| syntax("the text is not UTF-8", e.valid_up_to()))?;
@@ -123,6 +159,7 @@ pub fn read_outline(bytes: &[u8], depth: u8) -> Result<(&str, Vec<Member<'_>>), 
         outline_depth: depth.into(),
         // An MCP message's members and its params' members, without growing.
         outline: Vec::with_capacity(if depth > 0 { 16 } else { 0 }),
+        tag,
     };
     reader.document()?;
     Ok((text, reader.outline))
@@ -152,9 +189,11 @@ struct Reader<'a> {
     /// The keys of every object still open, innermost last.
     keys: Vec<Cow<'a, str>>,
     stack: Vec<Open>,
-    /// Values in containers this deep or less are listed in `outline`.
+    /// Members of objects this deep or less (and the document's items) are listed in
+    /// `outline`, tagged by `tag`.
     outline_depth: usize,
-    outline: Vec<Member<'a>>,
+    outline: Vec<Member>,
+    tag: fn(&str) -> u8,
 }
 
 impl<'a> Reader<'a> {
@@ -200,14 +239,18 @@ impl<'a> Reader<'a> {
         if depth == 0 || depth > self.outline_depth {
             return;
         }
-        let key = match self.stack[depth - 1] {
-            Open::Object { .. } => self.keys.last().cloned(),
-            Open::Array { .. } => None,
+        let tag = match self.stack[depth - 1] {
+            Open::Object { .. } => (self.tag)(self.keys.last().map_or("", |k| k)),
+            Open::Array { .. } if depth == 1 => ITEM,
+            // Deeper arrays' items are no one's business here.
+            Open::Array { .. } => return,
         };
         self.outline.push(Member {
             depth: depth as u8,
-            key,
-            value: &self.text[start..self.at],
+            tag,
+            // Checked against u32 when the reading began.
+            start: start as u32,
+            end: self.at as u32,
         });
     }
 
@@ -660,25 +703,57 @@ mod tests {
     }
 
     #[test]
-    fn the_outline_lists_shallow_values_as_they_end_with_their_keys_decoded() {
+    fn the_outline_lists_shallow_members_as_they_end_with_their_keys_decoded() {
+        let tag = |key: &str| match key {
+            "a" => 1,
+            "b" => 2,
+            "e" => 5,
+            "f" => 6,
+            _ => 0,
+        };
         let text = br#"{"a":1,"b":{"c":[true,{"d":null}],"\u0065":"x"},"f":[2]}"#;
-        let (_, outline) = read_outline(text, 2).unwrap();
-        let got: Vec<(u8, Option<&str>, &str)> = outline
+        let (read, outline) = read_outline(text, 2, tag).unwrap();
+        let got: Vec<(u8, u8, &str)> = outline
             .iter()
-            .map(|m| (m.depth, m.key.as_deref(), m.value))
+            .map(|m| (m.depth, m.tag, m.value(read)))
             .collect();
         assert_eq!(
             got,
             [
-                (1, Some("a"), "1"),
-                (2, Some("c"), r#"[true,{"d":null}]"#),
-                (2, Some("e"), r#""x""#),
-                (1, Some("b"), r#"{"c":[true,{"d":null}],"\u0065":"x"}"#),
-                (2, None, "2"),
-                (1, Some("f"), "[2]"),
-            ]
+                (1, 1, "1"),
+                (2, 0, r#"[true,{"d":null}]"#),
+                (2, 5, r#""x""#),
+                (1, 2, r#"{"c":[true,{"d":null}],"\u0065":"x"}"#),
+                (1, 6, "[2]"),
+            ],
+            "the items of [2] (depth 2) are not listed"
         );
-        assert!(read_outline(text, 0).unwrap().1.is_empty());
+        assert!(read_outline(text, 0, tag).unwrap().1.is_empty());
+        // The document's own items are, with whitespace around them left out.
+        let (read, outline) = read_outline(b"[ 1 , {\"a\" : 2} ]", 2, tag).unwrap();
+        let got: Vec<(u8, u8, &str)> = outline
+            .iter()
+            .map(|m| (m.depth, m.tag, m.value(read)))
+            .collect();
+        assert_eq!(
+            got,
+            [(1, ITEM, "1"), (2, 1, "2"), (1, ITEM, r#"{"a" : 2}"#)]
+        );
+    }
+
+    #[test]
+    fn the_outline_grows_no_faster_than_the_reading_whatever_the_shape() {
+        // Two million items of an array in params: none listed (they were 48 bytes each).
+        let items = format!(r#"{{"params":[{}0]}}"#, "0,".repeat(2_000_000));
+        let (_, outline) = read_outline(items.as_bytes(), 2, |_| 0).unwrap();
+        assert_eq!(outline.len(), 1);
+        // The document's items are listed, at 12 bytes each.
+        assert_eq!(std::mem::size_of::<Member>(), 12);
+        let batch = format!("[{}0]", "0,".repeat(100_000));
+        assert_eq!(
+            read_outline(batch.as_bytes(), 3, |_| 0).unwrap().1.len(),
+            100_001
+        );
     }
 
     #[test]
