@@ -80,8 +80,8 @@ fn kind_of_text(text: &str) -> &'static str {
     }
 }
 
-/// The text of a JSON string, decoded; `None` when `raw` is not a string.
-fn string_of(raw: &str) -> Option<Cow<'_, str>> {
+/// The text of a (strictly read) JSON string, decoded; `None` when `raw` is not a string.
+pub fn string_of(raw: &str) -> Option<Cow<'_, str>> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
         return Some(Cow::Borrowed(inner));
@@ -246,11 +246,9 @@ impl RpcError {
 /// reads one way ([`crate::mcp::strict`]). Anything else is refused, never forwarded: a server may
 /// read what the proxy could not.
 pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
+    let batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     // A batch's params are one level deeper than a single message's.
-    let depth = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => 3,
-        _ => 2,
-    };
+    let depth = if batch { 3 } else { 2 };
     let (text, members) = strict::read_outline(bytes, depth, tag::of).map_err(|e| RpcError {
         code: if e.syntax {
             PARSE_ERROR
@@ -266,7 +264,6 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
             }
         ),
     })?;
-    let batch = text.trim_start().starts_with('[');
     let mut messages = Vec::with_capacity(if batch { members.len() / 4 } else { 1 });
     if batch {
         // Items at depth 1, their members at 2, their params' members at 3; each item's
@@ -274,7 +271,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
         let mut from = 0;
         for (i, item) in members.iter().enumerate() {
             if item.depth == 1 {
-                messages.push(message(text, item, &members[from..i], 2)?);
+                messages.push(message(text, item.value(text), &members[from..i], 2)?);
                 from = i + 1;
             }
         }
@@ -282,22 +279,20 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body<'_>, RpcError> {
             return Err(RpcError::invalid("Invalid Request: an empty batch"));
         }
     } else {
-        let whole = Member::whole(text);
-        messages.push(message(text, &whole, &members, 1)?);
+        messages.push(message(text, text, &members, 1)?);
     }
     Ok(Body { messages, batch })
 }
 
-/// One message of strictly read JSON (`this`, in `body`), from its members at `depth` (and its
-/// params' members one deeper): a request, a notification or a response, and nothing that
+/// One message of strictly read JSON (`text`, in `body`), from its members at `depth` (and
+/// its params' members one deeper): a request, a notification or a response, and nothing that
 /// could be taken for another.
 fn message<'a>(
     body: &'a str,
-    this: &Member,
+    text: &'a str,
     members: &[Member],
     depth: u8,
 ) -> Result<Message<'a>, RpcError> {
-    let text = this.value(body);
     if !text.starts_with('{') {
         return Err(RpcError::invalid(format!(
             "Invalid Request: a JSON-RPC message must be an object with string jsonrpc and method, not {}",

@@ -105,16 +105,6 @@ pub struct Member {
 pub const ITEM: u8 = u8::MAX;
 
 impl Member {
-    /// The whole of `text`, as the member that holds the rest.
-    pub fn whole(text: &str) -> Member {
-        Member {
-            depth: 0,
-            tag: ITEM,
-            start: 0,
-            end: text.len() as u32,
-        }
-    }
-
     /// Its JSON text in `text` (the text read), exactly as sent.
     pub fn value<'t>(&self, text: &'t str) -> &'t str {
         &text[self.start as usize..self.end as usize]
@@ -269,7 +259,6 @@ impl<'a> Reader<'a> {
                     if self.peek() == Some(b'}') {
                         self.at += 1;
                         self.stack.pop();
-                        self.ended(start);
                     } else {
                         self.member_key()?;
                         continue 'value;
@@ -281,34 +270,22 @@ impl<'a> Reader<'a> {
                     if self.peek() == Some(b']') {
                         self.at += 1;
                         self.stack.pop();
-                        self.ended(start);
                     } else {
                         continue 'value;
                     }
                 }
                 Some(b'"') => {
                     self.string(false)?;
-                    self.ended(start);
                 }
-                Some(b'-' | b'0'..=b'9') => {
-                    self.number()?;
-                    self.ended(start);
-                }
-                Some(b't') => {
-                    self.literal(b"true")?;
-                    self.ended(start);
-                }
-                Some(b'f') => {
-                    self.literal(b"false")?;
-                    self.ended(start);
-                }
-                Some(b'n') => {
-                    self.literal(b"null")?;
-                    self.ended(start);
-                }
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
                 Some(_) => return Err(self.bad("a JSON value was expected")),
                 None => return Err(self.bad("the text ends inside a value")),
             }
+            // A scalar, or an empty container, ended here.
+            self.ended(start);
             // After a value: the next member, or the end of containers.
             loop {
                 let Some(&open) = self.stack.last() else {
@@ -711,14 +688,17 @@ mod tests {
             "f" => 6,
             _ => 0,
         };
+        // (depth, tag, text) of each member listed.
+        let listed = |text: &'static [u8]| {
+            let (read, outline) = read_outline(text, 2, tag).unwrap();
+            outline
+                .iter()
+                .map(|m| (m.depth, m.tag, m.value(read)))
+                .collect::<Vec<_>>()
+        };
         let text = br#"{"a":1,"b":{"c":[true,{"d":null}],"\u0065":"x"},"f":[2]}"#;
-        let (read, outline) = read_outline(text, 2, tag).unwrap();
-        let got: Vec<(u8, u8, &str)> = outline
-            .iter()
-            .map(|m| (m.depth, m.tag, m.value(read)))
-            .collect();
         assert_eq!(
-            got,
+            listed(text),
             [
                 (1, 1, "1"),
                 (2, 0, r#"[true,{"d":null}]"#),
@@ -730,13 +710,8 @@ mod tests {
         );
         assert!(read_outline(text, 0, tag).unwrap().1.is_empty());
         // The document's own items are, with whitespace around them left out.
-        let (read, outline) = read_outline(b"[ 1 , {\"a\" : 2} ]", 2, tag).unwrap();
-        let got: Vec<(u8, u8, &str)> = outline
-            .iter()
-            .map(|m| (m.depth, m.tag, m.value(read)))
-            .collect();
         assert_eq!(
-            got,
+            listed(b"[ 1 , {\"a\" : 2} ]"),
             [(1, ITEM, "1"), (2, 1, "2"), (1, ITEM, r#"{"a" : 2}"#)]
         );
     }

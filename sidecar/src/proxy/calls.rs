@@ -26,10 +26,7 @@ impl CallId {
             CallId(id.into_boxed_str())
         };
         match text.as_bytes().first()? {
-            b'"' if !text.contains('\\') => Some(tagged(b's', &text[1..text.len() - 1])),
-            b'"' => serde_json::from_str::<String>(text)
-                .ok()
-                .map(|s| tagged(b's', &s)),
+            b'"' => crate::mcp::jsonrpc::string_of(text).map(|s| tagged(b's', &s)),
             b'1'..=b'9' if text.bytes().all(|b| b.is_ascii_digit()) => Some(tagged(b'n', text)),
             b'-' | b'0'..=b'9' => {
                 let n: f64 = text.parse().ok().filter(|n: &f64| n.is_finite())?;

@@ -109,11 +109,9 @@ struct ResultView<'a> {
 
 impl ResultView<'_> {
     fn asks_for_input(&self) -> bool {
-        self.result_type.is_some_and(|t| {
-            t.get() == "\"input_required\""
-                || (t.get().contains('\\')
-                    && serde_json::from_str::<String>(t.get()).is_ok_and(|t| t == "input_required"))
-        })
+        self.result_type
+            .and_then(|t| jsonrpc::string_of(t.get()))
+            .is_some_and(|t| t == "input_required")
     }
 }
 

@@ -451,17 +451,14 @@ mod tests {
 
     #[test]
     fn a_repeat_is_read_from_its_params_even_spelled_with_escapes() {
-        fn raw(s: &str) -> &str {
-            serde_json::from_str::<&RawValue>(s).unwrap().get()
-        }
-        assert!(repeat(Some(raw(r#"{"name":"t","arguments":{}}"#))).is_none());
-        let r = repeat(Some(raw(r#"{"name":"t","requestState":"abc"}"#))).unwrap();
+        assert!(repeat(Some(r#"{"name":"t","arguments":{}}"#)).is_none());
+        let r = repeat(Some(r#"{"name":"t","requestState":"abc"}"#)).unwrap();
         assert_eq!(r.state.as_deref(), Some("abc"));
-        let r = repeat(Some(raw(r#"{"name":"t","request\u0053tate":"a\/b"}"#))).unwrap();
+        let r = repeat(Some(r#"{"name":"t","request\u0053tate":"a\/b"}"#)).unwrap();
         assert_eq!(r.state.as_deref(), Some("a/b"));
-        let r = repeat(Some(raw(r#"{"name":"t","inputResponses":{"x":{}}}"#))).unwrap();
+        let r = repeat(Some(r#"{"name":"t","inputResponses":{"x":{}}}"#)).unwrap();
         assert_eq!(r.state, None);
-        let n = repeat(Some(raw(r#"{"requestState":1}"#))).unwrap();
+        let n = repeat(Some(r#"{"requestState":1}"#)).unwrap();
         assert_ne!(n.state.as_deref(), Some("1"));
     }
 
@@ -479,14 +476,10 @@ mod tests {
             None,
             "the server's state goes on"
         );
-        let raw = |s: &str| serde_json::from_str::<Box<RawValue>>(s).unwrap();
         let caps = |c: &str| {
-            opens_urls(Some(
-                raw(&format!(
-                    r#"{{"_meta":{{"io.modelcontextprotocol/clientCapabilities":{c}}}}}"#
-                ))
-                .get(),
-            ))
+            opens_urls(Some(&format!(
+                r#"{{"_meta":{{"io.modelcontextprotocol/clientCapabilities":{c}}}}}"#
+            )))
         };
         assert!(caps(r#"{"elicitation":{"form":{},"url":{}}}"#));
         assert!(!caps(r#"{"elicitation":{"form":{}}}"#));
@@ -497,11 +490,9 @@ mod tests {
     #[test]
     fn a_2025_session_opens_urls_only_when_its_initialize_declares_url_elicitation() {
         let init = |caps: &str| {
-            let p = serde_json::from_str::<Box<RawValue>>(&format!(
+            initialize_opens_urls(Some(&format!(
                 r#"{{"protocolVersion":"2025-11-25","capabilities":{caps},"clientInfo":{{"name":"a","version":"1"}}}}"#
-            ))
-            .unwrap();
-            initialize_opens_urls(Some(p.get()))
+            )))
         };
         assert!(init(r#"{"elicitation":{"form":{},"url":{}}}"#));
         assert!(!init(r#"{"elicitation":{}}"#));

@@ -53,6 +53,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `family`'s counter for `reason`, kept to count without a lookup. Its own statement: a
+/// family's handle holds the family's lock until the statement that took it ends.
+fn of_reason(family: &Family<ReasonLabels, Counter>, reason: &'static str) -> Counter {
+    family.get_or_create(&ReasonLabels { reason }).clone()
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: &'static str,
@@ -120,21 +126,10 @@ impl TraceMetrics {
     /// The counters, registered in `registry` (whose prefix should be `tollgate`).
     pub fn register(registry: &mut Registry) -> Self {
         let dropped = Family::<ReasonLabels, Counter>::default();
-        // One statement each: a family's handle holds its lock until the statement ends.
-        let dropped_queue_full = dropped
-            .get_or_create(&ReasonLabels {
-                reason: "queue_full",
-            })
-            .clone();
-        let dropped_export_failed = dropped
-            .get_or_create(&ReasonLabels {
-                reason: "export_failed",
-            })
-            .clone();
         let traces = TraceMetrics {
             exported: Counter::default(),
-            dropped_queue_full,
-            dropped_export_failed,
+            dropped_queue_full: of_reason(&dropped, "queue_full"),
+            dropped_export_failed: of_reason(&dropped, "export_failed"),
         };
         registry.register(
             "trace_spans_exported",
@@ -240,19 +235,10 @@ impl Metrics {
             store_rollbacks_lost.clone(),
         );
         let audit_dropped = Family::<ReasonLabels, Counter>::default();
-        // One statement each: a family's handle holds its lock until the statement ends.
-        let dropped_full = audit_dropped
-            .get_or_create(&ReasonLabels { reason: "full" })
-            .clone();
-        let dropped_write_error = audit_dropped
-            .get_or_create(&ReasonLabels {
-                reason: "write_error",
-            })
-            .clone();
         let audit = AuditMetrics {
             lines: Counter::default(),
-            dropped_full,
-            dropped_write_error,
+            dropped_full: of_reason(&audit_dropped, "full"),
+            dropped_write_error: of_reason(&audit_dropped, "write_error"),
             buffered: Gauge::default(),
         };
         registry.register(
