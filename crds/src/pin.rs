@@ -183,6 +183,19 @@ impl ToolDefinition {
         Ok(())
     }
 
+    /// The tool this definition pins, as a `tools/list` answer would carry it: each field's
+    /// text read back. Checked first ([`ToolDefinition::verify`]), so the tool is the one the
+    /// digest pins, and reading it again gives this definition.
+    pub fn tool(&self) -> Result<serde_json::Value, String> {
+        self.verify()?;
+        let mut tool = serde_json::Map::new();
+        for (field, text) in &self.fields {
+            let value = serde_json::from_str(text).map_err(|e| format!("field {field:?}: {e}"))?;
+            tool.insert(field.clone(), value);
+        }
+        Ok(serde_json::Value::Object(tool))
+    }
+
     /// The hints of this definition's `annotations`.
     pub fn hints(&self) -> Hints {
         let annotations = self

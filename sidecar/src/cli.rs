@@ -565,9 +565,15 @@ pub fn main() -> ExitCode {
                 .expect("starting the runtime");
             let listed =
                 runtime.block_on(crate::starter::list_tools(&args.url, args.token.as_deref()));
-            match listed.and_then(|tools| {
-                crate::starter::render(&args.url, &args.name, &args.namespace, &tools)
-            }) {
+            let header = crate::starter::Header {
+                command: &format!("tollgate pin {}", args.url),
+                pinned_to: "the definition the server lists now",
+                name: &args.name,
+                namespace: &args.namespace,
+                selector: None,
+                notes: &[],
+            };
+            match listed.and_then(|tools| crate::starter::render(&header, &tools)) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS

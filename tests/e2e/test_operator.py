@@ -690,7 +690,7 @@ def replica(kube: ControlPlane, ns: str, name: str, rs: dict) -> dict:
 
 
 def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_them_and_only_the_accept_verb_frees_a_tool(
-        kube, operator, sidecar, debug_bins, tmp_path):
+        kube, operator, sidecar, debug_bins, tollgate_bin, tmp_path):
     ns = "pins"
     kube.namespace(ns, **INJECT)
     op = operator()
@@ -794,6 +794,34 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     assert "rejected" in plugin("alice", "list").stdout
     eventually(lambda: events(kube, ns, "Rejected", pins()["create_issue"]["metadata"]["name"]), what="an Event says it was rejected")
     assert "create_issue" not in b.tools() and "result" not in b.call("create_issue")
+
+    # kubectl tollgate pin: the workload's pins as a starter policy for a person to review. Each
+    # definition in force is pinned, rules come from its annotations, the Deployment's pods are
+    # selected, and what the sidecars hold back is said, not pinned.
+    def kubectl_tollgate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(debug_bins / "kubectl-tollgate"), *args, "-n", ns], capture_output=True, text=True,
+                              env={**os.environ, "KUBECONFIG": kube.env["KUBECONFIG"]})
+
+    made = kubectl_tollgate("pin", "--workload", "Deployment/mcp")
+    assert made.returncode == 0, made.stderr
+    starter = tmp_path / "starter.yaml"
+    starter.write_text(made.stdout)
+    checked = subprocess.run([str(tollgate_bin), "check", "--policy", str(starter)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr + made.stdout
+    policy_doc = yaml.safe_load(made.stdout)
+    assert policy_doc["metadata"] == {"name": "mcp-pinned", "namespace": ns}
+    assert policy_doc["spec"]["selector"] == {"matchLabels": {"app": "mcp"}}, "the Deployment's own pods"
+    in_force = {t: p["spec"]["definition"]["digest"] for t, p in pins().items()}
+    assert policy_doc["spec"]["pinning"] == {"mode": "enforce", "tools": in_force}, made.stdout
+    assert in_force["read_file"] == digest, "the definition alice accepted"
+    rules = {t: e["rules"] for t, e in policy_doc["spec"]["tools"].items()}
+    assert rules["read_file"] == [] and rules["delete_repository"][0]["action"] == "approve", made.stdout
+    assert "rateLimit" in rules["create_issue"][0], made.stdout
+    assert '# "create_issue": pod mcp-7d9f-b lists another definition (changed: inputSchema' in made.stdout, made.stdout
+    assert "rejected; it stays held" in made.stdout, made.stdout
+    assert f'# "read_file": pod mcp-7d9f-a lists another definition (changed: description), held back' in made.stdout, made.stdout
+    none = kubectl_tollgate("pin", "--workload", "Deployment/other")
+    assert none.returncode != 0 and "has no McpToolPins" in none.stderr, none.stderr
 
     # A pod relabelled out of its Deployment gets no pins of its own: the API server's record
     # of its ReplicaSet says whose it is, and the operator takes no report the labels contradict.

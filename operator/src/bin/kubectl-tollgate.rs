@@ -10,6 +10,7 @@
 //! kubectl tollgate pins list [-n NS | -A] [--workload KIND/NAME]   what each workload's tools are held to
 //! kubectl tollgate pins accept TOOL --workload KIND/NAME --digest D [-n NS]
 //! kubectl tollgate pins reject TOOL --workload KIND/NAME --digest D [-n NS]
+//! kubectl tollgate pin --workload KIND/NAME [-n NS] [--name N]   a starter policy of its pins
 //! ```
 //!
 //! A decision is a patch of `spec.decision`, made as the kubeconfig's user: the operator's
@@ -18,7 +19,9 @@
 //! policies, namespace and pod the kubeconfig's user can read, with the very function the
 //! operator streams it with; `replay` reads the audit lines of the pods' sidecars. `pins accept`
 //! pins the definition the sidecars hold back (the one you reviewed: `--digest`), which takes the
-//! RBAC verb `accept` on `mcptoolpins`, and is stamped `acceptedBy`.
+//! RBAC verb `accept` on `mcptoolpins`, and is stamped `acceptedBy`. `pin` writes a starter
+//! McpPolicy for a person to review from a workload's pins, as `tollgate pin URL` does from a
+//! running server: each tool pinned to its definition, with a rule proposed from its annotations.
 
 use std::process::ExitCode;
 
@@ -97,6 +100,17 @@ enum Command {
     Pins {
         #[command(subcommand)]
         action: PinsAction,
+    },
+    /// Print a starter McpPolicy from a workload's pins, for a person to review: each tool
+    /// pinned to the definition its sidecars hold it to, with a rule proposed from its
+    /// annotations, selecting the workload's pods.
+    Pin {
+        /// The workload (`Deployment/mcp`), as `pins list` shows it.
+        #[arg(long)]
+        workload: String,
+        /// The McpPolicy's name (default: the workload's name and `-pinned`).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Decide the calls in the audit logs of pods' sidecars again under other policies.
     Replay {
@@ -361,6 +375,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             pins(client, &namespace, action).await?;
             return Ok(0);
         }
+        Command::Pin { workload, name } => {
+            print!("{}", starter(client, &namespace, &workload, name).await?);
+            return Ok(0);
+        }
         Command::Approve { name, reason } => (name, "Approve", reason),
         Command::Deny { name, reason } => (name, "Deny", Some(reason)),
     };
@@ -463,6 +481,138 @@ async fn pins(client: Client, namespace: &str, action: PinsAction) -> anyhow::Re
         false => println!("{workload} {tool}: {digest} rejected; it stays held"),
     }
     Ok(())
+}
+
+/// A starter McpPolicy of `workload`'s pins: every tool with a definition pinned, a note for
+/// each definition its sidecars hold back, and the workload's own pod selector.
+async fn starter(
+    client: Client,
+    namespace: &str,
+    workload: &str,
+    name: Option<String>,
+) -> anyhow::Result<String> {
+    let (kind, workload_name) = workload
+        .split_once('/')
+        .with_context(|| format!("{workload:?} is not KIND/NAME, as `pins list` shows it"))?;
+    let api: Api<McpToolPin> = Api::namespaced(client.clone(), namespace);
+    let mut pins = api.list(&ListParams::default()).await?.items;
+    pins.retain(|p| p.spec.workload == workload);
+    pins.sort_by(|a, b| a.spec.tool.cmp(&b.spec.tool));
+    anyhow::ensure!(
+        !pins.is_empty(),
+        "{workload} has no McpToolPins in {namespace}: they are made when its sidecars first list \
+         its tools under `pinning.trustOnFirstUse`; for a server without them, run \
+         `tollgate pin URL` through `kubectl port-forward`"
+    );
+    let mut tools = Vec::new();
+    let mut notes = Vec::new();
+    for pin in &pins {
+        let tool = &pin.spec.tool;
+        match &pin.spec.definition {
+            Some(def) => tools.push(
+                def.tool()
+                    .map_err(|e| anyhow::anyhow!("{workload}'s pin of {tool:?}: {e}"))?,
+            ),
+            None => notes.push(format!(
+                "{tool:?} is left out: nothing is pinned yet, and its definition waits for a person (kubectl tollgate pins list)"
+            )),
+        }
+        let held = pin.status.as_ref().and_then(|s| s.held.as_ref());
+        if let Some(h) = held.filter(|h| pin.spec.definition.as_ref() != Some(&h.definition)) {
+            let rejected = pin.spec.rejected.as_ref() == Some(&h.definition.digest);
+            notes.push(format!(
+                "{tool:?}: pod {} lists another definition ({}{}), {}",
+                h.pod,
+                h.why,
+                match h.changed.is_empty() {
+                    true => String::new(),
+                    false => format!(": {}", h.changed.join(", ")),
+                },
+                match rejected {
+                    true => "rejected; it stays held".to_string(),
+                    false => format!(
+                        "held back for review, not the one pinned here ({})",
+                        h.definition.digest
+                    ),
+                }
+            ));
+        }
+    }
+    let (selector, why) = pod_selector(client, namespace, kind, workload_name).await;
+    notes.extend(why);
+    let name = name.unwrap_or_else(|| format!("{workload_name}-pinned"));
+    let command = format!("kubectl tollgate pin --workload {workload} -n {namespace}");
+    let header = tollgate_sidecar::starter::Header {
+        command: &command,
+        pinned_to: "the definition its sidecars hold it to (its McpToolPin)",
+        name: &name,
+        namespace,
+        selector: selector.as_ref(),
+        notes: &notes,
+    };
+    tollgate_sidecar::starter::render(&header, &tools)
+}
+
+/// The label selector of a workload's pods, as its controller has it; else none, and a note
+/// saying why and that the policy selects every pod of the namespace as written.
+async fn pod_selector(
+    client: Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> (Option<serde_json::Value>, Option<String>) {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+    async fn selector_of<K>(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        get: fn(&K) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    ) -> Result<Option<serde_json::Value>, kube::Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let found = Api::<K>::namespaced(client, namespace)
+            .get_opt(name)
+            .await?;
+        Ok(found
+            .as_ref()
+            .and_then(get)
+            .and_then(|s| serde_json::to_value(s).ok()))
+    }
+    let found = match kind {
+        "Deployment" => {
+            selector_of::<Deployment>(client, namespace, name, |d| Some(&d.spec.selector)).await
+        }
+        "StatefulSet" => {
+            selector_of::<StatefulSet>(client, namespace, name, |d| Some(&d.spec.selector)).await
+        }
+        "DaemonSet" => {
+            selector_of::<DaemonSet>(client, namespace, name, |d| Some(&d.spec.selector)).await
+        }
+        "ReplicaSet" => {
+            selector_of::<ReplicaSet>(client, namespace, name, |d| Some(&d.spec.selector)).await
+        }
+        _ => Ok(None),
+    };
+    match found {
+        Ok(Some(selector)) => (Some(selector), None),
+        Ok(None) => (
+            None,
+            Some(format!(
+                "no pod selector of {kind}/{name} was found: as written, this policy selects every pod of {namespace}; set spec.selector"
+            )),
+        ),
+        Err(e) => (
+            None,
+            Some(format!(
+                "{kind}/{name}'s pod selector could not be read ({e}): as written, this policy selects every pod of {namespace}; set spec.selector"
+            )),
+        ),
+    }
 }
 
 fn print_pins(items: &[McpToolPin], namespaces: bool) {

@@ -80,4 +80,26 @@ mod tests {
         );
         assert!(smuggled.verify().unwrap_err().contains("one JSON value"));
     }
+
+    #[test]
+    fn a_definition_gives_back_the_tool_it_pins_and_only_if_its_text_is_its_digest() {
+        let listed = json!({
+            "name": "t", "description": "reads", "inputSchema": {"type": "object", "properties": {"n": {"maximum": 10.0}}},
+            "annotations": {"readOnlyHint": true}, "unknownField": 1,
+        });
+        let def = read(&listed).unwrap();
+        let tool = def.tool().unwrap();
+        assert_eq!(
+            read(&tool).unwrap(),
+            def,
+            "reading the tool again is the same pin"
+        );
+        assert_eq!(tool["annotations"], json!({"readOnlyHint": true}));
+        assert!(tool.get("unknownField").is_none(), "only what a pin covers");
+        let mut tampered = def.clone();
+        tampered
+            .fields
+            .insert("description".into(), "\"writes\"".into());
+        assert!(tampered.tool().unwrap_err().contains("is not that of"));
+    }
 }
