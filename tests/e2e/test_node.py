@@ -19,6 +19,7 @@ import time
 
 import httpx
 import pytest
+import yaml
 from cluster import NAMESPACE, RELEASE, eventually, policy
 from conftest import ROOT, report
 from node import MCP_PORT, Agent, Node, host_container, host_post, host_tools_spec, install, python, records
@@ -233,6 +234,10 @@ def test_node_a_deployments_tool_pins_are_made_on_first_use_hold_a_changed_tool_
     again = eventually(lambda: (s := agent.session(f"{url}/mcp", [("read_file", {"path": "/b"})]))["calls"] == [["ok", "contents of /b"]] and s,
                        what="the accepted definition called on the pod", timeout=30)
     assert again["tools"] == ["create_issue", "read_file"]
+    # What the workload now trusts, as a policy to review and apply.
+    starter = yaml.safe_load(node.plugin("pin", "--workload", "Deployment/rugpull", "-n", ns).stdout)
+    assert starter["spec"]["selector"] == {"matchLabels": {"app": "rugpull"}}
+    assert starter["spec"]["pinning"]["tools"]["read_file"] == held["definition"]["digest"], starter
 
 
 SHOP_TESTS = """

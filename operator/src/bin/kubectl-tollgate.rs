@@ -566,7 +566,7 @@ async fn pod_selector(
         client: Client,
         namespace: &str,
         name: &str,
-        get: fn(&K) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+        get: fn(&K) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     ) -> Result<Option<serde_json::Value>, kube::Error>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -578,23 +578,20 @@ async fn pod_selector(
         let found = Api::<K>::namespaced(client, namespace)
             .get_opt(name)
             .await?;
-        Ok(found
-            .as_ref()
-            .and_then(get)
-            .and_then(|s| serde_json::to_value(s).ok()))
+        Ok(found.and_then(|k| serde_json::to_value(get(&k)).ok()))
     }
     let found = match kind {
         "Deployment" => {
-            selector_of::<Deployment>(client, namespace, name, |d| Some(&d.spec.selector)).await
+            selector_of::<Deployment>(client, namespace, name, |d| &d.spec.selector).await
         }
         "StatefulSet" => {
-            selector_of::<StatefulSet>(client, namespace, name, |d| Some(&d.spec.selector)).await
+            selector_of::<StatefulSet>(client, namespace, name, |d| &d.spec.selector).await
         }
         "DaemonSet" => {
-            selector_of::<DaemonSet>(client, namespace, name, |d| Some(&d.spec.selector)).await
+            selector_of::<DaemonSet>(client, namespace, name, |d| &d.spec.selector).await
         }
         "ReplicaSet" => {
-            selector_of::<ReplicaSet>(client, namespace, name, |d| Some(&d.spec.selector)).await
+            selector_of::<ReplicaSet>(client, namespace, name, |d| &d.spec.selector).await
         }
         _ => Ok(None),
     };
