@@ -176,7 +176,8 @@ impl Entry {
 
 #[derive(Default)]
 struct State {
-    by_name: HashMap<String, Entry>,
+    /// Boxed: a table keeps room for more entries than it holds, and an entry is large.
+    by_name: HashMap<String, Box<Entry>>,
     /// The live (Pending or Approved) approval of each fingerprint.
     by_key: HashMap<Arc<str>, String>,
 }
@@ -284,14 +285,14 @@ impl Approvals {
         state.by_key.insert(key.clone(), name.clone());
         state.by_name.insert(
             name.clone(),
-            Entry {
+            Box::new(Entry {
                 view,
                 key,
                 valid_for: asked.valid_for,
                 expires_at: now + asked.valid_for,
                 ended_at: None,
                 phase,
-            },
+            }),
         );
         Ticket::Hold(Hold {
             name,

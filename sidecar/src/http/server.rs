@@ -171,9 +171,9 @@ pub async fn serve<H: Handler>(
                 let io = Prefixed::new(buf, stream).with_write_deadline(timeouts.write);
                 return Box::pin(serve_hyper_h1(io, peer, handler, stop, timeouts)).await;
             }
-            return Http1::new(stream, buf, peer, handler, stop, timeouts)
-                .serve()
-                .await;
+            // Owned here and lent to `serve`: an async fn taking `self` by value keeps it twice.
+            let mut h1 = Http1::new(stream, buf, peer, handler, stop, timeouts);
+            return h1.serve().await;
         }
         if buf.len() >= H2_PREFACE.len() {
             // Boxed, so that HTTP/1 connections' tasks are not sized for hyper's HTTP/2 state.
@@ -589,7 +589,7 @@ impl<H: Handler> Http1<H> {
         }
     }
 
-    async fn serve(mut self) -> Served {
+    async fn serve(&mut self) -> Served {
         loop {
             let Some(r) = &mut self.read else {
                 return self.served;
@@ -613,7 +613,8 @@ impl<H: Handler> Http1<H> {
                 Ok(Some(head)) => head,
                 Ok(None) => return self.served,
                 Err(refused) => {
-                    self.refuse(&refused).await;
+                    // Boxed, as below: a future is as large as its largest stage.
+                    Box::pin(self.refuse(&refused)).await;
                     return self.served;
                 }
             };
@@ -629,52 +630,57 @@ impl<H: Handler> Http1<H> {
     }
 
     /// Answers one request whose head has been read.
-    async fn exchange(&mut self, head: Head) -> Written {
-        let Head {
-            parts,
-            body: framing,
-            close,
-            expect_continue,
-        } = head;
-        let r = self.read.as_mut().expect("a head was just read from it");
-        let body = match framing {
-            Framing::Length(n) if r.buf.len() as u64 >= n => {
-                RequestBody::full(r.buf.split_to(n as usize).freeze())
-            }
-            framing => {
-                if expect_continue
-                    && write_within(&mut self.write, CONTINUE, self.timeouts.write)
-                        .await
-                        .is_err()
-                {
-                    return Written::Gone;
+    ///
+    /// An async block, not an async fn: an async fn keeps its arguments twice (as passed, and
+    /// moved into its body; rust-lang/rust#62958), and a held call waits in this future.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn exchange(&mut self, head: Head) -> impl Future<Output = Written> + '_ {
+        async move {
+            let r = self.read.as_mut().expect("a head was just read from it");
+            let body = match head.body {
+                Framing::Length(n) if r.buf.len() as u64 >= n => {
+                    RequestBody::full(r.buf.split_to(n as usize).freeze())
                 }
-                RequestBody(Inner::Http1(Http1Body {
-                    read: self.read.take(),
-                    framing,
-                    home: self.home.clone(),
-                }))
+                framing => {
+                    if head.expect_continue
+                        && write_within(&mut self.write, CONTINUE, self.timeouts.write)
+                            .await
+                            .is_err()
+                    {
+                        return Written::Gone;
+                    }
+                    RequestBody(Inner::Http1(Http1Body {
+                        read: self.read.take(),
+                        framing,
+                        home: self.home.clone(),
+                    }))
+                }
+            };
+            let version = head.parts.version;
+            let head_request = head.parts.method == Method::HEAD;
+            let respond = Box::pin(
+                self.handler
+                    .call(Request::from_parts(head.parts, body), self.peer),
+            );
+            let Some(resp) = self.unless_closed(respond).await else {
+                return Written::Gone;
+            };
+            self.served.requests += 1;
+            if self.read.is_none() {
+                self.read = self.home.lock().take();
             }
-        };
-        let version = parts.version;
-        let head_request = parts.method == Method::HEAD;
-        let respond = Box::pin(
-            self.handler
-                .call(Request::from_parts(parts, body), self.peer),
-        );
-        let Some(resp) = self.unless_closed(respond).await else {
-            return Written::Gone;
-        };
-        self.served.requests += 1;
-        if self.read.is_none() {
-            self.read = self.home.lock().take();
+            // A body not read to its end leaves its rest on the connection (or took the connection
+            // with it, failing): close it after this.
+            let keep_alive = !head.close
+                && self.read.as_ref().is_some_and(|r| !r.unread)
+                && !*self.stop.borrow();
+            // Boxed: a connection's future is as large as its largest stage, and writing is larger
+            // than waiting for the handler, which is where a held call spends its time.
+            Box::pin(self.write_response(resp, version, head_request, keep_alive)).await
         }
-        // A body not read to its end leaves its rest on the connection (or took the connection
-        // with it, failing): close it after this.
-        let keep_alive =
-            !close && self.read.as_ref().is_some_and(|r| !r.unread) && !*self.stop.borrow();
-        self.write_response(resp, version, head_request, keep_alive)
-            .await
     }
 
     /// Writes an answer: its head with the framing of its body, then the body as it comes,

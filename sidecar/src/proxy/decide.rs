@@ -243,11 +243,12 @@ impl Proxy {
             }));
         let mut waits = std::pin::pin!(waits);
         let started = tokio::time::Instant::now();
-        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        // A timer only where someone hears of the wait: each held call keeps what it holds.
+        let mut ticks = (!asking.is_empty()).then(|| tokio::time::interval(PROGRESS_EVERY));
         let outcomes = loop {
             tokio::select! {
                 done = &mut waits => break done,
-                _ = ticks.tick(), if !asking.is_empty() => {
+                _ = tick(&mut ticks) => {
                     let waited = started.elapsed().as_secs();
                     for (i, token, timeout) in &asking {
                         let on = match names[*i].lock().as_deref() {
@@ -268,10 +269,21 @@ impl Proxy {
                 }
             }
         };
+        // Boxed, as it runs once the wait is over: held inline, it would be room every waiting
+        // call keeps (see `handle_body`).
+        Box::pin(self.settle_all(outcomes, asked, inspector, decided)).await;
+    }
+
+    /// The held calls' outcomes, each settled in turn, in the order the calls came.
+    async fn settle_all<'b>(
+        &self,
+        outcomes: Vec<(Waited, Held<'b>)>,
+        asked: &Asked<'_>,
+        inspector: &mut Inspector,
+        decided: &mut Decided<'b>,
+    ) {
         for (waited, h) in outcomes {
-            // Boxed, as it runs once the wait is over: held inline, it would be room every
-            // waiting call keeps (see `handle_body`).
-            Box::pin(self.settle_one(waited, h, asked, inspector, decided)).await;
+            self.settle_one(waited, h, asked, inspector, decided).await;
         }
         decided.kept.sort_by_key(|(at, _)| *at);
     }
@@ -539,7 +551,7 @@ impl Proxy {
         let Some(call) = m.call() else {
             return Outcome::Forward(Reserved::default(), None);
         };
-        let call = match call {
+        let mut call = match call {
             Ok(c) => c,
             Err(message) => {
                 let id = m.id_value();
@@ -690,7 +702,8 @@ impl Proxy {
                             call_id: None,
                             ask: approvals::OwnedAsk {
                                 tool: call.name.clone(),
-                                args: args.clone(),
+                                // Moved, not copied: a held call keeps them while it waits.
+                                args: call.arguments.take().unwrap_or(empty),
                                 identity: who.key().to_string(),
                                 policy: policy.clone(),
                                 rule: rule.clone(),
@@ -937,5 +950,15 @@ impl LoggedArguments {
             values: Value::Object(values),
             absent,
         }))
+    }
+}
+
+/// The next tick of a timer, or never without one.
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -407,7 +407,8 @@ impl Proxy {
                 start,
             ))
         } else {
-            Either::Left(self.handle_body(req, set, who, peer, start))
+            let (parts, body) = req.into_parts();
+            Either::Left(self.handle_body(parts, body, set, who, peer, start))
         })
     }
 
@@ -416,99 +417,106 @@ impl Proxy {
     ///
     /// A future is as large as its largest stage, and a call held for a person keeps its
     /// request's future for as long as the person takes: the stages after deciding (and the
-    /// rare ones) are boxed, so a held call keeps about 2 KiB here, not 5.
-    async fn handle_body(
+    /// rare ones) are boxed, so a held call keeps about 1.5 KiB here, not 5. It is an async
+    /// block, not an async fn, which would keep its arguments twice (rust-lang/rust#62958).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn handle_body(
         self: Arc<Self>,
-        req: Request<RequestBody>,
+        parts: http::request::Parts,
+        body: RequestBody,
         set: Arc<Enforced>,
         who: Arc<Identity>,
         peer: SocketAddr,
         start: Instant,
-    ) -> Resp {
-        let (parts, body) = req.into_parts();
-        let bytes = match self.read_body(&parts.headers, body).await {
-            Ok(bytes) => bytes,
-            Err(refused) => return refused.into_response(),
-        };
-        if bytes.is_empty() {
-            // Framed as having a body, but none came: nothing to decide.
-            return Box::pin(self.forward_stream(
+    ) -> impl Future<Output = Resp> {
+        async move {
+            let bytes = match self.read_body(&parts.headers, body).await {
+                Ok(bytes) => bytes,
+                Err(refused) => return refused.into_response(),
+            };
+            if bytes.is_empty() {
+                // Framed as having a body, but none came: nothing to decide.
+                return Box::pin(self.forward_stream(
+                    parts,
+                    Outgoing::Full(bytes),
+                    set,
+                    who,
+                    peer,
+                    start,
+                ))
+                .await;
+            }
+            if self.cfg.passes_through(&set, parts.uri.path()) {
+                // A path the user named as not MCP (an OAuth endpoint, say): forwarded as it is.
+                let onward = Onward {
+                    parts,
+                    body: Outgoing::Full(bytes),
+                    peer,
+                    start,
+                    kind: RequestKind::Passthrough,
+                    declares_urls: false,
+                };
+                return Box::pin(self.forward(onward, Vec::new(), Inspector::passthrough())).await;
+            }
+            let (rpc, era) = match admit::messages(&parts.headers, &bytes) {
+                Ok(read) => read,
+                // The versions it lists are those the server supports too.
+                Err(Refusal::Version(mut unknown)) => {
+                    let credential = parts.headers.get(header::AUTHORIZATION);
+                    unknown.supported =
+                        Box::pin(self.supported_versions(parts.uri.path(), credential)).await;
+                    return Refusal::Version(unknown).into_response();
+                }
+                Err(refused) => return refused.into_response(),
+            };
+            if self.tracer.is_on()
+                && let Some(t) = trace::current()
+            {
+                describe(&t, &parts.headers, &rpc.messages, rpc.batch);
+            }
+            let route = self.route(&parts, &set, &who, &rpc.messages);
+            let declares_urls = era == Era::Sessions
+                && !rpc.batch
+                && rpc.messages[0].method.as_deref() == Some("initialize")
+                && resume::initialize_opens_urls(rpc.messages[0].params);
+            let mut ex = Exchange {
+                modern: era == Era::Stateless,
+                declares_urls,
                 parts,
-                Outgoing::Full(bytes),
+                body: bytes.clone(),
+                batch: rpc.batch,
+                total: rpc.messages.len(),
                 set,
                 who,
                 peer,
                 start,
-            ))
-            .await;
-        }
-        if self.cfg.passes_through(&set, parts.uri.path()) {
-            // A path the user named as not MCP (an OAuth endpoint, say): forwarded as it is.
-            let onward = Onward {
-                parts,
-                body: Outgoing::Full(bytes),
-                peer,
-                start,
-                kind: RequestKind::Passthrough,
-                declares_urls: false,
+                route,
             };
-            return Box::pin(self.forward(onward, Vec::new(), Inspector::passthrough())).await;
-        }
-        let (rpc, era) = match admit::messages(&parts.headers, &bytes) {
-            Ok(read) => read,
-            // The versions it lists are those the server supports too.
-            Err(Refusal::Version(mut unknown)) => {
-                let credential = parts.headers.get(header::AUTHORIZATION);
-                unknown.supported =
-                    Box::pin(self.supported_versions(parts.uri.path(), credential)).await;
-                return Refusal::Version(unknown).into_response();
+            let mut decided = {
+                let (asked, inspector) = ex.asked();
+                self.decide_all(&rpc.messages, &asked, inspector).await
+            };
+            if !decided.held.is_empty() {
+                let legacy = ex.route.legacy.is_some();
+                let progress = decided
+                    .held
+                    .iter()
+                    .any(|h| h.progress_token.is_some() || h.tells_on_stream());
+                if legacy || (progress && held::accepts_sse(&ex.parts.headers)) {
+                    // The legacy transport answers on the session's stream, so the POST is taken
+                    // at once; a client asking for progress hears it on a stream begun now.
+                    return self.held_in_background(ex, decided.into_owned());
+                }
+                let held = std::mem::take(&mut decided.held);
+                let (asked, inspector) = ex.asked();
+                self.settle_held(held, &asked, inspector, &mut decided, |_| {})
+                    .await;
             }
-            Err(refused) => return refused.into_response(),
-        };
-        if self.tracer.is_on()
-            && let Some(t) = trace::current()
-        {
-            describe(&t, &parts.headers, &rpc.messages, rpc.batch);
+            Box::pin(self.finish(ex, decided)).await
         }
-        let route = self.route(&parts, &set, &who, &rpc.messages);
-        let declares_urls = era == Era::Sessions
-            && !rpc.batch
-            && rpc.messages[0].method.as_deref() == Some("initialize")
-            && resume::initialize_opens_urls(rpc.messages[0].params);
-        let mut ex = Exchange {
-            modern: era == Era::Stateless,
-            declares_urls,
-            parts,
-            body: bytes.clone(),
-            batch: rpc.batch,
-            total: rpc.messages.len(),
-            set,
-            who,
-            peer,
-            start,
-            route,
-        };
-        let mut decided = {
-            let (asked, inspector) = ex.asked();
-            self.decide_all(&rpc.messages, &asked, inspector).await
-        };
-        if !decided.held.is_empty() {
-            let legacy = ex.route.legacy.is_some();
-            let progress = decided
-                .held
-                .iter()
-                .any(|h| h.progress_token.is_some() || h.tells_on_stream());
-            if legacy || (progress && held::accepts_sse(&ex.parts.headers)) {
-                // The legacy transport answers on the session's stream, so the POST is taken
-                // at once; a client asking for progress hears it on a stream begun now.
-                return self.held_in_background(ex, decided.into_owned());
-            }
-            let held = std::mem::take(&mut decided.held);
-            let (asked, inspector) = ex.asked();
-            self.settle_held(held, &asked, inspector, &mut decided, |_| {})
-                .await;
-        }
-        Box::pin(self.finish(ex, decided)).await
     }
 
     /// The decided request, on: the proxy's answers merged in, what was allowed forwarded, the
