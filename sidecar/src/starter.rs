@@ -111,7 +111,7 @@ pub fn render(header: &Header<'_>, tools: &[Value]) -> anyhow::Result<String> {
     );
     let _ = writeln!(out, "# annotations are the server's word.");
     for note in notes {
-        let _ = writeln!(out, "# {}", one_line(note, 300));
+        let _ = writeln!(out, "# {}", one_line(note, 2000));
     }
     let _ = writeln!(out, "apiVersion: tollgate.dev/v1alpha1");
     let _ = writeln!(out, "kind: McpPolicy");

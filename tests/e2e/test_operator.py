@@ -822,6 +822,10 @@ def test_operator_tool_pins_are_one_per_workload_replicas_agree_a_restart_keeps_
     assert f'# "read_file": pod mcp-7d9f-a lists another definition (changed: description), held back' in made.stdout, made.stdout
     none = kubectl_tollgate("pin", "--workload", "Deployment/other")
     assert none.returncode != 0 and "has no McpToolPins" in none.stderr, none.stderr
+    named = kubectl_tollgate("pin", "--workload", "Deployment/mcp", "--selector", "app=mcp,tier=tools")
+    assert yaml.safe_load(named.stdout)["spec"]["selector"] == {"matchLabels": {"app": "mcp", "tier": "tools"}}, named.stderr
+    bad = kubectl_tollgate("pin", "--workload", "Deployment/mcp", "--selector", "app=mcp\u2028default: allow")
+    assert bad.returncode != 0 and "is not a label" in bad.stderr, bad.stderr
 
     # A pod relabelled out of its Deployment gets no pins of its own: the API server's record
     # of its ReplicaSet says whose it is, and the operator takes no report the labels contradict.

@@ -111,6 +111,10 @@ enum Command {
         /// The McpPolicy's name (default: the workload's name and `-pinned`).
         #[arg(long)]
         name: Option<String>,
+        /// The pods the policy selects, as `KEY=VALUE,...` (default: the workload's own pod
+        /// selector; needed for a workload whose selector cannot be read, such as a bare Pod).
+        #[arg(long)]
+        selector: Option<String>,
     },
     /// Decide the calls in the audit logs of pods' sidecars again under other policies.
     Replay {
@@ -375,8 +379,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             pins(client, &namespace, action).await?;
             return Ok(0);
         }
-        Command::Pin { workload, name } => {
-            print!("{}", starter(client, &namespace, &workload, name).await?);
+        Command::Pin {
+            workload,
+            name,
+            selector,
+        } => {
+            let selector = selector.as_deref().map(match_labels).transpose()?;
+            print!(
+                "{}",
+                starter(client, &namespace, &workload, name, selector).await?
+            );
             return Ok(0);
         }
         Command::Approve { name, reason } => (name, "Approve", reason),
@@ -490,6 +502,7 @@ async fn starter(
     namespace: &str,
     workload: &str,
     name: Option<String>,
+    selector: Option<serde_json::Value>,
 ) -> anyhow::Result<String> {
     let (kind, workload_name) = workload
         .split_once('/')
@@ -509,10 +522,19 @@ async fn starter(
     for pin in &pins {
         let tool = &pin.spec.tool;
         match &pin.spec.definition {
-            Some(def) => tools.push(
-                def.tool()
-                    .map_err(|e| anyhow::anyhow!("{workload}'s pin of {tool:?}: {e}"))?,
-            ),
+            Some(def) => {
+                // The sidecars hold a tool to the pin by the pin's tool, and the policy would
+                // pin it by the definition's name: they must be one.
+                anyhow::ensure!(
+                    def.name == *tool,
+                    "{workload}'s pin of {tool:?} holds the definition of {:?}: review it with `kubectl tollgate pins list`",
+                    def.name
+                );
+                tools.push(
+                    def.tool()
+                        .map_err(|e| anyhow::anyhow!("{workload}'s pin of {tool:?}: {e}"))?,
+                )
+            }
             None => notes.push(format!(
                 "{tool:?} is left out: nothing is pinned yet, and its definition waits for a person (kubectl tollgate pins list)"
             )),
@@ -538,8 +560,13 @@ async fn starter(
             ));
         }
     }
-    let (selector, why) = pod_selector(client, namespace, kind, workload_name).await;
-    notes.extend(why);
+    // A policy without a selector governs every pod of the namespace: rather none than that.
+    let selector = match selector {
+        Some(given) => given,
+        None => pod_selector(client, namespace, kind, workload_name)
+            .await
+            .map_err(|why| anyhow::anyhow!("{why}; name the pods with --selector KEY=VALUE"))?,
+    };
     let name = name.unwrap_or_else(|| format!("{workload_name}-pinned"));
     let command = format!("kubectl tollgate pin --workload {workload} -n {namespace}");
     let header = tollgate_sidecar::starter::Header {
@@ -547,20 +574,42 @@ async fn starter(
         pinned_to: "the definition its sidecars hold it to (its McpToolPin)",
         name: &name,
         namespace,
-        selector: selector.as_ref(),
+        selector: Some(&selector),
         notes: &notes,
     };
     tollgate_sidecar::starter::render(&header, &tools)
 }
 
-/// The label selector of a workload's pods, as its controller has it; else none, and a note
-/// saying why and that the policy selects every pod of the namespace as written.
+/// `KEY=VALUE,...` as a label selector's `matchLabels`.
+fn match_labels(text: &str) -> anyhow::Result<serde_json::Value> {
+    let mut labels = serde_json::Map::new();
+    for pair in text.split(',') {
+        let (key, value) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .with_context(|| format!("--selector {text:?}: {pair:?} is not KEY=VALUE"))?;
+        let (key, value) = (key.trim(), value.trim());
+        // Label text only: the selector is written into the policy as it is.
+        let label = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        };
+        anyhow::ensure!(
+            label(key) && label(value),
+            "--selector {text:?}: {pair:?} is not a label (letters, digits, . _ - /)"
+        );
+        labels.insert(key.into(), value.into());
+    }
+    Ok(json!({ "matchLabels": labels }))
+}
+
+/// The label selector of a workload's pods, as its controller has it; else why not.
 async fn pod_selector(
     client: Client,
     namespace: &str,
     kind: &str,
     name: &str,
-) -> (Option<serde_json::Value>, Option<String>) {
+) -> Result<serde_json::Value, String> {
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
     async fn selector_of<K>(
         client: Client,
@@ -596,19 +645,13 @@ async fn pod_selector(
         _ => Ok(None),
     };
     match found {
-        Ok(Some(selector)) => (Some(selector), None),
-        Ok(None) => (
-            None,
-            Some(format!(
-                "no pod selector of {kind}/{name} was found: as written, this policy selects every pod of {namespace}; set spec.selector"
-            )),
-        ),
-        Err(e) => (
-            None,
-            Some(format!(
-                "{kind}/{name}'s pod selector could not be read ({e}): as written, this policy selects every pod of {namespace}; set spec.selector"
-            )),
-        ),
+        Ok(Some(selector)) => Ok(selector),
+        Ok(None) => Err(format!(
+            "no pod selector of {kind}/{name} was found in {namespace}"
+        )),
+        Err(e) => Err(format!(
+            "{kind}/{name}'s pod selector could not be read ({e})"
+        )),
     }
 }
 
