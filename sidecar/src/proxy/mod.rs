@@ -417,7 +417,7 @@ impl Proxy {
     ///
     /// A future is as large as its largest stage, and a call held for a person keeps its
     /// request's future for as long as the person takes: the stages after deciding (and the
-    /// rare ones) are boxed, so a held call keeps about 1.5 KiB here, not 5. It is an async
+    /// rare ones) are boxed, so a held call keeps about 1.9 KiB here, not 5. It is an async
     /// block, not an async fn, which would keep its arguments twice (rust-lang/rust#62958).
     #[expect(
         clippy::manual_async_fn,
