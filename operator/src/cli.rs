@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Client;
 use kube::runtime::events::Reporter;
-use tollgate_api::DefaultAction;
+use tollgate_api::{DefaultAction, Mode};
 
 use crate::health::{Health, Supervisor};
 use crate::index::Index;
@@ -24,6 +24,12 @@ use crate::tls::CertSource;
 enum DefaultFlag {
     Allow,
     Deny,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeFlag {
+    Enforce,
+    Audit,
 }
 
 /// Tollgate's operator: policy status, sidecar injection, apply-time validation, and the
@@ -54,6 +60,18 @@ struct Args {
         default_value = "deny"
     )]
     default_action: DefaultFlag,
+    /// An McpClusterPolicy of this name that the operator applies at start, with
+    /// `--default-action` and `--baseline-mode` (the chart's `<release>-baseline`). Empty: none.
+    #[arg(long, env = "TOLLGATE_BASELINE", default_value = "")]
+    baseline: String,
+    /// The baseline's mode: `audit` only logs what it would deny.
+    #[arg(
+        long,
+        env = "TOLLGATE_BASELINE_MODE",
+        value_enum,
+        default_value = "enforce"
+    )]
+    baseline_mode: ModeFlag,
     /// The sidecar image injected into MCP server pods.
     #[arg(long, env = "TOLLGATE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/tollgate-dev/tollgate:", env!("CARGO_PKG_VERSION")))]
     sidecar_image: String,
@@ -287,6 +305,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         DefaultFlag::Allow => DefaultAction::Allow,
         DefaultFlag::Deny => DefaultAction::Deny,
     };
+    if !args.baseline.is_empty() {
+        let baseline = crate::baseline::Baseline {
+            name: args.baseline.clone(),
+            default: default_action,
+            mode: match args.baseline_mode {
+                ModeFlag::Enforce => Mode::Enforce,
+                ModeFlag::Audit => Mode::Audit,
+            },
+        };
+        // Ends once applied; until then it retries, and /readyz names it past the grace.
+        tokio::spawn(baseline.apply(client.clone(), health.clone()));
+    }
     let (index, driver) = Index::start(client.clone(), default_action, health.clone());
     supervisor.spawn("the index's watches", driver);
 

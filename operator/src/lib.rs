@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod approvals;
+pub mod baseline;
 pub mod boundary;
 pub mod cli;
 pub mod controller;

@@ -64,15 +64,39 @@ def test_cluster_service_account_tokens_are_issued_and_reviewed(cluster, tmp_pat
     assert "system:serviceaccount:default:probe" in review
 
 
-def test_cluster_helm_lints_and_installs_the_chart_with_crds_established_and_the_baseline(release):
+def test_cluster_helm_lints_and_installs_the_chart_with_crds_established(release):
     release.helm("lint", "--strict", str(CHART))
     for crd in ["mcppolicies.tollgate.dev", "mcpclusterpolicies.tollgate.dev"]:
         release.crd_established(crd)
-    baseline = release.get("mcpclusterpolicy", f"{RELEASE}-baseline")
-    assert baseline["spec"]["default"] == "deny"
     # The API server warned of nothing (it warned "unrecognized format uint64" once).
     assert "warning" not in release.install_output.lower(), release.install_output
     assert release.get("-n", NAMESPACE, "deployment", "tollgate-operator")["spec"]["replicas"] == 2
+
+
+def test_cluster_the_operator_applies_the_charts_baseline_under_its_rbac_and_keeps_what_a_platform_team_adds(
+        operator, debug_bins, tmp_path):
+    cluster, _ = operator
+    name = f"{RELEASE}-baseline"
+    baseline = eventually(lambda: cluster.kubectl("get", "mcpclusterpolicy", name, check=False).returncode == 0
+                          and cluster.get("mcpclusterpolicy", name, "--show-managed-fields"),
+                          what="the operator applied the baseline")
+    assert (baseline["spec"]["default"], baseline["spec"]["mode"]) == ("deny", "enforce")
+    assert baseline["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tollgate", "not held by its own webhook"
+    [applied] = [f for f in baseline["metadata"]["managedFields"] if f["manager"] == "tollgate-operator"]
+    assert applied["operation"] == "Apply" and set(applied["fieldsV1"]["f:spec"]) == {"f:default", "f:mode"}
+    # A platform team adds a tool to the baseline and loosens its default: a restart (as an
+    # upgrade is) puts the chart's default back and keeps the tool.
+    cluster.kubectl("patch", "mcpclusterpolicy", name, "--type", "merge",
+                    "-p", json.dumps({"spec": {"default": "allow", "tools": {"search": {"rules": []}}}}))
+    restarted = start_operator(cluster, debug_bins, tmp_path, "tollgate-operator-restarted", OPERATOR_PORT + 3)
+    try:
+        eventually(lambda: cluster.get("mcpclusterpolicy", name)["spec"]["default"] == "deny",
+                   what="the restarted operator applied the chart's default again")
+        assert "search" in cluster.get("mcpclusterpolicy", name)["spec"]["tools"], "the team's tool is kept"
+        assert "applied the baseline policy" in restarted.log.read_text()
+    finally:
+        restarted.stop()
+        cluster.kubectl("patch", "mcpclusterpolicy", name, "--type", "json", "-p", '[{"op": "remove", "path": "/spec/tools"}]', check=False)
 
 
 def test_cluster_api_server_calls_the_validating_webhook_which_refuses_a_bad_policy_naming_the_field(operator):
@@ -280,9 +304,10 @@ def test_cluster_helm_installs_and_uninstalls_the_chart_with_each_documented_swi
     values.write_text(json.dumps(chosen))
     cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--values", str(values))
     try:
-        baseline = cluster.get("mcpclusterpolicy", f"{RELEASE}-baseline")
-        assert baseline["spec"]["default"] == chosen.get("defaultAction", "deny")
-        assert baseline["spec"].get("mode", "enforce") == chosen.get("mode", "enforce")
+        # The operator applies the baseline from these (the test above); here no operator runs.
+        env = cluster.deployment_env(NAMESPACE, "tollgate-operator")
+        assert env["TOLLGATE_DEFAULT_ACTION"] == chosen.get("defaultAction", "deny")
+        assert env["TOLLGATE_BASELINE_MODE"] == chosen.get("mode", "enforce")
         replicas = chosen.get("operator", {}).get("replicas", 2)
         assert cluster.get("-n", NAMESPACE, "deployment", "tollgate-operator")["spec"]["replicas"] == replicas
         webhook = cluster.get("validatingwebhookconfiguration", "tollgate-operator-validate")["webhooks"][0]

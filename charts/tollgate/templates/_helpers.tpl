@@ -7,6 +7,11 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The cluster-wide McpClusterPolicy the operator applies (defaultAction, mode). */}}
+{{- define "tollgate.baseline" -}}
+{{- printf "%s-baseline" .Release.Name -}}
+{{- end -}}
+
 {{- define "tollgate.labels" -}}
 app.kubernetes.io/name: tollgate-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
