@@ -125,6 +125,12 @@ def test_node_helm_install_with_defaults_runs_the_operator_from_its_image_and_on
     assert addresses == {p["status"]["podIP"] for p in pods}
     assert all(a.startswith(node.env["TOLLGATE_CLUSTER_POD_CIDR"].rsplit(".", 1)[0]) for a in addresses)
     assert "warning" not in node.install_output.lower(), node.install_output
+    # The CRDs came with this very install: the operators applied the baseline once served.
+    baseline = eventually(lambda: node.kubectl("get", "mcpclusterpolicy", "tollgate-baseline", check=False).returncode == 0
+                          and node.get("mcpclusterpolicy", "tollgate-baseline", "--show-managed-fields"),
+                          what="the operators applied the baseline")
+    assert baseline["spec"]["default"] == "deny"
+    assert "tollgate-operator" in {f["manager"] for f in baseline["metadata"]["managedFields"]}
     # No replica logs a conflict over the webhooks' caBundle (they both write it at start).
     for p in node.pods(NAMESPACE, OPERATOR):
         log = node.kubectl("-n", NAMESPACE, "logs", p["metadata"]["name"]).stdout
