@@ -1,40 +1,58 @@
-//! The cluster-wide baseline the chart asks for: one McpClusterPolicy, `default` and `mode`
-//! from the chart's values, applied by the operator when it starts.
+//! The cluster-wide baseline the chart asks for: one McpClusterPolicy whose `default` and
+//! `mode` are the chart's values, kept by the operator.
 //!
 //! ```text
 //! --baseline NAME (the chart: <release>-baseline), --default-action, --baseline-mode
-//!   ─ each replica, at start ─ server-side apply (field manager tollgate-operator, forced)
-//!     of metadata.labels, spec.default and spec.mode, nothing else
-//!   ─ refused (the CRD not served yet, RBAC, the API server away) ─> retried, with /readyz
-//!     naming the baseline once it keeps failing past --failure-grace
+//!   the leader, while it leads: the index's McpClusterPolicy NAME
+//!     absent, or default, mode or the part-of label not the chart's
+//!       ─ server-side apply (field manager tollgate-operator, forced) of those, nothing else
+//!       ─ refused (the CRD not served yet, RBAC, the API server away) ─> retried, with
+//!         /readyz naming the baseline once it keeps failing past --failure-grace
+//!   every replica: not ready until its index holds NAME, so the webhooks and the policy
+//!     stream (reached through the Service, at ready replicas only) never serve a cluster
+//!     without its baseline
 //! ```
 //!
 //! Why the operator and not a Helm hook: a chart's own custom resource cannot be created in
 //! the install that creates its CRD. Helm maps every object of the release before it creates
 //! any, and a hook after the CRD races the API server's discovery (Helm refuses it with "no
 //! matches for kind McpClusterPolicy ... ensure CRDs are installed first"). Argo CD and Flux
-//! meet the same ordering. The operator retries until the CRD is served.
+//! meet the same ordering. The leader waits until the CRD is served.
 //!
-//! Applying only the two fields the chart decides keeps what a platform team adds to the
-//! baseline (tools, hidden tools, a namespace selector) across upgrades and restarts, where the
-//! hook replaced the whole object on each upgrade. The object is labelled part of Tollgate, so
-//! the validating webhook, which may be this very replica not yet serving, does not hold it.
+//! Only the leader writes, so a rollout converges on the new values once the new replicas
+//! lead, and a replica of the old revision restarting meanwhile cannot leave its values behind
+//! for good. Owning only the two fields the chart decides keeps what a platform team adds to
+//! the baseline (tools, hidden tools, a namespace selector) across upgrades, where the hook
+//! replaced the whole object. A hand-made `default: allow` goes back to the chart's value at
+//! once: the chart's values are where the posture is changed. The object is labelled part of
+//! Tollgate, so the validating webhook, which may be served by no ready replica yet, does not
+//! hold it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use tollgate_api::{DefaultAction, McpClusterPolicy, Mode};
 
 use crate::health::Health;
+use crate::index::Index;
 
 /// The field manager of the fields the operator applies.
 pub const FIELD_MANAGER: &str = "tollgate-operator";
 
 /// What `/readyz` names while the baseline cannot be applied.
 const PART: &str = "the baseline policy";
+
+/// The label that keeps the validating webhook from holding the baseline.
+const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "tollgate");
+
+/// The least time between two applies of a baseline someone else keeps changing back: a
+/// tool fighting the operator gets one write in this long, not a loop.
+const PACE: Duration = Duration::from_secs(5);
 
 /// The baseline the chart asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,7 +72,7 @@ impl Baseline {
             "metadata": {
                 "name": self.name,
                 "labels": {
-                    "app.kubernetes.io/part-of": "tollgate",
+                    PART_OF.0: PART_OF.1,
                     "app.kubernetes.io/managed-by": FIELD_MANAGER,
                 },
             },
@@ -62,10 +80,56 @@ impl Baseline {
         })
     }
 
-    /// Applies the baseline, retrying until the API server takes it: on a first install the
-    /// operator may start before its CRD is served.
-    pub async fn apply(self, client: Client, health: Arc<Health>) {
+    /// Whether `found` is the baseline as the chart asks for it.
+    pub fn holds(&self, found: Option<&McpClusterPolicy>) -> bool {
+        found.is_some_and(|p| {
+            p.spec.policy.default == self.default
+                && p.spec.policy.mode == self.mode
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(PART_OF.0))
+                    .is_some_and(|v| v == PART_OF.1)
+        })
+    }
+
+    /// The leader's controller: applies the baseline whenever the index shows it absent or
+    /// changed. Never ends.
+    pub async fn keep(self, client: Client, index: Arc<Index>, health: Arc<Health>) {
         let api: Api<McpClusterPolicy> = Api::all(client);
+        let key = ObjectRef::new(&self.name);
+        let mut changed = index.subscribe();
+        let mut applied: Option<Instant> = None;
+        loop {
+            let found = index.cluster_policies.get(&key);
+            if !self.holds(found.as_deref()) {
+                if let Some(at) = applied {
+                    tracing::warn!(name = %self.name, found = ?found.as_ref().map(|p| (p.spec.policy.default, p.spec.policy.mode)),
+                        "the baseline policy was deleted or changed; applying the chart's again");
+                    tokio::time::sleep_until(at + PACE).await;
+                }
+                self.apply(&api, &health).await;
+                applied = Some(Instant::now());
+                // Until the watch brings the write back, the index shows what was before.
+                let seen = async {
+                    while !self.holds(index.cluster_policies.get(&key).as_deref()) {
+                        if changed.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(PACE, seen).await;
+                continue;
+            }
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Applies the baseline, retrying until the API server takes it: on a first install the
+    /// CRD may not be served yet.
+    async fn apply(&self, api: &Api<McpClusterPolicy>, health: &Health) {
         let patch = Patch::Apply(self.manifest());
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut wait = Duration::from_millis(250);
@@ -91,19 +155,19 @@ impl Baseline {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_baseline_applies_default_mode_and_labels_and_no_other_field() {
-        let b = Baseline {
+    fn baseline() -> Baseline {
+        Baseline {
             name: "tollgate-baseline".into(),
             default: DefaultAction::Deny,
             mode: Mode::Audit,
-        };
-        let m = b.manifest();
+        }
+    }
+
+    #[test]
+    fn the_baseline_applies_default_mode_and_labels_and_no_other_field() {
+        let m = baseline().manifest();
         assert_eq!(m["spec"], json!({"default": "deny", "mode": "audit"}));
-        assert_eq!(
-            m["metadata"]["labels"]["app.kubernetes.io/part-of"],
-            "tollgate"
-        );
+        assert_eq!(m["metadata"]["labels"][PART_OF.0], PART_OF.1);
         let keys: Vec<&String> = m["metadata"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["labels", "name"]);
         // What the API server would store: a valid McpClusterPolicy of that default and mode.
@@ -112,5 +176,29 @@ mod tests {
         assert_eq!(policy.spec.policy.mode, Mode::Audit);
         assert!(policy.spec.policy.tools.is_empty());
         assert!(policy.spec.namespace_selector.is_none());
+    }
+
+    #[test]
+    fn a_baseline_absent_loosened_or_unlabelled_is_applied_again_and_additions_are_not_a_change() {
+        let b = baseline();
+        let applied: McpClusterPolicy = serde_json::from_value(b.manifest()).unwrap();
+        assert!(b.holds(Some(&applied)));
+        assert!(!b.holds(None), "deleted");
+        let mut added = applied.clone();
+        added
+            .spec
+            .policy
+            .tools
+            .insert("search".into(), Default::default());
+        assert!(b.holds(Some(&added)), "a team's tool is theirs");
+        let mut loosened = applied.clone();
+        loosened.spec.policy.default = DefaultAction::Allow;
+        assert!(!b.holds(Some(&loosened)));
+        let mut enforcing = applied.clone();
+        enforcing.spec.policy.mode = Mode::Enforce;
+        assert!(!b.holds(Some(&enforcing)), "the chart's mode, either way");
+        let mut unlabelled = applied;
+        unlabelled.metadata.labels = None;
+        assert!(!b.holds(Some(&unlabelled)), "its own webhook would hold it");
     }
 }

@@ -60,8 +60,9 @@ struct Args {
         default_value = "deny"
     )]
     default_action: DefaultFlag,
-    /// An McpClusterPolicy of this name that the operator applies at start, with
-    /// `--default-action` and `--baseline-mode` (the chart's `<release>-baseline`). Empty: none.
+    /// An McpClusterPolicy of this name whose `default` (`--default-action`) and mode the
+    /// leading replica keeps; no replica is ready before it exists (the chart's
+    /// `<release>-baseline`). Empty: none.
     #[arg(long, env = "TOLLGATE_BASELINE", default_value = "")]
     baseline: String,
     /// The baseline's mode: `audit` only logs what it would deny.
@@ -305,18 +306,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         DefaultFlag::Allow => DefaultAction::Allow,
         DefaultFlag::Deny => DefaultAction::Deny,
     };
-    if !args.baseline.is_empty() {
-        let baseline = crate::baseline::Baseline {
-            name: args.baseline.clone(),
-            default: default_action,
-            mode: match args.baseline_mode {
-                ModeFlag::Enforce => Mode::Enforce,
-                ModeFlag::Audit => Mode::Audit,
-            },
-        };
-        // Ends once applied; until then it retries, and /readyz names it past the grace.
-        tokio::spawn(baseline.apply(client.clone(), health.clone()));
-    }
+    let baseline = (!args.baseline.is_empty()).then(|| crate::baseline::Baseline {
+        name: args.baseline.clone(),
+        default: default_action,
+        mode: match args.baseline_mode {
+            ModeFlag::Enforce => Mode::Enforce,
+            ModeFlag::Audit => Mode::Audit,
+        },
+    });
     let (index, driver) = Index::start(client.clone(), default_action, health.clone());
     supervisor.spawn("the index's watches", driver);
 
@@ -370,13 +367,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .filter(|n| !n.is_empty())
             .cloned()
             .collect();
+        let (baseline, health) = (baseline.clone(), health.clone());
         let lead = move || {
             let (client, index, reporter) = (client.clone(), index.clone(), reporter.clone());
             let (label, notifier) = (label.clone(), notifier.clone());
+            let (baseline, health) = (baseline.clone(), health.clone());
             async move {
                 // Statuses count pods: not before the index has listed them.
                 index.ready().await;
+                let baseline = {
+                    let (client, index) = (client.clone(), index.clone());
+                    async move {
+                        match baseline {
+                            Some(b) => b.keep(client, index, health).await,
+                            None => std::future::pending().await,
+                        }
+                    }
+                };
                 tokio::join!(
+                    baseline,
                     crate::controller::run(client.clone(), index.clone(), reporter.clone()),
                     crate::boundary::run(client.clone(), index.clone(), reporter.clone(), grace),
                     crate::approvals::run(
@@ -399,9 +408,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let listener = crate::server::bind(args.listen, "--listen").await?;
     tokio::select! {
-        () = index.ready() => health.listed(),
+        () = index.ready() => {}
         e = supervisor.stopped() => return Err(e),
     }
+    // Not ready (so neither webhooks nor policy streams reach this replica through the
+    // Service) before the cluster has its baseline: a pod annotated `default-action: allow`
+    // would otherwise get allow where the baseline's deny wins.
+    if let Some(b) = &baseline {
+        health.waiting(format!(
+            "the baseline McpClusterPolicy {} is not in the cluster yet (the leading replica applies it)",
+            b.name
+        ));
+        tokio::select! {
+            () = index.cluster_policy_seen(&b.name) => {}
+            e = supervisor.stopped() => return Err(e),
+        }
+    }
+    health.listed();
     let control_plane_url = args
         .control_plane_url
         .clone()

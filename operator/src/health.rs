@@ -26,8 +26,10 @@ pub const GRACE: Duration = Duration::from_secs(30);
 
 pub struct Health {
     grace: Duration,
-    /// Whether the index has listed everything once.
+    /// Whether the index has listed everything once (and holds what the replica waits for).
     listed: AtomicBool,
+    /// What the replica waits for, once listed, before it is ready.
+    waiting: Mutex<Option<String>>,
     /// Each part failing now: since when, and the last error.
     failing: Mutex<BTreeMap<String, (Instant, String)>>,
     /// Set at SIGTERM.
@@ -45,13 +47,20 @@ impl Health {
         Health {
             grace,
             listed: AtomicBool::default(),
+            waiting: Mutex::default(),
             failing: Mutex::default(),
             stopping: AtomicBool::default(),
         }
     }
 
     pub fn listed(&self) {
+        *self.waiting.lock() = None;
         self.listed.store(true, Ordering::Relaxed);
+    }
+
+    /// Not ready until [`Health::listed`], saying why.
+    pub fn waiting(&self, why: impl Into<String>) {
+        *self.waiting.lock() = Some(why.into());
     }
 
     pub fn stopping(&self) {
@@ -85,9 +94,12 @@ impl Health {
             return (false, "shutting down".into());
         }
         if !self.listed.load(Ordering::Relaxed) {
+            let why = self.waiting.lock().clone();
             return (
                 false,
-                "the operator has not listed pods, namespaces and policies yet".into(),
+                why.unwrap_or_else(|| {
+                    "the operator has not listed pods, namespaces and policies yet".into()
+                }),
             );
         }
         let failing = self.failing.lock();
@@ -164,6 +176,21 @@ mod tests {
         assert!(h.readyz_at(Instant::now() + GRACE).0);
         h.stopping();
         assert_eq!(h.readyz(), (false, "shutting down".into()));
+    }
+
+    #[test]
+    fn a_replica_waiting_for_something_after_listing_is_not_ready_and_says_what() {
+        let h = Health::default();
+        h.waiting("the baseline McpClusterPolicy b is not in the cluster yet");
+        assert_eq!(
+            h.readyz(),
+            (
+                false,
+                "the baseline McpClusterPolicy b is not in the cluster yet".into()
+            )
+        );
+        h.listed();
+        assert_eq!(h.readyz(), (true, "ready".into()));
     }
 
     #[tokio::test]

@@ -260,10 +260,11 @@ class Operator:
 
 
 def start_operator(cluster: ControlPlane, bins: Path, tmp: Path, name: str, port: int = OPERATOR_PORT,
-                   *args: str, **env: str) -> Operator:
+                   *args: str, ready: bool = True, **env: str) -> Operator:
     """The operator as the chart deploys it, but as a process here: the Deployment's own
     environment, a token the API server issued to the chart's ServiceAccount (so the chart's
-    RBAC is all it may do), and `name` as its pod name (its identity in the Lease)."""
+    RBAC is all it may do), and `name` as its pod name (its identity in the Lease). Returned
+    once ready, or with `ready=False` once it serves /readyz."""
     kubeconfig = cluster.token_kubeconfig(NAMESPACE, "tollgate-operator", tmp / f"{name}.kubeconfig")
     admin = free_port()
     env = {
@@ -283,7 +284,7 @@ def start_operator(cluster: ControlPlane, bins: Path, tmp: Path, name: str, port
     op = Operator(name, port, cluster.host_ip, f"http://127.0.0.1:{admin}", proc, log)
     try:
         wait_for_port(admin, proc, log)
-        eventually(lambda: op.ready() or proc.poll() is not None, what=f"{name} is ready")
+        eventually(lambda: not ready or op.ready() or proc.poll() is not None, what=f"{name} is ready")
         assert proc.poll() is None, log.read_text()[-4000:]
     except BaseException:
         op.stop(signal.SIGKILL)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
+import httpx
 import pytest
 from cluster import (CHART, NAMESPACE, OPERATOR_PORT, RELEASE, ControlPlane, Operator, eventually, mcp_pod, policy,
                      sidecar, start_operator)  # noqa: F401 (sidecar is a fixture)
@@ -73,8 +75,7 @@ def test_cluster_helm_lints_and_installs_the_chart_with_crds_established(release
     assert release.get("-n", NAMESPACE, "deployment", "tollgate-operator")["spec"]["replicas"] == 2
 
 
-def test_cluster_the_operator_applies_the_charts_baseline_under_its_rbac_and_keeps_what_a_platform_team_adds(
-        operator, debug_bins, tmp_path):
+def test_cluster_the_leader_keeps_the_charts_baseline_under_its_rbac_and_what_a_platform_team_adds(operator):
     cluster, _ = operator
     name = f"{RELEASE}-baseline"
     baseline = eventually(lambda: cluster.kubectl("get", "mcpclusterpolicy", name, check=False).returncode == 0
@@ -84,19 +85,39 @@ def test_cluster_the_operator_applies_the_charts_baseline_under_its_rbac_and_kee
     assert baseline["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tollgate", "not held by its own webhook"
     [applied] = [f for f in baseline["metadata"]["managedFields"] if f["manager"] == "tollgate-operator"]
     assert applied["operation"] == "Apply" and set(applied["fieldsV1"]["f:spec"]) == {"f:default", "f:mode"}
-    # A platform team adds a tool to the baseline and loosens its default: a restart (as an
-    # upgrade is) puts the chart's default back and keeps the tool.
+    # A platform team adds a tool to the baseline and loosens its default: the leader puts the
+    # chart's default back and keeps the tool.
     cluster.kubectl("patch", "mcpclusterpolicy", name, "--type", "merge",
                     "-p", json.dumps({"spec": {"default": "allow", "tools": {"search": {"rules": []}}}}))
-    restarted = start_operator(cluster, debug_bins, tmp_path, "tollgate-operator-restarted", OPERATOR_PORT + 3)
+    eventually(lambda: cluster.get("mcpclusterpolicy", name)["spec"]["default"] == "deny",
+               what="the leader applied the chart's default again")
+    assert "search" in cluster.get("mcpclusterpolicy", name)["spec"]["tools"], "the team's tool is kept"
+    # Deleted, it is back.
+    cluster.kubectl("delete", "mcpclusterpolicy", name)
+    eventually(lambda: cluster.kubectl("get", "mcpclusterpolicy", name, check=False).returncode == 0,
+               what="the leader applied the deleted baseline again")
+    assert cluster.get("mcpclusterpolicy", name)["spec"]["default"] == "deny"
+
+
+def test_cluster_a_replica_is_not_ready_before_the_cluster_has_its_baseline(operator, debug_bins, tmp_path):
+    cluster, _ = operator
+    # A replica that does not lead, told of a baseline nobody applies (the leader keeps the
+    # chart's; RBAC lets no replica write another): the Service must not route to it.
+    waiting = start_operator(cluster, debug_bins, tmp_path, "tollgate-operator-waiting", OPERATOR_PORT + 3,
+                             ready=False, TOLLGATE_BASELINE="not-yet")
+    RUNNING.append(waiting)
+    r = eventually(lambda: (r := httpx.get(f"{waiting.admin}/readyz")).status_code == 503 and "not-yet" in r.text and r,
+                   what="not ready, naming the baseline")
+    assert "the baseline McpClusterPolicy not-yet is not in the cluster yet" in r.text, r.text
+    time.sleep(2)
+    assert not waiting.ready(), "still waiting: nothing applies another name"
     try:
-        eventually(lambda: cluster.get("mcpclusterpolicy", name)["spec"]["default"] == "deny",
-                   what="the restarted operator applied the chart's default again")
-        assert "search" in cluster.get("mcpclusterpolicy", name)["spec"]["tools"], "the team's tool is kept"
-        assert "applied the baseline policy" in restarted.log.read_text()
+        cluster.apply({"apiVersion": "tollgate.dev/v1alpha1", "kind": "McpClusterPolicy", "metadata": {"name": "not-yet"},
+                       "spec": {"default": "deny"}})
+        eventually(waiting.ready, what="ready once the baseline exists")
     finally:
-        restarted.stop()
-        cluster.kubectl("patch", "mcpclusterpolicy", name, "--type", "json", "-p", '[{"op": "remove", "path": "/spec/tools"}]', check=False)
+        waiting.stop()
+        cluster.kubectl("delete", "mcpclusterpolicy", "not-yet", "--ignore-not-found")
 
 
 def test_cluster_api_server_calls_the_validating_webhook_which_refuses_a_bad_policy_naming_the_field(operator):
@@ -201,15 +222,18 @@ def test_cluster_a_sidecar_with_a_token_bound_to_its_pod_follows_the_pods_policy
     ns = "team-c"
     cluster.namespace(ns, **{"tollgate.dev/injection": "enabled"})
     cluster.kubectl("-n", ns, "create", "serviceaccount", "github-mcp")
-    cluster.apply(mcp_pod("github-mcp", ns, labels={"app": "github"}, service_account="github-mcp"))
-    cluster.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}},
+    # The pod and its policy both say allow for unlisted tools; the baseline's deny wins.
+    cluster.apply(mcp_pod("github-mcp", ns, labels={"app": "github"}, service_account="github-mcp",
+                          annotations={"tollgate.dev/default-action": "allow"}))
+    cluster.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}}, "default": "allow",
                                     "tools": {"read_file": {"rules": []},
                                               "create_issue": {"rules": [{"name": "no", "action": "deny"}]}}}, ns))
     token, ca = cluster.pod_token(ns, "github-mcp"), cluster.ca()
     side = sidecar(f"https://{cluster.host_ip}:{OPERATOR_PORT}", ca, token)
     eventually(lambda: not side.allows("create_issue"), what="the pod's policy reached the sidecar")
     assert side.allows("read_file")
-    assert not side.allows("delete_repository"), "the baseline's default: deny"
+    unlisted = side.call("delete_repository")
+    assert f"{RELEASE}-baseline" in json.dumps(unlisted.get("error")), unlisted
 
     # A change reaches it over the same stream.
     cluster.apply(policy("github", {"selector": {"matchLabels": {"app": "github"}},

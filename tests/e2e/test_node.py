@@ -282,7 +282,7 @@ def test_node_kubectl_tollgate_tests_a_pods_effective_policy_and_replays_its_sid
     out = node.plugin("test", "--pod", f"{NS}/{pods[0]['metadata']['name']}", str(tests), "--junit", str(junit))
     assert "ok  \t" in out.stdout and "3 cases" in out.stdout, out.stdout + out.stderr
     assert "mcppolicy/shop/shop" in out.stderr and 'failures="0"' in junit.read_text()
-    # A pod no policy selects gets only the chart's baseline: every case above fails.
+    # A pod no policy selects gets only the baseline (and the cluster's default): every case above fails.
     node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": AGENTS},
                 "spec": host_tools_spec(host_container("main", ["/usr/bin/sleep", "infinity"]))})
     bare = node.plugin("test", "--pod", f"{AGENTS}/bare", str(tests), check=False)

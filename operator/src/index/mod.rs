@@ -461,6 +461,16 @@ impl Index {
         let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
     }
 
+    /// Resolves once the McpClusterPolicy `name` is in the index.
+    pub async fn cluster_policy_seen(&self, name: &str) {
+        let mut changed = self.subscribe();
+        while self.cluster_policies.get(&ObjectRef::new(name)).is_none() {
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Ticks on every change to anything the index holds.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
