@@ -24,9 +24,9 @@
 //! for good. Owning only the two fields the chart decides keeps what a platform team adds to
 //! the baseline (tools, hidden tools, a namespace selector) across upgrades, where the hook
 //! replaced the whole object. A hand-made `default: allow` goes back to the chart's value at
-//! once: the chart's values are where the posture is changed. The object is labelled part of
-//! Tollgate, so the validating webhook, which may be served by no ready replica yet, does not
-//! hold it.
+//! once: the chart's values are where the posture is changed. The validating webhook skips the
+//! operator's own writes (the chart's `matchConditions`, by its ServiceAccount's name): no
+//! replica is ready to answer it before the baseline exists. A person's edits are checked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub const FIELD_MANAGER: &str = "tollgate-operator";
 /// What `/readyz` names while the baseline cannot be applied.
 const PART: &str = "the baseline policy";
 
-/// The label that keeps the validating webhook from holding the baseline.
+/// The label that says the baseline is Tollgate's.
 const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "tollgate");
 
 /// The least time between two applies of a baseline someone else keeps changing back: a
@@ -199,6 +199,6 @@ mod tests {
         assert!(!b.holds(Some(&enforcing)), "the chart's mode, either way");
         let mut unlabelled = applied;
         unlabelled.metadata.labels = None;
-        assert!(!b.holds(Some(&unlabelled)), "its own webhook would hold it");
+        assert!(!b.holds(Some(&unlabelled)), "the label is the chart's too");
     }
 }

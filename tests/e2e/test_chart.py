@@ -154,7 +154,7 @@ def test_chart_crds_are_the_generated_ones_byte_for_byte_and_kept_on_uninstall()
     assert kept and all("annotations" not in o["metadata"] for o in kept)
 
 
-def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods():
+def test_chart_webhooks_fail_closed_and_skip_system_namespaces_tollgate_pods_and_only_the_operators_own_policy_writes():
     objects = render()
     mutating = one(objects, "MutatingWebhookConfiguration")["webhooks"]
     validating = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
@@ -167,8 +167,14 @@ def test_chart_webhooks_fail_closed_and_skip_system_namespaces_and_tollgate_pods
         [excluded] = hook["namespaceSelector"]["matchExpressions"]
         assert excluded["key"] == "kubernetes.io/metadata.name" and excluded["operator"] == "NotIn"
         assert set(excluded["values"]) == {"kube-system", "kube-node-lease", "kube-public", NAMESPACE}
-        assert hook["objectSelector"]["matchExpressions"] == [{"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["tollgate"]}]
         assert hook["clientConfig"]["service"]["namespace"] == NAMESPACE
+    [inject] = mutating
+    assert inject["objectSelector"]["matchExpressions"] == [{"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["tollgate"]}]
+    # No label lets a policy skip its check: only the operator's own writes (the baseline) do.
+    assert "objectSelector" not in validating[0]
+    assert validating[0]["matchConditions"] == [{
+        "name": "not-the-operator",
+        "expression": f"request.userInfo.username != 'system:serviceaccount:{NAMESPACE}:tollgate-operator'"}]
     assert mutating[0]["clientConfig"]["service"]["path"] == "/mutate"
     # Injection with the network-policy boundary creates its NetworkPolicy first, never on a dry run.
     assert mutating[0]["sideEffects"] == "NoneOnDryRun" and validating[0]["sideEffects"] == "None"

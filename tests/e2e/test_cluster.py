@@ -92,6 +92,15 @@ def test_cluster_the_leader_keeps_the_charts_baseline_under_its_rbac_and_what_a_
     eventually(lambda: cluster.get("mcpclusterpolicy", name)["spec"]["default"] == "deny",
                what="the leader applied the chart's default again")
     assert "search" in cluster.get("mcpclusterpolicy", name)["spec"]["tools"], "the team's tool is kept"
+    # Their edits are checked as any policy's: the webhook skips the operator's writes, not the label.
+    bad = {"spec": {"tools": {"t": {"rules": [{"name": "r", "conditions": [{"path": "args.a", "op": "eq"}]}]}}}}
+    refused = cluster.kubectl("patch", "mcpclusterpolicy", name, "--type", "merge", "-p", json.dumps(bad), check=False)
+    assert refused.returncode != 0 and 'admission webhook "validate.tollgate.dev" denied the request' in refused.stderr, refused.stderr
+    labelled = policy("labelled", bad["spec"])
+    labelled["metadata"]["labels"] = {"app.kubernetes.io/part-of": "tollgate"}
+    refused = cluster.apply(labelled, check=False)
+    assert refused.returncode != 0 and 'admission webhook "validate.tollgate.dev" denied the request' in refused.stderr \
+        and "spec.tools.t.rules[0].conditions[0].value" in refused.stderr, refused.stderr
     # Deleted, it is back.
     cluster.kubectl("delete", "mcpclusterpolicy", name)
     eventually(lambda: cluster.kubectl("get", "mcpclusterpolicy", name, check=False).returncode == 0,

@@ -39,12 +39,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* Namespaces the webhooks never touch: the system's and Tollgate's own. */}}
-{{- define "tollgate.namespaceSelector" -}}
+{{- define "tollgate.systemNamespaces" -}}
 namespaceSelector:
   matchExpressions:
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values: [kube-system, kube-node-lease, kube-public, {{ .Release.Namespace | quote }}]
+{{- end -}}
+
+{{/* Those namespaces, and Tollgate's own pods (injection never waits on the operator's own). */}}
+{{- define "tollgate.namespaceSelector" -}}
+{{ include "tollgate.systemNamespaces" . }}
 objectSelector:
   matchExpressions:
     - key: app.kubernetes.io/part-of
