@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -97,33 +96,20 @@ impl Baseline {
     /// changed. Never ends.
     pub async fn keep(self, client: Client, index: Arc<Index>, health: Arc<Health>) {
         let api: Api<McpClusterPolicy> = Api::all(client);
-        let key = ObjectRef::new(&self.name);
-        let mut changed = index.subscribe();
         let mut applied: Option<Instant> = None;
         loop {
-            let found = index.cluster_policies.get(&key);
-            if !self.holds(found.as_deref()) {
-                if let Some(at) = applied {
-                    tracing::warn!(name = %self.name, found = ?found.as_ref().map(|p| (p.spec.policy.default, p.spec.policy.mode)),
-                        "the baseline policy was deleted or changed; applying the chart's again");
-                    tokio::time::sleep_until(at + PACE).await;
-                }
-                self.apply(&api, &health).await;
-                applied = Some(Instant::now());
-                // Until the watch brings the write back, the index shows what was before.
-                let seen = async {
-                    while !self.holds(index.cluster_policies.get(&key).as_deref()) {
-                        if changed.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(PACE, seen).await;
-                continue;
+            index
+                .cluster_policy_until(&self.name, |p| !self.holds(p))
+                .await;
+            if let Some(at) = applied {
+                tracing::warn!(name = %self.name, "the baseline policy was deleted or changed; applying the chart's again");
+                tokio::time::sleep_until(at + PACE).await;
             }
-            if changed.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+            self.apply(&api, &health).await;
+            applied = Some(Instant::now());
+            // Until the watch brings the write back, the index shows what was before.
+            let seen = index.cluster_policy_until(&self.name, |p| self.holds(p));
+            let _ = tokio::time::timeout(PACE, seen).await;
         }
     }
 

@@ -420,7 +420,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             b.name
         ));
         tokio::select! {
-            () = index.cluster_policy_seen(&b.name) => {}
+            () = index.cluster_policy_until(&b.name, |p| p.is_some()) => {}
             e = supervisor.stopped() => return Err(e),
         }
     }

@@ -461,10 +461,16 @@ impl Index {
         let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
     }
 
-    /// Resolves once the McpClusterPolicy `name` is in the index.
-    pub async fn cluster_policy_seen(&self, name: &str) {
+    /// Resolves once the McpClusterPolicy `name` as the index holds it (or its absence)
+    /// satisfies `wanted`.
+    pub async fn cluster_policy_until(
+        &self,
+        name: &str,
+        wanted: impl Fn(Option<&McpClusterPolicy>) -> bool,
+    ) {
+        let key = ObjectRef::new(name);
         let mut changed = self.subscribe();
-        while self.cluster_policies.get(&ObjectRef::new(name)).is_none() {
+        while !wanted(self.cluster_policies.get(&key).as_deref()) {
             if changed.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
